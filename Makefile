@@ -1,0 +1,54 @@
+# Thin wrapper over scripts/deps.sh, CMake and ctest.
+#   make run        build, then ./build/loom examples/hello.lua
+#   make test       sanitizer build + ctest (build-asan), then normal build + ctest (build)
+#   make test-fast  normal build + ctest only
+#   make bench      bench/run.sh against the peers
+SHELL := /bin/bash
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+CTEST_JOBS ?= 2
+CMAKE_FLAGS ?=
+
+.PHONY: all deps deps-bench build build-asan run test test-asan test-fast bench format clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+deps-bench:
+	@bash scripts/deps.sh --bench
+
+build: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j$(JOBS)
+
+# gcc: the busted specs preload gcc's libasan into stock lua5.4.
+build-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DLOOM_SANITIZE=ON -DCMAKE_C_COMPILER=gcc $(CMAKE_FLAGS)
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/loom examples/hello.lua
+
+# The sanitizer pass has no rock/ or valgrind/ tests (CMake leaves them out);
+# the normal pass comes last so its ctest summary ends the output.
+test-asan: build-asan
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(CTEST_JOBS) -E '^(rock|valgrind)/'
+
+test: test-asan
+	@$(MAKE) --no-print-directory test-fast
+
+test-fast: build
+	ctest --test-dir $(BUILD) --output-on-failure -j$(CTEST_JOBS)
+
+bench: deps-bench build
+	bash bench/run.sh
+
+format:
+	clang-format -i $(wildcard src/*.c src/*.h spec/c/*.c examples/embed/*.c)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
