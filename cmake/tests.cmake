@@ -81,7 +81,7 @@ if(loom_specs AND (NOT LOOM_LUA_INTERP OR NOT LOOM_BUSTED))
         "(install lua5.4 lua-busted)")
     set(loom_specs "")
 endif()
-string(REPLACE ";" "\\;" loom_busted_lpath
+string(REPLACE ";" "$<SEMICOLON>" loom_busted_lpath
     "${LOOM_SRC}/lua/?.lua;${LOOM_SRC}/lua/?/init.lua;${LOOM_SRC}/spec/?.lua")
 foreach(spec ${loom_specs})
     get_filename_component(file ${spec} NAME)
