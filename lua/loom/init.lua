@@ -1,0 +1,49 @@
+-- loom: asynchronous HTTP for Lua 5.4. `require "loom"` returns this table; in the loom
+-- host it is also the global `loom`. The C core is loom.core; this file assembles the
+-- public API from the Lua modules beside it.
+local core = require "loom.core"
+local tasks = require "loom.tasks"
+local sync = require "loom.sync"
+local net = require "loom.net"
+local json = require "loom.json"
+
+local loom = {
+    version = core.version,
+    spawn = core.spawn,
+    sleep = core.sleep,
+    now = core.now,
+    current = core.current,
+    gather = tasks.gather,
+    timeout = tasks.timeout,
+    queue = sync.queue,
+    semaphore = sync.semaphore,
+    event = sync.event,
+    connect = net.connect,
+    listen = net.listen,
+    json = json,
+}
+
+-- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until
+-- no work is left (for stock lua; the loom host does this for its script).
+function loom.run(fn, ...)
+    if type(fn) ~= "function" then
+        error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    local r = table.pack(core.run(fn, ...))
+    local exiting, code = core.exit_status()
+    if exiting then os.exit(code, true) end
+    return table.unpack(r, 1, r.n)
+end
+
+-- loom.exit([code]): ends the process with code (default 0) once the loop stops.
+function loom.exit(code)
+    if code ~= nil and math.type(code) ~= "integer" and type(code) ~= "boolean" then
+        error("bad argument #1 to 'exit' (integer expected, got " .. type(code) .. ")", 2)
+    end
+    if core.current() then
+        return core.exit(code)
+    end
+    os.exit(code, true)
+end
+
+return loom

@@ -1,0 +1,20 @@
+/*
+ * lmod.c - luaopen_loom_core: the C half of the Lua module, one loom_open_<area> per file.
+ * In the host the state already has a host; under stock lua the first require creates one.
+ */
+#include <lauxlib.h>
+#include "host.h"
+#include "stream.h"
+
+int luaopen_loom_core(lua_State *L);
+
+int luaopen_loom_core(lua_State *L) {
+    if (!loom_host(L))
+        loom_host_attach(L);
+    lua_newtable(L);
+    loom_open_host(L);
+    loom_open_sched(L);
+    loom_open_stream(L);
+    loom_open_dns(L);
+    return 1;
+}

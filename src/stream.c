@@ -1,0 +1,757 @@
+/*
+ * stream.c - TCP byte streams for tasks and the raw TCP listener (loom.listen).
+ *
+ * Reads are pulled: the socket is read while a reader waits or while less than HIGH_WATER
+ * bytes sit unread, so a slow consumer stops the peer through TCP flow control. A write
+ * first tries uv_try_write; what the kernel does not take is copied and queued, and the
+ * writer waits for it. The handle is a heap struct; the Lua box points to it; the struct is
+ * freed when both the box and libuv have let go. Knows nothing of HTTP.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "stream.h"
+#include "fail.h"
+
+#define LISTENER_MT "loom.listener"
+#define HIGH_WATER (256 * 1024)
+#define READ_CHUNK (64 * 1024)
+#define MAX_LINE (64 * 1024)
+
+enum { RD_ANY, RD_N, RD_LINE, RD_ALL };
+
+/* ---------------------------------------------------------------- lifetime */
+
+static void stream_res_close(loom_res_t *r) {
+    loom_stream_close((loom_stream_t *)r);
+}
+
+loom_stream_t *loom_stream_new(loom_t *h) {
+    loom_stream_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->host = h;
+    s->timeout = -1;
+    uv_tcp_init(h->loop, &s->tcp);
+    s->tcp.data = s;
+    loom_handle_opened(h);
+    loom_res_add(h, &s->res, stream_res_close);
+    return s;
+}
+
+static void on_stream_closed(uv_handle_t *handle) {
+    loom_stream_t *s = handle->data;
+    s->state = ST_CLOSED;
+    loom_handle_closed(s->host);
+    if (!s->boxed) {
+        free(s->buf);
+        free(s);
+    }
+}
+
+/* Fails whoever waits with `closed`, and starts closing the handle. */
+void loom_stream_close(loom_stream_t *s) {
+    if (s->state != ST_OPEN)
+        return;
+    s->state = ST_CLOSING;
+    loom_res_remove(&s->res);
+    if (s->reader)
+        loom_wake(s->reader);
+    if (s->writer)
+        loom_wake(s->writer);
+    if (s->connector)
+        loom_wake(s->connector);
+    uv_close((uv_handle_t *)&s->tcp, on_stream_closed);
+}
+
+static int stream_gc(lua_State *L) {
+    loom_stream_t **box = lua_touserdata(L, 1);
+    loom_stream_t *s = *box;
+    if (!s)
+        return 0;
+    *box = NULL;
+    s->boxed = 0;
+    if (s->state == ST_CLOSED) {
+        free(s->buf);
+        free(s);
+    } else {
+        loom_stream_close(s); /* frees in on_stream_closed */
+    }
+    return 0;
+}
+
+void loom_stream_push(lua_State *L, loom_stream_t *s) {
+    loom_stream_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = s;
+    s->boxed = 1;
+    luaL_setmetatable(L, STREAM_MT);
+}
+
+loom_stream_t *loom_stream_check(lua_State *L, int idx) {
+    loom_stream_t **box = luaL_checkudata(L, idx, STREAM_MT);
+    if (!*box)
+        luaL_argerror(L, idx, "stream has been collected");
+    return *box;
+}
+
+static void set_peer(loom_stream_t *s) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[48] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    snprintf(s->peer, sizeof s->peer, "%s:%d", ip, port);
+}
+
+/* ---------------------------------------------------------------- reading */
+
+static size_t unread(const loom_stream_t *s) {
+    return s->len - s->pos;
+}
+
+/* Whether the waiting read can complete from the buffer (or from the end of the stream). */
+static int read_ready(const loom_stream_t *s) {
+    if (s->eof || s->rerr || s->state != ST_OPEN)
+        return 1;
+    switch (s->rmode) {
+    case RD_ANY:
+        return unread(s) > 0;
+    case RD_N:
+        return unread(s) >= s->rwant;
+    case RD_LINE:
+        return memchr(s->buf + s->pos, '\n', unread(s)) != NULL || unread(s) > MAX_LINE;
+    default:
+        return 0;
+    }
+}
+
+static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
+    loom_stream_t *s = handle->data;
+    (void)hint;
+    if (s->pos == s->len)
+        s->pos = s->len = 0;
+    if (s->cap - s->len < READ_CHUNK && s->pos > 0) {
+        memmove(s->buf, s->buf + s->pos, unread(s));
+        s->len -= s->pos;
+        s->pos = 0;
+    }
+    if (s->cap - s->len < READ_CHUNK) {
+        size_t cap = s->cap ? s->cap * 2 : READ_CHUNK;
+        while (cap - s->len < READ_CHUNK)
+            cap *= 2;
+        char *nb = realloc(s->buf, cap);
+        if (!nb) {
+            buf->base = NULL;
+            buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
+            return;
+        }
+        s->buf = nb;
+        s->cap = cap;
+    }
+    buf->base = s->buf + s->len;
+    buf->len = s->cap - s->len;
+}
+
+static void stop_reading(loom_stream_t *s) {
+    if (s->reading) {
+        uv_read_stop((uv_stream_t *)&s->tcp);
+        s->reading = 0;
+    }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    loom_stream_t *s = stream->data;
+    (void)buf;
+    if (nread > 0) {
+        s->len += (size_t)nread;
+        if (!s->reader && unread(s) >= HIGH_WATER)
+            stop_reading(s);
+    } else if (nread < 0) {
+        if (nread == UV_EOF)
+            s->eof = 1;
+        else
+            s->rerr = (int)nread;
+        stop_reading(s);
+    }
+    if (s->reader && read_ready(s))
+        loom_wake(s->reader);
+}
+
+static void start_reading(loom_stream_t *s) {
+    if (!s->reading && !s->eof && !s->rerr && s->state == ST_OPEN) {
+        int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
+        if (rc == 0)
+            s->reading = 1;
+        else
+            s->rerr = rc;
+    }
+}
+
+static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
+    lua_pushlstring(L, s->buf + s->pos, n);
+    s->pos += n + skip;
+    if (s->pos == s->len) {
+        s->pos = s->len = 0;
+        if (s->cap > 4 * READ_CHUNK) { /* give back a buffer a burst grew */
+            free(s->buf);
+            s->buf = NULL;
+            s->cap = 0;
+        }
+    }
+}
+
+static int end_of_stream(lua_State *L, loom_stream_t *s) {
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    if (s->rerr)
+        return loom_fail(L, "closed", "%s", uv_strerror(s->rerr));
+    return loom_fail(L, "closed", "end of stream");
+}
+
+/* Pushes what the finished read gives: data, or nil and why. */
+static int push_read(lua_State *L, loom_stream_t *s) {
+    size_t n = unread(s);
+    if (s->state != ST_OPEN)
+        return end_of_stream(L, s);
+    switch (s->rmode) {
+    case RD_ANY:
+        break;
+    case RD_N:
+        if (n > s->rwant)
+            n = s->rwant;
+        break;
+    case RD_LINE: {
+        const char *nl = memchr(s->buf + s->pos, '\n', n);
+        if (nl) {
+            size_t len = (size_t)(nl - (s->buf + s->pos));
+            size_t cut = len > 0 && nl[-1] == '\r' ? 1 : 0;
+            consume(L, s, len - cut, 1 + cut);
+            return 1;
+        }
+        if (n > MAX_LINE)
+            return loom_fail(L, "limit", "line longer than %d bytes", MAX_LINE);
+        break; /* end of stream: the last line has no newline */
+    }
+    default:
+        if (s->rerr)
+            return end_of_stream(L, s);
+        break;
+    }
+    if (n == 0)
+        return s->rmode == RD_ALL && s->eof ? (lua_pushliteral(L, ""), 1) : end_of_stream(L, s);
+    consume(L, s, n, 0);
+    return 1;
+}
+
+static int read_build(lua_State *L, void *ud, int reason) {
+    loom_stream_t *s = ud;
+    s->reader = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT)
+        return loom_fail(L, "timeout", "read from %s", s->peer);
+    if (unread(s) >= HIGH_WATER)
+        stop_reading(s);
+    return push_read(L, s);
+}
+
+static void read_abort(void *ud) {
+    loom_stream_t *s = ud;
+    s->reader = NULL;
+}
+
+/* Shared by read and read_line once the mode is known. */
+static int do_read(lua_State *L, loom_stream_t *s, int mode, size_t want, const char *fname) {
+    if (s->reader)
+        return luaL_error(L, "%s: another task is already reading this stream", fname);
+    s->rmode = mode;
+    s->rwant = want;
+    if (read_ready(s))
+        return push_read(L, s);
+    loom_task_t *t = loom_task_self(L, fname);
+    start_reading(s);
+    if (read_ready(s)) /* start_reading may have failed */
+        return push_read(L, s);
+    s->reader = t;
+    return loom_park(L, t, s->timeout, read_build, read_abort, s);
+}
+
+/* st:read() -> what is there (at least one byte); st:read(n) -> n bytes (fewer only at the
+ * end); st:read("a") -> everything until the peer closes. nil, err at the end. */
+static int stream_read(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    if (lua_isnoneornil(L, 2))
+        return do_read(L, s, RD_ANY, 0, "read");
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        const char *fmt = lua_tostring(L, 2);
+        if (*fmt == '*')
+            fmt++;
+        if (*fmt == 'a')
+            return do_read(L, s, RD_ALL, 0, "read");
+        if (*fmt == 'l')
+            return do_read(L, s, RD_LINE, 0, "read");
+        return luaL_argerror(L, 2, "invalid format (expected a count, 'a' or 'l')");
+    }
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "count must be non-negative");
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    return do_read(L, s, RD_N, (size_t)n, "read");
+}
+
+static int stream_read_line(lua_State *L) {
+    return do_read(L, loom_stream_check(L, 1), RD_LINE, 0, "read_line");
+}
+
+/* ---------------------------------------------------------------- writing */
+
+typedef struct {
+    uv_write_t req;
+    loom_stream_t *s;
+    size_t len;
+    char data[];
+} wreq_t;
+
+static void on_write(uv_write_t *req, int status) {
+    wreq_t *w = (wreq_t *)req;
+    loom_stream_t *s = w->s;
+    free(w);
+    s->pending_writes--;
+    if (status < 0 && status != UV_ECANCELED && !s->werr)
+        s->werr = status;
+    if (s->writer && (s->pending_writes == 0 || s->werr))
+        loom_wake(s->writer);
+}
+
+static int write_build(lua_State *L, void *ud, int reason) {
+    loom_stream_t *s = ud;
+    s->writer = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT)
+        return loom_fail(L, "timeout", "write to %s", s->peer);
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    if (s->werr)
+        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void write_abort(void *ud) {
+    ((loom_stream_t *)ud)->writer = NULL;
+}
+
+/* Queues bufs[i..] (first `skip` bytes of bufs[i] already sent) as one copied request. */
+static int queue_rest(loom_stream_t *s, uv_buf_t *bufs, int nbufs, size_t sent) {
+    size_t total = 0;
+    for (int i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    wreq_t *w = malloc(sizeof *w + total - sent);
+    if (!w)
+        return UV_ENOMEM;
+    size_t off = 0, skip = sent;
+    for (int i = 0; i < nbufs; i++) {
+        size_t n = bufs[i].len;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, n - skip);
+        off += n - skip;
+        skip = 0;
+    }
+    w->s = s;
+    w->len = off;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
+    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        return rc;
+    }
+    s->pending_writes++;
+    return 0;
+}
+
+/* st:write(s1, s2, ...) -> true once the kernel has the bytes, or nil, err. */
+static int stream_write(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    int n = lua_gettop(L) - 1;
+    uv_buf_t bufs[16];
+    size_t total = 0;
+    luaL_argcheck(L, n >= 1 && n <= 16, 2, "expected 1 to 16 strings");
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        const char *p = luaL_checklstring(L, i + 2, &len);
+        bufs[i] = uv_buf_init((char *)p, (unsigned)len);
+        total += len;
+    }
+    loom_task_t *t = loom_task_self(L, "write");
+    if (s->writer)
+        return luaL_error(L, "write: another task is already writing this stream");
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    if (s->werr)
+        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    size_t sent = 0;
+    if (s->pending_writes == 0) {
+        int rc = uv_try_write((uv_stream_t *)&s->tcp, bufs, (unsigned)n);
+        if (rc < 0 && rc != UV_EAGAIN)
+            return loom_fail_uv(L, "closed", rc, s->peer);
+        sent = rc > 0 ? (size_t)rc : 0;
+        if (sent == total) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    int rc = queue_rest(s, bufs, n, sent);
+    if (rc < 0)
+        return loom_fail_uv(L, "closed", rc, s->peer);
+    s->writer = t;
+    return loom_park(L, t, s->timeout, write_build, write_abort, s);
+}
+
+/* ---------------------------------------------------------------- other methods */
+
+static int stream_close_l(lua_State *L) {
+    loom_stream_t **box = luaL_checkudata(L, 1, STREAM_MT);
+    if (*box)
+        loom_stream_close(*box);
+    return 0;
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* st:shutdown(): no more writes from here; the peer reads the end of the stream. */
+static int stream_shutdown(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    uv_shutdown_t *req = malloc(sizeof *req);
+    int rc = req ? uv_shutdown(req, (uv_stream_t *)&s->tcp, on_shutdown) : UV_ENOMEM;
+    if (rc < 0) {
+        free(req);
+        return loom_fail_uv(L, "closed", rc, s->peer);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* st:settimeout(seconds | nil): bound every later read and write. */
+static int stream_settimeout(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    double v = luaL_optnumber(L, 2, -1);
+    s->timeout = v >= 0 ? v : -1;
+    return 0;
+}
+
+/* st:peer() -> ip, port */
+static int stream_peer(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    const char *colon = strrchr(s->peer, ':');
+    if (!colon)
+        return 0;
+    lua_pushlstring(L, s->peer, (size_t)(colon - s->peer));
+    lua_pushinteger(L, atoi(colon + 1));
+    return 2;
+}
+
+static int stream_tostring(lua_State *L) {
+    loom_stream_t **box = luaL_checkudata(L, 1, STREAM_MT);
+    loom_stream_t *s = *box;
+    lua_pushfstring(L, "loom.stream (%s%s)", s ? s->peer : "collected",
+                    s && s->state != ST_OPEN ? ", closed" : "");
+    return 1;
+}
+
+/* ---------------------------------------------------------------- connect */
+
+static void on_connect(uv_connect_t *req, int status) {
+    loom_stream_t *s = req->data;
+    if (status == UV_ECANCELED)
+        return; /* closed while connecting: the task was told already */
+    s->cerr = status;
+    if (s->connector)
+        loom_wake(s->connector);
+}
+
+static int connect_build(lua_State *L, void *ud, int reason) {
+    loom_stream_t *s = ud;
+    s->connector = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT) {
+        loom_stream_close(s);
+        return loom_fail(L, "timeout", "connect to %s", s->peer);
+    }
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream closed while connecting");
+    if (s->cerr) {
+        int err = s->cerr;
+        loom_stream_close(s);
+        return loom_fail_uv(L, "connect", err, s->peer);
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    lua_pushvalue(L, 4); /* the box, left there by tcp_connect */
+    return 1;
+}
+
+static void connect_abort(void *ud) {
+    loom_stream_t *s = ud;
+    s->connector = NULL;
+}
+
+static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss) {
+    if (strchr(ip, ':'))
+        return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss);
+    return uv_ip4_addr(ip, port, (struct sockaddr_in *)ss);
+}
+
+/* core.tcp_connect(ip, port, timeout) -> stream | nil, err. `ip` is numeric. */
+static int l_tcp_connect(lua_State *L) {
+    const char *ip = luaL_checkstring(L, 1);
+    lua_Integer port = luaL_checkinteger(L, 2);
+    double timeout = luaL_optnumber(L, 3, -1);
+    loom_task_t *t = loom_task_self(L, "connect");
+    struct sockaddr_storage ss;
+    luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+    if (parse_addr(ip, (int)port, &ss) != 0)
+        return loom_fail(L, "connect", "invalid address (%s)", ip);
+    loom_stream_t *s = loom_stream_new(loom_host(L));
+    if (!s)
+        return loom_fail(L, "connect", "out of memory");
+    lua_settop(L, 3);
+    loom_stream_push(L, s); /* index 4: connect_build returns it */
+    snprintf(s->peer, sizeof s->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, (int)port);
+    s->creq.data = s;
+    int rc = uv_tcp_connect(&s->creq, &s->tcp, (struct sockaddr *)&ss, on_connect);
+    if (rc < 0) {
+        loom_stream_close(s);
+        return loom_fail_uv(L, "connect", rc, s->peer);
+    }
+    s->connector = t;
+    return loom_park(L, t, timeout, connect_build, connect_abort, s);
+}
+
+/* ---------------------------------------------------------------- listener */
+
+typedef struct loom_listener {
+    loom_res_t res;
+    loom_t *host;
+    uv_tcp_t tcp;
+    int state;
+    int boxed;
+    int handler_ref; /* the Lua function each connection's task runs */
+    int pending;     /* accepted connections whose task is not spawned yet */
+    int port;
+} loom_listener_t;
+
+typedef struct {
+    loom_job_t job;
+    loom_listener_t *ln;
+    loom_stream_t *s;
+} accept_job_t;
+
+static void listener_free_if_done(loom_listener_t *ln) {
+    if (ln->state == ST_CLOSED && !ln->boxed && ln->pending == 0)
+        free(ln);
+}
+
+static void on_listener_closed(uv_handle_t *handle) {
+    loom_listener_t *ln = handle->data;
+    ln->state = ST_CLOSED;
+    loom_handle_closed(ln->host);
+    listener_free_if_done(ln);
+}
+
+static void listener_close(loom_listener_t *ln, lua_State *L) {
+    if (ln->state != ST_OPEN)
+        return;
+    ln->state = ST_CLOSING;
+    loom_res_remove(&ln->res);
+    if (L && ln->handler_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ln->handler_ref);
+        ln->handler_ref = LUA_NOREF;
+    }
+    uv_close((uv_handle_t *)&ln->tcp, on_listener_closed);
+}
+
+static void listener_res_close(loom_res_t *r) {
+    listener_close((loom_listener_t *)r, NULL);
+}
+
+/* In the scheduler: give the accepted connection a box and a task. */
+static void run_accept(loom_t *h, loom_job_t *job) {
+    accept_job_t *aj = (accept_job_t *)job;
+    loom_listener_t *ln = aj->ln;
+    loom_stream_t *s = aj->s;
+    lua_State *L = h->sched.L;
+    free(aj);
+    ln->pending--;
+    if (ln->handler_ref == LUA_NOREF || s->state != ST_OPEN) {
+        loom_stream_close(s);
+        listener_free_if_done(ln);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ln->handler_ref);
+    loom_stream_push(L, s);
+    loom_spawn(L, 1);
+    lua_pop(L, 1);
+    listener_free_if_done(ln);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    loom_listener_t *ln = server->data;
+    if (status < 0 || ln->state != ST_OPEN)
+        return;
+    loom_stream_t *s = loom_stream_new(ln->host);
+    accept_job_t *aj = s ? malloc(sizeof *aj) : NULL;
+    if (!aj || uv_accept(server, (uv_stream_t *)&s->tcp) != 0) {
+        free(aj);
+        if (s)
+            loom_stream_close(s);
+        return;
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    set_peer(s);
+    memset(&aj->job, 0, sizeof aj->job);
+    aj->job.run = run_accept;
+    aj->ln = ln;
+    aj->s = s;
+    ln->pending++;
+    loom_sched_defer(ln->host, &aj->job);
+}
+
+static loom_listener_t *check_listener(lua_State *L, int idx) {
+    loom_listener_t **box = luaL_checkudata(L, idx, LISTENER_MT);
+    return *box;
+}
+
+static int listener_gc(lua_State *L) {
+    loom_listener_t **box = luaL_checkudata(L, 1, LISTENER_MT);
+    loom_listener_t *ln = *box;
+    if (!ln)
+        return 0;
+    *box = NULL;
+    ln->boxed = 0;
+    listener_close(ln, L);
+    listener_free_if_done(ln);
+    return 0;
+}
+
+static int listener_close_l(lua_State *L) {
+    loom_listener_t *ln = check_listener(L, 1);
+    if (ln)
+        listener_close(ln, L);
+    return 0;
+}
+
+static int listener_index(lua_State *L) {
+    loom_listener_t *ln = check_listener(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "port") == 0 && ln) {
+        lua_pushinteger(L, ln->port);
+        return 1;
+    }
+    if (strcmp(k, "close") == 0) {
+        lua_pushcfunction(L, listener_close_l);
+        return 1;
+    }
+    return 0;
+}
+
+/* core.tcp_listen(host, port, handler, backlog) -> listener | nil, err */
+static int l_tcp_listen(lua_State *L) {
+    const char *host = luaL_checkstring(L, 1);
+    lua_Integer port = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    int backlog = (int)luaL_optinteger(L, 4, 511);
+    loom_t *h = loom_host(L);
+    struct sockaddr_storage ss;
+    luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+    if (parse_addr(host, (int)port, &ss) != 0)
+        return loom_fail(L, "listen", "invalid address (%s)", host);
+    loom_listener_t *ln = calloc(1, sizeof *ln);
+    if (!ln)
+        return loom_fail(L, "listen", "out of memory");
+    ln->host = h;
+    ln->handler_ref = LUA_NOREF;
+    uv_tcp_init(h->loop, &ln->tcp);
+    ln->tcp.data = ln;
+    loom_handle_opened(h);
+    loom_res_add(h, &ln->res, listener_res_close);
+    loom_listener_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = ln;
+    ln->boxed = 1;
+    luaL_setmetatable(L, LISTENER_MT);
+    unsigned flags = ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    int rc = uv_tcp_bind(&ln->tcp, (struct sockaddr *)&ss, flags);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&ln->tcp, backlog, on_connection);
+    if (rc < 0) {
+        listener_close(ln, L);
+        char ctx[80];
+        snprintf(ctx, sizeof ctx, "%s:%d", host, (int)port);
+        return loom_fail_uv(L, "listen", rc, ctx);
+    }
+    int len = sizeof ss;
+    uv_tcp_getsockname(&ln->tcp, (struct sockaddr *)&ss, &len);
+    ln->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    lua_pushvalue(L, 3);
+    ln->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- registration */
+
+static const luaL_Reg stream_methods[] = {
+    {"read", stream_read},
+    {"read_line", stream_read_line},
+    {"write", stream_write},
+    {"close", stream_close_l},
+    {"shutdown", stream_shutdown},
+    {"settimeout", stream_settimeout},
+    {"peer", stream_peer},
+    {NULL, NULL},
+};
+
+static const luaL_Reg stream_meta[] = {
+    {"__gc", stream_gc},
+    {"__close", stream_close_l},
+    {"__tostring", stream_tostring},
+    {NULL, NULL},
+};
+
+static const luaL_Reg listener_meta[] = {
+    {"__gc", listener_gc},
+    {"__close", listener_close_l},
+    {"__index", listener_index},
+    {NULL, NULL},
+};
+
+static const luaL_Reg stream_funcs[] = {
+    {"tcp_connect", l_tcp_connect},
+    {"tcp_listen", l_tcp_listen},
+    {NULL, NULL},
+};
+
+int loom_open_stream(lua_State *L) {
+    luaL_newmetatable(L, STREAM_MT);
+    luaL_setfuncs(L, stream_meta, 0);
+    luaL_newlib(L, stream_methods);
+    lua_setfield(L, -2, "__index"); /* mt.__index = methods */
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LISTENER_MT);
+    luaL_setfuncs(L, listener_meta, 0);
+    lua_pop(L, 1);
+    luaL_setfuncs(L, stream_funcs, 0);
+    return 0;
+}

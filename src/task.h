@@ -1,0 +1,108 @@
+/*
+ * task.h - tasks on Lua coroutines: the ready queue, parking and waking, the timer heap,
+ * cancellation and joining. This is the only place that resumes coroutines.
+ *
+ * How a C function waits (see STYLE.md): check arguments, try the operation, and if it
+ * must wait, record what it needs and `return loom_park(L, ...)` as a tail call. libuv
+ * callbacks never call Lua: they store their result and call loom_wake; the scheduler
+ * resumes the task, calls `build` on the task's own stack, and returns its results to Lua.
+ */
+#ifndef LOOM_TASK_H
+#define LOOM_TASK_H
+
+#include <stdint.h>
+#include <lua.h>
+#include <uv.h>
+
+typedef struct loom loom_t;
+typedef struct loom_task loom_task_t;
+typedef struct loom_job loom_job_t;
+
+/* Why a parked task was woken. */
+enum { LOOM_WAKE_OK = 0, LOOM_WAKE_TIMEOUT, LOOM_WAKE_CANCEL };
+
+/* Pushes the results of a finished wait on L (the task's stack); returns how many. */
+typedef int (*loom_build_fn)(lua_State *L, void *ud, int reason);
+/* Undoes a pending wait (stops a read, cancels a request) when it times out or is cancelled.
+ * Runs outside Lua; it must not wake the task itself. */
+typedef void (*loom_abort_fn)(void *ud);
+
+/* Work the scheduler runs with Lua available: a task to resume, or a C job. */
+struct loom_job {
+    loom_job_t *next;
+    void (*run)(loom_t *h, loom_job_t *job);
+    int queued;
+};
+
+enum { TASK_NEW, TASK_READY, TASK_RUNNING, TASK_PARKED, TASK_DONE };
+
+struct loom_task {
+    loom_job_t job; /* first member: the ready queue holds jobs */
+    loom_t *host;
+    lua_State *co;
+    int ref;     /* registry ref anchoring the task until it is done */
+    int state;
+    int nargs;   /* values waiting on co's stack for the next resume */
+    int wake;    /* LOOM_WAKE_* of the last wake-up */
+    unsigned serial; /* counts parks, so stale wake-ups can be told apart */
+    unsigned char cancel;   /* cancel requested, not yet delivered */
+    unsigned char failed;   /* done with an error: co holds error, traceback */
+    unsigned char observed; /* someone takes the outcome: do not print the error */
+    unsigned char is_cancelled;
+    int nres; /* values left on co when done */
+    loom_build_fn build;
+    loom_abort_fn abort;
+    void *ud;
+    uint64_t deadline; /* ms of loop time, when in the timer heap */
+    int heap_idx;      /* -1 when not in the heap */
+};
+
+typedef struct loom_sched {
+    lua_State *L; /* the thread that resumes tasks: the host's, or loom.run's caller */
+    loom_job_t *head, *tail;
+    int nready;
+    loom_task_t *current;
+    loom_task_t *main; /* the task loom_dofile or loom.run started */
+    loom_task_t **heap;
+    int nheap, capheap;
+    uv_timer_t timer;
+    uv_prepare_t prepare;
+    uv_check_t check;
+    uv_idle_t idle;
+    int idle_on;
+    int draining;
+} loom_sched_t;
+
+void loom_sched_init(loom_t *h);
+void loom_sched_close(loom_t *h);
+
+/* Queues a job to run in the scheduler, with Lua available. Safe from libuv callbacks. */
+void loom_sched_defer(loom_t *h, loom_job_t *job);
+
+/* The task running on L, or raises a clear error naming `fname` (outside any task, or in a
+ * coroutine that is not a loom task). */
+loom_task_t *loom_task_self(lua_State *L, const char *fname);
+
+/* Parks the running task. `timeout_s` < 0 means no deadline. Returns lua_yieldk's value;
+ * use as `return loom_park(...)`. Raises "cancelled" at once if a cancel is pending. */
+int loom_park(lua_State *L, loom_task_t *t, double timeout_s, loom_build_fn build,
+              loom_abort_fn abort, void *ud);
+
+/* Makes a parked task ready with LOOM_WAKE_OK. No-op unless it is parked. */
+void loom_wake(loom_task_t *t);
+
+/* Creates a task running the function at stack index -(nargs+1) with the nargs values above
+ * it (popped), pushes the task object, and queues it. */
+loom_task_t *loom_spawn(lua_State *L, int nargs);
+
+/* Resumes a task at once (to start a main task up to its first suspension). */
+void loom_task_run_now(loom_t *h, loom_task_t *t);
+
+/* Runs every queued job once, then returns (the host drives this from its handles). */
+void loom_sched_drain(loom_t *h);
+
+double loom_sched_now(void);
+
+int loom_open_sched(lua_State *L);
+
+#endif
