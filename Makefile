@@ -4,6 +4,7 @@
 #   make test-fast  normal build + ctest only
 #   make bench      bench/run.sh against the peers
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
