@@ -9,10 +9,15 @@ local function lib()
         if not ok then
             error("loom.json needs lua-cjson (Debian: apt-get install lua-cjson)", 3)
         end
-        cjson = mod.new()
-        cjson.encode_sparse_array(true)
-        cjson.decode_array_with_array_mt(true)
-        M.null = cjson.null
+        local c = mod.new()
+        c.encode_sparse_array(true)
+        -- lua-cjson >= 2.1.0.9 only (Debian 12 ships 2.1.0): decoded arrays keep
+        -- cjson.array_mt, so an empty one encodes back as [] rather than {}.
+        if c.decode_array_with_array_mt then
+            c.decode_array_with_array_mt(true)
+        end
+        M.null = c.null
+        cjson = c
     end
     return cjson
 end
