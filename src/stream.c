@@ -230,6 +230,8 @@ static int push_read(lua_State *L, loom_stream_t *s) {
         break;
     case RD_LINE: {
         const char *nl = memchr(s->buf + s->pos, '\n', n);
+        if (nl && (size_t)(nl - (s->buf + s->pos)) > MAX_LINE)
+            nl = NULL; /* too long, even if its end has arrived too */
         if (nl) {
             size_t len = (size_t)(nl - (s->buf + s->pos));
             size_t cut = len > 0 && nl[-1] == '\r' ? 1 : 0;
