@@ -95,7 +95,7 @@ loom_stream_t *loom_stream_check(lua_State *L, int idx) {
 }
 
 static void set_peer(loom_stream_t *s) {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     int len = sizeof ss;
     char ip[48] = "?";
     int port = 0;
@@ -108,7 +108,7 @@ static void set_peer(loom_stream_t *s) {
             port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
         }
     }
-    snprintf(s->peer, sizeof s->peer, "%s:%d", ip, port);
+    snprintf(s->peer, sizeof s->peer, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -456,13 +456,19 @@ static int stream_settimeout(lua_State *L) {
     return 0;
 }
 
-/* st:peer() -> ip, port */
+/* st:peer() -> ip, port. The ip is bare ("::1"), though messages show "[::1]:port". */
 static int stream_peer(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
     const char *colon = strrchr(s->peer, ':');
     if (!colon)
         return 0;
-    lua_pushlstring(L, s->peer, (size_t)(colon - s->peer));
+    const char *ip = s->peer;
+    size_t len = (size_t)(colon - s->peer);
+    if (len >= 2 && ip[0] == '[' && ip[len - 1] == ']') {
+        ip++;
+        len -= 2;
+    }
+    lua_pushlstring(L, ip, len);
     lua_pushinteger(L, atoi(colon + 1));
     return 2;
 }
