@@ -101,8 +101,9 @@ static void on_check(uv_check_t *check) {
 
 /* ---------------------------------------------------------------- timer heap */
 
+/* Ties go to the earlier entry, so tasks that sleep alike wake in the order they slept. */
 static int earlier(loom_task_t *a, loom_task_t *b) {
-    return a->deadline < b->deadline;
+    return a->deadline < b->deadline || (a->deadline == b->deadline && a->heap_seq < b->heap_seq);
 }
 
 static void heap_set(loom_sched_t *s, int i, loom_task_t *t) {
@@ -167,6 +168,7 @@ static int heap_add(loom_t *h, loom_task_t *t, double timeout_s) {
     if (ms > 1e12)
         ms = 1e12; /* about 30 years: effectively never, and no overflow */
     t->deadline = uv_now(h->loop) + (uint64_t)ms;
+    t->heap_seq = s->heap_seq++;
     heap_set(s, s->nheap++, t);
     sift_up(s, s->nheap - 1);
     if (t->heap_idx == 0)

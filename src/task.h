@@ -54,6 +54,7 @@ struct loom_task {
     loom_abort_fn abort;
     void *ud;
     uint64_t deadline; /* ms of loop time, when in the timer heap */
+    uint64_t heap_seq; /* order of entry: equal deadlines wake first-in, first-out */
     int heap_idx;      /* -1 when not in the heap */
 };
 
@@ -65,6 +66,7 @@ typedef struct loom_sched {
     loom_task_t *main; /* the task loom_dofile or loom.run started */
     loom_task_t **heap;
     int nheap, capheap;
+    uint64_t heap_seq; /* entries so far */
     uv_timer_t timer;
     uv_prepare_t prepare;
     uv_check_t check;
