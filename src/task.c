@@ -589,6 +589,21 @@ static int l_watch(lua_State *L) {
     return 0;
 }
 
+/* core.stats() -> {timers = tasks waiting with a deadline, ready = tasks and jobs queued to
+ * run, handles = libuv handles and requests open, loom's own included}: what still keeps the
+ * loop alive. For tests that check nothing is left running. */
+static int l_stats(lua_State *L) {
+    loom_t *h = loom_host(L);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, h->sched.nheap);
+    lua_setfield(L, -2, "timers");
+    lua_pushinteger(L, h->sched.nready);
+    lua_setfield(L, -2, "ready");
+    lua_pushinteger(L, h->nhandles);
+    lua_setfield(L, -2, "handles");
+    return 1;
+}
+
 static int task_cancel_l(lua_State *L) {
     task_cancel(check_task(L, 1));
     return 0;
@@ -655,6 +670,7 @@ static const luaL_Reg sched_funcs[] = {
     {"ticket", l_ticket},
     {"wake", l_wake},
     {"watch", l_watch},
+    {"stats", l_stats},
     {NULL, NULL},
 };
 
