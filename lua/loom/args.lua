@@ -3,6 +3,8 @@
 local args = {}
 
 local type, error, format = type, error, string.format
+local running = coroutine.running
+local core -- loom.core, loaded on first use
 
 function args.fail(fname, n, msg, level)
     error(format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 1) + 2)
@@ -53,6 +55,21 @@ function args.timeout(opts, name, default, fname, n)
             type(v) == "number" and tostring(v) or type(v)), 2)
     end
     return v
+end
+
+-- Raises unless the caller runs in a loom task: `fname` is a call that waits, and waiting
+-- is only possible in a task. Outside any task, and in a coroutine of the user's own
+-- (coroutine.wrap/create, whose resume would swallow loom's yield), the message says what
+-- to use instead. `level` 1 blames the caller of the function that calls need_task.
+function args.need_task(fname, level)
+    core = core or require "loom.core"
+    if core.current() then return end
+    local _, main = running()
+    if main then
+        error(fname .. ": called outside any task (use loom.run or loom.spawn)", (level or 1) + 2)
+    end
+    error(fname .. ": called inside a coroutine that is not a loom task "
+        .. "(use loom.spawn instead of coroutine.wrap/create)", (level or 1) + 2)
 end
 
 return args

@@ -35,6 +35,7 @@ function M.connect(host, port, opts)
         args.opt(opts, "tls", "table", nil, "connect", 3)
         if not core.tls_wrap then return nil, "tls: TLS is not available in this build" end
     end
+    args.need_task("connect", 1)
     local deadline = timeout and now() + timeout
     local addrs, err = resolve(host, timeout)
     if not addrs then return nil, err end

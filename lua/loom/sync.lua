@@ -3,7 +3,7 @@
 local core = require "loom.core"
 local args = require "loom.args"
 
-local park, ticket, wake, current = core.park, core.ticket, core.wake, core.current
+local park, ticket, wake = core.park, core.ticket, core.wake
 local setmetatable, error = setmetatable, error
 
 local M = {}
@@ -14,9 +14,7 @@ local function waiters()
 end
 
 local function wait_on(list, fname)
-    if not current() then
-        error(fname .. ": called outside any task (use loom.run or loom.spawn)", 3)
-    end
+    args.need_task(fname, 2)
     local t, serial = ticket()
     local i = list.tail + 1
     list.tail = i

@@ -17,9 +17,7 @@ end
 M.is_task = is_task
 
 local function need_task(fname)
-    if not current() then
-        error(fname .. ": called outside any task (use loom.run or loom.spawn)", 3)
-    end
+    args.need_task(fname, 2)
 end
 
 -- task:join() -> true, ... | false, err. Waits for the task; any number of tasks may join.
