@@ -25,6 +25,9 @@ function task_methods:join()
     if not is_task(self) then args.fail("join", 1, "loom.task expected", 1) end
     if not self:done() then
         need_task("join")
+        if self == current() then
+            error("join: a task cannot join itself", 2)
+        end
         repeat
             watch(self)
             park()
