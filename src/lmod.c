@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include "host.h"
 #include "stream.h"
+#include "http_server.h"
 
 int luaopen_loom_core(lua_State *L);
 
@@ -16,5 +17,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_sched(L);
     loom_open_stream(L);
     loom_open_dns(L);
+    loom_open_http_server(L);
     return 1;
 }

@@ -318,9 +318,32 @@ static void keep_error(lua_State *L, lua_State *co) {
     lua_xmove(L, co, 1);               /* co: err tb */
 }
 
+#define POOL_MAX 1024
+
+/* Keeps a finished internal task for reuse: its coroutine ended well, so after clearing its
+ * stack Lua can start a new function on it. The registry ref stays as the anchor. */
+static int recycle(loom_t *h, loom_task_t *t) {
+    loom_sched_t *s = &h->sched;
+    if (!t->pooled || t->exposed || t->failed || s->npool >= POOL_MAX || h->closing)
+        return 0;
+    lua_settop(t->co, 0);
+    t->state = TASK_DONE;
+    t->on_done = NULL;
+    t->done_ud = NULL;
+    t->pool_next = s->pool;
+    s->pool = t;
+    s->npool++;
+    return 1;
+}
+
 static void complete(loom_t *h, loom_task_t *t) {
     lua_State *L = h->sched.L;
     t->state = TASK_DONE;
+    if (t->on_done) {
+        t->on_done(h, t);
+        if (recycle(h, t))
+            return;
+    }
     int woken = notify_watchers(L, t);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
@@ -400,7 +423,8 @@ void loom_task_run_now(loom_t *h, loom_task_t *t) {
     resume(h, t);
 }
 
-loom_task_t *loom_spawn(lua_State *L, int nargs) {
+/* Creates a task object for the function below `nargs` values; pushes it. Not queued. */
+static loom_task_t *new_task(lua_State *L, int nargs) {
     loom_t *h = loom_host(L);
     lua_State *co = lua_newthread(L);                 /* fn args.. co */
     loom_task_t *t = lua_newuserdatauv(L, sizeof *t, 2); /* fn args.. co t */
@@ -418,7 +442,36 @@ loom_task_t *loom_spawn(lua_State *L, int nargs) {
     lua_setiuservalue(L, -2, 1);    /* t; uservalue 1 anchors the coroutine */
     lua_pushvalue(L, -1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    loom_sched_defer(h, &t->job);
+    return t;
+}
+
+loom_task_t *loom_spawn(lua_State *L, int nargs) {
+    loom_task_t *t = new_task(L, nargs);
+    loom_sched_defer(t->host, &t->job);
+    return t;
+}
+
+loom_task_t *loom_spawn_internal(lua_State *L, int nargs, void (*on_done)(loom_t *, loom_task_t *),
+                                 void *ud) {
+    loom_t *h = loom_host(L);
+    loom_sched_t *s = &h->sched;
+    loom_task_t *t = s->pool;
+    if (t) {
+        s->pool = t->pool_next;
+        s->npool--;
+        t->pool_next = NULL;
+        lua_xmove(L, t->co, nargs + 1);
+        t->state = TASK_NEW;
+        t->nargs = nargs;
+        t->cancel = t->failed = t->observed = t->is_cancelled = 0;
+        t->nres = 0;
+    } else {
+        t = new_task(L, nargs);
+        lua_pop(L, 1);
+        t->pooled = 1;
+    }
+    t->on_done = on_done;
+    t->done_ud = ud;
     return t;
 }
 
@@ -509,10 +562,12 @@ double loom_sched_now(void) {
 static int l_current(lua_State *L) {
     loom_t *h = loom_host(L);
     loom_task_t *t = h ? h->sched.current : NULL;
-    if (t && t->co == L)
+    if (t && t->co == L) {
+        t->exposed = 1;
         push_task(L, t);
-    else
+    } else {
         lua_pushnil(L);
+    }
     return 1;
 }
 

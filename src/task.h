@@ -56,6 +56,13 @@ struct loom_task {
     uint64_t deadline; /* ms of loop time, when in the timer heap */
     uint64_t heap_seq; /* order of entry: equal deadlines wake first-in, first-out */
     int heap_idx;      /* -1 when not in the heap */
+    /* Internal tasks (request handlers) report their end here, with their results still
+     * on co, instead of being joined; a pooled task's coroutine is then reused. */
+    void (*on_done)(loom_t *h, loom_task_t *t);
+    void *done_ud;
+    unsigned char pooled;  /* may be recycled when it ends well */
+    unsigned char exposed; /* loom.current() handed it out: never recycle */
+    loom_task_t *pool_next;
 };
 
 typedef struct loom_sched {
@@ -73,6 +80,8 @@ typedef struct loom_sched {
     uv_idle_t idle;
     int idle_on;
     int draining;
+    loom_task_t *pool; /* finished internal tasks whose coroutines wait for reuse */
+    int npool;
 } loom_sched_t;
 
 void loom_sched_init(loom_t *h);
@@ -96,6 +105,11 @@ void loom_wake(loom_task_t *t);
 /* Creates a task running the function at stack index -(nargs+1) with the nargs values above
  * it (popped), pushes the task object, and queues it. */
 loom_task_t *loom_spawn(lua_State *L, int nargs);
+
+/* As loom_spawn, but takes a recycled task when there is one, does not queue it and pushes
+ * nothing: for internal tasks that the caller starts with loom_task_run_now. */
+loom_task_t *loom_spawn_internal(lua_State *L, int nargs, void (*on_done)(loom_t *, loom_task_t *),
+                                 void *ud);
 
 /* Resumes a task at once (to start a main task up to its first suspension). */
 void loom_task_run_now(loom_t *h, loom_task_t *t);

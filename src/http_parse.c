@@ -1,0 +1,265 @@
+/*
+ * http_parse.c - llhttp callbacks that copy a message head into pooled storage, counting
+ * its bytes against the limit as they arrive (a head split over many reads is counted
+ * once, whole), lowercasing field names, and rejecting what llhttp accepts but a strict
+ * server must not: a second Host, more than LOOM_MAX_HEADERS fields.
+ * llhttp runs in its default strict mode: Content-Length with Transfer-Encoding, differing
+ * Content-Lengths, bad chunk sizes and obs-fold are its errors.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "http_parse.h"
+
+static loom_http_msg_t *msg_of(llhttp_t *p) {
+    return (loom_http_msg_t *)p->data;
+}
+
+static int fail(loom_http_msg_t *m, int status, const char *why) {
+    if (!m->fail) {
+        m->fail = (uint16_t)status;
+        m->why = why;
+    }
+    return HPE_USER;
+}
+
+static loom_head_t *head_get(loom_http_msg_t *m) {
+    loom_head_t *h = *m->pool;
+    if (h) {
+        *m->pool = h->next_free;
+    } else {
+        h = malloc(sizeof *h);
+        if (!h)
+            return NULL;
+    }
+    h->next_free = NULL;
+    h->data = h->inl;
+    h->cap = sizeof h->inl;
+    h->len = 0;
+    h->url = h->url_len = 0;
+    h->nhdrs = 0;
+    return h;
+}
+
+void loom_http_msg_release(loom_http_msg_t *m) {
+    loom_head_t *h = m->head;
+    if (!h)
+        return;
+    m->head = NULL;
+    if (h->data != h->inl) { /* keep pooled heads small */
+        free(h->data);
+        h->data = h->inl;
+    }
+    h->next_free = *m->pool;
+    *m->pool = h;
+}
+
+void loom_head_pool_free(loom_head_t **pool) {
+    while (*pool) {
+        loom_head_t *h = *pool;
+        *pool = h->next_free;
+        free(h);
+    }
+}
+
+static int append(loom_head_t *h, const char *at, size_t len, int lower) {
+    if (h->len + len > h->cap) {
+        size_t cap = h->cap * 2;
+        while (cap < h->len + len)
+            cap *= 2;
+        char *nd = malloc(cap);
+        if (!nd)
+            return -1;
+        memcpy(nd, h->data, h->len);
+        if (h->data != h->inl)
+            free(h->data);
+        h->data = nd;
+        h->cap = cap;
+    }
+    char *dst = h->data + h->len;
+    if (lower) {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char ch = (unsigned char)at[i];
+            dst[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+    } else {
+        memcpy(dst, at, len);
+    }
+    h->len += len;
+    return 0;
+}
+
+/* Counts head bytes cumulatively: a head that trickles in over many reads is limited as a
+ * whole. The target alone over the limit is 414, anything else 431. */
+static int count(loom_http_msg_t *m, size_t len) {
+    m->header_bytes += (uint32_t)(len > m->max_header ? m->max_header + 1 : len);
+    if (m->header_bytes > m->max_header)
+        return fail(m, m->part == PART_URL && m->head && m->head->nhdrs == 0 ? 414 : 431,
+                    "request head too large");
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    if (!m->head && !(m->head = head_get(m)))
+        return fail(m, 500, "out of memory");
+    loom_head_t *h = m->head;
+    h->len = 0;
+    h->url = h->url_len = 0;
+    h->nhdrs = 0;
+    m->header_bytes = 0;
+    m->part = PART_NONE;
+    m->in_trailers = 0;
+    m->host_count = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+    loom_http_msg_t *m = msg_of(p);
+    m->part = PART_URL;
+    if (count(m, len))
+        return HPE_USER;
+    return append(m->head, at, len, 0) ? fail(m, 500, "out of memory") : 0;
+}
+
+static int on_url_complete(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    m->head->url = 0;
+    m->head->url_len = (uint32_t)m->head->len;
+    m->part = PART_NONE;
+    return 0;
+}
+
+static int on_field(llhttp_t *p, const char *at, size_t len) {
+    loom_http_msg_t *m = msg_of(p);
+    loom_head_t *h = m->head;
+    if (m->part != PART_FIELD) {
+        if (m->in_trailers) { /* trailers are counted, not kept */
+            m->part = PART_FIELD;
+        } else {
+            if (h->nhdrs >= LOOM_MAX_HEADERS)
+                return fail(m, 431, "too many header fields");
+            h->hdrs[h->nhdrs].name = (uint32_t)h->len;
+            m->part = PART_FIELD;
+        }
+    }
+    if (count(m, len))
+        return HPE_USER;
+    if (m->in_trailers)
+        return 0;
+    return append(h, at, len, 1) ? fail(m, 500, "out of memory") : 0;
+}
+
+static int on_field_complete(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    loom_head_t *h = m->head;
+    if (!m->in_trailers) { /* an empty value gets no data callback: start it empty here */
+        h->hdrs[h->nhdrs].name_len = (uint32_t)h->len - h->hdrs[h->nhdrs].name;
+        h->hdrs[h->nhdrs].value = (uint32_t)h->len;
+    }
+    return 0;
+}
+
+static int on_value(llhttp_t *p, const char *at, size_t len) {
+    loom_http_msg_t *m = msg_of(p);
+    loom_head_t *h = m->head;
+    if (m->part != PART_VALUE) {
+        m->part = PART_VALUE;
+        if (!m->in_trailers)
+            h->hdrs[h->nhdrs].value = (uint32_t)h->len;
+    }
+    if (count(m, len))
+        return HPE_USER;
+    if (m->in_trailers)
+        return 0;
+    return append(h, at, len, 0) ? fail(m, 500, "out of memory") : 0;
+}
+
+static int on_value_complete(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    loom_head_t *h = m->head;
+    m->part = PART_NONE;
+    if (m->in_trailers)
+        return 0;
+    loom_hspan_t *s = &h->hdrs[h->nhdrs];
+    s->value_len = (uint32_t)h->len - s->value;
+    while (s->value_len > 0 &&
+           (h->data[s->value + s->value_len - 1] == ' ' || h->data[s->value + s->value_len - 1] == '\t'))
+        s->value_len--;
+    if (s->name_len == 4 && memcmp(h->data + s->name, "host", 4) == 0 && ++m->host_count > 1)
+        return fail(m, 400, "more than one Host header");
+    h->nhdrs++;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    m->in_trailers = 1;
+    return m->on_headers ? m->on_headers(m) : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+    loom_http_msg_t *m = msg_of(p);
+    return m->on_body ? m->on_body(m, at, len) : 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+    loom_http_msg_t *m = msg_of(p);
+    return m->on_complete ? m->on_complete(m) : 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len) {
+    return on_url(p, at, len);
+}
+
+static int on_status_complete(llhttp_t *p) {
+    return on_url_complete(p);
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_field,
+    .on_header_value = on_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+    .on_url_complete = on_url_complete,
+    .on_status_complete = on_status_complete,
+    .on_header_field_complete = on_field_complete,
+    .on_header_value_complete = on_value_complete,
+};
+
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_t **pool) {
+    memset(m, 0, sizeof *m);
+    llhttp_init(&m->parser, type, &settings);
+    m->parser.data = m;
+    m->pool = pool;
+    m->max_header = 16 * 1024;
+}
+
+int loom_head_find(const loom_head_t *h, const char *name, size_t len) {
+    for (int i = 0; i < h->nhdrs; i++)
+        if (h->hdrs[i].name_len == len && memcmp(h->data + h->hdrs[i].name, name, len) == 0)
+            return i;
+    return -1;
+}
+
+int loom_head_has_token(const loom_head_t *h, int idx, const char *token) {
+    const char *v = LOOM_HEAD_VALUE(h, idx), *end = v + h->hdrs[idx].value_len;
+    size_t tl = strlen(token);
+    while (v < end) {
+        while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+            v++;
+        const char *s = v;
+        while (v < end && *v != ',')
+            v++;
+        const char *e = v;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if ((size_t)(e - s) == tl && strncasecmp(s, token, tl) == 0)
+            return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,65 @@
+/*
+ * http_parse.h - llhttp glue shared by the server and the client: where a message head is
+ * stored (target or reason, header fields with lowercased names), the limits that are
+ * counted across reads (header bytes, trailers included; header count), and the checks
+ * llhttp leaves to us (a second Host). Does no I/O and knows no Lua.
+ */
+#ifndef LOOM_HTTP_PARSE_H
+#define LOOM_HTTP_PARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llhttp.h>
+
+#define LOOM_MAX_HEADERS 100
+
+typedef struct {
+    uint32_t name, name_len, value, value_len; /* offsets into loom_head_t.data */
+} loom_hspan_t;
+
+typedef struct loom_head loom_head_t;
+struct loom_head {
+    loom_head_t *next_free;
+    char *data; /* inl until it outgrows it */
+    size_t len, cap;
+    uint32_t url, url_len; /* request target, or response reason */
+    int nhdrs;
+    loom_hspan_t hdrs[LOOM_MAX_HEADERS];
+    char inl[2048];
+};
+
+enum { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
+
+typedef struct loom_http_msg loom_http_msg_t;
+struct loom_http_msg {
+    llhttp_t parser;       /* parser.data points back here */
+    loom_head_t *head;     /* storage while a message is in progress */
+    loom_head_t **pool;    /* where released heads go (owned by the server or client) */
+    uint32_t max_header;   /* bytes of target and header fields allowed, trailers included */
+    uint32_t header_bytes; /* counted so far for this message */
+    uint8_t part;          /* which element the data callbacks are extending */
+    uint8_t in_trailers;
+    uint8_t host_count;
+    uint16_t fail;         /* status a limit or check chose: 400, 414, 431 (0: parser's own) */
+    const char *why;       /* short reason, for the log */
+    void *owner;
+    /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
+    int (*on_headers)(loom_http_msg_t *m);
+    int (*on_body)(loom_http_msg_t *m, const char *at, size_t len);
+    int (*on_complete)(loom_http_msg_t *m);
+};
+
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_t **pool);
+/* Gives the head storage back to the pool (when a connection goes idle). */
+void loom_http_msg_release(loom_http_msg_t *m);
+void loom_head_pool_free(loom_head_t **pool);
+
+/* Finds a header by lowercase name; returns its index or -1. */
+int loom_head_find(const loom_head_t *h, const char *name, size_t len);
+/* Case-insensitive match of a header value against a comma-separated token list. */
+int loom_head_has_token(const loom_head_t *h, int idx, const char *token);
+
+#define LOOM_HEAD_NAME(h, i) ((h)->data + (h)->hdrs[i].name)
+#define LOOM_HEAD_VALUE(h, i) ((h)->data + (h)->hdrs[i].value)
+
+#endif

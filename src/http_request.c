@@ -1,0 +1,275 @@
+/*
+ * http_request.c - the Lua side of a server request: the request table (method, path and
+ * version set at once; the rest computed lazily by lua/loom/request.lua through the
+ * functions here), reading the body whole or piece by piece, and streaming responses.
+ *
+ * The table holds a box that points at the connection while the request lasts; when it
+ * ends the box is emptied, so a request kept after its handler returned cannot reach a
+ * connection that has moved on or been freed. Waits park with the box as their data.
+ */
+#include <string.h>
+#include <lauxlib.h>
+#include "http_server.h"
+#include "fail.h"
+
+/* ---------------------------------------------------------------- the request table */
+
+void loom_conn_push_request(lua_State *L, loom_conn_t *c) {
+    loom_head_t *h = c->msg.head;
+    const char *url = h->data + h->url;
+    size_t plen = 0;
+    while (plen < h->url_len && url[plen] != '?' && url[plen] != '#')
+        plen++;
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)));
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, url, plen);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, c->http10 ? "1.0" : "1.1");
+    lua_setfield(L, -2, "version");
+    loom_reqbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->c = c;
+    c->box = box;
+    luaL_setmetatable(L, REQBOX_MT);
+    lua_setfield(L, -2, "_box");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->reqmt_ref);
+    lua_setmetatable(L, -2);
+}
+
+void loom_conn_detach_request(loom_conn_t *c) {
+    if (c->box) {
+        c->box->c = NULL;
+        c->box = NULL;
+    }
+    if (c->waiter)
+        loom_wake(c->waiter);
+}
+
+static loom_conn_t *live_conn(lua_State *L, int idx) {
+    loom_reqbox_t *box = luaL_checkudata(L, idx, REQBOX_MT);
+    if (!box->c)
+        luaL_error(L, "the request is finished (its handler has returned)");
+    return box->c;
+}
+
+/* core.req_target(box) -> the request target as sent, e.g. "/a%20b?x=1" */
+static int req_target(lua_State *L) {
+    loom_head_t *h = live_conn(L, 1)->msg.head;
+    lua_pushlstring(L, h->data + h->url, h->url_len);
+    return 1;
+}
+
+/* core.req_headers(box) -> {lowercase name = value}; repeats joined with ", " */
+static int req_headers(lua_State *L) {
+    loom_head_t *h = live_conn(L, 1)->msg.head;
+    lua_createtable(L, 0, h->nhdrs);
+    for (int i = 0; i < h->nhdrs; i++) {
+        lua_pushlstring(L, LOOM_HEAD_NAME(h, i), h->hdrs[i].name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) { /* name old */
+            int cookie = h->hdrs[i].name_len == 6 && memcmp(LOOM_HEAD_NAME(h, i), "cookie", 6) == 0;
+            lua_pushstring(L, cookie ? "; " : ", ");
+            lua_pushlstring(L, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
+        }
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
+/* core.req_peer(box) -> ip, port */
+static int req_peer(lua_State *L) {
+    loom_conn_t *c = live_conn(L, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[64];
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
+    lua_pushstring(L, ip);
+    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    return 2;
+}
+
+/* ---------------------------------------------------------------- the body */
+
+enum { WANT_WHOLE, WANT_CHUNK };
+
+static int body_failed(loom_conn_t *c) {
+    return c->fail_status || (c->eof && !c->msg_done) || c->state == C_CLOSING;
+}
+
+static int body_ready(loom_conn_t *c, int want) {
+    if (c->msg_done || body_failed(c))
+        return 1;
+    return want == WANT_CHUNK && c->body_len > 0;
+}
+
+void loom_conn_body_event(loom_conn_t *c) {
+    if (c->waiter && body_ready(c, c->chunk_mode ? WANT_CHUNK : WANT_WHOLE))
+        loom_wake(c->waiter);
+}
+
+static int push_body_error(lua_State *L, loom_conn_t *c) {
+    if (c->fail_status == 413)
+        return loom_fail(L, "limit", "request body larger than max_body (%d bytes)",
+                         (int)c->srv->max_body);
+    if (c->fail_status)
+        return loom_fail(L, "http", "malformed request body");
+    return loom_fail(L, "closed", "the client closed the connection before the body was complete");
+}
+
+/* Pushes what a finished body wait gives. */
+static int push_body(lua_State *L, loom_conn_t *c, int want) {
+    if (c->fail_status || (body_failed(c) && !(want == WANT_CHUNK && c->body_len > 0)))
+        return push_body_error(L, c);
+    if (want == WANT_WHOLE) {
+        lua_pushlstring(L, c->body ? c->body : "", c->body_len);
+        return 1;
+    }
+    if (c->body_len == 0) { /* the end */
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, c->body, c->body_len);
+    c->body_len = 0;
+    loom_conn_start_reading(c);
+    return 1;
+}
+
+static int body_build(lua_State *L, void *ud, int reason) {
+    loom_reqbox_t *box = ud;
+    (void)reason;
+    if (!box->c)
+        return loom_fail(L, "closed", "the request is finished");
+    box->c->waiter = NULL;
+    return push_body(L, box->c, box->c->chunk_mode ? WANT_CHUNK : WANT_WHOLE);
+}
+
+static void body_abort(void *ud) {
+    loom_reqbox_t *box = ud;
+    if (box->c)
+        box->c->waiter = NULL;
+}
+
+static int read_body(lua_State *L, int want, const char *fname) {
+    loom_conn_t *c = live_conn(L, 1);
+    loom_reqbox_t *box = lua_touserdata(L, 1);
+    if (c->waiter)
+        return luaL_error(L, "%s: another task is already reading this request's body", fname);
+    if (want == WANT_WHOLE && c->chunk_mode)
+        return luaL_error(L, "%s: the body is being read with req:chunks()", fname);
+    c->chunk_mode = want == WANT_CHUNK;
+    if (!c->body_wanted && !c->msg_done) {
+        c->body_wanted = 1;
+        loom_conn_send_continue(c);
+        loom_conn_resume_parse(c);
+    }
+    if (body_ready(c, want))
+        return push_body(L, c, want);
+    loom_task_t *t = loom_task_self(L, fname);
+    c->waiter = t;
+    lua_settop(L, 1);
+    return loom_park(L, t, -1, body_build, body_abort, box);
+}
+
+/* core.req_body(box) -> the whole body | nil, err */
+static int req_body(lua_State *L) {
+    return read_body(L, WANT_WHOLE, "text");
+}
+
+/* core.req_chunk(box) -> the next piece of the body, nil at its end | nil, err */
+static int req_chunk(lua_State *L) {
+    return read_body(L, WANT_CHUNK, "chunks");
+}
+
+/* ---------------------------------------------------------------- streaming responses */
+
+/* core.req_stream(box, status, headers) -> true | nil, err */
+static int req_stream(lua_State *L) {
+    loom_conn_t *c = live_conn(L, 1);
+    int status = (int)luaL_checkinteger(L, 2);
+    luaL_argcheck(L, status >= 100 && status <= 999, 2, "invalid status");
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    if (c->resp != R_NONE)
+        return luaL_error(L, "stream: the response has already started");
+    if (loom_conn_stream_start(c, L, status, lua_istable(L, 3) ? 3 : 0) != 0) {
+        if (c->resp != R_STREAM)
+            return luaL_error(L, "stream: invalid header name or value");
+        return loom_fail(L, "closed", "the client has gone");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int write_build(lua_State *L, void *ud, int reason) {
+    loom_reqbox_t *box = ud;
+    (void)reason;
+    if (!box->c || box->c->state == C_CLOSING)
+        return loom_fail(L, "closed", "the client has gone");
+    box->c->waiter = NULL;
+    if (box->c->werr)
+        return loom_fail(L, "closed", "%s", uv_strerror(box->c->werr));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.req_write(box, data) -> true once the kernel has it | nil, err */
+static int req_write(lua_State *L) {
+    loom_conn_t *c = live_conn(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    loom_reqbox_t *box = lua_touserdata(L, 1);
+    if (c->resp != R_STREAM)
+        return luaL_error(L, "write: no streaming response was started (use req:stream)");
+    if (c->waiter)
+        return luaL_error(L, "write: another task is already writing this response");
+    if (len == 0 || c->is_head) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    char size[24];
+    uv_buf_t bufs[3];
+    int n = 0;
+    if (c->chunked_out) {
+        bufs[n++] = uv_buf_init(size, (unsigned)snprintf(size, sizeof size, "%zx\r\n", len));
+        bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
+        bufs[n++] = uv_buf_init((char *)"\r\n", 2);
+    } else {
+        bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
+    }
+    int rc = loom_conn_write(c, bufs, n);
+    if (rc < 0)
+        return loom_fail_uv(L, "closed", rc, NULL);
+    if (c->pending_writes == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    loom_task_t *t = loom_task_self(L, "write");
+    c->waiter = t;
+    lua_settop(L, 1);
+    return loom_park(L, t, -1, write_build, body_abort, box);
+}
+
+static const luaL_Reg request_funcs[] = {
+    {"req_target", req_target},
+    {"req_headers", req_headers},
+    {"req_peer", req_peer},
+    {"req_body", req_body},
+    {"req_chunk", req_chunk},
+    {"req_stream", req_stream},
+    {"req_write", req_write},
+    {NULL, NULL},
+};
+
+int loom_open_http_request(lua_State *L) {
+    luaL_newmetatable(L, REQBOX_MT);
+    lua_pop(L, 1);
+    luaL_setfuncs(L, request_funcs, 0);
+    return 0;
+}

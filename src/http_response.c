@@ -1,0 +1,461 @@
+/*
+ * http_response.c - response heads and writes for the server: status lines, the Date value
+ * made once a second, headers from a Lua table (validated: a name is a token, a value has
+ * no CR, LF or NUL, so a handler cannot split a response), Content-Length or chunked
+ * framing, and one gathered try-write per response with a copied remainder when the kernel
+ * is full. Also the access log line. Knows nothing of parsing or routing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <lauxlib.h>
+#include "http_server.h"
+
+const char *loom_http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 200 ? "Informational" : status < 300 ? "Success" :
+                    status < 400 ? "Redirection" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+/* ---------------------------------------------------------------- head buffer */
+
+typedef struct {
+    loom_server_t *srv;
+    size_t len;
+    int bad; /* out of memory or an invalid header */
+} hb_t;
+
+static void hb_put(hb_t *b, const char *s, size_t n) {
+    loom_server_t *srv = b->srv;
+    if (b->len + n > srv->hcap) {
+        size_t cap = srv->hcap ? srv->hcap * 2 : 1024;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *nb = realloc(srv->hbuf, cap);
+        if (!nb) {
+            b->bad = 1;
+            return;
+        }
+        srv->hbuf = nb;
+        srv->hcap = cap;
+    }
+    memcpy(srv->hbuf + b->len, s, n);
+    b->len += n;
+}
+
+static void hb_str(hb_t *b, const char *s) {
+    hb_put(b, s, strlen(s));
+}
+
+static void hb_fmt(hb_t *b, const char *fmt, unsigned long long v) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, fmt, v);
+    hb_put(b, tmp, (size_t)n);
+}
+
+static const char *date_line(loom_server_t *srv) {
+    uint64_t sec = uv_now(srv->host->loop) / 1000;
+    if (sec != srv->date_sec || srv->date_len == 0) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        srv->date_len = strftime(srv->date, sizeof srv->date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        srv->date_sec = sec;
+    }
+    return srv->date;
+}
+
+static void status_line(hb_t *b, int status) {
+    if (status == 200) {
+        hb_put(b, "HTTP/1.1 200 OK\r\n", 17);
+        return;
+    }
+    char tmp[64];
+    int n = snprintf(tmp, sizeof tmp, "HTTP/1.1 %d %s\r\n", status, loom_http_reason(status));
+    hb_put(b, tmp, (size_t)n);
+}
+
+/* RFC 9110 token characters, for header names. */
+static int is_token(const char *s, size_t n) {
+    static const char *const extra = "!#$%&'*+-.^_`|~";
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch && strchr(extra, ch))))
+            return 0;
+    }
+    return 1;
+}
+
+static int safe_value(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+enum { H_CT = 1, H_CL = 2, H_CONN_CLOSE = 4, H_TE = 8 };
+
+static int name_is(const char *s, size_t n, const char *lit) {
+    return strlen(lit) == n && strncasecmp(s, lit, n) == 0;
+}
+
+static void put_field(hb_t *b, const char *name, size_t nl, const char *v, size_t vl) {
+    if (!safe_value(v, vl)) {
+        b->bad = 1;
+        return;
+    }
+    hb_put(b, name, nl);
+    hb_put(b, ": ", 2);
+    hb_put(b, v, vl);
+    hb_put(b, "\r\n", 2);
+}
+
+/* Adds the headers of the table at `idx` of L; returns H_* flags for what it had. The
+ * framing headers (Content-Length, Transfer-Encoding) are ours to write, except that a
+ * streaming response may state its length. */
+static int put_headers(hb_t *b, lua_State *L, int idx, int keep_cl, char *cl, size_t clcap) {
+    int flags = 0;
+    if (!idx || lua_type(L, idx) != LUA_TTABLE)
+        return 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t nl, vl;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
+        if (!name || !is_token(name, nl)) {
+            b->bad = 1;
+            lua_pop(L, 2);
+            return flags;
+        }
+        if (name_is(name, nl, "content-length")) {
+            flags |= H_CL;
+            const char *v = lua_tolstring(L, -1, &vl);
+            if (v && keep_cl && vl < clcap) {
+                memcpy(cl, v, vl);
+                cl[vl] = 0;
+                put_field(b, name, nl, v, vl);
+            }
+        } else if (name_is(name, nl, "transfer-encoding")) {
+            flags |= H_TE;
+        } else if (lua_type(L, -1) == LUA_TTABLE) {
+            for (int i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+                const char *v = lua_tolstring(L, -1, &vl);
+                if (v)
+                    put_field(b, name, nl, v, vl);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        } else {
+            if (name_is(name, nl, "content-type"))
+                flags |= H_CT;
+            int t = lua_type(L, -1);
+            if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+                b->bad = 1;
+                lua_pop(L, 2);
+                return flags;
+            }
+            /* tolstring on a number key's value would confuse lua_next; copy first */
+            lua_pushvalue(L, -1);
+            const char *v = lua_tolstring(L, -1, &vl);
+            if (name_is(name, nl, "connection")) {
+                if (vl == 5 && strncasecmp(v, "close", 5) == 0)
+                    flags |= H_CONN_CLOSE;
+            } else {
+                put_field(b, name, nl, v, vl);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return flags;
+}
+
+static void put_connection(hb_t *b, loom_conn_t *c) {
+    if (!c->keepalive || c->srv->closing)
+        hb_put(b, "Connection: close\r\n", 19);
+    else if (c->http10)
+        hb_put(b, "Connection: keep-alive\r\n", 24);
+}
+
+/* ---------------------------------------------------------------- writes */
+
+typedef struct {
+    uv_write_t req;
+    loom_conn_t *c;
+    char data[];
+} cwreq_t;
+
+static void on_write(uv_write_t *req, int status) {
+    cwreq_t *w = (cwreq_t *)req;
+    loom_conn_t *c = w->c;
+    free(w);
+    c->pending_writes--;
+    if (status < 0 && !c->werr)
+        c->werr = status;
+    if (c->state == C_CLOSING)
+        return;
+    if (c->pending_writes == 0) {
+        if (c->waiter)
+            loom_wake(c->waiter);
+        loom_conn_request_done(c);
+    }
+}
+
+int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
+    size_t total = 0, sent = 0;
+    if (c->state == C_CLOSING || c->werr)
+        return c->werr ? c->werr : UV_ECANCELED;
+    for (int i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    c->sent += total;
+    if (c->pending_writes == 0) {
+        int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs);
+        if (rc < 0 && rc != UV_EAGAIN) {
+            c->werr = rc;
+            return rc;
+        }
+        sent = rc > 0 ? (size_t)rc : 0;
+        if (sent == total)
+            return 0;
+    }
+    cwreq_t *w = malloc(sizeof *w + total - sent);
+    if (!w) {
+        c->werr = UV_ENOMEM;
+        return UV_ENOMEM;
+    }
+    size_t off = 0, skip = sent;
+    for (int i = 0; i < nbufs; i++) {
+        size_t n = bufs[i].len;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, n - skip);
+        off += n - skip;
+        skip = 0;
+    }
+    w->c = c;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        c->werr = rc;
+        return rc;
+    }
+    c->pending_writes++;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- access log */
+
+static void copy_header(loom_conn_t *c, const char *name, char *out, size_t cap) {
+    loom_head_t *h = c->msg.head;
+    int i = h ? loom_head_find(h, name, strlen(name)) : -1;
+    if (i < 0) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    size_t n = h->hdrs[i].value_len < cap - 1 ? h->hdrs[i].value_len : cap - 1;
+    for (size_t k = 0; k < n; k++) { /* a log line stays one line */
+        char ch = LOOM_HEAD_VALUE(h, i)[k];
+        out[k] = ch == '"' || (unsigned char)ch < 0x20 ? '_' : ch;
+    }
+    out[n] = 0;
+}
+
+/* Combined Log Format, to stdout. */
+static void log_access(loom_conn_t *c) {
+    if (!c->srv->access_log || !c->msg.head)
+        return;
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    char ip[64] = "-", when[64], ref[256], ua[256];
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S %z", &tm);
+    copy_header(c, "referer", ref, sizeof ref);
+    copy_header(c, "user-agent", ua, sizeof ua);
+    loom_head_t *h = c->msg.head;
+    printf("%s - - [%s] \"%s %.*s HTTP/%d.%d\" %d %llu \"%s\" \"%s\"\n", ip, when,
+           llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
+           (int)(h->url_len > 2048 ? 2048 : h->url_len), h->data + h->url,
+           llhttp_get_http_major(&c->msg.parser), llhttp_get_http_minor(&c->msg.parser), c->status,
+           (unsigned long long)c->sent, ref, ua);
+    fflush(stdout);
+}
+
+/* ---------------------------------------------------------------- whole responses */
+
+static int no_body_status(int status) {
+    return status < 200 || status == 204 || status == 304;
+}
+
+/* Head + body in one write. `flags` are what the handler's headers had. */
+static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const char *body, size_t blen) {
+    if (flags & H_CONN_CLOSE)
+        c->keepalive = 0;
+    if (!no_body_status(status))
+        hb_fmt(b, "Content-Length: %llu\r\n", blen);
+    else
+        blen = 0;
+    put_connection(b, c);
+    hb_str(b, date_line(c->srv));
+    hb_put(b, "\r\n", 2);
+    uv_buf_t bufs[2] = {uv_buf_init(c->srv->hbuf, (unsigned)b->len),
+                        uv_buf_init((char *)body, (unsigned)blen)};
+    c->status = status;
+    c->resp = R_DONE;
+    c->sent = 0;
+    loom_conn_write(c, bufs, c->is_head || blen == 0 ? 1 : 2);
+    log_access(c);
+}
+
+void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close) {
+    hb_t b = {c->srv, 0, 0};
+    if (close) {
+        c->keepalive = 0;
+        if (c->state != C_HANDLER) { /* a parse error or a timeout: no handler will finish it */
+            c->state = C_HANDLER;
+            c->parse_paused = 1;
+        }
+    }
+    status_line(&b, status);
+    hb_str(&b, "Content-Type: text/plain; charset=utf-8\r\n");
+    send_whole(c, &b, status, 0, body, strlen(body));
+    loom_conn_request_done(c);
+}
+
+/* Results: a string (200 text/plain), nothing (204), or status, headers, body. */
+void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres) {
+    if (c->fail_status) {
+        loom_conn_respond_simple(c, c->fail_status, loom_http_reason(c->fail_status), 1);
+        return;
+    }
+    hb_t b = {c->srv, 0, 0};
+    size_t blen = 0;
+    const char *body = NULL;
+    int status = 200, flags = 0;
+    if (nres == 1 && lua_type(L, 1) == LUA_TSTRING) {
+        body = lua_tolstring(L, 1, &blen);
+        status_line(&b, 200);
+        hb_str(&b, "Content-Type: text/plain; charset=utf-8\r\n");
+    } else if (nres == 0 || lua_isnil(L, 1)) {
+        status = 204;
+        status_line(&b, 204);
+    } else {
+        status = (int)lua_tointeger(L, 1);
+        if (status < 100 || status > 999) {
+            b.bad = 1;
+        } else {
+            status_line(&b, status);
+            flags = put_headers(&b, L, nres >= 2 ? 2 : 0, 0, NULL, 0);
+            if (nres >= 3 && lua_type(L, 3) == LUA_TSTRING)
+                body = lua_tolstring(L, 3, &blen);
+        }
+    }
+    if (b.bad) {
+        fprintf(stderr, "loom: handler for %.*s returned an invalid response (status or header)\n",
+                c->msg.head ? (int)c->msg.head->url_len : 0, c->msg.head ? c->msg.head->data : "");
+        loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
+        return;
+    }
+    send_whole(c, &b, status, flags, body ? body : "", blen);
+}
+
+/* ---------------------------------------------------------------- streaming */
+
+int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx) {
+    hb_t b = {c->srv, 0, 0};
+    char cl[32] = "";
+    status_line(&b, status);
+    int flags = put_headers(&b, L, hidx, 1, cl, sizeof cl);
+    if (b.bad)
+        return -1;
+    if (flags & H_CONN_CLOSE)
+        c->keepalive = 0;
+    if (!(flags & H_CT))
+        hb_str(&b, "Content-Type: application/octet-stream\r\n");
+    c->chunked_out = 0;
+    if (!(flags & H_CL) && !no_body_status(status)) {
+        if (c->http10)
+            c->keepalive = 0; /* the end of the connection ends the body */
+        else {
+            hb_str(&b, "Transfer-Encoding: chunked\r\n");
+            c->chunked_out = 1;
+        }
+    }
+    put_connection(&b, c);
+    hb_str(&b, date_line(c->srv));
+    hb_put(&b, "\r\n", 2);
+    uv_buf_t buf = uv_buf_init(c->srv->hbuf, (unsigned)b.len);
+    c->status = status;
+    c->resp = R_STREAM;
+    c->sent = 0;
+    return loom_conn_write(c, &buf, 1);
+}
+
+void loom_conn_stream_end(loom_conn_t *c) {
+    if (c->chunked_out && !c->is_head) {
+        uv_buf_t buf = uv_buf_init((char *)"0\r\n\r\n", 5);
+        loom_conn_write(c, &buf, 1);
+    }
+    c->resp = R_DONE;
+    log_access(c);
+}
+
+void loom_conn_send_continue(loom_conn_t *c) {
+    if (!c->expect || c->resp != R_NONE)
+        return;
+    c->expect = 0;
+    uv_buf_t buf = uv_buf_init((char *)"HTTP/1.1 100 Continue\r\n\r\n", 25);
+    uint64_t sent = c->sent;
+    loom_conn_write(c, &buf, 1);
+    c->sent = sent;
+}

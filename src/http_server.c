@@ -1,0 +1,817 @@
+/*
+ * http_server.c - the HTTP/1.1 server engine: accept, read into one shared buffer, parse
+ * with llhttp, hand each request to a Lua handler task, and carry the connection on:
+ * keep-alive, pipelining (one request at a time, the rest wait unparsed, capped),
+ * timeouts (header, keep-alive, linger) from three sorted lists and one timer, lingering
+ * close after errors, graceful shutdown.
+ *
+ * An idle connection holds no buffer and no coroutine: just this struct.
+ * Knows nothing of routing (lua/loom/app.lua) or of how responses are built
+ * (http_response.c).
+ */
+#include <stdio.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <lauxlib.h>
+#include "http_server.h"
+#include "fail.h"
+
+#define SERVER_MT "loom.server"
+#define LINGER_MS 2000
+#define SETTLE_MS 100
+#define DRAIN_MAX (64 * 1024)
+#define CHUNK_HIGH_WATER (256 * 1024) /* unread body bytes we still parse away to keep the connection */
+
+static void on_handler_done(loom_t *h, loom_task_t *t);
+static void server_maybe_done(loom_server_t *srv);
+
+/* ---------------------------------------------------------------- timeout lists */
+
+static void arm_timer(loom_server_t *srv);
+
+static void tl_remove(loom_conn_t *c) {
+    if (c->tlist == TL_NONE)
+        return;
+    loom_tlist_t *l = &c->srv->tl[c->tlist];
+    if (c->tprev)
+        c->tprev->tnext = c->tnext;
+    else
+        l->head = c->tnext;
+    if (c->tnext)
+        c->tnext->tprev = c->tprev;
+    else
+        l->tail = c->tprev;
+    c->tprev = c->tnext = NULL;
+    c->tlist = TL_NONE;
+}
+
+static void tl_add(loom_conn_t *c, int which) {
+    loom_server_t *srv = c->srv;
+    loom_tlist_t *l = &srv->tl[which];
+    tl_remove(c);
+    c->tlist = (uint8_t)which;
+    c->deadline = uv_now(srv->host->loop) + l->ms;
+    c->tprev = l->tail;
+    c->tnext = NULL;
+    if (l->tail)
+        l->tail->tnext = c;
+    else
+        l->head = c;
+    l->tail = c;
+    if (!uv_is_active((uv_handle_t *)&srv->timer))
+        arm_timer(srv);
+}
+
+static void on_timer(uv_timer_t *timer);
+
+static void arm_timer(loom_server_t *srv) {
+    uint64_t next = UINT64_MAX, now = uv_now(srv->host->loop);
+    for (int i = 1; i < TL_COUNT; i++)
+        if (srv->tl[i].head && srv->tl[i].head->deadline < next)
+            next = srv->tl[i].head->deadline;
+    if (srv->closing) {
+        if (srv->settle_at && srv->settle_at < next)
+            next = srv->settle_at;
+        if (srv->grace_at < next)
+            next = srv->grace_at;
+    }
+    if (next == UINT64_MAX || srv->handles < 2) {
+        uv_timer_stop(&srv->timer);
+        return;
+    }
+    uv_timer_start(&srv->timer, on_timer, next > now ? next - now : 0, 0);
+}
+
+static void close_idle_conns(loom_server_t *srv) {
+    loom_conn_t *c = srv->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->state == C_IDLE || (c->state == C_HEAD && !c->partial))
+            loom_conn_close(c);
+    }
+}
+
+static void on_timer(uv_timer_t *timer) {
+    loom_server_t *srv = timer->data;
+    uint64_t now = uv_now(srv->host->loop);
+    loom_conn_t *c;
+    while ((c = srv->tl[TL_HEAD].head) && c->deadline <= now) {
+        tl_remove(c);
+        if (!c->partial)
+            loom_conn_close(c); /* nothing of a request arrived: no answer owed */
+        else
+            loom_conn_respond_simple(c, 408, "Request Timeout", 1);
+    }
+    while ((c = srv->tl[TL_IDLE].head) && c->deadline <= now)
+        loom_conn_close(c);
+    while ((c = srv->tl[TL_LINGER].head) && c->deadline <= now)
+        loom_conn_close(c);
+    if (srv->closing) {
+        if (srv->settle_at && now >= srv->settle_at) {
+            srv->settle_at = 0;
+            close_idle_conns(srv);
+        }
+        if (now >= srv->grace_at) {
+            while (srv->conns)
+                loom_conn_close(srv->conns);
+        }
+    }
+    arm_timer(srv);
+}
+
+/* ---------------------------------------------------------------- connection lifetime */
+
+static void conn_free(loom_conn_t *c) {
+    loom_http_msg_release(&c->msg);
+    free(c->in);
+    free(c->body);
+    free(c);
+}
+
+static void server_free_if_done(loom_server_t *srv);
+
+static void conn_release(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    conn_free(c);
+    srv->live--;
+    server_free_if_done(srv);
+}
+
+static void on_conn_closed(uv_handle_t *handle) {
+    loom_conn_t *c = handle->data;
+    loom_server_t *srv = c->srv;
+    c->uv_closed = 1;
+    loom_handle_closed(srv->host);
+    server_maybe_done(srv);
+    if (!c->task && !c->job.queued)
+        conn_release(c);
+}
+
+void loom_conn_close(loom_conn_t *c) {
+    if (c->state == C_CLOSING)
+        return;
+    loom_server_t *srv = c->srv;
+    c->state = C_CLOSING;
+    tl_remove(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    srv->nconns--;
+    loom_conn_detach_request(c);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+static void stop_reading(loom_conn_t *c) {
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+static void keep_in(loom_conn_t *c, const char *at, size_t len) {
+    if (c->in_len + len > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 4096;
+        while (cap < c->in_len + len)
+            cap *= 2;
+        char *n = realloc(c->in, cap);
+        if (!n) {
+            loom_conn_close(c);
+            return;
+        }
+        c->in = n;
+        c->in_cap = cap;
+    }
+    memcpy(c->in + c->in_len, at, len);
+    c->in_len += len;
+    if (c->in_len >= c->srv->max_buffered)
+        stop_reading(c); /* the pipelining cap: the peer waits until we catch up */
+}
+
+static void reject(loom_conn_t *c, llhttp_errno_t err) {
+    int status = c->msg.fail ? c->msg.fail : 400;
+    (void)err;
+    c->parse_paused = 1; /* nothing more is parsed on this connection */
+    if (c->state == C_HANDLER) {
+        /* the body broke: the handler sees it in its body read; the answer closes */
+        c->fail_status = (uint16_t)status;
+        c->keepalive = 0;
+        c->eof = 1;
+        stop_reading(c);
+        loom_conn_body_event(c);
+        return;
+    }
+    loom_conn_respond_simple(c, status, loom_http_reason(status), 1);
+}
+
+/* Runs llhttp over data. On a pause, what follows the pause point is kept in `in`. */
+static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
+    llhttp_errno_t err = llhttp_execute(&c->msg.parser, data, len);
+    if (c->state == C_CLOSING)
+        return;
+    if (err == HPE_OK) {
+        if (from_in)
+            c->in_len = 0;
+        return;
+    }
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        const char *pos = llhttp_get_error_pos(&c->msg.parser);
+        size_t rest = (size_t)(data + len - pos);
+        c->parse_paused = 1;
+        if (from_in) {
+            memmove(c->in, pos, rest);
+            c->in_len = rest;
+        } else if (rest) {
+            keep_in(c, pos, rest);
+        }
+        /* the body of an answered request was parsed away: carry on */
+        if (c->state == C_HANDLER && c->msg_done && c->resp == R_DONE && !c->task)
+            loom_conn_request_done(c);
+        return;
+    }
+    if (from_in)
+        c->in_len = 0;
+    reject(c, err);
+}
+
+void loom_conn_resume_parse(loom_conn_t *c) {
+    if (!c->parse_paused || c->state == C_CLOSING)
+        return;
+    if (c->msg.fail || llhttp_get_errno(&c->msg.parser) != HPE_PAUSED)
+        return;
+    c->parse_paused = 0;
+    llhttp_resume(&c->msg.parser);
+    if (c->in_len)
+        feed(c, c->in, c->in_len, 1);
+    if (c->state != C_CLOSING && !c->eof)
+        loom_conn_start_reading(c);
+}
+
+/* ---------------------------------------------------------------- llhttp hooks */
+
+static int on_headers(loom_http_msg_t *m) {
+    loom_conn_t *c = m->owner;
+    loom_server_t *srv = c->srv;
+    llhttp_t *p = &m->parser;
+    tl_remove(c);
+    c->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
+    if (c->http10 || llhttp_get_http_major(p) != 1) {
+        if (llhttp_get_http_major(p) != 1) {
+            m->fail = 505;
+            return HPE_USER;
+        }
+    } else if (m->host_count == 0) {
+        m->fail = 400; /* RFC 9112 3.2: a 1.1 request without Host */
+        m->why = "no Host header";
+        return HPE_USER;
+    }
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > srv->max_body) {
+        m->fail = 413;
+        m->why = "body over max_body";
+        return HPE_USER;
+    }
+    c->keepalive = (uint8_t)llhttp_should_keep_alive(p);
+    c->is_head = llhttp_get_method(p) == HTTP_HEAD;
+    int ei = loom_head_find(m->head, "expect", 6);
+    c->expect = ei >= 0 && loom_head_has_token(m->head, ei, "100-continue");
+    c->msg_done = 0;
+    c->body_seen = 0;
+    c->resp = R_NONE;
+    c->status = 0;
+    c->sent = 0;
+    c->state = C_HANDLER;
+    loom_sched_defer(srv->host, &c->job);
+    return HPE_PAUSED; /* the body waits, unparsed, until the handler asks for it */
+}
+
+static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
+    loom_conn_t *c = m->owner;
+    c->body_seen += len;
+    if (c->discard)
+        return 0;
+    if (c->body_seen > c->srv->max_body) {
+        m->fail = 413;
+        m->why = "body over max_body";
+        return HPE_USER;
+    }
+    if (c->body_len + len > c->body_cap) {
+        size_t cap = c->body_cap ? c->body_cap * 2 : 16384;
+        while (cap < c->body_len + len)
+            cap *= 2;
+        char *n = realloc(c->body, cap);
+        if (!n) {
+            m->fail = 500;
+            return HPE_USER;
+        }
+        c->body = n;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, at, len);
+    c->body_len += len;
+    loom_conn_body_event(c);
+    return 0;
+}
+
+static int on_complete(loom_http_msg_t *m) {
+    loom_conn_t *c = m->owner;
+    c->msg_done = 1;
+    if (!c->discard)
+        loom_conn_body_event(c);
+    return HPE_PAUSED;
+}
+
+/* ---------------------------------------------------------------- next request */
+
+/* The request is answered and its message fully parsed: reset for the next one. */
+static void next_request(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    c->state = C_IDLE;
+    c->resp = R_NONE;
+    c->msg_done = 0;
+    c->discard = 0;
+    c->partial = 0;
+    c->chunk_mode = 0;
+    c->body_wanted = 0;
+    c->fail_status = 0;
+    c->body_len = 0;
+    if (c->body_cap > 64 * 1024) {
+        free(c->body);
+        c->body = NULL;
+        c->body_cap = 0;
+    }
+    if (c->in_len == 0) {
+        loom_http_msg_release(&c->msg);
+        if (c->in_cap > 16 * 1024) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+        if (srv->closing) {
+            loom_conn_close(c);
+            return;
+        }
+        tl_add(c, TL_IDLE);
+    } else {
+        c->state = C_HEAD;
+        tl_add(c, TL_HEAD);
+    }
+    loom_conn_resume_parse(c);
+}
+
+static void linger(loom_conn_t *c);
+
+/* Called when the response is complete (maybe still being written) and the handler is done.
+ * Carries on once everything is written and the request's body is parsed away. */
+void loom_conn_request_done(loom_conn_t *c) {
+    if (c->state != C_HANDLER || c->resp != R_DONE || c->task)
+        return;
+    if (c->pending_writes > 0)
+        return; /* on_write comes back here */
+    if (c->werr || !c->keepalive || c->srv->closing) {
+        linger(c);
+        return;
+    }
+    if (!c->msg_done) {
+        if (c->eof || c->msg.fail) {
+            linger(c);
+            return;
+        }
+        llhttp_t *p = &c->msg.parser;
+        if ((p->flags & F_CHUNKED) || p->content_length > DRAIN_MAX) {
+            linger(c); /* too much left to read for a body nobody wants */
+            return;
+        }
+        c->discard = 1;
+        loom_conn_resume_parse(c);
+        if (c->state != C_HANDLER || !c->msg_done)
+            return; /* on_complete's pause brings us back through feed's caller */
+    }
+    next_request(c);
+}
+
+/* ---------------------------------------------------------------- linger */
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    loom_conn_t *c = req->data;
+    (void)status;
+    free(req);
+    if (c->state == C_LINGER)
+        tl_add(c, TL_LINGER);
+}
+
+/* After the last answer on a connection: stop sending, then read and drop what the peer
+ * still sends until it closes or LINGER_MS pass, so our answer is not lost to a reset. */
+static void linger(loom_conn_t *c) {
+    if (c->state == C_CLOSING || c->state == C_LINGER)
+        return;
+    loom_conn_detach_request(c);
+    c->state = C_LINGER;
+    tl_remove(c);
+    if (c->eof) {
+        loom_conn_close(c);
+        return;
+    }
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        loom_conn_close(c);
+        return;
+    }
+    req->data = c;
+    c->parse_paused = 1;
+    loom_conn_start_reading(c);
+}
+
+/* ---------------------------------------------------------------- reading */
+
+static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
+    loom_conn_t *c = handle->data;
+    (void)hint;
+    buf->base = c->srv->rbuf;
+    buf->len = sizeof c->srv->rbuf;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    loom_conn_t *c = stream->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        c->eof = 1;
+        stop_reading(c);
+        if (c->state == C_HANDLER) {
+            loom_conn_body_event(c); /* a body reader learns the peer left */
+            if (!c->msg_done && llhttp_finish(&c->msg.parser) == HPE_OK && c->msg_done)
+                loom_conn_body_event(c);
+            return;
+        }
+        if (c->state == C_HEAD && c->partial && nread == UV_EOF && !c->parse_paused) {
+            loom_conn_respond_simple(c, 400, "Bad Request", 1);
+            return;
+        }
+        loom_conn_close(c);
+        return;
+    }
+    if (c->state == C_LINGER)
+        return;
+    if (c->state == C_IDLE) {
+        c->state = C_HEAD; /* the header deadline counts from the first byte */
+        tl_add(c, TL_HEAD);
+    }
+    if (c->state == C_HEAD)
+        c->partial = 1;
+    if (c->parse_paused)
+        keep_in(c, buf->base, (size_t)nread);
+    else
+        feed(c, buf->base, (size_t)nread, 0);
+    if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
+        stop_reading(c); /* req:chunks() restarts reading as it takes the data */
+}
+
+void loom_conn_start_reading(loom_conn_t *c) {
+    if (c->reading || c->eof || c->state == C_CLOSING)
+        return;
+    if (c->in_len >= c->srv->max_buffered && c->state != C_LINGER)
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = 1;
+}
+
+/* ---------------------------------------------------------------- handler tasks */
+
+/* In the scheduler: start the handler task for the request whose head just completed. */
+static void run_handler(loom_t *h, loom_job_t *job) {
+    loom_conn_t *c = (loom_conn_t *)((char *)job - offsetof(loom_conn_t, job));
+    loom_server_t *srv = c->srv;
+    lua_State *L = h->sched.L;
+    if (c->state != C_HANDLER) {
+        if (c->uv_closed && !c->task)
+            conn_release(c);
+        return;
+    }
+    if (srv->entry_ref == LUA_NOREF) {
+        loom_conn_respond_simple(c, 503, "Service Unavailable", 1);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
+    loom_conn_push_request(L, c);
+    c->task = loom_spawn_internal(L, 1, on_handler_done, c);
+    loom_task_run_now(h, c->task);
+}
+
+static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
+    loom_head_t *hd = c->msg.head;
+    fprintf(stderr, "loom: error in handler for %s %.*s: %s\n",
+            llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
+            hd ? (int)hd->url_len : 0, hd ? hd->data + hd->url : "", lua_tostring(t->co, 2));
+    fflush(stderr);
+}
+
+static void on_handler_done(loom_t *h, loom_task_t *t) {
+    loom_conn_t *c = t->done_ud;
+    (void)h;
+    t->observed = 1;
+    c->task = NULL;
+    if (c->state == C_CLOSING) {
+        loom_conn_detach_request(c);
+        if (c->uv_closed)
+            conn_release(c);
+        return;
+    }
+    if (t->failed) {
+        if (!t->is_cancelled)
+            log_handler_error(c, t);
+        if (c->resp == R_NONE) {
+            loom_conn_detach_request(c);
+            loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
+        } else {
+            c->keepalive = 0; /* a stream cut short: the peer must see the end */
+            c->resp = R_DONE;
+            linger(c);
+            return;
+        }
+    } else if (c->resp == R_STREAM) {
+        loom_conn_stream_end(c);
+    } else if (c->resp == R_NONE) {
+        loom_conn_respond_results(c, t->co, t->nres);
+    }
+    loom_conn_detach_request(c);
+    loom_conn_request_done(c);
+}
+
+/* ---------------------------------------------------------------- accept */
+
+static void on_connection(uv_stream_t *server, int status) {
+    loom_server_t *srv = server->data;
+    if (status < 0 || srv->closing)
+        return;
+    loom_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return; /* under memory pressure the backlog waits */
+    uv_tcp_init(srv->host->loop, &c->tcp);
+    c->tcp.data = c;
+    loom_handle_opened(srv->host);
+    c->srv = srv;
+    srv->live++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        c->state = C_CLOSING;
+        srv->nconns++; /* on_conn_closed's accounting expects a counted connection */
+        srv->nconns--;
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads);
+    c->msg.owner = c;
+    c->msg.max_header = srv->max_header;
+    c->msg.on_headers = on_headers;
+    c->msg.on_body = on_body;
+    c->msg.on_complete = on_complete;
+    c->job.run = run_handler;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    c->state = C_HEAD;
+    tl_add(c, TL_HEAD);
+    loom_conn_start_reading(c);
+}
+
+/* ---------------------------------------------------------------- server lifetime */
+
+static void server_free_if_done(loom_server_t *srv) {
+    if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !srv->done_job.queued) {
+        loom_head_pool_free(&srv->heads);
+        free(srv->hbuf);
+        free(srv);
+    }
+}
+
+static void on_server_handle_closed(uv_handle_t *handle) {
+    loom_server_t *srv = handle->data;
+    srv->handles--;
+    loom_handle_closed(srv->host);
+    server_free_if_done(srv);
+}
+
+/* In the scheduler, once the server is closed: let Lua collect the box and the app. */
+static void release_refs(loom_t *h, loom_job_t *job) {
+    loom_server_t *srv = (loom_server_t *)((char *)job - offsetof(loom_server_t, done_job));
+    lua_State *L = h->sched.L;
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->self_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->entry_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
+    srv->self_ref = srv->entry_ref = srv->reqmt_ref = LUA_NOREF;
+    server_free_if_done(srv);
+}
+
+/* Closes the timer once the listener is closed and no connection is left. */
+static void server_maybe_done(loom_server_t *srv) {
+    if (srv->closing && !srv->listening && srv->nconns == 0 && srv->handles == 1 &&
+        !uv_is_closing((uv_handle_t *)&srv->timer)) {
+        loom_res_remove(&srv->res);
+        uv_close((uv_handle_t *)&srv->timer, on_server_handle_closed);
+        if (!srv->host->closing) { /* at teardown, lua_close drops the references */
+            srv->done_job.run = release_refs;
+            loom_sched_defer(srv->host, &srv->done_job);
+        }
+    }
+}
+
+/* Stops accepting; in-flight requests get `grace_ms`, idle connections SETTLE_MS. */
+static void server_close(loom_server_t *srv, uint64_t grace_ms) {
+    if (srv->closing)
+        return;
+    srv->closing = 1;
+    uint64_t now = uv_now(srv->host->loop);
+    srv->grace_at = now + grace_ms;
+    srv->settle_at = now + (grace_ms < SETTLE_MS ? grace_ms : SETTLE_MS);
+    if (srv->listening) {
+        srv->listening = 0;
+        uv_close((uv_handle_t *)&srv->tcp, on_server_handle_closed);
+    }
+    uv_ref((uv_handle_t *)&srv->timer); /* the grace period keeps the loop */
+    arm_timer(srv);
+    server_maybe_done(srv);
+}
+
+static void server_res_close(loom_res_t *r) {
+    loom_server_t *srv = (loom_server_t *)r;
+    server_close(srv, 0);
+    while (srv->conns)
+        loom_conn_close(srv->conns);
+    if (!uv_is_closing((uv_handle_t *)&srv->timer))
+        uv_close((uv_handle_t *)&srv->timer, on_server_handle_closed);
+}
+
+/* ---------------------------------------------------------------- Lua API */
+
+static loom_server_t *check_server(lua_State *L, int idx) {
+    loom_server_t **box = luaL_checkudata(L, idx, SERVER_MT);
+    return *box;
+}
+
+static int server_gc(lua_State *L) {
+    loom_server_t **box = luaL_checkudata(L, 1, SERVER_MT);
+    loom_server_t *srv = *box;
+    if (!srv)
+        return 0;
+    *box = NULL;
+    srv->boxed = 0; /* anchored by self_ref until closed: collected only after that */
+    server_free_if_done(srv);
+    return 0;
+}
+
+/* srv:close([grace]): stop accepting now; in-flight requests get `grace` seconds (10). */
+static int server_close_l(lua_State *L) {
+    loom_server_t *srv = check_server(L, 1);
+    double grace = luaL_optnumber(L, 2, 10);
+    if (srv && !srv->host->closing)
+        server_close(srv, grace > 0 ? (uint64_t)(grace * 1000) : 0);
+    return 0;
+}
+
+static int server_index(lua_State *L) {
+    loom_server_t *srv = check_server(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "port") == 0) {
+        lua_pushinteger(L, srv ? srv->port : 0);
+    } else if (strcmp(k, "close") == 0) {
+        lua_pushcfunction(L, server_close_l);
+    } else if (strcmp(k, "connections") == 0) {
+        lua_pushinteger(L, srv ? srv->nconns : 0);
+    } else {
+        lua_pushnil(L);
+    }
+    return 1;
+}
+
+static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss) {
+    if (strchr(ip, ':'))
+        return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss);
+    return uv_ip4_addr(ip, port, (struct sockaddr_in *)ss);
+}
+
+/* SO_REUSEPORT before bind, which libuv 1.44 has no flag for: open the socket ourselves. */
+static int open_reuseport(uv_tcp_t *tcp, int family) {
+    int fd = socket(family, SOCK_STREAM, 0);
+    int one = 1;
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        uv_tcp_open(tcp, fd) != 0) {
+        int err = uv_translate_sys_error(errno);
+        close(fd);
+        return err;
+    }
+    return 0;
+}
+
+static int bind_listen(loom_server_t *srv, const char *host, int port, int reuseport, int backlog) {
+    struct sockaddr_storage ss;
+    int rc = parse_addr(host, port, &ss);
+    if (rc == 0 && reuseport)
+        rc = open_reuseport(&srv->tcp, ss.ss_family);
+    if (rc == 0)
+        rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->tcp, backlog, on_connection);
+    if (rc == 0) {
+        int len = sizeof ss;
+        uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&ss, &len);
+        srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                   : ((struct sockaddr_in *)&ss)->sin_port);
+    }
+    return rc;
+}
+
+static loom_server_t *server_new(lua_State *L, loom_t *h) {
+    loom_server_t *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        luaL_error(L, "out of memory");
+    srv->host = h;
+    srv->entry_ref = srv->reqmt_ref = srv->self_ref = LUA_NOREF;
+    uv_tcp_init(h->loop, &srv->tcp);
+    uv_timer_init(h->loop, &srv->timer);
+    uv_unref((uv_handle_t *)&srv->timer);
+    srv->tcp.data = srv->timer.data = srv;
+    srv->handles = 2;
+    loom_handle_opened(h);
+    loom_handle_opened(h);
+    loom_res_add(h, &srv->res, server_res_close);
+    loom_server_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = srv;
+    srv->boxed = 1;
+    luaL_setmetatable(L, SERVER_MT);
+    return srv;
+}
+
+static void read_limits(lua_State *L, int o, loom_server_t *srv) {
+    srv->max_header = (uint32_t)loom_opt_integer(L, o, "max_header", 16 * 1024);
+    srv->max_body = (uint64_t)loom_opt_integer(L, o, "max_body", 1024 * 1024);
+    srv->tl[TL_HEAD].ms = (uint64_t)(loom_opt_number(L, o, "header_timeout", 30) * 1000);
+    srv->tl[TL_IDLE].ms = (uint64_t)(loom_opt_number(L, o, "keepalive_timeout", 75) * 1000);
+    srv->tl[TL_LINGER].ms = LINGER_MS;
+    srv->max_buffered = 64 * 1024 + srv->max_header;
+    srv->access_log = loom_opt_boolean(L, o, "access_log", 0);
+}
+
+/* core.http_listen(entry, reqmt, opts) -> server | nil, err
+ * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
+ *       keepalive_timeout, access_log */
+static int l_http_listen(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    const char *host = loom_opt_string(L, 3, "host", "0.0.0.0");
+    int port = (int)loom_opt_integer(L, 3, "port", 0);
+    int backlog = (int)loom_opt_integer(L, 3, "backlog", 511);
+    int reuseport = loom_opt_boolean(L, 3, "reuseport", 0);
+    loom_server_t *srv = server_new(L, loom_host(L));
+    read_limits(L, 3, srv);
+    int rc = bind_listen(srv, host, port, reuseport, backlog);
+    if (rc != 0) {
+        srv->closing = 1;
+        uv_close((uv_handle_t *)&srv->tcp, on_server_handle_closed);
+        server_maybe_done(srv);
+        char ctx[80];
+        snprintf(ctx, sizeof ctx, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+        return loom_fail_uv(L, "listen", rc, ctx);
+    }
+    srv->listening = 1;
+    lua_pushvalue(L, 1);
+    srv->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 2);
+    srv->reqmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    srv->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+static const luaL_Reg server_meta[] = {
+    {"__gc", server_gc},
+    {"__close", server_close_l},
+    {"__index", server_index},
+    {NULL, NULL},
+};
+
+static const luaL_Reg server_funcs[] = {
+    {"http_listen", l_http_listen},
+    {NULL, NULL},
+};
+
+int loom_open_http_server(lua_State *L) {
+    luaL_newmetatable(L, SERVER_MT);
+    luaL_setfuncs(L, server_meta, 0);
+    lua_pop(L, 1);
+    luaL_setfuncs(L, server_funcs, 0);
+    return loom_open_http_request(L);
+}

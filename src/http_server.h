@@ -1,0 +1,147 @@
+/*
+ * http_server.h - the HTTP/1.1 server engine shared by http_server.c (accept, read, parse,
+ * connection lifecycle, timeouts), http_response.c (response heads and writes) and
+ * http_request.c (the Lua request object, bodies, streaming responses).
+ */
+#ifndef LOOM_HTTP_SERVER_H
+#define LOOM_HTTP_SERVER_H
+
+#include "host.h"
+#include "http_parse.h"
+
+typedef struct loom_server loom_server_t;
+typedef struct loom_conn loom_conn_t;
+typedef struct loom_reqbox loom_reqbox_t;
+
+/* A connection's place in one of the server's timeout lists. Each list has one fixed
+ * duration, so appending keeps it sorted by deadline and one timer serves them all. */
+typedef struct {
+    loom_conn_t *head, *tail;
+    uint64_t ms; /* the list's duration */
+} loom_tlist_t;
+
+enum { TL_NONE, TL_HEAD, TL_IDLE, TL_LINGER, TL_COUNT };
+
+enum {
+    C_HEAD,    /* reading a request head (or waiting for the first byte after accept) */
+    C_HANDLER, /* a handler task owns the request */
+    C_IDLE,    /* kept alive, no request in progress */
+    C_LINGER,  /* answered and shut down; reading until the peer closes */
+    C_CLOSING, /* uv_close called */
+};
+
+enum { R_NONE, R_STREAM, R_DONE };
+
+struct loom_conn {
+    uv_tcp_t tcp; /* tcp.data = this */
+    loom_server_t *srv;
+    loom_http_msg_t msg;
+    loom_job_t job; /* starts the handler in the scheduler */
+    loom_conn_t *prev, *next;   /* every connection of the server */
+    loom_conn_t *tprev, *tnext; /* the timeout list it is in */
+    uint64_t deadline;
+    uint8_t tlist;
+    uint8_t state;
+    uint8_t resp;          /* R_* */
+    uint8_t keepalive;     /* the request allows another after it */
+    uint8_t parse_paused;  /* llhttp is paused; `in` holds the bytes after the pause */
+    uint8_t msg_done;      /* on_message_complete seen for the current request */
+    uint8_t body_wanted;   /* a task asked for the body: parse it as it comes */
+    uint8_t discard;       /* parse the rest of the body and drop it */
+    uint8_t reading;
+    uint8_t eof;           /* the peer finished sending (or the read failed) */
+    uint8_t is_head;       /* HEAD request: no body in the answer */
+    uint8_t expect;        /* Expect: 100-continue not yet answered */
+    uint8_t chunked_out;   /* streaming response uses chunked encoding */
+    uint8_t uv_closed;     /* close callback ran */
+    uint8_t http10;
+    uint8_t partial;       /* bytes of the current request head have arrived */
+    uint8_t chunk_mode;    /* the handler takes the body piece by piece (req:chunks) */
+    uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
+    int pending_writes;
+    int werr;
+    char *in; /* unparsed bytes: pipelined requests, or a body not asked for yet */
+    size_t in_len, in_cap;
+    char *body; /* request body gathered for the handler */
+    size_t body_len, body_cap;
+    uint64_t body_seen; /* body bytes parsed for this request (limit) */
+    uint64_t sent;      /* response bytes, for the access log */
+    int status;         /* response status, for the access log */
+    loom_task_t *task;  /* the handler, while it runs */
+    loom_task_t *waiter; /* a task parked on the body or on a streaming write */
+    loom_reqbox_t *box; /* the Lua request object of the current request */
+};
+
+struct loom_server {
+    loom_res_t res;
+    loom_t *host;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int handles;  /* libuv handles of the server still open (listener, timer) */
+    int listening;
+    int boxed;
+    int closing;  /* srv:close was called */
+    int port;
+    int live;      /* connection structs not yet freed: the server outlives them */
+    int self_ref;  /* anchors the Lua box while the server is up */
+    loom_job_t done_job; /* drops the Lua references once everything is closed */
+    int entry_ref; /* Lua function(req) -> response */
+    int reqmt_ref; /* metatable of request tables */
+    loom_conn_t *conns;
+    int nconns;
+    loom_tlist_t tl[TL_COUNT];
+    uint64_t grace_at, settle_at; /* while closing: force-close, close idle ones */
+    uint32_t max_header;
+    uint64_t max_body;
+    size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
+    int access_log;
+    loom_head_t *heads; /* pool of head storage */
+    char *hbuf;         /* response heads are built here */
+    size_t hcap;
+    uint64_t date_sec;  /* loop second the Date value was made in */
+    char date[40];      /* "Date: ...\r\n", cached once a second */
+    size_t date_len;
+    char rbuf[64 * 1024]; /* every read lands here; what must stay is copied out */
+};
+
+struct loom_reqbox {
+    loom_conn_t *c; /* NULL once the request is finished */
+};
+
+#define REQBOX_MT "loom.request"
+
+/* http_server.c */
+void loom_conn_close(loom_conn_t *c);
+/* The handler is done and the response is out (or queued): go on with the connection. */
+void loom_conn_request_done(loom_conn_t *c);
+/* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
+void loom_conn_resume_parse(loom_conn_t *c);
+void loom_conn_start_reading(loom_conn_t *c);
+
+/* http_response.c */
+/* Writes bufs, copying what the kernel did not take; returns 0 or a libuv error. */
+int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
+/* Writes a complete response from a handler's results on L (the task's stack). */
+void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
+/* Writes a complete response with a plain-text body; closes the connection after it when
+ * `close` is set. */
+void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close);
+/* Starts a streaming response: status and headers (table at index hidx of L, or 0). */
+int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx);
+/* Writes the last chunk of a streaming response. */
+void loom_conn_stream_end(loom_conn_t *c);
+/* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
+void loom_conn_send_continue(loom_conn_t *c);
+const char *loom_http_reason(int status);
+
+/* http_request.c */
+void loom_conn_push_request(lua_State *L, loom_conn_t *c);
+/* The request ended: detach its Lua object and wake whoever waits on the body. */
+void loom_conn_detach_request(loom_conn_t *c);
+/* Body parsing progressed (data, completion, failure, or the peer left). */
+void loom_conn_body_event(loom_conn_t *c);
+int loom_open_http_request(lua_State *L);
+
+int loom_open_http_server(lua_State *L);
+
+#endif
