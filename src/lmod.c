@@ -8,6 +8,8 @@
 #include "http_server.h"
 
 int luaopen_loom_core(lua_State *L);
+int loom_open_fs(lua_State *L);
+int loom_open_signal(lua_State *L);
 
 int luaopen_loom_core(lua_State *L) {
     if (!loom_host(L))
@@ -18,5 +20,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_stream(L);
     loom_open_dns(L);
     loom_open_http_server(L);
+    loom_open_fs(L);
+    loom_open_signal(L);
     return 1;
 }

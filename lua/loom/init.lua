@@ -6,6 +6,8 @@ local tasks = require "loom.tasks"
 local sync = require "loom.sync"
 local net = require "loom.net"
 local json = require "loom.json"
+local app = require "loom.app"
+local url = require "loom.url"
 
 local loom = {
     version = core.version,
@@ -21,6 +23,8 @@ local loom = {
     connect = net.connect,
     listen = net.listen,
     json = json,
+    app = app.new,
+    url = url,
 }
 
 -- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until

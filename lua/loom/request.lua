@@ -1,0 +1,122 @@
+-- loom.request: the server's request object. C makes a table with method, path, version
+-- and a box (_box) pointing at the connection; everything else is computed here on first
+-- use and kept in the table: headers, query, params, remote, remote_port, target.
+local core = require "loom.core"
+local json = require "loom.json"
+local url = require "loom.url"
+
+local req_headers, req_target, req_peer = core.req_headers, core.req_target, core.req_peer
+local req_body, req_chunk, req_stream, req_write = core.req_body, core.req_chunk, core.req_stream, core.req_write
+local rawset, rawget, setmetatable, type = rawset, rawget, setmetatable, type
+
+local Request = {}
+
+-- Header tables: keys are lowercase; any-case lookups find them too.
+local headers_mt = {
+    __index = function(t, k)
+        if type(k) == "string" then
+            local l = k:lower()
+            if l ~= k then return rawget(t, l) end
+        end
+    end,
+}
+Request.headers_mt = headers_mt
+
+local lazy = {}
+
+function lazy.headers(req) return setmetatable(req_headers(req._box), headers_mt) end
+function lazy.target(req) return req_target(req._box) end
+function lazy.params() return {} end
+
+function lazy.query(req)
+    local q = req.target:match("%?([^#]*)")
+    local last, all = url.parse_query(q)
+    rawset(req, "query_all", all)
+    return last
+end
+
+function lazy.query_all(req)
+    local _ = req.query
+    return rawget(req, "query_all")
+end
+
+function lazy.remote(req)
+    local ip, port = req_peer(req._box)
+    rawset(req, "remote_port", port)
+    return ip
+end
+
+function lazy.remote_port(req)
+    local ip, port = req_peer(req._box)
+    rawset(req, "remote", ip)
+    return port
+end
+
+-- req:text() -> the whole body | nil, err ("limit: ..." over max_body, "closed: ...")
+function Request:text()
+    return req_body(self._box)
+end
+
+-- req:json() -> the decoded body | nil, err ("http: invalid JSON body: ..." when malformed)
+function Request:json()
+    local s, err = req_body(self._box)
+    if not s then return nil, err end
+    local ok, v = pcall(json.decode, s)
+    if not ok then return nil, "http: invalid JSON body: " .. tostring(v):gsub("^.-: ", "") end
+    return v
+end
+
+-- req:form() -> {name = value} from an urlencoded body | nil, err
+function Request:form()
+    local s, err = req_body(self._box)
+    if not s then return nil, err end
+    return (url.parse_query(s))
+end
+
+-- for chunk in req:chunks() do ... end: the body piece by piece as it arrives; raises on
+-- a failure (over max_body, the client gone), so a loop never mistakes it for the end.
+function Request:chunks()
+    local box = self._box
+    return function()
+        local chunk, err = req_chunk(box)
+        if chunk == nil and err then error(err, 2) end
+        return chunk
+    end
+end
+
+local Out = {}
+Out.__index = Out
+
+-- out:write(s) -> true once sent on | nil, err when the client has gone. Waits while the
+-- client is slow.
+function Out:write(s)
+    return req_write(self.box, s)
+end
+
+-- local out = req:stream{ status = 200, headers = {...} }: starts a streaming response
+-- (chunked unless headers give content-length); it ends when the handler returns.
+function Request:stream(opts)
+    opts = opts or {}
+    if type(opts) ~= "table" then
+        error("bad argument #1 to 'stream' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    local ok, err = req_stream(self._box, opts.status or 200, opts.headers)
+    if not ok then return nil, err end
+    return setmetatable({ box = self._box }, Out)
+end
+
+local mt = {
+    __name = "loom.request",
+    __index = function(req, k)
+        local m = Request[k]
+        if m ~= nil then return m end
+        local f = lazy[k]
+        if f then
+            local v = f(req)
+            rawset(req, k, v)
+            return v
+        end
+    end,
+}
+
+return { mt = mt, methods = Request, headers_mt = headers_mt }

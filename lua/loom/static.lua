@@ -1,0 +1,144 @@
+-- loom.static: files from a directory: content types, index.html, ETag and Last-Modified
+-- with 304, single byte ranges with 206/416, and no path outside the directory. Files are
+-- streamed in 64 KiB pieces, never read whole into memory.
+local core = require "loom.core"
+
+local M = {}
+
+local TYPES = {
+    html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
+    css = "text/css; charset=utf-8", js = "text/javascript; charset=utf-8",
+    mjs = "text/javascript; charset=utf-8", json = "application/json",
+    txt = "text/plain; charset=utf-8", md = "text/markdown; charset=utf-8",
+    csv = "text/csv; charset=utf-8", xml = "application/xml", svg = "image/svg+xml",
+    png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+    webp = "image/webp", avif = "image/avif", ico = "image/x-icon", wasm = "application/wasm",
+    pdf = "application/pdf", zip = "application/zip", gz = "application/gzip",
+    woff = "font/woff", woff2 = "font/woff2", ttf = "font/ttf", otf = "font/otf",
+    mp3 = "audio/mpeg", ogg = "audio/ogg", wav = "audio/wav", mp4 = "video/mp4",
+    webm = "video/webm", map = "application/json", lua = "text/plain; charset=utf-8",
+}
+M.types = TYPES
+
+local function content_type(path)
+    local ext = path:match("%.([%w]+)$")
+    return ext and TYPES[ext:lower()] or "application/octet-stream"
+end
+
+local function plain(status, text, headers)
+    headers = headers or {}
+    headers["content-type"] = "text/plain; charset=utf-8"
+    return { status = status, headers = headers, body = text }
+end
+
+-- Joins a request path below dir, or nil when it would leave dir (or holds a NUL).
+local function safe_join(dir, rel)
+    if rel:find("%z") or rel:find("\\", 1, true) then return nil end
+    local parts = {}
+    for seg in rel:gmatch("[^/]+") do
+        if seg == ".." then return nil end
+        if seg ~= "." then parts[#parts + 1] = seg end
+    end
+    return dir .. "/" .. table.concat(parts, "/")
+end
+
+local function http_date(t)
+    return os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+end
+
+-- "bytes=a-b" -> first, last (0-based, inclusive) | "bad" | nil (no usable range)
+local function parse_range(h, size)
+    if not h then return nil end
+    local spec = h:match("^%s*bytes%s*=%s*([^,]*)%s*$")
+    if not spec then return nil end -- several ranges or another unit: send it all
+    local a, b = spec:match("^(%d*)%s*%-%s*(%d*)$")
+    if not a or (a == "" and b == "") then return "bad" end
+    local first, last
+    if a == "" then
+        local n = tonumber(b)
+        if n == 0 then return "bad" end
+        first, last = math.max(size - n, 0), size - 1
+    else
+        first = tonumber(a)
+        last = b ~= "" and math.min(tonumber(b), size - 1) or size - 1
+    end
+    if first > last or first >= size then return "bad" end
+    return first, last
+end
+
+local function not_modified(req, etag, mtime)
+    local inm = req.headers["if-none-match"]
+    if inm then
+        for tag in inm:gmatch("[^,%s]+") do
+            if tag == etag or tag == "*" or tag:gsub("^W/", "") == etag:gsub("^W/", "") then return true end
+        end
+        return false
+    end
+    local ims = req.headers["if-modified-since"]
+    return ims ~= nil and ims == http_date(mtime)
+end
+
+-- Sends the file at path (already known safe). Returns a response table for 304/404/416,
+-- or nothing once the file has been streamed.
+function M.send(req, path, status, headers, st)
+    st = st or core.stat(path)
+    if not st or st.type ~= "file" then return plain(404, "Not Found") end
+    local h = {}
+    if headers then for k, v in pairs(headers) do h[k:lower()] = v end end
+    local etag = ('"%x-%x"'):format(st.size, st.mtime)
+    h["etag"] = h["etag"] or etag
+    h["last-modified"] = h["last-modified"] or http_date(st.mtime)
+    h["content-type"] = h["content-type"] or content_type(path)
+    h["accept-ranges"] = "bytes"
+    status = status or 200
+    if status == 200 and not_modified(req, etag, st.mtime) then
+        return { status = 304, headers = { etag = h.etag, ["last-modified"] = h["last-modified"] } }
+    end
+    local first, last = 0, st.size - 1
+    if status == 200 then
+        local a, b = parse_range(req.headers.range, st.size)
+        if a == "bad" then
+            return plain(416, "Range Not Satisfiable", { ["content-range"] = "bytes */" .. st.size })
+        elseif a then
+            first, last, status = a, b, 206
+            h["content-range"] = ("bytes %d-%d/%d"):format(first, last, st.size)
+        end
+    end
+    local f = io.open(path, "rb")
+    if not f then return plain(404, "Not Found") end
+    local _ <close> = f
+    h["content-length"] = tostring(last - first + 1)
+    local out, err = req:stream{ status = status, headers = h }
+    if not out then return nil, err end
+    if req.method == "HEAD" then return end
+    f:seek("set", first)
+    local left = last - first + 1
+    while left > 0 do
+        local chunk = f:read(math.min(left, 65536))
+        if not chunk then break end
+        left = left - #chunk
+        if not out:write(chunk) then break end
+    end
+end
+
+-- A GET handler serving dir: "/x/" serves x/index.html; "/x" (a directory) redirects.
+function M.handler(dir)
+    dir = dir:gsub("/+$", "")
+    return function(req)
+        local rel = req.params and req.params.path or ""
+        local path = safe_join(dir, rel)
+        if not path then return plain(404, "Not Found") end
+        local st = core.stat(path)
+        if st and st.type == "directory" then
+            if req.path:sub(-1) ~= "/" then
+                return { status = 301, headers = { location = req.path .. "/" }, body = "" }
+            end
+            path = path:gsub("/$", "") .. "/index.html"
+            st = core.stat(path)
+        end
+        if not st or st.type ~= "file" then return plain(404, "Not Found") end
+        return M.send(req, path, 200, nil, st)
+    end
+end
+
+return M

@@ -1,0 +1,88 @@
+-- loom.url: percent-encoding, query strings and forms (application/x-www-form-urlencoded),
+-- and splitting URLs. Pure Lua; shared by the server (req.query, req:form) and the client.
+local M = {}
+
+local char, byte, format, tonumber = string.char, string.byte, string.format, tonumber
+
+local function hex_to_char(h)
+    return char(tonumber(h, 16))
+end
+
+-- Decodes %XX escapes (malformed ones are left as they are).
+function M.decode(s)
+    return (s:gsub("%%(%x%x)", hex_to_char))
+end
+
+-- Decodes a form or query component: '+' is a space.
+function M.decode_component(s)
+    return M.decode((s:gsub("+", " ")))
+end
+
+-- Encodes everything but RFC 3986 unreserved characters.
+function M.encode(s)
+    return (tostring(s):gsub("[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+-- "a=1&b=x+y&a=2" -> {a = "2", b = "x y"}; a repeated key keeps the last value, and the
+-- second return value holds every value in order: {a = {"1", "2"}, b = {"x y"}}.
+function M.parse_query(s)
+    local last, all = {}, {}
+    if not s or s == "" then return last, all end
+    for pair in s:gmatch("[^&;]+") do
+        local k, v = pair:match("^([^=]*)=?(.*)$")
+        k, v = M.decode_component(k), M.decode_component(v)
+        if k ~= "" then
+            last[k] = v
+            local list = all[k]
+            if list then list[#list + 1] = v else all[k] = { v } end
+        end
+    end
+    return last, all
+end
+
+-- {a = 1, b = {"x", "y"}} -> "a=1&b=x&b=y" (keys sorted, so the result is stable).
+function M.encode_query(t)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    local out = {}
+    for _, k in ipairs(keys) do
+        local v = t[k]
+        if v == nil then v = t[tonumber(k)] end
+        if type(v) == "table" then
+            for _, x in ipairs(v) do out[#out + 1] = M.encode(k) .. "=" .. M.encode(x) end
+        elseif v ~= false then
+            out[#out + 1] = M.encode(k) .. "=" .. M.encode(v == true and "" or v)
+        end
+    end
+    return table.concat(out, "&")
+end
+
+-- Splits "http://user:pw@host:port/path?query#frag" into a table:
+-- {scheme, user, password, host, port, path, query}; nil, err when it is not a URL.
+function M.split(s)
+    local scheme, rest = s:match("^(%a[%w+.-]*)://(.*)$")
+    if not scheme then return nil, "not an absolute URL" end
+    scheme = scheme:lower()
+    rest = rest:gsub("#.*$", "")
+    local authority, target = rest:match("^([^/?]*)(.*)$")
+    local u = { scheme = scheme }
+    local userinfo, hostport = authority:match("^(.*)@(.-)$")
+    if userinfo then
+        u.user, u.password = userinfo:match("^([^:]*):?(.*)$")
+        u.user, u.password = M.decode(u.user), M.decode(u.password)
+    else
+        hostport = authority
+    end
+    local host, port = hostport:match("^%[(.-)%]:?(%d*)$")
+    if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
+    if not host or host == "" then return nil, "no host in URL" end
+    u.host = host:lower()
+    u.port = tonumber(port) or (scheme == "https" and 443 or scheme == "wss" and 443 or 80)
+    local path, query = target:match("^([^?]*)%??(.*)$")
+    u.path = path ~= "" and path or "/"
+    u.query = query ~= "" and query or nil
+    return u
+end
+
+return M
