@@ -10,6 +10,7 @@
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
 int loom_open_signal(lua_State *L);
+int loom_open_process(lua_State *L);
 
 int luaopen_loom_core(lua_State *L) {
     if (!loom_host(L))
@@ -22,5 +23,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_http_server(L);
     loom_open_fs(L);
     loom_open_signal(L);
+    loom_open_process(L);
     return 1;
 }

@@ -14,6 +14,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: %s [options] [script [args...]]\n"
             "  -e code   run code as the main task\n"
+            "  --workers N  app:run serves with N worker processes (SO_REUSEPORT)\n"
             "  -v        print the version and exit\n"
             "  -h        print this help and exit\n"
             "The script runs as the main task; the process lives while tasks, servers or\n"
@@ -44,6 +45,14 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
+            int n = atoi(argv[++i]);
+            if (n < 1) {
+                fprintf(stderr, "%s: --workers needs a positive number\n", progname);
+                return 1;
+            }
+            /* app:run reads it; the workers it starts run the same script */
+            uv_os_setenv("LOOM_WORKERS", argv[i]);
         } else if (strcmp(argv[i], "-e") == 0 && i + 1 < argc) {
             code = argv[++i];
         } else if (strcmp(argv[i], "--") == 0) {

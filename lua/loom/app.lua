@@ -218,7 +218,7 @@ function App:run(opts)
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
     if o.access_log == nil then o.access_log = true end
-    local workers = args.opt(opts, "workers", "number", 1, "run", 1)
+    local workers = args.opt(opts, "workers", "number", tonumber(os.getenv("LOOM_WORKERS")) or 1, "run", 1)
     local grace = args.opt(opts, "grace", "number", 10, "run", 1)
     o.workers, o.grace = nil, nil
     local run = function()

@@ -1,0 +1,253 @@
+/*
+ * process.c - child processes for tasks, through uv_spawn: start one with inherited stdio,
+ * wait for it (parks), signal it. The supervisor of `workers = N` stands on this.
+ * Knows nothing of HTTP.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "host.h"
+#include "fail.h"
+
+#define PROCESS_MT "loom.process"
+
+typedef struct {
+    loom_res_t res;
+    loom_t *host;
+    uv_process_t proc;
+    loom_task_t *waiter;
+    int exited, closed, boxed, handle_closed;
+    int64_t status;
+    int signal;
+    int pid;
+} proc_t;
+
+static void proc_free_if_done(proc_t *p) {
+    if (p->handle_closed && !p->boxed)
+        free(p);
+}
+
+static void on_proc_closed(uv_handle_t *h) {
+    proc_t *p = h->data;
+    p->handle_closed = 1;
+    loom_handle_closed(p->host);
+    proc_free_if_done(p);
+}
+
+static void proc_close(proc_t *p) {
+    if (p->closed)
+        return;
+    p->closed = 1;
+    loom_res_remove(&p->res);
+    uv_close((uv_handle_t *)&p->proc, on_proc_closed);
+}
+
+static void proc_res_close(loom_res_t *r) {
+    proc_close((proc_t *)r);
+}
+
+static void on_exit_cb(uv_process_t *h, int64_t status, int sig) {
+    proc_t *p = h->data;
+    p->exited = 1;
+    p->status = status;
+    p->signal = sig;
+    if (p->waiter)
+        loom_wake(p->waiter);
+    proc_close(p);
+}
+
+static const struct {
+    const char *name;
+    int num;
+} signames[] = {{"SIGTERM", SIGTERM}, {"SIGINT", SIGINT}, {"SIGKILL", SIGKILL},
+                {"SIGHUP", SIGHUP}, {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2},
+                {"SIGQUIT", SIGQUIT}, {NULL, 0}};
+
+static const char *signame(int num) {
+    for (int i = 0; signames[i].name; i++)
+        if (signames[i].num == num)
+            return signames[i].name;
+    return NULL;
+}
+
+/* Copies the array part of the table at idx into a NULL-terminated char* array on the
+ * Lua stack (a userdata), so it lives as long as the call. */
+static char **string_array(lua_State *L, int idx, const char *first) {
+    int n = lua_istable(L, idx) ? (int)luaL_len(L, idx) : 0;
+    int off = first ? 1 : 0;
+    char **v = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + off + 1), 0);
+    if (first)
+        v[0] = (char *)first;
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, i + 1);
+        v[i + off] = (char *)luaL_checkstring(L, -1);
+        lua_pop(L, 1); /* the string stays alive: the table holds it */
+    }
+    v[n + off] = NULL;
+    return v;
+}
+
+/* core.process_spawn(file, args, env) -> process | nil, err. stdio is inherited; `env`
+ * (an array of "K=V") replaces the environment when given. */
+static int l_spawn(lua_State *L) {
+    const char *file = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    loom_t *h = loom_host(L);
+    char **argv = string_array(L, 2, file);
+    char **env = lua_istable(L, 3) ? string_array(L, 3, NULL) : NULL;
+    proc_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return loom_fail(L, "closed", "out of memory");
+    uv_stdio_container_t stdio[3];
+    for (int i = 0; i < 3; i++) {
+        stdio[i].flags = UV_INHERIT_FD;
+        stdio[i].data.fd = i;
+    }
+    uv_process_options_t o;
+    memset(&o, 0, sizeof o);
+    o.file = file;
+    o.args = argv;
+    o.env = env;
+    o.exit_cb = on_exit_cb;
+    o.stdio = stdio;
+    o.stdio_count = 3;
+    p->host = h;
+    p->proc.data = p;
+    int rc = uv_spawn(h->loop, &p->proc, &o);
+    if (rc != 0) {
+        free(p);
+        return loom_fail_uv(L, "closed", rc, file);
+    }
+    loom_handle_opened(h);
+    loom_res_add(h, &p->res, proc_res_close);
+    p->pid = p->proc.pid;
+    proc_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = p;
+    p->boxed = 1;
+    luaL_setmetatable(L, PROCESS_MT);
+    return 1;
+}
+
+static proc_t *check_proc(lua_State *L) {
+    proc_t **box = luaL_checkudata(L, 1, PROCESS_MT);
+    return *box;
+}
+
+static int wait_build(lua_State *L, void *ud, int reason) {
+    proc_t *p = ud;
+    (void)reason;
+    p->waiter = NULL;
+    lua_pushinteger(L, (lua_Integer)p->status);
+    const char *s = p->signal ? signame(p->signal) : NULL;
+    if (s)
+        lua_pushstring(L, s);
+    else if (p->signal)
+        lua_pushinteger(L, p->signal);
+    else
+        lua_pushnil(L);
+    return 2;
+}
+
+static void wait_abort(void *ud) {
+    ((proc_t *)ud)->waiter = NULL;
+}
+
+/* proc:wait() -> exit status, signal name (or nil) */
+static int proc_wait(lua_State *L) {
+    proc_t *p = check_proc(L);
+    if (p->exited)
+        return wait_build(L, p, 0);
+    loom_task_t *t = loom_task_self(L, "wait");
+    if (p->waiter)
+        return luaL_error(L, "wait: another task is already waiting for this process");
+    p->waiter = t;
+    return loom_park(L, t, -1, wait_build, wait_abort, p);
+}
+
+/* proc:kill([signal name]) -> true | nil, err */
+static int proc_kill(lua_State *L) {
+    proc_t *p = check_proc(L);
+    const char *name = luaL_optstring(L, 2, "SIGTERM");
+    int num = 0;
+    for (int i = 0; signames[i].name; i++)
+        if (strcmp(signames[i].name, name) == 0)
+            num = signames[i].num;
+    if (!num)
+        return luaL_argerror(L, 2, "unknown signal name");
+    if (p->exited)
+        return loom_fail(L, "closed", "process has exited");
+    int rc = uv_process_kill(&p->proc, num);
+    if (rc != 0)
+        return loom_fail_uv(L, "closed", rc, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int proc_index(lua_State *L) {
+    proc_t *p = check_proc(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "pid") == 0)
+        lua_pushinteger(L, p->pid);
+    else if (strcmp(k, "wait") == 0)
+        lua_pushcfunction(L, proc_wait);
+    else if (strcmp(k, "kill") == 0)
+        lua_pushcfunction(L, proc_kill);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int proc_gc(lua_State *L) {
+    proc_t **box = luaL_checkudata(L, 1, PROCESS_MT);
+    proc_t *p = *box;
+    if (!p)
+        return 0;
+    *box = NULL;
+    p->boxed = 0;
+    /* the child goes on; we only stop watching it */
+    proc_close(p);
+    proc_free_if_done(p);
+    return 0;
+}
+
+/* core.exepath() -> the path of the running executable */
+static int l_exepath(lua_State *L) {
+    char buf[4096];
+    size_t len = sizeof buf;
+    if (uv_exepath(buf, &len) != 0)
+        return 0;
+    lua_pushlstring(L, buf, len);
+    return 1;
+}
+
+/* core.setenv(name, value): for the children spawned after it */
+static int l_setenv(lua_State *L) {
+    const char *k = luaL_checkstring(L, 1), *v = luaL_checkstring(L, 2);
+    int rc = uv_os_setenv(k, v);
+    if (rc != 0)
+        return loom_fail_uv(L, "closed", rc, k);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const luaL_Reg proc_meta[] = {
+    {"__index", proc_index},
+    {"__gc", proc_gc},
+    {NULL, NULL},
+};
+
+static const luaL_Reg process_funcs[] = {
+    {"process_spawn", l_spawn},
+    {"exepath", l_exepath},
+    {"setenv", l_setenv},
+    {NULL, NULL},
+};
+
+int loom_open_process(lua_State *L) {
+    luaL_newmetatable(L, PROCESS_MT);
+    luaL_setfuncs(L, proc_meta, 0);
+    lua_pop(L, 1);
+    luaL_setfuncs(L, process_funcs, 0);
+    return 0;
+}
