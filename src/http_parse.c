@@ -24,9 +24,10 @@ static int fail(loom_http_msg_t *m, int status, const char *why) {
 }
 
 static loom_head_t *head_get(loom_http_msg_t *m) {
-    loom_head_t *h = *m->pool;
+    loom_head_t *h = m->pool->free;
     if (h) {
-        *m->pool = h->next_free;
+        m->pool->free = h->next_free;
+        m->pool->n--;
     } else {
         h = malloc(sizeof *h);
         if (!h)
@@ -35,6 +36,8 @@ static loom_head_t *head_get(loom_http_msg_t *m) {
     h->next_free = NULL;
     h->data = h->inl;
     h->cap = sizeof h->inl;
+    h->hdrs = h->hdrs_inl;
+    h->caphdrs = sizeof h->hdrs_inl / sizeof h->hdrs_inl[0];
     h->len = 0;
     h->url = h->url_len = 0;
     h->nhdrs = 0;
@@ -49,17 +52,29 @@ void loom_http_msg_release(loom_http_msg_t *m) {
     if (h->data != h->inl) { /* keep pooled heads small */
         free(h->data);
         h->data = h->inl;
+        h->cap = sizeof h->inl;
     }
-    h->next_free = *m->pool;
-    *m->pool = h;
+    if (h->hdrs != h->hdrs_inl) {
+        free(h->hdrs);
+        h->hdrs = h->hdrs_inl;
+        h->caphdrs = sizeof h->hdrs_inl / sizeof h->hdrs_inl[0];
+    }
+    if (m->pool->n >= m->pool->max) {
+        free(h);
+        return;
+    }
+    h->next_free = m->pool->free;
+    m->pool->free = h;
+    m->pool->n++;
 }
 
-void loom_head_pool_free(loom_head_t **pool) {
-    while (*pool) {
-        loom_head_t *h = *pool;
-        *pool = h->next_free;
+void loom_head_pool_free(loom_head_pool_t *pool) {
+    while (pool->free) {
+        loom_head_t *h = pool->free;
+        pool->free = h->next_free;
         free(h);
     }
+    pool->n = 0;
 }
 
 static int append(loom_head_t *h, const char *at, size_t len, int lower) {
@@ -86,6 +101,19 @@ static int append(loom_head_t *h, const char *at, size_t len, int lower) {
         memcpy(dst, at, len);
     }
     h->len += len;
+    return 0;
+}
+
+static int grow_spans(loom_head_t *h) {
+    int cap = h->caphdrs * 2;
+    loom_hspan_t *n = malloc((size_t)cap * sizeof *n);
+    if (!n)
+        return -1;
+    memcpy(n, h->hdrs, (size_t)h->nhdrs * sizeof *n);
+    if (h->hdrs != h->hdrs_inl)
+        free(h->hdrs);
+    h->hdrs = n;
+    h->caphdrs = cap;
     return 0;
 }
 
@@ -139,6 +167,8 @@ static int on_field(llhttp_t *p, const char *at, size_t len) {
         } else {
             if (h->nhdrs >= LOOM_MAX_HEADERS)
                 return fail(m, 431, "too many header fields");
+            if (h->nhdrs == h->caphdrs && grow_spans(h) != 0)
+                return fail(m, 500, "out of memory");
             h->hdrs[h->nhdrs].name = (uint32_t)h->len;
             m->part = PART_FIELD;
         }
@@ -231,7 +261,7 @@ static const llhttp_settings_t settings = {
     .on_header_value_complete = on_value_complete,
 };
 
-void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_t **pool) {
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool) {
     memset(m, 0, sizeof *m);
     llhttp_init(&m->parser, type, &settings);
     m->parser.data = m;

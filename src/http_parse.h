@@ -18,15 +18,25 @@ typedef struct {
 } loom_hspan_t;
 
 typedef struct loom_head loom_head_t;
+/* Small inline storage that grows on the heap only for big heads: a burst of concurrent
+ * requests costs little, and what glibc keeps after it is small too. */
 struct loom_head {
     loom_head_t *next_free;
     char *data; /* inl until it outgrows it */
     size_t len, cap;
     uint32_t url, url_len; /* request target, or response reason */
-    int nhdrs;
-    loom_hspan_t hdrs[LOOM_MAX_HEADERS];
-    char inl[2048];
+    int nhdrs, caphdrs;
+    loom_hspan_t *hdrs; /* hdrs_inl until it outgrows it */
+    loom_hspan_t hdrs_inl[8];
+    char inl[256];
 };
+
+/* Released heads kept for reuse; beyond `max` they are freed, so a burst of concurrent
+ * requests leaves no memory behind once its connections go idle. */
+typedef struct {
+    loom_head_t *free;
+    int n, max;
+} loom_head_pool_t;
 
 enum { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
 
@@ -34,7 +44,7 @@ typedef struct loom_http_msg loom_http_msg_t;
 struct loom_http_msg {
     llhttp_t parser;       /* parser.data points back here */
     loom_head_t *head;     /* storage while a message is in progress */
-    loom_head_t **pool;    /* where released heads go (owned by the server or client) */
+    loom_head_pool_t *pool; /* where released heads go (owned by the server or client) */
     uint32_t max_header;   /* bytes of target and header fields allowed, trailers included */
     uint32_t header_bytes; /* counted so far for this message */
     uint8_t part;          /* which element the data callbacks are extending */
@@ -49,10 +59,10 @@ struct loom_http_msg {
     int (*on_complete)(loom_http_msg_t *m);
 };
 
-void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_t **pool);
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool);
 /* Gives the head storage back to the pool (when a connection goes idle). */
 void loom_http_msg_release(loom_http_msg_t *m);
-void loom_head_pool_free(loom_head_t **pool);
+void loom_head_pool_free(loom_head_pool_t *pool);
 
 /* Finds a header by lowercase name; returns its index or -1. */
 int loom_head_find(const loom_head_t *h, const char *name, size_t len);

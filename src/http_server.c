@@ -738,6 +738,7 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     if (!srv)
         luaL_error(L, "out of memory");
     srv->host = h;
+    srv->heads.max = 256;
     srv->entry_ref = srv->reqmt_ref = srv->self_ref = LUA_NOREF;
     uv_tcp_init(h->loop, &srv->tcp);
     uv_timer_init(h->loop, &srv->timer);

@@ -95,7 +95,7 @@ struct loom_server {
     uint64_t max_body;
     size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
     int access_log;
-    loom_head_t *heads; /* pool of head storage */
+    loom_head_pool_t heads; /* pool of head storage */
     char *hbuf;         /* response heads are built here */
     size_t hcap;
     uint64_t date_sec;  /* loop second the Date value was made in */
