@@ -20,6 +20,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_sched(L);
     loom_open_stream(L);
     loom_open_dns(L);
+    loom_open_tls(L);
     loom_open_http_server(L);
     loom_open_fs(L);
     loom_open_signal(L);

@@ -39,14 +39,18 @@ loom_stream_t *loom_stream_new(loom_t *h) {
     return s;
 }
 
+static void stream_free(loom_stream_t *s) {
+    loom_stream_tls_free(s);
+    free(s->buf);
+    free(s);
+}
+
 static void on_stream_closed(uv_handle_t *handle) {
     loom_stream_t *s = handle->data;
     s->state = ST_CLOSED;
     loom_handle_closed(s->host);
-    if (!s->boxed) {
-        free(s->buf);
-        free(s);
-    }
+    if (!s->boxed)
+        stream_free(s);
 }
 
 /* Fails whoever waits with `closed`, and starts closing the handle. */
@@ -61,6 +65,8 @@ void loom_stream_close(loom_stream_t *s) {
         loom_wake(s->writer);
     if (s->connector)
         loom_wake(s->connector);
+    if (s->on_event)
+        s->on_event(s);
     uv_close((uv_handle_t *)&s->tcp, on_stream_closed);
 }
 
@@ -72,8 +78,7 @@ static int stream_gc(lua_State *L) {
     *box = NULL;
     s->boxed = 0;
     if (s->state == ST_CLOSED) {
-        free(s->buf);
-        free(s);
+        stream_free(s);
     } else {
         loom_stream_close(s); /* frees in on_stream_closed */
     }
@@ -85,6 +90,17 @@ void loom_stream_push(lua_State *L, loom_stream_t *s) {
     *box = s;
     s->boxed = 1;
     luaL_setmetatable(L, STREAM_MT);
+}
+
+loom_stream_t *loom_stream_detach(lua_State *L, int idx) {
+    loom_stream_t **box = luaL_checkudata(L, idx, STREAM_MT);
+    loom_stream_t *s = *box;
+    if (s && s->state == ST_OPEN) {
+        *box = NULL;
+        s->boxed = 0;
+        return s;
+    }
+    return NULL;
 }
 
 loom_stream_t *loom_stream_check(lua_State *L, int idx) {
@@ -133,28 +149,38 @@ static int read_ready(const loom_stream_t *s) {
     }
 }
 
-static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
-    loom_stream_t *s = handle->data;
-    (void)hint;
+int loom_stream_reserve(loom_stream_t *s, size_t n) {
     if (s->pos == s->len)
         s->pos = s->len = 0;
-    if (s->cap - s->len < READ_CHUNK && s->pos > 0) {
+    if (s->cap - s->len < n && s->pos > 0) {
         memmove(s->buf, s->buf + s->pos, unread(s));
         s->len -= s->pos;
         s->pos = 0;
     }
-    if (s->cap - s->len < READ_CHUNK) {
+    if (s->cap - s->len < n) {
         size_t cap = s->cap ? s->cap * 2 : READ_CHUNK;
-        while (cap - s->len < READ_CHUNK)
+        while (cap - s->len < n)
             cap *= 2;
         char *nb = realloc(s->buf, cap);
-        if (!nb) {
-            buf->base = NULL;
-            buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
-            return;
-        }
+        if (!nb)
+            return -1;
         s->buf = nb;
         s->cap = cap;
+    }
+    return 0;
+}
+
+static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
+    loom_stream_t *s = handle->data;
+    (void)hint;
+    if (s->tls) {
+        loom_stream_tls_alloc(s, buf); /* ciphertext lands in the TLS session */
+        return;
+    }
+    if (loom_stream_reserve(s, READ_CHUNK) != 0) {
+        buf->base = NULL;
+        buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
+        return;
     }
     buf->base = s->buf + s->len;
     buf->len = s->cap - s->len;
@@ -171,8 +197,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     loom_stream_t *s = stream->data;
     (void)buf;
     if (nread > 0) {
-        s->len += (size_t)nread;
-        if (!s->reader && unread(s) >= HIGH_WATER)
+        if (s->tls)
+            loom_stream_tls_input(s, (size_t)nread); /* decrypts into buf */
+        else
+            s->len += (size_t)nread;
+        if (!s->reader && !s->on_event && unread(s) >= HIGH_WATER)
             stop_reading(s);
     } else if (nread < 0) {
         if (nread == UV_EOF)
@@ -181,8 +210,20 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             s->rerr = (int)nread;
         stop_reading(s);
     }
-    if (s->reader && read_ready(s))
+    if (s->on_event)
+        s->on_event(s);
+    else if (s->reader && read_ready(s))
         loom_wake(s->reader);
+}
+
+static void start_reading(loom_stream_t *s);
+
+void loom_stream_read_start(loom_stream_t *s) {
+    start_reading(s);
+}
+
+void loom_stream_read_stop(loom_stream_t *s) {
+    stop_reading(s);
 }
 
 static void start_reading(loom_stream_t *s) {
@@ -211,6 +252,8 @@ static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
 static int end_of_stream(lua_State *L, loom_stream_t *s) {
     if (s->state != ST_OPEN)
         return loom_fail(L, "closed", "stream is closed");
+    if (s->rerr && loom_stream_tls_error(s))
+        return loom_fail(L, "tls", "%s (%s)", loom_stream_tls_error(s), s->peer);
     if (s->rerr)
         return loom_fail(L, "closed", "%s", uv_strerror(s->rerr));
     return loom_fail(L, "closed", "end of stream");
@@ -381,6 +424,30 @@ static int queue_rest(loom_stream_t *s, uv_buf_t *bufs, int nbufs, size_t sent) 
     return 0;
 }
 
+int loom_stream_send_raw(loom_stream_t *s, uv_buf_t *bufs, int n) {
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (s->pending_writes == 0) {
+        int rc = uv_try_write((uv_stream_t *)&s->tcp, bufs, (unsigned)n);
+        if (rc < 0 && rc != UV_EAGAIN)
+            return rc;
+        sent = rc > 0 ? (size_t)rc : 0;
+        if (sent == total)
+            return 0;
+    }
+    int rc = queue_rest(s, bufs, n, sent);
+    return rc < 0 ? rc : 1;
+}
+
+int loom_stream_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
+    if (s->state != ST_OPEN)
+        return UV_EPIPE;
+    if (s->werr)
+        return s->werr;
+    return s->tls ? loom_stream_tls_send(s, bufs, n) : loom_stream_send_raw(s, bufs, n);
+}
+
 /* st:write(s1, s2, ...) -> true once the kernel has the bytes, or nil, err. */
 static int stream_write(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
@@ -401,20 +468,16 @@ static int stream_write(lua_State *L) {
         return loom_fail(L, "closed", "stream is closed");
     if (s->werr)
         return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
-    size_t sent = 0;
-    if (s->pending_writes == 0) {
-        int rc = uv_try_write((uv_stream_t *)&s->tcp, bufs, (unsigned)n);
-        if (rc < 0 && rc != UV_EAGAIN)
-            return loom_fail_uv(L, "closed", rc, s->peer);
-        sent = rc > 0 ? (size_t)rc : 0;
-        if (sent == total) {
-            lua_pushboolean(L, 1);
-            return 1;
-        }
-    }
-    int rc = queue_rest(s, bufs, n, sent);
+    (void)total;
+    int rc = loom_stream_send(s, bufs, n);
+    if (rc < 0 && loom_stream_tls_error(s))
+        return loom_fail(L, "tls", "%s (%s)", loom_stream_tls_error(s), s->peer);
     if (rc < 0)
         return loom_fail_uv(L, "closed", rc, s->peer);
+    if (rc == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     s->writer = t;
     return loom_park(L, t, s->timeout, write_build, write_abort, s);
 }

@@ -13,7 +13,10 @@
 
 enum { ST_OPEN, ST_CLOSING, ST_CLOSED };
 
-typedef struct loom_stream {
+struct loom_tls;
+
+typedef struct loom_stream loom_stream_t;
+struct loom_stream {
     loom_res_t res;
     loom_t *host;
     uv_tcp_t tcp;
@@ -33,7 +36,12 @@ typedef struct loom_stream {
     size_t rwant;
     double timeout; /* seconds for each read and write; < 0 for none */
     char peer[64];  /* "ip:port", for messages */
-} loom_stream_t;
+    struct loom_tls *tls; /* TLS below the buffer (src/stream_tls.c), or NULL */
+    /* A C owner instead of reading tasks (the HTTP client, a TLS handshake): called after
+     * every read event and when the stream starts closing. */
+    void (*on_event)(loom_stream_t *s);
+    void *owner;
+};
 
 /* Allocates a stream around an initialised-but-unconnected TCP handle. */
 loom_stream_t *loom_stream_new(loom_t *h);
@@ -41,6 +49,28 @@ loom_stream_t *loom_stream_new(loom_t *h);
 void loom_stream_push(lua_State *L, loom_stream_t *s);
 loom_stream_t *loom_stream_check(lua_State *L, int idx);
 void loom_stream_close(loom_stream_t *s);
+/* Takes s from its Lua box (which then reads as collected): a C owner keeps it. */
+loom_stream_t *loom_stream_detach(lua_State *L, int idx);
+/* Makes room for n more bytes at buf + len. */
+int loom_stream_reserve(loom_stream_t *s, size_t n);
+void loom_stream_read_start(loom_stream_t *s);
+void loom_stream_read_stop(loom_stream_t *s);
+/* Sends bufs, through TLS when the stream has it: 0 when the kernel took everything, 1 when
+ * the rest is queued (pending_writes; on completion s->writer is woken), or a libuv error. */
+int loom_stream_send(loom_stream_t *s, uv_buf_t *bufs, int n);
+/* The same below TLS: bytes go to the socket as they are. */
+int loom_stream_send_raw(loom_stream_t *s, uv_buf_t *bufs, int n);
+
+/* stream_tls.c */
+void loom_stream_tls_alloc(loom_stream_t *s, uv_buf_t *buf);
+void loom_stream_tls_input(loom_stream_t *s, size_t n);
+int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n);
+void loom_stream_tls_free(loom_stream_t *s);
+/* "tls: ..." detail of a failed TLS stream, or NULL when TLS is not what failed. */
+const char *loom_stream_tls_error(loom_stream_t *s);
+int loom_open_tls(lua_State *L);
+/* The configuration inside a core.tls_config object at idx (raises otherwise). */
+struct loom_tls_conf *loom_tls_conf_check(lua_State *L, int idx);
 
 int loom_open_stream(lua_State *L);
 int loom_open_dns(lua_State *L);

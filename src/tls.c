@@ -1,0 +1,412 @@
+/*
+ * tls.c - mbedTLS between a ciphertext and a plaintext buffer. The BIO callbacks given to
+ * mbedTLS never touch a socket: received ciphertext waits in `in` until mbedTLS asks for
+ * it, and what mbedTLS sends piles up in `out` until the caller writes it out. So the
+ * same session works under any event loop. Knows no Lua and no libuv.
+ *
+ * Host name checks: mbedTLS compares a name against dNSName entries and the CN. IP
+ * literals are checked here against iPAddress entries (2.28 has no such check), and the
+ * name given to mbedTLS is then explicitly NULL, which 3.6 requires to allow that.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <mbedtls/version.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/x509_crt.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/error.h>
+#include <mbedtls/asn1.h>
+#if MBEDTLS_VERSION_MAJOR >= 3 && defined(MBEDTLS_PSA_CRYPTO_C)
+#include <psa/crypto.h>
+#endif
+#include "tls.h"
+
+struct loom_tls_conf {
+    int refs;
+    int server;
+    int verify;
+    mbedtls_ssl_config conf;
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    mbedtls_x509_crt ca;
+    mbedtls_x509_crt own;
+    mbedtls_pk_context key;
+};
+
+struct loom_tls {
+    loom_tls_conf_t *conf;
+    mbedtls_ssl_context ssl;
+    char *in;
+    size_t in_pos, in_len, in_cap;
+    char *out;
+    size_t out_len, out_cap;
+    int done;
+    int iplen; /* > 0: the peer must show this iPAddress */
+    unsigned char ip[16];
+    char err[200];
+};
+
+/* Where distributions keep the bundle of trusted roots (SSL_CERT_FILE comes first). */
+static const char *const ca_paths[] = {
+    "/etc/ssl/certs/ca-certificates.crt",                /* Debian, Ubuntu, Alpine */
+    "/etc/pki/tls/certs/ca-bundle.crt",                  /* Fedora, RHEL */
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", /* Fedora, RHEL (newer) */
+    "/etc/ssl/ca-bundle.pem",                            /* openSUSE */
+    "/etc/ssl/cert.pem",                                 /* Alpine, macOS, BSDs */
+    "/usr/local/etc/openssl/cert.pem",                   /* macOS with Homebrew */
+    NULL,
+};
+
+/* ---------------------------------------------------------------- messages */
+
+static void describe(int rc, char *buf, size_t n) {
+#if defined(MBEDTLS_ERROR_C)
+    mbedtls_strerror(rc, buf, n);
+#else
+    snprintf(buf, n, "mbedTLS error -0x%04x", (unsigned)-rc);
+#endif
+}
+
+static void set_err(char *err, size_t n, const char *what, int rc) {
+    char msg[128];
+    describe(rc, msg, sizeof msg);
+    snprintf(err, n, "%s: %s", what, msg);
+}
+
+/* ---------------------------------------------------------------- configuration */
+
+static int load_system_ca(mbedtls_x509_crt *ca) {
+    const char *env = getenv("SSL_CERT_FILE");
+    /* "returns 0 if all certificates parsed successfully, a positive number if partly
+     * successful": a bundle with one odd entry still gives us the rest. */
+    if (env && *env && mbedtls_x509_crt_parse_file(ca, env) >= 0)
+        return 0;
+    for (int i = 0; ca_paths[i]; i++)
+        if (mbedtls_x509_crt_parse_file(ca, ca_paths[i]) >= 0)
+            return 0;
+    return mbedtls_x509_crt_parse_path(ca, "/etc/ssl/certs") >= 0 ? 0 : -1;
+}
+
+static int parse_key(loom_tls_conf_t *c, const char *path) {
+#if MBEDTLS_VERSION_MAJOR >= 3
+    return mbedtls_pk_parse_keyfile(&c->key, path, NULL, mbedtls_ctr_drbg_random, &c->drbg);
+#else
+    return mbedtls_pk_parse_keyfile(&c->key, path, NULL);
+#endif
+}
+
+static int load_own(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
+    int rc;
+    if (!o->cert && !o->key)
+        return 0;
+    if (!o->cert || !o->key) {
+        snprintf(err, n, "cert and key go together");
+        return -1;
+    }
+    if ((rc = mbedtls_x509_crt_parse_file(&c->own, o->cert)) != 0) {
+        set_err(err, n, o->cert, rc);
+        return -1;
+    }
+    if ((rc = parse_key(c, o->key)) != 0) {
+        set_err(err, n, o->key, rc);
+        return -1;
+    }
+    if ((rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->own, &c->key)) != 0) {
+        set_err(err, n, "certificate", rc);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_ca(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
+    if (o->ca_file) {
+        int rc = mbedtls_x509_crt_parse_file(&c->ca, o->ca_file);
+        if (rc < 0) {
+            set_err(err, n, o->ca_file, rc);
+            return -1;
+        }
+    } else if (load_system_ca(&c->ca) != 0) {
+        snprintf(err, n, "no CA bundle found (set SSL_CERT_FILE or give ca_file)");
+        return -1;
+    }
+    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
+    return 0;
+}
+
+static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
+    static const char pers[] = "loom";
+    int rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
+                                   (const unsigned char *)pers, sizeof pers - 1);
+    if (rc != 0) {
+        set_err(err, n, "random seed", rc);
+        return -1;
+    }
+    rc = mbedtls_ssl_config_defaults(&c->conf, o->server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
+                                     MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    if (rc != 0) {
+        set_err(err, n, "configuration", rc);
+        return -1;
+    }
+    mbedtls_ssl_conf_rng(&c->conf, mbedtls_ctr_drbg_random, &c->drbg);
+    if (o->server || !o->verify) {
+        mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_NONE);
+    } else {
+        mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+        if (load_ca(c, o, err, n) != 0)
+            return -1;
+    }
+    return load_own(c, o, err, n);
+}
+
+loom_tls_conf_t *loom_tls_conf_new(const loom_tls_opts_t *o, char *err, size_t errlen) {
+#if MBEDTLS_VERSION_MAJOR >= 3 && defined(MBEDTLS_PSA_CRYPTO_C)
+    /* 3.x: "psa_crypto_init() must be called before any TLS operation" (it is idempotent). */
+    if (psa_crypto_init() != PSA_SUCCESS) {
+        snprintf(err, errlen, "PSA crypto initialisation failed");
+        return NULL;
+    }
+#endif
+    loom_tls_conf_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->refs = 1;
+    c->server = o->server;
+    c->verify = o->verify && !o->server;
+    mbedtls_ssl_config_init(&c->conf);
+    mbedtls_entropy_init(&c->entropy);
+    mbedtls_ctr_drbg_init(&c->drbg);
+    mbedtls_x509_crt_init(&c->ca);
+    mbedtls_x509_crt_init(&c->own);
+    mbedtls_pk_init(&c->key);
+    if (setup_conf(c, o, err, errlen) != 0) {
+        loom_tls_conf_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+void loom_tls_conf_ref(loom_tls_conf_t *c) {
+    c->refs++;
+}
+
+void loom_tls_conf_unref(loom_tls_conf_t *c) {
+    if (!c || --c->refs > 0)
+        return;
+    mbedtls_ssl_config_free(&c->conf);
+    mbedtls_x509_crt_free(&c->ca);
+    mbedtls_x509_crt_free(&c->own);
+    mbedtls_pk_free(&c->key);
+    mbedtls_ctr_drbg_free(&c->drbg);
+    mbedtls_entropy_free(&c->entropy);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- BIO over the buffers */
+
+static int grow(char **buf, size_t *cap, size_t need) {
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 16384;
+    while (ncap < need)
+        ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (!nb)
+        return -1;
+    *buf = nb;
+    *cap = ncap;
+    return 0;
+}
+
+static int bio_send(void *ctx, const unsigned char *p, size_t n) {
+    loom_tls_t *t = ctx;
+    if (grow(&t->out, &t->out_cap, t->out_len + n) != 0)
+        return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    memcpy(t->out + t->out_len, p, n);
+    t->out_len += n;
+    return (int)n;
+}
+
+static int bio_recv(void *ctx, unsigned char *p, size_t n) {
+    loom_tls_t *t = ctx;
+    size_t have = t->in_len - t->in_pos;
+    if (have == 0)
+        return MBEDTLS_ERR_SSL_WANT_READ;
+    if (n > have)
+        n = have;
+    memcpy(p, t->in + t->in_pos, n);
+    t->in_pos += n;
+    if (t->in_pos == t->in_len)
+        t->in_pos = t->in_len = 0;
+    return (int)n;
+}
+
+/* ---------------------------------------------------------------- sessions */
+
+static int set_name(loom_tls_t *t, const char *name) {
+    if (name && inet_pton(AF_INET, name, t->ip) == 1) {
+        t->iplen = 4;
+        name = NULL;
+    } else if (name && inet_pton(AF_INET6, name, t->ip) == 1) {
+        t->iplen = 16;
+        name = NULL;
+    }
+    return mbedtls_ssl_set_hostname(&t->ssl, name); /* also the SNI extension */
+}
+
+loom_tls_t *loom_tls_new(loom_tls_conf_t *c, const char *name, char *err, size_t errlen) {
+    loom_tls_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    t->conf = c;
+    loom_tls_conf_ref(c);
+    mbedtls_ssl_init(&t->ssl);
+    int rc = mbedtls_ssl_setup(&t->ssl, &c->conf);
+    if (rc == 0 && !c->server)
+        rc = set_name(t, name);
+    if (rc != 0) {
+        set_err(err, errlen, "session", rc);
+        loom_tls_free(t);
+        return NULL;
+    }
+    mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
+    return t;
+}
+
+void loom_tls_free(loom_tls_t *t) {
+    if (!t)
+        return;
+    mbedtls_ssl_free(&t->ssl);
+    loom_tls_conf_unref(t->conf);
+    free(t->in);
+    free(t->out);
+    free(t);
+}
+
+int loom_tls_inbuf(loom_tls_t *t, size_t want, char **base, size_t *len) {
+    if (t->in_pos > 0 && t->in_pos == t->in_len)
+        t->in_pos = t->in_len = 0;
+    if (t->in_pos > 0 && t->in_cap - t->in_len < want) {
+        memmove(t->in, t->in + t->in_pos, t->in_len - t->in_pos);
+        t->in_len -= t->in_pos;
+        t->in_pos = 0;
+    }
+    if (grow(&t->in, &t->in_cap, t->in_len + want) != 0)
+        return -1;
+    *base = t->in + t->in_len;
+    *len = t->in_cap - t->in_len;
+    return 0;
+}
+
+void loom_tls_received(loom_tls_t *t, size_t n) {
+    t->in_len += n;
+}
+
+/* Whether the peer's certificate lists our IP literal as an iPAddress. */
+static int ip_matches(loom_tls_t *t) {
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+    for (const mbedtls_x509_sequence *s = crt ? &crt->subject_alt_names : NULL; s; s = s->next) {
+        const mbedtls_x509_buf *b = &s->buf;
+        if (b->tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && b->len == (size_t)t->iplen &&
+            memcmp(b->p, t->ip, b->len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void verify_error(loom_tls_t *t) {
+    char info[256];
+    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    info[0] = '\0';
+    mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+    char *nl = strchr(info, '\n'); /* one reason per line: the first says enough */
+    if (nl)
+        *nl = '\0';
+    snprintf(t->err, sizeof t->err, "certificate verify failed: %s", info[0] ? info : "unknown reason");
+}
+
+static int fail(loom_tls_t *t, const char *what, int rc) {
+    if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED)
+        verify_error(t);
+    else
+        set_err(t->err, sizeof t->err, what, rc);
+    return LOOM_TLS_ERR;
+}
+
+int loom_tls_handshake(loom_tls_t *t) {
+    if (t->done)
+        return LOOM_TLS_OK;
+    int rc = mbedtls_ssl_handshake(&t->ssl);
+    if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+        return LOOM_TLS_WANT;
+    if (rc != 0)
+        return fail(t, "handshake failed", rc);
+    if (t->iplen && t->conf->verify && !ip_matches(t)) {
+        snprintf(t->err, sizeof t->err, "certificate verify failed: the certificate is not "
+                                        "valid for this IP address");
+        return LOOM_TLS_ERR;
+    }
+    t->done = 1;
+    return LOOM_TLS_OK;
+}
+
+int loom_tls_handshake_done(const loom_tls_t *t) {
+    return t->done;
+}
+
+int loom_tls_read(loom_tls_t *t, char *out, size_t cap, size_t *got) {
+    *got = 0;
+    for (;;) {
+        int rc = mbedtls_ssl_read(&t->ssl, (unsigned char *)out, cap);
+        if (rc > 0) {
+            *got = (size_t)rc;
+            return LOOM_TLS_OK;
+        }
+        if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+            return LOOM_TLS_EOF;
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+            return LOOM_TLS_WANT;
+#ifdef MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET
+        if (rc == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+            continue; /* TLS 1.3 (3.x): a ticket, not data */
+#endif
+        return fail(t, "read failed", rc);
+    }
+}
+
+int loom_tls_write(loom_tls_t *t, const char *p, size_t n) {
+    while (n > 0) {
+        /* "may return a value less than len": it sends at most one record per call */
+        int rc = mbedtls_ssl_write(&t->ssl, (const unsigned char *)p, n);
+        if (rc < 0)
+            return fail(t, "write failed", rc);
+        p += rc;
+        n -= (size_t)rc;
+    }
+    return LOOM_TLS_OK;
+}
+
+size_t loom_tls_pending(loom_tls_t *t, const char **p) {
+    *p = t->out;
+    return t->out_len;
+}
+
+void loom_tls_sent(loom_tls_t *t, size_t n) {
+    if (n >= t->out_len) {
+        t->out_len = 0;
+        return;
+    }
+    memmove(t->out, t->out + n, t->out_len - n);
+    t->out_len -= n;
+}
+
+const char *loom_tls_error(const loom_tls_t *t) {
+    return t->err[0] ? t->err : "connection failed";
+}
