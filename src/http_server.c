@@ -473,6 +473,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         feed(c, buf->base, (size_t)nread, 0);
     if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
         stop_reading(c); /* req:chunks() restarts reading as it takes the data */
+    /* Answer now rather than after every other connection's read of this loop turn: the
+     * scheduler runs the handler in its protected drain, as it would in the check phase. */
+    loom_sched_drain(c->srv->host);
 }
 
 void loom_conn_start_reading(loom_conn_t *c) {
