@@ -80,6 +80,7 @@ typedef struct loom_sched {
     uv_idle_t idle;
     int idle_on;
     int draining;
+    int stats_alive; /* scratch for core.stats */
     loom_task_t *pool; /* finished internal tasks whose coroutines wait for reuse */
     int npool;
 } loom_sched_t;
