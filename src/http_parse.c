@@ -49,6 +49,10 @@ void loom_http_msg_release(loom_http_msg_t *m) {
     if (!h)
         return;
     m->head = NULL;
+    loom_head_release(m->pool, h);
+}
+
+void loom_head_release(loom_head_pool_t *pool, loom_head_t *h) {
     if (h->data != h->inl) { /* keep pooled heads small */
         free(h->data);
         h->data = h->inl;
@@ -59,13 +63,13 @@ void loom_http_msg_release(loom_http_msg_t *m) {
         h->hdrs = h->hdrs_inl;
         h->caphdrs = sizeof h->hdrs_inl / sizeof h->hdrs_inl[0];
     }
-    if (m->pool->n >= m->pool->max) {
+    if (pool->n >= pool->max) {
         free(h);
         return;
     }
-    h->next_free = m->pool->free;
-    m->pool->free = h;
-    m->pool->n++;
+    h->next_free = pool->free;
+    pool->free = h;
+    pool->n++;
 }
 
 void loom_head_pool_free(loom_head_pool_t *pool) {

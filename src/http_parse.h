@@ -63,6 +63,9 @@ void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t
 /* Gives the head storage back to the pool (when a connection goes idle). */
 void loom_http_msg_release(loom_http_msg_t *m);
 void loom_head_pool_free(loom_head_pool_t *pool);
+/* Gives back a head its owner took from a message (a client keeps a response's head past
+ * the point where its connection parses the next one). */
+void loom_head_release(loom_head_pool_t *pool, loom_head_t *h);
 
 /* Finds a header by lowercase name; returns its index or -1. */
 int loom_head_find(const loom_head_t *h, const char *name, size_t len);
