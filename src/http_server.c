@@ -529,11 +529,16 @@ static void on_handler_done(loom_t *h, loom_task_t *t) {
         return;
     }
     if (t->failed) {
-        if (!t->is_cancelled)
+        /* a handler that raised because the body broke a limit is answered with the limit's
+         * status, not 500: the client's request was at fault */
+        if (!t->is_cancelled && !c->fail_status)
             log_handler_error(c, t);
         if (c->resp == R_NONE) {
             loom_conn_detach_request(c);
-            loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
+            if (c->fail_status)
+                loom_conn_respond_simple(c, c->fail_status, loom_http_reason(c->fail_status), 1);
+            else
+                loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
         } else {
             c->keepalive = 0; /* a stream cut short: the peer must see the end */
             c->resp = R_DONE;
