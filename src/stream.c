@@ -7,6 +7,7 @@
  * writer waits for it. The handle is a heap struct; the Lua box points to it; the struct is
  * freed when both the box and libuv have let go. Knows nothing of HTTP.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
@@ -814,7 +815,21 @@ static const luaL_Reg stream_funcs[] = {
     {NULL, NULL},
 };
 
+/* libuv writes to TCP with write(2), and "If all file descriptors referring to the read end
+ * of a pipe [or the peer of a socket] have been closed, then a write(2) will cause a SIGPIPE
+ * signal to be generated" (write(2)), whose default action ends the process. Streams report
+ * EPIPE as `closed: ...` instead, so the signal is ignored, as node does; a handler the
+ * embedder installed is left alone. */
+static void ignore_sigpipe(void) {
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGPIPE, &sa, NULL);
+    }
+}
+
 int loom_open_stream(lua_State *L) {
+    ignore_sigpipe();
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_meta, 0);
     luaL_newlib(L, stream_methods);
