@@ -134,6 +134,16 @@ static size_t unread(const loom_stream_t *s) {
     return s->len - s->pos;
 }
 
+/* Whether the line at pos, ending at `nl` (or not ended yet: NULL), holds more than
+ * MAX_LINE bytes besides its "\r\n" or "\n". */
+static int line_too_long(const loom_stream_t *s, const char *nl) {
+    const char *start = s->buf + s->pos;
+    size_t len = nl ? (size_t)(nl - start) : unread(s);
+    if (len > 0 && start[len - 1] == '\r')
+        len--; /* the CR of a CRLF, or maybe of one whose LF is still on its way */
+    return len > MAX_LINE;
+}
+
 /* Whether the waiting read can complete from the buffer (or from the end of the stream). */
 static int read_ready(const loom_stream_t *s) {
     if (s->eof || s->rerr || s->state != ST_OPEN)
@@ -144,7 +154,7 @@ static int read_ready(const loom_stream_t *s) {
     case RD_N:
         return unread(s) >= s->rwant;
     case RD_LINE:
-        return memchr(s->buf + s->pos, '\n', unread(s)) != NULL || unread(s) > MAX_LINE;
+        return memchr(s->buf + s->pos, '\n', unread(s)) != NULL || line_too_long(s, NULL);
     default:
         return 0;
     }
@@ -274,15 +284,13 @@ static int push_read(lua_State *L, loom_stream_t *s) {
         break;
     case RD_LINE: {
         const char *nl = memchr(s->buf + s->pos, '\n', n);
-        if (nl && (size_t)(nl - (s->buf + s->pos)) > MAX_LINE)
-            nl = NULL; /* too long, even if its end has arrived too */
-        if (nl) {
+        if (nl && !line_too_long(s, nl)) {
             size_t len = (size_t)(nl - (s->buf + s->pos));
             size_t cut = len > 0 && nl[-1] == '\r' ? 1 : 0;
             consume(L, s, len - cut, 1 + cut);
             return 1;
         }
-        if (n > MAX_LINE)
+        if (nl || line_too_long(s, NULL)) /* too long, even if its end has arrived too */
             return loom_fail(L, "limit", "line longer than %d bytes", MAX_LINE);
         break; /* end of stream: the last line has no newline */
     }
