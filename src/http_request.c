@@ -11,6 +11,8 @@
 #include <lauxlib.h>
 #include "http_server.h"
 #include "fail.h"
+#include "stream.h"
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- the request table */
 
@@ -256,7 +258,53 @@ static int req_write(lua_State *L) {
     return loom_park(L, t, -1, write_build, body_abort, box);
 }
 
+/* ---------------------------------------------------------------- upgrades */
+
+/* core.req_upgrade(box, headers) -> stream | nil, err. Answers 101 with the headers and
+ * hands the socket over to a plain stream (a duplicate descriptor, with any bytes that
+ * followed the request head); the HTTP connection is closed without a word. */
+static int req_upgrade(lua_State *L) {
+    loom_conn_t *c = live_conn(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (c->resp != R_NONE)
+        return luaL_error(L, "upgrade: the response has already started");
+    size_t hlen;
+    const char *head = loom_conn_head_101(c, L, 2, &hlen);
+    if (!head)
+        return luaL_error(L, "upgrade: invalid header name or value");
+    uv_os_fd_t fd;
+    int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    int nfd = rc == 0 ? dup(fd) : -1;
+    if (nfd < 0)
+        return loom_fail(L, "closed", "cannot take over the connection");
+    loom_stream_t *s = loom_stream_new(c->srv->host);
+    if (!s || uv_tcp_open(&s->tcp, nfd) != 0) {
+        close(nfd);
+        if (s)
+            loom_stream_close(s);
+        return loom_fail(L, "closed", "cannot take over the connection");
+    }
+    loom_stream_push(L, s);
+    loom_stream_set_peer(s);
+    if (c->in_len && loom_stream_reserve(s, c->in_len) == 0) {
+        memcpy(s->buf + s->len, c->in, c->in_len);
+        s->len += c->in_len;
+        c->in_len = 0;
+    }
+    uv_buf_t buf = uv_buf_init((char *)head, (unsigned)hlen);
+    rc = loom_stream_send(s, &buf, 1);
+    c->resp = R_DONE;
+    c->keepalive = 0;
+    loom_conn_close(c); /* its descriptor closes; the socket lives on in the stream */
+    if (rc < 0) {
+        loom_stream_close(s);
+        return loom_fail_uv(L, "closed", rc, NULL);
+    }
+    return 1;
+}
+
 static const luaL_Reg request_funcs[] = {
+    {"req_upgrade", req_upgrade},
     {"req_target", req_target},
     {"req_headers", req_headers},
     {"req_peer", req_peer},

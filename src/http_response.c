@@ -450,6 +450,19 @@ void loom_conn_stream_end(loom_conn_t *c) {
     log_access(c);
 }
 
+const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *len) {
+    hb_t b = {c->srv, 0, 0};
+    status_line(&b, 101);
+    put_headers(&b, L, hidx, 0, NULL, 0);
+    hb_put(&b, "\r\n", 2);
+    if (b.bad)
+        return NULL;
+    c->status = 101;
+    log_access(c);
+    *len = b.len;
+    return c->srv->hbuf;
+}
+
 void loom_conn_send_continue(loom_conn_t *c) {
     if (!c->expect || c->resp != R_NONE)
         return;

@@ -130,6 +130,8 @@ void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int 
 int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx);
 /* Writes the last chunk of a streaming response. */
 void loom_conn_stream_end(loom_conn_t *c);
+/* Builds a 101 head with the headers of the table at hidx; NULL if a header is invalid. */
+const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *len);
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);

@@ -6,6 +6,7 @@
 #include "host.h"
 #include "stream.h"
 #include "http_server.h"
+#include "websocket.h"
 
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
@@ -25,5 +26,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_fs(L);
     loom_open_signal(L);
     loom_open_process(L);
+    loom_open_websocket(L);
     return 1;
 }

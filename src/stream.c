@@ -12,6 +12,7 @@
 #include <string.h>
 #include <lauxlib.h>
 #include "stream.h"
+#include "websocket.h"
 #include "fail.h"
 
 #define LISTENER_MT "loom.listener"
@@ -19,7 +20,7 @@
 #define READ_CHUNK (64 * 1024)
 #define MAX_LINE (64 * 1024)
 
-enum { RD_ANY, RD_N, RD_LINE, RD_ALL };
+enum { RD_ANY, RD_N, RD_LINE, RD_ALL, RD_WSFRAME };
 
 /* ---------------------------------------------------------------- lifetime */
 
@@ -111,7 +112,7 @@ loom_stream_t *loom_stream_check(lua_State *L, int idx) {
     return *box;
 }
 
-static void set_peer(loom_stream_t *s) {
+void loom_stream_set_peer(loom_stream_t *s) {
     struct sockaddr_storage ss = {0};
     int len = sizeof ss;
     char ip[48] = "?";
@@ -155,6 +156,12 @@ static int read_ready(const loom_stream_t *s) {
         return unread(s) >= s->rwant;
     case RD_LINE:
         return memchr(s->buf + s->pos, '\n', unread(s)) != NULL || line_too_long(s, NULL);
+    case RD_WSFRAME: {
+        loom_ws_frame_t f;
+        if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
+            return 0;
+        return f.length > s->rwant || unread(s) >= f.header + f.length;
+    }
     default:
         return 0;
     }
@@ -271,7 +278,36 @@ static int end_of_stream(lua_State *L, loom_stream_t *s) {
 }
 
 /* Pushes what the finished read gives: data, or nil and why. */
+/* Pushes fin, rsv, opcode, masked, payload (unmasked) of the frame at buf + pos. */
+static int push_frame(lua_State *L, loom_stream_t *s) {
+    loom_ws_frame_t f;
+    if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
+        return end_of_stream(L, s);
+    if (f.length > s->rwant)
+        return loom_fail(L, "limit", "frame larger than %d bytes", (int)s->rwant);
+    if (unread(s) < f.header + f.length)
+        return end_of_stream(L, s);
+    const char *src = s->buf + s->pos + f.header;
+    lua_pushboolean(L, f.fin);
+    lua_pushinteger(L, f.rsv);
+    lua_pushinteger(L, f.opcode);
+    lua_pushboolean(L, f.masked);
+    luaL_Buffer b;
+    char *dst = luaL_buffinitsize(L, &b, (size_t)f.length);
+    if (f.masked)
+        loom_ws_unmask(dst, src, (size_t)f.length, f.key, 0);
+    else
+        memcpy(dst, src, (size_t)f.length);
+    luaL_pushresultsize(&b, (size_t)f.length);
+    s->pos += f.header + (size_t)f.length;
+    if (s->pos == s->len)
+        s->pos = s->len = 0;
+    return 5;
+}
+
 static int push_read(lua_State *L, loom_stream_t *s) {
+    if (s->rmode == RD_WSFRAME && s->state == ST_OPEN)
+        return push_frame(L, s);
     size_t n = unread(s);
     if (s->state != ST_OPEN)
         return end_of_stream(L, s);
@@ -359,6 +395,13 @@ static int stream_read(lua_State *L) {
         return 1;
     }
     return do_read(L, s, RD_N, (size_t)n, "read");
+}
+
+/* core.ws_read_frame(stream, max) -> fin, rsv, opcode, masked, payload | nil, err */
+static int l_ws_read_frame(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    return do_read(L, s, RD_WSFRAME, (size_t)(max > 0 ? max : 0), "receive");
 }
 
 static int stream_read_line(lua_State *L) {
@@ -700,7 +743,7 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     uv_tcp_nodelay(&s->tcp, 1);
-    set_peer(s);
+    loom_stream_set_peer(s);
     memset(&aj->job, 0, sizeof aj->job);
     aj->job.run = run_accept;
     aj->ln = ln;
@@ -819,6 +862,7 @@ static const luaL_Reg listener_meta[] = {
 
 static const luaL_Reg stream_funcs[] = {
     {"tcp_connect", l_tcp_connect},
+    {"ws_read_frame", l_ws_read_frame},
     {"tcp_listen", l_tcp_listen},
     {NULL, NULL},
 };

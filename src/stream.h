@@ -49,6 +49,8 @@ loom_stream_t *loom_stream_new(loom_t *h);
 void loom_stream_push(lua_State *L, loom_stream_t *s);
 loom_stream_t *loom_stream_check(lua_State *L, int idx);
 void loom_stream_close(loom_stream_t *s);
+/* Records the peer's address (for messages and st:peer()). */
+void loom_stream_set_peer(loom_stream_t *s);
 /* Takes s from its Lua box (which then reads as collected): a C owner keeps it. */
 loom_stream_t *loom_stream_detach(lua_State *L, int idx);
 /* Makes room for n more bytes at buf + len. */

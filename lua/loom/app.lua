@@ -175,6 +175,14 @@ function App:_entry()
     end
 end
 
+-- app:ws(pattern, function(ws, req) ... end [, { max_message }]): a websocket endpoint;
+-- middleware runs for the upgrade request like for any other.
+function App:ws(pattern, fn, opts)
+    check_route(pattern, fn, "ws")
+    self.router:add("GET", pattern, require("loom.websocket").server_handler(fn, opts))
+    return self
+end
+
 -- app:static(prefix, dir): files under dir at prefix/...
 function App:static(prefix, dir)
     args.check(prefix, "string", "static", 1)

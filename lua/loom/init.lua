@@ -24,6 +24,7 @@ local loom = {
     listen = net.listen,
     json = json,
     app = app.new,
+    websocket = function(...) return require("loom.websocket").connect(...) end,
     url = url,
 }
 
