@@ -27,6 +27,17 @@ function args.opts(v, fname, n)
     return v
 end
 
+-- Raises for a key of opts that is not in `names` (a set: {timeout = true, ...}), so a
+-- misspelt option is an error rather than silently ignored.
+function args.known(opts, names, fname, n)
+    for k in pairs(opts) do
+        if not names[k] then
+            args.fail(fname, n, format("unknown option '%s'", tostring(k)), 2)
+        end
+    end
+    return opts
+end
+
 -- Reads opts[name], which must be of type t (or one of the types in t, a table) when
 -- present; returns the default otherwise.
 function args.opt(opts, name, t, default, fname, n)
