@@ -596,7 +596,9 @@ static void on_connection(uv_stream_t *server, int status) {
 /* ---------------------------------------------------------------- server lifetime */
 
 static void server_free_if_done(loom_server_t *srv) {
-    if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !srv->done_job.queued) {
+    /* at teardown a queued done_job never runs (the queue is not drained again) */
+    int job_pending = srv->done_job.queued && !srv->host->closing;
+    if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !job_pending) {
         loom_head_pool_free(&srv->heads);
         free(srv->hbuf);
         free(srv);
