@@ -179,6 +179,10 @@ static int on_field(llhttp_t *p, const char *at, size_t len) {
     }
     if (count(m, len))
         return HPE_USER;
+    /* RFC 9112 5.1: whitespace between a field name and its colon must be rejected;
+     * llhttp 8 lets it through, and a lenient peer could read the name differently. */
+    if (memchr(at, ' ', len) || memchr(at, '\t', len))
+        return fail(m, 400, "whitespace in a header name");
     if (m->in_trailers)
         return 0;
     return append(h, at, len, 1) ? fail(m, 500, "out of memory") : 0;
