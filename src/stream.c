@@ -155,7 +155,8 @@ static int read_ready(const loom_stream_t *s) {
     case RD_N:
         return unread(s) >= s->rwant;
     case RD_LINE:
-        return memchr(s->buf + s->pos, '\n', unread(s)) != NULL || line_too_long(s, NULL);
+        return (unread(s) > 0 && memchr(s->buf + s->pos, '\n', unread(s)) != NULL) ||
+               line_too_long(s, NULL);
     case RD_WSFRAME: {
         loom_ws_frame_t f;
         if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
@@ -319,7 +320,7 @@ static int push_read(lua_State *L, loom_stream_t *s) {
             n = s->rwant;
         break;
     case RD_LINE: {
-        const char *nl = memchr(s->buf + s->pos, '\n', n);
+        const char *nl = n > 0 ? memchr(s->buf + s->pos, '\n', n) : NULL; /* buf may be NULL */
         if (nl && !line_too_long(s, nl)) {
             size_t len = (size_t)(nl - (s->buf + s->pos));
             size_t cut = len > 0 && nl[-1] == '\r' ? 1 : 0;
