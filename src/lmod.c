@@ -6,6 +6,7 @@
 #include "host.h"
 #include "stream.h"
 #include "http_server.h"
+#include "http_client.h"
 #include "websocket.h"
 
 int luaopen_loom_core(lua_State *L);
@@ -23,6 +24,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_dns(L);
     loom_open_tls(L);
     loom_open_http_server(L);
+    loom_open_http_client(L);
     loom_open_fs(L);
     loom_open_signal(L);
     loom_open_process(L);

@@ -8,6 +8,7 @@ local net = require "loom.net"
 local json = require "loom.json"
 local app = require "loom.app"
 local url = require "loom.url"
+local client = require "loom.client"
 
 local loom = {
     version = core.version,
@@ -26,6 +27,8 @@ local loom = {
     app = app.new,
     websocket = function(...) return require("loom.websocket").connect(...) end,
     url = url,
+    fetch = client.fetch,
+    session = client.session,
 }
 
 -- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until

@@ -1,0 +1,671 @@
+-- loom.client: loom.fetch, sessions and responses. What users customise lives here:
+-- options and their defaults, request heads, bodies (string, json, form, streamed),
+-- redirects, cookies (loom.cookies), proxies and TLS settings (loom.dial). The hot path -
+-- pool lookup, writing the request, parsing the response - is C (src/http_client.c,
+-- src/http_exchange.c); a request's URL and head are cached per session.
+local core = require "loom.core"
+local args = require "loom.args"
+local json = require "loom.json"
+local url = require "loom.url"
+local cookies = require "loom.cookies"
+local dial = require "loom.dial"
+
+local M = {}
+
+local http_request, http_pool, tls_config, now = core.http_request, core.http_pool, core.tls_config, core.now
+local type, pairs, ipairs, setmetatable, tostring, tonumber = type, pairs, ipairs, setmetatable, tostring, tonumber
+local format, lower, concat = string.format, string.lower, table.concat
+local error, pcall = error, pcall
+
+local F_HEAD, F_DECODE, F_UPLOAD, F_FRESH, F_STREAM = 1, 2, 4, 8, 16
+local MAX_BODY = 64 * 1024 * 1024
+local USER_AGENT = "loom/" .. core.version
+local MAX_CACHED_URLS = 512
+
+-- Options of a request, and what each must be ("timeout": a number >= 0 or false).
+local REQUEST_OPTS = {
+    method = "string", headers = "table", query = "table", body = { "string", "function" },
+    json = "any", form = "table", timeout = "timeout", connect_timeout = "timeout",
+    read_timeout = "timeout", redirects = { "boolean", "number" }, max_body = "number",
+    stream = "boolean", tls = "table", decode = "boolean",
+}
+local SESSION_OPTS = {
+    base_url = "string", headers = "table", timeout = "timeout", connect_timeout = "timeout",
+    read_timeout = "timeout", max_per_host = "number", idle_timeout = "number",
+    cookies = "boolean", tls = "table", redirects = { "boolean", "number" }, max_body = "number",
+    proxy = { "string", "boolean", "table" }, decode = "boolean",
+}
+local TLS_OPTS = { verify = "boolean", ca_file = "string", cert = "string", key = "string",
+    server_name = "string" }
+
+local function check_opts(opts, known, fname, n)
+    for k, v in pairs(opts) do
+        local want = known[k]
+        if not want then
+            args.fail(fname, n, format("unknown option '%s'", tostring(k)), 2)
+        elseif want == "timeout" then
+            args.timeout(opts, k, nil, fname, n)
+        elseif want ~= "any" then
+            args.opt(opts, k, want, nil, fname, n)
+        end
+        if k == "tls" then
+            for tk in pairs(v) do
+                if not TLS_OPTS[tk] then args.fail(fname, n, format("unknown option 'tls.%s'", tostring(tk)), 2) end
+                args.opt(v, tk, TLS_OPTS[tk], nil, fname, n)
+            end
+        end
+    end
+end
+
+-- Headers ---------------------------------------------------------------------------
+
+-- res.headers: lowercase keys; any other case finds them too.
+local headers_mt = {
+    __index = function(t, k)
+        if type(k) == "string" then
+            local l = lower(k)
+            if l ~= k then return rawget(t, l) end
+        end
+        return nil
+    end,
+}
+
+-- An ordered set of request headers: later values for the same name (any case) win.
+local function header_set()
+    return { names = {}, values = {} }
+end
+
+local function hset(h, name, value)
+    local l = lower(name)
+    if h.values[l] == nil then h.names[#h.names + 1] = name end
+    h.values[l] = value
+end
+
+local function hget(h, name)
+    return h.values[lower(name)]
+end
+
+local function hmerge(h, t)
+    if not t then return end
+    for k, v in pairs(t) do
+        if v == false then
+            local l = lower(k)
+            if h.values[l] ~= nil then h.values[l] = false end
+        else
+            hset(h, k, tostring(v))
+        end
+    end
+end
+
+local function hrender(h, out)
+    for _, name in ipairs(h.names) do
+        local v = h.values[lower(name)]
+        if v then
+            out[#out + 1] = name
+            out[#out + 1] = ": "
+            out[#out + 1] = v
+            out[#out + 1] = "\r\n"
+        end
+    end
+end
+
+-- URLs ------------------------------------------------------------------------------
+
+local function host_header(u)
+    local h = u.host:find(":", 1, true) and ("[" .. u.host .. "]") or u.host
+    local default = (u.scheme == "https" and 443 or 80)
+    return h, u.port == default and h or (h .. ":" .. u.port)
+end
+
+-- Splits an absolute URL and adds what requests need: target, Host value, origin.
+local function parse_url(s)
+    local u, err = url.split(s)
+    if not u then return nil, err end
+    if u.scheme ~= "http" and u.scheme ~= "https" then return nil, "unsupported scheme '" .. u.scheme .. "'" end
+    local h, hostport = host_header(u)
+    u.hostport = hostport
+    u.origin = u.scheme .. "://" .. h .. ":" .. u.port
+    u.target = u.query and (u.path .. "?" .. u.query) or u.path
+    u.href = s
+    return u
+end
+
+local function remove_dots(path)
+    local out = {}
+    for seg in path:gmatch("[^/]*") do out[#out + 1] = seg end
+    local stack = {}
+    for i, seg in ipairs(out) do
+        if seg == ".." then
+            if #stack > 1 then stack[#stack] = nil end
+        elseif seg ~= "." or i == #out then
+            stack[#stack + 1] = seg == "." and "" or seg
+        end
+    end
+    local p = concat(stack, "/")
+    return p:sub(1, 1) == "/" and p or "/" .. p
+end
+
+-- Resolves a reference (a Location, or a URL against base_url) against the base URL string.
+local function join(base, ref)
+    if ref:match("^%a[%w+.-]*://") then return ref end
+    local b = url.split(base)
+    if not b then return ref end
+    local authority = base:match("^%a[%w+.-]*://([^/?#]*)")
+    if ref:sub(1, 2) == "//" then return b.scheme .. ":" .. ref end
+    local prefix = b.scheme .. "://" .. authority
+    ref = ref:gsub("#.*$", "")
+    if ref == "" then return base:gsub("#.*$", "") end
+    if ref:sub(1, 1) == "?" then return prefix .. b.path .. ref end
+    if ref:sub(1, 1) == "/" then
+        local p, q = ref:match("^([^?]*)(.*)$")
+        return prefix .. remove_dots(p) .. q
+    end
+    local dir = b.path:match("^(.*/)") or "/"
+    local p, q = ref:match("^([^?]*)(.*)$")
+    return prefix .. remove_dots(dir .. p) .. q
+end
+M.join = join
+
+-- Requests --------------------------------------------------------------------------
+
+local Session = {}
+Session.__index = Session
+Session.__name = "loom.session"
+
+local Response = {}
+Response.__name = "loom.response"
+
+-- The TLS configuration and its pool-key part for a request's settings.
+local function tls_for(sess, topts)
+    local t = sess.tls
+    if topts then
+        t = {}
+        for k, v in pairs(sess.tls or {}) do t[k] = v end
+        for k, v in pairs(topts) do t[k] = v end
+    end
+    t = t or {}
+    local verify = t.verify ~= false
+    local k = format("%s|%s|%s|%s|%s", verify and 1 or 0, t.ca_file or "", t.cert or "", t.key or "",
+        t.server_name or "")
+    local conf = sess.tlsconfs[k]
+    if not conf then
+        local err
+        conf, err = tls_config{ verify = verify, ca_file = t.ca_file, cert = t.cert, key = t.key }
+        if not conf then return nil, err end
+        sess.tlsconfs[k] = conf
+    end
+    return conf, k, t.server_name
+end
+
+-- The proxy for u under the session's settings, or nil.
+local function proxy_for(sess, u)
+    local p = sess.proxy
+    if not p then return nil end
+    local target = u.scheme == "https" and p.https or p.http
+    if not target or dial.bypass(p.no, u.host) then return nil end
+    return target
+end
+
+-- Everything about u that does not change between requests: cached per session.
+local function url_info(sess, s)
+    local u = sess.urls[s]
+    if u then return u end
+    local err
+    u, err = parse_url(s)
+    if not u then return nil, err end
+    u.proxy = proxy_for(sess, u)
+    if sess.nurls >= MAX_CACHED_URLS then sess.urls, sess.nurls = {}, 0 end
+    sess.urls[s] = u
+    sess.nurls = sess.nurls + 1
+    return u
+end
+
+local function body_of(opts, h)
+    local body = opts.body
+    if opts.json ~= nil then
+        body = json.encode(opts.json)
+        if not hget(h, "content-type") then hset(h, "Content-Type", "application/json") end
+    elseif opts.form ~= nil then
+        body = url.encode_query(opts.form)
+        if not hget(h, "content-type") then hset(h, "Content-Type", "application/x-www-form-urlencoded") end
+    elseif type(body) == "string" then
+        if not hget(h, "content-type") then hset(h, "Content-Type", "text/plain; charset=utf-8") end
+    end
+    return body
+end
+
+-- The request head for one hop.
+local function build_head(sess, req, u)
+    local h = header_set()
+    hset(h, "Host", u.hostport)
+    hset(h, "User-Agent", USER_AGENT)
+    hset(h, "Accept", "*/*")
+    if req.decode then hset(h, "Accept-Encoding", "gzip, deflate") end
+    hmerge(h, sess.headers)
+    hmerge(h, req.headers)
+    if u.user and not hget(h, "authorization") then
+        hset(h, "Authorization", "Basic " .. dial.base64(u.user .. ":" .. (u.password or "")))
+    end
+    if req.drop_auth then h.values.authorization = false end
+    local jar = sess.jar
+    local cookie = jar and jar:header(u)
+    if cookie then
+        local given = hget(h, "cookie")
+        hset(h, "Cookie", given and (given .. "; " .. cookie) or cookie)
+    end
+    local body = req.body
+    if type(body) == "string" then
+        if req.body_headers then for k, v in pairs(req.body_headers) do if not hget(h, k) then hset(h, k, v) end end end
+        hset(h, "Content-Length", tostring(#body))
+        h.values["transfer-encoding"] = false
+    elseif type(body) == "function" then
+        hset(h, "Transfer-Encoding", "chunked")
+        h.values["content-length"] = false
+        if req.body_headers then for k, v in pairs(req.body_headers) do if not hget(h, k) then hset(h, k, v) end end end
+    elseif req.method == "POST" or req.method == "PUT" or req.method == "PATCH" then
+        hset(h, "Content-Length", "0")
+    end
+    local target = u.target
+    if u.proxy and u.scheme == "http" then
+        target = u.scheme .. "://" .. u.hostport .. u.target
+        local p = u.proxy
+        if p.user and not hget(h, "proxy-authorization") then
+            hset(h, "Proxy-Authorization", "Basic " .. dial.base64(p.user .. ":" .. (p.password or "")))
+        end
+    end
+    local out = { req.method, " ", target, " HTTP/1.1\r\n" }
+    hrender(h, out)
+    out[#out + 1] = "\r\n"
+    return concat(out)
+end
+
+local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, TRACE = true, PUT = true, DELETE = true }
+
+-- The pool key of u: origin, TLS settings, proxy.
+local function key_of(sess, req, u)
+    local key = u.origin
+    local conf, tkey, server_name
+    if u.scheme == "https" then
+        local err
+        conf, tkey, server_name = tls_for(sess, req.tls)
+        if not conf then return nil, tkey or "tls: configuration failed" end
+        key = key .. "|" .. tkey
+    end
+    if u.proxy then key = key .. "|via " .. u.proxy.host .. ":" .. u.proxy.port end
+    return key, conf, server_name
+end
+
+local function upload(x, fn)
+    while true do
+        local chunk = fn()
+        if chunk == nil then break end
+        if type(chunk) ~= "string" then
+            x:close()
+            error("body function returned a " .. type(chunk) .. " (string or nil expected)", 0)
+        end
+        if chunk ~= "" then
+            local ok, err = x:write(chunk)
+            if not ok then return nil, err end
+        end
+    end
+    return x:finish()
+end
+
+-- One request on the wire: x, status, reason, headers, raw, version | nil, err, retryable
+local function send(sess, req, u, head, fresh)
+    local key, conf, server_name = key_of(sess, req, u)
+    if not key then return nil, conf end
+    local body = req.body
+    local flags = req.flags | (fresh and F_FRESH or 0)
+    if type(body) == "function" then flags, body = flags | F_UPLOAD, nil end
+    local x, a, b, c, d, e = http_request(sess.pool, key, head, body, flags, req.max_body,
+        req.connect_timeout, req.read_timeout, req.deadline)
+    if x and a == false then
+        local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
+            timeout = req.connect_timeout, deadline = req.deadline })
+        if not st then
+            x:close()
+            return nil, err
+        end
+        x, a, b, c, d, e = x:attach(st)
+    end
+    if x and a == true then
+        x, a, b, c, d, e = upload(x, req.body)
+    end
+    return x, a, b, c, d, e
+end
+
+local function new_response(x, status, reason, headers, raw, version, u, method)
+    return setmetatable({ status = status, reason = reason, ok = status >= 200 and status < 300,
+        headers = setmetatable(headers, headers_mt), _raw = raw, version = version,
+        url = u.href, method = method, _x = x }, Response)
+end
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- The next hop of a redirect, or nil when the response is final.
+local function follow(req, res, u)
+    local loc = res.headers.location
+    if not REDIRECT[res.status] or not loc then return nil end
+    local status = res.status
+    if status == 303 and req.method ~= "HEAD" or (status == 301 or status == 302) and req.method == "POST" then
+        req.method = "GET"
+        req.body, req.body_headers = nil, nil
+        req.flags = req.flags & ~F_HEAD
+    elseif type(req.body) == "function" then
+        return nil -- a streamed body cannot be sent again: the redirect is the answer
+    end
+    local next_url = join(u.href, loc)
+    return next_url
+end
+
+local function check_limits(fname, opts)
+    if opts.max_body and opts.max_body < 0 then args.fail(fname, 2, "option 'max_body': must not be negative", 2) end
+    local r = opts.redirects
+    if type(r) == "number" and (r < 0 or math.type(r) ~= "integer") then
+        args.fail(fname, 2, "option 'redirects': true, false or a non-negative integer expected", 2)
+    end
+end
+
+-- The settings of one call: the request's options over the session's.
+local function make_req(sess, method, opts)
+    local function pick(k, default)
+        local v = opts[k]
+        if v == nil then v = sess[k] end
+        if v == nil then return default end
+        return v
+    end
+    local req = {
+        method = (opts.method and opts.method:upper()) or method or "GET",
+        headers = opts.headers,
+        tls = opts.tls,
+        max_body = pick("max_body", MAX_BODY),
+        stream = opts.stream,
+        decode = pick("decode", true),
+    }
+    local timeout = pick("timeout", false)
+    req.deadline = timeout and now() + timeout or nil
+    req.connect_timeout = pick("connect_timeout", 10) or nil
+    req.read_timeout = pick("read_timeout", 30) or nil
+    local r = pick("redirects", 10)
+    req.redirects = r == true and 10 or r == false and 0 or r
+    local h = header_set()
+    req.body = body_of(opts, h)
+    if next(h.values) then req.body_headers = h.values end
+    req.flags = (req.method == "HEAD" and F_HEAD or 0) | (req.decode and F_DECODE or 0)
+        | (req.stream and F_STREAM or 0)
+    return req
+end
+
+-- Adds opts.query to a URL string.
+local function with_query(s, q)
+    if not q or next(q) == nil then return s end
+    local frag = s:match("#.*$") or ""
+    s = s:gsub("#.*$", "")
+    return s .. (s:find("?", 1, true) and "&" or "?") .. url.encode_query(q) .. frag
+end
+
+local function absolute(sess, s)
+    if sess.base_url and not s:match("^%a[%w+.-]*://") then return join(sess.base_url, s) end
+    return s
+end
+
+-- One hop, retried once on a fresh connection when a kept-alive one turned out stale.
+local function hop(sess, req, u)
+    local head = build_head(sess, req, u)
+    local x, status, reason, headers, raw, version = send(sess, req, u, head, false)
+    if not x and reason and IDEMPOTENT[req.method] and type(req.body) ~= "function" then
+        x, status, reason, headers, raw, version = send(sess, req, u, head, true)
+    end
+    if not x then return nil, status end
+    if sess.jar then sess.jar:store(raw, u) end
+    return new_response(x, status, reason, headers, raw, version, u, req.method)
+end
+
+local function copy(t)
+    local c = {}
+    for k, v in pairs(t) do c[k] = v end
+    c.shared = nil
+    return c
+end
+
+local function request(sess, method, s, opts, fname)
+    args.check(s, "string", fname, 1)
+    local req
+    if opts == nil then
+        req = sess.plain[method or "GET"]
+        if req.deadline ~= nil then req = nil end
+    else
+        args.check(opts, "table", fname, 2)
+        check_opts(opts, REQUEST_OPTS, fname, 2)
+        check_limits(fname, opts)
+        s = with_query(s, opts.query)
+    end
+    args.need_task(fname, 2)
+    req = req or make_req(sess, method, opts or {})
+    s = absolute(sess, s)
+    local u, err = url_info(sess, s)
+    if not u then args.fail(fname, 1, err .. ": " .. s, 2) end
+    local res
+    for n = 0, req.redirects do
+        res, err = hop(sess, req, u)
+        if not res then return nil, err end
+        if req.redirects == 0 or not REDIRECT[res.status] then break end
+        if req.shared then req = copy(req) end
+        local next_url = follow(req, res, u)
+        if not next_url then break end
+        res:close()
+        if n == req.redirects then return nil, "http: too many redirects" end
+        local nu
+        nu, err = url_info(sess, next_url)
+        if not nu then return nil, "http: bad redirect to " .. next_url .. " (" .. err .. ")" end
+        if nu.origin ~= u.origin then req.drop_auth = true end
+        u = nu
+    end
+    if not req.stream then
+        local x = res._x
+        local body
+        body, err = x:read_all()
+        res._x = nil
+        if not body then
+            x:close()
+            return nil, err
+        end
+        res._body = body
+    end
+    return res
+end
+
+-- Responses -------------------------------------------------------------------------
+
+function Response.__index(t, k)
+    if k == "raw_headers" then
+        local raw, list = t._raw, {}
+        for i = 1, #raw, 2 do list[#list + 1] = { raw[i], raw[i + 1] } end
+        rawset(t, k, list)
+        return list
+    end
+    return Response[k]
+end
+
+-- res:text() -> the body | nil, err (a streamed response reads what is left of it).
+function Response:text()
+    if self._body then return self._body end
+    local x = self._x
+    if not x then return nil, "closed: response closed" end
+    local body, err = x:read_all()
+    if not body then
+        self:close()
+        return nil, err
+    end
+    self._body = (self._taken or "") .. body
+    self._x = nil
+    return self._body
+end
+
+-- res:json() -> the decoded body | nil, err
+function Response:json()
+    local text, err = self:text()
+    if not text then return nil, err end
+    local ok, v = pcall(json.decode, text)
+    if not ok then return nil, "http: invalid JSON body (" .. tostring(v):gsub("^.-:%d+: ", "") .. ")" end
+    return v
+end
+
+-- res:chunks() -> iterator over the body's pieces as they arrive. Like io.lines, it raises
+-- when reading fails.
+function Response:chunks()
+    if self._body then
+        local done = false
+        return function()
+            if done or self._body == "" then return nil end
+            done = true
+            return self._body
+        end
+    end
+    return function()
+        local x = self._x
+        if not x then return nil end
+        local piece, err = x:read()
+        if piece then return piece end
+        self:close()
+        if err then error(err, 2) end
+        return nil
+    end
+end
+
+-- res:save(path) -> bytes written | nil, err. Streams to the file as the body arrives.
+function Response:save(path)
+    args.check(path, "string", "save", 1)
+    local f, ferr = io.open(path, "wb")
+    if not f then return nil, "closed: " .. ferr end
+    local n = 0
+    local ok, err = pcall(function()
+        for piece in self:chunks() do
+            local w, werr = f:write(piece)
+            if not w then error("closed: " .. werr, 0) end
+            n = n + #piece
+        end
+    end)
+    f:close()
+    if not ok then return nil, err end
+    return n
+end
+
+-- res:close(): lets the connection go (an unread body is drained if small, else closed).
+function Response:close()
+    local x = self._x
+    if x then
+        self._x = nil
+        x:close()
+    end
+end
+
+Response.__close = Response.close
+
+function Response:__tostring()
+    return format("loom.response (%d %s)", self.status, self.url)
+end
+
+-- Sessions --------------------------------------------------------------------------
+
+local function proxy_settings(p)
+    if p == false then return nil end
+    if p == nil then return dial.env_proxy() end
+    if type(p) == "string" then
+        local u = url.split(p:find("://", 1, true) and p or "http://" .. p)
+        return u and { http = u, https = u, no = {} }
+    end
+    local env = dial.env_proxy()
+    local function one(v) return v and url.split(v:find("://", 1, true) and v or "http://" .. v) end
+    local no = {}
+    for item in (p.no_proxy or ""):gmatch("[^,%s]+") do no[#no + 1] = lower((item:gsub("^%*?%.", ""))) end
+    return { http = one(p.http) or (p.http == nil and env.http or nil),
+        https = one(p.https) or (p.https == nil and env.https or nil), no = no }
+end
+
+local function new_session(opts, fname, keep_cookies_default)
+    opts = args.opts(opts, fname, 1)
+    check_opts(opts, SESSION_OPTS, fname, 1)
+    for _, k in ipairs({ "max_per_host", "idle_timeout", "max_body" }) do
+        local v = opts[k]
+        if v and v < 0 then args.fail(fname, 1, format("option '%s': must not be negative", k), 2) end
+    end
+    if opts.max_per_host and (opts.max_per_host < 1 or math.type(opts.max_per_host) ~= "integer") then
+        args.fail(fname, 1, "option 'max_per_host': positive integer expected", 2)
+    end
+    if opts.base_url and not url.split(opts.base_url) then
+        args.fail(fname, 1, "option 'base_url': absolute URL expected", 2)
+    end
+    local keep = opts.cookies
+    if keep == nil then keep = keep_cookies_default end
+    local headers
+    if opts.headers then
+        headers = {}
+        for k, v in pairs(opts.headers) do headers[k] = v end
+    end
+    local sess = setmetatable({
+        pool = http_pool{ max_per_host = opts.max_per_host or 10, idle_timeout = opts.idle_timeout or 30 },
+        base_url = opts.base_url, headers = headers, timeout = opts.timeout,
+        connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
+        redirects = opts.redirects, max_body = opts.max_body, decode = opts.decode,
+        tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil,
+        proxy = proxy_settings(opts.proxy), urls = {}, nurls = 0,
+    }, Session)
+    -- settings of a call without options, made once (a total timeout needs its own)
+    sess.plain = setmetatable({}, { __index = function(t, method)
+        local req = make_req(sess, method, {})
+        req.shared = true
+        t[method] = req
+        return req
+    end })
+    return sess
+end
+
+-- loom.session{ base_url, headers, timeout, connect_timeout, read_timeout, max_per_host,
+-- idle_timeout, cookies = true, tls, redirects, max_body, proxy, decode } -> session
+function M.session(opts)
+    return new_session(opts, "session", true)
+end
+
+function Session:fetch(s, opts)
+    return request(self, nil, s, opts, "fetch")
+end
+
+for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head", "options" }) do
+    local method = m:upper()
+    Session[m] = function(self, s, opts)
+        if opts and opts.method then args.fail(m, 2, "option 'method' is set by '" .. m .. "'") end
+        return request(self, method, s, opts, m)
+    end
+end
+
+-- s:close(): closes every pooled connection; requests in flight fail with `closed`.
+function Session:close()
+    self.pool:close()
+end
+
+Session.__close = Session.close
+
+-- s.cookies: the jar (jar:get(name), jar:clear()), or nil when the session keeps none.
+function Session:cookie_jar()
+    return self.jar
+end
+
+-- s:stats() -> {idle, active, opened, reused}: the pool's connections.
+function Session:stats()
+    return self.pool:stats()
+end
+
+function Session:__tostring()
+    return "loom.session"
+end
+
+-- loom.fetch(url, opts): through one default session per Lua state, keeping no cookies.
+local default_session
+function M.fetch(s, opts)
+    if not default_session then default_session = new_session(nil, "fetch", false) end
+    return request(default_session, nil, s, opts, "fetch")
+end
+
+return M

@@ -1,0 +1,164 @@
+-- loom.cookies: a session's cookie jar, after RFC 6265: Set-Cookie is parsed with its
+-- Domain (host-only when absent; a domain that does not cover the request host is
+-- refused), Path (default: the request path's directory), Expires and Max-Age (Max-Age
+-- wins; a date in the past deletes), Secure (sent over https only). jar:header(u) gives
+-- the Cookie header for a request, longest paths first. Pure Lua; times are os.time().
+local M = {}
+
+local Jar = {}
+Jar.__index = Jar
+Jar.__name = "loom.cookies"
+
+local lower, find, sub, match, gmatch = string.lower, string.find, string.sub, string.match, string.gmatch
+local time, concat, sort = os.time, table.concat, table.sort
+
+function M.new()
+    return setmetatable({ list = {}, count = 0 }, Jar)
+end
+
+-- Days from 1970-01-01 to y-m-d (proleptic Gregorian), so dates need no local time zone.
+local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = (y >= 0 and y or y - 399) // 400
+    local yoe = y - era * 400
+    local mp = (m + 9) % 12
+    local doy = (153 * mp + 2) // 5 + d - 1
+    local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+end
+
+local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6, jul = 7, aug = 8,
+    sep = 9, oct = 10, nov = 11, dec = 12 }
+
+-- "Wed, 21 Oct 2015 07:28:00 GMT" (and the RFC 850 / asctime shapes) -> epoch seconds.
+function M.parse_date(s)
+    local d, mon, y, hh, mm, ss = match(s, "(%d%d?)[ %-](%a%a%a)%a*[ %-](%d%d%d?%d?) (%d%d?):(%d%d):(%d%d)")
+    if not d then
+        mon, d, hh, mm, ss, y = match(s, "(%a%a%a) +(%d%d?) (%d%d?):(%d%d):(%d%d) (%d%d%d%d)")
+    end
+    local m = mon and MONTHS[lower(mon)]
+    if not m then return nil end
+    y = tonumber(y)
+    if y < 70 then y = y + 2000 elseif y < 100 then y = y + 1900 end
+    return days_from_civil(y, m, tonumber(d)) * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
+end
+
+local function is_ip(host)
+    return match(host, "^%d+%.%d+%.%d+%.%d+$") or find(host, ":", 1, true)
+end
+
+-- Whether `host` is `domain` or a name under it (never for IP addresses).
+local function domain_match(host, domain)
+    if host == domain then return true end
+    return not is_ip(host) and #host > #domain and sub(host, -#domain - 1) == "." .. domain
+end
+
+local function path_match(path, cpath)
+    if path == cpath then return true end
+    if sub(path, 1, #cpath) ~= cpath then return false end
+    return sub(cpath, -1) == "/" or sub(path, #cpath + 1, #cpath + 1) == "/"
+end
+
+local function default_path(path)
+    local dir = match(path, "^(/.*)/[^/]*$")
+    return dir and dir ~= "" and dir or "/"
+end
+
+-- Parses one Set-Cookie value for a response to u; nil when it is to be ignored.
+local function parse(value, u, now)
+    local pair, attrs = match(value, "^([^;]*);?(.*)$")
+    local name, v = match(pair, "^%s*([^=]-)%s*=%s*(.-)%s*$")
+    if not name or name == "" then return nil end
+    local c = { name = name, value = v, domain = u.host, host_only = true,
+        path = default_path(u.path or "/") }
+    local max_age, expires
+    for attr in gmatch(attrs, "[^;]+") do
+        local k, av = match(attr, "^%s*([^=]-)%s*=%s*(.-)%s*$")
+        k = lower(k or match(attr, "^%s*(.-)%s*$"))
+        if k == "domain" and av and av ~= "" then
+            local d = lower((av:gsub("^%.", "")))
+            if not domain_match(u.host, d) then return nil end
+            c.domain, c.host_only = d, d == u.host and is_ip(d) and true or false
+        elseif k == "path" and av and sub(av, 1, 1) == "/" then
+            c.path = av
+        elseif k == "max-age" and av then
+            max_age = tonumber(av)
+        elseif k == "expires" and av then
+            expires = M.parse_date(av)
+        elseif k == "secure" then
+            c.secure = true
+        elseif k == "httponly" then
+            c.http_only = true
+        end
+    end
+    if max_age then
+        c.expires = max_age <= 0 and 0 or now + max_age
+    elseif expires then
+        c.expires = expires
+    end
+    return c
+end
+
+local function key(c)
+    return c.domain .. ";" .. c.path .. ";" .. c.name
+end
+
+-- jar:store(raw, u): takes every Set-Cookie of a response (raw: {name1, value1, ...},
+-- names lowercase) to the request URL u (scheme, host, path).
+function Jar:store(raw, u)
+    local now = time()
+    for i = 1, #raw, 2 do
+        if raw[i] == "set-cookie" then
+            local c = parse(raw[i + 1], u, now)
+            if c then
+                local k = key(c)
+                local old = self.list[k]
+                if c.expires and c.expires <= now then
+                    if old then self.count = self.count - 1 end
+                    self.list[k] = nil
+                else
+                    if not old then self.count = self.count + 1 end
+                    self.list[k] = c
+                end
+            end
+        end
+    end
+end
+
+-- jar:header(u) -> "a=1; b=2" for a request to u, or nil.
+function Jar:header(u)
+    if self.count == 0 then return nil end
+    local now, host, path, https = time(), u.host, u.path or "/", u.scheme == "https"
+    local hits = {}
+    for k, c in pairs(self.list) do
+        if c.expires and c.expires <= now then
+            self.list[k] = nil
+            self.count = self.count - 1
+        elseif (c.host_only and host == c.domain or not c.host_only and domain_match(host, c.domain))
+            and path_match(path, c.path) and (https or not c.secure) then
+            hits[#hits + 1] = c
+        end
+    end
+    if #hits == 0 then return nil end
+    sort(hits, function(a, b)
+        if #a.path ~= #b.path then return #a.path > #b.path end
+        return a.name < b.name
+    end)
+    for i, c in ipairs(hits) do hits[i] = c.name .. "=" .. c.value end
+    return concat(hits, "; ")
+end
+
+-- jar:get(name [, host]) -> the value of a stored cookie (the first found), or nil.
+function Jar:get(name, host)
+    for _, c in pairs(self.list) do
+        if c.name == name and (not host or domain_match(host, c.domain)) then return c.value end
+    end
+    return nil
+end
+
+-- jar:clear(): forgets every cookie.
+function Jar:clear()
+    self.list, self.count = {}, 0
+end
+
+return M

@@ -1,0 +1,137 @@
+/*
+ * http_client.h - the HTTP/1.1 client engine shared by http_client.c (the pool: hosts,
+ * kept-alive connections, slots and their waiters, idle expiry, response parsing on a
+ * connection) and http_exchange.c (one request and its response, as the Lua object that
+ * tasks wait on). Connections are loom streams (plain or TLS) that the pool owns; making
+ * them (DNS, connect, proxies, TLS) is left to Lua, off the hot path.
+ */
+#ifndef LOOM_HTTP_CLIENT_H
+#define LOOM_HTTP_CLIENT_H
+
+#include "stream.h"
+#include "http_parse.h"
+#include "inflate.h"
+
+#define HC_POOL_MT "loom.http_pool"
+#define HC_X_MT "loom.http_exchange"
+
+typedef struct hc_pool hc_pool_t;
+typedef struct hc_host hc_host_t;
+typedef struct hc_conn hc_conn_t;
+typedef struct hc_x hc_x_t;
+
+/* One pool key: scheme, host, port, TLS settings and proxy (made by Lua). */
+struct hc_host {
+    hc_host_t *next;
+    hc_pool_t *pool;
+    char *key;
+    size_t keylen;
+    int origin_len;      /* key[0, origin_len) is "scheme://host:port", for messages */
+    hc_conn_t *idle;     /* most recently used first */
+    int nidle;
+    int active;          /* connections in use, plus slots granted for connections being made */
+    hc_x_t *whead, *wtail; /* exchanges waiting for a connection or a slot, in order */
+    unsigned long opened, reused;
+};
+
+struct hc_pool {
+    loom_res_t res;
+    loom_t *host;
+    uv_timer_t timer; /* idle expiry and drains; unreferenced: it never keeps the loop */
+    int timer_open;
+    int boxed;
+    int xrefs;  /* exchange objects that point here */
+    int closed;
+    int max_per_host;
+    uint64_t idle_ms;
+    hc_host_t *hosts;
+    hc_conn_t *draining;
+    loom_head_pool_t heads;
+};
+
+enum { CS_IDLE, CS_BUSY, CS_DRAIN, CS_DEAD };
+
+struct hc_conn {
+    hc_conn_t *prev, *next; /* in its host's idle list or the pool's drain list */
+    hc_host_t *host;
+    loom_stream_t *s;       /* NULL once closed */
+    loom_http_msg_t msg;
+    hc_x_t *x;              /* the exchange in progress */
+    int state;
+    int msg_done;
+    int keep;               /* the response allows another request */
+    uint64_t deadline;      /* loop ms: idle expiry or end of a drain */
+    uint64_t ka_ms;         /* the server's Keep-Alive: timeout, 0 when absent */
+};
+
+/* Flags of a request. */
+enum {
+    HX_HEAD = 1,   /* no body in the response */
+    HX_DECODE = 2, /* decode gzip and deflate bodies */
+    HX_UPLOAD = 4, /* the body is written afterwards, chunked (x:write, x:finish) */
+    HX_FRESH = 8,  /* a new connection: the retry of a request that met a stale one */
+    HX_STREAM = 16 /* the body is read piece by piece: keep little of it buffered */
+};
+
+enum { X_NEW, X_SENT, X_HEAD, X_DONE, X_FAILED, X_CLOSED };
+enum { W_NONE, W_SLOT, W_HEAD, W_BODY, W_WRITE };
+
+struct hc_x {
+    hc_pool_t *pool;
+    hc_host_t *host;
+    hc_conn_t *c;
+    loom_task_t *waiter;
+    int wait;               /* W_*: what the waiter waits for */
+    hc_x_t *wnext, *wprev;  /* in the host's waiting list */
+    int queued;
+    int slot;               /* holds a slot: Lua must bring a new connection */
+    int flags;
+    int phase;              /* X_* */
+    int got_bytes;          /* a response byte arrived */
+    int reused;             /* sent on a kept-alive connection */
+    int status, minor;
+    int by_total;           /* the current wait's deadline is the total one */
+    loom_head_t *head;      /* the final response head, until Lua has it */
+    char *body;             /* decoded body bytes not yet given to Lua: [bpos, blen) */
+    size_t blen, bpos, bcap;
+    uint64_t total;         /* decoded body bytes so far */
+    uint64_t max_body;
+    loom_inflate_t *z;
+    double read_timeout;    /* < 0: none */
+    double wait_timeout;
+    double deadline;        /* loom.now() seconds; < 0: none */
+    const char *ekind;      /* failure kind, when phase is X_FAILED */
+    char emsg[200];
+    int retryable;
+};
+
+/* http_client.c */
+hc_pool_t *hc_pool_check(lua_State *L, int idx);
+hc_host_t *hc_host_get(hc_pool_t *p, const char *key, size_t len);
+/* Takes a healthy idle connection for x, or returns NULL. */
+hc_conn_t *hc_take_idle(hc_host_t *h);
+/* A new connection around a stream Lua connected, already counted in host->active. */
+hc_conn_t *hc_conn_new(hc_host_t *h, loom_stream_t *s);
+/* Prepares the parser for the next response on c, for exchange x. */
+void hc_conn_begin(hc_conn_t *c, hc_x_t *x);
+/* Closes c (and frees its slot for a waiter). */
+void hc_conn_close(hc_conn_t *c);
+/* The exchange lets go of its unfinished response: drain it if little is left, or close. */
+void hc_conn_abandon(hc_conn_t *c, double drain_s);
+/* Gives back a slot that was granted but not used. */
+void hc_slot_release(hc_host_t *h);
+void hc_wait_add(hc_host_t *h, hc_x_t *x);
+void hc_wait_remove(hc_x_t *x);
+/* Parses what the connection's stream holds. */
+void hc_conn_parse(hc_conn_t *c);
+void hc_pool_unref(hc_pool_t *p);
+int loom_open_http_client(lua_State *L);
+
+/* http_exchange.c */
+/* Progress on x: wakes its task when what it waits for has come. */
+void hc_x_event(hc_x_t *x);
+void hc_x_fail(hc_x_t *x, const char *kind, const char *fmt, ...);
+int hc_x_body(hc_x_t *x, const char *at, size_t len);
+int loom_open_http_exchange(lua_State *L);
+
+#endif

@@ -1,0 +1,571 @@
+/*
+ * http_exchange.c - one HTTP request and its response, as the Lua object the client's tasks
+ * wait on (core.http_request, x:attach, x:read_all, x:read, x:write, x:finish, x:close).
+ * Every wait - for a slot in the pool, the response head, each piece of the body, a write -
+ * parks the task with a real deadline: the smaller of the wait's own timeout and what is
+ * left of the request's total. The body is decoded (gzip, deflate) as it is parsed and
+ * kept here until Lua takes it, so a small response releases its connection before Lua
+ * even looks at it. Knows nothing of URLs, redirects or cookies (lua/loom/client.lua).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "http_client.h"
+#include "fail.h"
+
+static int x_build(lua_State *L, void *ud, int reason);
+static void x_abort(void *ud);
+
+/* ---------------------------------------------------------------- state changes */
+
+void hc_x_fail(hc_x_t *x, const char *kind, const char *fmt, ...) {
+    va_list ap;
+    if (x->phase == X_FAILED)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(x->emsg, sizeof x->emsg, fmt, ap);
+    va_end(ap);
+    x->ekind = kind;
+    x->phase = X_FAILED;
+    hc_x_event(x);
+}
+
+void hc_x_event(hc_x_t *x) {
+    if (!x->waiter)
+        return;
+    int ready;
+    switch (x->wait) {
+    case W_SLOT:
+        ready = x->c || x->slot || x->phase == X_FAILED;
+        break;
+    case W_HEAD:
+        ready = x->phase >= X_HEAD;
+        break;
+    case W_WRITE: /* the stream wakes a writer when its bytes are out */
+        ready = x->phase == X_FAILED;
+        break;
+    default: /* a body reader sees every step: each one restarts its idle timeout */
+        ready = 1;
+        break;
+    }
+    if (ready)
+        loom_wake(x->waiter);
+}
+
+static int append(hc_x_t *x, const char *p, size_t n) {
+    if (x->total + n > x->max_body) {
+        hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
+                  (unsigned long long)x->max_body);
+        return -1;
+    }
+    x->total += n;
+    if (x->bpos == x->blen)
+        x->bpos = x->blen = 0;
+    if (x->blen + n > x->bcap) {
+        size_t cap = x->bcap ? x->bcap * 2 : 4096;
+        while (cap < x->blen + n)
+            cap *= 2;
+        char *nb = realloc(x->body, cap);
+        if (!nb) {
+            hc_x_fail(x, "limit", "out of memory for the response body");
+            return -1;
+        }
+        x->body = nb;
+        x->bcap = cap;
+    }
+    memcpy(x->body + x->blen, p, n);
+    x->blen += n;
+    return 0;
+}
+
+static int inflate_sink(void *ud, const char *p, size_t n) {
+    return append(ud, p, n);
+}
+
+int hc_x_body(hc_x_t *x, const char *at, size_t len) {
+    if (!x->z)
+        return append(x, at, len);
+    int rc = loom_inflate_feed(x->z, at, len, inflate_sink, x);
+    if (rc == -1)
+        hc_x_fail(x, "http", "undecodable compressed body: %s (%.*s)", loom_inflate_error(x->z),
+                  x->host->origin_len, x->host->key);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- results */
+
+static int push_fail(lua_State *L, hc_x_t *x) {
+    lua_pushnil(L);
+    if (x->phase == X_FAILED)
+        lua_pushfstring(L, "%s: %s", x->ekind, x->emsg);
+    else
+        lua_pushliteral(L, "closed: response closed");
+    lua_pushboolean(L, x->retryable);
+    return 3;
+}
+
+/* headers[name] = value, or joined to what is there with ", ". Stack: ... headers name value */
+static void add_header(lua_State *L, int headers) {
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, headers) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_rawset(L, headers);
+        return;
+    }
+    lua_pushliteral(L, ", ");
+    lua_rotate(L, -3, -1); /* ... name old ", " value */
+    lua_concat(L, 3);
+    lua_rawset(L, headers);
+}
+
+/* Pushes headers (lowercase names, repeats joined) and the raw list {n1, v1, n2, v2, ...}. */
+static void push_headers(lua_State *L, const loom_head_t *hd) {
+    lua_createtable(L, 0, hd->nhdrs);     /* headers */
+    lua_createtable(L, 2 * hd->nhdrs, 0); /* headers raw */
+    int headers = lua_gettop(L) - 1;
+    for (int i = 0; i < hd->nhdrs; i++) {
+        lua_pushlstring(L, LOOM_HEAD_NAME(hd, i), hd->hdrs[i].name_len);
+        lua_pushlstring(L, LOOM_HEAD_VALUE(hd, i), hd->hdrs[i].value_len);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, headers + 1, 2 * i + 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, headers + 1, 2 * i + 2);
+        add_header(L, headers);
+    }
+}
+
+/* x status reason headers raw version, with x at index 1. */
+static int push_head(lua_State *L, hc_x_t *x) {
+    if (x->phase == X_FAILED || x->phase == X_CLOSED || !x->head)
+        return push_fail(L, x);
+    loom_head_t *hd = x->head;
+    lua_settop(L, 1);
+    lua_pushinteger(L, x->status);
+    lua_pushlstring(L, hd->data + hd->url, hd->url_len);
+    push_headers(L, hd);
+    lua_pushstring(L, x->minor == 0 ? "1.0" : "1.1");
+    x->head = NULL;
+    loom_head_release(&x->pool->heads, hd);
+    return 6;
+}
+
+/* ---------------------------------------------------------------- waits */
+
+/* The timeout of the next wait: `base` (< 0: none), cut by what is left of the total. */
+static double wait_time(hc_x_t *x, double base) {
+    x->by_total = 0;
+    if (x->deadline >= 0) {
+        double left = x->deadline - loom_sched_now();
+        if (left < 0)
+            left = 0;
+        if (base < 0 || left <= base) {
+            x->by_total = 1;
+            return left;
+        }
+    }
+    return base;
+}
+
+static int park(lua_State *L, hc_x_t *x, int what, double base) {
+    loom_task_t *t = loom_task_self(L, "fetch");
+    x->waiter = t;
+    x->wait = what;
+    return loom_park(L, t, wait_time(x, base), x_build, x_abort, x);
+}
+
+static int wait_head(lua_State *L, hc_x_t *x) {
+    if (x->phase >= X_HEAD)
+        return push_head(L, x);
+    return park(L, x, W_HEAD, x->read_timeout);
+}
+
+/* Writes the request kept in the uservalues on x's connection, then waits for the head
+ * (or, for an upload, returns x, true to let Lua write the body). */
+static int send_request(lua_State *L, hc_x_t *x) {
+    hc_conn_t *c = x->c;
+    uv_buf_t bufs[2];
+    size_t len;
+    int n = 1;
+    lua_settop(L, 1);
+    lua_getiuservalue(L, 1, 2);
+    bufs[0].base = (char *)lua_tolstring(L, -1, &len);
+    bufs[0].len = len;
+    if (lua_getiuservalue(L, 1, 3) == LUA_TSTRING) {
+        bufs[1].base = (char *)lua_tolstring(L, -1, &len);
+        bufs[1].len = len;
+        n = len ? 2 : 1;
+    }
+    int rc = loom_stream_send(c->s, bufs, n);
+    lua_settop(L, 1);
+    if (rc < 0) {
+        const char *why = loom_stream_tls_error(c->s);
+        hc_x_fail(x, why ? "tls" : "closed", "%s (%.*s)", why ? why : uv_strerror(rc),
+                  x->host->origin_len, x->host->key);
+        x->retryable = x->reused;
+        hc_conn_close(c);
+        return push_fail(L, x);
+    }
+    x->phase = X_SENT;
+    if (x->flags & HX_UPLOAD) {
+        lua_pushboolean(L, 1);
+        return 2;
+    }
+    return wait_head(L, x);
+}
+
+static int after_slot(lua_State *L, hc_x_t *x) {
+    if (x->phase == X_FAILED)
+        return push_fail(L, x);
+    if (x->c)
+        return send_request(L, x);
+    if (x->slot) {
+        lua_settop(L, 1);
+        lua_pushboolean(L, 0);
+        return 2;
+    }
+    return park(L, x, W_SLOT, x->wait_timeout); /* woken early: keep waiting */
+}
+
+static int take_body(lua_State *L, hc_x_t *x) {
+    lua_pushlstring(L, x->body + x->bpos, x->blen - x->bpos);
+    x->bpos = x->blen = 0;
+    if (x->bcap > 256 * 1024) { /* a big response's buffer goes with it */
+        free(x->body);
+        x->body = NULL;
+        x->bcap = 0;
+    }
+    return 1;
+}
+
+static int read_all_step(lua_State *L, hc_x_t *x) {
+    if (x->phase == X_FAILED || x->phase == X_CLOSED)
+        return push_fail(L, x);
+    if (x->phase == X_DONE)
+        return take_body(L, x);
+    if (!x->c)
+        return push_fail(L, x);
+    loom_stream_read_start(x->c->s); /* reading stops at the high-water mark without us */
+    return park(L, x, W_BODY, x->read_timeout);
+}
+
+static int read_step(lua_State *L, hc_x_t *x) {
+    if (x->blen > x->bpos) {
+        take_body(L, x);
+        if (x->c && x->c->s)
+            loom_stream_read_start(x->c->s);
+        return 1;
+    }
+    if (x->phase == X_DONE) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (x->phase == X_FAILED || x->phase == X_CLOSED || !x->c)
+        return push_fail(L, x);
+    loom_stream_read_start(x->c->s);
+    return park(L, x, W_BODY, x->read_timeout);
+}
+
+static int after_write(lua_State *L, hc_x_t *x) {
+    hc_conn_t *c = x->c;
+    if (x->phase == X_FAILED || x->phase == X_CLOSED)
+        return push_fail(L, x);
+    if (!c || !c->s || c->s->werr) {
+        hc_x_fail(x, "closed", "%s while sending the body (%.*s)",
+                  c && c->s && c->s->werr ? uv_strerror(c->s->werr) : "connection closed",
+                  x->host->origin_len, x->host->key);
+        return push_fail(L, x);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const char *waiting_for(int what) {
+    switch (what) {
+    case W_SLOT:
+        return "waiting for a free connection to";
+    case W_HEAD:
+        return "no response from";
+    case W_BODY:
+        return "no data from";
+    default:
+        return "sending to";
+    }
+}
+
+/* A wait ran out: x_abort has already let the connection go. */
+static int timed_out(lua_State *L, hc_x_t *x, int what, double base) {
+    x->ekind = "timeout";
+    x->phase = X_FAILED;
+    x->retryable = 0;
+    if (x->by_total)
+        snprintf(x->emsg, sizeof x->emsg, "request took longer than its total timeout (%.*s)",
+                 x->host->origin_len, x->host->key);
+    else
+        snprintf(x->emsg, sizeof x->emsg, "%s %.*s%s%.3gs", waiting_for(what),
+                 x->host->origin_len, x->host->key, what == W_SLOT ? " for " : " within ", base);
+    return push_fail(L, x);
+}
+
+static int x_build(lua_State *L, void *ud, int reason) {
+    hc_x_t *x = ud;
+    int what = x->wait;
+    x->waiter = NULL;
+    x->wait = W_NONE;
+    if (reason == LOOM_WAKE_TIMEOUT)
+        return timed_out(L, x, what, what == W_SLOT ? x->wait_timeout : x->read_timeout);
+    switch (what) {
+    case W_SLOT:
+        return after_slot(L, x);
+    case W_HEAD:
+        return wait_head(L, x);
+    case W_WRITE:
+        if (x->c && x->c->s)
+            x->c->s->writer = NULL;
+        return after_write(L, x);
+    default:
+        return lua_toboolean(L, 2) ? read_all_step(L, x) : read_step(L, x);
+    }
+}
+
+/* Timeout or cancel: the exchange cannot go on, so its connection is closed. */
+static void x_abort(void *ud) {
+    hc_x_t *x = ud;
+    x->waiter = NULL;
+    hc_wait_remove(x);
+    if (x->wait == W_WRITE && x->c && x->c->s)
+        x->c->s->writer = NULL;
+    if (x->c && x->phase < X_DONE)
+        hc_conn_close(x->c);
+}
+
+/* ---------------------------------------------------------------- Lua API */
+
+static hc_x_t *check_x(lua_State *L, int idx) {
+    return luaL_checkudata(L, idx, HC_X_MT);
+}
+
+static void read_timeouts(lua_State *L, hc_x_t *x, int first) {
+    x->wait_timeout = luaL_optnumber(L, first, -1);
+    x->read_timeout = luaL_optnumber(L, first + 1, -1);
+    x->deadline = luaL_optnumber(L, first + 2, -1);
+}
+
+/* core.http_request(pool, key, head, body, flags, max_body, wait_timeout, read_timeout,
+ *                   deadline)
+ *   -> x, status, reason, headers, raw, version   the response head arrived
+ *   -> x, false   no connection to reuse, and a slot for a new one: connect, then x:attach
+ *   -> x, true    (HX_UPLOAD) the head is sent: x:write the body, then x:finish
+ *   -> nil, err, retryable */
+static int l_http_request(lua_State *L) {
+    hc_pool_t *p = hc_pool_check(L, 1);
+    size_t klen;
+    const char *key = luaL_checklstring(L, 2, &klen);
+    luaL_checktype(L, 3, LUA_TSTRING);
+    int flags = (int)luaL_checkinteger(L, 5);
+    lua_Integer max_body = luaL_checkinteger(L, 6);
+    if (p->closed)
+        return loom_fail(L, "closed", "session closed");
+    hc_host_t *h = hc_host_get(p, key, klen);
+    if (!h)
+        return luaL_error(L, "out of memory");
+    hc_x_t *x = lua_newuserdatauv(L, sizeof *x, 3);
+    memset(x, 0, sizeof *x);
+    luaL_setmetatable(L, HC_X_MT);
+    x->pool = p;
+    p->xrefs++;
+    x->host = h;
+    x->flags = flags;
+    x->max_body = max_body > 0 ? (uint64_t)max_body : 0;
+    read_timeouts(L, x, 7);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1); /* the pool outlives its exchanges */
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, 2);
+    lua_pushvalue(L, 4);
+    lua_setiuservalue(L, -2, 3);
+    lua_replace(L, 1);
+    lua_settop(L, 1); /* x */
+    hc_conn_t *c = (flags & HX_FRESH) ? NULL : hc_take_idle(h);
+    if (c) {
+        x->reused = 1;
+        hc_conn_begin(c, x);
+        return send_request(L, x);
+    }
+    if (h->active < p->max_per_host) {
+        h->active++;
+        x->slot = 1;
+        lua_pushboolean(L, 0);
+        return 2;
+    }
+    hc_wait_add(h, x);
+    return park(L, x, W_SLOT, x->wait_timeout);
+}
+
+/* x:attach(stream) -> as core.http_request: the new connection for x's slot. */
+static int x_attach(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    luaL_argcheck(L, x->slot, 1, "exchange holds no slot");
+    loom_stream_t *s = loom_stream_detach(L, 2);
+    if (!s)
+        return loom_fail(L, "closed", "connection closed");
+    hc_conn_t *c = x->pool->closed ? NULL : hc_conn_new(x->host, s);
+    if (!c) {
+        loom_stream_close(s);
+        return loom_fail(L, "closed", x->pool->closed ? "session closed" : "out of memory");
+    }
+    x->slot = 0; /* the slot is the connection's now */
+    hc_conn_begin(c, x);
+    return send_request(L, x);
+}
+
+/* x:read_all() -> the rest of the body | nil, err */
+static int x_read_all(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    lua_settop(L, 1);
+    lua_pushboolean(L, 1); /* index 2: x_build tells read_all from read by it */
+    return read_all_step(L, x);
+}
+
+/* x:read() -> the next piece of the body | nil at its end | nil, err */
+static int x_read(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    lua_settop(L, 1);
+    lua_pushboolean(L, 0);
+    return read_step(L, x);
+}
+
+static int send_chunk(lua_State *L, hc_x_t *x, const char *p, size_t n, int last) {
+    char pre[24];
+    uv_buf_t bufs[3];
+    int nb = 0;
+    if (!x->c || x->phase == X_FAILED)
+        return after_write(L, x);
+    if (n > 0) {
+        bufs[nb++] = uv_buf_init(pre, (unsigned)snprintf(pre, sizeof pre, "%zx\r\n", n));
+        bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
+        bufs[nb++] = uv_buf_init("\r\n", 2);
+    }
+    if (last)
+        bufs[nb++] = uv_buf_init("0\r\n\r\n", 5);
+    if (nb == 0)
+        return after_write(L, x);
+    loom_stream_t *s = x->c->s;
+    int rc = loom_stream_send(s, bufs, nb);
+    if (rc < 0) {
+        s->werr = s->werr ? s->werr : rc;
+        return after_write(L, x);
+    }
+    if (rc == 0 || last)
+        return after_write(L, x);
+    loom_task_t *t = loom_task_self(L, "write");
+    s->writer = t;
+    x->waiter = t;
+    x->wait = W_WRITE;
+    return loom_park(L, t, wait_time(x, x->read_timeout), x_build, x_abort, x);
+}
+
+/* x:write(data) -> true | nil, err: one chunk of an upload; waits while the peer is slow. */
+static int x_write(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    return send_chunk(L, x, p, n, 0);
+}
+
+/* x:finish() -> as core.http_request, once the upload's last chunk is out. */
+static int x_finish(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    lua_settop(L, 1);
+    if (send_chunk(L, x, NULL, 0, 1) != 1 || !lua_toboolean(L, -1))
+        return 3; /* nil, err, retryable */
+    lua_settop(L, 1);
+    return wait_head(L, x);
+}
+
+/* Lets go of everything; an unread body is drained (if small) within `drain` seconds. */
+static void x_close(hc_x_t *x, double drain) {
+    if (x->phase == X_CLOSED)
+        return;
+    hc_wait_remove(x);
+    if (x->slot) {
+        x->slot = 0;
+        hc_slot_release(x->host);
+    }
+    hc_conn_t *c = x->c;
+    if (c) {
+        x->c = NULL;
+        if (x->phase == X_HEAD && !x->waiter)
+            hc_conn_abandon(c, drain);
+        else
+            hc_conn_close(c);
+    }
+    free(x->body);
+    x->body = NULL;
+    x->bpos = x->blen = x->bcap = 0;
+    loom_inflate_free(x->z);
+    x->z = NULL;
+    if (x->head) {
+        loom_head_release(&x->pool->heads, x->head);
+        x->head = NULL;
+    }
+    if (x->phase != X_FAILED)
+        x->phase = X_CLOSED;
+}
+
+/* x:close([drain_seconds = 2]) */
+static int x_close_l(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    x_close(x, luaL_optnumber(L, 2, 2));
+    return 0;
+}
+
+static int x_gc(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    if (!x->pool)
+        return 0;
+    x_close(x, 2);
+    hc_pool_unref(x->pool);
+    x->pool = NULL;
+    return 0;
+}
+
+/* x:done() -> whether the whole response is in (x:read_all returns at once) */
+static int x_done(lua_State *L) {
+    hc_x_t *x = check_x(L, 1);
+    lua_pushboolean(L, x->phase == X_DONE);
+    return 1;
+}
+
+static const luaL_Reg x_methods[] = {
+    {"attach", x_attach},
+    {"read_all", x_read_all},
+    {"read", x_read},
+    {"write", x_write},
+    {"finish", x_finish},
+    {"close", x_close_l},
+    {"done", x_done},
+    {NULL, NULL},
+};
+
+static const luaL_Reg x_meta[] = {
+    {"__gc", x_gc},
+    {"__close", x_close_l},
+    {NULL, NULL},
+};
+
+static const luaL_Reg x_funcs[] = {
+    {"http_request", l_http_request},
+    {NULL, NULL},
+};
+
+int loom_open_http_exchange(lua_State *L) {
+    luaL_newmetatable(L, HC_X_MT);
+    luaL_setfuncs(L, x_meta, 0);
+    luaL_newlib(L, x_methods);
+    lua_setfield(L, -2, "__index"); /* mt.__index = methods */
+    lua_pop(L, 1);
+    luaL_setfuncs(L, x_funcs, 0);
+    return 0;
+}

@@ -1,0 +1,25 @@
+/*
+ * inflate.h - gzip and deflate response bodies decoded with zlib, piece by piece as they
+ * arrive. Knows no Lua and no HTTP beyond the two content codings.
+ */
+#ifndef LOOM_INFLATE_H
+#define LOOM_INFLATE_H
+
+#include <stddef.h>
+
+typedef struct loom_inflate loom_inflate_t;
+
+/* Where decoded bytes go; returns 0, or non-zero to stop (a size limit). */
+typedef int (*loom_inflate_out)(void *ud, const char *p, size_t n);
+
+enum { LOOM_CODING_GZIP = 1, LOOM_CODING_DEFLATE = 2 };
+
+loom_inflate_t *loom_inflate_new(int coding);
+/* Decodes n bytes: 0, or -1 with a message (corrupt data, or the sink said stop: -2). */
+int loom_inflate_feed(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud);
+/* Whether the compressed stream ended properly. */
+int loom_inflate_done(const loom_inflate_t *z);
+const char *loom_inflate_error(const loom_inflate_t *z);
+void loom_inflate_free(loom_inflate_t *z);
+
+#endif
