@@ -7,6 +7,7 @@
  * ends the box is emptied, so a request kept after its handler returned cannot reach a
  * connection that has moved on or been freed. Waits park with the box as their data.
  */
+#include <stdio.h>
 #include <string.h>
 #include <lauxlib.h>
 #include "http_server.h"
@@ -145,10 +146,17 @@ static int push_body(lua_State *L, loom_conn_t *c, int want) {
 
 static int body_build(lua_State *L, void *ud, int reason) {
     loom_reqbox_t *box = ud;
-    (void)reason;
     if (!box->c)
         return loom_fail(L, "closed", "the request is finished");
     box->c->waiter = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT) {
+        /* the rest of the body may still come: the connection cannot be reused */
+        box->c->fail_status = 408;
+        box->c->keepalive = 0;
+        char secs[32];
+        snprintf(secs, sizeof secs, "%g", box->c->srv->body_timeout);
+        return loom_fail(L, "timeout", "request body (no bytes for %s s)", secs);
+    }
     return push_body(L, box->c, box->c->chunk_mode ? WANT_CHUNK : WANT_WHOLE);
 }
 
@@ -176,7 +184,7 @@ static int read_body(lua_State *L, int want, const char *fname) {
     loom_task_t *t = loom_task_self(L, fname);
     c->waiter = t;
     lua_settop(L, 1);
-    return loom_park(L, t, -1, body_build, body_abort, box);
+    return loom_park(L, t, c->srv->body_timeout, body_build, body_abort, box);
 }
 
 /* core.req_body(box) -> the whole body | nil, err */
@@ -211,10 +219,15 @@ static int req_stream(lua_State *L) {
 
 static int write_build(lua_State *L, void *ud, int reason) {
     loom_reqbox_t *box = ud;
-    (void)reason;
     if (!box->c || box->c->state == C_CLOSING)
         return loom_fail(L, "closed", "the client has gone");
     box->c->waiter = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT) { /* a client that stopped reading: let it go */
+        char secs[32];
+        snprintf(secs, sizeof secs, "%g", box->c->srv->send_timeout);
+        loom_conn_close(box->c);
+        return loom_fail(L, "timeout", "the client read nothing for %s s", secs);
+    }
     if (box->c->werr)
         return loom_fail(L, "closed", "%s", uv_strerror(box->c->werr));
     lua_pushboolean(L, 1);
@@ -255,7 +268,7 @@ static int req_write(lua_State *L) {
     loom_task_t *t = loom_task_self(L, "write");
     c->waiter = t;
     lua_settop(L, 1);
-    return loom_park(L, t, -1, write_build, body_abort, box);
+    return loom_park(L, t, c->srv->send_timeout, write_build, body_abort, box);
 }
 
 /* ---------------------------------------------------------------- upgrades */

@@ -522,6 +522,8 @@ static void on_handler_done(loom_t *h, loom_task_t *t) {
     (void)h;
     t->observed = 1;
     c->task = NULL;
+    if (t->failed && !t->is_cancelled && !c->fail_status && c->state == C_CLOSING)
+        log_handler_error(c, t); /* the client is gone, but the bug is still ours */
     if (c->state == C_CLOSING) {
         loom_conn_detach_request(c);
         if (c->uv_closed)
@@ -773,6 +775,8 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->tl[TL_LINGER].ms = LINGER_MS;
     srv->max_buffered = 64 * 1024 + srv->max_header;
     srv->access_log = loom_opt_boolean(L, o, "access_log", 0);
+    srv->body_timeout = loom_opt_number(L, o, "body_timeout", 60);
+    srv->send_timeout = loom_opt_number(L, o, "send_timeout", 60);
 }
 
 /* core.http_listen(entry, reqmt, opts) -> server | nil, err

@@ -94,6 +94,8 @@ struct loom_server {
     uint32_t max_header;
     uint64_t max_body;
     size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
+    double body_timeout; /* seconds a body read may wait for the next bytes */
+    double send_timeout; /* seconds a streaming write may wait for the client to read */
     int access_log;
     loom_head_pool_t heads; /* pool of head storage */
     char *hbuf;         /* response heads are built here */

@@ -13,9 +13,10 @@ local App = {}
 App.__index = App
 App.__name = "loom.app"
 
-local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout" }
+local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout" }
 
--- loom.app{ max_body = 1 MiB, max_header = 16 KiB, header_timeout = 30, keepalive_timeout = 75 }
+-- loom.app{ max_body = 1 MiB, max_header = 16 KiB, header_timeout = 30, keepalive_timeout = 75,
+--           body_timeout = 60, send_timeout = 60 }
 local function new(opts)
     opts = args.opts(opts, "app", 1)
     local app = setmetatable({ router = router.new(), middleware = {}, limits = {} }, App)
