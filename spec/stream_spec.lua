@@ -43,11 +43,12 @@ describe("loom.listen and loom.connect", function()
 
     it("run each connection in a task of its own", function()
         run(function()
-            local release = loom.event()
+            local release, all_in = loom.event(), loom.event()
             local active, most = 0, 0
             local srv <close> = serve(function(st)
                 active = active + 1
                 most = math.max(most, active)
+                if active == 5 then all_in:set() end
                 release:wait()
                 st:write(st:read_line() .. "\n")
                 active = active - 1
@@ -58,7 +59,7 @@ describe("loom.listen and loom.connect", function()
                 clients[i] = assert(loom.connect("127.0.0.1", srv.port))
                 clients[i]:write("c" .. i .. "\n")
             end
-            while active < 5 do loom.sleep(0.005) end
+            all_in:wait() -- five handlers at once, each in its own task
             release:set()
             for i = 1, 5 do
                 assert.equal("c" .. i, clients[i]:read_line())
