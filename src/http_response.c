@@ -454,7 +454,10 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
     hb_t b = {c->srv, 0, 0};
     status_line(&b, 101);
     put_headers(&b, L, hidx, 0, NULL, 0);
-    hb_put(&b, "\r\n", 2);
+    /* put_headers leaves Connection to the engine; a 101 must say it (RFC 9110 7.8:
+     * "the Upgrade header field ... MUST also send a Connection header field containing
+     * the upgrade connection option"; browsers refuse a websocket handshake without it) */
+    hb_put(&b, "Connection: Upgrade\r\n\r\n", 23);
     if (b.bad)
         return NULL;
     c->status = 101;

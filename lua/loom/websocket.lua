@@ -2,14 +2,20 @@
 -- pings answered, the close handshake with codes and reasons, UTF-8 checked on text,
 -- max_message enforced (1009). Frames are read and written by the C codec
 -- (src/websocket.c, the stream's frame read mode); this file is the protocol's state.
+--
+-- One task may receive while others send: frames of concurrent senders go out whole, one
+-- after the other (a lock), and a pong owed while another task is writing is sent by that
+-- task right after its frame, so a receiver never waits behind a slow sender.
 local core = require "loom.core"
 local args = require "loom.args"
 local url = require "loom.url"
 local net = require "loom.net"
+local sync = require "loom.sync"
 
 local ws_read_frame, ws_frame = core.ws_read_frame, core.ws_frame
+local current, park, ticket, wake = core.current, core.park, core.ticket, core.wake
 local concat, format, char, byte = table.concat, string.format, string.char, string.byte
-local utf8len = utf8.len
+local utf8len, type, tostring, setmetatable = utf8.len, type, tostring, setmetatable
 
 local M = {}
 local WS = {}
@@ -18,31 +24,71 @@ WS.__name = "loom.websocket"
 
 local OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 local DEFAULT_MAX = 16 * 1024 * 1024
+-- A frame may exceed what is left of max_message by a control frame's size (125 bytes of
+-- payload, 6 of header): reading it must not fail before we know what it is.
+local CONTROL_SLACK = 131
 
-local function wrap(st, client, opts)
-    return setmetatable({
+local function wrap(st, client, opts, protocol)
+    local self = setmetatable({
         st = st,
         client = client,
         max_message = opts.max_message or DEFAULT_MAX,
         close_timeout = opts.close_timeout or 5,
+        protocol = protocol, -- the subprotocol agreed on, or nil
+        lock = sync.semaphore(1),
         sent_close = false,
+        receiving = false,
         closed = nil, -- "closed: CODE REASON" once over
     }, WS)
+    self.recv_guard = setmetatable({}, { __close = function() self.receiving = false end })
+    return self
 end
 M.wrap = wrap
 
+-- Writes one frame, holding the write lock so frames of concurrent senders never
+-- interleave; then any pong that receive() left for the lock's holder.
 local function send_frame(self, op, payload, fin)
-    return self.st:write(ws_frame(op, payload, fin, self.client))
+    local frame = ws_frame(op, payload, fin, self.client)
+    local lock = self.lock
+    lock:acquire()
+    local _ <close> = lock.releaser
+    local ok, err = self.st:write(frame)
+    while ok and self.pong do
+        local pong = self.pong
+        self.pong = nil
+        ok, err = self.st:write(ws_frame(OP_PONG, pong, true, self.client))
+    end
+    return ok, err
+end
+
+-- Answers a ping now, or, while another task is writing, through that task (RFC 6455
+-- 5.5.3: a pong answers the most recent ping; older ones may go unanswered).
+local function pong(self, payload)
+    if self.lock.value > 0 then
+        send_frame(self, OP_PONG, payload, true)
+    else
+        self.pong = payload
+    end
 end
 
 -- Ends the connection after a close frame went out (or could not).
 local function finish(self, code, reason)
     if not self.closed then
-        self.closed = format("closed: %d %s", code, reason or "")
-        self.closed = self.closed:gsub(" $", "")
+        reason = reason or ""
+        self.close_code, self.close_reason = code, reason
+        self.closed = reason ~= "" and format("closed: %d %s", code, reason) or format("closed: %d", code)
     end
     self.st:close()
+    local waiter = self.close_waiter
+    if waiter then
+        self.close_waiter = nil
+        wake(waiter, self.close_serial)
+    end
     return nil, self.closed
+end
+
+local function close_payload(code, reason)
+    return char(code >> 8, code & 255) .. reason
 end
 
 -- Sends a close frame (once), then drops the connection: for protocol errors, where
@@ -50,13 +96,19 @@ end
 local function fail(self, code, reason)
     if not self.sent_close then
         self.sent_close = true
-        send_frame(self, OP_CLOSE, char(code >> 8, code & 255) .. reason, true)
+        send_frame(self, OP_CLOSE, close_payload(code, reason), true)
     end
     return finish(self, code, reason)
 end
 
+-- Codes a peer may send (RFC 6455 7.4.1, the IANA registry): 1004-1006 and 1015 are
+-- reserved, never on the wire; 3000-4999 are for libraries and applications.
 local VALID_CLOSE = { [1000] = true, [1001] = true, [1002] = true, [1003] = true, [1007] = true,
     [1008] = true, [1009] = true, [1010] = true, [1011] = true, [1012] = true, [1013] = true, [1014] = true }
+
+local function valid_code(code)
+    return VALID_CLOSE[code] or (code >= 3000 and code <= 4999)
+end
 
 local function on_close_frame(self, payload)
     local code, reason = 1005, ""
@@ -64,9 +116,7 @@ local function on_close_frame(self, payload)
     if #payload >= 2 then
         code = byte(payload, 1) * 256 + byte(payload, 2)
         reason = payload:sub(3)
-        if not (VALID_CLOSE[code] or (code >= 3000 and code <= 4999)) then
-            return fail(self, 1002, "bad close code")
-        end
+        if not valid_code(code) then return fail(self, 1002, "bad close code") end
         if not utf8len(reason) then return fail(self, 1007, "close reason is not UTF-8") end
     end
     if not self.sent_close then -- answer with the same code
@@ -76,16 +126,41 @@ local function on_close_frame(self, payload)
     return finish(self, code, reason)
 end
 
+-- One data frame into the message being gathered: the message when it is complete, or
+-- nil (more to come); or nil, err after a protocol error.
+local function on_data_frame(self, m, fin, op, payload)
+    if (op == OP_CONT) ~= (m.parts ~= nil) then
+        return fail(self, 1002, op == OP_CONT and "continuation without a message" or "message inside a message")
+    end
+    if op ~= OP_CONT then m.parts, m.kind = {}, op == OP_TEXT and "text" or "binary" end
+    m.size = m.size + #payload
+    if m.size > self.max_message then return fail(self, 1009, "message too big") end
+    local parts = m.parts
+    parts[#parts + 1] = payload
+    if not fin then return nil end
+    local msg = #parts == 1 and parts[1] or concat(parts)
+    if m.kind == "text" and not utf8len(msg) then return fail(self, 1007, "text is not UTF-8") end
+    return msg
+end
+
+local function read_failed(self, err)
+    if err and err:find("^limit") then return fail(self, 1009, "message too big") end
+    if self.sent_close and err and err:find("^timeout") then -- close() waited in vain
+        return finish(self, 1006, "no close frame from the peer")
+    end
+    return finish(self, 1006, err and err:gsub("^closed: ", "") or "connection lost")
+end
+
 -- ws:receive() -> message, "text" | "binary"; or nil, "closed: CODE REASON"
 function WS:receive()
     if self.closed then return nil, self.closed end
-    local parts, kind, size = nil, nil, 0
+    if self.receiving then error("receive: another task is already receiving on this websocket", 2) end
+    self.receiving = true
+    local _ <close> = self.recv_guard
+    local m = { size = 0 }
     while true do
-        local fin, rsv, op, masked, payload = ws_read_frame(self.st, self.max_message - size + 131)
-        if fin == nil then
-            if rsv and rsv:find("^limit") then return fail(self, 1009, "message too big") end
-            return finish(self, 1006, rsv and rsv:gsub("^closed: ", "") or "connection lost")
-        end
+        local fin, rsv, op, masked, payload = ws_read_frame(self.st, self.max_message - m.size + CONTROL_SLACK)
+        if fin == nil then return read_failed(self, rsv) end
         if rsv ~= 0 then return fail(self, 1002, "reserved bits set") end
         if masked == self.client then
             return fail(self, 1002, self.client and "masked frame from server" or "unmasked frame from client")
@@ -94,100 +169,194 @@ function WS:receive()
             if not fin or #payload > 125 then return fail(self, 1002, "bad control frame") end
             if op == OP_CLOSE then return on_close_frame(self, payload) end
             if op == OP_PING then
-                if not self.sent_close then send_frame(self, OP_PONG, payload, true) end
+                if not self.sent_close then pong(self, payload) end
             elseif op ~= OP_PONG then
                 return fail(self, 1002, "unknown opcode")
             end
-        elseif op == OP_TEXT or op == OP_BINARY or op == OP_CONT then
-            if (op == OP_CONT) ~= (parts ~= nil) then
-                return fail(self, 1002, op == OP_CONT and "continuation without a message" or "message inside a message")
-            end
-            if op ~= OP_CONT then parts, kind = {}, op == OP_TEXT and "text" or "binary" end
-            size = size + #payload
-            if size > self.max_message then return fail(self, 1009, "message too big") end
-            parts[#parts + 1] = payload
-            if fin then
-                local msg = #parts == 1 and parts[1] or concat(parts)
-                if kind == "text" and not utf8len(msg) then return fail(self, 1007, "text is not UTF-8") end
-                return msg, kind
-            end
+        elseif op <= OP_BINARY then
+            local msg, err = on_data_frame(self, m, fin, op, payload)
+            if msg then return msg, m.kind end
+            if err then return nil, err end
         else
             return fail(self, 1002, "unknown opcode")
         end
+        if self.closed then return nil, self.closed end -- a pong write failed and closed us
     end
 end
 
--- ws:send(data [, "text" | "binary"]) -> true | nil, err (waits while the peer is slow)
+local function check_kind(kind)
+    if kind ~= nil and kind ~= "text" and kind ~= "binary" then
+        args.fail("send", 2, "'text' or 'binary' expected, got " .. tostring(kind), 2)
+    end
+end
+
+-- ws:send(data [, "text" | "binary"]) -> true | nil, err. Waits while the peer is slow
+-- (the kernel has the whole frame when it returns).
 function WS:send(data, kind)
     args.check(data, "string", "send", 1)
-    if kind ~= nil and kind ~= "text" and kind ~= "binary" then
-        args.fail("send", 2, "'text' or 'binary' expected, got " .. tostring(kind))
-    end
+    check_kind(kind)
     if self.closed or self.sent_close then return nil, self.closed or "closed: closing" end
-    return send_frame(self, kind == "binary" and OP_BINARY or OP_TEXT, data, true)
+    local ok, err = send_frame(self, kind == "binary" and OP_BINARY or OP_TEXT, data, true)
+    if not ok then return finish(self, 1006, err:gsub("^closed: ", "")) end
+    return true
 end
 
--- ws:ping([data]) -> true | nil, err
+-- ws:ping([data]) -> true | nil, err. The pong comes back to the task in receive(), which
+-- drops it.
 function WS:ping(data)
+    if data ~= nil then args.check(data, "string", "ping", 1) end
+    if data and #data > 125 then args.fail("ping", 1, "at most 125 bytes") end
     if self.closed or self.sent_close then return nil, self.closed or "closed: closing" end
-    return send_frame(self, OP_PING, data or "", true)
+    local ok, err = send_frame(self, OP_PING, data or "", true)
+    if not ok then return finish(self, 1006, err:gsub("^closed: ", "")) end
+    return true
 end
 
--- ws:close([code = 1000, reason]): the close handshake, waiting up to close_timeout for
--- the peer's close frame. Harmless when already closed.
+local function check_close_args(code, reason)
+    if math.type(code) ~= "integer" or not (code == 1000 or (code >= 3000 and code <= 4999) or
+        (VALID_CLOSE[code] and code ~= 1002 and code ~= 1007 and code ~= 1009 and code ~= 1010)) then
+        args.fail("close", 1, "close code 1000, 1001, 1003, 1008, 1011-1014 or 3000-4999 expected, got "
+            .. tostring(code), 2)
+    end
+    if #reason > 123 then args.fail("close", 2, "reason longer than 123 bytes", 2) end
+end
+
+-- Waits, up to close_timeout, for the peer's close frame to end the connection.
+local function await_close(self)
+    if self.receiving then -- the receiving task will read the peer's answer: wait for it
+        local t, serial = ticket()
+        self.close_waiter, self.close_serial = t, serial
+        park(self.close_timeout)
+        self.close_waiter = nil
+    else
+        self.st:settimeout(self.close_timeout)
+        while not self.closed do self:receive() end -- what arrives meanwhile is dropped
+    end
+end
+
+-- ws:close([code = 1000, reason]) -> true: the close handshake, waiting up to
+-- close_timeout for the peer's close frame. Harmless when already closed.
 function WS:close(code, reason)
     if self.closed then return true end
     code, reason = code or 1000, reason or ""
+    check_close_args(code, args.check(reason, "string", "close", 2))
+    if not current() then -- no task to wait in (a finalizer): just drop the connection
+        finish(self, code, reason)
+        return true
+    end
     if not self.sent_close then
         self.sent_close = true
-        send_frame(self, OP_CLOSE, char(code >> 8, code & 255) .. reason, true)
+        send_frame(self, OP_CLOSE, close_payload(code, reason), true)
     end
-    if core.current() then
-        self.st:settimeout(self.close_timeout)
-        while not self.closed do self:receive() end
-    end
-    return finish(self, code, reason) and true or true
+    if not self.closed then await_close(self) end
+    if not self.closed then finish(self, 1006, "no close frame from the peer") end
+    return true
 end
 
--- for msg, kind in ws:each() do ... end: messages until the connection closes.
+-- for msg, kind in ws:each() do ... end: messages until the connection closes; then
+-- ws.close_code and ws.close_reason tell why.
 function WS:each()
     return function()
         return self:receive()
     end
 end
 
+function WS:__tostring()
+    return format("loom.websocket (%s%s)", self.client and "client" or "server",
+        self.closed and (", " .. self.closed) or "")
+end
+
 WS.__close = function(self) if not self.closed then self:close() end end
 WS.__gc = function(self) if not self.closed then self.st:close() end end
 
--- Server side: the handler run by app:ws for an upgrade request.
+-- Server side ---------------------------------------------------------------------------
+
+local function split_list(s)
+    local out = {}
+    for item in (s or ""):gmatch("[^,%s]+") do out[#out + 1] = item end
+    return out
+end
+
+-- The first of the client's subprotocols (in its order of preference) that we speak.
+local function choose_protocol(ours, offered)
+    if not ours then return nil end
+    for _, p in ipairs(split_list(offered)) do
+        for _, q in ipairs(ours) do
+            if p == q then return p end
+        end
+    end
+    return nil
+end
+
+local function upgrade_error(req, method, upgrade, conn, key)
+    if method ~= "GET" or upgrade ~= "websocket" or not conn:find("upgrade", 1, true) or not key then
+        return { status = 426, headers = { upgrade = "websocket", ["content-type"] = "text/plain; charset=utf-8" },
+            body = "Upgrade Required" }
+    end
+    if #key ~= 24 or not key:find("^[%w+/]+=*$") then -- base64 of 16 bytes (RFC 6455 4.1)
+        return { status = 400, text = "bad Sec-WebSocket-Key" }
+    end
+    if req.headers["sec-websocket-version"] ~= "13" then
+        return { status = 426, headers = { ["sec-websocket-version"] = "13" }, text = "unsupported version" }
+    end
+    return nil
+end
+
+-- Keeps errors' tracebacks, but leaves "cancelled" as it is so the task still unwinds.
+local function traceback(e)
+    if e == "cancelled" then return e end
+    return debug.traceback(tostring(e), 2)
+end
+
+local function log_error(req, e)
+    io.stderr:write(format("loom: error in websocket handler for %s: %s\n", req.path, tostring(e)))
+    io.stderr:flush()
+end
+
+local SERVER_OPTS = { max_message = true, close_timeout = true, protocols = true }
+
+local function check_opts(opts, fname, n)
+    opts = args.known(args.opts(opts, fname, n), SERVER_OPTS, fname, n)
+    args.opt(opts, "max_message", "number", nil, fname, n)
+    args.timeout(opts, "close_timeout", nil, fname, n)
+    args.opt(opts, "protocols", "table", nil, fname, n)
+    return opts
+end
+
+-- The handler run by app:ws for an upgrade request: checks the request, answers 101,
+-- runs fn(ws, req) and closes the websocket after it (1000, or 1011 when fn raised; the
+-- error and its traceback go to stderr).
 function M.server_handler(fn, opts)
-    opts = opts or {}
+    opts = check_opts(opts, "ws", 3)
     return function(req)
         local h = req.headers
         local key = h["sec-websocket-key"]
-        local upgrade = (h.upgrade or ""):lower()
-        local conn = (h.connection or ""):lower()
-        if req.method ~= "GET" or upgrade ~= "websocket" or not conn:find("upgrade", 1, true) or not key then
-            return { status = 426, headers = { upgrade = "websocket", ["content-type"] = "text/plain; charset=utf-8" },
-                body = "Upgrade Required" }
-        end
-        if h["sec-websocket-version"] ~= "13" then
-            return { status = 400, headers = { ["sec-websocket-version"] = "13" }, text = "unsupported version" }
-        end
-        local _ = req.query, req.remote, req.remote_port -- keep what the handler may read later
+        local bad = upgrade_error(req, req.method, (h.upgrade or ""):lower(), (h.connection or ""):lower(), key)
+        if bad then return bad end
+        local _ = req.query, req.remote, req.remote_port -- the request object empties with the upgrade
+        local protocol = choose_protocol(opts.protocols, h["sec-websocket-protocol"])
         local st, err = core.req_upgrade(req._box, {
-            upgrade = "websocket", connection = "Upgrade",
+            upgrade = "websocket",
             ["sec-websocket-accept"] = core.ws_accept(key),
+            ["sec-websocket-protocol"] = protocol,
         })
-        if not st then return nil, err end
-        local ws = wrap(st, false, opts)
-        local ok, e = pcall(fn, ws, req)
+        if not st then
+            return { status = 503, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = err }
+        end
+        local ws = wrap(st, false, opts, protocol)
+        local ok, e = xpcall(fn, traceback, ws, req)
         if not ws.closed then
             if ok then ws:close(1000) else fail(ws, 1011, "server error") end
         end
-        if not ok then error(e, 0) end
+        if not ok then
+            if e == "cancelled" then error(e, 0) end
+            log_error(req, e)
+        end
     end
 end
+M.check_opts = check_opts
+
+-- Client side ---------------------------------------------------------------------------
 
 local function read_head(st)
     local status_line, err = st:read_line()
@@ -204,23 +373,7 @@ local function read_head(st)
     return status_line, headers
 end
 
--- loom.websocket(url [, opts]) -> ws | nil, err
--- opts: headers, timeout (connect + handshake, 10), tls {...}, max_message (16 MiB)
-function M.connect(u, opts)
-    args.check(u, "string", "websocket", 1)
-    opts = args.opts(opts, "websocket", 2)
-    local timeout = args.timeout(opts, "timeout", 10, "websocket", 2)
-    args.opt(opts, "headers", "table", nil, "websocket", 2)
-    args.opt(opts, "max_message", "number", nil, "websocket", 2)
-    local p, perr = url.split(u)
-    if not p or (p.scheme ~= "ws" and p.scheme ~= "wss") then
-        args.fail("websocket", 1, "ws:// or wss:// URL expected" .. (perr and (", " .. perr) or ""))
-    end
-    local st, err = net.connect(p.host, p.port, { timeout = timeout,
-        tls = p.scheme == "wss" and (opts.tls or {}) or nil })
-    if not st then return nil, err end
-    if timeout then st:settimeout(timeout) end
-    local key = core.ws_key()
+local function request_head(p, key, opts)
     local host = p.host:find(":", 1, true) and ("[" .. p.host .. "]") or p.host
     if (p.scheme == "ws" and p.port ~= 80) or (p.scheme == "wss" and p.port ~= 443) then
         host = host .. ":" .. p.port
@@ -228,23 +381,70 @@ function M.connect(u, opts)
     local lines = { format("GET %s%s HTTP/1.1", p.path, p.query and ("?" .. p.query) or ""),
         "Host: " .. host, "Upgrade: websocket", "Connection: Upgrade",
         "Sec-WebSocket-Key: " .. key, "Sec-WebSocket-Version: 13" }
-    for k, v in pairs(opts.headers or {}) do lines[#lines + 1] = k .. ": " .. tostring(v) end
+    if opts.protocols then lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ") end
+    for k, v in pairs(opts.headers or {}) do
+        k, v = tostring(k), tostring(v)
+        if k:find("[%c:]") or v:find("[\r\n%z]") then args.fail("websocket", 2, "invalid header " .. k, 3) end
+        lines[#lines + 1] = k .. ": " .. v
+    end
+    return concat(lines, "\r\n") .. "\r\n\r\n"
+end
+
+-- Checks the server's answer to our upgrade request; returns the agreed subprotocol (or
+-- false) or nil, err.
+local function check_answer(status, headers, key, opts)
+    local code = tonumber(status:match("^HTTP/1%.%d (%d%d%d)"))
+    if code ~= 101 then
+        return nil, format("http: the server answered %s instead of switching to websocket", code or status)
+    end
+    if (headers.upgrade or ""):lower() ~= "websocket" then
+        return nil, "http: no 'Upgrade: websocket' in the server's answer"
+    end
+    if headers["sec-websocket-accept"] ~= core.ws_accept(key) then
+        return nil, "http: bad Sec-WebSocket-Accept from the server"
+    end
+    local proto = headers["sec-websocket-protocol"]
+    if proto and not choose_protocol(opts.protocols, proto) then
+        return nil, "http: the server chose a subprotocol we did not offer: " .. proto
+    end
+    return proto or false
+end
+
+local CLIENT_OPTS = { headers = true, timeout = true, tls = true, max_message = true, close_timeout = true,
+    protocols = true }
+
+-- loom.websocket(url [, opts]) -> ws | nil, err
+-- opts: headers, timeout (connect + handshake, 10), tls {...}, max_message (16 MiB),
+--       close_timeout (5), protocols {...}
+function M.connect(u, opts)
+    args.check(u, "string", "websocket", 1)
+    opts = args.known(args.opts(opts, "websocket", 2), CLIENT_OPTS, "websocket", 2)
+    local timeout = args.timeout(opts, "timeout", 10, "websocket", 2)
+    args.opt(opts, "headers", "table", nil, "websocket", 2)
+    args.opt(opts, "max_message", "number", nil, "websocket", 2)
+    args.opt(opts, "tls", "table", nil, "websocket", 2)
+    args.opt(opts, "protocols", "table", nil, "websocket", 2)
+    args.timeout(opts, "close_timeout", nil, "websocket", 2)
+    local p, perr = url.split(u)
+    if not p or (p.scheme ~= "ws" and p.scheme ~= "wss") then
+        args.fail("websocket", 1, "ws:// or wss:// URL expected" .. (perr and (", " .. perr) or ""))
+    end
+    local key = core.ws_key()
+    local head = request_head(p, key, opts)
+    local st, err = net.connect(p.host, p.port, { timeout = timeout,
+        tls = p.scheme == "wss" and (opts.tls or {}) or nil })
+    if not st then return nil, err end
+    if timeout then st:settimeout(timeout) end
     local ok
-    ok, err = st:write(concat(lines, "\r\n") .. "\r\n\r\n")
+    ok, err = st:write(head)
     if not ok then st:close(); return nil, err end
     local status, headers = read_head(st)
     if not status then st:close(); return nil, headers end
-    local code = tonumber(status:match("^HTTP/1%.%d (%d%d%d)"))
-    if code ~= 101 then
-        st:close()
-        return nil, format("http: the server answered %s instead of switching to websocket", code or status)
-    end
-    if headers["sec-websocket-accept"] ~= core.ws_accept(key) then
-        st:close()
-        return nil, "http: bad Sec-WebSocket-Accept from the server"
-    end
+    local proto
+    proto, err = check_answer(status, headers, key, opts)
+    if proto == nil then st:close(); return nil, err end
     st:settimeout(nil)
-    return wrap(st, true, opts)
+    return wrap(st, true, opts, proto or nil)
 end
 
 return M
