@@ -18,7 +18,8 @@
 --     or request that keeps the loop running (a listener, a stream being read, a DNS
 --     lookup). Checked with core.stats(). opts.leftovers = true skips this check.
 -- A failure ends loom.run at once (a failing main task stops the loop), so a spec that
--- leaves a server running fails instead of hanging.
+-- leaves a server running fails instead of hanging. What it left stays in the loop, so the
+-- specs after it fail at once too, saying so: look for the first failure.
 local loom = require "loom"
 local core = require "loom.core"
 
@@ -66,6 +67,13 @@ end
 
 local function main(body, opts)
     local limit = opts.timeout or 10
+    if not opts.leftovers then
+        loom.sleep(0) -- lets tasks spawned outside loom.run start
+        local inherited = leftovers()
+        if inherited then
+            error("not run: an earlier spec left work running (" .. inherited .. ")", 0)
+        end
+    end
     local t = loom.spawn(body)
     t:observe()
     local timed_out = false
