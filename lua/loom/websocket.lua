@@ -45,6 +45,17 @@ local function wrap(st, client, opts, protocol)
 end
 M.wrap = wrap
 
+-- Sends the pong receive() left for the holder of the write lock (see pong below).
+local function flush_pongs(self)
+    local ok, err = true, nil
+    while ok and self.pong do
+        local payload = self.pong
+        self.pong = nil
+        ok, err = self.st:write(ws_frame(OP_PONG, payload, true, self.client))
+    end
+    return ok, err
+end
+
 -- Writes one frame, holding the write lock so frames of concurrent senders never
 -- interleave; then any pong that receive() left for the lock's holder.
 local function send_frame(self, op, payload, fin)
@@ -53,10 +64,22 @@ local function send_frame(self, op, payload, fin)
     lock:acquire()
     local _ <close> = lock.releaser
     local ok, err = self.st:write(frame)
-    while ok and self.pong do
-        local pong = self.pong
-        self.pong = nil
-        ok, err = self.st:write(ws_frame(OP_PONG, pong, true, self.client))
+    if ok then return flush_pongs(self) end
+    return ok, err
+end
+
+-- Writes a message as fragments (RFC 6455 5.4), holding the lock across them so no other
+-- message comes between; pongs may (control frames may be injected between fragments).
+local function send_fragments(self, op, parts)
+    local lock = self.lock
+    lock:acquire()
+    local _ <close> = lock.releaser
+    local ok, err = true, nil
+    local n = #parts
+    for i = 1, n do
+        ok, err = self.st:write(ws_frame(i == 1 and op or OP_CONT, parts[i], i == n, self.client))
+        if ok then ok, err = flush_pongs(self) end
+        if not ok then break end
     end
     return ok, err
 end
@@ -170,7 +193,9 @@ function WS:receive()
             if op == OP_CLOSE then return on_close_frame(self, payload) end
             if op == OP_PING then
                 if not self.sent_close then pong(self, payload) end
-            elseif op ~= OP_PONG then
+            elseif op == OP_PONG then
+                self.last_pong = payload
+            else
                 return fail(self, 1002, "unknown opcode")
             end
         elseif op <= OP_BINARY then
@@ -190,19 +215,35 @@ local function check_kind(kind)
     end
 end
 
--- ws:send(data [, "text" | "binary"]) -> true | nil, err. Waits while the peer is slow
--- (the kernel has the whole frame when it returns).
+local function check_parts(parts)
+    if #parts == 0 then args.fail("send", 1, "empty list of fragments", 3) end
+    for i = 1, #parts do
+        if type(parts[i]) ~= "string" then
+            args.fail("send", 1, format("fragment %d: string expected, got %s", i, type(parts[i])), 3)
+        end
+    end
+end
+
+-- ws:send(data | {fragments...} [, "text" | "binary"]) -> true | nil, err. Waits while the
+-- peer is slow (the kernel has the whole message when it returns). A list is sent as one
+-- message in that many fragments.
 function WS:send(data, kind)
-    args.check(data, "string", "send", 1)
+    if type(data) == "table" then check_parts(data) else args.check(data, "string", "send", 1) end
     check_kind(kind)
     if self.closed or self.sent_close then return nil, self.closed or "closed: closing" end
-    local ok, err = send_frame(self, kind == "binary" and OP_BINARY or OP_TEXT, data, true)
+    local op = kind == "binary" and OP_BINARY or OP_TEXT
+    local ok, err
+    if type(data) == "table" then
+        ok, err = send_fragments(self, op, data)
+    else
+        ok, err = send_frame(self, op, data, true)
+    end
     if not ok then return finish(self, 1006, err:gsub("^closed: ", "")) end
     return true
 end
 
 -- ws:ping([data]) -> true | nil, err. The pong comes back to the task in receive(), which
--- drops it.
+-- keeps its payload in ws.last_pong.
 function WS:ping(data)
     if data ~= nil then args.check(data, "string", "ping", 1) end
     if data and #data > 125 then args.fail("ping", 1, "at most 125 bytes") end
