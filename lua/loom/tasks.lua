@@ -86,8 +86,9 @@ function M.gather(...)
             watch(t, box) -- done tasks are not posted: the pass below takes them
         end
     end
-    for t in pairs(where) do
-        if t:done() then take(t) end
+    for i = 1, n do -- in argument order, so which error wins does not depend on pairs()
+        local t = tasks[i]
+        if t and t:done() then take(t) end
     end
     local seen = 0
     while left > 0 do
