@@ -627,9 +627,12 @@ static int connect_build(lua_State *L, void *ud, int reason) {
     return 1;
 }
 
+/* Cancelled or timed out: close the half-made stream now rather than when the collector
+ * finds its box, so the socket and its connect attempt go at once. */
 static void connect_abort(void *ud) {
     loom_stream_t *s = ud;
     s->connector = NULL;
+    loom_stream_close(s);
 }
 
 static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss) {
