@@ -22,9 +22,18 @@ local function lib()
     return cjson
 end
 
+-- Calls cjson's fn(x); its errors are raised again at the level of the caller of the
+-- function calling this one, instead of pointing into this file.
+local function call(fn, x)
+    local ok, r = pcall(fn, x)
+    if not ok then error(r, 3) end
+    return r
+end
+
 -- loom.json.encode(v) -> string; raises on values JSON cannot hold.
 function M.encode(v)
-    return lib().encode(v)
+    local s = call(lib().encode, v)
+    return s
 end
 
 -- loom.json.decode(s) -> value; raises on malformed JSON.
@@ -32,7 +41,8 @@ function M.decode(s)
     if type(s) ~= "string" then
         error("bad argument #1 to 'decode' (string expected, got " .. type(s) .. ")", 2)
     end
-    return lib().decode(s)
+    local v = call(lib().decode, s)
+    return v
 end
 
 pcall(lib) -- sets M.null when cjson is there
