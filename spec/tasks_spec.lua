@@ -357,6 +357,20 @@ describe("loom.gather", function()
         end)
     end)
 
+    it("raises the error of the first argument when several have failed already", function()
+        run(function()
+            local tasks = {}
+            for i = 1, 5 do
+                tasks[i] = loom.spawn(function() error("failed " .. i, 0) end)
+                tasks[i]:observe()
+            end
+            loom.sleep(0)
+            for i = 1, 5 do assert.is_true(tasks[i]:done()) end
+            local ok, err = pcall(loom.gather, tasks[3], tasks[1], tasks[5], tasks[2])
+            assert.same({ false, "failed 3" }, { ok, err })
+        end)
+    end)
+
     it("cancels its tasks when the gathering task is cancelled", function()
         run(function()
             local inner
@@ -647,8 +661,22 @@ describe("loom.json", function()
         assert.equal(3, #v.a)
     end)
 
+    it("decodes integers as integers", function()
+        local v = loom.json.decode('{"n":3,"a":[1,2.5,-7,1e3],"big":1e300}')
+        assert.equal("integer", math.type(v.n))
+        assert.equal("3", tostring(v.n))
+        assert.same({ "integer", "float", "integer", "integer" },
+            { math.type(v.a[1]), math.type(v.a[2]), math.type(v.a[3]), math.type(v.a[4]) })
+        assert.equal(1e300, v.big)
+        assert.equal(42, loom.json.decode("42"))
+        assert.equal("integer", math.type(loom.json.decode("42")))
+    end)
+
     it("raises on malformed JSON and on misuse", function()
-        assert.has_error(function() loom.json.decode("{bad") end)
+        local ok, err = pcall(loom.json.decode, "{bad")
+        assert.is_false(ok)
+        assert.matches("Expected object key string", err)
+        assert.is_nil(err:find("loom.json", 1, true), "the error points into loom.json")
         assert.error_matches(function() loom.json.decode(1) end,
             "bad argument #1 to 'decode' %(string expected, got number%)")
         assert.has_error(function() loom.json.encode({ f = print }) end)

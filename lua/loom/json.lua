@@ -2,6 +2,7 @@
 -- script needs JSON. loom.json.null is the JSON null.
 local M = {}
 local cjson
+local floats -- this lua-cjson decodes integers as floats
 
 local function lib()
     if not cjson then
@@ -17,9 +18,32 @@ local function lib()
             c.decode_array_with_array_mt(true)
         end
         M.null = c.null
+        -- lua-cjson 2.1.0 decodes every number as a float, so a JSON 3 would print as 3.0
+        -- in Lua 5.4; later versions give integers. Make the old one agree.
+        floats = math.type(c.decode("1")) == "float"
         cjson = c
     end
     return cjson
+end
+
+local tointeger, mtype, next = math.tointeger, math.type, next
+
+-- Turns the integral floats of a decoded value into integers, in place.
+local function integers(v)
+    if type(v) == "number" then
+        return mtype(v) == "float" and tointeger(v) or v
+    end
+    if type(v) == "table" then
+        for k, x in next, v do
+            if type(x) == "number" then
+                local i = mtype(x) == "float" and tointeger(x)
+                if i then v[k] = i end
+            elseif type(x) == "table" then
+                integers(x)
+            end
+        end
+    end
+    return v
 end
 
 -- Calls cjson's fn(x); its errors are raised again at the level of the caller of the
@@ -42,6 +66,7 @@ function M.decode(s)
         error("bad argument #1 to 'decode' (string expected, got " .. type(s) .. ")", 2)
     end
     local v = call(lib().decode, s)
+    if floats then v = integers(v) end
     return v
 end
 
