@@ -650,7 +650,9 @@ describe("misuse raises, naming the argument or option", function()
         assert.error_matches(function() loom.listen{ host = 1, port = 0, handler = print } end,
             "option 'host': string expected, got number")
         assert.error_matches(function() loom.listen{ port = 0, handler = print, backlog = "x" } end,
-            "option 'backlog'")
+            "bad argument #1 to 'listen' %(option 'backlog'")
+        assert.error_matches(function() loom.listen{ port = 0, handler = print, backlog = 1.5 } end,
+            "bad argument #1 to 'listen' %(option 'backlog': non%-negative integer expected, got 1.5%)")
         assert.error_matches(function() loom.listen{ port = 0, handler = print, hots = "x" } end,
             "unknown option 'hots'")
         assert.same({ nil, "listen: invalid address (256.1.1.1)" },

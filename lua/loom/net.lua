@@ -79,6 +79,9 @@ function M.listen(opts)
         args.fail("listen", 1, "option 'handler': function expected, got " .. type(handler))
     end
     local backlog = args.opt(opts, "backlog", "number", 511, "listen", 1)
+    if math.type(backlog) ~= "integer" or backlog < 0 then
+        args.fail("listen", 1, "option 'backlog': non-negative integer expected, got " .. tostring(backlog))
+    end
     if host == "localhost" then host = "127.0.0.1" end
     return core.tcp_listen(host, port, handler, backlog)
 end
