@@ -227,7 +227,8 @@ static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
         size_t rest = (size_t)(data + len - pos);
         c->parse_paused = 1;
         if (from_in) {
-            memmove(c->in, pos, rest);
+            if (rest)
+                memmove(c->in, pos, rest);
             c->in_len = rest;
         } else if (rest) {
             keep_in(c, pos, rest);
@@ -249,8 +250,10 @@ void loom_conn_resume_parse(loom_conn_t *c) {
         return;
     c->parse_paused = 0;
     llhttp_resume(&c->msg.parser);
-    if (c->in_len)
-        feed(c, c->in, c->in_len, 1);
+    /* Even with nothing buffered: a message without a body ends right after its head, and
+     * llhttp reports that end (on_message_complete) from an execute call that needs no
+     * bytes; without it a body-less request would wait for the next one to finish. */
+    feed(c, c->in_len ? c->in : "", c->in_len, 1);
     if (c->state != C_CLOSING && !c->eof)
         loom_conn_start_reading(c);
 }
