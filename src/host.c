@@ -231,6 +231,8 @@ void loom_host_main_done(loom_t *h, loom_task_t *t) {
 /* Starts the function below `nargs` values on the host's stack as the main task. */
 static int start_main(loom_t *h, int nargs) {
     lua_State *L = h->L;
+    h->exit_request = 0; /* a host may run one script after another */
+    h->exit_code = 0;
     loom_task_t *t = loom_spawn(L, nargs);
     t->observed = 0;
     lua_rawsetp(L, LUA_REGISTRYINDEX, &MAIN_KEY);

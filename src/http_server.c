@@ -78,7 +78,7 @@ static void arm_timer(loom_server_t *srv) {
         if (srv->grace_at < next)
             next = srv->grace_at;
     }
-    if (next == UINT64_MAX || srv->handles < 2) {
+    if (next == UINT64_MAX || uv_is_closing((uv_handle_t *)&srv->timer)) {
         uv_timer_stop(&srv->timer);
         return;
     }

@@ -27,7 +27,8 @@ uv_loop_t *loom_loop(loom_t *h);
 
 /* Loads `path` and starts it as the main task with arg[0] = path, arg[1..argc] = argv,
  * running it up to its first suspension. Returns 0, or non-zero when the file cannot be
- * loaded or the main task failed at once; the message is then on the Lua stack. */
+ * loaded; the message is then on the Lua stack. A main task that raises (at once or later)
+ * has its traceback printed and makes loom_run return 1. */
 int loom_dofile(loom_t *h, const char *path, int argc, char **argv);
 
 /* As loom_dofile for a string of code; `name` is the chunk name used in messages. */
