@@ -75,7 +75,7 @@ static void arm_timer(loom_server_t *srv) {
     if (srv->closing) {
         if (srv->settle_at && srv->settle_at < next)
             next = srv->settle_at;
-        if (srv->grace_at < next)
+        if (srv->nconns > 0 && srv->grace_at > now && srv->grace_at < next)
             next = srv->grace_at;
     }
     if (next == UINT64_MAX || uv_is_closing((uv_handle_t *)&srv->timer)) {
@@ -120,6 +120,7 @@ static void on_timer(uv_timer_t *timer) {
         }
     }
     arm_timer(srv);
+    server_maybe_done(srv);
 }
 
 /* ---------------------------------------------------------------- connection lifetime */
@@ -614,6 +615,7 @@ static void on_server_handle_closed(uv_handle_t *handle) {
     loom_server_t *srv = handle->data;
     srv->handles--;
     loom_handle_closed(srv->host);
+    server_maybe_done(srv); /* the listener is gone: the timer may go too */
     server_free_if_done(srv);
 }
 
