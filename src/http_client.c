@@ -106,6 +106,7 @@ hc_conn_t *hc_take_idle(hc_host_t *h) {
     hc_conn_t *c;
     while ((c = h->idle) != NULL) {
         list_remove(&h->idle, c);
+        list_push(&h->pool->busy, c);
         h->nidle--;
         h->active++;
         c->state = CS_BUSY;
@@ -153,6 +154,7 @@ static void conn_detach(hc_conn_t *c) {
         list_remove(&h->pool->draining, c);
         h->active--;
     } else if (was == CS_BUSY) {
+        list_remove(&h->pool->busy, c);
         h->active--;
     }
     hc_x_t *x = c->x;
@@ -201,6 +203,7 @@ static void conn_release(hc_conn_t *c) {
         return;
     }
     h->active--;
+    list_remove(&p->busy, c);
     c->state = CS_IDLE;
     uint64_t ms = p->idle_ms;
     if (c->ka_ms && c->ka_ms < ms)
@@ -253,7 +256,7 @@ static int on_headers(loom_http_msg_t *m) {
     hc_x_t *x = c->x;
     int status = m->parser.status_code;
     if (!x || (status >= 100 && status < 200 && status != 101))
-        return 0; /* an interim response: the real one follows */
+        return 1; /* an interim response, without a body: the real one follows */
     x->status = status;
     x->minor = m->parser.http_minor;
     x->head = m->head;
@@ -265,7 +268,8 @@ static int on_headers(loom_http_msg_t *m) {
         if (coding && !(x->z = loom_inflate_new(coding)))
             return -1;
     }
-    return (x->flags & HX_HEAD) ? 1 : 0; /* 1: "the response has no body" */
+    /* 1: "the response has no body", whatever its Content-Length says (RFC 9112 6.3) */
+    return (x->flags & HX_HEAD) || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
@@ -306,6 +310,7 @@ static void message_done(hc_conn_t *c) {
     }
     if (c->state == CS_DRAIN) {
         list_remove(&c->host->pool->draining, c);
+        list_push(&c->host->pool->busy, c);
         c->state = CS_BUSY;
     }
     if (keep)
@@ -333,7 +338,9 @@ static void parse_error(hc_conn_t *c, llhttp_errno_t err) {
 /* The peer is gone: a body that runs until the close ends here; anything else broke. */
 static void peer_gone(hc_conn_t *c) {
     loom_stream_t *s = c->s;
-    if (c->x && c->x->phase == X_HEAD && llhttp_finish(&c->msg.parser) == HPE_OK && c->msg_done) {
+    /* llhttp_finish ends a body that runs until the close (our on_complete pauses, so it
+     * may return HPE_PAUSED rather than HPE_OK) */
+    if (c->x && c->x->phase == X_HEAD && !s->rerr && (llhttp_finish(&c->msg.parser), c->msg_done)) {
         c->keep = 0;
         message_done(c);
         return;
@@ -411,6 +418,7 @@ hc_conn_t *hc_conn_new(hc_host_t *h, loom_stream_t *s) {
     c->host = h;
     c->s = s;
     c->state = CS_BUSY;
+    list_push(&h->pool->busy, c);
     loom_http_msg_init(&c->msg, HTTP_RESPONSE, &h->pool->heads);
     c->msg.owner = c;
     c->msg.max_header = 64 * 1024;
@@ -436,6 +444,7 @@ void hc_conn_abandon(hc_conn_t *c, double drain_s) {
     }
     /* the rest is read and dropped in the background, unreferenced, within drain_s */
     c->state = CS_DRAIN; /* still holds its slot, until the drain ends */
+    list_remove(&p->busy, c);
     c->deadline = uv_now(p->host->loop) + (uint64_t)(drain_s * 1000);
     list_push(&p->draining, c);
     uv_unref((uv_handle_t *)&c->s->tcp);
@@ -525,6 +534,11 @@ static void pool_close(hc_pool_t *p) {
         close_host_conns(h);
     while (p->draining)
         hc_conn_close(p->draining);
+    while (p->busy) {
+        if (p->busy->x)
+            hc_x_fail(p->busy->x, "closed", "session closed");
+        hc_conn_close(p->busy);
+    }
     if (p->timer_open)
         uv_close((uv_handle_t *)&p->timer, on_timer_closed);
 }

@@ -45,14 +45,15 @@ struct hc_pool {
     int max_per_host;
     uint64_t idle_ms;
     hc_host_t *hosts;
-    hc_conn_t *draining;
+    hc_conn_t *busy;     /* connections in use */
+    hc_conn_t *draining; /* unread bodies read and dropped in the background */
     loom_head_pool_t heads;
 };
 
 enum { CS_IDLE, CS_BUSY, CS_DRAIN, CS_DEAD };
 
 struct hc_conn {
-    hc_conn_t *prev, *next; /* in its host's idle list or the pool's drain list */
+    hc_conn_t *prev, *next; /* in its host's idle list, or the pool's busy or drain list */
     hc_host_t *host;
     loom_stream_t *s;       /* NULL once closed */
     loom_http_msg_t msg;

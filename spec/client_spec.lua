@@ -1,0 +1,529 @@
+-- Client against loom's own server and raw TCP servers on 127.0.0.1: requests and bodies,
+-- responses, keep-alive and the pool, stale connections, redirects, cookies, decoding,
+-- limits, streaming, errors and misuse.
+local loom = require "loom"
+local run = require "support.run"
+local util = require "support.client_util"
+
+local function popen_read(cmd)
+    local p = assert(io.popen(cmd))
+    local s = p:read("a")
+    p:close()
+    return s
+end
+
+-- An app with the endpoints most specs use; returns srv, base URL.
+local function echo_app()
+    local app = loom.app()
+    app:any("/echo", function(req)
+        return { json = { method = req.method, path = req.path, query = req.query,
+            headers = req.headers, body = req:text() } }
+    end)
+    app:get("/hello", function() return "hello" end)
+    app:get("/cookies", function()
+        return { headers = { ["set-cookie"] = { "a=1; Path=/", "b=2; Path=/" } }, body = "x" }
+    end)
+    app:get("/empty", function() return { status = 204 } end)
+    app:get("/big", function() return { body = string.rep("x", 1024 * 1024) } end)
+    local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+    return srv, "http://127.0.0.1:" .. srv.port
+end
+
+setup(function() util.warm_default() end)
+
+describe("loom.fetch", function()
+    it("gets a body, with status, reason, ok, version, url and headers", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local res, err = loom.fetch(base .. "/hello")
+            assert.is_nil(err)
+            assert.equal(200, res.status)
+            assert.equal("OK", res.reason)
+            assert.is_true(res.ok)
+            assert.equal("1.1", res.version)
+            assert.equal(base .. "/hello", res.url)
+            assert.equal("hello", res:text())
+            assert.equal("5", res.headers["content-length"])
+            assert.equal("5", res.headers["Content-Length"])
+            assert.equal("text/plain; charset=utf-8", res.headers["CONTENT-TYPE"])
+        end)
+    end)
+
+    it("joins repeated headers and keeps each in raw_headers", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local res = assert(loom.fetch(base .. "/cookies"))
+            assert.equal("a=1; Path=/, b=2; Path=/", res.headers["set-cookie"])
+            local seen = {}
+            for _, h in ipairs(res.raw_headers) do
+                if h[1] == "set-cookie" then seen[#seen + 1] = h[2] end
+            end
+            assert.same({ "a=1; Path=/", "b=2; Path=/" }, seen)
+        end)
+    end)
+
+    it("sends methods, headers, query tables, json, form and string bodies", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local r = assert(loom.fetch(base .. "/echo?x=1", { method = "put",
+                headers = { ["X-One"] = "1" }, query = { y = "a b", z = { "1", "2" } } })):json()
+            assert.equal("PUT", r.method)
+            assert.equal("1", r.headers["x-one"])
+            assert.same({ x = "1", y = "a b", z = "2" }, r.query)
+            r = assert(loom.fetch(base .. "/echo", { method = "POST", json = { k = { 1, 2 } } })):json()
+            assert.equal("application/json", r.headers["content-type"])
+            assert.same({ k = { 1, 2 } }, loom.json.decode(r.body))
+            r = assert(loom.fetch(base .. "/echo", { method = "POST", form = { a = "1 2", b = "&" } })):json()
+            assert.equal("application/x-www-form-urlencoded", r.headers["content-type"])
+            assert.equal("a=1%202&b=%26", r.body)
+            r = assert(loom.fetch(base .. "/echo", { method = "POST", body = "plain" })):json()
+            assert.equal("text/plain; charset=utf-8", r.headers["content-type"])
+            assert.equal("plain", r.body)
+            assert.equal("5", r.headers["content-length"])
+        end)
+    end)
+
+    it("streams a request body from a function, chunked", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local parts = { "one,", "two,", "three" }
+            local i = 0
+            local r = assert(loom.fetch(base .. "/echo", { method = "POST", body = function()
+                i = i + 1
+                return parts[i]
+            end })):json()
+            assert.equal("chunked", r.headers["transfer-encoding"])
+            assert.equal("one,two,three", r.body)
+        end)
+    end)
+
+    it("sends user:password from the URL as Basic auth", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local u = base:gsub("^http://", "http://al%%40ice:s%%3Acret@")
+            local r = assert(loom.fetch(u .. "/echo")):json()
+            assert.equal("Basic " .. require("loom.dial").base64("al@ice:s:cret"), r.headers.authorization)
+        end)
+    end)
+
+    it("answers HEAD and 204 without a body", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local s <close> = loom.session()
+            local res = assert(s:head(base .. "/hello"))
+            assert.equal(200, res.status)
+            assert.equal("5", res.headers["content-length"])
+            assert.equal("", res:text())
+            res = assert(s:get(base .. "/empty"))
+            assert.equal(204, res.status)
+            assert.equal("", res:text())
+            assert.equal("hello", assert(s:get(base .. "/hello")):text())
+            assert.equal(1, s:stats().opened)
+        end)
+    end)
+end)
+
+describe("response framing", function()
+    it("reads chunked, read-until-close and 304 bodies, and skips 1xx", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st, req)
+                if req.target == "/chunked" then
+                    st:write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                elseif req.target == "/until-close" then
+                    st:write("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+                    return "close"
+                elseif req.target == "/304" then
+                    st:write("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+                elseif req.target == "/1xx" then
+                    st:write("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+                    util.respond(st, 200, "final")
+                end
+            end)
+            local s <close> = loom.session()
+            assert.equal("hello world", assert(s:get(base .. "/chunked")):text())
+            assert.equal("all of it", assert(s:get(base .. "/until-close")):text())
+            local res = assert(s:get(base .. "/304"))
+            assert.equal(304, res.status)
+            assert.equal("", res:text())
+            res = assert(s:get(base .. "/1xx"))
+            assert.equal(200, res.status)
+            assert.equal("final", res:text())
+            assert.is_nil(res.headers.link)
+        end)
+    end)
+
+    it("fails with http: on a malformed response", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st)
+                st:write("HTTP/1.1 200 OK\r\nContent-Length: zz\r\n\r\n")
+                return "close"
+            end)
+            local res, err = loom.fetch(base .. "/")
+            assert.is_nil(res)
+            assert.matches("^http: ", err)
+        end)
+    end)
+end)
+
+describe("the pool", function()
+    it("reuses kept-alive connections", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local s <close> = loom.session()
+            for _ = 1, 20 do assert.equal("hello", assert(s:get(base .. "/hello")):text()) end
+            local st = s:stats()
+            assert.equal(1, st.opened)
+            assert.equal(19, st.reused)
+        end)
+    end)
+
+    it("caps connections at max_per_host; the rest wait their turn, in order", function()
+        run(function()
+            local open, most, order = 0, 0, {}
+            local app = loom.app()
+            app:get("/slow/{n}", function(req)
+                order[#order + 1] = tonumber(req.params.n)
+                loom.sleep(0.02)
+                return "ok"
+            end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local base = "http://127.0.0.1:" .. srv.port
+            local s <close> = loom.session{ max_per_host = 2 }
+            local fns = {}
+            for i = 1, 8 do
+                fns[i] = function()
+                    open = open + 1
+                    most = math.max(most, s:stats().active)
+                    local res = assert(s:get(base .. "/slow/" .. i))
+                    open = open - 1
+                    return res:text()
+                end
+            end
+            local r = loom.gather(table.unpack(fns))
+            for i = 1, 8 do assert.equal("ok", r[i]) end
+            assert.equal(2, s:stats().opened)
+            assert.is_true(most <= 2)
+            -- the waiting ones went in the order they asked
+            for i = 3, 8 do assert.equal(i, order[i]) end
+        end)
+    end)
+
+    it("keeps separate connections per host name", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local s <close> = loom.session()
+            assert(s:get(base .. "/hello"))
+            assert(s:get((base:gsub("127.0.0.1", "localhost")) .. "/hello"))
+            assert.equal(2, s:stats().opened)
+        end)
+    end)
+
+    it("gets 1000 sequential fetches through a server that closes each kept-alive connection", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st)
+                util.respond(st, 200, "one")
+                return "close" -- no Connection: close, as a stale keep-alive looks
+            end)
+            local s <close> = loom.session()
+            for i = 1, 1000 do
+                local res, err = s:get(base .. "/")
+                assert(res, "fetch " .. i .. ": " .. tostring(err))
+                assert.equal("one", res:text())
+            end
+        end, { timeout = 30 })
+    end)
+
+    it("retries an idempotent request once on a stale connection, never a POST", function()
+        run(function()
+            local posts = 0
+            local srv <close>, base = util.raw_server(function(st, req, n)
+                if req.method == "POST" then posts = posts + 1 end
+                if n == 2 then return "close" end -- the second request on a connection: hang up
+                util.respond(st, 200, req.method .. (req.body or ""))
+            end)
+            local s <close> = loom.session()
+            assert.equal("GET", assert(s:get(base .. "/")):text())
+            local res = assert(s:put(base .. "/", { body = "x" }))  -- stale, retried
+            assert.equal("PUTx", res:text())
+            assert.equal(3, s:stats().opened + s:stats().reused)
+            local res2, err = s:post(base .. "/", { body = "y" }) -- stale, not replayed
+            assert.is_nil(res2)
+            assert.matches("^closed: ", err)
+            assert.equal(1, posts)
+        end)
+    end)
+
+    it("releases an unread body: drained if small, closed if large", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local s <close> = loom.session()
+            do
+                local res <close> = assert(s:get(base .. "/hello", { stream = true }))
+                assert.equal(200, res.status)
+            end
+            loom.sleep(0.05)
+            assert.equal(1, s:stats().idle)
+            local res = assert(s:get(base .. "/big", { stream = true }))
+            assert.equal(1, s:stats().reused)
+            res:close()
+            assert.equal(0, s:stats().idle)
+            assert.equal(0, s:stats().active)
+            -- collection releases too
+            res = assert(s:get(base .. "/hello", { stream = true }))
+            res = nil
+            collectgarbage()
+            collectgarbage()
+            loom.sleep(0.05)
+            assert.equal(0, s:stats().active)
+            assert.equal("hello", assert(s:get(base .. "/hello")):text())
+        end)
+    end)
+end)
+
+describe("redirects", function()
+    local function redirect_app()
+        local app = loom.app()
+        for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+            app:any("/r" .. code, function() return { status = code, headers = { location = "/echo" } } end)
+        end
+        app:any("/echo", function(req)
+            return { json = { method = req.method, body = req:text(), auth = req.headers.authorization or false } }
+        end)
+        app:get("/loop/a", function() return { status = 302, headers = { location = "/loop/b" } } end)
+        app:get("/loop/b", function() return { status = 302, headers = { location = "a" } } end)
+        app:get("/hop/{n}", function(req)
+            local n = tonumber(req.params.n)
+            if n == 0 then return "landed" end
+            return { status = 302, headers = { location = "/hop/" .. (n - 1) } }
+        end)
+        local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+        return srv, "http://127.0.0.1:" .. srv.port
+    end
+
+    it("turns 301/302/303 POSTs into GETs and keeps method and body for 307/308", function()
+        run(function()
+            local srv <close>, base = redirect_app()
+            for _, code in ipairs({ 301, 302, 303 }) do
+                local res = assert(loom.fetch(base .. "/r" .. code, { method = "POST", body = "data" }))
+                local r = res:json()
+                assert.equal("GET", r.method)
+                assert.equal("", r.body)
+                assert.equal(base .. "/echo", res.url)
+            end
+            for _, code in ipairs({ 307, 308 }) do
+                local r = assert(loom.fetch(base .. "/r" .. code, { method = "POST", body = "data" })):json()
+                assert.equal("POST", r.method)
+                assert.equal("data", r.body)
+            end
+        end)
+    end)
+
+    it("keeps Authorization on the same origin and drops it across origins", function()
+        run(function()
+            local srv <close>, base = redirect_app()
+            local app = loom.app()
+            app:get("/away", function() return { status = 302, headers = { location = base .. "/echo" } } end)
+            local other <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local h = { headers = { Authorization = "Bearer t" } }
+            assert.equal("Bearer t", assert(loom.fetch(base .. "/r302", h)):json().auth)
+            assert.is_false(assert(loom.fetch("http://127.0.0.1:" .. other.port .. "/away", h)):json().auth)
+        end)
+    end)
+
+    it("gives http: too many redirects for a loop or too many hops", function()
+        run(function()
+            local srv <close>, base = redirect_app()
+            assert.same({ nil, "http: too many redirects" }, { loom.fetch(base .. "/loop/a") })
+            assert.same({ nil, "http: too many redirects" }, { loom.fetch(base .. "/hop/3", { redirects = 2 }) })
+            assert.equal("landed", assert(loom.fetch(base .. "/hop/3", { redirects = 3 })):text())
+            local res = assert(loom.fetch(base .. "/hop/3", { redirects = false }))
+            assert.equal(302, res.status)
+            assert.equal("/hop/2", res.headers.location)
+        end)
+    end)
+end)
+
+describe("cookies", function()
+    it("are kept per session, by path, domain and expiry, and not by loom.fetch", function()
+        run(function()
+            local app = loom.app()
+            app:get("/set", function()
+                return { headers = { ["set-cookie"] = { "sid=abc; Path=/", "scoped=1; Path=/app",
+                    "gone=1; Max-Age=0", "sec=1; Secure", "other=1; Domain=example.com" } }, body = "" }
+            end)
+            app:get("/forget", function() return { headers = { ["set-cookie"] = "sid=; Max-Age=0; Path=/" }, body = "" } end)
+            app:get("/{p*}", function(req) return req.headers.cookie or "none" end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local base = "http://127.0.0.1:" .. srv.port
+            local s <close> = loom.session()
+            assert(s:get(base .. "/set"))
+            assert.equal("sid=abc", assert(s:get(base .. "/x")):text())
+            assert.equal("scoped=1; sid=abc", assert(s:get(base .. "/app/page")):text())
+            assert.equal("sid=abc", assert(s:get(base .. "/application")):text())
+            assert.equal("abc", s:cookie_jar():get("sid"))
+            assert(s:get(base .. "/forget"))
+            assert.equal("none", assert(s:get(base .. "/x")):text())
+            -- the default session keeps none
+            assert(loom.fetch(base .. "/set"))
+            assert.equal("none", assert(loom.fetch(base .. "/x")):text())
+            local s2 <close> = loom.session{ cookies = false }
+            assert(s2:get(base .. "/set"))
+            assert.equal("none", assert(s2:get(base .. "/x")):text())
+        end)
+    end)
+
+    it("follow redirects that set them", function()
+        run(function()
+            local app = loom.app()
+            app:get("/login", function()
+                return { status = 302, headers = { location = "/me", ["set-cookie"] = "user=ann; Path=/" } }
+            end)
+            app:get("/me", function(req) return req.headers.cookie or "none" end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local s <close> = loom.session()
+            assert.equal("user=ann", assert(s:get("http://127.0.0.1:" .. srv.port .. "/login")):text())
+        end)
+    end)
+end)
+
+describe("bodies", function()
+    local gz = popen_read("printf 'hello, gzip' | gzip -c")
+    local zl = popen_read([[python3 -c 'import sys, zlib; sys.stdout.buffer.write(zlib.compress(b"hello, deflate"))']])
+    local raw = popen_read([[python3 -c 'import sys, zlib; c = zlib.compressobj(wbits=-15); sys.stdout.buffer.write(c.compress(b"hello, raw") + c.flush())']])
+
+    it("decodes gzip and deflate (zlib-wrapped and raw)", function()
+        run(function()
+            local asked = {}
+            local srv <close>, base = util.raw_server(function(st, req)
+                asked[#asked + 1] = req.headers["accept-encoding"] or "none"
+                local body, coding = ({ ["/gz"] = { gz, "gzip" }, ["/zl"] = { zl, "deflate" },
+                    ["/raw"] = { raw, "deflate" }, ["/bad"] = { "not gzip", "gzip" } })[req.target][1],
+                    ({ ["/gz"] = "gzip", ["/zl"] = "deflate", ["/raw"] = "deflate", ["/bad"] = "gzip" })[req.target]
+                util.respond(st, 200, body, { ["Content-Encoding"] = coding })
+            end)
+            local s <close> = loom.session()
+            assert.equal("hello, gzip", assert(s:get(base .. "/gz")):text())
+            assert.equal("hello, deflate", assert(s:get(base .. "/zl")):text())
+            assert.equal("hello, raw", assert(s:get(base .. "/raw")):text())
+            local res, err = s:get(base .. "/bad")
+            assert.is_nil(res)
+            assert.matches("^http: ", err)
+            assert.equal(gz, assert(s:get(base .. "/gz", { decode = false })):text())
+            assert.same({ "gzip, deflate", "gzip, deflate", "gzip, deflate", "gzip, deflate", "none" }, asked)
+        end)
+    end)
+
+    it("stops at max_body with limit:", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local res, err = loom.fetch(base .. "/big", { max_body = 1000 })
+            assert.is_nil(res)
+            assert.equal("limit: response body over 1000 bytes (max_body)", err)
+            assert.equal(1024 * 1024, #assert(loom.fetch(base .. "/big")):text())
+        end)
+    end)
+
+    it("streams with stream = true and res:chunks()", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local res = assert(loom.fetch(base .. "/big", { stream = true }))
+            local n, pieces = 0, 0
+            for piece in res:chunks() do
+                n, pieces = n + #piece, pieces + 1
+            end
+            assert.equal(1024 * 1024, n)
+            assert.is_true(pieces > 1)
+        end)
+    end)
+
+    it("saves to a file with res:save(path)", function()
+        local dir = util.tmpdir()
+        run(function()
+            local srv <close>, base = echo_app()
+            local res = assert(loom.fetch(base .. "/big", { stream = true }))
+            assert.equal(1024 * 1024, res:save(dir .. "/big.bin"))
+            res = assert(loom.fetch(base .. "/hello"))
+            assert.equal(5, res:save(dir .. "/hello.txt"))
+            local bad, err = assert(loom.fetch(base .. "/hello")):save(dir .. "/no/such/dir")
+            assert.is_nil(bad)
+            assert.matches("^closed: ", err)
+        end)
+        local f = assert(io.open(dir .. "/big.bin", "rb"))
+        assert.equal(string.rep("x", 1024 * 1024), f:read("a"))
+        f:close()
+        os.execute("rm -rf " .. dir)
+    end)
+
+    it("parses json, and says so when it is not", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            assert.equal("GET", assert(loom.fetch(base .. "/echo")):json().method)
+            local v, err = assert(loom.fetch(base .. "/hello")):json()
+            assert.is_nil(v)
+            assert.matches("^http: invalid JSON", err)
+        end)
+    end)
+end)
+
+describe("sessions", function()
+    it("resolve against base_url and send their headers", function()
+        run(function()
+            local srv <close>, base = echo_app()
+            local s <close> = loom.session{ base_url = base .. "/", headers = { ["X-S"] = "s" } }
+            local r = assert(s:get("echo", { headers = { ["X-R"] = "r" } })):json()
+            assert.equal("/echo", r.path)
+            assert.equal("s", r.headers["x-s"])
+            assert.equal("r", r.headers["x-r"])
+            r = assert(s:post("/echo?q=1", { body = "b" })):json()
+            assert.equal("POST", r.method)
+            assert.equal("1", r.query.q)
+        end)
+    end)
+
+    it("fail requests in flight with closed: when closed", function()
+        run(function()
+            local app = loom.app()
+            app:get("/wait", function() loom.sleep(1) return "late" end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local s = loom.session()
+            local t = loom.spawn(function() return s:get("http://127.0.0.1:" .. srv.port .. "/wait") end)
+            loom.sleep(0.05)
+            s:close()
+            local _, res, err = t:join()
+            assert.is_nil(res)
+            assert.matches("^closed: ", err)
+            assert.same({ nil, "closed: session closed" }, { s:get("http://127.0.0.1:" .. srv.port .. "/wait") })
+        end)
+    end)
+end)
+
+describe("errors", function()
+    it("return connect: and dns: failures", function()
+        run(function()
+            local port = util.free_port()
+            local res, err = loom.fetch("http://127.0.0.1:" .. port .. "/")
+            assert.is_nil(res)
+            assert.equal("connect: connection refused (127.0.0.1:" .. port .. ")", err)
+            res, err = loom.fetch("http://no-such-host.invalid/")
+            assert.is_nil(res)
+            assert.matches("^dns: ", err)
+        end)
+    end)
+
+    it("raise on misuse, naming the option", function()
+        run(function()
+            assert.error_matches(function() loom.fetch(1) end, "bad argument #1 to 'fetch' %(string expected")
+            assert.error_matches(function() loom.fetch("http://x/", { timeout = "1" }) end,
+                "bad argument #2 to 'fetch' %(option 'timeout': non%-negative number expected, got string%)")
+            assert.error_matches(function() loom.fetch("http://x/", { bogus = 1 }) end, "unknown option 'bogus'")
+            assert.error_matches(function() loom.fetch("http://x/", { tls = { verfy = false } }) end, "unknown option 'tls.verfy'")
+            assert.error_matches(function() loom.fetch("ftp://x/") end, "unsupported scheme")
+            assert.error_matches(function() loom.fetch("/relative") end, "not an absolute URL")
+            assert.error_matches(function() loom.session{ max_per_host = 0 } end, "option 'max_per_host'")
+            local s <close> = loom.session()
+            assert.error_matches(function() s:get("http://x/", { headers = 1 }) end,
+                "bad argument #2 to 'get' %(option 'headers': table expected, got number%)")
+        end)
+        assert.error_matches(function() loom.fetch("http://127.0.0.1:1/") end, "outside any task")
+    end)
+end)
