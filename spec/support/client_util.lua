@@ -63,6 +63,40 @@ function M.respond(st, status, body, headers)
     return st:write(table.concat(out))
 end
 
+-- A proxy on 127.0.0.1 that logs each request in `log`: CONNECT opens a tunnel to the
+-- target; any other request is answered "proxied TARGET auth=PROXY-AUTHORIZATION".
+function M.proxy(log)
+    local function pipe(from, to)
+        while true do
+            local d = from:read()
+            if not d or not to:write(d) then break end
+        end
+        from:close()
+        to:close()
+    end
+    local srv = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+        local req = read_request(st)
+        if not req then return st:close() end
+        log[#log + 1] = req
+        if req.method == "CONNECT" then
+            local host, port = req.target:match("^(.*):(%d+)$")
+            local up = loom.connect(host, tonumber(port))
+            if not up then
+                st:write("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return st:close()
+            end
+            st:write("HTTP/1.1 200 Connection established\r\n\r\n")
+            local back = loom.spawn(pipe, up, st)
+            pipe(st, up)
+            back:join()
+            return
+        end
+        M.respond(st, 200, "proxied " .. req.target .. " auth=" .. (req.headers["proxy-authorization"] or "none"))
+        st:close()
+    end })
+    return srv, "http://127.0.0.1:" .. srv.port
+end
+
 function M.warm_default()
     run(function() loom.fetch("http://127.0.0.1:1/") end, { leftovers = true })
 end
