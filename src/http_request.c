@@ -274,8 +274,9 @@ static int req_write(lua_State *L) {
 /* ---------------------------------------------------------------- upgrades */
 
 /* core.req_upgrade(box, headers) -> stream | nil, err. Answers 101 with the headers and
- * hands the socket over to a plain stream (a duplicate descriptor, with any bytes that
- * followed the request head); the HTTP connection is closed without a word. */
+ * hands the socket over to a stream (a duplicate descriptor, with any bytes that followed
+ * the request head, and on HTTPS the TLS session); the HTTP connection is closed without a
+ * word. */
 static int req_upgrade(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -303,6 +304,10 @@ static int req_upgrade(lua_State *L) {
         memcpy(s->buf + s->len, c->in, c->in_len);
         s->len += c->in_len;
         c->in_len = 0;
+    }
+    if (c->tls) { /* a descriptor carries no TLS state: the session itself moves over */
+        loom_stream_tls_adopt(s, c->tls);
+        c->tls = NULL;
     }
     uv_buf_t buf = uv_buf_init((char *)head, (unsigned)hlen);
     rc = loom_stream_send(s, &buf, 1);

@@ -246,12 +246,19 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
+    for (int i = 0; i < nbufs; i++)
+        c->sent += bufs[i].len;
+    if (c->tls)
+        return loom_conn_tls_write(c, bufs, nbufs);
+    return loom_conn_write_raw(c, bufs, nbufs);
+}
+
+int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
     size_t total = 0, sent = 0;
     if (c->state == C_CLOSING || c->werr)
         return c->werr ? c->werr : UV_ECANCELED;
     for (int i = 0; i < nbufs; i++)
         total += bufs[i].len;
-    c->sent += total;
     if (c->pending_writes == 0) {
         int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs);
         if (rc < 0 && rc != UV_EAGAIN) {

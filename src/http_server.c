@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "tls.h"
 #include "fail.h"
 
 #define SERVER_MT "loom.server"
@@ -126,6 +127,8 @@ static void on_timer(uv_timer_t *timer) {
 /* ---------------------------------------------------------------- connection lifetime */
 
 static void conn_free(loom_conn_t *c) {
+    if (c->tls)
+        loom_conn_tls_free(c);
     loom_http_msg_release(&c->msg);
     free(c->in);
     free(c->body);
@@ -423,6 +426,8 @@ static void linger(loom_conn_t *c) {
         loom_conn_close(c);
         return;
     }
+    if (c->tls)
+        loom_conn_tls_close_notify(c);
     uv_shutdown_t *req = malloc(sizeof *req);
     if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         free(req);
@@ -445,6 +450,13 @@ static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     loom_conn_t *c = stream->data;
+    if (c->tls && nread > 0)
+        loom_conn_tls_input(c, buf->base, (size_t)nread); /* plaintext comes back below */
+    else
+        loom_conn_input(c, nread, buf->base);
+}
+
+void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data) {
     if (nread == 0)
         return;
     if (nread < 0) {
@@ -472,9 +484,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     if (c->state == C_HEAD)
         c->partial = 1;
     if (c->parse_paused)
-        keep_in(c, buf->base, (size_t)nread);
+        keep_in(c, data, (size_t)nread);
     else
-        feed(c, buf->base, (size_t)nread, 0);
+        feed(c, data, (size_t)nread, 0);
     if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
         stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* Answer now rather than after every other connection's read of this loop turn: the
@@ -595,7 +607,11 @@ static void on_connection(uv_stream_t *server, int status) {
     srv->conns = c;
     srv->nconns++;
     c->state = C_HEAD;
-    tl_add(c, TL_HEAD);
+    tl_add(c, TL_HEAD); /* on HTTPS the handshake counts toward header_timeout too */
+    if (srv->tls_conf && loom_conn_tls_start(c) != 0) {
+        loom_conn_close(c);
+        return;
+    }
     loom_conn_start_reading(c);
 }
 
@@ -605,6 +621,7 @@ static void server_free_if_done(loom_server_t *srv) {
     /* at teardown a queued done_job never runs (the queue is not drained again) */
     int job_pending = srv->done_job.queued && !srv->host->closing;
     if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !job_pending) {
+        loom_tls_conf_unref(srv->tls_conf);
         loom_head_pool_free(&srv->heads);
         free(srv->hbuf);
         free(srv);
@@ -786,7 +803,7 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
 
 /* core.http_listen(entry, reqmt, opts) -> server | nil, err
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
- *       keepalive_timeout, access_log */
+ *       keepalive_timeout, access_log, tls (a core.tls_config{server = true, ...}) */
 static int l_http_listen(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -797,6 +814,7 @@ static int l_http_listen(lua_State *L) {
     int reuseport = loom_opt_boolean(L, 3, "reuseport", 0);
     loom_server_t *srv = server_new(L, loom_host(L));
     read_limits(L, 3, srv);
+    srv->tls_conf = loom_server_tls_conf(L, 3);
     int rc = bind_listen(srv, host, port, reuseport, backlog);
     if (rc != 0) {
         srv->closing = 1;

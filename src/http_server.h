@@ -70,6 +70,7 @@ struct loom_conn {
     loom_task_t *task;  /* the handler, while it runs */
     loom_task_t *waiter; /* a task parked on the body or on a streaming write */
     loom_reqbox_t *box; /* the Lua request object of the current request */
+    struct loom_tls *tls; /* HTTPS: the session between the socket and the parser, or NULL */
 };
 
 struct loom_server {
@@ -97,6 +98,7 @@ struct loom_server {
     double body_timeout; /* seconds a body read may wait for the next bytes */
     double send_timeout; /* seconds a streaming write may wait for the client to read */
     int access_log;
+    struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
     loom_head_pool_t heads; /* pool of head storage */
     char *hbuf;         /* response heads are built here */
     size_t hcap;
@@ -119,10 +121,15 @@ void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
 void loom_conn_resume_parse(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
+/* What a read brought: plaintext bytes (nread > 0), or the end or a failure (a libuv error). */
+void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data);
 
 /* http_response.c */
-/* Writes bufs, copying what the kernel did not take; returns 0 or a libuv error. */
+/* Writes bufs (through TLS on HTTPS), copying what the kernel did not take; returns 0 or a
+ * libuv error. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
+/* The same below TLS: the bytes go to the socket as they are. */
+int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
 /* Writes a complete response from a handler's results on L (the task's stack). */
 void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
 /* Writes a complete response with a plain-text body; closes the connection after it when
@@ -137,6 +144,20 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);
+
+/* http_server_tls.c: HTTPS under the connections */
+/* Gives an accepted connection its TLS session: 0, or -1 when it cannot have one. */
+int loom_conn_tls_start(loom_conn_t *c);
+/* Ciphertext read from the socket: handshake, then plaintext on to loom_conn_input. */
+void loom_conn_tls_input(loom_conn_t *c, const char *data, size_t n);
+/* Encrypts bufs and writes the records; returns 0 or a libuv error. */
+int loom_conn_tls_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
+/* Writes a close_notify alert: the last bytes before a graceful end. */
+void loom_conn_tls_close_notify(loom_conn_t *c);
+void loom_conn_tls_free(loom_conn_t *c);
+/* The core.tls_config object in option `tls` of the options table at idx, referenced for
+ * the server; NULL when there is none. Raises when it is something else. */
+struct loom_tls_conf *loom_server_tls_conf(lua_State *L, int idx);
 
 /* http_request.c */
 void loom_conn_push_request(lua_State *L, loom_conn_t *c);

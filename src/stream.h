@@ -68,6 +68,9 @@ void loom_stream_tls_alloc(loom_stream_t *s, uv_buf_t *buf);
 void loom_stream_tls_input(loom_stream_t *s, size_t n);
 int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n);
 void loom_stream_tls_free(loom_stream_t *s);
+/* Takes over a session that another owner (the HTTP server, on an upgrade) ran on this
+ * socket; records it had received but not decrypted join the buffer. */
+void loom_stream_tls_adopt(loom_stream_t *s, struct loom_tls *t);
 /* "tls: ..." detail of a failed TLS stream, or NULL when TLS is not what failed. */
 const char *loom_stream_tls_error(loom_stream_t *s);
 int loom_open_tls(lua_State *L);

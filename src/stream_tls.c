@@ -95,6 +95,11 @@ int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
     return rc;
 }
 
+void loom_stream_tls_adopt(loom_stream_t *s, loom_tls_t *t) {
+    s->tls = t;
+    decrypt(s);
+}
+
 void loom_stream_tls_free(loom_stream_t *s) {
     loom_tls_free(s->tls);
     s->tls = NULL;
@@ -126,20 +131,95 @@ static loom_tls_conf_t *check_conf(lua_State *L, int idx) {
     return b->conf;
 }
 
-/* Pushes the cache key of the settings in table t: "verify|ca_file|cert|key|server". */
+/* Pushes the cache key of the settings: "verify|ca_file|cert|key|server", then
+ * "|cert|key|name,name" for each of a server's pairs. */
 static void push_key(lua_State *L, const loom_tls_opts_t *o) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
     lua_pushfstring(L, "%d|%s|%s|%s|%d", o->verify, o->ca_file ? o->ca_file : "",
                     o->cert ? o->cert : "", o->key ? o->key : "", o->server);
+    luaL_addvalue(&b);
+    for (int i = 0; i < o->ncerts; i++) {
+        lua_pushfstring(L, "|%s|%s|", o->certs[i].cert ? o->certs[i].cert : "",
+                        o->certs[i].key ? o->certs[i].key : "");
+        luaL_addvalue(&b);
+        for (int j = 0; o->certs[i].names && o->certs[i].names[j]; j++) {
+            luaL_addstring(&b, o->certs[i].names[j]);
+            luaL_addchar(&b, ',');
+        }
+    }
+    luaL_pushresult(&b);
 }
 
-static void read_opts(lua_State *L, int idx, int arg, loom_tls_opts_t *o) {
+/* The `names` of the pair table at `item` (a string or a list of them) as a NULL-terminated
+ * array kept alive in scratch[slot]; NULL when absent. */
+static const char *const *read_names(lua_State *L, int item, int scratch, int slot, int arg) {
+    int t = lua_getfield(L, item, "names");
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (t == LUA_TSTRING) {
+        lua_createtable(L, 1, 0); /* name {} */
+        lua_insert(L, -2);        /* {} name */
+        lua_rawseti(L, -2, 1);    /* {name} */
+    } else if (t != LUA_TTABLE) {
+        loom_opt_error(L, arg, "names", "string or list of strings");
+    }
+    int n = (int)luaL_len(L, -1);
+    const char **v = lua_newuserdatauv(L, sizeof *v * (size_t)(n + 1), 1);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1); /* the strings stay alive with the array */
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -2, i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            loom_opt_error(L, arg, "names", "list of strings");
+        v[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    v[n] = NULL;
+    lua_rawseti(L, scratch, slot);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* A server's `certs` list: {{cert = file, key = file, names = {...}}, ...}. Pushes a table
+ * that keeps what o->certs points to alive (nil when there is no list). */
+static void read_certs(lua_State *L, int idx, loom_tls_opts_t *o) {
+    int t = lua_getfield(L, idx, "certs");
+    if (t == LUA_TNIL)
+        return; /* the nil stays as the placeholder */
+    if (t != LUA_TTABLE)
+        loom_opt_error(L, idx, "certs", "table");
+    int n = (int)luaL_len(L, -1);
+    lua_createtable(L, n + 1, 0); /* list scratch */
+    int scratch = lua_gettop(L);
+    loom_tls_cert_t *certs = lua_newuserdatauv(L, sizeof *certs * (size_t)(n > 0 ? n : 1), 0);
+    lua_rawseti(L, scratch, 1);
+    for (int i = 0; i < n; i++) {
+        if (lua_rawgeti(L, scratch - 1, i + 1) != LUA_TTABLE)
+            loom_opt_error(L, idx, "certs", "list of {cert = file, key = file} tables");
+        int item = lua_gettop(L);
+        certs[i].cert = loom_opt_string(L, item, "cert", NULL);
+        certs[i].key = loom_opt_string(L, item, "key", NULL);
+        certs[i].names = read_names(L, item, scratch, i + 2, idx);
+        lua_pop(L, 1);
+    }
+    lua_remove(L, scratch - 1); /* scratch */
+    o->certs = certs;
+    o->ncerts = n;
+}
+
+/* Reads the settings in the table at idx; pushes one value that must stay on the stack
+ * while o is in use (what o->certs points into, or nil). */
+static void read_opts(lua_State *L, int idx, loom_tls_opts_t *o) {
     memset(o, 0, sizeof *o);
     o->verify = loom_opt_boolean(L, idx, "verify", 1);
     o->ca_file = loom_opt_string(L, idx, "ca_file", NULL);
     o->cert = loom_opt_string(L, idx, "cert", NULL);
     o->key = loom_opt_string(L, idx, "key", NULL);
     o->server = loom_opt_boolean(L, idx, "server", 0);
-    (void)arg;
+    read_certs(L, idx, o);
 }
 
 /* Pushes the configuration for the settings in the table at idx: the cached one while it is
@@ -147,31 +227,36 @@ static void read_opts(lua_State *L, int idx, int arg, loom_tls_opts_t *o) {
  * with nil, err pushed. */
 static int push_conf(lua_State *L, int idx) {
     loom_tls_opts_t o;
-    read_opts(L, idx, idx, &o);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY); /* cache */
-    push_key(L, &o);                               /* cache key */
-    if (lua_rawget(L, -2) == LUA_TUSERDATA) {      /* cache conf */
-        lua_remove(L, -2);
+    idx = lua_absindex(L, idx);
+    read_opts(L, idx, &o);
+    int keep = lua_gettop(L);                      /* keep */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &CACHE_KEY); /* keep cache */
+    push_key(L, &o);                               /* keep cache key */
+    if (lua_rawget(L, -2) == LUA_TUSERDATA) {      /* keep cache conf */
+        lua_replace(L, keep);
+        lua_settop(L, keep); /* conf */
         return 1;
     }
     lua_pop(L, 1);
     char err[256];
     loom_tls_conf_t *c = loom_tls_conf_new(&o, err, sizeof err);
     if (!c) {
-        lua_pop(L, 1);
+        lua_settop(L, keep - 1);
         return loom_fail(L, "tls", "%s", err);
     }
-    conf_box_t *b = lua_newuserdatauv(L, sizeof *b, 0); /* cache box */
+    conf_box_t *b = lua_newuserdatauv(L, sizeof *b, 0); /* keep cache box */
     b->conf = c;
     luaL_setmetatable(L, CONF_MT);
     push_key(L, &o);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4); /* cache[key] = box */
-    lua_remove(L, -2);
+    lua_replace(L, keep);
+    lua_settop(L, keep); /* box */
     return 1;
 }
 
-/* core.tls_config{verify = true, ca_file, cert, key, server = false} -> config | nil, err */
+/* core.tls_config{verify = true, ca_file, cert, key, server = false, certs} -> config | nil, err
+ * certs (servers): {{cert = file, key = file, names = {...}}, ...}, chosen by SNI. */
 static int l_tls_config(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     return push_conf(L, 1);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <arpa/inet.h>
 #include <mbedtls/version.h>
 #include <mbedtls/ssl.h>
@@ -20,10 +21,19 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/error.h>
 #include <mbedtls/asn1.h>
+#include <mbedtls/oid.h>
 #if MBEDTLS_VERSION_MAJOR >= 3 && defined(MBEDTLS_PSA_CRYPTO_C)
 #include <psa/crypto.h>
 #endif
 #include "tls.h"
+
+/* One certificate chain with its key, and the names it is chosen for by SNI. */
+typedef struct {
+    mbedtls_x509_crt crt;
+    mbedtls_pk_context key;
+    char **names;
+    int nnames;
+} own_cert_t;
 
 struct loom_tls_conf {
     int refs;
@@ -33,8 +43,8 @@ struct loom_tls_conf {
     mbedtls_entropy_context entropy;
     mbedtls_ctr_drbg_context drbg;
     mbedtls_x509_crt ca;
-    mbedtls_x509_crt own;
-    mbedtls_pk_context key;
+    own_cert_t *own; /* own[0] is the default */
+    int nown;
 };
 
 struct loom_tls {
@@ -91,34 +101,140 @@ static int load_system_ca(mbedtls_x509_crt *ca) {
     return mbedtls_x509_crt_parse_path(ca, "/etc/ssl/certs") >= 0 ? 0 : -1;
 }
 
-static int parse_key(loom_tls_conf_t *c, const char *path) {
+static int parse_key(loom_tls_conf_t *c, mbedtls_pk_context *key, const char *path) {
 #if MBEDTLS_VERSION_MAJOR >= 3
-    return mbedtls_pk_parse_keyfile(&c->key, path, NULL, mbedtls_ctr_drbg_random, &c->drbg);
+    return mbedtls_pk_parse_keyfile(key, path, NULL, mbedtls_ctr_drbg_random, &c->drbg);
 #else
-    return mbedtls_pk_parse_keyfile(&c->key, path, NULL);
+    (void)c;
+    return mbedtls_pk_parse_keyfile(key, path, NULL);
 #endif
 }
 
-static int load_own(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
-    int rc;
-    if (!o->cert && !o->key)
+static int check_pair(loom_tls_conf_t *c, own_cert_t *o) {
+#if MBEDTLS_VERSION_MAJOR >= 3
+    return mbedtls_pk_check_pair(&o->crt.pk, &o->key, mbedtls_ctr_drbg_random, &c->drbg);
+#else
+    (void)c;
+    return mbedtls_pk_check_pair(&o->crt.pk, &o->key);
+#endif
+}
+
+static int add_name(own_cert_t *o, const char *p, size_t len) {
+    char **names = realloc(o->names, sizeof *names * (size_t)(o->nnames + 1));
+    if (!names)
+        return -1;
+    o->names = names;
+    if (!(names[o->nnames] = malloc(len + 1)))
+        return -1;
+    memcpy(names[o->nnames], p, len);
+    names[o->nnames++][len] = '\0';
+    return 0;
+}
+
+/* The names a certificate serves when none were given: its dNSName entries, or, in an
+ * old-style certificate without them, its subject's CN. */
+static int names_from_cert(own_cert_t *o) {
+    for (const mbedtls_x509_sequence *s = &o->crt.subject_alt_names; s && s->buf.p; s = s->next)
+        if (s->buf.tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2) &&
+            add_name(o, (const char *)s->buf.p, s->buf.len) != 0)
+            return -1;
+    if (o->nnames > 0)
         return 0;
-    if (!o->cert || !o->key) {
+    for (const mbedtls_x509_name *n = &o->crt.subject; n; n = n->next)
+        if (n->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0)
+            return add_name(o, (const char *)n->val.p, n->val.len);
+    return 0;
+}
+
+static int load_pair(loom_tls_conf_t *c, own_cert_t *o, const loom_tls_cert_t *p, char *err, size_t n) {
+    int rc;
+    if (!p->cert || !p->key) {
         snprintf(err, n, "cert and key go together");
         return -1;
     }
-    if ((rc = mbedtls_x509_crt_parse_file(&c->own, o->cert)) != 0) {
-        set_err(err, n, o->cert, rc);
+    if ((rc = mbedtls_x509_crt_parse_file(&o->crt, p->cert)) != 0) {
+        set_err(err, n, p->cert, rc);
         return -1;
     }
-    if ((rc = parse_key(c, o->key)) != 0) {
-        set_err(err, n, o->key, rc);
+    if ((rc = parse_key(c, &o->key, p->key)) != 0) {
+        set_err(err, n, p->key, rc);
         return -1;
     }
-    if ((rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->own, &c->key)) != 0) {
+    if ((rc = check_pair(c, o)) != 0) { /* else every handshake would fail, later and vaguely */
+        snprintf(err, n, "%s is not the key of %s", p->key, p->cert);
+        return -1;
+    }
+    for (int i = 0; p->names && p->names[i]; i++)
+        if (add_name(o, p->names[i], strlen(p->names[i])) != 0)
+            goto nomem;
+    if (!p->names && names_from_cert(o) != 0)
+        goto nomem;
+    return 0;
+nomem:
+    snprintf(err, n, "out of memory");
+    return -1;
+}
+
+/* Whether `name` (from SNI, len bytes) matches `pattern`: equal ignoring case, or
+ * "*.example.com" matching one whole label before ".example.com" (RFC 6125 6.4.3). */
+static int name_matches(const char *pattern, const unsigned char *name, size_t len) {
+    size_t plen = strlen(pattern);
+    if (plen == len && strncasecmp(pattern, (const char *)name, len) == 0)
+        return 1;
+    if (plen < 3 || pattern[0] != '*' || pattern[1] != '.')
+        return 0;
+    const unsigned char *dot = memchr(name, '.', len);
+    size_t rest = dot ? len - (size_t)(dot - name) : 0;
+    return dot && dot > name && rest == plen - 1 &&
+           strncasecmp(pattern + 1, (const char *)dot, rest) == 0;
+}
+
+/* mbedTLS's SNI callback: "If a suitable certificate is found, the callback must set the
+ * certificate(s) and key(s) to use with mbedtls_ssl_set_hs_own_cert() ... If no matching
+ * name is found, the callback must either set a default cert, or return non-zero". A name
+ * we do not know gets the default (the first pair), as nginx does. */
+static int on_sni(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len) {
+    loom_tls_conf_t *c = p;
+    own_cert_t *pick = &c->own[0];
+    for (int i = 0; i < c->nown && pick == &c->own[0]; i++)
+        for (int j = 0; j < c->own[i].nnames; j++)
+            if (name_matches(c->own[i].names[j], name, len)) {
+                pick = &c->own[i];
+                break;
+            }
+    return mbedtls_ssl_set_hs_own_cert(ssl, &pick->crt, &pick->key);
+}
+
+static int load_own(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
+    loom_tls_cert_t one = {o->cert, o->key, NULL};
+    const loom_tls_cert_t *pairs = o->ncerts > 0 ? o->certs : &one;
+    int npairs = o->ncerts > 0 ? o->ncerts : 1;
+    if (o->ncerts <= 0 && !o->cert && !o->key) {
+        if (!o->server)
+            return 0;
+        snprintf(err, n, "a server needs a certificate and its key");
+        return -1;
+    }
+    if (!(c->own = calloc((size_t)npairs, sizeof *c->own))) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    for (; c->nown < npairs; c->nown++) {
+        own_cert_t *oc = &c->own[c->nown];
+        mbedtls_x509_crt_init(&oc->crt);
+        mbedtls_pk_init(&oc->key);
+        if (load_pair(c, oc, &pairs[c->nown], err, n) != 0) {
+            c->nown++; /* freed with the others */
+            return -1;
+        }
+    }
+    int rc = mbedtls_ssl_conf_own_cert(&c->conf, &c->own[0].crt, &c->own[0].key);
+    if (rc != 0) {
         set_err(err, n, "certificate", rc);
         return -1;
     }
+    if (o->server && npairs > 1)
+        mbedtls_ssl_conf_sni(&c->conf, on_sni, c);
     return 0;
 }
 
@@ -182,8 +298,6 @@ loom_tls_conf_t *loom_tls_conf_new(const loom_tls_opts_t *o, char *err, size_t e
     mbedtls_entropy_init(&c->entropy);
     mbedtls_ctr_drbg_init(&c->drbg);
     mbedtls_x509_crt_init(&c->ca);
-    mbedtls_x509_crt_init(&c->own);
-    mbedtls_pk_init(&c->key);
     if (setup_conf(c, o, err, errlen) != 0) {
         loom_tls_conf_unref(c);
         return NULL;
@@ -200,8 +314,14 @@ void loom_tls_conf_unref(loom_tls_conf_t *c) {
         return;
     mbedtls_ssl_config_free(&c->conf);
     mbedtls_x509_crt_free(&c->ca);
-    mbedtls_x509_crt_free(&c->own);
-    mbedtls_pk_free(&c->key);
+    for (int i = 0; i < c->nown; i++) {
+        mbedtls_x509_crt_free(&c->own[i].crt);
+        mbedtls_pk_free(&c->own[i].key);
+        for (int j = 0; j < c->own[i].nnames; j++)
+            free(c->own[i].names[j]);
+        free(c->own[i].names);
+    }
+    free(c->own);
     mbedtls_ctr_drbg_free(&c->drbg);
     mbedtls_entropy_free(&c->entropy);
     free(c);
@@ -391,6 +511,11 @@ int loom_tls_write(loom_tls_t *t, const char *p, size_t n) {
         n -= (size_t)rc;
     }
     return LOOM_TLS_OK;
+}
+
+void loom_tls_close_notify(loom_tls_t *t) {
+    if (t->done)
+        mbedtls_ssl_close_notify(&t->ssl); /* the alert lands in `out`; a failure changes nothing */
 }
 
 size_t loom_tls_pending(loom_tls_t *t, const char **p) {

@@ -12,12 +12,23 @@
 typedef struct loom_tls_conf loom_tls_conf_t;
 typedef struct loom_tls loom_tls_t;
 
+/* A certificate chain and its key, and the host names they serve. */
+typedef struct {
+    const char *cert;         /* certificate chain, PEM or DER file */
+    const char *key;          /* its private key */
+    const char *const *names; /* NULL-terminated; NULL: the dNSNames (else the CN) of the certificate */
+} loom_tls_cert_t;
+
 typedef struct {
     int server;          /* 0: client */
     int verify;          /* client: check the peer's chain and name */
     const char *ca_file; /* NULL: the system bundle */
     const char *cert;    /* own certificate chain (PEM or DER file), optional for clients */
     const char *key;     /* its private key */
+    /* Servers: the pairs to choose from by the client's SNI, the first when no name matches
+     * (or none was sent). Used instead of cert and key when ncerts > 0. */
+    const loom_tls_cert_t *certs;
+    int ncerts;
 } loom_tls_opts_t;
 
 /* Results of the session calls. */
@@ -44,6 +55,8 @@ int loom_tls_handshake_done(const loom_tls_t *t);
 int loom_tls_read(loom_tls_t *t, char *out, size_t cap, size_t *got);
 /* Encrypts all of p into the outgoing buffer: OK or ERR. */
 int loom_tls_write(loom_tls_t *t, const char *p, size_t n);
+/* Queues a close_notify alert in the outgoing buffer (after the handshake; else nothing). */
+void loom_tls_close_notify(loom_tls_t *t);
 
 /* Ciphertext out: what waits to be sent, then how much the caller took. */
 size_t loom_tls_pending(loom_tls_t *t, const char **p);

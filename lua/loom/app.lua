@@ -198,7 +198,30 @@ end
 
 -- Serving -----------------------------------------------------------------------------
 
--- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log } -> server | nil, err
+local TLS_SHAPE = "option 'tls': {cert = file, key = file [, names]} or a list of them expected"
+
+-- The server's TLS configuration from app:listen's `tls` option: one {cert, key} pair, or
+-- a list of pairs chosen by the client's SNI among their `names` (default: the names in
+-- the certificate), the first pair when no name matches. -> config | nil, "tls: ..."
+local function tls_config(tls)
+    if type(tls) ~= "table" then args.fail("listen", 1, TLS_SHAPE, 2) end
+    local pairs_ = tls[1] ~= nil and tls or { tls }
+    local certs = {}
+    for i, p in ipairs(pairs_) do
+        if type(p) ~= "table" or type(p.cert) ~= "string" or type(p.key) ~= "string" then
+            args.fail("listen", 1, TLS_SHAPE, 2)
+        end
+        local names = p.names
+        if type(names) == "string" then names = { names } end
+        if names ~= nil and type(names) ~= "table" then
+            args.fail("listen", 1, "option 'tls': names must be a string or a list of strings", 2)
+        end
+        certs[i] = { cert = p.cert, key = p.key, names = names }
+    end
+    return core.tls_config{ server = true, certs = certs }
+end
+
+-- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls } -> server | nil, err
 function App:listen(opts)
     opts = args.opts(opts, "listen", 1)
     local o = {}
@@ -212,9 +235,10 @@ function App:listen(opts)
     o.backlog = args.opt(opts, "backlog", "number", nil, "listen", 1)
     o.reuseport = args.opt(opts, "reuseport", "boolean", nil, "listen", 1)
     o.access_log = args.opt(opts, "access_log", "boolean", nil, "listen", 1)
-    if opts.tls then
-        args.opt(opts, "tls", "table", nil, "listen", 1)
-        return nil, "tls: HTTPS serving is not available in this build yet"
+    if opts.tls ~= nil then
+        local err
+        o.tls, err = tls_config(opts.tls)
+        if not o.tls then return nil, err end
     end
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
     return core.http_listen(self:_entry(), request.mt, o)
@@ -239,7 +263,8 @@ function App:run(opts)
         return require("loom.workers").run(run, workers, o, grace)
     end
     local srv = run()
-    io.stdout:write(("listening on http://%s:%d\n"):format(o.host or "0.0.0.0", srv.port))
+    io.stdout:write(("listening on %s://%s:%d\n"):format(o.tls and "https" or "http", o.host or "0.0.0.0",
+        srv.port))
     io.stdout:flush()
     local sig = core.wait_signal({ "SIGINT", "SIGTERM" })
     io.stderr:write(("loom: %s, closing (up to %gs for requests in flight)\n"):format(sig, grace))
