@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# smoke/https: app:listen{tls = ...} seen by third-party clients. With a throwaway CA and
+# two certificates made by openssl now (spec/support/make_certs.sh):
+#   - curl trusting only the test CA reaches the server, by name and by IP, twice on one
+#     connection, and posts a body;
+#   - SNI picks b.test's certificate for b.test; a name no certificate has (and no SNI at
+#     all) gets the default, the first one (openssl s_client shows the subject);
+#   - a client that opens TCP and never handshakes is dropped after header_timeout, and
+#     the server answers others meanwhile.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+certs=$SMOKE_TMP/certs
+bash "$LOOM_SRC/spec/support/make_certs.sh" "$certs"
+cat >"$SMOKE_TMP/server.lua" <<EOF
+local app = loom.app{ header_timeout = 1 }
+app:get("/hello", function(req) return "hello " .. req.remote end)
+app:post("/len", function(req) return tostring(#req:text()) end)
+app:run{ host = "127.0.0.1", port = tonumber(arg[1]), access_log = false, tls = {
+    { cert = "$certs/a.pem", key = "$certs/a.key" },
+    { cert = "$certs/b.pem", key = "$certs/b.key" },
+} }
+EOF
+port=$(free_port)
+start_server "$LOOM" "$SMOKE_TMP/server.lua" "$port"
+wait_port "$port"
+grep -q "listening on https://127.0.0.1:$port" "$LOOM_SERVER_LOG" || fail "no 'listening on https://' line"
+
+curl_ca() { curl -sS --max-time 5 --cacert "$certs/ca.pem" "$@"; }
+
+# curl, verifying against the test CA only
+[[ $(curl_ca "https://127.0.0.1:$port/hello") == "hello 127.0.0.1" ]] || fail "curl by IP"
+[[ $(curl_ca --resolve "a.test:$port:127.0.0.1" "https://a.test:$port/hello") == "hello 127.0.0.1" ]] ||
+    fail "curl by name"
+out=$(curl_ca -v --resolve "b.test:$port:127.0.0.1" "https://b.test:$port/hello" "https://b.test:$port/hello" 2>&1)
+[[ $(grep -c "hello 127.0.0.1" <<<"$out") == 2 ]] || fail "two requests on one connection: $out"
+grep -q "Re-using existing connection" <<<"$out" || fail "curl did not reuse the connection"
+head -c 300000 /dev/zero | tr '\0' x >"$SMOKE_TMP/body"
+[[ $(curl_ca --data-binary "@$SMOKE_TMP/body" "https://127.0.0.1:$port/len") == 300000 ]] || fail "POST body"
+# a client that does not trust the CA is refused by curl, as it must be
+if curl -sS --max-time 5 "https://127.0.0.1:$port/hello" >/dev/null 2>&1; then
+    fail "curl accepted the server without the test CA"
+fi
+
+# the certificate each SNI name gets
+subject() { # servername or "" for none
+    local sni=()
+    [[ -n $1 ]] && sni=(-servername "$1")
+    openssl s_client -connect "127.0.0.1:$port" "${sni[@]}" </dev/null 2>/dev/null |
+        openssl x509 -noout -subject 2>/dev/null | sed 's/ //g'
+}
+[[ $(subject b.test) == "subject=CN=b.test" ]] || fail "SNI b.test got $(subject b.test)"
+[[ $(subject x.b.test) == "subject=CN=b.test" ]] || fail "SNI x.b.test got $(subject x.b.test)"
+[[ $(subject a.test) == "subject=CN=a.test" ]] || fail "SNI a.test got $(subject a.test)"
+[[ $(subject wrong.example) == "subject=CN=a.test" ]] || fail "a wrong SNI got $(subject wrong.example)"
+[[ $(subject "") == "subject=CN=a.test" ]] || fail "no SNI got $(subject "")"
+
+# a silent client: dropped after header_timeout (1 s); others are served meanwhile
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+start=$SECONDS
+[[ $(curl_ca "https://127.0.0.1:$port/hello") == "hello 127.0.0.1" ]] || fail "served while one stalls"
+if ! timeout 5 cat <&3 >/dev/null; then
+    fail "the silent client was not dropped within 5 s"
+fi
+exec 3<&-
+((SECONDS - start <= 4)) || fail "the silent client was dropped late"
+stop_server
+echo "ok: https"
