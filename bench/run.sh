@@ -20,9 +20,11 @@ else
 fi
 echo "== idle keep-alive connections"
 python3 bench/peers.py idle --conns 10000
-if [ -f "$SHARED/run_peers.py" ] && [ -f lua/loom/client.lua ]; then
-    echo "== client"
+echo "== client"
+if [ -f "$SHARED/run_peers.py" ]; then
     python3 "$SHARED/run_peers.py" client --rounds "$ROUNDS"
+else
+    python3 bench/client/run.py --rounds "$ROUNDS"
 fi
 for extra in bench/*.sh; do
     case "$extra" in bench/run.sh) ;; *) echo "== $extra"; bash "$extra" ;; esac
