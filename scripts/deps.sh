@@ -10,9 +10,14 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev node-llhttp
           libmbedtls-dev zlib1g-dev lua-cjson lua-busted luarocks curl openssl python3
-          python3-requests valgrind clang clang-format)
+          python3-requests valgrind clang clang-format
+          python3-websockets chromium nodejs)
 bench_packages=(wrk nginx libnginx-mod-http-lua nodejs python3-aiohttp)
 commands=(cc cmake pkg-config lua5.4 busted luarocks curl openssl python3)
+
+# The browser test installs playwright-core with npm: Debian packages npm apart from nodejs,
+# while a nodejs from elsewhere (NodeSource) brings its own and conflicts with Debian's.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 for a in "$@"; do
     case $a in

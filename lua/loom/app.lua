@@ -19,7 +19,8 @@ local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout"
 --           body_timeout = 60, send_timeout = 60 }
 local function new(opts)
     opts = args.opts(opts, "app", 1)
-    local app = setmetatable({ router = router.new(), middleware = {}, limits = {} }, App)
+    local app = setmetatable({ router = router.new(), middleware = {}, limits = {},
+        websockets = setmetatable({}, { __mode = "k" }) }, App)
     for _, k in ipairs(LIMITS) do
         local v = args.opt(opts, k, "number", nil, "app", 1)
         if v and v < 0 then args.fail("app", 1, "option '" .. k .. "': must not be negative") end
@@ -180,8 +181,17 @@ end
 -- middleware runs for the upgrade request like for any other.
 function App:ws(pattern, fn, opts)
     check_route(pattern, fn, "ws")
-    self.router:add("GET", pattern, require("loom.websocket").server_handler(fn, opts))
+    self.router:add("GET", pattern, require("loom.websocket").server_handler(fn, opts, self.websockets))
     return self
+end
+
+-- Closes the app's open websockets with 1001 (going away), each in a task of its own.
+-- app:run does this after srv:close: an upgraded connection is no longer the server's, and
+-- its handler would otherwise keep the process alive.
+function App:close_websockets()
+    for ws in pairs(self.websockets) do
+        core.spawn(function() ws:close(1001, "server shutting down") end)
+    end
 end
 
 -- app:static(prefix, dir): files under dir at prefix/...
@@ -260,7 +270,11 @@ function App:run(opts)
         return srv
     end
     if workers > 1 then
-        return require("loom.workers").run(run, workers, o, grace)
+        return require("loom.workers").run(function()
+            local srv = run()
+            -- what the worker closes on a signal: the server, then the websockets
+            return { port = srv.port, close = function(_, g) srv:close(g); self:close_websockets() end }
+        end, workers, o, grace)
     end
     local srv = run()
     io.stdout:write(("listening on %s://%s:%d\n"):format(o.tls and "https" or "http", o.host or "0.0.0.0",
@@ -269,6 +283,7 @@ function App:run(opts)
     local sig = core.wait_signal({ "SIGINT", "SIGTERM" })
     io.stderr:write(("loom: %s, closing (up to %gs for requests in flight)\n"):format(sig, grace))
     srv:close(grace)
+    self:close_websockets()
     return srv
 end
 

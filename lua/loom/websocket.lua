@@ -366,9 +366,11 @@ end
 
 -- The handler run by app:ws for an upgrade request: checks the request, answers 101,
 -- runs fn(ws, req) and closes the websocket after it (1000, or 1011 when fn raised; the
--- error and its traceback go to stderr).
-function M.server_handler(fn, opts)
+-- error and its traceback go to stderr). `open` is a set that holds the websocket while
+-- fn runs.
+function M.server_handler(fn, opts, open)
     opts = check_opts(opts, "ws", 3)
+    open = open or {} -- the app's set of open websockets (app:close_websockets)
     return function(req)
         local h = req.headers
         local key = h["sec-websocket-key"]
@@ -385,7 +387,9 @@ function M.server_handler(fn, opts)
             return { status = 503, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = err }
         end
         local ws = wrap(st, false, opts, protocol)
+        open[ws] = true
         local ok, e = xpcall(fn, traceback, ws, req)
+        open[ws] = nil
         if not ws.closed then
             if ok then ws:close(1000) else fail(ws, 1011, "server error") end
         end
