@@ -102,8 +102,9 @@ struct hc_x {
     double wait_timeout;
     double deadline;        /* loom.now() seconds; < 0: none */
     const char *ekind;      /* failure kind, when phase is X_FAILED */
-    char emsg[200];
     int retryable;
+    char emsg[200];         /* set before it is read: not cleared for each request */
+    char inl[512];          /* a small body, without an allocation */
 };
 
 /* http_client.c */

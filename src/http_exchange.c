@@ -8,6 +8,7 @@
  * even looks at it. Knows nothing of URLs, redirects or cookies (lua/loom/client.lua).
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,27 @@ void hc_x_event(hc_x_t *x) {
         loom_wake(x->waiter);
 }
 
+static int grow_body(hc_x_t *x, size_t need) {
+    size_t cap = x->bcap * 2;
+    while (cap < need)
+        cap *= 2;
+    char *nb = x->body == x->inl ? malloc(cap) : realloc(x->body, cap);
+    if (!nb)
+        return -1;
+    if (x->body == x->inl)
+        memcpy(nb, x->inl, x->blen);
+    x->body = nb;
+    x->bcap = cap;
+    return 0;
+}
+
+static void free_body(hc_x_t *x) {
+    if (x->body != x->inl)
+        free(x->body);
+    x->body = NULL;
+    x->bpos = x->blen = x->bcap = 0;
+}
+
 static int append(hc_x_t *x, const char *p, size_t n) {
     if (x->total + n > x->max_body) {
         hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
@@ -63,17 +85,13 @@ static int append(hc_x_t *x, const char *p, size_t n) {
     x->total += n;
     if (x->bpos == x->blen)
         x->bpos = x->blen = 0;
-    if (x->blen + n > x->bcap) {
-        size_t cap = x->bcap ? x->bcap * 2 : 4096;
-        while (cap < x->blen + n)
-            cap *= 2;
-        char *nb = realloc(x->body, cap);
-        if (!nb) {
-            hc_x_fail(x, "limit", "out of memory for the response body");
-            return -1;
-        }
-        x->body = nb;
-        x->bcap = cap;
+    if (!x->body) { /* small bodies stay inside x: no allocation */
+        x->body = x->inl;
+        x->bcap = sizeof x->inl;
+    }
+    if (x->blen + n > x->bcap && grow_body(x, x->blen + n) != 0) {
+        hc_x_fail(x, "limit", "out of memory for the response body");
+        return -1;
     }
     memcpy(x->body + x->blen, p, n);
     x->blen += n;
@@ -106,37 +124,19 @@ static int push_fail(lua_State *L, hc_x_t *x) {
     return 3;
 }
 
-/* headers[name] = value, or joined to what is there with ", ". Stack: ... headers name value */
-static void add_header(lua_State *L, int headers) {
-    lua_pushvalue(L, -2);
-    if (lua_rawget(L, headers) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_rawset(L, headers);
-        return;
-    }
-    lua_pushliteral(L, ", ");
-    lua_rotate(L, -3, -1); /* ... name old ", " value */
-    lua_concat(L, 3);
-    lua_rawset(L, headers);
-}
-
-/* Pushes headers (lowercase names, repeats joined) and the raw list {n1, v1, n2, v2, ...}. */
-static void push_headers(lua_State *L, const loom_head_t *hd) {
-    lua_createtable(L, 0, hd->nhdrs);     /* headers */
-    lua_createtable(L, 2 * hd->nhdrs, 0); /* headers raw */
-    int headers = lua_gettop(L) - 1;
+/* Pushes the raw list {name1, value1, name2, value2, ...}: names lowercase, in wire order.
+ * Lua makes the headers table from it when it is first asked for. */
+static void push_raw(lua_State *L, const loom_head_t *hd) {
+    lua_createtable(L, 2 * hd->nhdrs, 0);
     for (int i = 0; i < hd->nhdrs; i++) {
         lua_pushlstring(L, LOOM_HEAD_NAME(hd, i), hd->hdrs[i].name_len);
+        lua_rawseti(L, -2, 2 * i + 1);
         lua_pushlstring(L, LOOM_HEAD_VALUE(hd, i), hd->hdrs[i].value_len);
-        lua_pushvalue(L, -2);
-        lua_rawseti(L, headers + 1, 2 * i + 1);
-        lua_pushvalue(L, -1);
-        lua_rawseti(L, headers + 1, 2 * i + 2);
-        add_header(L, headers);
+        lua_rawseti(L, -2, 2 * i + 2);
     }
 }
 
-/* x status reason headers raw version, with x at index 1. */
+/* x status reason raw version, with x at index 1. */
 static int push_head(lua_State *L, hc_x_t *x) {
     if (x->phase == X_FAILED || x->phase == X_CLOSED || !x->head)
         return push_fail(L, x);
@@ -144,11 +144,14 @@ static int push_head(lua_State *L, hc_x_t *x) {
     lua_settop(L, 1);
     lua_pushinteger(L, x->status);
     lua_pushlstring(L, hd->data + hd->url, hd->url_len);
-    push_headers(L, hd);
-    lua_pushstring(L, x->minor == 0 ? "1.0" : "1.1");
+    push_raw(L, hd);
+    if (x->minor == 0)
+        lua_pushliteral(L, "1.0");
+    else
+        lua_pushliteral(L, "1.1");
     x->head = NULL;
     loom_head_release(&x->pool->heads, hd);
-    return 6;
+    return 5;
 }
 
 /* ---------------------------------------------------------------- waits */
@@ -181,19 +184,25 @@ static int wait_head(lua_State *L, hc_x_t *x) {
     return park(L, x, W_HEAD, x->read_timeout);
 }
 
-/* Writes the request kept in the uservalues on x's connection, then waits for the head
- * (or, for an upload, returns x, true to let Lua write the body). */
-static int send_request(lua_State *L, hc_x_t *x) {
+/* Writes the request (head and body at stack indices hi and bi, or else the ones kept in
+ * x's uservalues) on x's connection, then waits for the head (or, for an upload, returns
+ * x, true to let Lua write the body). */
+static int send_request(lua_State *L, hc_x_t *x, int hi, int bi) {
     hc_conn_t *c = x->c;
     uv_buf_t bufs[2];
     size_t len;
     int n = 1;
-    lua_settop(L, 1);
-    lua_getiuservalue(L, 1, 2);
-    bufs[0].base = (char *)lua_tolstring(L, -1, &len);
+    if (!hi) {
+        lua_settop(L, 1);
+        lua_getiuservalue(L, 1, 2);
+        lua_getiuservalue(L, 1, 3);
+        hi = 2;
+        bi = 3;
+    }
+    bufs[0].base = (char *)lua_tolstring(L, hi, &len);
     bufs[0].len = len;
-    if (lua_getiuservalue(L, 1, 3) == LUA_TSTRING) {
-        bufs[1].base = (char *)lua_tolstring(L, -1, &len);
+    if (lua_type(L, bi) == LUA_TSTRING) {
+        bufs[1].base = (char *)lua_tolstring(L, bi, &len);
         bufs[1].len = len;
         n = len ? 2 : 1;
     }
@@ -219,7 +228,7 @@ static int after_slot(lua_State *L, hc_x_t *x) {
     if (x->phase == X_FAILED)
         return push_fail(L, x);
     if (x->c)
-        return send_request(L, x);
+        return send_request(L, x, 0, 0);
     if (x->slot) {
         lua_settop(L, 1);
         lua_pushboolean(L, 0);
@@ -231,11 +240,8 @@ static int after_slot(lua_State *L, hc_x_t *x) {
 static int take_body(lua_State *L, hc_x_t *x) {
     lua_pushlstring(L, x->body + x->bpos, x->blen - x->bpos);
     x->bpos = x->blen = 0;
-    if (x->bcap > 256 * 1024) { /* a big response's buffer goes with it */
-        free(x->body);
-        x->body = NULL;
-        x->bcap = 0;
-    }
+    if (x->bcap > 256 * 1024) /* a big response's buffer goes with it */
+        free_body(x);
     return 1;
 }
 
@@ -354,7 +360,7 @@ static void read_timeouts(lua_State *L, hc_x_t *x, int first) {
 
 /* core.http_request(pool, key, head, body, flags, max_body, wait_timeout, read_timeout,
  *                   deadline)
- *   -> x, status, reason, headers, raw, version   the response head arrived
+ *   -> x, status, reason, raw, version   the response head arrived (raw: {name, value, ...})
  *   -> x, false   no connection to reuse, and a slot for a new one: connect, then x:attach
  *   -> x, true    (HX_UPLOAD) the head is sent: x:write the body, then x:finish
  *   -> nil, err, retryable */
@@ -371,7 +377,7 @@ static int l_http_request(lua_State *L) {
     if (!h)
         return luaL_error(L, "out of memory");
     hc_x_t *x = lua_newuserdatauv(L, sizeof *x, 3);
-    memset(x, 0, sizeof *x);
+    memset(x, 0, offsetof(hc_x_t, emsg));
     luaL_setmetatable(L, HC_X_MT);
     x->pool = p;
     p->xrefs++;
@@ -381,18 +387,18 @@ static int l_http_request(lua_State *L) {
     read_timeouts(L, x, 7);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1); /* the pool outlives its exchanges */
-    lua_pushvalue(L, 3);
-    lua_setiuservalue(L, -2, 2);
-    lua_pushvalue(L, 4);
-    lua_setiuservalue(L, -2, 3);
-    lua_replace(L, 1);
-    lua_settop(L, 1); /* x */
+    lua_replace(L, 1);           /* x pool? key head body ... */
     hc_conn_t *c = (flags & HX_FRESH) ? NULL : hc_take_idle(h);
-    if (c) {
+    if (c) { /* the fast path: a kept-alive connection, the request goes out now */
         x->reused = 1;
         hc_conn_begin(c, x);
-        return send_request(L, x);
+        return send_request(L, x, 3, 4);
     }
+    lua_pushvalue(L, 3); /* kept for when a connection comes */
+    lua_setiuservalue(L, 1, 2);
+    lua_pushvalue(L, 4);
+    lua_setiuservalue(L, 1, 3);
+    lua_settop(L, 1); /* x */
     if (h->active < p->max_per_host) {
         h->active++;
         x->slot = 1;
@@ -417,7 +423,7 @@ static int x_attach(lua_State *L) {
     }
     x->slot = 0; /* the slot is the connection's now */
     hc_conn_begin(c, x);
-    return send_request(L, x);
+    return send_request(L, x, 0, 0);
 }
 
 /* x:read_all() -> the rest of the body | nil, err */
@@ -501,9 +507,7 @@ static void x_close(hc_x_t *x, double drain) {
         else
             hc_conn_close(c);
     }
-    free(x->body);
-    x->body = NULL;
-    x->bpos = x->blen = x->bcap = 0;
+    free_body(x);
     loom_inflate_free(x->z);
     x->z = NULL;
     if (x->head) {

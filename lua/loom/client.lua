@@ -311,14 +311,14 @@ local function upload(x, fn)
     return x:finish()
 end
 
--- One request on the wire: x, status, reason, headers, raw, version | nil, err, retryable
+-- One request on the wire: x, status, reason, raw, version | nil, err, retryable
 local function send(sess, req, u, head, fresh)
     local key, conf, server_name = key_of(sess, req, u)
     if not key then return nil, conf end
     local body = req.body
     local flags = req.flags | (fresh and F_FRESH or 0)
     if type(body) == "function" then flags, body = flags | F_UPLOAD, nil end
-    local x, a, b, c, d, e = http_request(sess.pool, key, head, body, flags, req.max_body,
+    local x, a, b, c, d = http_request(sess.pool, key, head, body, flags, req.max_body,
         req.connect_timeout, req.read_timeout, req.deadline)
     if x and a == false then
         local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
@@ -327,18 +327,17 @@ local function send(sess, req, u, head, fresh)
             x:close()
             return nil, err
         end
-        x, a, b, c, d, e = x:attach(st)
+        x, a, b, c, d = x:attach(st)
     end
     if x and a == true then
-        x, a, b, c, d, e = upload(x, req.body)
+        x, a, b, c, d = upload(x, req.body)
     end
-    return x, a, b, c, d, e
+    return x, a, b, c, d
 end
 
-local function new_response(x, status, reason, headers, raw, version, u, method)
+local function new_response(x, status, reason, raw, version, u, method)
     return setmetatable({ status = status, reason = reason, ok = status >= 200 and status < 300,
-        headers = setmetatable(headers, headers_mt), _raw = raw, version = version,
-        url = u.href, method = method, _x = x }, Response)
+        _raw = raw, version = version, url = u.href, method = method, _x = x }, Response)
 end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -412,14 +411,26 @@ end
 
 -- One hop, retried once on a fresh connection when a kept-alive one turned out stale.
 local function hop(sess, req, u)
-    local head = build_head(sess, req, u)
-    local x, status, reason, headers, raw, version = send(sess, req, u, head, false)
+    local head
+    if req.shared and not (sess.jar and sess.jar.count > 0) then
+        -- a call without options and no cookies to send: the head is the same every time
+        local cache = u.heads
+        if not cache then cache = {}; u.heads = cache end
+        head = cache[req.method]
+        if not head then
+            head = build_head(sess, req, u)
+            cache[req.method] = head
+        end
+    else
+        head = build_head(sess, req, u)
+    end
+    local x, status, reason, raw, version = send(sess, req, u, head, false)
     if not x and reason and IDEMPOTENT[req.method] and type(req.body) ~= "function" then
-        x, status, reason, headers, raw, version = send(sess, req, u, head, true)
+        x, status, reason, raw, version = send(sess, req, u, head, true)
     end
     if not x then return nil, status end
     if sess.jar then sess.jar:store(raw, u) end
-    return new_response(x, status, reason, headers, raw, version, u, req.method)
+    return new_response(x, status, reason, raw, version, u, req.method)
 end
 
 local function copy(t)
@@ -430,7 +441,7 @@ local function copy(t)
 end
 
 local function request(sess, method, s, opts, fname)
-    args.check(s, "string", fname, 1)
+    if type(s) ~= "string" then args.check(s, "string", fname, 1) end
     local req
     if opts == nil then
         req = sess.plain[method or "GET"]
@@ -478,14 +489,32 @@ end
 
 -- Responses -------------------------------------------------------------------------
 
-function Response.__index(t, k)
-    if k == "raw_headers" then
-        local raw, list = t._raw, {}
+-- res.headers and res.raw_headers are made from the raw list when first read.
+local lazy = {
+    headers = function(raw)
+        local h = {}
+        for i = 1, #raw, 2 do
+            local k, v = raw[i], raw[i + 1]
+            local old = h[k]
+            h[k] = old and (old .. ", " .. v) or v
+        end
+        return setmetatable(h, headers_mt)
+    end,
+    raw_headers = function(raw)
+        local list = {}
         for i = 1, #raw, 2 do list[#list + 1] = { raw[i], raw[i + 1] } end
-        rawset(t, k, list)
         return list
-    end
-    return Response[k]
+    end,
+}
+
+function Response.__index(t, k)
+    local m = Response[k]
+    if m ~= nil then return m end
+    local make = lazy[k]
+    if not make then return nil end
+    local v = make(t._raw)
+    rawset(t, k, v)
+    return v
 end
 
 -- res:text() -> the body | nil, err (a streamed response reads what is left of it).
