@@ -371,6 +371,7 @@ static int l_http_request(lua_State *L) {
     luaL_checktype(L, 3, LUA_TSTRING);
     int flags = (int)luaL_checkinteger(L, 5);
     lua_Integer max_body = luaL_checkinteger(L, 6);
+    loom_task_self(L, "fetch"); /* before anything is sent: raises outside a task */
     if (p->closed)
         return loom_fail(L, "closed", "session closed");
     hc_host_t *h = hc_host_get(p, key, klen);

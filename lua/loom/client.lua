@@ -335,9 +335,9 @@ local function send(sess, req, u, head, fresh)
     return x, a, b, c, d
 end
 
-local function new_response(x, status, reason, raw, version, u, method)
+local function new_response(x, status, reason, raw, version, u)
     return setmetatable({ status = status, reason = reason, ok = status >= 200 and status < 300,
-        _raw = raw, version = version, url = u.href, method = method, _x = x }, Response)
+        _raw = raw, version = version, url = u.href, _x = x }, Response)
 end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -430,7 +430,7 @@ local function hop(sess, req, u)
     end
     if not x then return nil, status end
     if sess.jar then sess.jar:store(raw, u) end
-    return new_response(x, status, reason, raw, version, u, req.method)
+    return new_response(x, status, reason, raw, version, u)
 end
 
 local function copy(t)
@@ -452,7 +452,6 @@ local function request(sess, method, s, opts, fname)
         check_limits(fname, opts)
         s = with_query(s, opts.query)
     end
-    args.need_task(fname, 2)
     req = req or make_req(sess, method, opts or {})
     s = absolute(sess, s)
     local u, err = url_info(sess, s)
