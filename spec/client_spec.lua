@@ -208,6 +208,24 @@ describe("the pool", function()
         end)
     end)
 
+    it("closes idle connections after idle_timeout, or the server's Keep-Alive timeout", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st, req)
+                util.respond(st, 200, "k", req.target == "/ka" and { ["Keep-Alive"] = "timeout=1" } or nil)
+            end)
+            local s <close> = loom.session{ idle_timeout = 0.2 }
+            assert(s:get(base .. "/"))
+            assert.equal(1, s:stats().idle)
+            loom.sleep(0.3)
+            assert.equal(0, s:stats().idle)
+            local s2 <close> = loom.session{ idle_timeout = 30 }
+            assert(s2:get(base .. "/ka"))
+            assert.equal(1, s2:stats().idle)
+            loom.sleep(0.7) -- Keep-Alive: timeout=1 gives the connection half a second
+            assert.equal(0, s2:stats().idle)
+        end)
+    end)
+
     it("keeps separate connections per host name", function()
         run(function()
             local srv <close>, base = echo_app()
