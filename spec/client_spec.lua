@@ -97,6 +97,23 @@ describe("loom.fetch", function()
         end)
     end)
 
+    it("takes an early answer to an upload, and does not reuse its connection", function()
+        run(function()
+            local app = loom.app{ max_body = 1000 }
+            app:post("/up", function(req) return "got " .. #assert(req:text()) end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local s <close> = loom.session()
+            local n = 0
+            local res = assert(s:post("http://127.0.0.1:" .. srv.port .. "/up", { body = function()
+                n = n + 1
+                if n <= 20 then return string.rep("x", 100000) end
+            end }))
+            assert.equal(413, res.status)
+            assert.equal("got 5", assert(s:post("http://127.0.0.1:" .. srv.port .. "/up", { body = "small" })):text())
+            assert.equal(2, s:stats().opened)
+        end)
+    end)
+
     it("sends user:password from the URL as Basic auth", function()
         run(function()
             local srv <close>, base = echo_app()

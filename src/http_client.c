@@ -302,7 +302,8 @@ void hc_conn_begin(hc_conn_t *c, hc_x_t *x) {
 /* The response ended: the connection goes back to the pool or is closed. */
 static void message_done(hc_conn_t *c) {
     hc_x_t *x = c->x;
-    int keep = c->keep && healthy(c);
+    /* an answer that came before the whole upload was sent leaves the request cut short */
+    int keep = c->keep && healthy(c) && (!x || x->req_done);
     if (x) {
         x->phase = X_DONE;
         x->c = NULL;

@@ -217,6 +217,7 @@ static int send_request(lua_State *L, hc_x_t *x, int hi, int bi) {
         return push_fail(L, x);
     }
     x->phase = X_SENT;
+    x->req_done = !(x->flags & HX_UPLOAD);
     if (x->flags & HX_UPLOAD) {
         lua_pushboolean(L, 1);
         return 2;
@@ -447,8 +448,14 @@ static int send_chunk(lua_State *L, hc_x_t *x, const char *p, size_t n, int last
     char pre[24];
     uv_buf_t bufs[3];
     int nb = 0;
+    if (x->phase == X_HEAD || x->phase == X_DONE) { /* answered already: the rest is moot */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     if (!x->c || x->phase == X_FAILED)
         return after_write(L, x);
+    if (last)
+        x->req_done = 1;
     if (n > 0) {
         bufs[nb++] = uv_buf_init(pre, (unsigned)snprintf(pre, sizeof pre, "%zx\r\n", n));
         bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
