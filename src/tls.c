@@ -526,6 +526,11 @@ size_t loom_tls_pending(loom_tls_t *t, const char **p) {
 void loom_tls_sent(loom_tls_t *t, size_t n) {
     if (n >= t->out_len) {
         t->out_len = 0;
+        if (t->out_cap > 256 * 1024) { /* give back what a big response grew */
+            free(t->out);
+            t->out = NULL;
+            t->out_cap = 0;
+        }
         return;
     }
     memmove(t->out, t->out + n, t->out_len - n);
