@@ -173,6 +173,8 @@ static double wait_time(hc_x_t *x, double base) {
 
 static int park(lua_State *L, hc_x_t *x, int what, double base) {
     loom_task_t *t = loom_task_self(L, "fetch");
+    if (x->waiter && x->waiter != t)
+        return luaL_error(L, "another task is already reading this response");
     x->waiter = t;
     x->wait = what;
     return loom_park(L, t, wait_time(x, base), x_build, x_abort, x);
