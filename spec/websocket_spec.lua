@@ -426,6 +426,40 @@ describe("app:ws against hostile frames", function()
         end)
     end
 
+    -- A fake server that accepts the upgrade, then sends `bytes`; returns what it read back
+    -- (the client's close frame) through the queue.
+    local function fake_server(bytes, got)
+        return assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(s)
+            local key
+            repeat
+                local line = s:read_line()
+                key = key or (line and line:match("^Sec%-WebSocket%-Key: (.+)$"))
+            until not line or line == ""
+            s:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                "Sec-WebSocket-Accept: " .. core.ws_accept(key) .. "\r\n\r\n", bytes)
+            s:settimeout(5)
+            local fin, _, op, masked, payload = core.ws_read_frame(s, 1000)
+            got:put({ fin, op, masked, payload and #payload >= 2 and byte(payload, 1) * 256 + byte(payload, 2) })
+            s:close()
+        end })
+    end
+
+    for _, case in ipairs({
+        { "a masked frame from the server", core.ws_frame(1, "hi", true, true), 1002, "masked frame from server" },
+        { "invalid UTF-8 from the server", core.ws_frame(1, "\xff", true, false), 1007, "text is not UTF-8" },
+        { "a reserved opcode from the server", core.ws_frame(5, "", true, false), 1002, "unknown opcode" },
+    }) do
+        it("the client closes with " .. case[3] .. " on " .. case[1], function()
+            run(function()
+                local got = loom.queue()
+                local l <close> = fake_server(case[2], got)
+                local ws = assert(loom.websocket(format("ws://127.0.0.1:%d/", l.port)))
+                assert.same({ nil, format("closed: %d %s", case[3], case[4]) }, { ws:receive() })
+                assert.same({ true, 8, true, case[3] }, got:get()) -- a masked close frame with the code
+            end)
+        end)
+    end
+
     it("a peer that vanishes mid-frame ends the handler with 1006", function()
         run(function()
             local srv <close>, ends = serve()
