@@ -1,7 +1,7 @@
 /*
  * inflate.c - gzip and deflate decoding with zlib for response bodies. "deflate" is meant
- * to be zlib-wrapped (RFC 9110 8.4.1.2) but some servers send raw deflate: the first
- * failure before any output retries the same bytes as raw deflate, as browsers do.
+ * to be zlib-wrapped (RFC 9110 8.4.1.2) but some servers send raw deflate: the first two
+ * bytes tell them apart (a zlib header is CM = 8 and a multiple of 31), as browsers do.
  * Bytes after the end of the compressed stream are ignored.
  */
 #include <stdlib.h>
@@ -14,9 +14,10 @@
 struct loom_inflate {
     z_stream zs;
     int coding;
+    int started;  /* zlib is set up (deflate waits for two bytes to choose) */
     int ended;
-    int produced; /* any output yet: past that, no retry as raw deflate */
-    int raw;      /* retried as raw deflate */
+    unsigned char first[2];
+    int nfirst;
     const char *err;
 };
 
@@ -30,55 +31,70 @@ loom_inflate_t *loom_inflate_new(int coding) {
     if (!z)
         return NULL;
     z->coding = coding;
+    if (coding == LOOM_CODING_DEFLATE)
+        return z;
     /* "windowBits can also be greater than 15 for optional gzip decoding. Add 32 to
      * windowBits to enable zlib and gzip decoding with automatic header detection" */
-    if (init(z, coding == LOOM_CODING_GZIP ? 15 + 32 : 15) != 0) {
+    if (init(z, 15 + 32) != 0) {
         free(z);
         return NULL;
     }
+    z->started = 1;
     return z;
 }
 
+/* Inflates n bytes into out. Goes on while input is left or the last round filled the
+ * output buffer: zlib may hold more output than one buffer for little input. */
 static int run(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
     char buf[OUT_CHUNK];
     z->zs.next_in = (Bytef *)in;
     z->zs.avail_in = (uInt)n;
-    while (!z->ended && (z->zs.avail_in > 0)) {
+    do {
         z->zs.next_out = (Bytef *)buf;
         z->zs.avail_out = sizeof buf;
         int rc = inflate(&z->zs, Z_NO_FLUSH);
         size_t got = sizeof buf - z->zs.avail_out;
-        if (rc != Z_OK && rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && got > 0)) {
+        if (rc == Z_BUF_ERROR && got == 0)
+            break; /* "no progress was possible": nothing more for now */
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
             z->err = z->zs.msg ? z->zs.msg : "corrupt compressed body";
             return -1;
         }
-        if (got) {
-            z->produced = 1;
-            if (out(ud, buf, got) != 0)
-                return -2;
-        }
+        if (got && out(ud, buf, got) != 0)
+            return -2;
         if (rc == Z_STREAM_END)
             z->ended = 1;
-        else if (got == 0 && z->zs.avail_in > 0 && rc == Z_BUF_ERROR)
-            break;
+    } while (!z->ended && (z->zs.avail_in > 0 || z->zs.avail_out == 0));
+    return 0;
+}
+
+/* Deflate: zlib-wrapped or raw, chosen by the first two bytes. */
+static int start_deflate(loom_inflate_t *z) {
+    unsigned b0 = z->first[0], b1 = z->first[1];
+    int zlib = (b0 & 0x0f) == 8 && (b0 * 256 + b1) % 31 == 0;
+    if (init(z, zlib ? 15 : -15) != 0) {
+        z->err = "out of memory";
+        return -1;
     }
+    z->started = 1;
     return 0;
 }
 
 int loom_inflate_feed(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
-    int rc = run(z, in, n, out, ud);
-    if (rc == -1 && z->coding == LOOM_CODING_DEFLATE && !z->produced && !z->raw &&
-        z->zs.total_in <= n) {
-        inflateEnd(&z->zs);
-        z->raw = 1;
-        z->err = NULL;
-        if (init(z, -15) != 0) {
-            z->err = "out of memory";
-            return -1;
+    if (!z->started) {
+        while (n > 0 && z->nfirst < 2) {
+            z->first[z->nfirst++] = (unsigned char)*in++;
+            n--;
         }
-        rc = run(z, in, n, out, ud);
+        if (z->nfirst < 2)
+            return 0;
+        if (start_deflate(z) != 0)
+            return -1;
+        int rc = run(z, (const char *)z->first, 2, out, ud);
+        if (rc != 0)
+            return rc;
     }
-    return rc;
+    return n ? run(z, in, n, out, ud) : 0;
 }
 
 int loom_inflate_done(const loom_inflate_t *z) {
@@ -92,6 +108,7 @@ const char *loom_inflate_error(const loom_inflate_t *z) {
 void loom_inflate_free(loom_inflate_t *z) {
     if (!z)
         return;
-    inflateEnd(&z->zs);
+    if (z->started)
+        inflateEnd(&z->zs);
     free(z);
 }
