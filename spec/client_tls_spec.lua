@@ -109,6 +109,25 @@ describe("https", function()
     end)
 end)
 
+describe("against loom's own HTTPS server", function()
+    it("reads a large body whole and streamed, on one kept-alive connection", function()
+        run(function()
+            local big = string.rep("0123456789", 300000)
+            local app = loom.app()
+            app:get("/big", function() return { body = big } end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0,
+                tls = { cert = dir .. "/server.pem", key = dir .. "/server.key" } })
+            local s <close> = loom.session{ tls = { ca_file = dir .. "/ca.pem" } }
+            local u = "https://localhost:" .. srv.port .. "/big"
+            assert.is_true(assert(s:get(u)):text() == big)
+            local parts = {}
+            for p in assert(s:get(u, { stream = true })):chunks() do parts[#parts + 1] = p end
+            assert.is_true(table.concat(parts) == big)
+            assert.equal(1, s:stats().opened)
+        end)
+    end)
+end)
+
 describe("loom.connect with tls", function()
     it("gives a TLS stream", function()
         run(function()
