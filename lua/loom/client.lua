@@ -13,7 +13,7 @@ local dial = require "loom.dial"
 local M = {}
 
 local http_request, http_pool, tls_config, now = core.http_request, core.http_pool, core.tls_config, core.now
-local type, pairs, ipairs, setmetatable, tostring, tonumber = type, pairs, ipairs, setmetatable, tostring, tonumber
+local type, pairs, ipairs, setmetatable, tostring = type, pairs, ipairs, setmetatable, tostring
 local format, lower, concat = string.format, string.lower, table.concat
 local error, pcall = error, pcall
 
@@ -286,7 +286,6 @@ local function key_of(sess, req, u)
     local key = u.origin
     local conf, tkey, server_name
     if u.scheme == "https" then
-        local err
         conf, tkey, server_name = tls_for(sess, req.tls)
         if not conf then return nil, tkey or "tls: configuration failed" end
         key = key .. "|" .. tkey
