@@ -407,6 +407,29 @@ describe("cookies", function()
         end)
     end)
 
+    it("match domains, paths, expiry and Secure as RFC 6265 says", function()
+        local cookies = require "loom.cookies"
+        local jar = cookies.new()
+        local u = { scheme = "http", host = "a.example.com", path = "/page" }
+        local raw = {}
+        for _, v in ipairs({ "tld=1; Domain=com", "other=1; Domain=example.org",
+            "wide=1; Domain=.Example.com", "here=1", "deep=1; Path=/dir/sub",
+            "old=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT", "sec=1; Secure",
+            "later=1; Expires=Fri, 01 Jan 2100 00:00:00 GMT" }) do
+            raw[#raw + 1], raw[#raw + 2] = "set-cookie", v
+        end
+        jar:store(raw, u)
+        assert.equal(5, jar.count)
+        assert.equal("here=1; later=1; wide=1", jar:header(u))
+        assert.equal("wide=1", jar:header({ scheme = "http", host = "b.example.com", path = "/" }))
+        assert.equal("deep=1; here=1; later=1; wide=1", jar:header({ scheme = "http", host = "a.example.com", path = "/dir/sub/x" }))
+        assert.equal("here=1; later=1; sec=1; wide=1", jar:header({ scheme = "https", host = "a.example.com", path = "/" }))
+        assert.is_nil(jar:header({ scheme = "http", host = "example.org", path = "/" }))
+        assert.equal(4102444800, cookies.parse_date("Fri, 01 Jan 2100 00:00:00 GMT"))
+        assert.equal(1445412480, cookies.parse_date("Wednesday, 21-Oct-15 07:28:00 GMT"))
+        assert.equal(1445412480, cookies.parse_date("Wed Oct 21 07:28:00 2015"))
+    end)
+
     it("follow redirects that set them", function()
         run(function()
             local app = loom.app()

@@ -77,7 +77,10 @@ local function parse(value, u, now)
         k = lower(k or match(attr, "^%s*(.-)%s*$"))
         if k == "domain" and av and av ~= "" then
             local d = lower((av:gsub("^%.", "")))
-            if not domain_match(u.host, d) then return nil end
+            -- a domain must cover the host; a bare top-level name ("com") would cover too much
+            if not domain_match(u.host, d) or (d ~= u.host and not find(d, ".", 1, true)) then
+                return nil
+            end
             c.domain, c.host_only = d, d == u.host and is_ip(d) and true or false
         elseif k == "path" and av and sub(av, 1, 1) == "/" then
             c.path = av
