@@ -105,6 +105,11 @@ describe("https", function()
             assert.equal(1, #log)
             assert.equal("CONNECT", log[1].method)
             assert.equal("localhost:" .. port, log[1].target)
+            assert.is_nil(log[1].headers["proxy-authorization"])
+            local s2 <close> = loom.session{ proxy = purl:gsub("http://", "http://u:p@"),
+                tls = { ca_file = dir .. "/ca.pem" } }
+            assert.equal("hello tls", assert(s2:get("https://localhost:" .. port .. "/")):text())
+            assert.equal("Basic dTpw", log[2].headers["proxy-authorization"])
         end)
     end)
 end)
