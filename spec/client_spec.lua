@@ -169,6 +169,18 @@ describe("response framing", function()
         end)
     end)
 
+    it("fails with limit: on a response head over 64 KiB", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st)
+                st:write("HTTP/1.1 200 OK\r\nX-Big: " .. string.rep("x", 70000) .. "\r\nContent-Length: 0\r\n\r\n")
+                return "close"
+            end)
+            local res, err = loom.fetch(base .. "/")
+            assert.is_nil(res)
+            assert.equal("limit: response head over 65536 bytes", err)
+        end)
+    end)
+
     it("fails with http: on a malformed response", function()
         run(function()
             local srv <close>, base = util.raw_server(function(st)
@@ -478,6 +490,14 @@ describe("bodies", function()
             assert.is_nil(res)
             assert.equal("limit: response body over 1000 bytes (max_body)", err)
             assert.equal(1024 * 1024, #assert(loom.fetch(base .. "/big")):text())
+            -- streamed, pieces are not limited; what res:text() gathers is
+            local n = 0
+            for piece in assert(loom.fetch(base .. "/big", { max_body = 1000, stream = true })):chunks() do
+                n = n + #piece
+            end
+            assert.equal(1024 * 1024, n)
+            res = assert(loom.fetch(base .. "/big", { max_body = 1000, stream = true }))
+            assert.same({ nil, "limit: response body over 1000 bytes (max_body)" }, { res:text() })
         end)
     end)
 

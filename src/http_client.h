@@ -91,6 +91,7 @@ struct hc_x {
     int got_bytes;          /* a response byte arrived */
     int reused;             /* sent on a kept-alive connection */
     int req_done;           /* the whole request is written (or queued in order) */
+    int whole;              /* read_all gathers the rest: max_body counts it */
     int status, minor;
     int by_total;           /* the current wait's deadline is the total one */
     loom_head_t *head;      /* the final response head, until Lua has it */

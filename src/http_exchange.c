@@ -77,7 +77,11 @@ static void free_body(hc_x_t *x) {
 }
 
 static int append(hc_x_t *x, const char *p, size_t n) {
-    if (x->total + n > x->max_body) {
+    /* max_body bounds the body kept whole; with stream = true only what res:text() gathers
+     * (pieces are read ahead up to a high-water mark, so a download of any size streams) */
+    int counted = !(x->flags & HX_STREAM) || x->whole;
+    uint64_t held = !(x->flags & HX_STREAM) ? x->total : x->blen - x->bpos;
+    if (counted && held + n > x->max_body) {
         hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
                   (unsigned long long)x->max_body);
         return -1;
@@ -433,6 +437,13 @@ static int x_attach(lua_State *L) {
 /* x:read_all() -> the rest of the body | nil, err */
 static int x_read_all(lua_State *L) {
     hc_x_t *x = check_x(L, 1);
+    x->whole = 1;
+    if ((x->flags & HX_STREAM) && x->blen - x->bpos > x->max_body) {
+        hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
+                  (unsigned long long)x->max_body);
+        if (x->c)
+            hc_conn_close(x->c);
+    }
     lua_settop(L, 1);
     lua_pushboolean(L, 1); /* index 2: x_build tells read_all from read by it */
     return read_all_step(L, x);
