@@ -4,6 +4,10 @@
  * Knows nothing of HTTP.
  */
 #include <signal.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
@@ -231,6 +235,27 @@ static int l_setenv(lua_State *L) {
     return 1;
 }
 
+/* core.exit_with_parent(ppid) -> true when the kernel will send SIGTERM to this process
+ * once its parent dies (Linux), so a worker never outlives a supervisor that was killed;
+ * raises SIGTERM at once if the parent `ppid` is already gone. */
+static int l_exit_with_parent(lua_State *L) {
+    lua_Integer ppid = luaL_checkinteger(L, 1);
+    int ok = 0;
+#ifdef __linux__
+    ok = prctl(PR_SET_PDEATHSIG, SIGTERM) == 0;
+#endif
+    if ((lua_Integer)getppid() != ppid) /* the parent died before prctl took effect */
+        raise(SIGTERM);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+/* core.pid() -> this process's id */
+static int l_pid(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)uv_os_getpid());
+    return 1;
+}
+
 static const luaL_Reg proc_meta[] = {
     {"__index", proc_index},
     {"__gc", proc_gc},
@@ -241,6 +266,8 @@ static const luaL_Reg process_funcs[] = {
     {"process_spawn", l_spawn},
     {"exepath", l_exepath},
     {"setenv", l_setenv},
+    {"exit_with_parent", l_exit_with_parent},
+    {"pid", l_pid},
     {NULL, NULL},
 };
 

@@ -34,6 +34,8 @@ end
 
 -- The worker side: listen with SO_REUSEPORT and serve until told to stop.
 local function serve(listen, opts, grace)
+    local ppid = tonumber(os.getenv("LOOM_SUPERVISOR"))
+    if ppid then core.exit_with_parent(ppid) end
     opts.reuseport = true
     local srv = listen()
     core.wait_signal({ "SIGINT", "SIGTERM" })
@@ -48,6 +50,7 @@ function M.run(listen, n, opts, grace)
         error("app:run: workers need a fixed port (port 0 would give each worker its own)", 3)
     end
     local exe, argv = command_line()
+    core.setenv("LOOM_SUPERVISOR", tostring(core.pid()))
     local procs, stopping, tasks = {}, false, {}
     io.stdout:write(("listening on http://%s:%d (%d workers)\n"):format(opts.host or "0.0.0.0", opts.port, n))
     io.stdout:flush()

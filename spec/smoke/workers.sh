@@ -50,4 +50,21 @@ for k in $kids; do
     for ((i = 0; i < 50; i++)); do kill -0 "$k" 2>/dev/null || break; sleep 0.1; done
     ! kill -0 "$k" 2>/dev/null || fail "worker $k still running after the supervisor stopped"
 done
-echo "workers: ok"
+echo "workers: ok so far"
+
+# Workers do not outlive a supervisor that was killed outright.
+start_server "$LOOM" --workers 2 "$script" "$port"
+sup=$LOOM_SERVER_PID
+wait_port "$port"
+for ((i = 0; i < 50; i++)); do [[ $(children | wc -l) -eq 2 ]] && break; sleep 0.1; done
+kids=$(children)
+stop_server "$sup" KILL
+for k in $kids; do
+    for ((i = 0; i < 50; i++)); do
+        state=$(ps -o stat= -p "$k" 2>/dev/null || true)
+        [[ -z $state || $state == Z* ]] && break
+        sleep 0.1
+    done
+    [[ -z $state || $state == Z* ]] || fail "worker $k still running after its supervisor was killed"
+done
+echo "workers follow their supervisor: ok"
