@@ -234,7 +234,7 @@ describe("loom.sleep", function()
             loom.sleep(0.05)
             local dt = loom.now() - t0
             assert.is_true(dt >= 0.045, "slept " .. dt)
-            assert.is_true(dt < 0.5, "slept " .. dt)
+            assert.is_true(dt < 2, "slept " .. dt)
         end)
     end)
 
@@ -289,7 +289,7 @@ describe("loom.sleep", function()
             local t0 = loom.now()
             loom.sleep(-1)
             loom.sleep(0 / 0)
-            assert.is_true(loom.now() - t0 < 0.5)
+            assert.is_true(loom.now() - t0 < 2)
         end)
     end)
 end)
@@ -315,10 +315,11 @@ describe("loom.gather", function()
         run(function()
             local t0 = loom.now()
             loom.gather(
-                function() loom.sleep(0.1) end,
-                function() loom.sleep(0.1) end,
-                function() loom.sleep(0.1) end)
-            assert.is_true(loom.now() - t0 < 0.25)
+                function() loom.sleep(0.3) end,
+                function() loom.sleep(0.3) end,
+                function() loom.sleep(0.3) end)
+            -- concurrent: one after another would take 0.9 s
+            assert.is_true(loom.now() - t0 < 0.8)
         end)
     end)
 
@@ -399,7 +400,7 @@ describe("loom.timeout", function()
             local dt = loom.now() - t0
             assert.same({ n = 2, nil, "timeout" }, r)
             assert.is_true(dt >= 0.09, "took " .. dt)
-            assert.is_true(dt < 0.5, "took " .. dt)
+            assert.is_true(dt < 2, "took " .. dt) -- promptly: the function would sleep 5 s
             assert.same({ "fn:cancelled" }, log)
         end)
     end)
@@ -639,7 +640,8 @@ describe("loom.now", function()
             end
             loom.sleep(0.02)
             local dt = loom.now() - t0
-            assert.is_true(dt >= 0.015 and dt < 0.5, "dt " .. dt)
+            -- seconds, not ms or us; generous above: loaded CI machines stall
+            assert.is_true(dt >= 0.015 and dt < 10, "dt " .. dt)
         end)
     end)
 end)
