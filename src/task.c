@@ -571,6 +571,22 @@ static int l_current(lua_State *L) {
     return 1;
 }
 
+/* core.in_task() -> whether the caller runs as a loom task. Unlike loom.current() it does
+ * not hand the task out, so a pooled handler task stays reusable. */
+static int l_in_task(lua_State *L) {
+    loom_t *h = loom_host(L);
+    loom_task_t *t = h ? h->sched.current : NULL;
+    lua_pushboolean(L, t && t->co == L);
+    return 1;
+}
+
+/* core.is_current(task) -> whether `task` is the one running (without exposing it) */
+static int l_is_current(lua_State *L) {
+    loom_task_t *t = check_task(L, 1);
+    lua_pushboolean(L, t->host->sched.current == t && t->co == L);
+    return 1;
+}
+
 /* The values given to wake are on the stack; a timeout leaves `false`. */
 static int lua_park_build(lua_State *L, void *ud, int reason) {
     (void)ud;
@@ -735,6 +751,8 @@ static const luaL_Reg sched_funcs[] = {
     {"sleep", l_sleep},
     {"now", l_now},
     {"current", l_current},
+    {"in_task", l_in_task},
+    {"is_current", l_is_current},
     {"park", l_park},
     {"ticket", l_ticket},
     {"wake", l_wake},

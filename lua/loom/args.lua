@@ -74,7 +74,7 @@ end
 -- to use instead. `level` 1 blames the caller of the function that calls need_task.
 function args.need_task(fname, level)
     core = core or require "loom.core"
-    if core.current() then return end
+    if core.in_task() then return end
     local _, main = running()
     if main then
         error(fname .. ": called outside any task (use loom.run or loom.spawn)", (level or 1) + 2)

@@ -48,7 +48,7 @@ function loom.exit(code)
     if code ~= nil and math.type(code) ~= "integer" and type(code) ~= "boolean" then
         error("bad argument #1 to 'exit' (integer expected, got " .. type(code) .. ")", 2)
     end
-    if core.current() then
+    if core.in_task() then
         return core.exit(code)
     end
     os.exit(code, true)

@@ -3,7 +3,7 @@
 local core = require "loom.core"
 local args = require "loom.args"
 
-local spawn, park, ticket, watch, current = core.spawn, core.park, core.ticket, core.watch, core.current
+local spawn, park, ticket, watch = core.spawn, core.park, core.ticket, core.watch
 local select, type, error, setmetatable = select, type, error, setmetatable
 local pack, unpack = table.pack, table.unpack
 
@@ -25,7 +25,7 @@ function task_methods:join()
     if not is_task(self) then args.fail("join", 1, "loom.task expected", 1) end
     if not self:done() then
         need_task("join")
-        if self == current() then
+        if core.is_current(self) then
             error("join: a task cannot join itself", 2)
         end
         repeat

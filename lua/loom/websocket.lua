@@ -13,7 +13,7 @@ local net = require "loom.net"
 local sync = require "loom.sync"
 
 local ws_read_frame, ws_frame = core.ws_read_frame, core.ws_frame
-local current, park, ticket, wake = core.current, core.park, core.ticket, core.wake
+local park, ticket, wake = core.park, core.ticket, core.wake
 local concat, format, char, byte = table.concat, string.format, string.char, string.byte
 local utf8len, type, tostring, setmetatable = utf8.len, type, tostring, setmetatable
 
@@ -281,7 +281,7 @@ function WS:close(code, reason)
     if self.closed then return true end
     code, reason = code or 1000, reason or ""
     check_close_args(code, args.check(reason, "string", "close", 2))
-    if not current() then -- no task to wait in (a finalizer): just drop the connection
+    if not core.in_task() then -- no task to wait in (a finalizer): just drop the connection
         finish(self, code, reason)
         return true
     end
