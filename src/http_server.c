@@ -62,7 +62,10 @@ static void tl_add(loom_conn_t *c, int which) {
     else
         l->head = c;
     l->tail = c;
-    if (!uv_is_active((uv_handle_t *)&srv->timer))
+    /* The lists have different durations: this deadline may come before the one the timer
+     * is set for (a keep-alive wait shorter than the header wait it follows, a head after
+     * a long keep-alive wait). uv.h: uv_timer_get_due_in gives "the time remaining". */
+    if (!uv_is_active((uv_handle_t *)&srv->timer) || uv_timer_get_due_in(&srv->timer) > l->ms)
         arm_timer(srv);
 }
 
