@@ -42,6 +42,7 @@ void loom_conn_push_request(lua_State *L, loom_conn_t *c) {
 void loom_conn_detach_request(loom_conn_t *c) {
     if (c->box) {
         c->box->c = NULL;
+        c->box->gone = c->state == C_CLOSING;
         c->box = NULL;
     }
     if (c->waiter)
@@ -51,8 +52,17 @@ void loom_conn_detach_request(loom_conn_t *c) {
 static loom_conn_t *live_conn(lua_State *L, int idx) {
     loom_reqbox_t *box = luaL_checkudata(L, idx, REQBOX_MT);
     if (!box->c)
-        luaL_error(L, "the request is finished (its handler has returned)");
+        luaL_error(L, box->gone ? "the request's connection is closed"
+                                : "the request is finished (its handler has returned)");
     return box->c;
+}
+
+/* The connection closed under a running handler (the client left, srv:close's grace ran
+ * out): body reads and streaming writes report that as a failure, as they do when it
+ * happens while they wait, so a streaming loop ends on its result instead of raising. */
+static int conn_gone(lua_State *L, int idx) {
+    loom_reqbox_t *box = luaL_checkudata(L, idx, REQBOX_MT);
+    return !box->c && box->gone;
 }
 
 /* core.req_target(box) -> the request target as sent, e.g. "/a%20b?x=1" */
@@ -167,6 +177,8 @@ static void body_abort(void *ud) {
 }
 
 static int read_body(lua_State *L, int want, const char *fname) {
+    if (conn_gone(L, 1))
+        return loom_fail(L, "closed", "the connection is closed");
     loom_conn_t *c = live_conn(L, 1);
     loom_reqbox_t *box = lua_touserdata(L, 1);
     if (c->waiter)
@@ -201,6 +213,8 @@ static int req_chunk(lua_State *L) {
 
 /* core.req_stream(box, status, headers) -> true | nil, err */
 static int req_stream(lua_State *L) {
+    if (conn_gone(L, 1))
+        return loom_fail(L, "closed", "the client has gone");
     loom_conn_t *c = live_conn(L, 1);
     int status = (int)luaL_checkinteger(L, 2);
     luaL_argcheck(L, status >= 100 && status <= 999, 2, "invalid status");
@@ -236,6 +250,8 @@ static int write_build(lua_State *L, void *ud, int reason) {
 
 /* core.req_write(box, data) -> true once the kernel has it | nil, err */
 static int req_write(lua_State *L) {
+    if (conn_gone(L, 1))
+        return loom_fail(L, "closed", "the client has gone");
     loom_conn_t *c = live_conn(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);

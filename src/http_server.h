@@ -110,6 +110,7 @@ struct loom_server {
 
 struct loom_reqbox {
     loom_conn_t *c; /* NULL once the request is finished */
+    int gone;       /* it finished because its connection closed under the handler */
 };
 
 #define REQBOX_MT "loom.request"
