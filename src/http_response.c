@@ -214,7 +214,18 @@ static int put_headers(hb_t *b, lua_State *L, int idx, int keep_cl, char *cl, si
     return flags;
 }
 
+/* Expect: 100-continue went unanswered and the body is still to come: the client may send
+ * it late or never, so what follows on the connection cannot be told apart from it. RFC
+ * 9110 10.1.1: a server that answers "before reading the entire request content SHOULD
+ * indicate whether it intends to close the connection". It does. */
+static int body_in_doubt(loom_conn_t *c) {
+    const llhttp_t *p = &c->msg.parser;
+    return c->expect && !c->msg_done && ((p->flags & F_CHUNKED) || p->content_length > 0);
+}
+
 static void put_connection(hb_t *b, loom_conn_t *c) {
+    if (body_in_doubt(c))
+        c->keepalive = 0;
     if (!c->keepalive || c->srv->closing)
         hb_put(b, "Connection: close\r\n", 19);
     else if (c->http10)
