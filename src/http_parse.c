@@ -233,6 +233,11 @@ static int on_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
     m->in_trailers = 1;
+    /* RFC 9112 6.3: a request whose Transfer-Encoding does not end in chunked has no
+     * knowable length, and the server MUST answer 400 and close. llhttp 8 finds out only
+     * when the body starts, after the handler has been given the request. */
+    if (p->type == HTTP_REQUEST && (p->flags & F_TRANSFER_ENCODING) && !(p->flags & F_CHUNKED))
+        return fail(m, 400, "Transfer-Encoding not ending in chunked");
     return m->on_headers ? m->on_headers(m) : 0;
 }
 

@@ -32,6 +32,10 @@ static const case_t cases[] = {
     {"space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 0, 0, NULL, NULL, NULL, 0},
     {"NUL in value", "GET / HTTP/1.1\r\nHost: x\r\nA: b\0c\r\n\r\n", 0, 0, NULL, NULL, NULL, 0},
     {"bad method", "G@T / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 0, NULL, NULL, NULL, 0},
+    {"TE not chunked", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 0, 400, NULL,
+     NULL, NULL, 0},
+    {"TE chunked last", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1, 0,
+     "/", "transfer-encoding", "gzip, chunked", 2},
 };
 
 static int failures, passes;
