@@ -2,14 +2,18 @@
  * http_parse.c - llhttp callbacks that copy a message head into pooled storage, counting
  * its bytes against the limit as they arrive (a head split over many reads is counted
  * once, whole), lowercasing field names, and rejecting what llhttp accepts but a strict
- * server must not: a second Host, more than LOOM_MAX_HEADERS fields.
+ * server must not: a second Host, more than LOOM_MAX_HEADERS fields, and (for the server,
+ * loom_http_execute) bare LFs, lone CRs and obs-fold in a head, a bare LF after trailers.
  * llhttp runs in its default strict mode: Content-Length with Transfer-Encoding, differing
- * Content-Lengths, bad chunk sizes and obs-fold are its errors.
+ * Content-Lengths and bad chunk sizes are its errors.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include "http_parse.h"
+
+/* The line check's state (loom_http_msg_t.lines). */
+enum { LINES_CR = 1, LINES_BOL = 2, LINES_TEXT = 4, LINES_DONE = 8 };
 
 static loom_http_msg_t *msg_of(llhttp_t *p) {
     return (loom_http_msg_t *)p->data;
@@ -233,6 +237,7 @@ static int on_value_complete(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
     m->in_trailers = 1;
+    m->chunked = (p->flags & F_CHUNKED) != 0;
     /* RFC 9112 6.3: a request whose Transfer-Encoding does not end in chunked has no
      * knowable length, and the server MUST answer 400 and close. llhttp 8 finds out only
      * when the body starts, after the handler has been given the request. */
@@ -248,8 +253,67 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
+    m->ended = 1;
+    m->lines = LINES_BOL; /* the next bytes start the next head */
     return m->on_complete ? m->on_complete(m) : 0;
 }
+
+/* ---------------------------------------------------------------- line structure */
+
+/* Checks a head's bytes ahead of llhttp, up to the empty line that ends it. RFC 9112 2.2
+ * lets a recipient take a bare LF as a line end, and llhttp 8 does after the request line
+ * and for the empty line; it also unfolds obs-fold (5.2: a server MUST either reject it or
+ * replace it with spaces). A peer in front of us that reads those differently sees other
+ * requests than we do, so all of them are 400 here. */
+static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
+    uint8_t s = m->lines;
+    for (size_t i = 0; i < len && !(s & LINES_DONE); i++) {
+        char ch = data[i];
+        if (s & LINES_CR) {
+            if (ch != '\n')
+                return fail(m, 400, "CR without LF in the head");
+            s &= (uint8_t)~LINES_CR;
+            if ((s & LINES_BOL) && (s & LINES_TEXT))
+                s |= LINES_DONE; /* an empty line after the start line: the head ends */
+            s |= LINES_BOL;
+        } else if (ch == '\r') {
+            s |= LINES_CR;
+        } else if (ch == '\n') {
+            return fail(m, 400, "bare LF in the head");
+        } else {
+            if ((s & LINES_BOL) && (s & LINES_TEXT) && (ch == ' ' || ch == '\t'))
+                return fail(m, 400, "obs-fold or whitespace at the start of a header line");
+            s = (uint8_t)((s & ~LINES_BOL) | LINES_TEXT);
+        }
+    }
+    m->lines = s;
+    return 0;
+}
+
+llhttp_errno_t loom_http_execute(loom_http_msg_t *m, const char *data, size_t len) {
+    if (!m->strict_lines)
+        return llhttp_execute(&m->parser, data, len);
+    if (!(m->lines & LINES_DONE) && check_head(m, data, len))
+        return HPE_USER;
+    m->ended = 0;
+    llhttp_errno_t err = llhttp_execute(&m->parser, data, len);
+    const char *end = err == HPE_OK ? data + len
+                      : err == HPE_PAUSED ? llhttp_get_error_pos(&m->parser) : NULL;
+    if (err == HPE_PAUSED && m->ended && m->chunked) {
+        /* llhttp 8 takes a bare LF for the empty line that ends the trailers; the message
+         * ended at `end`, right after that line's LF */
+        char before = end - data >= 2 ? end[-2] : m->last;
+        if (before != '\r') {
+            fail(m, 400, "bare LF after the trailers");
+            return HPE_USER;
+        }
+    }
+    if (end && end > data)
+        m->last = end[-1];
+    return err;
+}
+
+/* ---------------------------------------------------------------- status lines */
 
 static int on_status(llhttp_t *p, const char *at, size_t len) {
     return on_url(p, at, len);
@@ -280,6 +344,7 @@ void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t
     m->parser.data = m;
     m->pool = pool;
     m->max_header = 16 * 1024;
+    m->lines = LINES_BOL;
 }
 
 int loom_head_find(const loom_head_t *h, const char *name, size_t len) {

@@ -50,6 +50,11 @@ struct loom_http_msg {
     uint8_t part;          /* which element the data callbacks are extending */
     uint8_t in_trailers;
     uint8_t host_count;
+    uint8_t strict_lines;  /* loom_http_execute checks line endings (set by the server) */
+    uint8_t lines;         /* where that check is in the current head (LINES_* bits) */
+    uint8_t chunked;       /* the current message's body is chunked */
+    uint8_t ended;         /* on_message_complete ran in this loom_http_execute call */
+    char last;             /* the last byte parsed, for a check that spans two reads */
     uint16_t fail;         /* status a limit or check chose: 400, 414, 431 (0: parser's own) */
     const char *why;       /* short reason, for the log */
     void *owner;
@@ -60,6 +65,12 @@ struct loom_http_msg {
 };
 
 void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool);
+/* llhttp_execute, with m->strict_lines, after checking the line structure llhttp 8 lets
+ * through: every line of a head ends in CRLF (no bare LF, no lone CR), no line after the
+ * first starts with whitespace (obs-fold, which llhttp 8 unfolds), and the empty line that
+ * ends a chunked body's trailers is a CRLF. Returns llhttp's result, or HPE_USER with
+ * m->fail = 400. The trailer check needs the on_complete hook to pause (HPE_PAUSED). */
+llhttp_errno_t loom_http_execute(loom_http_msg_t *m, const char *data, size_t len);
 /* Gives the head storage back to the pool (when a connection goes idle). */
 void loom_http_msg_release(loom_http_msg_t *m);
 void loom_head_pool_free(loom_head_pool_t *pool);

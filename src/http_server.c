@@ -221,7 +221,7 @@ static void reject(loom_conn_t *c, llhttp_errno_t err) {
 
 /* Runs llhttp over data. On a pause, what follows the pause point is kept in `in`. */
 static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
-    llhttp_errno_t err = llhttp_execute(&c->msg.parser, data, len);
+    llhttp_errno_t err = loom_http_execute(&c->msg, data, len);
     if (c->state == C_CLOSING)
         return;
     if (err == HPE_OK) {
@@ -599,6 +599,7 @@ static void on_connection(uv_stream_t *server, int status) {
     uv_tcp_nodelay(&c->tcp, 1);
     loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads);
     c->msg.owner = c;
+    c->msg.strict_lines = 1;
     c->msg.max_header = srv->max_header;
     c->msg.on_headers = on_headers;
     c->msg.on_body = on_body;
