@@ -37,7 +37,6 @@ function Router:add(method, pattern, handler)
         local t = self.exact[method]
         if not t then t = {}; self.exact[method] = t end
         t[pattern] = handler
-        if #pattern > 1 and pattern:sub(-1) == "/" then t[pattern:sub(1, -2)] = nil end
         return
     end
     local list = self.patterns[method]
