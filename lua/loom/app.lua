@@ -124,12 +124,16 @@ end
 
 -- What the C engine takes: a string (200 text/plain), nothing (204, or a finished stream),
 -- or status, headers, body.
-local function emit(req, res)
+local emit
+function emit(req, res)
     if type(res) == "string" then return res end
     res = normalize(res)
     if res.file ~= nil then
         static = static or require "loom.static"
-        return static.send(req, res.file, res.status, res.headers)
+        -- nothing once the file is streamed; a table for 304, 404 or 416, to emit in turn
+        local answer = static.send(req, res.file, res.status, res.headers)
+        if answer ~= nil then return emit(req, answer) end
+        return
     end
     return res.status or 200, res.headers, res.body
 end
