@@ -131,7 +131,9 @@ function M.handler(dir)
         local st = core.stat(path)
         if st and st.type == "directory" then
             if req.path:sub(-1) ~= "/" then
-                return { status = 301, headers = { location = req.path .. "/" }, body = "" }
+                -- one leading slash: "//host/dir" would send the browser to another site
+                local location = "/" .. req.path:gsub("^/+", "") .. "/"
+                return { status = 301, headers = { location = location }, body = "" }
             end
             path = path:gsub("/$", "") .. "/index.html"
             st = core.stat(path)
