@@ -78,6 +78,16 @@ local function not_modified(req, etag, mtime)
     return ims ~= nil and ims == http_date(mtime)
 end
 
+-- RFC 9110 13.1.5: with If-Range, the range holds only while the validator it names is
+-- the file's current one (an entity-tag compared strongly, or the exact Last-Modified);
+-- otherwise the whole file is sent, so a resumed download never mixes two versions.
+local function range_applies(req, etag, last_modified)
+    local ir = req.headers["if-range"]
+    if not ir then return true end
+    if ir:sub(1, 1) == '"' then return ir == etag end
+    return ir == last_modified
+end
+
 -- Sends the file at path (already known safe). Returns a response table for 304/404/416,
 -- or nothing once the file has been streamed.
 function M.send(req, path, status, headers, st)
@@ -95,7 +105,7 @@ function M.send(req, path, status, headers, st)
         return { status = 304, headers = { etag = h.etag, ["last-modified"] = h["last-modified"] } }
     end
     local first, last = 0, st.size - 1
-    if status == 200 then
+    if status == 200 and range_applies(req, h.etag, h["last-modified"]) then
         local a, b = parse_range(req.headers.range, st.size)
         if a == "bad" then
             return plain(416, "Range Not Satisfiable", { ["content-range"] = "bytes */" .. st.size })
