@@ -348,7 +348,7 @@ function Client:close(grace)
     if self.srv then self.srv:close(grace or 0) end
 end
 
-Client.__close = Client.close
+Client.__close = function(self) self:close() end -- not close(self, err): err is no grace
 Client.__gc = function(self) for _, c in ipairs(self.idle) do c.st:close() end end
 
 -- testing.client(app [, opts]) -> client, srv

@@ -1,0 +1,872 @@
+-- loom.app: routes and patterns, middleware, what a handler may return, the request
+-- object, streaming responses, static files, and misuse. Each case starts the app with
+-- loom.testing's client on 127.0.0.1, port 0.
+local loom = require "loom"
+local run = require "support.run"
+local testing = require "loom.testing"
+
+-- Runs body(client, srv) with app listening; the client and server are closed at the end.
+local function with_app(app, body, opts)
+    run(function()
+        local client <close>, srv = testing.client(app)
+        return body(client, srv)
+    end, opts)
+end
+
+local function get(client, path, opts)
+    return assert(client:get(path, opts))
+end
+
+describe("app: routes", function()
+    it("matches static paths, {name} segments and {name*} rests", function()
+        local app = loom.app()
+        app:get("/", function() return "root" end)
+        app:get("/users", function() return "list" end)
+        app:get("/users/{id}", function(req) return "user " .. req.params.id end)
+        app:get("/users/{id}/posts/{post}", function(req)
+            return req.params.id .. ":" .. req.params.post
+        end)
+        app:get("/files/{path*}", function(req) return "file " .. req.params.path end)
+        with_app(app, function(client)
+            assert.equal("root", get(client, "/").body)
+            assert.equal("list", get(client, "/users").body)
+            assert.equal("user 42", get(client, "/users/42").body)
+            assert.equal("7:9", get(client, "/users/7/posts/9").body)
+            assert.equal("file a/b/c.txt", get(client, "/files/a/b/c.txt").body)
+            assert.equal("file ", get(client, "/files/").body)
+            assert.equal(404, get(client, "/users/7/posts").status)
+            assert.equal(404, get(client, "/nope").status)
+        end)
+    end)
+
+    it("percent-decodes parameters after matching, so %2F does not split a segment", function()
+        local app = loom.app()
+        app:get("/users/{id}", function(req) return req.params.id end)
+        app:get("/files/{path*}", function(req) return req.params.path end)
+        with_app(app, function(client)
+            assert.equal("a/b", get(client, "/users/a%2Fb").body)
+            assert.equal("hello world", get(client, "/users/hello%20world").body)
+            assert.equal("caf\xc3\xa9", get(client, "/users/caf%C3%A9").body)
+            assert.equal("100%", get(client, "/users/100%25").body)
+            assert.equal("dir one/x y", get(client, "/files/dir%20one/x%20y").body)
+        end)
+    end)
+
+    it("keeps req.path as sent and gives the query apart", function()
+        local app = loom.app()
+        app:get("/p/{x}", function(req)
+            return { json = { path = req.path, x = req.params.x, q = req.query, target = req.target } }
+        end)
+        with_app(app, function(client)
+            local v = get(client, "/p/a%20b?k=v%20w&n=1"):json()
+            assert.same({ path = "/p/a%20b", x = "a b", q = { k = "v w", n = "1" },
+                target = "/p/a%20b?k=v%20w&n=1" }, v)
+        end)
+    end)
+
+    it("gives a route with and without a trailing slash each its own handler", function()
+        local app = loom.app()
+        app:get("/about", function() return "no slash" end)
+        app:get("/about/", function() return "slash" end)
+        with_app(app, function(client)
+            assert.equal("no slash", get(client, "/about").body)
+            assert.equal("slash", get(client, "/about/").body)
+        end)
+    end)
+
+    it("routes by method; any, route and the method helpers", function()
+        local app = loom.app()
+        for _, m in ipairs({ "get", "post", "put", "patch", "delete", "options" }) do
+            app[m](app, "/m", function(req) return m .. ":" .. req.method end)
+        end
+        app:route("PROPFIND", "/m", function(req) return "route:" .. req.method end)
+        app:any("/any", function(req) return "any:" .. req.method end)
+        app:head("/h", function() return { status = 200, headers = { ["x-head"] = "own" } } end)
+        with_app(app, function(client)
+            for _, m in ipairs({ "get", "post", "put", "patch", "delete", "options" }) do
+                assert.equal(m .. ":" .. m:upper(), assert(client:request(m, "/m")).body)
+            end
+            assert.equal("route:PROPFIND", assert(client:request("PROPFIND", "/m")).body)
+            assert.equal("any:DELETE", assert(client:delete("/any")).body)
+            assert.equal("any:GET", get(client, "/any").body)
+            local h = assert(client:head("/h"))
+            assert.equal("own", h.headers["x-head"])
+        end)
+    end)
+
+    it("answers 405 with the allowed methods, HEAD included for GET routes", function()
+        local app = loom.app()
+        app:get("/r/{id}", function() return "g" end)
+        app:put("/r/{id}", function() return "p" end)
+        with_app(app, function(client)
+            local res = assert(client:post("/r/1", { body = "x" }))
+            assert.equal(405, res.status)
+            assert.equal("GET, HEAD, PUT", res.headers.allow)
+            assert.equal(404, assert(client:post("/q/1", { body = "x" })).status)
+        end)
+    end)
+
+    it("answers HEAD for a GET route from the GET handler, with its Content-Length", function()
+        local app = loom.app()
+        local seen
+        app:get("/g", function(req)
+            seen = req.method
+            return { json = { a = 1 } }
+        end)
+        with_app(app, function(client)
+            local res = assert(client:head("/g"))
+            assert.equal("HEAD", seen)
+            assert.equal(200, res.status)
+            assert.equal("application/json", res.headers["content-type"])
+            assert.equal(tostring(#'{"a":1}'), res.headers["content-length"])
+            assert.equal("", res.body)
+        end)
+    end)
+
+    it("rejects malformed patterns at registration", function()
+        local app = loom.app()
+        local f = function() end
+        assert.error_matches(function() app:get("/a/{b*}/c", f) end, "must come last")
+        assert.error_matches(function() app:get("/a/x{b}", f) end, "bad route pattern")
+        assert.error_matches(function() app:get("users", f) end, "pattern must start with '/'")
+    end)
+end)
+
+describe("app: middleware", function()
+    it("runs outermost first and unwinds in reverse", function()
+        local app = loom.app()
+        local log = {}
+        app:use(function(req, next)
+            log[#log + 1] = "a>"
+            local res = next(req)
+            log[#log + 1] = "<a"
+            return res
+        end)
+        app:use(function(req, next)
+            log[#log + 1] = "b>"
+            local res = next(req)
+            log[#log + 1] = "<b"
+            return res
+        end)
+        app:get("/", function()
+            log[#log + 1] = "handler"
+            return "ok"
+        end)
+        with_app(app, function(client)
+            assert.equal("ok", get(client, "/").body)
+            assert.same({ "a>", "b>", "handler", "<b", "<a" }, log)
+        end)
+    end)
+
+    it("can answer without calling next", function()
+        local app = loom.app()
+        local reached = false
+        app:use(function(req, next)
+            if req.headers.authorization ~= "Bearer yes" then
+                return { status = 401, headers = { ["www-authenticate"] = "Bearer" }, text = "who are you?" }
+            end
+            return next(req)
+        end)
+        app:get("/secret", function()
+            reached = true
+            return "the secret"
+        end)
+        with_app(app, function(client)
+            local res = get(client, "/secret")
+            assert.equal(401, res.status)
+            assert.equal("who are you?", res.body)
+            assert.equal("Bearer", res.headers["www-authenticate"])
+            assert.is_false(reached)
+            res = get(client, "/secret", { headers = { Authorization = "Bearer yes" } })
+            assert.equal("the secret", res.body)
+            assert.is_true(reached)
+        end)
+    end)
+
+    it("sees every handler's answer as a table it can change", function()
+        local app = loom.app()
+        app:use(function(req, next)
+            local res = next(req)
+            res.headers = res.headers or {}
+            res.headers["x-status-seen"] = tostring(res.status)
+            if res.body then res.body = res.body:upper() end
+            return res
+        end)
+        app:get("/s", function() return "plain" end)
+        app:get("/t", function() return { status = 201, json = { k = "v" } } end)
+        app:get("/n", function() end)
+        with_app(app, function(client)
+            local res = get(client, "/s")
+            assert.equal("PLAIN", res.body)
+            assert.equal("200", res.headers["x-status-seen"])
+            assert.equal("text/plain; charset=utf-8", res.headers["content-type"])
+            res = get(client, "/t")
+            assert.equal(201, res.status)
+            assert.equal('{"K":"V"}', res.body)
+            assert.equal("201", res.headers["x-status-seen"])
+            res = get(client, "/n")
+            assert.equal(204, res.status)
+            assert.equal("204", res.headers["x-status-seen"])
+            res = get(client, "/missing") -- 404s pass through middleware too
+            assert.equal(404, res.status)
+            assert.equal("404", res.headers["x-status-seen"])
+        end)
+    end)
+
+    it("may hand a changed request on, and catch a handler's error", function()
+        local app = loom.app()
+        app:use(function(req, next)
+            local ok, res = pcall(next, req)
+            if not ok then return { status = 503, text = "caught: " .. tostring(res):match("[^:]+$") } end
+            return res
+        end)
+        app:use(function(req, next)
+            req.user = "ann"
+            return next(req)
+        end)
+        app:get("/who", function(req) return req.user end)
+        app:get("/boom", function() error("kaput", 0) end)
+        with_app(app, function(client)
+            assert.equal("ann", get(client, "/who").body)
+            local res = get(client, "/boom")
+            assert.equal(503, res.status)
+            assert.equal("caught: kaput", res.body)
+        end)
+    end)
+
+    it("a middleware that raises gives 500", function()
+        local app = loom.app()
+        app:use(function() error("middleware broke") end)
+        app:get("/", function() return "never" end)
+        with_app(app, function(client)
+            local res = get(client, "/")
+            assert.equal(500, res.status)
+            assert.equal("Internal Server Error", res.body)
+        end)
+    end)
+end)
+
+describe("app: what a handler returns", function()
+    it("a string: 200 text/plain; charset=utf-8", function()
+        local app = loom.app()
+        app:get("/", function() return "héllo" end)
+        with_app(app, function(client)
+            local res = get(client, "/")
+            assert.equal(200, res.status)
+            assert.equal("text/plain; charset=utf-8", res.headers["content-type"])
+            assert.equal("héllo", res.body)
+            assert.equal(tostring(#"héllo"), res.headers["content-length"])
+        end)
+    end)
+
+    it("nothing: 204 without a body", function()
+        local app = loom.app()
+        app:delete("/x", function() end)
+        app:get("/nil", function() return nil end)
+        with_app(app, function(client)
+            for _, r in ipairs({ assert(client:delete("/x")), get(client, "/nil") }) do
+                assert.equal(204, r.status)
+                assert.equal("", r.body)
+                assert.is_nil(r.headers["content-length"])
+            end
+        end)
+    end)
+
+    it("{status, headers, body}: the body as is; without a content type application/octet-stream", function()
+        local app = loom.app()
+        app:get("/raw", function() return { status = 202, headers = { ["X-One"] = "1" }, body = "\0\1\2" } end)
+        app:get("/typed", function()
+            return { headers = { ["Content-Type"] = "image/png" }, body = "PNG" }
+        end)
+        app:get("/multi", function()
+            return { status = 200, headers = { ["set-cookie"] = { "a=1", "b=2" } }, body = "" }
+        end)
+        with_app(app, function(client)
+            local res = get(client, "/raw")
+            assert.equal(202, res.status)
+            assert.equal("\0\1\2", res.body)
+            assert.equal("application/octet-stream", res.headers["content-type"])
+            assert.equal("1", res.headers["x-one"])
+            res = get(client, "/typed")
+            assert.equal(200, res.status)
+            assert.equal("image/png", res.headers["content-type"])
+            res = get(client, "/multi")
+            local cookies = {}
+            for _, h in ipairs(res.raw_headers) do
+                if h[1]:lower() == "set-cookie" then cookies[#cookies + 1] = h[2] end
+            end
+            assert.same({ "a=1", "b=2" }, cookies)
+        end)
+    end)
+
+    it("{text}, {html}, {json} set their content types; a given one wins", function()
+        local app = loom.app()
+        app:get("/text", function() return { text = "t" } end)
+        app:get("/html", function() return { status = 201, html = "<b>h</b>" } end)
+        app:get("/json", function() return { json = { list = { 1, 2 }, null = loom.json.null } } end)
+        app:get("/problem", function()
+            return { status = 422, headers = { ["content-type"] = "application/problem+json" }, json = { title = "bad" } }
+        end)
+        with_app(app, function(client)
+            local res = get(client, "/text")
+            assert.equal("text/plain; charset=utf-8", res.headers["content-type"])
+            assert.equal("t", res.body)
+            res = get(client, "/html")
+            assert.equal(201, res.status)
+            assert.equal("text/html; charset=utf-8", res.headers["content-type"])
+            assert.equal("<b>h</b>", res.body)
+            res = get(client, "/json")
+            assert.equal("application/json", res.headers["content-type"])
+            assert.same({ list = { 1, 2 }, null = loom.json.null }, res:json())
+            res = get(client, "/problem")
+            assert.equal(422, res.status)
+            assert.equal("application/problem+json", res.headers["content-type"])
+            assert.same({ title = "bad" }, res:json())
+        end)
+    end)
+
+    it("{file}: the file, typed by its extension", function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir))
+        local f = assert(io.open(dir .. "/report.csv", "wb"))
+        f:write("a,b\n1,2\n")
+        f:close()
+        local app = loom.app()
+        app:get("/report", function() return { file = dir .. "/report.csv" } end)
+        app:get("/named", function()
+            return { file = dir .. "/report.csv", headers = { ["content-disposition"] = "attachment" } }
+        end)
+        app:get("/missing", function() return { file = dir .. "/nope.csv" } end)
+        with_app(app, function(client)
+            local res = get(client, "/report")
+            assert.equal(200, res.status)
+            assert.equal("text/csv; charset=utf-8", res.headers["content-type"])
+            assert.equal("a,b\n1,2\n", res.body)
+            res = get(client, "/named")
+            assert.equal("attachment", res.headers["content-disposition"])
+            local missing = get(client, "/missing")
+            assert.equal(404, missing.status)
+            assert.equal("Not Found", missing.body)
+            local etag = get(client, "/report").headers.etag
+            assert.equal(304, get(client, "/report", { headers = { ["if-none-match"] = etag } }).status)
+            res = get(client, "/report", { headers = { range = "bytes=99-" } })
+            assert.equal(416, res.status)
+            assert.equal("bytes */8", res.headers["content-range"])
+        end)
+        os.execute("rm -rf " .. dir)
+    end)
+
+    it("anything else is a 500", function()
+        local app = loom.app()
+        app:get("/n", function() return 12 end)
+        app:get("/b", function() return { body = {} } end)
+        app:get("/f", function() return function() end end)
+        with_app(app, function(client)
+            for _, p in ipairs({ "/n", "/b", "/f" }) do
+                local res = get(client, p)
+                assert.equal(500, res.status, p)
+                assert.equal("Internal Server Error", res.body)
+            end
+        end)
+    end)
+end)
+
+describe("app: streaming with req:stream", function()
+    it("sends chunks as they are written, chunked, and ends when the handler returns", function()
+        local app = loom.app()
+        app:get("/count", function(req)
+            local out = assert(req:stream{ status = 200, headers = { ["content-type"] = "text/plain" } })
+            for i = 1, 5 do assert(out:write(i .. "\n")) end
+        end)
+        with_app(app, function(client)
+            local res = get(client, "/count")
+            assert.equal(200, res.status)
+            assert.equal("chunked", res.headers["transfer-encoding"])
+            assert.is_nil(res.headers["content-length"])
+            assert.equal("1\n2\n3\n4\n5\n", res.body)
+            assert.equal(200, get(client, "/count").status) -- the connection carries on
+        end)
+    end)
+
+    it("takes a status, and a Content-Length instead of chunks", function()
+        local app = loom.app()
+        app:get("/len", function(req)
+            local out = req:stream{ status = 203, headers = { ["content-length"] = "6" } }
+            out:write("abc")
+            out:write("def")
+        end)
+        with_app(app, function(client)
+            local res = get(client, "/len")
+            assert.equal(203, res.status)
+            assert.equal("6", res.headers["content-length"])
+            assert.is_nil(res.headers["transfer-encoding"])
+            assert.equal("application/octet-stream", res.headers["content-type"])
+            assert.equal("abcdef", res.body)
+        end)
+    end)
+
+    it("lets each piece reach the client before the handler ends", function()
+        local app = loom.app()
+        local go = loom.event()
+        app:get("/live", function(req)
+            local out = req:stream{}
+            out:write("first;")
+            go:wait()
+            out:write("second")
+        end)
+        with_app(app, function(_, srv)
+            local st = assert(loom.connect("127.0.0.1", srv.port))
+            local _ <close> = st
+            assert(st:write("GET /live HTTP/1.1\r\nHost: t\r\n\r\n"))
+            local r = testing.reader(st)
+            local head = {}
+            repeat head[#head + 1] = assert(r:line()) until head[#head] == ""
+            assert.equal("6", assert(r:line())) -- the first chunk arrives while the handler waits
+            assert.equal("first;", assert(r:line()))
+            go:set()
+            assert.equal("6", assert(r:line()))
+            assert.equal("second", assert(r:line()))
+            assert.equal("0", assert(r:line()))
+        end)
+    end)
+
+    it("waits in out:write while the client does not read (backpressure)", function()
+        local app = loom.app()
+        local piece = ("x"):rep(256 * 1024)
+        local pieces, written, finished = 128, 0, false -- 32 MiB, far more than socket buffers hold
+        app:get("/big", function(req)
+            local out = req:stream{ headers = { ["content-type"] = "application/octet-stream" } }
+            for _ = 1, pieces do
+                if not out:write(piece) then return end
+                written = written + 1
+            end
+            finished = true
+        end)
+        with_app(app, function(_, srv)
+            local st = assert(loom.connect("127.0.0.1", srv.port))
+            local _ <close> = st
+            assert(st:write("GET /big HTTP/1.1\r\nHost: t\r\n\r\n"))
+            loom.sleep(0.3) -- the client reads nothing
+            assert.is_false(finished)
+            assert(written < pieces / 2, "the handler wrote " .. written .. " pieces unread")
+            local stalled = written
+            loom.sleep(0.1)
+            assert.equal(stalled, written) -- it waits, it does not spin or buffer
+            local res = assert(testing.reader(st):response())
+            assert.equal(#piece * pieces, #res.body)
+            assert.is_true(finished)
+        end, { timeout = 30 })
+    end)
+
+    it("out:write returns nil, err once the client has gone", function()
+        local app = loom.app()
+        local result, done = nil, loom.event()
+        app:get("/forever", function(req)
+            local out = req:stream{}
+            local ok, err
+            repeat
+                ok, err = out:write(("y"):rep(64 * 1024))
+            until not ok
+            result = err
+            done:set()
+        end)
+        with_app(app, function(_, srv)
+            local st = assert(loom.connect("127.0.0.1", srv.port))
+            assert(st:write("GET /forever HTTP/1.1\r\nHost: t\r\n\r\n"))
+            assert(st:read())
+            st:close()
+            done:wait()
+            assert.matches("^closed", result)
+        end)
+    end)
+
+    it("stream misuse raises", function()
+        local app = loom.app()
+        local errs = {}
+        app:get("/twice", function(req)
+            req:stream{}
+            errs.twice = select(2, pcall(req.stream, req, {}))
+        end)
+        app:get("/arg", function(req)
+            errs.arg = select(2, pcall(req.stream, req, "x"))
+            errs.status = select(2, pcall(req.stream, req, { status = 42 }))
+            return "ok"
+        end)
+        with_app(app, function(client)
+            get(client, "/twice")
+            get(client, "/arg")
+            assert.matches("already started", errs.twice)
+            assert.matches("bad argument #1 to 'stream'", errs.arg)
+            assert.matches("invalid status", errs.status)
+        end)
+    end)
+end)
+
+describe("app: the request", function()
+    it("has method, path, query, headers (any case), params, version, remote and remote_port", function()
+        local app = loom.app()
+        local seen = {}
+        app:post("/r/{id}", function(req)
+            seen[#seen + 1] = {
+                method = req.method, path = req.path, query = req.query, id = req.params.id,
+                version = req.version, remote = req.remote, remote_port = req.remote_port,
+                ua = req.headers["user-agent"], UA = req.headers["User-Agent"], multi = req.headers["x-multi"],
+                cookie = req.headers.cookie,
+            }
+            return "ok"
+        end)
+        with_app(app, function(client, srv)
+            assert(client:post("/r/5?a=1&b=two+words&a=3&flag", {
+                body = "", headers = { ["User-Agent"] = "spec/1", ["X-Multi"] = { "one", "two" },
+                    Cookie = { "a=1", "b=2" } },
+            }))
+            local s = seen[1]
+            assert.equal("POST", s.method)
+            assert.equal("/r/5", s.path)
+            assert.same({ a = "3", b = "two words", flag = "" }, s.query)
+            assert.equal("5", s.id)
+            assert.equal("1.1", s.version)
+            assert.equal("127.0.0.1", s.remote)
+            assert.equal("spec/1", s.ua)
+            assert.equal("spec/1", s.UA)
+            assert.equal("one, two", s.multi)
+            assert.equal("a=1; b=2", s.cookie)
+            assert.equal("integer", math.type(s.remote_port))
+            assert(s.remote_port > 0 and s.remote_port ~= srv.port)
+            -- a second connection comes from another port
+            local other <close> = testing.client(srv.port)
+            assert(other:post("/r/6", { body = "" }))
+            assert.are_not.equal(s.remote_port, seen[2].remote_port)
+        end)
+    end)
+
+    it("has an empty params table and query table when there are none", function()
+        local app = loom.app()
+        app:get("/", function(req) return { json = { p = next(req.params) == nil, q = next(req.query) == nil } } end)
+        with_app(app, function(client)
+            assert.same({ p = true, q = true }, get(client, "/"):json())
+        end)
+    end)
+
+    it("req:text() gives the body; twice gives it again", function()
+        local app = loom.app()
+        app:post("/t", function(req)
+            local a = req:text()
+            local b = req:text()
+            return a .. "|" .. b
+        end)
+        with_app(app, function(client)
+            assert.equal("abc|abc", assert(client:post("/t", { body = "abc" })).body)
+            assert.equal("xyz|xyz", assert(client:post("/t", { body = { "x", "y", "z" } })).body) -- chunked
+            assert.equal("|", assert(client:post("/t")).body)
+        end)
+    end)
+
+    it("req:json() decodes the body, or gives nil, err", function()
+        local app = loom.app()
+        app:post("/j", function(req)
+            local v, err = req:json()
+            if not v then return { status = 400, text = err } end
+            return { json = { got = v } }
+        end)
+        with_app(app, function(client)
+            assert.same({ got = { a = { 1, 2 }, s = "x" } }, assert(client:post("/j", { json = { a = { 1, 2 }, s = "x" } })):json())
+            local res = assert(client:post("/j", { body = "{not json", headers = { ["content-type"] = "application/json" } }))
+            assert.equal(400, res.status)
+            assert.matches("^http: invalid JSON body", res.body)
+        end)
+    end)
+
+    it("req:form() decodes an urlencoded body", function()
+        local app = loom.app()
+        app:post("/f", function(req) return { json = req:form() } end)
+        with_app(app, function(client)
+            local res = assert(client:post("/f", { form = { name = "Ann Lee", note = "a&b=c", empty = "" } }))
+            assert.same({ name = "Ann Lee", note = "a&b=c", empty = "" }, res:json())
+            res = assert(client:post("/f", { body = "x=1+2&y=%41%42",
+                headers = { ["content-type"] = "application/x-www-form-urlencoded" } }))
+            assert.same({ x = "1 2", y = "AB" }, res:json())
+        end)
+    end)
+
+    it("req:chunks() gives the body piece by piece as it arrives", function()
+        local app = loom.app()
+        local pieces = {}
+        app:post("/c", function(req)
+            local total = 0
+            for chunk in req:chunks() do
+                pieces[#pieces + 1] = chunk
+                total = total + #chunk
+            end
+            return tostring(total)
+        end)
+        with_app(app, function(_, srv)
+            local st = assert(loom.connect("127.0.0.1", srv.port))
+            local _ <close> = st
+            assert(st:write("POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"))
+            loom.sleep(0.05)
+            assert.same({ "first" }, pieces) -- taken before the rest was sent
+            assert(st:write("6\r\nsecond\r\n0\r\n\r\n"))
+            local res = assert(testing.reader(st):response())
+            assert.equal("11", res.body)
+            assert.equal("firstsecond", table.concat(pieces))
+        end)
+    end)
+
+    it("req:text() fails with limit: over max_body; the answer is 413", function()
+        local app = loom.app{ max_body = 8 }
+        local err
+        app:post("/t", function(req)
+            local body
+            body, err = req:text()
+            return body or "no body"
+        end)
+        with_app(app, function(client)
+            local res = assert(client:post("/t", { body = { "12345", "67890" } }))
+            assert.equal(413, res.status)
+            assert.matches("^limit: ", err)
+        end)
+    end)
+end)
+
+-- A directory of files for app:static, and a file beside it that must stay out of reach.
+local function site()
+    local root = os.tmpname()
+    os.remove(root)
+    local dir = root .. "/public"
+    assert(os.execute(("mkdir -p %s/sub %s/empty %s/docs"):format(dir, dir, dir)))
+    local function put(path, data)
+        local f = assert(io.open(path, "wb"))
+        f:write(data)
+        f:close()
+    end
+    put(dir .. "/index.html", "<h1>home</h1>")
+    put(dir .. "/style.css", "body { color: red }")
+    put(dir .. "/app.js", "console.log(1)")
+    put(dir .. "/logo.png", "\137PNG\r\n\26\n" .. ("\0"):rep(100))
+    put(dir .. "/data.json", '{"k":1}')
+    put(dir .. "/blob.bin", "0123456789")
+    put(dir .. "/hello world.txt", "spaced")
+    put(dir .. "/sub/index.html", "<p>sub</p>")
+    put(dir .. "/docs/readme.txt", "read me")
+    put(root .. "/secret.txt", "top secret")
+    return dir, root
+end
+
+describe("app: static files", function()
+    local dir, root
+    setup(function() dir, root = site() end)
+    teardown(function() os.execute("rm -rf " .. root) end)
+
+    local function static_app()
+        local app = loom.app()
+        app:static("/s", dir)
+        app:get("/s-other", function() return "a route beside the prefix" end)
+        return app
+    end
+
+    it("serves files with their content types", function()
+        with_app(static_app(), function(client)
+            local types = {
+                ["/s/index.html"] = "text/html; charset=utf-8",
+                ["/s/style.css"] = "text/css; charset=utf-8",
+                ["/s/app.js"] = "text/javascript; charset=utf-8",
+                ["/s/logo.png"] = "image/png",
+                ["/s/data.json"] = "application/json",
+                ["/s/blob.bin"] = "application/octet-stream",
+                ["/s/docs/readme.txt"] = "text/plain; charset=utf-8",
+            }
+            for path, ct in pairs(types) do
+                local res = get(client, path)
+                assert.equal(200, res.status, path)
+                assert.equal(ct, res.headers["content-type"], path)
+                assert.equal(tostring(#res.body), res.headers["content-length"])
+            end
+            assert.equal("body { color: red }", get(client, "/s/style.css").body)
+            assert.equal("spaced", get(client, "/s/hello%20world.txt").body)
+            assert.equal("a route beside the prefix", get(client, "/s-other").body)
+        end)
+    end)
+
+    it("serves index.html for a directory and redirects a directory without its slash", function()
+        with_app(static_app(), function(client)
+            assert.equal("<h1>home</h1>", get(client, "/s/").body)
+            assert.equal("<p>sub</p>", get(client, "/s/sub/").body)
+            local res = get(client, "/s/sub")
+            assert.equal(301, res.status)
+            assert.equal("/s/sub/", res.headers.location)
+            res = get(client, "/s")
+            assert.equal(301, res.status)
+            assert.equal("/s/", res.headers.location)
+            assert.equal(404, get(client, "/s/empty/").status) -- no index.html
+            assert.equal(404, get(client, "/s/nope.txt").status)
+        end)
+    end)
+
+    it("never redirects off-site: a directory reached with a doubled slash", function()
+        local app = loom.app()
+        app:static("/", dir)
+        with_app(app, function(client)
+            local res = get(client, "//sub")
+            assert.equal(301, res.status)
+            assert.equal("/sub/", res.headers.location) -- not //sub/, a link to the host "sub"
+        end)
+    end)
+
+    it("lets no path escape the directory", function()
+        with_app(static_app(), function(client)
+            local tries = {
+                "/s/../secret.txt", "/s/%2e%2e/secret.txt", "/s/%2E%2E/secret.txt", "/s/..%2fsecret.txt",
+                "/s/..%2Fsecret.txt", "/s/sub/..%2f..%2fsecret.txt", "/s/sub/../../secret.txt",
+                "/s/.%2e/secret.txt", "/s/..%5csecret.txt", "/s/%00/../secret.txt", "/s/style.css%00.png",
+                "/s/" .. root:gsub("^/", "") .. "/secret.txt",
+            }
+            for _, p in ipairs(tries) do
+                local res = get(client, p)
+                assert.equal(404, res.status, p)
+                assert.is_nil(res.body:find("top secret"), p)
+            end
+        end)
+    end)
+
+    it("answers If-None-Match and If-Modified-Since with 304", function()
+        with_app(static_app(), function(client)
+            local res = get(client, "/s/style.css")
+            local etag, lm = res.headers.etag, res.headers["last-modified"]
+            assert.matches('^"[%w-]+"$', etag)
+            assert.matches("^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$", lm)
+            local nm = get(client, "/s/style.css", { headers = { ["If-None-Match"] = etag } })
+            assert.equal(304, nm.status)
+            assert.equal("", nm.body)
+            assert.equal(etag, nm.headers.etag)
+            assert.equal(304, get(client, "/s/style.css", { headers = { ["If-None-Match"] = '"x", ' .. etag } }).status)
+            assert.equal(200, get(client, "/s/style.css", { headers = { ["If-None-Match"] = '"other"' } }).status)
+            assert.equal(304, get(client, "/s/style.css", { headers = { ["If-Modified-Since"] = lm } }).status)
+            -- If-None-Match wins over If-Modified-Since
+            assert.equal(200, get(client, "/s/style.css",
+                { headers = { ["If-None-Match"] = '"other"', ["If-Modified-Since"] = lm } }).status)
+        end)
+    end)
+
+    it("serves one byte range with 206, and 416 when it cannot be met", function()
+        with_app(static_app(), function(client)
+            local function range(r, extra)
+                local h = { Range = r }
+                for k, v in pairs(extra or {}) do h[k] = v end
+                return get(client, "/s/blob.bin", { headers = h })
+            end
+            local res = range("bytes=2-5")
+            assert.equal(206, res.status)
+            assert.equal("2345", res.body)
+            assert.equal("bytes 2-5/10", res.headers["content-range"])
+            assert.equal("4", res.headers["content-length"])
+            res = range("bytes=7-")
+            assert.equal("789", res.body)
+            assert.equal("bytes 7-9/10", res.headers["content-range"])
+            res = range("bytes=-3")
+            assert.equal("789", res.body)
+            res = range("bytes=8-100")
+            assert.equal("89", res.body)
+            assert.equal("bytes 8-9/10", res.headers["content-range"])
+            res = range("bytes=10-")
+            assert.equal(416, res.status)
+            assert.equal("bytes */10", res.headers["content-range"])
+            assert.equal(416, range("bytes=-0").status)
+            -- RFC 9110 14.2: an invalid range is answered 416 too
+            assert.equal(416, range("bytes=5-2").status)
+            assert.equal(416, range("bytes=x-y").status)
+            -- several ranges or another unit: the whole file
+            for _, r in ipairs({ "bytes=0-1,4-5", "lines=1-2" }) do
+                res = range(r)
+                assert.equal(200, res.status, r)
+                assert.equal("0123456789", res.body, r)
+            end
+            -- If-Range: the range only while the file is the one the client has
+            local full = get(client, "/s/blob.bin")
+            local etag, lm = full.headers.etag, full.headers["last-modified"]
+            assert.equal(206, range("bytes=0-1", { ["If-Range"] = etag }).status)
+            assert.equal(206, range("bytes=0-1", { ["If-Range"] = lm }).status)
+            for _, v in ipairs({ '"changed"', "W/" .. etag, "Thu, 01 Jan 1970 00:00:00 GMT" }) do
+                res = range("bytes=0-1", { ["If-Range"] = v })
+                assert.equal(200, res.status, v)
+                assert.equal("0123456789", res.body)
+            end
+        end)
+    end)
+
+    it("answers HEAD with GET's headers and no body", function()
+        with_app(static_app(), function(client)
+            local res = assert(client:head("/s/logo.png"))
+            assert.equal(200, res.status)
+            assert.equal("image/png", res.headers["content-type"])
+            assert.equal("108", res.headers["content-length"])
+            assert.is_not_nil(res.headers.etag)
+            assert.equal("", res.body)
+            assert.equal(108, #get(client, "/s/logo.png").body)
+        end)
+    end)
+
+    it("serves from the root prefix", function()
+        local app = loom.app()
+        app:static("/", dir)
+        with_app(app, function(client)
+            assert.equal("<h1>home</h1>", get(client, "/").body)
+            assert.equal("console.log(1)", get(client, "/app.js").body)
+            assert.equal(405, assert(client:post("/app.js", { body = "" })).status)
+        end)
+    end)
+
+    it("streams a large file whole", function()
+        local path = dir .. "/large.bin"
+        local f = assert(io.open(path, "wb"))
+        local block = {}
+        for i = 0, 255 do block[#block + 1] = string.char(i) end
+        block = table.concat(block):rep(4 * 1024) -- 1 MiB
+        f:write(block, block, "tail")
+        f:close()
+        with_app(static_app(), function(client)
+            local res = get(client, "/s/large.bin")
+            assert.equal(2 * #block + 4, #res.body)
+            assert(res.body == block .. block .. "tail", "the body differs from the file")
+        end)
+        os.remove(path)
+    end)
+end)
+
+describe("app: misuse raises, naming the argument", function()
+    it("in route registration", function()
+        local app = loom.app()
+        local f = function() end
+        assert.error_matches(function() app:get(1, f) end, "bad argument #1 to 'get' %(string expected, got number%)")
+        assert.error_matches(function() app:post("/x", "f") end, "bad argument #2 to 'post' %(function expected, got string%)")
+        assert.error_matches(function() app:route(nil, "/x", f) end, "bad argument #1 to 'route'")
+        assert.error_matches(function() app:any("/x") end, "bad argument #2 to 'any'")
+        assert.error_matches(function() app:use("mw") end, "bad argument #1 to 'use' %(function expected, got string%)")
+        assert.error_matches(function() app:static(1, "dir") end, "bad argument #1 to 'static'")
+        assert.error_matches(function() app:static("/s") end, "bad argument #2 to 'static'")
+    end)
+
+    it("in loom.app and app:listen options", function()
+        assert.error_matches(function() loom.app{ max_body = "x" } end,
+            "bad argument #1 to 'app' %(option 'max_body': number expected, got string%)")
+        assert.error_matches(function() loom.app{ header_timeout = -1 } end, "option 'header_timeout': must not be negative")
+        assert.error_matches(function() loom.app("big") end, "bad argument #1 to 'app' %(table expected, got string%)")
+        local app = loom.app()
+        assert.error_matches(function() app:listen{ port = "80" } end, "option 'port'")
+        assert.error_matches(function() app:listen{ port = 70000 } end, "option 'port'")
+        assert.error_matches(function() app:listen{ host = 1 } end, "option 'host'")
+        assert.error_matches(function() app:listen(8080) end, "bad argument #1 to 'listen'")
+    end)
+
+    it("listen failures return nil, err", function()
+        run(function()
+            local a = loom.app()
+            local srv = assert(a:listen{ host = "127.0.0.1", port = 0 })
+            local dup, err = loom.app():listen{ host = "127.0.0.1", port = srv.port }
+            assert.is_nil(dup)
+            assert.matches("^listen: ", err)
+            srv:close()
+        end)
+    end)
+end)
