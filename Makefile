@@ -31,7 +31,7 @@ build-asan: deps
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 
 run: build
-	./$(BUILD)/loom examples/hello.lua
+	./$(BUILD)/loom examples/main.lua
 
 # The sanitizer pass has no rock/ or valgrind/ tests (CMake leaves them out);
 # the normal pass comes last so its ctest summary ends the output.
