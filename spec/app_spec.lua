@@ -857,6 +857,13 @@ describe("app: misuse raises, naming the argument", function()
         assert.error_matches(function() app:listen{ port = 70000 } end, "option 'port'")
         assert.error_matches(function() app:listen{ host = 1 } end, "option 'host'")
         assert.error_matches(function() app:listen(8080) end, "bad argument #1 to 'listen'")
+        -- a misspelt option is an error, not a limit silently left at its default
+        assert.error_matches(function() loom.app{ max_bdy = 10 } end,
+            "bad argument #1 to 'app' %(unknown option 'max_bdy'%)")
+        assert.error_matches(function() app:listen{ prot = 80 } end,
+            "bad argument #1 to 'listen' %(unknown option 'prot'%)")
+        assert.error_matches(function() app:run{ worker = 2 } end,
+            "bad argument #1 to 'run' %(unknown option 'worker'%)")
     end)
 
     it("listen failures return nil, err", function()

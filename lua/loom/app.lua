@@ -14,11 +14,16 @@ App.__index = App
 App.__name = "loom.app"
 
 local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout" }
+local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true }
+for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
+for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
+    LISTEN_OPTS[k], RUN_OPTS[k] = true, true
+end
 
 -- loom.app{ max_body = 1 MiB, max_header = 16 KiB, header_timeout = 30, keepalive_timeout = 75,
 --           body_timeout = 60, send_timeout = 60 }
 local function new(opts)
-    opts = args.opts(opts, "app", 1)
+    opts = args.known(args.opts(opts, "app", 1), APP_OPTS, "app", 1)
     local app = setmetatable({ router = router.new(), middleware = {}, limits = {},
         websockets = setmetatable({}, { __mode = "k" }) }, App)
     for _, k in ipairs(LIMITS) do
@@ -237,7 +242,7 @@ end
 
 -- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls } -> server | nil, err
 function App:listen(opts)
-    opts = args.opts(opts, "listen", 1)
+    opts = args.known(args.opts(opts, "listen", 1), LISTEN_OPTS, "listen", 1)
     local o = {}
     o.host = args.opt(opts, "host", "string", "0.0.0.0", "listen", 1)
     if o.host == "localhost" then o.host = "127.0.0.1" end
@@ -261,7 +266,7 @@ end
 -- app:run{ host, port, access_log = true, workers = 1, grace = 10 }: listen, say where,
 -- serve until SIGINT or SIGTERM, then close gracefully.
 function App:run(opts)
-    opts = args.opts(opts, "run", 1)
+    opts = args.known(args.opts(opts, "run", 1), RUN_OPTS, "run", 1)
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
     if o.access_log == nil then o.access_log = true end
