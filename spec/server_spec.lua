@@ -757,6 +757,26 @@ describe("server: srv:close(grace)", function()
         end)
     end)
 
+    it("as a to-be-closed variable closes the server and lets the block's error through", function()
+        run(function()
+            local app = echo_app()
+            local port
+            local ok, err = pcall(function()
+                local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+                port = srv.port
+                error({ code = 42 })
+            end)
+            assert.is_false(ok)
+            assert.same({ code = 42 }, err)
+            assert.is_nil((loom.connect("127.0.0.1", port)))
+            ok, err = pcall(function()
+                local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+                error("the real error", 0)
+            end)
+            assert.equal("the real error", err)
+        end)
+    end)
+
     it("may be called from a handler", function()
         local app = loom.app()
         local srv

@@ -717,6 +717,13 @@ static int server_close_l(lua_State *L) {
     return 0;
 }
 
+/* `local srv <close>`: Lua passes the error the block is leaving with (or nil) as the
+ * second argument, which is no grace period; a bad one would raise and replace that error. */
+static int server_close_tbc(lua_State *L) {
+    lua_settop(L, 1);
+    return server_close_l(L);
+}
+
 static int server_index(lua_State *L) {
     loom_server_t *srv = check_server(L, 1);
     const char *k = luaL_checkstring(L, 2);
@@ -840,7 +847,7 @@ static int l_http_listen(lua_State *L) {
 
 static const luaL_Reg server_meta[] = {
     {"__gc", server_gc},
-    {"__close", server_close_l},
+    {"__close", server_close_tbc},
     {"__index", server_index},
     {NULL, NULL},
 };
