@@ -8,6 +8,7 @@
  * connection that has moved on or been freed. Waits park with the box as their data.
  */
 #include <stdio.h>
+#include <ctype.h>
 #include <string.h>
 #include <lauxlib.h>
 #include "http_server.h"
@@ -17,16 +18,38 @@
 
 /* ---------------------------------------------------------------- the request table */
 
+/* Pushes the path of a request target: of the origin form "/a/b?q" as it is; of the
+ * absolute form "http://host/a/b?q", which RFC 9112 3.2.2 says a server MUST accept (a
+ * proxy-minded client sends it), the part after the authority, or "/" when there is none. */
+static void push_path(lua_State *L, const char *url, size_t len) {
+    const char *end = url + len, *p = url;
+    if (len > 0 && *url != '/') {
+        const char *s = url; /* RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) */
+        while (s < end && (isalpha((unsigned char)*s) ||
+                           (s > url && (isdigit((unsigned char)*s) || strchr("+-.", *s)))))
+            s++;
+        if (s > url && end - s >= 3 && memcmp(s, "://", 3) == 0) {
+            p = s + 3;
+            while (p < end && *p != '/' && *p != '?' && *p != '#')
+                p++;
+            if (p == end || *p != '/') {
+                lua_pushliteral(L, "/");
+                return;
+            }
+        }
+    }
+    const char *q = p;
+    while (q < end && *q != '?' && *q != '#')
+        q++;
+    lua_pushlstring(L, p, (size_t)(q - p));
+}
+
 void loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     loom_head_t *h = c->msg.head;
-    const char *url = h->data + h->url;
-    size_t plen = 0;
-    while (plen < h->url_len && url[plen] != '?' && url[plen] != '#')
-        plen++;
     lua_createtable(L, 0, 6);
     lua_pushstring(L, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)));
     lua_setfield(L, -2, "method");
-    lua_pushlstring(L, url, plen);
+    push_path(L, h->data + h->url, h->url_len);
     lua_setfield(L, -2, "path");
     lua_pushstring(L, c->http10 ? "1.0" : "1.1");
     lua_setfield(L, -2, "version");
