@@ -1,5 +1,5 @@
 # Thin wrapper over scripts/deps.sh, CMake and ctest.
-#   make run        build, then ./build/loom examples/hello.lua
+#   make run        build, then ./build/loom examples/main.lua
 #   make test       sanitizer build + ctest (build-asan), then normal build + ctest (build)
 #   make test-fast  normal build + ctest only
 #   make bench      bench/run.sh against the peers

@@ -146,8 +146,12 @@ static int body_ready(loom_conn_t *c, int want) {
 }
 
 void loom_conn_body_event(loom_conn_t *c) {
-    if (c->waiter && body_ready(c, c->chunk_mode ? WANT_CHUNK : WANT_WHOLE))
+    if (!c->waiter || !c->waiting_body)
+        return;
+    if (body_ready(c, c->chunk_mode ? WANT_CHUNK : WANT_WHOLE))
         loom_wake(c->waiter);
+    else /* bytes came: body_timeout counts from the latest */
+        loom_task_extend(c->waiter, c->srv->body_timeout);
 }
 
 static int push_body_error(lua_State *L, loom_conn_t *c) {
@@ -218,6 +222,7 @@ static int read_body(lua_State *L, int want, const char *fname) {
         return push_body(L, c, want);
     loom_task_t *t = loom_task_self(L, fname);
     c->waiter = t;
+    c->waiting_body = 1;
     lua_settop(L, 1);
     return loom_park(L, t, c->srv->body_timeout, body_build, body_abort, box);
 }
@@ -306,6 +311,7 @@ static int req_write(lua_State *L) {
     }
     loom_task_t *t = loom_task_self(L, "write");
     c->waiter = t;
+    c->waiting_body = 0;
     lua_settop(L, 1);
     return loom_park(L, t, c->srv->send_timeout, write_build, body_abort, box);
 }

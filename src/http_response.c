@@ -234,6 +234,8 @@ static void put_connection(hb_t *b, loom_conn_t *c) {
 
 /* ---------------------------------------------------------------- writes */
 
+#define WRITE_PIECE (256 * 1024)
+
 typedef struct {
     uv_write_t req;
     loom_conn_t *c;
@@ -250,9 +252,12 @@ static void on_write(uv_write_t *req, int status) {
     if (c->state == C_CLOSING)
         return;
     if (c->pending_writes == 0) {
-        if (c->waiter)
+        if (c->waiter && !c->waiting_body)
             loom_wake(c->waiter);
         loom_conn_request_done(c);
+    } else if (c->waiter && !c->waiting_body) {
+        /* a piece went out: send_timeout counts from the latest progress */
+        loom_task_extend(c->waiter, c->srv->send_timeout);
     }
 }
 
@@ -280,31 +285,42 @@ int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
         if (sent == total)
             return 0;
     }
-    cwreq_t *w = malloc(sizeof *w + total - sent);
-    if (!w) {
-        c->werr = UV_ENOMEM;
-        return UV_ENOMEM;
-    }
-    size_t off = 0, skip = sent;
-    for (int i = 0; i < nbufs; i++) {
-        size_t n = bufs[i].len;
-        if (skip >= n) {
-            skip -= n;
-            continue;
+    /* What the kernel did not take is copied and queued in pieces, so each completion
+     * shows progress to a waiting writer (send_timeout counts from the latest piece). */
+    int i = 0;
+    size_t skip = sent, left = total - sent;
+    while (i < nbufs && skip >= bufs[i].len) /* the cursor starts after what was sent */
+        skip -= bufs[i++].len;
+    while (left > 0) {
+        size_t piece = left < WRITE_PIECE ? left : WRITE_PIECE;
+        cwreq_t *w = malloc(sizeof *w + piece);
+        if (!w) {
+            c->werr = UV_ENOMEM;
+            return UV_ENOMEM;
         }
-        memcpy(w->data + off, bufs[i].base + skip, n - skip);
-        off += n - skip;
-        skip = 0;
+        for (size_t off = 0; off < piece;) {
+            size_t n = bufs[i].len - skip;
+            if (n > piece - off)
+                n = piece - off;
+            memcpy(w->data + off, bufs[i].base + skip, n);
+            off += n;
+            skip += n;
+            if (skip == bufs[i].len) {
+                i++;
+                skip = 0;
+            }
+        }
+        w->c = c;
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)piece);
+        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+        if (rc < 0) {
+            free(w);
+            c->werr = rc;
+            return rc;
+        }
+        c->pending_writes++;
+        left -= piece;
     }
-    w->c = c;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        free(w);
-        c->werr = rc;
-        return rc;
-    }
-    c->pending_writes++;
     return 0;
 }
 

@@ -57,6 +57,7 @@ struct loom_conn {
     uint8_t http10;
     uint8_t partial;       /* bytes of the current request head have arrived */
     uint8_t chunk_mode;    /* the handler takes the body piece by piece (req:chunks) */
+    uint8_t waiting_body;  /* `waiter` waits for the body (else for writes to drain) */
     uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
     int pending_writes;
     int werr;

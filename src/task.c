@@ -249,6 +249,13 @@ int loom_park(lua_State *L, loom_task_t *t, double timeout_s, loom_build_fn buil
     return lua_yieldk(L, 0, (lua_KContext)t, park_k);
 }
 
+void loom_task_extend(loom_task_t *t, double timeout_s) {
+    if (t->state != TASK_PARKED || t->heap_idx < 0)
+        return;
+    heap_remove(t->host, t);
+    heap_add(t->host, t, timeout_s);
+}
+
 void loom_wake(loom_task_t *t) {
     if (t->state == TASK_PARKED)
         make_ready(t, LOOM_WAKE_OK);

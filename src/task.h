@@ -100,6 +100,10 @@ loom_task_t *loom_task_self(lua_State *L, const char *fname);
 int loom_park(lua_State *L, loom_task_t *t, double timeout_s, loom_build_fn build,
               loom_abort_fn abort, void *ud);
 
+/* Progress on a parked task's wait: its deadline becomes `timeout_s` from now (if it has
+ * one), so a timeout bounds the time without progress rather than the whole wait. */
+void loom_task_extend(loom_task_t *t, double timeout_s);
+
 /* Makes a parked task ready with LOOM_WAKE_OK. No-op unless it is parked. */
 void loom_wake(loom_task_t *t);
 

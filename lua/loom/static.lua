@@ -143,7 +143,7 @@ function M.handler(dir)
             if req.path:sub(-1) ~= "/" then
                 -- one leading slash: "//host/dir" would send the browser to another site
                 local location = "/" .. req.path:gsub("^/+", "") .. "/"
-                return { status = 301, headers = { location = location }, body = "" }
+                return { status = 301, headers = { location = location }, text = "Moved Permanently" }
             end
             path = path:gsub("/$", "") .. "/index.html"
             st = core.stat(path)
