@@ -24,15 +24,8 @@ local M = {}
 local DEFAULT_TIMEOUT = 10
 local MAX_LINE = 64 * 1024
 
--- Header tables: lowercase keys; any-case lookups find them too.
-local headers_mt = {
-    __index = function(t, k)
-        if type(k) == "string" then
-            local l = k:lower()
-            if l ~= k then return rawget(t, l) end
-        end
-    end,
-}
+-- Header tables: lowercase keys; any-case lookups find them too (as on the server).
+local headers_mt = require("loom.request").headers_mt
 
 -- Reading --------------------------------------------------------------------------------
 
