@@ -608,12 +608,20 @@ static int pool_close_l(lua_State *L) {
     return 0;
 }
 
-static void add_stats(lua_State *L, hc_host_t *h, lua_Integer acc[5]) {
-    (void)L;
-    acc[0] += h->nidle;
-    acc[1] += h->active;
-    acc[2] += (lua_Integer)h->opened;
-    acc[3] += (lua_Integer)h->reused;
+typedef struct {
+    lua_Integer idle, active, opened, reused;
+} pool_counts_t;
+
+static void add_counts(pool_counts_t *n, const hc_host_t *h) {
+    n->idle += h->nidle;
+    n->active += h->active;
+    n->opened += (lua_Integer)h->opened;
+    n->reused += (lua_Integer)h->reused;
+}
+
+static void set_count(lua_State *L, const char *name, lua_Integer v) {
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, name);
 }
 
 /* pool:stats([key]) -> {idle, active, opened, reused}: counts over one key or all. */
@@ -621,16 +629,15 @@ static int pool_stats(lua_State *L) {
     hc_pool_t *p = hc_pool_check(L, 1);
     size_t len;
     const char *key = luaL_optlstring(L, 2, NULL, &len);
-    lua_Integer acc[5] = {0, 0, 0, 0, 0};
+    pool_counts_t n = {0, 0, 0, 0};
     for (hc_host_t *h = p->hosts; h; h = h->next)
         if (!key || (h->keylen == len && memcmp(h->key, key, len) == 0))
-            add_stats(L, h, acc);
-    static const char *const names[] = {"idle", "active", "opened", "reused"};
+            add_counts(&n, h);
     lua_createtable(L, 0, 4);
-    for (int i = 0; i < 4; i++) {
-        lua_pushinteger(L, acc[i]);
-        lua_setfield(L, -2, names[i]);
-    }
+    set_count(L, "idle", n.idle);
+    set_count(L, "active", n.active);
+    set_count(L, "opened", n.opened);
+    set_count(L, "reused", n.reused);
     return 1;
 }
 
