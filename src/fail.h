@@ -1,6 +1,7 @@
 /*
  * fail.h - error kinds, the helper that returns `nil, "kind: detail"`, and option checks that
- * raise in Lua's own shape: bad argument #2 to 'fetch' (option 'timeout': number expected, got string).
+ * raise in Lua's own shape: bad argument #2 to 'fetch' (option 'timeout': number expected, got
+ * string).
  */
 #ifndef LOOM_FAIL_H
 #define LOOM_FAIL_H

@@ -13,7 +13,8 @@
 #include "http_client.h"
 #include "fail.h"
 
-#define DRAIN_MAX (64 * 1024) /* bytes of an unread body still worth reading to keep a connection */
+#define DRAIN_MAX (64 * 1024) /* bytes of an unread body still worth reading to keep a connection  \
+                               */
 #define BODY_HIGH_WATER (256 * 1024)
 
 static void arm_timer(hc_pool_t *p);

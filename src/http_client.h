@@ -26,10 +26,10 @@ struct hc_host {
     hc_pool_t *pool;
     char *key;
     size_t keylen;
-    int origin_len;      /* key[0, origin_len) is "scheme://host:port", for messages */
-    hc_conn_t *idle;     /* most recently used first */
+    int origin_len;  /* key[0, origin_len) is "scheme://host:port", for messages */
+    hc_conn_t *idle; /* most recently used first */
     int nidle;
-    int active;          /* connections in use, plus slots granted for connections being made */
+    int active;            /* connections in use, plus slots granted for connections being made */
     hc_x_t *whead, *wtail; /* exchanges waiting for a connection or a slot, in order */
     unsigned long opened, reused;
 };
@@ -40,7 +40,7 @@ struct hc_pool {
     uv_timer_t timer; /* idle expiry and drains; unreferenced: it never keeps the loop */
     int timer_open;
     int boxed;
-    int xrefs;  /* exchange objects that point here */
+    int xrefs; /* exchange objects that point here */
     int closed;
     int max_per_host;
     uint64_t idle_ms;
@@ -55,14 +55,14 @@ enum { CS_IDLE, CS_BUSY, CS_DRAIN, CS_DEAD };
 struct hc_conn {
     hc_conn_t *prev, *next; /* in its host's idle list, or the pool's busy or drain list */
     hc_host_t *host;
-    loom_stream_t *s;       /* NULL once closed */
+    loom_stream_t *s; /* NULL once closed */
     loom_http_msg_t msg;
-    hc_x_t *x;              /* the exchange in progress */
+    hc_x_t *x; /* the exchange in progress */
     int state;
     int msg_done;
-    int keep;               /* the response allows another request */
-    uint64_t deadline;      /* loop ms: idle expiry or end of a drain */
-    uint64_t ka_ms;         /* the server's Keep-Alive: timeout, 0 when absent */
+    int keep;          /* the response allows another request */
+    uint64_t deadline; /* loop ms: idle expiry or end of a drain */
+    uint64_t ka_ms;    /* the server's Keep-Alive: timeout, 0 when absent */
 };
 
 /* Flags of a request. */
@@ -82,31 +82,31 @@ struct hc_x {
     hc_host_t *host;
     hc_conn_t *c;
     loom_task_t *waiter;
-    int wait;               /* W_*: what the waiter waits for */
-    hc_x_t *wnext, *wprev;  /* in the host's waiting list */
+    int wait;              /* W_*: what the waiter waits for */
+    hc_x_t *wnext, *wprev; /* in the host's waiting list */
     int queued;
-    int slot;               /* holds a slot: Lua must bring a new connection */
+    int slot; /* holds a slot: Lua must bring a new connection */
     int flags;
-    int phase;              /* X_* */
-    int got_bytes;          /* a response byte arrived */
-    int reused;             /* sent on a kept-alive connection */
-    int req_done;           /* the whole request is written (or queued in order) */
-    int whole;              /* read_all gathers the rest: max_body counts it */
+    int phase;     /* X_* */
+    int got_bytes; /* a response byte arrived */
+    int reused;    /* sent on a kept-alive connection */
+    int req_done;  /* the whole request is written (or queued in order) */
+    int whole;     /* read_all gathers the rest: max_body counts it */
     int status, minor;
-    int by_total;           /* the current wait's deadline is the total one */
-    loom_head_t *head;      /* the final response head, until Lua has it */
-    char *body;             /* decoded body bytes not yet given to Lua: [bpos, blen) */
+    int by_total;      /* the current wait's deadline is the total one */
+    loom_head_t *head; /* the final response head, until Lua has it */
+    char *body;        /* decoded body bytes not yet given to Lua: [bpos, blen) */
     size_t blen, bpos, bcap;
-    uint64_t total;         /* decoded body bytes so far */
+    uint64_t total; /* decoded body bytes so far */
     uint64_t max_body;
     loom_inflate_t *z;
-    double read_timeout;    /* < 0: none */
+    double read_timeout; /* < 0: none */
     double wait_timeout;
-    double deadline;        /* loom.now() seconds; < 0: none */
-    const char *ekind;      /* failure kind, when phase is X_FAILED */
+    double deadline;   /* loom.now() seconds; < 0: none */
+    const char *ekind; /* failure kind, when phase is X_FAILED */
     int retryable;
-    char emsg[200];         /* set before it is read: not cleared for each request */
-    char inl[512];          /* a small body, without an allocation */
+    char emsg[200]; /* set before it is read: not cleared for each request */
+    char inl[512];  /* a small body, without an allocation */
 };
 
 /* http_client.c */

@@ -316,8 +316,8 @@ static int timed_out(lua_State *L, hc_x_t *x, int what, double base) {
         snprintf(x->emsg, sizeof x->emsg, "request took longer than its total timeout (%.*s)",
                  x->host->origin_len, x->host->key);
     else
-        snprintf(x->emsg, sizeof x->emsg, "%s %.*s%s%.3gs", waiting_for(what),
-                 x->host->origin_len, x->host->key, what == W_SLOT ? " for " : " within ", base);
+        snprintf(x->emsg, sizeof x->emsg, "%s %.*s%s%.3gs", waiting_for(what), x->host->origin_len,
+                 x->host->key, what == W_SLOT ? " for " : " within ", base);
     return push_fail(L, x);
 }
 
@@ -564,14 +564,8 @@ static int x_done(lua_State *L) {
 }
 
 static const luaL_Reg x_methods[] = {
-    {"attach", x_attach},
-    {"read_all", x_read_all},
-    {"read", x_read},
-    {"write", x_write},
-    {"finish", x_finish},
-    {"close", x_close_l},
-    {"done", x_done},
-    {NULL, NULL},
+    {"attach", x_attach}, {"read_all", x_read_all}, {"read", x_read}, {"write", x_write},
+    {"finish", x_finish}, {"close", x_close_l},     {"done", x_done}, {NULL, NULL},
 };
 
 static const luaL_Reg x_meta[] = {

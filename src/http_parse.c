@@ -225,8 +225,8 @@ static int on_value_complete(llhttp_t *p) {
         return 0;
     loom_hspan_t *s = &h->hdrs[h->nhdrs];
     s->value_len = (uint32_t)h->len - s->value;
-    while (s->value_len > 0 &&
-           (h->data[s->value + s->value_len - 1] == ' ' || h->data[s->value + s->value_len - 1] == '\t'))
+    while (s->value_len > 0 && (h->data[s->value + s->value_len - 1] == ' ' ||
+                                h->data[s->value + s->value_len - 1] == '\t'))
         s->value_len--;
     if (s->name_len == 4 && memcmp(h->data + s->name, "host", 4) == 0 && ++m->host_count > 1)
         return fail(m, 400, "more than one Host header");
@@ -297,8 +297,9 @@ llhttp_errno_t loom_http_execute(loom_http_msg_t *m, const char *data, size_t le
         return HPE_USER;
     m->ended = 0;
     llhttp_errno_t err = llhttp_execute(&m->parser, data, len);
-    const char *end = err == HPE_OK ? data + len
-                      : err == HPE_PAUSED ? llhttp_get_error_pos(&m->parser) : NULL;
+    const char *end = err == HPE_OK       ? data + len
+                      : err == HPE_PAUSED ? llhttp_get_error_pos(&m->parser)
+                                          : NULL;
     if (err == HPE_PAUSED && m->ended && m->chunked) {
         /* llhttp 8 takes a bare LF for the empty line that ends the trailers; the message
          * ended at `end`, right after that line's LF */

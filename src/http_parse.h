@@ -42,21 +42,21 @@ enum { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
 
 typedef struct loom_http_msg loom_http_msg_t;
 struct loom_http_msg {
-    llhttp_t parser;       /* parser.data points back here */
-    loom_head_t *head;     /* storage while a message is in progress */
+    llhttp_t parser;        /* parser.data points back here */
+    loom_head_t *head;      /* storage while a message is in progress */
     loom_head_pool_t *pool; /* where released heads go (owned by the server or client) */
-    uint32_t max_header;   /* bytes of target and header fields allowed, trailers included */
-    uint32_t header_bytes; /* counted so far for this message */
-    uint8_t part;          /* which element the data callbacks are extending */
+    uint32_t max_header;    /* bytes of target and header fields allowed, trailers included */
+    uint32_t header_bytes;  /* counted so far for this message */
+    uint8_t part;           /* which element the data callbacks are extending */
     uint8_t in_trailers;
     uint8_t host_count;
-    uint8_t strict_lines;  /* loom_http_execute checks line endings (set by the server) */
-    uint8_t lines;         /* where that check is in the current head (LINES_* bits) */
-    uint8_t chunked;       /* the current message's body is chunked */
-    uint8_t ended;         /* on_message_complete ran in this loom_http_execute call */
-    char last;             /* the last byte parsed, for a check that spans two reads */
-    uint16_t fail;         /* status a limit or check chose: 400, 414, 431 (0: parser's own) */
-    const char *why;       /* short reason, for the log */
+    uint8_t strict_lines; /* loom_http_execute checks line endings (set by the server) */
+    uint8_t lines;        /* where that check is in the current head (LINES_* bits) */
+    uint8_t chunked;      /* the current message's body is chunked */
+    uint8_t ended;        /* on_message_complete ran in this loom_http_execute call */
+    char last;            /* the last byte parsed, for a check that spans two reads */
+    uint16_t fail;        /* status a limit or check chose: 400, 414, 431 (0: parser's own) */
+    const char *why;      /* short reason, for the log */
     void *owner;
     /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
     int (*on_headers)(loom_http_msg_t *m);

@@ -24,7 +24,8 @@
 #define LINGER_MS 2000
 #define SETTLE_MS 100
 #define DRAIN_MAX (64 * 1024)
-#define CHUNK_HIGH_WATER (256 * 1024) /* unread body bytes we still parse away to keep the connection */
+#define CHUNK_HIGH_WATER                                                                           \
+    (256 * 1024) /* unread body bytes we still parse away to keep the connection */
 
 static void on_handler_done(loom_t *h, loom_task_t *t);
 static void server_maybe_done(loom_server_t *srv);
@@ -766,7 +767,8 @@ static int bind_listen(loom_server_t *srv, const char *host, int port, int reuse
     if (rc == 0 && reuseport)
         rc = open_reuseport(&srv->tcp, ss.ss_family);
     if (rc == 0)
-        rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+        rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss,
+                         ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->tcp, backlog, on_connection);
     if (rc == 0) {

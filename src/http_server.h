@@ -36,41 +36,41 @@ struct loom_conn {
     uv_tcp_t tcp; /* tcp.data = this */
     loom_server_t *srv;
     loom_http_msg_t msg;
-    loom_job_t job; /* starts the handler in the scheduler */
+    loom_job_t job;             /* starts the handler in the scheduler */
     loom_conn_t *prev, *next;   /* every connection of the server */
     loom_conn_t *tprev, *tnext; /* the timeout list it is in */
     uint64_t deadline;
     uint8_t tlist;
     uint8_t state;
-    uint8_t resp;          /* R_* */
-    uint8_t keepalive;     /* the request allows another after it */
-    uint8_t parse_paused;  /* llhttp is paused; `in` holds the bytes after the pause */
-    uint8_t msg_done;      /* on_message_complete seen for the current request */
-    uint8_t body_wanted;   /* a task asked for the body: parse it as it comes */
-    uint8_t discard;       /* parse the rest of the body and drop it */
+    uint8_t resp;         /* R_* */
+    uint8_t keepalive;    /* the request allows another after it */
+    uint8_t parse_paused; /* llhttp is paused; `in` holds the bytes after the pause */
+    uint8_t msg_done;     /* on_message_complete seen for the current request */
+    uint8_t body_wanted;  /* a task asked for the body: parse it as it comes */
+    uint8_t discard;      /* parse the rest of the body and drop it */
     uint8_t reading;
-    uint8_t eof;           /* the peer finished sending (or the read failed) */
-    uint8_t is_head;       /* HEAD request: no body in the answer */
-    uint8_t expect;        /* Expect: 100-continue not yet answered */
-    uint8_t chunked_out;   /* streaming response uses chunked encoding */
-    uint8_t uv_closed;     /* close callback ran */
+    uint8_t eof;         /* the peer finished sending (or the read failed) */
+    uint8_t is_head;     /* HEAD request: no body in the answer */
+    uint8_t expect;      /* Expect: 100-continue not yet answered */
+    uint8_t chunked_out; /* streaming response uses chunked encoding */
+    uint8_t uv_closed;   /* close callback ran */
     uint8_t http10;
-    uint8_t partial;       /* bytes of the current request head have arrived */
-    uint8_t chunk_mode;    /* the handler takes the body piece by piece (req:chunks) */
-    uint8_t waiting_body;  /* `waiter` waits for the body (else for writes to drain) */
-    uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
+    uint8_t partial;      /* bytes of the current request head have arrived */
+    uint8_t chunk_mode;   /* the handler takes the body piece by piece (req:chunks) */
+    uint8_t waiting_body; /* `waiter` waits for the body (else for writes to drain) */
+    uint16_t fail_status; /* the body broke (413, 400): the answer becomes this, and closes */
     int pending_writes;
     int werr;
     char *in; /* unparsed bytes: pipelined requests, or a body not asked for yet */
     size_t in_len, in_cap;
     char *body; /* request body gathered for the handler */
     size_t body_len, body_cap;
-    uint64_t body_seen; /* body bytes parsed for this request (limit) */
-    uint64_t sent;      /* response bytes, for the access log */
-    int status;         /* response status, for the access log */
-    loom_task_t *task;  /* the handler, while it runs */
-    loom_task_t *waiter; /* a task parked on the body or on a streaming write */
-    loom_reqbox_t *box; /* the Lua request object of the current request */
+    uint64_t body_seen;   /* body bytes parsed for this request (limit) */
+    uint64_t sent;        /* response bytes, for the access log */
+    int status;           /* response status, for the access log */
+    loom_task_t *task;    /* the handler, while it runs */
+    loom_task_t *waiter;  /* a task parked on the body or on a streaming write */
+    loom_reqbox_t *box;   /* the Lua request object of the current request */
     struct loom_tls *tls; /* HTTPS: the session between the socket and the parser, or NULL */
 };
 
@@ -79,16 +79,16 @@ struct loom_server {
     loom_t *host;
     uv_tcp_t tcp;
     uv_timer_t timer;
-    int handles;  /* libuv handles of the server still open (listener, timer) */
+    int handles; /* libuv handles of the server still open (listener, timer) */
     int listening;
     int boxed;
-    int closing;  /* srv:close was called */
+    int closing; /* srv:close was called */
     int port;
-    int live;      /* connection structs not yet freed: the server outlives them */
-    int self_ref;  /* anchors the Lua box while the server is up */
+    int live;            /* connection structs not yet freed: the server outlives them */
+    int self_ref;        /* anchors the Lua box while the server is up */
     loom_job_t done_job; /* drops the Lua references once everything is closed */
-    int entry_ref; /* Lua function(req) -> response */
-    int reqmt_ref; /* metatable of request tables */
+    int entry_ref;       /* Lua function(req) -> response */
+    int reqmt_ref;       /* metatable of request tables */
     loom_conn_t *conns;
     int nconns;
     loom_tlist_t tl[TL_COUNT];
@@ -100,11 +100,11 @@ struct loom_server {
     double send_timeout; /* seconds a streaming write may wait for the client to read */
     int access_log;
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
-    loom_head_pool_t heads; /* pool of head storage */
-    char *hbuf;         /* response heads are built here */
+    loom_head_pool_t heads;         /* pool of head storage */
+    char *hbuf;                     /* response heads are built here */
     size_t hcap;
-    uint64_t date_sec;  /* loop second the Date value was made in */
-    char date[40];      /* "Date: ...\r\n", cached once a second */
+    uint64_t date_sec; /* loop second the Date value was made in */
+    char date[40];     /* "Date: ...\r\n", cached once a second */
     size_t date_len;
     char rbuf[64 * 1024]; /* every read lands here; what must stay is copied out */
 };

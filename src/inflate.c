@@ -14,7 +14,7 @@
 struct loom_inflate {
     z_stream zs;
     int coding;
-    int started;  /* zlib is set up (deflate waits for two bytes to choose) */
+    int started; /* zlib is set up (deflate waits for two bytes to choose) */
     int ended;
     unsigned char first[2];
     int nfirst;

@@ -64,9 +64,9 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int sig) {
 static const struct {
     const char *name;
     int num;
-} signames[] = {{"SIGTERM", SIGTERM}, {"SIGINT", SIGINT}, {"SIGKILL", SIGKILL},
-                {"SIGHUP", SIGHUP}, {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2},
-                {"SIGQUIT", SIGQUIT}, {NULL, 0}};
+} signames[] = {
+    {"SIGTERM", SIGTERM}, {"SIGINT", SIGINT},   {"SIGKILL", SIGKILL}, {"SIGHUP", SIGHUP},
+    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT}, {NULL, 0}};
 
 static const char *signame(int num) {
     for (int i = 0; signames[i].name; i++)

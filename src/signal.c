@@ -23,8 +23,8 @@ typedef struct {
 static const struct {
     const char *name;
     int num;
-} names[] = {{"SIGINT", SIGINT}, {"SIGTERM", SIGTERM}, {"SIGHUP", SIGHUP},
-             {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT}, {NULL, 0}};
+} names[] = {{"SIGINT", SIGINT},   {"SIGTERM", SIGTERM}, {"SIGHUP", SIGHUP}, {"SIGUSR1", SIGUSR1},
+             {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT}, {NULL, 0}};
 
 static const char *name_of(int num) {
     for (int i = 0; names[i].name; i++)

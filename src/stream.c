@@ -840,14 +840,10 @@ static int l_tcp_listen(lua_State *L) {
 /* ---------------------------------------------------------------- registration */
 
 static const luaL_Reg stream_methods[] = {
-    {"read", stream_read},
-    {"read_line", stream_read_line},
-    {"write", stream_write},
-    {"close", stream_close_l},
-    {"shutdown", stream_shutdown},
-    {"settimeout", stream_settimeout},
-    {"peer", stream_peer},
-    {NULL, NULL},
+    {"read", stream_read},         {"read_line", stream_read_line},
+    {"write", stream_write},       {"close", stream_close_l},
+    {"shutdown", stream_shutdown}, {"settimeout", stream_settimeout},
+    {"peer", stream_peer},         {NULL, NULL},
 };
 
 static const luaL_Reg stream_meta[] = {

@@ -22,20 +22,20 @@ struct loom_stream {
     uv_tcp_t tcp;
     uv_connect_t creq;
     int state;
-    int boxed;    /* a Lua box still points here */
-    int eof;      /* the peer finished sending */
-    int rerr;     /* read error (libuv code), 0 if none */
-    int werr;     /* write error (libuv code), 0 if none */
-    int cerr;     /* connect result */
-    int reading;  /* uv_read_start is active */
+    int boxed;   /* a Lua box still points here */
+    int eof;     /* the peer finished sending */
+    int rerr;    /* read error (libuv code), 0 if none */
+    int werr;    /* write error (libuv code), 0 if none */
+    int cerr;    /* connect result */
+    int reading; /* uv_read_start is active */
     int pending_writes;
-    char *buf;    /* unread bytes are buf[pos, len) */
+    char *buf; /* unread bytes are buf[pos, len) */
     size_t pos, len, cap;
     loom_task_t *reader, *writer, *connector;
     int rmode;
     size_t rwant;
-    double timeout; /* seconds for each read and write; < 0 for none */
-    char peer[64];  /* "ip:port", for messages */
+    double timeout;       /* seconds for each read and write; < 0 for none */
+    char peer[64];        /* "ip:port", for messages */
     struct loom_tls *tls; /* TLS below the buffer (src/stream_tls.c), or NULL */
     /* A C owner instead of reading tasks (the HTTP client, a TLS handshake): called after
      * every read event and when the stream starts closing. */

@@ -266,8 +266,8 @@ static int l_tls_config(lua_State *L) {
 
 /* Read events while the handshake runs: wake the task once it is done or has failed. */
 static void on_handshake_event(loom_stream_t *s) {
-    if (s->connector && (loom_tls_handshake_done(s->tls) || s->eof || s->rerr || s->werr ||
-                         s->state != ST_OPEN))
+    if (s->connector &&
+        (loom_tls_handshake_done(s->tls) || s->eof || s->rerr || s->werr || s->state != ST_OPEN))
         loom_wake(s->connector);
 }
 
@@ -285,7 +285,8 @@ static int wrap_build(lua_State *L, void *ud, int reason) {
     if (!loom_tls_handshake_done(s->tls)) {
         const char *why = loom_stream_tls_error(s);
         if (!why)
-            why = s->eof ? "connection closed during the handshake" : uv_strerror(s->rerr ? s->rerr : s->werr);
+            why = s->eof ? "connection closed during the handshake"
+                         : uv_strerror(s->rerr ? s->rerr : s->werr);
         lua_pushfstring(L, "%s (%s)", why, name);
         loom_stream_close(s);
         return loom_fail(L, "tls", "%s", lua_tostring(L, -1));

@@ -278,8 +278,10 @@ loom_task_t *loom_task_self(lua_State *L, const char *fname) {
     if (t && t->co == L)
         return t;
     if (t)
-        luaL_error(L, "%s: called inside a coroutine that is not a loom task "
-                      "(use loom.spawn instead of coroutine.wrap/create)", fname);
+        luaL_error(L,
+                   "%s: called inside a coroutine that is not a loom task "
+                   "(use loom.spawn instead of coroutine.wrap/create)",
+                   fname);
     else
         luaL_error(L, "%s: called outside any task (use loom.run or loom.spawn)", fname);
     return NULL;
@@ -316,13 +318,13 @@ static const char *error_text(lua_State *L, int idx) {
  * here, as coroutine.close would run them. */
 static void keep_error(lua_State *L, lua_State *co) {
     lua_pushvalue(co, -1);
-    lua_xmove(co, L, 1);               /* L: err */
+    lua_xmove(co, L, 1); /* L: err */
     luaL_traceback(L, co, error_text(L, -1), 0);
-    lua_remove(L, -2);                 /* L: err tb */
-    lua_remove(L, -2);                 /* L: tb */
-    reset_thread(co, L);               /* co: err (a <close> error replaces the first) */
+    lua_remove(L, -2);   /* L: err tb */
+    lua_remove(L, -2);   /* L: tb */
+    reset_thread(co, L); /* co: err (a <close> error replaces the first) */
     lua_settop(co, 1);
-    lua_xmove(L, co, 1);               /* co: err tb */
+    lua_xmove(L, co, 1); /* co: err tb */
 }
 
 #define POOL_MAX 1024
@@ -433,7 +435,7 @@ void loom_task_run_now(loom_t *h, loom_task_t *t) {
 /* Creates a task object for the function below `nargs` values; pushes it. Not queued. */
 static loom_task_t *new_task(lua_State *L, int nargs) {
     loom_t *h = loom_host(L);
-    lua_State *co = lua_newthread(L);                 /* fn args.. co */
+    lua_State *co = lua_newthread(L);                    /* fn args.. co */
     loom_task_t *t = lua_newuserdatauv(L, sizeof *t, 2); /* fn args.. co t */
     memset(t, 0, sizeof *t);
     t->host = h;
@@ -508,7 +510,7 @@ static int post_to_box(lua_State *L, int box, int task) {
 
 static int notify_watchers(lua_State *L, loom_task_t *t) {
     int woken = 0;
-    push_task(L, t);                       /* task */
+    push_task(L, t);                                 /* task */
     if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE) { /* task list */
         int task = lua_gettop(L) - 1, list = task + 1;
         lua_Integer n = luaL_len(L, list);
@@ -745,35 +747,23 @@ static int task_tostring(lua_State *L) {
 }
 
 static const luaL_Reg task_methods[] = {
-    {"cancel", task_cancel_l},
-    {"done", task_done},
-    {"result", task_result},
-    {"traceback", task_traceback},
-    {"observe", task_observe},
-    {NULL, NULL},
+    {"cancel", task_cancel_l},     {"done", task_done},       {"result", task_result},
+    {"traceback", task_traceback}, {"observe", task_observe}, {NULL, NULL},
 };
 
 static const luaL_Reg sched_funcs[] = {
-    {"spawn", l_spawn},
-    {"sleep", l_sleep},
-    {"now", l_now},
-    {"current", l_current},
-    {"in_task", l_in_task},
-    {"is_current", l_is_current},
-    {"park", l_park},
-    {"ticket", l_ticket},
-    {"wake", l_wake},
-    {"watch", l_watch},
-    {"stats", l_stats},
-    {NULL, NULL},
+    {"spawn", l_spawn},     {"sleep", l_sleep},     {"now", l_now},
+    {"current", l_current}, {"in_task", l_in_task}, {"is_current", l_is_current},
+    {"park", l_park},       {"ticket", l_ticket},   {"wake", l_wake},
+    {"watch", l_watch},     {"stats", l_stats},     {NULL, NULL},
 };
 
 int loom_open_sched(lua_State *L) {
-    luaL_newmetatable(L, TASK_MT);     /* M mt */
-    luaL_newlib(L, task_methods);      /* M mt methods */
+    luaL_newmetatable(L, TASK_MT); /* M mt */
+    luaL_newlib(L, task_methods);  /* M mt methods */
     lua_pushvalue(L, -1);
     lua_setfield(L, -4, "task_methods"); /* M.task_methods = methods */
-    lua_setfield(L, -2, "__index");    /* mt.__index = methods */
+    lua_setfield(L, -2, "__index");      /* mt.__index = methods */
     lua_pushcfunction(L, task_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);

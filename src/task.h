@@ -40,11 +40,11 @@ struct loom_task {
     loom_job_t job; /* first member: the ready queue holds jobs */
     loom_t *host;
     lua_State *co;
-    int ref;     /* registry ref anchoring the task until it is done */
+    int ref; /* registry ref anchoring the task until it is done */
     int state;
-    int nargs;   /* values waiting on co's stack for the next resume */
-    int wake;    /* LOOM_WAKE_* of the last wake-up */
-    unsigned serial; /* counts parks, so stale wake-ups can be told apart */
+    int nargs;              /* values waiting on co's stack for the next resume */
+    int wake;               /* LOOM_WAKE_* of the last wake-up */
+    unsigned serial;        /* counts parks, so stale wake-ups can be told apart */
     unsigned char cancel;   /* cancel requested, not yet delivered */
     unsigned char failed;   /* done with an error: co holds error, traceback */
     unsigned char observed; /* someone takes the outcome: do not print the error */
@@ -80,7 +80,7 @@ typedef struct loom_sched {
     uv_idle_t idle;
     int idle_on;
     int draining;
-    int stats_alive; /* scratch for core.stats */
+    int stats_alive;   /* scratch for core.stats */
     loom_task_t *pool; /* finished internal tasks whose coroutines wait for reuse */
     int npool;
 } loom_sched_t;

@@ -146,7 +146,8 @@ static int names_from_cert(own_cert_t *o) {
     return 0;
 }
 
-static int load_pair(loom_tls_conf_t *c, own_cert_t *o, const loom_tls_cert_t *p, char *err, size_t n) {
+static int load_pair(loom_tls_conf_t *c, own_cert_t *o, const loom_tls_cert_t *p, char *err,
+                     size_t n) {
     int rc;
     if (!p->cert || !p->key) {
         snprintf(err, n, "cert and key go together");
@@ -261,7 +262,8 @@ static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, s
         set_err(err, n, "random seed", rc);
         return -1;
     }
-    rc = mbedtls_ssl_config_defaults(&c->conf, o->server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
+    rc = mbedtls_ssl_config_defaults(&c->conf,
+                                     o->server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
                                      MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
     if (rc != 0) {
         set_err(err, n, "configuration", rc);
@@ -449,7 +451,8 @@ static void verify_error(loom_tls_t *t) {
     char *nl = strchr(info, '\n'); /* one reason per line: the first says enough */
     if (nl)
         *nl = '\0';
-    snprintf(t->err, sizeof t->err, "certificate verify failed: %s", info[0] ? info : "unknown reason");
+    snprintf(t->err, sizeof t->err, "certificate verify failed: %s",
+             info[0] ? info : "unknown reason");
 }
 
 static int fail(loom_tls_t *t, const char *what, int rc) {
@@ -469,8 +472,9 @@ int loom_tls_handshake(loom_tls_t *t) {
     if (rc != 0)
         return fail(t, "handshake failed", rc);
     if (t->iplen && t->conf->verify && !ip_matches(t)) {
-        snprintf(t->err, sizeof t->err, "certificate verify failed: the certificate is not "
-                                        "valid for this IP address");
+        snprintf(t->err, sizeof t->err,
+                 "certificate verify failed: the certificate is not "
+                 "valid for this IP address");
         return LOOM_TLS_ERR;
     }
     t->done = 1;

@@ -14,9 +14,10 @@ typedef struct loom_tls loom_tls_t;
 
 /* A certificate chain and its key, and the host names they serve. */
 typedef struct {
-    const char *cert;         /* certificate chain, PEM or DER file */
-    const char *key;          /* its private key */
-    const char *const *names; /* NULL-terminated; NULL: the dNSNames (else the CN) of the certificate */
+    const char *cert; /* certificate chain, PEM or DER file */
+    const char *key;  /* its private key */
+    const char *const
+        *names; /* NULL-terminated; NULL: the dNSNames (else the CN) of the certificate */
 } loom_tls_cert_t;
 
 typedef struct {

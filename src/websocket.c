@@ -45,7 +45,8 @@ int loom_ws_parse_header(const unsigned char *p, size_t n, loom_ws_frame_t *f) {
     return 1;
 }
 
-void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4], size_t offset) {
+void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4],
+                    size_t offset) {
     for (size_t i = 0; i < len; i++)
         dst[i] = (char)(src[i] ^ key[(offset + i) & 3]);
 }

@@ -23,7 +23,8 @@ int loom_ws_parse_header(const unsigned char *p, size_t n, loom_ws_frame_t *f);
 
 /* XORs len bytes of src with the masking key into dst; `offset` is the payload position
  * of src[0] (the key repeats every 4 bytes). */
-void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4], size_t offset);
+void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4],
+                    size_t offset);
 
 int loom_open_websocket(lua_State *L);
 

@@ -67,7 +67,8 @@ static void roundtrip(const char *name, int coding, int wbits, int bytewise) {
         rc = loom_inflate_feed(z, (const char *)packed, n, collect, &s);
     }
     CHECK(rc == 0, "%s: feed returned %d", name, rc);
-    CHECK(s.len == sizeof text - 1 && memcmp(s.buf, text, s.len) == 0, "%s: got %zu bytes", name, s.len);
+    CHECK(s.len == sizeof text - 1 && memcmp(s.buf, text, s.len) == 0, "%s: got %zu bytes", name,
+          s.len);
     CHECK(loom_inflate_done(z), "%s: the stream did not end", name);
     loom_inflate_free(z);
 }

@@ -19,14 +19,14 @@
 
 static int passed, failed;
 
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (cond) {                                                                       \
-            passed++;                                                                     \
-        } else {                                                                          \
-            failed++;                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);     \
-        }                                                                                 \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            passed++;                                                                              \
+        } else {                                                                                   \
+            failed++;                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
     } while (0)
 
 /* ---------------------------------------------------------------- helpers */
@@ -77,13 +77,14 @@ static int run_code(const char *code, loom_t **out) {
 static void test_spawn_sleep_count(void) {
     loom_t *h;
     double t0 = now_s();
-    int status = run_code("count = 0\n"
-                          "for i = 1, 10 do\n"
-                          "  loom.spawn(function() loom.sleep(0.01 * (i % 4)) count = count + 1 end)\n"
-                          "end\n"
-                          "loom.sleep(0)\n"
-                          "main_done = 1\n",
-                          &h);
+    int status =
+        run_code("count = 0\n"
+                 "for i = 1, 10 do\n"
+                 "  loom.spawn(function() loom.sleep(0.01 * (i % 4)) count = count + 1 end)\n"
+                 "end\n"
+                 "loom.sleep(0)\n"
+                 "main_done = 1\n",
+                 &h);
     double dt = now_s() - t0;
     CHECK(status == 0);
     CHECK(global_int(h, "count") == 10);
@@ -116,15 +117,16 @@ static void test_order(void) {
 static void test_join_and_task_errors(void) {
     loom_t *h;
     char buf[128];
-    int status = run_code("local ok_t = loom.spawn(function(x) loom.sleep(0.01) return x + 1 end, 41)\n"
-                          "local bad = loom.spawn(function() error('task boom', 0) end)\n"
-                          "loom.spawn(function() error('unjoined failure') end)\n"
-                          "local _, v = ok_t:join()\n"
-                          "joined = v\n"
-                          "local ok, err = bad:join()\n"
-                          "bad_result = tostring(ok) .. ':' .. err\n"
-                          "loom.spawn(function() loom.sleep(0.02) later = 1 end)\n",
-                          &h);
+    int status =
+        run_code("local ok_t = loom.spawn(function(x) loom.sleep(0.01) return x + 1 end, 41)\n"
+                 "local bad = loom.spawn(function() error('task boom', 0) end)\n"
+                 "loom.spawn(function() error('unjoined failure') end)\n"
+                 "local _, v = ok_t:join()\n"
+                 "joined = v\n"
+                 "local ok, err = bad:join()\n"
+                 "bad_result = tostring(ok) .. ':' .. err\n"
+                 "loom.spawn(function() loom.sleep(0.02) later = 1 end)\n",
+                 &h);
     CHECK(status == 0);
     CHECK(global_int(h, "joined") == 42);
     CHECK(strcmp(global_str(h, "bad_result", buf, sizeof buf), "false:task boom") == 0);
@@ -136,16 +138,17 @@ static void test_join_and_task_errors(void) {
 static void test_cancel(void) {
     loom_t *h;
     char buf[64];
-    int status = run_code("closed = 0\n"
-                          "local t = loom.spawn(function()\n"
-                          "  local c <close> = setmetatable({}, {__close = function() closed = 1 end})\n"
-                          "  loom.sleep(30)\n"
-                          "end)\n"
-                          "loom.sleep(0)\n"
-                          "t:cancel()\n"
-                          "local ok, err = t:join()\n"
-                          "result = tostring(ok) .. ':' .. err\n",
-                          &h);
+    int status =
+        run_code("closed = 0\n"
+                 "local t = loom.spawn(function()\n"
+                 "  local c <close> = setmetatable({}, {__close = function() closed = 1 end})\n"
+                 "  loom.sleep(30)\n"
+                 "end)\n"
+                 "loom.sleep(0)\n"
+                 "t:cancel()\n"
+                 "local ok, err = t:join()\n"
+                 "result = tostring(ok) .. ':' .. err\n",
+                 &h);
     CHECK(status == 0);
     CHECK(global_int(h, "closed") == 1);
     CHECK(strcmp(global_str(h, "result", buf, sizeof buf), "false:cancelled") == 0);
@@ -255,12 +258,13 @@ static void *stop_later(void *arg) {
 
 static void test_stop_from_thread(void) {
     loom_t *h = loom_new(NULL);
-    CHECK(loom_dostring(h,
-                        "srv = assert(loom.listen{host = '127.0.0.1', port = 0,\n"
-                        "  handler = function(st) st:close() end})\n"
-                        "ticks = 0\n"
-                        "loom.spawn(function() while true do loom.sleep(0.005) ticks = ticks + 1 end end)\n",
-                        "=stop") == 0);
+    CHECK(loom_dostring(
+              h,
+              "srv = assert(loom.listen{host = '127.0.0.1', port = 0,\n"
+              "  handler = function(st) st:close() end})\n"
+              "ticks = 0\n"
+              "loom.spawn(function() while true do loom.sleep(0.005) ticks = ticks + 1 end end)\n",
+              "=stop") == 0);
     pthread_t th;
     CHECK(pthread_create(&th, NULL, stop_later, h) == 0);
     double t0 = now_s();
