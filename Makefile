@@ -3,15 +3,18 @@
 #   make test       sanitizer build + ctest (build-asan), then normal build + ctest (build)
 #   make test-fast  normal build + ctest only
 #   make bench      bench/run.sh against the peers
+#   make fuzz       clang + libFuzzer build (build-fuzz), each fuzz/ target for FUZZ_SECS
 SHELL := /bin/bash
 MAKEFLAGS += --no-print-directory
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECS ?= 60
 JOBS ?= $(shell nproc)
 CTEST_JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps deps-bench build build-asan run test test-asan test-fast bench format clean
+.PHONY: all deps deps-bench build build-asan run test test-asan test-fast bench fuzz format clean
 
 all: build
 
@@ -48,8 +51,25 @@ test-fast: build
 bench: deps-bench build
 	bash bench/run.sh
 
+# Each target runs FUZZ_SECS seconds from its seed corpus (fuzz/corpus/<name>); what it
+# finds new goes to $(FUZZ_BUILD)/corpus/<name>, crashes to $(FUZZ_BUILD)/crashes/.
+FUZZERS = $(basename $(notdir $(wildcard fuzz/fuzz_*.c)))
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -DLOOM_FUZZ=ON -DLOOM_TESTS=OFF -DCMAKE_C_COMPILER=clang $(CMAKE_FLAGS)
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzzers
+	@mkdir -p $(FUZZ_BUILD)/crashes
+	@set -e; for f in $(FUZZERS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$f; \
+	  echo "fuzz: $$f for $(FUZZ_SECS) s"; \
+	  ./$(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECS) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/crashes/$$f- \
+	    $(FUZZ_BUILD)/corpus/$$f fuzz/corpus/$$f 2>$(FUZZ_BUILD)/$$f.log \
+	    || { tail -n 40 $(FUZZ_BUILD)/$$f.log; echo "fuzz: $$f failed (log: $(FUZZ_BUILD)/$$f.log)"; exit 1; }; \
+	  grep -E '^(stat::number_of_executed_units|stat::new_units_added)' $(FUZZ_BUILD)/$$f.log || true; \
+	done
+
 format:
-	clang-format -i $(wildcard src/*.c src/*.h spec/c/*.c examples/embed/*.c)
+	clang-format -i $(wildcard src/*.c src/*.h spec/c/*.c examples/embed/*.c fuzz/*.c fuzz/*.h)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

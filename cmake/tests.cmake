@@ -146,4 +146,3 @@ if(LOOM_VALGRIND AND NOT LOOM_SANITIZE)
         ENVIRONMENT "${LOOM_TEST_ENV}")
 endif()
 
-# LOOM_FUZZ: reserved for a libFuzzer target over http_parse; nothing yet.

@@ -1,0 +1,142 @@
+/*
+ * http_fuzz.h - the harness fuzz_http_request.c and fuzz_http_response.c share: feeds bytes
+ * to a loom_http_msg_t through loom_http_execute the way the server does (the head and the
+ * message end pause llhttp; parsing resumes from where it stopped; an idle connection gives
+ * its head back to the pool) and checks what the glue stored. Knows no sockets and no Lua.
+ *
+ * Input: byte 0 picks where the rest is split into two reads (and, for responses, its top
+ * bit turns the line checks on); bytes 1.. are the wire.
+ */
+#ifndef LOOM_HTTP_FUZZ_H
+#define LOOM_HTTP_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "http_parse.h"
+
+/* Small enough that the fuzzer reaches the limits: 256 bytes of head, LOOM_MAX_HEADERS. */
+#define FUZZ_MAX_HEADER 256
+
+typedef struct {
+    size_t wire;     /* bytes given to the parser */
+    size_t body;     /* body bytes llhttp reported */
+    int heads, ends; /* heads completed, messages ended */
+    int idle;        /* a message ended and the head may go back to the pool */
+} fuzz_seen_t;
+
+#define FUZZ_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* What on_headers may rely on: every span inside the stored bytes, names lowercased, values
+ * without trailing blanks, the counted bytes within the limit. */
+static void fuzz_check_head(const loom_http_msg_t *m) {
+    const loom_head_t *h = m->head;
+    FUZZ_CHECK(h != NULL);
+    FUZZ_CHECK(h->len <= h->cap);
+    FUZZ_CHECK((size_t)h->url + h->url_len <= h->len);
+    FUZZ_CHECK(h->nhdrs >= 0 && h->nhdrs <= LOOM_MAX_HEADERS && h->nhdrs <= h->caphdrs);
+    FUZZ_CHECK(m->header_bytes <= m->max_header);
+    for (int i = 0; i < h->nhdrs; i++) {
+        const loom_hspan_t *s = &h->hdrs[i];
+        FUZZ_CHECK((size_t)s->name + s->name_len <= h->len);
+        FUZZ_CHECK((size_t)s->value + s->value_len <= h->len);
+        for (uint32_t k = 0; k < s->name_len; k++)
+            FUZZ_CHECK(!(h->data[s->name + k] >= 'A' && h->data[s->name + k] <= 'Z'));
+        if (s->value_len > 0) {
+            char last = h->data[s->value + s->value_len - 1];
+            FUZZ_CHECK(last != ' ' && last != '\t');
+        }
+        (void)loom_head_has_token(h, i, "chunked");
+        (void)loom_head_has_token(h, i, "close");
+    }
+    int hi = loom_head_find(h, "host", 4);
+    FUZZ_CHECK(hi < h->nhdrs);
+    FUZZ_CHECK(m->parser.type != HTTP_REQUEST || m->host_count <= 1);
+}
+
+static int fuzz_on_headers(loom_http_msg_t *m) {
+    fuzz_seen_t *seen = m->owner;
+    fuzz_check_head(m);
+    seen->heads++;
+    return HPE_PAUSED; /* as the server does: the body waits for the handler */
+}
+
+static int fuzz_on_body(loom_http_msg_t *m, const char *at, size_t len) {
+    fuzz_seen_t *seen = m->owner;
+    FUZZ_CHECK(at != NULL || len == 0);
+    seen->body += len;
+    return 0;
+}
+
+static int fuzz_on_complete(loom_http_msg_t *m) {
+    fuzz_seen_t *seen = m->owner;
+    seen->ends++;
+    seen->idle = 1;
+    return HPE_PAUSED;
+}
+
+/* One read: runs the parser over data, resuming after each pause. Returns 0 while the
+ * connection may go on, -1 once the parser has failed. */
+static int fuzz_feed(loom_http_msg_t *m, fuzz_seen_t *seen, const char *data, size_t len) {
+    seen->wire += len;
+    /* every pause is an event, and each event but the last of a message consumes bytes */
+    size_t max_rounds = 4 * len + 8;
+    for (size_t rounds = 0;; rounds++) {
+        FUZZ_CHECK(rounds <= max_rounds);
+        llhttp_errno_t err = loom_http_execute(m, data, len);
+        if (err == HPE_OK)
+            break;
+        if (err != HPE_PAUSED) {
+            FUZZ_CHECK(err != HPE_USER || m->fail != 0); /* our hooks fail only through fail() */
+            if (m->fail)
+                FUZZ_CHECK(m->fail == 400 || m->fail == 414 || m->fail == 431 || m->fail == 500);
+            return -1;
+        }
+        const char *pos = llhttp_get_error_pos(&m->parser);
+        FUZZ_CHECK(pos >= data && pos <= data + len);
+        len -= (size_t)(pos - data);
+        data = pos;
+        if (seen->idle && len == 0) { /* nothing buffered: the server releases the head */
+            loom_http_msg_release(m);
+            seen->idle = 0;
+        }
+        llhttp_resume(&m->parser);
+        if (len == 0)
+            data = "";
+    }
+    FUZZ_CHECK(seen->body <= seen->wire);
+    return 0;
+}
+
+static int fuzz_http(const uint8_t *in, size_t n, llhttp_type_t type) {
+    if (n < 1)
+        return 0;
+    loom_head_pool_t pool = {NULL, 0, 1};
+    loom_http_msg_t m;
+    fuzz_seen_t seen = {0, 0, 0, 0, 0};
+    loom_http_msg_init(&m, type, &pool);
+    m.owner = &seen;
+    m.max_header = FUZZ_MAX_HEADER;
+    m.on_headers = fuzz_on_headers;
+    m.on_body = fuzz_on_body;
+    m.on_complete = fuzz_on_complete;
+    m.strict_lines = type == HTTP_REQUEST ? 1 : (in[0] >> 7);
+    const char *wire = (const char *)in + 1;
+    size_t len = n - 1;
+    size_t split = (size_t)(in[0] & 0x7f) % (len + 1);
+    if (fuzz_feed(&m, &seen, wire, split) == 0 && fuzz_feed(&m, &seen, wire + split, len - split) == 0)
+        (void)llhttp_finish(&m.parser); /* the peer closed: a body read to the close ends */
+    FUZZ_CHECK(seen.ends <= seen.heads);
+    loom_http_msg_release(&m);
+    loom_head_pool_free(&pool);
+    return 0;
+}
+
+#endif
