@@ -131,7 +131,8 @@ static int fuzz_http(const uint8_t *in, size_t n, llhttp_type_t type) {
     const char *wire = (const char *)in + 1;
     size_t len = n - 1;
     size_t split = (size_t)(in[0] & 0x7f) % (len + 1);
-    if (fuzz_feed(&m, &seen, wire, split) == 0 && fuzz_feed(&m, &seen, wire + split, len - split) == 0)
+    if (fuzz_feed(&m, &seen, wire, split) == 0 &&
+        fuzz_feed(&m, &seen, wire + split, len - split) == 0)
         (void)llhttp_finish(&m.parser); /* the peer closed: a body read to the close ends */
     FUZZ_CHECK(seen.ends <= seen.heads);
     loom_http_msg_release(&m);
