@@ -243,6 +243,12 @@ static int on_headers_complete(llhttp_t *p) {
      * when the body starts, after the handler has been given the request. */
     if (p->type == HTTP_REQUEST && (p->flags & F_TRANSFER_ENCODING) && !(p->flags & F_CHUNKED))
         return fail(m, 400, "Transfer-Encoding not ending in chunked");
+    /* RFC 9112 6.1: "A server or client that receives an HTTP/1.0 message containing a
+     * Transfer-Encoding header field MUST treat the message as if the framing is faulty";
+     * llhttp 8 reads it as chunked. A 1.0 peer in front of us may not. */
+    if (p->type == HTTP_REQUEST && (p->flags & F_TRANSFER_ENCODING) && p->http_major == 1 &&
+        p->http_minor == 0)
+        return fail(m, 400, "Transfer-Encoding in an HTTP/1.0 request");
     return m->on_headers ? m->on_headers(m) : 0;
 }
 

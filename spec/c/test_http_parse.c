@@ -52,6 +52,8 @@ static const case_t cases[] = {
      NULL, NULL, NULL, 0},
     {"TE chunked last", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1,
      0, "/", "transfer-encoding", "gzip, chunked", 2},
+    {"TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 0, 400, NULL, NULL,
+     NULL, 0},
 };
 
 static int failures, passes;
