@@ -13,7 +13,15 @@
 #include "http_parse.h"
 
 /* The line check's state (loom_http_msg_t.lines). */
-enum { LINES_CR = 1, LINES_BOL = 2, LINES_TEXT = 4, LINES_DONE = 8 };
+/* LINES_HDRS: the start line has ended; LINES_SP: the last byte was a SP of the start line */
+enum {
+    LINES_CR = 1,
+    LINES_BOL = 2,
+    LINES_TEXT = 4,
+    LINES_DONE = 8,
+    LINES_HDRS = 16,
+    LINES_SP = 32
+};
 
 static loom_http_msg_t *msg_of(llhttp_t *p) {
     return (loom_http_msg_t *)p->data;
@@ -270,9 +278,12 @@ static int on_message_complete(llhttp_t *p) {
  * lets a recipient take a bare LF as a line end, and llhttp 8 does after the request line
  * and for the empty line; it also unfolds obs-fold (5.2: a server MUST either reject it or
  * replace it with spaces). A peer in front of us that reads those differently sees other
- * requests than we do, so all of them are 400 here. */
+ * requests than we do, so all of them are 400 here. So is a request line with more than one
+ * SP between its parts, which llhttp 8 takes (3: "recipients MAY instead parse on
+ * whitespace-delimited word boundaries"; a strict one does not). */
 static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
     uint8_t s = m->lines;
+    int request = m->parser.type == HTTP_REQUEST;
     for (size_t i = 0; i < len && !(s & LINES_DONE); i++) {
         char ch = data[i];
         if (s & LINES_CR) {
@@ -282,6 +293,8 @@ static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
             if ((s & LINES_BOL) && (s & LINES_TEXT))
                 s |= LINES_DONE; /* an empty line after the start line: the head ends */
             s |= LINES_BOL;
+            if (s & LINES_TEXT)
+                s |= LINES_HDRS;
         } else if (ch == '\r') {
             s |= LINES_CR;
         } else if (ch == '\n') {
@@ -289,7 +302,10 @@ static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
         } else {
             if ((s & LINES_BOL) && (s & LINES_TEXT) && (ch == ' ' || ch == '\t'))
                 return fail(m, 400, "obs-fold or whitespace at the start of a header line");
-            s = (uint8_t)((s & ~LINES_BOL) | LINES_TEXT);
+            int sp = ch == ' ' && !(s & LINES_HDRS);
+            if (request && sp && (s & LINES_SP))
+                return fail(m, 400, "more than one space in the request line");
+            s = (uint8_t)((s & ~(LINES_BOL | LINES_SP)) | LINES_TEXT | (sp ? LINES_SP : 0));
         }
     }
     m->lines = s;

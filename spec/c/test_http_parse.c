@@ -52,6 +52,12 @@ static const case_t cases[] = {
      NULL, NULL, NULL, 0},
     {"TE chunked last", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1,
      0, "/", "transfer-encoding", "gzip, chunked", 2},
+    {"two spaces after the method", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, NULL, NULL, NULL,
+     0},
+    {"two spaces before the version", "GET /  HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400, NULL, NULL,
+     NULL, 0},
+    {"spaces in a value are kept", "GET / HTTP/1.1\r\nHost: x\r\nA: b  c\r\n\r\n", 1, 0, "/", "a",
+     "b  c", 2},
     {"TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 0, 400, NULL, NULL,
      NULL, 0},
 };
