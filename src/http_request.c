@@ -12,6 +12,7 @@
 #include <string.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "addr.h"
 #include "fail.h"
 #include "stream.h"
 #include <unistd.h>
@@ -119,15 +120,12 @@ static int req_headers(lua_State *L) {
 /* core.req_peer(box) -> ip, port */
 static int req_peer(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
     char ip[64];
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+    int port, v6;
+    if (loom_addr_peer(&c->tcp, ip, sizeof ip, &port, &v6) != 0)
         return 0;
-    uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
     lua_pushstring(L, ip);
-    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    lua_pushinteger(L, port);
     return 2;
 }
 

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "addr.h"
 
 const char *loom_http_reason(int status) {
     switch (status) {
@@ -389,11 +390,10 @@ static void copy_header(loom_conn_t *c, const char *name, char *out, size_t cap)
 static void log_access(loom_conn_t *c) {
     if (!c->srv->access_log || !c->msg.head)
         return;
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    char ip[64] = "-", when[64], ref[256], ua[256];
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
-        uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip);
+    char ip[64], when[64], ref[256], ua[256];
+    int port, v6;
+    if (loom_addr_peer(&c->tcp, ip, sizeof ip, &port, &v6) != 0)
+        snprintf(ip, sizeof ip, "-");
     time_t now = time(NULL);
     struct tm tm;
     localtime_r(&now, &tm);

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "addr.h"
 #include "tls.h"
 #include "fail.h"
 
@@ -740,12 +741,6 @@ static int server_index(lua_State *L) {
     return 1;
 }
 
-static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss) {
-    if (strchr(ip, ':'))
-        return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss);
-    return uv_ip4_addr(ip, port, (struct sockaddr_in *)ss);
-}
-
 /* SO_REUSEPORT before bind, which libuv 1.44 has no flag for: open the socket ourselves. */
 static int open_reuseport(uv_tcp_t *tcp, int family) {
     int fd = socket(family, SOCK_STREAM, 0);
@@ -763,7 +758,7 @@ static int open_reuseport(uv_tcp_t *tcp, int family) {
 
 static int bind_listen(loom_server_t *srv, const char *host, int port, int reuseport, int backlog) {
     struct sockaddr_storage ss;
-    int rc = parse_addr(host, port, &ss);
+    int rc = loom_addr_parse(host, port, &ss);
     if (rc == 0 && reuseport)
         rc = open_reuseport(&srv->tcp, ss.ss_family);
     if (rc == 0)
@@ -771,12 +766,8 @@ static int bind_listen(loom_server_t *srv, const char *host, int port, int reuse
                          ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->tcp, backlog, on_connection);
-    if (rc == 0) {
-        int len = sizeof ss;
-        uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&ss, &len);
-        srv->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                   : ((struct sockaddr_in *)&ss)->sin_port);
-    }
+    if (rc == 0)
+        srv->port = loom_addr_local_port(&srv->tcp);
     return rc;
 }
 

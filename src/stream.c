@@ -12,6 +12,7 @@
 #include <string.h>
 #include <lauxlib.h>
 #include "stream.h"
+#include "addr.h"
 #include "websocket.h"
 #include "fail.h"
 
@@ -113,20 +114,10 @@ loom_stream_t *loom_stream_check(lua_State *L, int idx) {
 }
 
 void loom_stream_set_peer(loom_stream_t *s) {
-    struct sockaddr_storage ss = {0};
-    int len = sizeof ss;
-    char ip[48] = "?";
-    int port = 0;
-    if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        } else {
-            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        }
-    }
-    snprintf(s->peer, sizeof s->peer, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+    char ip[48];
+    int port, v6;
+    loom_addr_peer(&s->tcp, ip, sizeof ip, &port, &v6);
+    snprintf(s->peer, sizeof s->peer, v6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -635,12 +626,6 @@ static void connect_abort(void *ud) {
     loom_stream_close(s);
 }
 
-static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss) {
-    if (strchr(ip, ':'))
-        return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss);
-    return uv_ip4_addr(ip, port, (struct sockaddr_in *)ss);
-}
-
 /* core.tcp_connect(ip, port, timeout) -> stream | nil, err. `ip` is numeric. */
 static int l_tcp_connect(lua_State *L) {
     const char *ip = luaL_checkstring(L, 1);
@@ -649,7 +634,7 @@ static int l_tcp_connect(lua_State *L) {
     loom_task_t *t = loom_task_self(L, "connect");
     struct sockaddr_storage ss;
     luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-    if (parse_addr(ip, (int)port, &ss) != 0)
+    if (loom_addr_parse(ip, (int)port, &ss) != 0)
         return loom_fail(L, "connect", "invalid address (%s)", ip);
     loom_stream_t *s = loom_stream_new(loom_host(L));
     if (!s)
@@ -803,7 +788,7 @@ static int l_tcp_listen(lua_State *L) {
     loom_t *h = loom_host(L);
     struct sockaddr_storage ss;
     luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
-    if (parse_addr(host, (int)port, &ss) != 0)
+    if (loom_addr_parse(host, (int)port, &ss) != 0)
         return loom_fail(L, "listen", "invalid address (%s)", host);
     loom_listener_t *ln = calloc(1, sizeof *ln);
     if (!ln)
@@ -828,10 +813,7 @@ static int l_tcp_listen(lua_State *L) {
         snprintf(ctx, sizeof ctx, "%s:%d", host, (int)port);
         return loom_fail_uv(L, "listen", rc, ctx);
     }
-    int len = sizeof ss;
-    uv_tcp_getsockname(&ln->tcp, (struct sockaddr *)&ss, &len);
-    ln->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    ln->port = loom_addr_local_port(&ln->tcp);
     lua_pushvalue(L, 3);
     ln->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 1;
