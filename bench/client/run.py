@@ -5,23 +5,15 @@ aiohttp's ClientSession, Node's fetch, Node's http.request with a keep-alive age
 loom's session. Rounds are interleaved; medians are printed with loom's ratio to each peer.
 Usage: bench/client/run.py [--rounds 3] [--requests 20000] [--conns 50]
 """
-import argparse, os, re, signal, socket, statistics, subprocess, tempfile, time
+import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import start, stop, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 LOOM = os.path.join(ROOT, "build", "loom")
 PORT = 18091
-
-
-def wait_port(port, secs=10):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def start_nginx(tmp):
@@ -30,17 +22,10 @@ def start_nginx(tmp):
     os.makedirs(os.path.join(tmp, "logs"))
     with open(os.path.join(tmp, "nginx.conf"), "w") as f:
         f.write(conf)
-    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-p", tmp, "-c", "nginx.conf"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    if not wait_port(PORT):
+    p = start(["nginx", "-p", tmp, "-c", "nginx.conf"], PORT)
+    if not p:
         raise SystemExit("nginx did not start")
     return p
-
-
-def stop(p):
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(10)
 
 
 def wrk(url, conns):
