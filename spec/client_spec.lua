@@ -300,6 +300,25 @@ describe("the pool", function()
         end)
     end)
 
+    it("sends the retry on a new connection even when it waits for a slot", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st, req, n)
+                if n == 2 then return "close" end -- every connection's second request: hang up
+                util.respond(st, 200, req.target)
+            end)
+            local s <close> = loom.session{ max_per_host = 1 }
+            assert.equal("/first", assert(s:get(base .. "/first")):text())
+            -- /b takes the idle connection and is hung up on; /a, waiting for the one slot,
+            -- gets it and makes a new connection; /b's retry waits behind it and must not be
+            -- handed that connection once /a is done with it (it is no longer new)
+            local r = loom.gather(
+                function() return assert(s:get(base .. "/b")):text() end,
+                function() return assert(s:get(base .. "/a")):text() end)
+            assert.same({ "/b", "/a" }, r)
+            assert.equal(3, s:stats().opened)
+        end)
+    end)
+
     it("releases an unread body: drained if small, closed if large", function()
         run(function()
             local srv <close>, base = echo_app()

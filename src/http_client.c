@@ -191,6 +191,12 @@ void hc_conn_close(hc_conn_t *c) {
 static void conn_release(hc_conn_t *c) {
     hc_host_t *h = c->host;
     hc_pool_t *p = h->pool;
+    if (!p->closed && h->whead && (h->whead->flags & HX_FRESH)) {
+        /* The first waiter is a retry after a stale connection: it must go out on a new
+         * one, which is all it may retry on. This one closes; its slot goes to the waiter. */
+        hc_conn_close(c);
+        return;
+    }
     hc_x_t *x = p->closed ? NULL : wait_pop(h);
     if (x) {
         x->reused = 1;
