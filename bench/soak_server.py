@@ -7,12 +7,21 @@ second. Not a test (machines here are noisy): a pass/fail on memory and errors.
 The app (bench/soak_app.lua) answers a hello world, a JSON document, 64 KiB bodies and
 40 000-byte uploads that it reads with req:chunks(); wrk (bench/soak_mix.lua) sends them
 in a fixed mix and checks every body. Steps: start the server (CPU 0), warm up with
-WARMUP_SECS (10) of the same load (wrk on CPU 1), let it settle SETTLE_SECS (3), take the
-post-warm-up RSS, run the soak while sampling RSS each second, let it settle again, then
-print the samples, the verdict on RSS (back within 10% of the post-warm-up level) and the
-errors: wrk's socket errors (connect, read, write, timeout) and non-2xx answers, bodies
-that were not what the request should get, and faults the app counted itself or logged on
-stderr. Exits 1 when RSS is not flat or there was any error.
+WARMUP_SECS (10) of the same load (wrk on CPU 1), let it settle SETTLE_SECS (3), run the
+soak, let it settle again; RSS is sampled every second throughout. Then it prints the
+samples, the verdict on RSS and the errors, and exits 1 when RSS is not flat or there was
+any error.
+
+RSS flat: the post-warm-up level is RSS under the load at the end of the warm-up (the
+median of its last 3 samples); the soak's last 10 s must stay within 10% of it, and RSS
+after the soak (idle) must not be above it by more than 10%. The level is taken under load
+because idle RSS after a load says little: how much freed memory malloc hands back to the
+system once the connections close is luck of fragmentation (the same load leaves 5 to 30
+MB behind, with half a megabyte of Lua heap).
+
+Errors: wrk's socket errors (connect, read, write, timeout) and non-2xx answers in either
+run, 2xx bodies that are not what the mix expects, faults the app counted itself, any line
+on the server's stderr, the server dying, and descriptors still open after the soak.
 
 LOOM_BUILD (build) names the build directory; it should be a normal (RelWithDebInfo) or
 Release build, not a sanitizer one. SOAK_CONNS (1000) and SOAK_THREADS (2) shape wrk.
@@ -202,10 +211,10 @@ def main():
     describe_wrk("warm-up %d s" % warmup, warm)
     describe_wrk("soak %d s" % secs, soak)
     print("app: %d requests, %d uploads (%.1f MB) read with req:chunks(); faults it counted: %d%s; "
-          "uploads cut by wrk stopping: %d"
+          "uploads cut by wrk stopping: %d; Lua heap %.0f KB"
           % (stats.get("requests", 0), stats.get("uploads", 0), stats.get("upload_bytes", 0) / 1e6,
              stats.get("errors", 0), " (last: %s)" % stats["last_error"] if stats.get("last_error") else "",
-             stats.get("cut", 0)))
+             stats.get("cut", 0), stats.get("lua_kb", 0)))
     err_lines = [line for line in stderr.splitlines() if line.strip()]
     faulty_stderr = err_lines
     if err_lines:
@@ -216,10 +225,7 @@ def main():
     soak_samples = sampler.of("soak")
     kbs = [kb for _, kb in soak_samples]
     tail = max(1, min(10, len(kbs) // 3))
-    # The post-warm-up level is RSS under the load itself, at the end of the warm-up: with
-    # the connections closed, how much freed memory malloc hands back to the system is
-    # luck of fragmentation (idle RSS after the same load varies from 5 to 30 MB with half
-    # a megabyte of Lua heap), so idle figures are printed but compared only as a ceiling.
+    # Under load, not idle: see the docstring.
     post_kb = statistics.median(warm_kbs[-3:]) if warm_kbs else pause_kb
     end_kb = statistics.fmean(kbs[-tail:]) if kbs else 0
     print()
