@@ -218,3 +218,276 @@ describe("fault: the peer resets", function()
         end)
     end)
 end)
+
+-- Handlers that do not finish. handler_timeout is 0.3 s here, checked within [0.28, 1.5):
+-- far from its default (60 s) and with room for a loaded machine. A handler that raises is
+-- spec/server_spec.lua's "answers 500 with a plain body when a handler raises, and the
+-- connection stays usable".
+local LIMIT = 0.3
+
+-- Sends `wire` on a fresh connection and reads the answer, which must be a 503 that closes
+-- the connection after about LIMIT. Meanwhile other connections must be answered: three
+-- fresh requests are, each before the 503 comes.
+local function assert_cut(srv, wire, entered)
+    local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+    local r = testing.reader(st)
+    local t0 = loom.now()
+    assert(st:write(wire))
+    if entered then entered:wait() end
+    for _ = 1, 3 do
+        local other <close> = assert(loom.connect("127.0.0.1", srv.port))
+        assert(other:write(GET))
+        local res = assert(testing.reader(other):response())
+        assert.equal("ok", res.body)
+    end
+    local others = loom.now() - t0
+    local res = assert(r:response())
+    local took = loom.now() - t0
+    assert.equal(503, res.status)
+    assert.equal("Service Unavailable", res.body)
+    assert.equal("close", res.headers.connection)
+    assert.equal("", assert(r:rest()))
+    assert(took >= LIMIT - 0.02 and took < 1.5, ("answered after %.3f s"):format(took))
+    assert(others < took, "the other connections waited for the stuck handler")
+end
+
+describe("fault: handlers that do not finish (handler_timeout)", function()
+    local cases = {
+        { "loop on loom.sleep(0)", function() while true do loom.sleep(0) end end },
+        { "sleep for ever", function() loom.sleep(1e9) end },
+        { "never return", function() loom.event():wait() end },
+        { "catch the cancellation and answer late", function()
+            pcall(loom.sleep, 1e9)
+            return "late"
+        end },
+    }
+    for _, case in ipairs(cases) do
+        it(case[1] .. ": 503 and a closed connection; others are served meanwhile", function()
+            local app, ended = loom.app{ handler_timeout = LIMIT }, { n = 0 }
+            local entered = loom.event()
+            app:get("/stuck", function()
+                local _ <close> = marker(ended)
+                entered:set()
+                return case[2]()
+            end)
+            serve(app, function(srv, base)
+                assert_cut(srv, "GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n", entered)
+                wait_until(function() return ended.n == 1 end, "the cancelled handler to end")
+                assert_recovered(srv, base)
+            end)
+        end)
+    end
+
+    it("a cancelled handler's resources go: its <close> variables close its streams", function()
+        local upstream_saw, listener = loom.event(), nil
+        local app, ended = loom.app{ handler_timeout = LIMIT }, { n = 0 }
+        app:get("/upstream", function()
+            local _ <close> = marker(ended)
+            local up <close> = assert(loom.connect("127.0.0.1", listener.port))
+            return up:read() -- an upstream that never answers
+        end)
+        serve(app, function(srv, base)
+            listener = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+                upstream_saw.data = st:read() -- nothing comes: this ends when the handler's stream closes
+                upstream_saw:set()
+                st:close()
+            end })
+            base = core.stats().handles
+            assert_cut(srv, "GET /upstream HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert(loom.timeout(3, function() return upstream_saw:wait() end), "the upstream stream stayed open")
+            assert.is_nil(upstream_saw.data)
+            wait_until(function() return ended.n == 1 end, "the cancelled handler to end")
+            assert_recovered(srv, base)
+            listener:close()
+        end)
+    end)
+
+    it("a handler that took part of a body and then hangs: 503, the rest is dropped", function()
+        local app, ended = loom.app{ handler_timeout = LIMIT }, { n = 0 }
+        local result = {}
+        app:put("/part", function(req)
+            local _ <close> = marker(ended)
+            local next_piece = req:chunks()
+            result.first = next_piece()
+            loom.sleep(1e9)
+        end)
+        serve(app, function(srv, base)
+            assert_cut(srv, "PUT /part HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            assert.equal("hello", result.first)
+            wait_until(function() return ended.n == 1 end, "the cancelled handler to end")
+            assert_recovered(srv, base)
+        end)
+    end)
+
+    it("pipelined: the requests before are answered, the stuck one gets 503, the rest none", function()
+        local app, ended = loom.app{ handler_timeout = LIMIT }, { n = 0 }
+        local calls = {}
+        app:get("/quick", function() calls[#calls + 1] = "quick"; return "quick" end)
+        app:get("/stuck", function()
+            local _ <close> = marker(ended)
+            calls[#calls + 1] = "stuck"
+            loom.sleep(1e9)
+        end)
+        serve(app, function(srv, base)
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            local r = testing.reader(st)
+            local q, s = "GET /quick HTTP/1.1\r\nHost: t\r\n\r\n", "GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n"
+            assert(st:write(q .. q .. s .. q))
+            assert.equal("quick", assert(r:response()).body)
+            assert.equal("quick", assert(r:response()).body)
+            local res = assert(r:response())
+            assert.equal(503, res.status)
+            assert.equal("close", res.headers.connection)
+            assert.equal("", assert(r:rest()))
+            assert.same({ "quick", "quick", "stuck" }, calls)
+            st:close()
+            wait_until(function() return ended.n == 1 end, "the cancelled handler to end")
+            assert_recovered(srv, base)
+        end)
+    end)
+
+    it("does not count time spent waiting for the body: a stalled body is 408 after body_timeout", function()
+        local app, got = loom.app{ handler_timeout = LIMIT, body_timeout = 0.8 }, nil
+        app:post("/body", function(req)
+            got = table.pack(req:text())
+            return got[1] or "no body"
+        end)
+        serve(app, function(srv, base)
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            local t0 = loom.now()
+            assert(st:write("POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"))
+            local res = assert(testing.reader(st):response())
+            assert.equal(408, res.status)
+            assert(loom.now() - t0 >= 0.78, "cut before body_timeout")
+            assert.matches("^timeout: ", got[2])
+            st:close()
+            assert_recovered(srv, base)
+        end)
+    end)
+
+    it("serves a body that trickles in for longer than handler_timeout in all", function()
+        local app = loom.app{ handler_timeout = LIMIT }
+        app:post("/body", function(req)
+            local n = 0
+            for piece in req:chunks() do n = n + #piece end
+            return tostring(n)
+        end)
+        serve(app, function(srv, base)
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            local t0 = loom.now()
+            assert(st:write("POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n"))
+            for _ = 1, 8 do -- 8 x 0.1 s: well past handler_timeout in all, never 0.3 s without a byte
+                loom.sleep(0.1)
+                assert(st:write("a"))
+            end
+            local res = assert(testing.reader(st):response())
+            assert.equal(200, res.status)
+            assert.equal("8", res.body)
+            assert(loom.now() - t0 > LIMIT * 2)
+            st:close()
+            assert_recovered(srv, base)
+        end)
+    end)
+
+    it("leaves a response that has begun alone: a stream may pause longer", function()
+        local app = loom.app{ handler_timeout = LIMIT }
+        app:get("/events", function(req)
+            local out = assert(req:stream{ headers = { ["content-type"] = "text/event-stream" } })
+            assert(out:write("data: 1\n\n"))
+            loom.sleep(LIMIT * 2.5)
+            assert(out:write("data: 2\n\n"))
+        end)
+        serve(app, function(srv, base)
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            assert(st:write("GET /events HTTP/1.1\r\nHost: t\r\n\r\n"))
+            local res = assert(testing.reader(st):response())
+            assert.equal(200, res.status)
+            assert.equal("data: 1\n\ndata: 2\n\n", res.body)
+            st:close()
+            assert_recovered(srv, base)
+        end)
+    end)
+
+    for _, off in ipairs({ 0, false }) do
+        it("handler_timeout = " .. tostring(off) .. " turns it off", function()
+            local app = loom.app{ handler_timeout = off }
+            app:get("/slow", function() loom.sleep(0.4); return "slow" end)
+            serve(app, function(srv, base)
+                local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+                assert(st:write("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"))
+                assert.equal("slow", assert(testing.reader(st):response()).body)
+                st:close()
+                assert_recovered(srv, base)
+            end)
+        end)
+    end
+
+    it("is a non-negative number or false", function()
+        assert.error_matches(function() loom.app{ handler_timeout = "1" } end,
+            "option 'handler_timeout': number expected, got string")
+        assert.error_matches(function() loom.app{ handler_timeout = -1 } end,
+            "option 'handler_timeout': must not be negative")
+        assert.error_matches(function() loom.app{ handler_timeout = true } end,
+            "option 'handler_timeout': number expected, got boolean")
+    end)
+end)
+
+-- A client that leaves while its handler runs. The handler is not cancelled (it may be in
+-- the middle of something that must finish); it learns from its next body read or write,
+-- which fails with "closed: ...". The connection goes once the handler returns, or at
+-- handler_timeout if it never does.
+describe("fault: the client leaves while its handler runs", function()
+    for _, how in ipairs({ "rst", "close" }) do
+        it("(" .. how .. ") the handler's writes fail with 'closed: ...'; the connection goes when it returns", function()
+            local app, ended = loom.app(), { n = 0 }
+            local entered, go, done, result = loom.event(), loom.event(), loom.event(), {}
+            app:get("/slow", function(req)
+                local _ <close> = marker(ended)
+                local out = assert(req:stream{})
+                entered:set()
+                go:wait()
+                local piece = ("z"):rep(65536)
+                repeat -- after a FIN the first writes may still be taken: the peer's RST stops them
+                    result.ok, result.err = out:write(piece)
+                until not result.ok
+                done:set()
+            end)
+            serve(app, function(srv, base)
+                local p = peer(srv.port)
+                p.cmd("send GET /slow HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n", "expect \\r\\n\\r\\n")
+                entered:wait()
+                p.cmd(how)
+                p.finish()
+                assert.equal(1, srv.connections) -- held while the handler runs
+                go:set()
+                assert(loom.timeout(3, function() return done:wait() end), "out:write kept succeeding")
+                assert.matches("^closed: ", result.err)
+                wait_until(function() return ended.n == 1 end, "the handler to end")
+                assert_recovered(srv, base)
+            end)
+        end)
+
+        it("(" .. how .. ") a handler that never returns holds the connection until handler_timeout", function()
+            local app, ended = loom.app{ handler_timeout = LIMIT }, { n = 0 }
+            local entered = loom.event()
+            app:get("/never", function()
+                local _ <close> = marker(ended)
+                entered:set()
+                loom.event():wait()
+            end)
+            serve(app, function(srv, base)
+                local p = peer(srv.port)
+                local t0 = loom.now()
+                p.cmd("send GET /never HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+                entered:wait()
+                p.cmd(how)
+                p.finish()
+                wait_until(function() return srv.connections == 0 end, "the connection to go")
+                local took = loom.now() - t0
+                assert(took >= LIMIT - 0.02 and took < 1.5, ("closed after %.3f s"):format(took))
+                wait_until(function() return ended.n == 1 end, "the cancelled handler to end")
+                assert_recovered(srv, base)
+            end)
+        end)
+    end
+end)

@@ -2,8 +2,8 @@
  * http_server.c - the HTTP/1.1 server engine: accept, read into one shared buffer, parse
  * with llhttp, hand each request to a Lua handler task, and carry the connection on:
  * keep-alive, pipelining (one request at a time, the rest wait unparsed, capped),
- * timeouts (header, keep-alive, linger) from three sorted lists and one timer, lingering
- * close after errors, graceful shutdown.
+ * timeouts (header, keep-alive, linger, handler) from four sorted lists and one timer,
+ * lingering close after errors, graceful shutdown.
  *
  * An idle connection holds no buffer and no coroutine: just this struct.
  * Knows nothing of routing (lua/loom/app.lua) or of how responses are built
@@ -29,6 +29,7 @@
     (256 * 1024) /* unread body bytes we still parse away to keep the connection */
 
 static void on_handler_done(loom_t *h, loom_task_t *t);
+static void handler_expired(loom_conn_t *c);
 static void server_maybe_done(loom_server_t *srv);
 
 /* ---------------------------------------------------------------- timeout lists */
@@ -115,6 +116,15 @@ static void on_timer(uv_timer_t *timer) {
         loom_conn_close(c);
     while ((c = srv->tl[TL_LINGER].head) && c->deadline <= now)
         loom_conn_close(c);
+    while ((c = srv->tl[TL_HANDLER].head) && c->deadline <= now) {
+        tl_remove(c);
+        if (c->state != C_HANDLER || !c->task || c->resp != R_NONE)
+            continue; /* the response has begun: send_timeout bounds it from here on */
+        if (c->waiter && c->waiting_body)
+            tl_add(c, TL_HANDLER); /* it waits for the body, which body_timeout bounds */
+        else
+            handler_expired(c);
+    }
     if (srv->closing) {
         if (srv->settle_at && now >= srv->settle_at) {
             srv->settle_at = 0;
@@ -309,6 +319,8 @@ static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
     c->body_seen += len;
     if (c->discard)
         return 0;
+    if (c->tlist == TL_HANDLER)
+        tl_add(c, TL_HANDLER); /* the body came on: handler_timeout counts from here */
     if (c->body_seen > c->srv->max_body) {
         m->fail = 413;
         m->why = "body over max_body";
@@ -527,6 +539,8 @@ static void run_handler(loom_t *h, loom_job_t *job) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
     loom_conn_push_request(L, c);
     c->task = loom_spawn_internal(L, 1, on_handler_done, c);
+    if (srv->tl[TL_HANDLER].ms)
+        tl_add(c, TL_HANDLER); /* before it runs: it may answer at once and move on */
     loom_task_run_now(h, c->task);
 }
 
@@ -536,6 +550,29 @@ static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
             hd ? (int)hd->url_len : 0, hd ? hd->data + hd->url : "", lua_tostring(t->co, 2));
     fflush(stderr);
+}
+
+/* The handler ran handler_timeout without beginning its response (time spent waiting for
+ * the request body aside: body_timeout bounds that). Its task is cancelled and its request
+ * detached, so what it still tries on the request fails with "closed: ..."; the client is
+ * answered 503 with Connection: close at once, and the connection closes without waiting
+ * for the task to unwind (on_handler_done still comes, and frees the struct if need be). */
+static void handler_expired(loom_conn_t *c) {
+    loom_head_t *hd = c->msg.head;
+    loom_reqbox_t *box = c->box;
+    int status = c->fail_status ? c->fail_status : 503;
+    fprintf(stderr, "loom: handler for %s %.*s ran past handler_timeout (%g s): cancelled\n",
+            llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
+            hd ? (int)hd->url_len : 0, hd ? hd->data + hd->url : "",
+            (double)c->srv->tl[TL_HANDLER].ms / 1000);
+    fflush(stderr);
+    loom_task_cancel(c->task); /* a parked task: its wait is aborted (c->waiter cleared) */
+    loom_conn_detach_request(c);
+    if (box)
+        box->gone = 1;
+    c->waiter = NULL; /* woken but not yet resumed: it must not be woken from here again */
+    loom_conn_respond_simple(c, status, loom_http_reason(status), 1);
+    linger(c);
 }
 
 static void on_handler_done(loom_t *h, loom_task_t *t) {
@@ -799,6 +836,9 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->tl[TL_HEAD].ms = (uint64_t)(loom_opt_number(L, o, "header_timeout", 30) * 1000);
     srv->tl[TL_IDLE].ms = (uint64_t)(loom_opt_number(L, o, "keepalive_timeout", 75) * 1000);
     srv->tl[TL_LINGER].ms = LINGER_MS;
+    /* 0 turns it off (app.lua passes false as 0), as does anything past 30 years */
+    double ht = loom_opt_number(L, o, "handler_timeout", 60);
+    srv->tl[TL_HANDLER].ms = !(ht > 0) || ht > 1e9 ? 0 : ht < 0.001 ? 1 : (uint64_t)(ht * 1000);
     srv->max_buffered = 64 * 1024 + srv->max_header;
     srv->access_log = loom_opt_boolean(L, o, "access_log", 0);
     srv->body_timeout = loom_opt_number(L, o, "body_timeout", 60);
@@ -807,7 +847,8 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
 
 /* core.http_listen(entry, reqmt, opts) -> server | nil, err
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
- *       keepalive_timeout, access_log, tls (a core.tls_config{server = true, ...}) */
+ *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, access_log,
+ *       tls (a core.tls_config{server = true, ...}) */
 static int l_http_listen(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 2, LUA_TTABLE);

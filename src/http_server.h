@@ -20,7 +20,7 @@ typedef struct {
     uint64_t ms; /* the list's duration */
 } loom_tlist_t;
 
-enum { TL_NONE, TL_HEAD, TL_IDLE, TL_LINGER, TL_COUNT };
+enum { TL_NONE, TL_HEAD, TL_IDLE, TL_LINGER, TL_HANDLER, TL_COUNT };
 
 enum {
     C_HEAD,    /* reading a request head (or waiting for the first byte after accept) */

@@ -272,6 +272,10 @@ static void task_cancel(loom_task_t *t) {
     }
 }
 
+void loom_task_cancel(loom_task_t *t) {
+    task_cancel(t);
+}
+
 loom_task_t *loom_task_self(lua_State *L, const char *fname) {
     loom_t *h = loom_host(L);
     loom_task_t *t = h ? h->sched.current : NULL;

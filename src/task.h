@@ -107,6 +107,10 @@ void loom_task_extend(loom_task_t *t, double timeout_s);
 /* Makes a parked task ready with LOOM_WAKE_OK. No-op unless it is parked. */
 void loom_wake(loom_task_t *t);
 
+/* Cancels a task as task:cancel() does: a parked one wakes raising "cancelled" (its wait
+ * aborted); a ready or new one gets it when it next parks or starts; a done one is left. */
+void loom_task_cancel(loom_task_t *t);
+
 /* Creates a task running the function at stack index -(nargs+1) with the nargs values above
  * it (popped), pushes the task object, and queues it. */
 loom_task_t *loom_spawn(lua_State *L, int nargs);

@@ -13,7 +13,8 @@ local App = {}
 App.__index = App
 App.__name = "loom.app"
 
-local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout" }
+local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout",
+    "handler_timeout" }
 local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true }
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
 for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
@@ -21,14 +22,19 @@ for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls"
 end
 
 -- loom.app{ max_body = 1 MiB, max_header = 16 KiB, header_timeout = 30, keepalive_timeout = 75,
---           body_timeout = 60, send_timeout = 60 }
+--           body_timeout = 60, send_timeout = 60, handler_timeout = 60 (0 or false: none) }
 local function new(opts)
     opts = args.known(args.opts(opts, "app", 1), APP_OPTS, "app", 1)
     local app = setmetatable({ router = router.new(), middleware = {}, limits = {},
         websockets = setmetatable({}, { __mode = "k" }) }, App)
     for _, k in ipairs(LIMITS) do
-        local v = args.opt(opts, k, "number", nil, "app", 1)
-        if v and v < 0 then args.fail("app", 1, "option '" .. k .. "': must not be negative") end
+        local v
+        if k == "handler_timeout" and opts[k] == false then
+            v = 0 -- no limit
+        else
+            v = args.opt(opts, k, "number", nil, "app", 1)
+            if v and v < 0 then args.fail("app", 1, "option '" .. k .. "': must not be negative") end
+        end
         app.limits[k] = v
     end
     return app
