@@ -270,6 +270,12 @@ static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, s
         return -1;
     }
     mbedtls_ssl_conf_rng(&c->conf, mbedtls_ctr_drbg_random, &c->drbg);
+#if MBEDTLS_VERSION_MAJOR < 3
+    /* 2.28's default preset still takes TLS 1.0 and 1.1 when the build has them (Debian's
+     * does); RFC 8996 deprecates both. 3.x has nothing below 1.2. */
+    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+#endif
     if (o->server || !o->verify) {
         mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_NONE);
     } else {

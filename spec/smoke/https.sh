@@ -6,7 +6,9 @@
 #   - SNI picks b.test's certificate for b.test; a name no certificate has (and no SNI at
 #     all) gets the default, the first one (openssl s_client shows the subject);
 #   - a client that opens TCP and never handshakes is dropped after header_timeout, and
-#     the server answers others meanwhile.
+#     the server answers others meanwhile;
+#   - TLS 1.0 and 1.1 are refused, by the server and by the client (openssl s_client and
+#     s_server, allowed to offer them).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -55,6 +57,16 @@ subject() { # servername or "" for none
 [[ $(subject wrong.example) == "subject=CN=a.test" ]] || fail "a wrong SNI got $(subject wrong.example)"
 [[ $(subject "") == "subject=CN=a.test" ]] || fail "no SNI got $(subject "")"
 
+# TLS 1.0 and 1.1: refused by the server; 1.2 taken
+tls_version() { # -tls1_1 etc.: the protocol openssl s_client ends up with, "(NONE)" when refused
+    openssl s_client -connect "127.0.0.1:$port" "$1" -cipher 'DEFAULT:@SECLEVEL=0' </dev/null 2>/dev/null |
+        sed -n 's/^New, \([^,]*\),.*/\1/p'
+}
+for v in -tls1 -tls1_1; do
+    [[ $(tls_version $v) == "(NONE)" ]] || fail "the server accepted $v: $(tls_version $v)"
+done
+[[ $(tls_version -tls1_2) == "TLSv1.2" ]] || fail "the server refused TLS 1.2: $(tls_version -tls1_2)"
+
 # a silent client: dropped after header_timeout (1 s); others are served meanwhile
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 start=$SECONDS
@@ -64,5 +76,14 @@ if ! timeout 5 cat <&3 >/dev/null; then
 fi
 exec 3<&-
 ((SECONDS - start <= 4)) || fail "the silent client was dropped late"
+stop_server
+
+# the client refuses a server that speaks only TLS 1.1
+tport=$(free_port)
+start_server openssl s_server -accept "$tport" -cert "$certs/a.pem" -key "$certs/a.key" -tls1_1 \
+    -cipher 'DEFAULT:@SECLEVEL=0' -www
+wait_port "$tport"
+out=$("$LOOM" -e "print(loom.fetch('https://127.0.0.1:$tport/', { tls = { ca_file = '$certs/ca.pem' } }))" 2>&1)
+[[ $out == *"tls: handshake failed"* ]] || fail "the client took TLS 1.1: $out"
 stop_server
 echo "ok: https"
