@@ -4,8 +4,10 @@
  * Reads are pulled: the socket is read while a reader waits or while less than HIGH_WATER
  * bytes sit unread, so a slow consumer stops the peer through TCP flow control. A write
  * first tries uv_try_write; what the kernel does not take is copied and queued, and the
- * writer waits for it. The handle is a heap struct; the Lua box points to it; the struct is
- * freed when both the box and libuv have let go. Knows nothing of HTTP.
+ * writer waits for it; a write that finds bytes still queued by a writer that gave up waits
+ * for them first, so at most one write's bytes are ever held. The handle is a heap struct;
+ * the Lua box points to it; the struct is freed when both the box and libuv have let go.
+ * Knows nothing of HTTP.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -492,27 +494,15 @@ int loom_stream_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
     return s->tls ? loom_stream_tls_send(s, bufs, n) : loom_stream_send_raw(s, bufs, n);
 }
 
-/* st:write(s1, s2, ...) -> true once the kernel has the bytes, or nil, err. */
-static int stream_write(lua_State *L) {
-    loom_stream_t *s = loom_stream_check(L, 1);
+/* Sends the strings at stack indices 2.. and waits until the kernel has them all. */
+static int write_now(lua_State *L, loom_stream_t *s, loom_task_t *t) {
     int n = lua_gettop(L) - 1;
     uv_buf_t bufs[16];
-    size_t total = 0;
-    luaL_argcheck(L, n >= 1 && n <= 16, 2, "expected 1 to 16 strings");
     for (int i = 0; i < n; i++) {
         size_t len;
-        const char *p = luaL_checklstring(L, i + 2, &len);
+        const char *p = lua_tolstring(L, i + 2, &len);
         bufs[i] = uv_buf_init((char *)p, (unsigned)len);
-        total += len;
     }
-    loom_task_t *t = loom_task_self(L, "write");
-    if (s->writer)
-        return luaL_error(L, "write: another task is already writing this stream");
-    if (s->state != ST_OPEN)
-        return loom_fail(L, "closed", "stream is closed");
-    if (s->werr)
-        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
-    (void)total;
     int rc = loom_stream_send(s, bufs, n);
     if (rc < 0 && loom_stream_tls_error(s))
         return loom_fail(L, "tls", "%s (%s)", loom_stream_tls_error(s), s->peer);
@@ -524,6 +514,43 @@ static int stream_write(lua_State *L) {
     }
     s->writer = t;
     return loom_park(L, t, s->timeout, write_build, write_abort, s);
+}
+
+/* Woken once the bytes an earlier writer left queued are out: now ours go. */
+static int admit_build(lua_State *L, void *ud, int reason) {
+    loom_stream_t *s = ud;
+    s->writer = NULL;
+    if (reason == LOOM_WAKE_TIMEOUT)
+        return loom_fail(L, "timeout", "write to %s", s->peer);
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    if (s->werr)
+        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    return write_now(L, s, loom_task_self(L, "write"));
+}
+
+/* st:write(s1, s2, ...) -> true once the kernel has the bytes, or nil, err. */
+static int stream_write(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    int n = lua_gettop(L) - 1;
+    luaL_argcheck(L, n >= 1 && n <= 16, 2, "expected 1 to 16 strings");
+    for (int i = 0; i < n; i++)
+        luaL_checkstring(L, i + 2);
+    loom_task_t *t = loom_task_self(L, "write");
+    if (s->writer)
+        return luaL_error(L, "write: another task is already writing this stream");
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    if (s->werr)
+        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    if (s->pending_writes > 0) {
+        /* A writer that gave up (a timeout, a cancel) left its bytes queued; they still go
+         * out, in order. Ours wait until they have, so writes that keep giving up to a peer
+         * that reads nothing cannot pile up in memory: at most one write's bytes are held. */
+        s->writer = t;
+        return loom_park(L, t, s->timeout, admit_build, write_abort, s);
+    }
+    return write_now(L, s, t);
 }
 
 /* ---------------------------------------------------------------- other methods */
@@ -585,6 +612,16 @@ static int stream_tostring(lua_State *L) {
     loom_stream_t *s = *box;
     lua_pushfstring(L, "loom.stream (%s%s)", s ? s->peer : "collected",
                     s && s->state != ST_OPEN ? ", closed" : "");
+    return 1;
+}
+
+/* core.stream_queued(st) -> bytes written to st that the kernel has not taken yet (what
+ * libuv holds in the stream's write queue): for specs that check writes stay bounded. */
+static int l_stream_queued(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    lua_pushinteger(L, s->state == ST_OPEN
+                           ? (lua_Integer)uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp)
+                           : 0);
     return 1;
 }
 
@@ -846,6 +883,7 @@ static const luaL_Reg stream_funcs[] = {
     {"tcp_connect", l_tcp_connect},
     {"ws_read_frame", l_ws_read_frame},
     {"tcp_listen", l_tcp_listen},
+    {"stream_queued", l_stream_queued},
     {NULL, NULL},
 };
 

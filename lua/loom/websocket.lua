@@ -6,14 +6,21 @@
 -- One task may receive while others send: frames of concurrent senders go out whole, one
 -- after the other (a lock), and a pong owed while another task is writing is sent by that
 -- task right after its frame, so a receiver never waits behind a slow sender.
+--
+-- A peer that stops reading: sends wait (the stream's backpressure, which also holds back a
+-- send that follows one that gave up), and every close frame we send - ws:close, a protocol
+-- error, the answer to the peer's close - gets close_timeout to reach the kernel, after which
+-- the connection is dropped and any send still waiting gets `closed`.
 local core = require "loom.core"
 local args = require "loom.args"
 local url = require "loom.url"
 local net = require "loom.net"
 local sync = require "loom.sync"
+local tasks = require "loom.tasks"
 
 local ws_read_frame, ws_frame = core.ws_read_frame, core.ws_frame
-local park, ticket, wake = core.park, core.ticket, core.wake
+local park, ticket, wake, now = core.park, core.ticket, core.wake, core.now
+local within = tasks.timeout
 local concat, format, char, byte = table.concat, string.format, string.char, string.byte
 local utf8len, type, tostring, setmetatable = utf8.len, type, tostring, setmetatable
 
@@ -68,17 +75,25 @@ local function send_frame(self, op, payload, fin)
     return ok, err
 end
 
+local finish
+
 -- Writes a message as fragments (RFC 6455 5.4), holding the lock across them so no other
 -- message comes between; pongs may (control frames may be injected between fragments).
+-- A message cut short by a cancel (loom.timeout) can be neither finished nor followed by
+-- another, so then the connection is dropped.
 local function send_fragments(self, op, parts)
     local lock = self.lock
     lock:acquire()
     local _ <close> = lock.releaser
     local ok, err = true, nil
-    local n = #parts
+    local n, begun, sent = #parts, 0, 0
+    local _cut <close> = setmetatable({}, { __close = function(_, e)
+        if e ~= nil and begun > 0 and sent < n then finish(self, 1006, "message cut short") end
+    end })
     for i = 1, n do
+        begun = i -- a write that waits has its bytes queued already: they will go out
         ok, err = self.st:write(ws_frame(i == 1 and op or OP_CONT, parts[i], i == n, self.client))
-        if ok then ok, err = flush_pongs(self) end
+        if ok then sent = i; ok, err = flush_pongs(self) end
         if not ok then break end
     end
     return ok, err
@@ -95,7 +110,7 @@ local function pong(self, payload)
 end
 
 -- Ends the connection after a close frame went out (or could not).
-local function finish(self, code, reason)
+finish = function(self, code, reason)
     if not self.closed then
         reason = reason or ""
         self.close_code, self.close_reason = code, reason
@@ -114,12 +129,27 @@ local function close_payload(code, reason)
     return char(code >> 8, code & 255) .. reason
 end
 
+-- Sends a close frame within `secs`: true once the kernel has it, or nil, err; err is
+-- "timeout" when the peer reads nothing (the frame is stuck, or waits behind a send that
+-- is). The caller then drops the connection, which ends a send still waiting too.
+local function send_close(self, payload, secs)
+    if self.lock.value > 0 then -- nobody is writing: the stream's timeout bounds our write
+        local st = self.st
+        st:settimeout(secs)
+        local ok, err = send_frame(self, OP_CLOSE, payload, true)
+        st:settimeout(nil)
+        if not ok and err:find("^timeout") then err = "timeout" end
+        return ok, err
+    end
+    return within(secs, send_frame, self, OP_CLOSE, payload, true)
+end
+
 -- Sends a close frame (once), then drops the connection: for protocol errors, where
 -- waiting for the peer's answer would only prolong talking to a broken peer.
 local function fail(self, code, reason)
     if not self.sent_close then
         self.sent_close = true
-        send_frame(self, OP_CLOSE, close_payload(code, reason), true)
+        send_close(self, close_payload(code, reason), self.close_timeout)
     end
     return finish(self, code, reason)
 end
@@ -144,7 +174,7 @@ local function on_close_frame(self, payload)
     end
     if not self.sent_close then -- answer with the same code
         self.sent_close = true
-        send_frame(self, OP_CLOSE, payload:sub(1, 2), true)
+        send_close(self, payload:sub(1, 2), self.close_timeout)
     end
     return finish(self, code, reason)
 end
@@ -262,16 +292,20 @@ local function check_close_args(code, reason)
     if #reason > 123 then args.fail("close", 2, "reason longer than 123 bytes", 2) end
 end
 
--- Waits, up to close_timeout, for the peer's close frame to end the connection.
-local function await_close(self)
+-- Waits, until `deadline`, for the peer's close frame to end the connection.
+local function await_close(self, deadline)
     if self.receiving then -- the receiving task will read the peer's answer: wait for it
         local t, serial = ticket()
         self.close_waiter, self.close_serial = t, serial
-        park(self.close_timeout)
+        park(math.max(0, deadline - now()))
         self.close_waiter = nil
     else
-        self.st:settimeout(self.close_timeout)
-        while not self.closed do self:receive() end -- what arrives meanwhile is dropped
+        while not self.closed do -- what arrives meanwhile is dropped
+            local left = deadline - now()
+            if left <= 0 then break end
+            self.st:settimeout(left)
+            self:receive()
+        end
     end
 end
 
@@ -285,11 +319,13 @@ function WS:close(code, reason)
         finish(self, code, reason)
         return true
     end
+    local deadline = now() + self.close_timeout
     if not self.sent_close then
         self.sent_close = true
-        send_frame(self, OP_CLOSE, close_payload(code, reason), true)
+        local _, err = send_close(self, close_payload(code, reason), self.close_timeout)
+        if err == "timeout" then deadline = 0 end -- the peer reads nothing: it cannot answer
     end
-    if not self.closed then await_close(self) end
+    if not self.closed and deadline > 0 then await_close(self, deadline) end
     if not self.closed then finish(self, 1006, "no close frame from the peer") end
     return true
 end
