@@ -137,6 +137,7 @@ local function remove_dots(path)
     for i, seg in ipairs(out) do
         if seg == ".." then
             if #stack > 1 then stack[#stack] = nil end
+            if i == #out then stack[#stack + 1] = "" end -- "/a/b/.." is "/a/" (RFC 3986 5.2.4)
         elseif seg ~= "." or i == #out then
             stack[#stack + 1] = seg == "." and "" or seg
         end

@@ -60,7 +60,10 @@ end
 
 -- Splits "http://user:pw@host:port/path?query#frag" into a table:
 -- {scheme, user, password, host, port, path, query}; nil, err when it is not a URL.
+-- Controls and spaces are refused (they would end up raw on a request line or in Host:
+-- "a\r\nX: y" would add a header), as is a port past 65535.
 function M.split(s)
+    if s:find("[%z\1-\32\127]") then return nil, "invalid character in URL" end
     local scheme, rest = s:match("^(%a[%w+.-]*)://(.*)$")
     if not scheme then return nil, "not an absolute URL" end
     scheme = scheme:lower()
@@ -78,7 +81,9 @@ function M.split(s)
     if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
     if not host or host == "" then return nil, "no host in URL" end
     u.host = host:lower()
-    u.port = tonumber(port) or (scheme == "https" and 443 or scheme == "wss" and 443 or 80)
+    port = tonumber(port) -- digits only: an integer, or a float once past 2^63
+    if port and port > 65535 then return nil, "bad port in URL" end
+    u.port = port or (scheme == "https" and 443 or scheme == "wss" and 443 or 80)
     local path, query = target:match("^([^?]*)%??(.*)$")
     u.path = path ~= "" and path or "/"
     u.query = query ~= "" and query or nil

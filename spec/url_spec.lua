@@ -1,0 +1,59 @@
+-- loom.url and the client's reference resolution, as plain functions: splitting URLs
+-- (what is refused), and resolving a Location or a path against a base as RFC 3986 5.4
+-- does. Cases here came from fuzz/fuzz_url (docs/fuzzing.md).
+local url = require "loom.url"
+local join = require("loom.client").join
+
+describe("url.split", function()
+    it("splits every part and lowercases scheme and host", function()
+        assert.same({ scheme = "http", user = "u", password = "p w", host = "example.com", port = 8080,
+            path = "/a/b", query = "x=1" }, url.split("HTTP://u:p%20w@Example.COM:8080/a/b?x=1#frag"))
+        assert.same({ scheme = "https", host = "::1", port = 443, path = "/" }, url.split("https://[::1]"))
+    end)
+
+    it("refuses controls and spaces, which would reach the request line or Host raw", function()
+        for _, s in ipairs { "http://h/a b", "http://h/a\r\nX-Injected: 1", "http://h\r\nX: y/",
+            "http://h/?q=\0", "http://h/\127", " http://h/", "http://h/\t" } do
+            assert.same({ nil, "invalid character in URL" }, { url.split(s) })
+        end
+    end)
+
+    it("refuses a port past 65535", function()
+        assert.same({ nil, "bad port in URL" }, { url.split("http://h:65536/") })
+        assert.same({ nil, "bad port in URL" }, { url.split("http://h:99999999999999999999/") })
+        assert.equal(65535, url.split("http://h:65535/").port)
+        assert.equal(80, url.split("http://h:000080/").port)
+    end)
+
+    it("makes loom.fetch raise on such a URL rather than send it", function()
+        local loom = require "loom"
+        loom.run(function()
+            assert.error_matches(function() loom.fetch("http://127.0.0.1:1/a\r\nX: 1") end,
+                "invalid character in URL")
+            assert.error_matches(function() loom.fetch("http://127.0.0.1:70000/") end, "bad port in URL")
+        end)
+    end)
+end)
+
+describe("client join", function()
+    -- RFC 3986 5.4.1 and 5.4.2, but "g:h" (a scheme without "//" is read as a path here)
+    local base = "http://a/b/c/d;p?q"
+    local cases = {
+        { "g", "http://a/b/c/g" }, { "./g", "http://a/b/c/g" }, { "g/", "http://a/b/c/g/" },
+        { "/g", "http://a/g" }, { "//g", "http://g" }, { "?y", "http://a/b/c/d;p?y" },
+        { "g?y", "http://a/b/c/g?y" }, { "#s", "http://a/b/c/d;p?q" }, { "g#s", "http://a/b/c/g" },
+        { ";x", "http://a/b/c/;x" }, { "g;x", "http://a/b/c/g;x" }, { "", "http://a/b/c/d;p?q" },
+        { ".", "http://a/b/c/" }, { "./", "http://a/b/c/" }, { "..", "http://a/b/" },
+        { "../", "http://a/b/" }, { "../g", "http://a/b/g" }, { "../..", "http://a/" },
+        { "../../", "http://a/" }, { "../../g", "http://a/g" }, { "../../../g", "http://a/g" },
+        { "/./g", "http://a/g" }, { "/../g", "http://a/g" }, { "g.", "http://a/b/c/g." },
+        { "..g", "http://a/b/c/..g" }, { "./../g", "http://a/b/g" }, { "./g/.", "http://a/b/c/g/" },
+        { "g/./h", "http://a/b/c/g/h" }, { "g/../h", "http://a/b/c/h" },
+        { "g;x=1/../y", "http://a/b/c/y" }, { "/a/b/..", "http://a/a/" }, { "/..", "http://a/" },
+    }
+    it("resolves references as RFC 3986 5.4 does, a trailing '..' keeping its slash", function()
+        for _, c in ipairs(cases) do
+            assert.equal(c[2], (join(base, c[1])), "join of " .. c[1])
+        end
+    end)
+end)
