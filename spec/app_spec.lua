@@ -128,6 +128,7 @@ describe("app: routes", function()
         local f = function() end
         assert.error_matches(function() app:get("/a/{b*}/c", f) end, "must come last")
         assert.error_matches(function() app:get("/a/x{b}", f) end, "bad route pattern")
+        assert.error_matches(function() app:get("/a}", f) end, "bad route pattern") -- fuzz_router
         assert.error_matches(function() app:get("users", f) end, "pattern must start with '/'")
     end)
 end)

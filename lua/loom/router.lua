@@ -33,7 +33,7 @@ end
 -- router:add(method, pattern, handler); method "*" matches any method.
 function Router:add(method, pattern, handler)
     self.methods[method] = true
-    if not pattern:find("{", 1, true) then
+    if not pattern:find("[{}]") then -- a lone "}" is a bad segment, not a literal
         local t = self.exact[method]
         if not t then t = {}; self.exact[method] = t end
         t[pattern] = handler
