@@ -238,7 +238,7 @@ def report(state, status):
               % (soak["ok"] + soak["failed"] + soak["bad"], soak["secs"],
                  (soak["ok"] + soak["failed"] + soak["bad"]) / soak["secs"], warm["ok"] + warm["failed"] + warm["bad"],
                  warm["ok"] + soak["ok"], warm["failed"] + soak["failed"], warm["bad"] + soak["bad"]))
-        print("session: %d connections opened, %d requests on a reused one; the server saw %d connections, "
+        print("session (warm-up included): %d connections opened, %d requests on a reused one; the server saw %d connections, "
               "%d requests (retries included)" % (soak["opened"], soak["reused"], DropServer.connections,
                                                   DropServer.requests))
     print("server drops: %d (%s)" % (sum(drops.values()), ", ".join("%s %d" % (k, total(k)) for k in KINDS)))
