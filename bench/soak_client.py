@@ -282,9 +282,12 @@ def report(state, status):
 
 
 def main():
+    # children are stopped by the finally blocks, on SIGTERM and on SIGINT even when the
+    # shell started us with SIGINT ignored (in the background)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     loom, kind = build_dir()
     os.sched_setaffinity(0, {0})
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     state, status = asyncio.run(run(loom, kind))
     return report(state, status)
 

@@ -162,6 +162,10 @@ def slope_mb_per_min(samples):
 
 
 def main():
+    # children are stopped by the finally blocks, on SIGTERM and on SIGINT even when the
+    # shell started us with SIGINT ignored (in the background)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     secs = int(env_num("SOAK_SECS", 60))
     warmup = int(env_num("WARMUP_SECS", 10))
     settle = env_num("SETTLE_SECS", 3)
@@ -175,7 +179,6 @@ def main():
     errlog = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen(["taskset", "-c", "0", loom, os.path.join(BENCH, "soak_app.lua"), str(port)],
                               stdout=subprocess.DEVNULL, stderr=errlog, start_new_session=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if not wait_port(port):
             sys.exit("soak: the server never listened on %d" % port)
