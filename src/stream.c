@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <lauxlib.h>
 #include "stream.h"
 #include "addr.h"
@@ -205,6 +206,22 @@ static void stop_reading(loom_stream_t *s) {
     }
 }
 
+/* The error an RST left on the socket, or 0. libuv may report a reset as the end of the
+ * stream: when epoll says POLLHUP and its last read was a short one, uv__stream_io reports
+ * UV_EOF "iff ... uv__read() reported a partial read" without reading again, and the read
+ * that would have failed with ECONNRESET never happens. The error is still pending on the
+ * socket (SO_ERROR), so a reset is not taken for the peer's orderly end - which would pass
+ * off a body that runs until the close, cut by the reset, as whole. */
+static int pending_reset(loom_stream_t *s) {
+    uv_os_fd_t fd;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return 0;
+    return err ? uv_translate_sys_error(err) : 0;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     loom_stream_t *s = stream->data;
     (void)buf;
@@ -216,10 +233,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         if (!s->reader && !s->on_event && unread(s) >= HIGH_WATER)
             stop_reading(s);
     } else if (nread < 0) {
-        if (nread == UV_EOF)
-            s->eof = 1;
+        int err = nread == UV_EOF ? pending_reset(s) : (int)nread;
+        if (err)
+            s->rerr = err;
         else
-            s->rerr = (int)nread;
+            s->eof = 1;
         stop_reading(s);
     }
     if (s->on_event)

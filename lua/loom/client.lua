@@ -540,6 +540,16 @@ function Response:json()
     return v
 end
 
+-- The next piece of a streamed body: piece | nil at its end | nil, err.
+local function next_piece(self)
+    local x = self._x
+    if not x then return nil end
+    local piece, err = x:read()
+    if piece then return piece end
+    self:close()
+    return nil, err
+end
+
 -- res:chunks() -> iterator over the body's pieces as they arrive. Like io.lines, it raises
 -- when reading fails.
 function Response:chunks()
@@ -552,31 +562,36 @@ function Response:chunks()
         end
     end
     return function()
-        local x = self._x
-        if not x then return nil end
-        local piece, err = x:read()
-        if piece then return piece end
-        self:close()
+        local piece, err = next_piece(self)
         if err then error(err, 2) end
-        return nil
+        return piece
     end
 end
 
--- res:save(path) -> bytes written | nil, err. Streams to the file as the body arrives.
+-- res:save(path) -> bytes written | nil, err. Streams to the file as the body arrives. The
+-- error is the read's own ("closed: ...", "timeout: ..."), and a cancel goes through.
 function Response:save(path)
     args.check(path, "string", "save", 1)
-    local f, ferr = io.open(path, "wb")
+    local f <close>, ferr = io.open(path, "wb")
     if not f then return nil, "closed: " .. ferr end
-    local n = 0
-    local ok, err = pcall(function()
-        for piece in self:chunks() do
-            local w, werr = f:write(piece)
-            if not w then error("closed: " .. werr, 0) end
-            n = n + #piece
+    local n, whole, err = 0, self._body, nil
+    while true do
+        local piece
+        if whole then
+            piece, whole = whole ~= "" and whole or nil, nil
+        else
+            piece, err = next_piece(self)
         end
-    end)
-    f:close()
-    if not ok then return nil, err end
+        if not piece then break end
+        local ok, werr = f:write(piece)
+        if not ok then
+            err = "closed: " .. werr
+            self:close()
+            break
+        end
+        n = n + #piece
+    end
+    if err then return nil, err end
     return n
 end
 

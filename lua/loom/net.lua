@@ -1,10 +1,11 @@
 -- loom.net: TCP streams and the raw TCP server, over the C stream type (src/stream.c)
--- and the resolver (src/dns.c).
+-- and the resolver (loom.resolver over src/dns.c: cached, at most two lookups at once).
 local core = require "loom.core"
 local args = require "loom.args"
+local resolver = require "loom.resolver"
 
 local M = {}
-local now, resolve, tcp_connect = core.now, core.resolve, core.tcp_connect
+local now, resolve, tcp_connect = core.now, resolver.resolve, core.tcp_connect
 local format = string.format
 
 -- A port number (or a string of one); `opt` names the option it came from, if any.

@@ -1,8 +1,10 @@
--- loom.resolver: name lookups for the client, over core.resolve (uv_getaddrinfo, so
--- /etc/hosts holds). Answers are cached for a few seconds; lookups of one name in flight
--- are shared; and at most MAX_ACTIVE run at once, because each holds one of libuv's four
--- pool threads until the system resolver returns (a timed-out lookup too), and file I/O
--- needs them as well. A caller waits at most its timeout: `dns: timeout (name)`.
+-- loom.resolver: name lookups for the client and loom.connect, over core.resolve
+-- (getaddrinfo on a thread per lookup, src/dns.c; so /etc/hosts holds). Answers are cached
+-- for a few seconds; lookups of one name in flight are shared; at most MAX_ACTIVE run at
+-- once, each holding its thread until the system resolver returns (a timed-out lookup
+-- too). A caller waits at most its timeout: `timeout: dns lookup of NAME`. A name whose
+-- server never answers holds one slot until the system resolver gives up (resolv.conf's
+-- timeout times attempts), not the other names' lookups.
 -- State is per Lua state (one per host), so two hosts in a process share nothing.
 local core = require "loom.core"
 
@@ -10,7 +12,7 @@ local M = {}
 
 local TTL = 5           -- seconds an answer is reused
 local MAX_CACHED = 256  -- names kept; the cache starts over beyond that
-local MAX_ACTIVE = 2    -- lookups running in libuv's pool at once
+local MAX_ACTIVE = 16   -- lookups running at once (threads)
 
 local now, park, ticket, wake, spawn = core.now, core.park, core.ticket, core.wake, core.spawn
 local resolve = core.resolve
@@ -78,7 +80,7 @@ function M.resolve(name, timeout)
     w[#w + 1], w[#w + 2] = t, serial
     while not job.done do
         if not park(timeout) then
-            return nil, "dns: timeout (" .. name .. ")"
+            return nil, "timeout: dns lookup of " .. name
         end
     end
     if job.addrs then return job.addrs end
