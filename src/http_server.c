@@ -11,6 +11,7 @@
  */
 #include <stdio.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -616,8 +617,32 @@ static void on_handler_done(loom_t *h, loom_task_t *t) {
 
 /* ---------------------------------------------------------------- accept */
 
+/* Out of descriptors, libuv accepts what waits and closes it at once with a descriptor it
+ * keeps in reserve (uv__emfile_trick in uv__server_io). When that reserve is gone (a thread
+ * took its slot between libuv's close and reopen), libuv reports EMFILE here and accepts
+ * again at once: a busy loop for as long as a connection waits, and no descriptor frees
+ * since the loop never returns. The server's own spare descriptor breaks it: closed, it
+ * lets libuv's next accept succeed, that connection is closed at once (shed), and the
+ * spare takes the slot back. */
+static void spare_open(loom_server_t *srv) {
+    if (srv->spare_fd < 0)
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void spare_close(loom_server_t *srv) {
+    if (srv->spare_fd >= 0) {
+        close(srv->spare_fd);
+        srv->spare_fd = -1;
+    }
+}
+
 static void on_connection(uv_stream_t *server, int status) {
     loom_server_t *srv = server->data;
+    if ((status == UV_EMFILE || status == UV_ENFILE) && srv->spare_fd >= 0) {
+        spare_close(srv); /* libuv's next accept (it tries at once) gets this slot */
+        srv->shedding = 1;
+        return;
+    }
     if (status < 0 || srv->closing)
         return;
     loom_conn_t *c = calloc(1, sizeof *c);
@@ -628,11 +653,15 @@ static void on_connection(uv_stream_t *server, int status) {
     loom_handle_opened(srv->host);
     c->srv = srv;
     srv->live++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || srv->shedding) {
         c->state = C_CLOSING;
         srv->nconns++; /* on_conn_closed's accounting expects a counted connection */
         srv->nconns--;
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        uv_close((uv_handle_t *)&c->tcp, on_conn_closed); /* its descriptor closes here */
+        if (srv->shedding) {
+            srv->shedding = 0;
+            spare_open(srv);
+        }
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -664,6 +693,7 @@ static void server_free_if_done(loom_server_t *srv) {
     /* at teardown a queued done_job never runs (the queue is not drained again) */
     int job_pending = srv->done_job.queued && !srv->host->closing;
     if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !job_pending) {
+        spare_close(srv);
         loom_tls_conf_unref(srv->tls_conf);
         loom_head_pool_free(&srv->heads);
         free(srv->hbuf);
@@ -708,6 +738,7 @@ static void server_close(loom_server_t *srv, uint64_t grace_ms) {
     if (srv->closing)
         return;
     srv->closing = 1;
+    spare_close(srv);
     uint64_t now = uv_now(srv->host->loop);
     srv->grace_at = now + grace_ms;
     srv->settle_at = now + (grace_ms < SETTLE_MS ? grace_ms : SETTLE_MS);
@@ -813,6 +844,7 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     if (!srv)
         luaL_error(L, "out of memory");
     srv->host = h;
+    srv->spare_fd = -1;
     srv->heads.max = 256;
     srv->entry_ref = srv->reqmt_ref = srv->self_ref = LUA_NOREF;
     uv_tcp_init(h->loop, &srv->tcp);
@@ -870,6 +902,7 @@ static int l_http_listen(lua_State *L) {
         return loom_fail_uv(L, "listen", rc, ctx);
     }
     srv->listening = 1;
+    spare_open(srv);
     lua_pushvalue(L, 1);
     srv->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 2);

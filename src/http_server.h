@@ -82,7 +82,9 @@ struct loom_server {
     int handles; /* libuv handles of the server still open (listener, timer) */
     int listening;
     int boxed;
-    int closing; /* srv:close was called */
+    int closing;  /* srv:close was called */
+    int spare_fd; /* kept for when libuv's own EMFILE reserve is gone (see on_connection) */
+    int shedding; /* the spare was let go: the next accepted connection is closed at once */
     int port;
     int live;            /* connection structs not yet freed: the server outlives them */
     int self_ref;        /* anchors the Lua box while the server is up */
