@@ -234,6 +234,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             stop_reading(s);
     } else if (nread < 0) {
         int err = nread == UV_EOF ? pending_reset(s) : (int)nread;
+        if (!err && nread == UV_EOF && s->tls)
+            err = loom_stream_tls_end(s); /* a FIN that cuts a TLS record short */
         if (err)
             s->rerr = err;
         else

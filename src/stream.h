@@ -67,6 +67,9 @@ int loom_stream_send_raw(loom_stream_t *s, uv_buf_t *bufs, int n);
 void loom_stream_tls_alloc(loom_stream_t *s, uv_buf_t *buf);
 void loom_stream_tls_input(loom_stream_t *s, size_t n);
 int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n);
+/* The socket ended under TLS: 0, or UV_EPROTO when that cut a record short (the "tls: ..."
+ * detail then says so). */
+int loom_stream_tls_end(loom_stream_t *s);
 void loom_stream_tls_free(loom_stream_t *s);
 /* Takes over a session that another owner (the HTTP server, on an upgrade) ran on this
  * socket; records it had received but not decrypted join the buffer. */

@@ -79,6 +79,10 @@ void loom_stream_tls_input(loom_stream_t *s, size_t n) {
     decrypt(s);
 }
 
+int loom_stream_tls_end(loom_stream_t *s) {
+    return loom_tls_transport_end(s->tls) == LOOM_TLS_ERR ? UV_EPROTO : 0;
+}
+
 int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
     if (!loom_tls_handshake_done(s->tls))
         return UV_ENOTCONN;

@@ -55,6 +55,12 @@ struct loom_tls {
     char *out;
     size_t out_len, out_cap;
     int done;
+    /* Record framing of the ciphertext that arrived, to tell an end of the transport
+     * between records from one inside a record (a cut): header bytes of the next record
+     * seen so far, and bytes of the current record still to come. */
+    unsigned char rec_hdr[5];
+    int rec_hlen;
+    size_t rec_left;
     int iplen; /* > 0: the peer must show this iPAddress */
     unsigned char ip[16];
     char err[200];
@@ -434,7 +440,30 @@ int loom_tls_inbuf(loom_tls_t *t, size_t want, char **base, size_t *len) {
 }
 
 void loom_tls_received(loom_tls_t *t, size_t n) {
+    const unsigned char *p = (const unsigned char *)t->in + t->in_len;
     t->in_len += n;
+    while (n > 0) { /* a record: type, version (2), length (2), then length bytes */
+        if (t->rec_left > 0) {
+            size_t k = n < t->rec_left ? n : t->rec_left;
+            t->rec_left -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        t->rec_hdr[t->rec_hlen++] = *p++;
+        n--;
+        if (t->rec_hlen == 5) {
+            t->rec_left = (size_t)t->rec_hdr[3] << 8 | t->rec_hdr[4];
+            t->rec_hlen = 0;
+        }
+    }
+}
+
+int loom_tls_transport_end(loom_tls_t *t) {
+    if (t->rec_hlen == 0 && t->rec_left == 0)
+        return LOOM_TLS_EOF;
+    snprintf(t->err, sizeof t->err, "connection closed in the middle of a TLS record");
+    return LOOM_TLS_ERR;
 }
 
 /* Whether the peer's certificate lists our IP literal as an iPAddress. */

@@ -48,6 +48,11 @@ void loom_tls_free(loom_tls_t *t);
 /* Ciphertext in: space to read into (at least `want` bytes), then how much arrived. */
 int loom_tls_inbuf(loom_tls_t *t, size_t want, char **base, size_t *len);
 void loom_tls_received(loom_tls_t *t, size_t n);
+/* The transport ended (TCP FIN): EOF when that fell between records, ERR (with the error
+ * set) when it cut a record short - truncation, not an end (RFC 8446 6.1, RFC 9112 9.8). An
+ * end between records without close_notify is taken as an end, as Go's crypto/tls does:
+ * many servers close so. */
+int loom_tls_transport_end(loom_tls_t *t);
 
 /* Advances the handshake: OK when done, WANT when it needs the peer, ERR. */
 int loom_tls_handshake(loom_tls_t *t);
