@@ -72,6 +72,11 @@ static loom_t *host_create(lua_State *L, uv_loop_t *loop) {
         h->owns_loop = 1;
     }
     h->L = L;
+    /* Lua 5.4's incremental collector finishes a small heap's whole cycle in one step: with
+     * a few hundred bytes per request that is a ~200 us stop every thousand requests, in
+     * the tail of every request in flight. Generational collection (young objects, mostly
+     * dead request tables) measured 13 us steps at a quarter of the total cost. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     h->res.next = h->res.prev = &h->res;
     uv_async_init(h->loop, &h->stop_async, on_stop_async);
     uv_unref((uv_handle_t *)&h->stop_async);

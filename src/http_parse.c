@@ -285,6 +285,16 @@ static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
     uint8_t s = m->lines;
     int request = m->parser.type == HTTP_REQUEST;
     for (size_t i = 0; i < len && !(s & LINES_DONE); i++) {
+        if ((s & LINES_HDRS) && !(s & (LINES_CR | LINES_BOL))) {
+            /* inside a header line only a CR or LF matters: skip to the CR with memchr */
+            const char *cr = memchr(data + i, '\r', len - i);
+            size_t stop = cr ? (size_t)(cr - data) : len;
+            if (memchr(data + i, '\n', stop - i))
+                return fail(m, 400, "bare LF in the head");
+            if (stop == len)
+                break;
+            i = stop;
+        }
         char ch = data[i];
         if (s & LINES_CR) {
             if (ch != '\n')

@@ -1,7 +1,8 @@
 /*
- * http_request.c - the Lua side of a server request: the request table (method, path and
- * version set at once; the rest computed lazily by lua/loom/request.lua through the
- * functions here), reading the body whole or piece by piece, and streaming responses.
+ * http_request.c - the Lua side of a server request: the arguments its table is made of
+ * (a box, the method, the path, the version; lua/loom/app.lua builds the table and
+ * lua/loom/request.lua computes the rest lazily through the functions here), reading the
+ * body whole or piece by piece, and streaming responses.
  *
  * The table holds a box that points at the connection while the request lasts; when it
  * ends the box is emptied, so a request kept after its handler returned cannot reach a
@@ -45,22 +46,21 @@ static void push_path(lua_State *L, const char *url, size_t len) {
     lua_pushlstring(L, p, (size_t)(q - p));
 }
 
-void loom_conn_push_request(lua_State *L, loom_conn_t *c) {
+/* Pushes the entry function's arguments: the box, the method, the path and whether the
+ * request is HTTP/1.0; lua/loom/app.lua makes the request table from them (a table
+ * constructor in Lua costs less than setting fields through the C API). Returns 4. */
+int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     loom_head_t *h = c->msg.head;
-    lua_createtable(L, 0, 6);
-    lua_pushstring(L, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)));
-    lua_setfield(L, -2, "method");
-    push_path(L, h->data + h->url, h->url_len);
-    lua_setfield(L, -2, "path");
-    lua_pushstring(L, c->http10 ? "1.0" : "1.1");
-    lua_setfield(L, -2, "version");
     loom_reqbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->c = c;
+    box->gone = 0;
     c->box = box;
-    luaL_setmetatable(L, REQBOX_MT);
-    lua_setfield(L, -2, "_box");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->reqmt_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->boxmt_ref);
     lua_setmetatable(L, -2);
+    lua_pushstring(L, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)));
+    push_path(L, h->data + h->url, h->url_len);
+    lua_pushboolean(L, c->http10);
+    return 4;
 }
 
 void loom_conn_detach_request(loom_conn_t *c) {

@@ -538,8 +538,8 @@ static void run_handler(loom_t *h, loom_job_t *job) {
         return;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
-    loom_conn_push_request(L, c);
-    c->task = loom_spawn_internal(L, 1, on_handler_done, c);
+    int nargs = loom_conn_push_request(L, c);
+    c->task = loom_spawn_internal(L, nargs, on_handler_done, c);
     if (srv->tl[TL_HANDLER].ms)
         tl_add(c, TL_HANDLER); /* before it runs: it may answer at once and move on */
     loom_task_run_now(h, c->task);
@@ -715,8 +715,8 @@ static void release_refs(loom_t *h, loom_job_t *job) {
     lua_State *L = h->sched.L;
     luaL_unref(L, LUA_REGISTRYINDEX, srv->self_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->entry_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
-    srv->self_ref = srv->entry_ref = srv->reqmt_ref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
+    srv->self_ref = srv->entry_ref = srv->boxmt_ref = LUA_NOREF;
     server_free_if_done(srv);
 }
 
@@ -846,7 +846,7 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     srv->host = h;
     srv->spare_fd = -1;
     srv->heads.max = 256;
-    srv->entry_ref = srv->reqmt_ref = srv->self_ref = LUA_NOREF;
+    srv->entry_ref = srv->boxmt_ref = srv->self_ref = LUA_NOREF;
     uv_tcp_init(h->loop, &srv->tcp);
     uv_timer_init(h->loop, &srv->timer);
     uv_unref((uv_handle_t *)&srv->timer);
@@ -877,21 +877,21 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->send_timeout = loom_opt_number(L, o, "send_timeout", 60);
 }
 
-/* core.http_listen(entry, reqmt, opts) -> server | nil, err
+/* core.http_listen(entry, opts) -> server | nil, err
+ * entry(box, method, path, http10) runs in a task of its own for each request
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
  *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, access_log,
  *       tls (a core.tls_config{server = true, ...}) */
 static int l_http_listen(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    const char *host = loom_opt_string(L, 3, "host", "0.0.0.0");
-    int port = (int)loom_opt_integer(L, 3, "port", 0);
-    int backlog = (int)loom_opt_integer(L, 3, "backlog", 511);
-    int reuseport = loom_opt_boolean(L, 3, "reuseport", 0);
+    const char *host = loom_opt_string(L, 2, "host", "0.0.0.0");
+    int port = (int)loom_opt_integer(L, 2, "port", 0);
+    int backlog = (int)loom_opt_integer(L, 2, "backlog", 511);
+    int reuseport = loom_opt_boolean(L, 2, "reuseport", 0);
     loom_server_t *srv = server_new(L, loom_host(L));
-    read_limits(L, 3, srv);
-    srv->tls_conf = loom_server_tls_conf(L, 3);
+    read_limits(L, 2, srv);
+    srv->tls_conf = loom_server_tls_conf(L, 2);
     int rc = bind_listen(srv, host, port, reuseport, backlog);
     if (rc != 0) {
         srv->closing = 1;
@@ -905,8 +905,8 @@ static int l_http_listen(lua_State *L) {
     spare_open(srv);
     lua_pushvalue(L, 1);
     srv->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, 2);
-    srv->reqmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_getmetatable(L, REQBOX_MT);
+    srv->boxmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
     srv->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 1;

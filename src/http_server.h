@@ -90,7 +90,7 @@ struct loom_server {
     int self_ref;        /* anchors the Lua box while the server is up */
     loom_job_t done_job; /* drops the Lua references once everything is closed */
     int entry_ref;       /* Lua function(req) -> response */
-    int reqmt_ref;       /* metatable of request tables */
+    int boxmt_ref;       /* metatable of request boxes (REQBOX_MT) */
     loom_conn_t *conns;
     int nconns;
     loom_tlist_t tl[TL_COUNT];
@@ -164,7 +164,7 @@ void loom_conn_tls_free(loom_conn_t *c);
 struct loom_tls_conf *loom_server_tls_conf(lua_State *L, int idx);
 
 /* http_request.c */
-void loom_conn_push_request(lua_State *L, loom_conn_t *c);
+int loom_conn_push_request(lua_State *L, loom_conn_t *c);
 /* The request ended: detach its Lua object and wake whoever waits on the body. */
 void loom_conn_detach_request(loom_conn_t *c);
 /* Body parsing progressed (data, completion, failure, or the peer left). */

@@ -187,7 +187,9 @@ function App:_entry()
             end)
         end
     end
-    return function(req)
+    local mt = request.mt
+    return function(box, method, path, http10)
+        local req = setmetatable({ method = method, path = path, version = http10 and "1.0" or "1.1", _box = box }, mt)
         return emit(req, chain(req))
     end
 end
@@ -266,7 +268,7 @@ function App:listen(opts)
         if not o.tls then return nil, err end
     end
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
-    return core.http_listen(self:_entry(), request.mt, o)
+    return core.http_listen(self:_entry(), o)
 end
 
 -- app:run{ host, port, access_log = true, workers = 1, grace = 10 }: listen, say where,

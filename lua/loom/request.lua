@@ -1,6 +1,7 @@
--- loom.request: the server's request object. C makes a table with method, path, version
--- and a box (_box) pointing at the connection; everything else is computed here on first
--- use and kept in the table: headers, query, params, remote, remote_port, target.
+-- loom.request: the server's request object. app.lua makes a table with method, path,
+-- version and the box (_box) C passes, which points at the connection; everything else is
+-- computed here on first use and kept in the table: headers, query, params, remote,
+-- remote_port, target.
 local core = require "loom.core"
 local json = require "loom.json"
 local url = require "loom.url"
