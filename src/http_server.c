@@ -862,11 +862,17 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     return srv;
 }
 
+/* Seconds to ms; past 30 years (math.huge included, whose cast would be undefined) is
+ * 10^12 ms, which is never in practice. */
+static uint64_t secs_to_ms(double secs) {
+    return !(secs > 0) ? 0 : secs > 1e9 ? (uint64_t)1e12 : (uint64_t)(secs * 1000);
+}
+
 static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->max_header = (uint32_t)loom_opt_integer(L, o, "max_header", 16 * 1024);
     srv->max_body = (uint64_t)loom_opt_integer(L, o, "max_body", 1024 * 1024);
-    srv->tl[TL_HEAD].ms = (uint64_t)(loom_opt_number(L, o, "header_timeout", 30) * 1000);
-    srv->tl[TL_IDLE].ms = (uint64_t)(loom_opt_number(L, o, "keepalive_timeout", 75) * 1000);
+    srv->tl[TL_HEAD].ms = secs_to_ms(loom_opt_number(L, o, "header_timeout", 30));
+    srv->tl[TL_IDLE].ms = secs_to_ms(loom_opt_number(L, o, "keepalive_timeout", 75));
     srv->tl[TL_LINGER].ms = LINGER_MS;
     /* 0 turns it off (app.lua passes false as 0), as does anything past 30 years */
     double ht = loom_opt_number(L, o, "handler_timeout", 60);
