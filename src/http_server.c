@@ -545,7 +545,19 @@ static void run_handler(loom_t *h, loom_job_t *job) {
     loom_task_run_now(h, c->task);
 }
 
+/* A handler that raised the "closed: ..." its body read gave (req:chunks() raises) after
+ * the client left did nothing wrong: the client's leaving is not logged as its error. */
+static int raised_client_left(loom_conn_t *c, loom_task_t *t) {
+    const char *msg = lua_tostring(t->co, 2);
+    if (!msg || !(c->eof || c->state == C_CLOSING))
+        return 0;
+    const char *nl = strchr(msg, '\n'), *hit = strstr(msg, "closed: ");
+    return hit && (!nl || hit < nl) && (hit == msg || hit[-1] == ' ');
+}
+
 static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
+    if (raised_client_left(c, t))
+        return;
     loom_head_t *hd = c->msg.head;
     fprintf(stderr, "loom: error in handler for %s %.*s: %s\n",
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),

@@ -87,6 +87,30 @@ with requests.Session() as s:
 print("requests: ok")
 PY
 
+# A client that leaves in the middle of an upload: the handler's req:chunks() raises
+# "closed: ...", which is the client's doing, not a handler error to log.
+PORT=$port timeout 30 "$python" - <<'PY' || fail "abandoned upload"
+import http.client, os, socket, time
+port = int(os.environ["PORT"])
+def uploads():
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/uploads")
+    return int(c.getresponse().read())
+before = uploads()
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"PUT /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+s.close()  # before or after the handler reached req:chunks(), it sees the client gone
+deadline = time.time() + 10
+while uploads() == before:
+    assert time.time() < deadline, "the upload handler did not end"
+    time.sleep(0.02)
+print("abandoned upload: handler ended")
+PY
+if grep -q "error in handler" "$LOOM_SERVER_LOG"; then
+    cat "$LOOM_SERVER_LOG" >&2
+    fail "a client leaving mid-upload was logged as a handler error"
+fi
+
 stop_server
 [[ $LOOM_SERVER_STATUS == 0 ]] || fail "the server exited with $LOOM_SERVER_STATUS after SIGTERM"
 echo "ok: python"
