@@ -353,7 +353,8 @@ describe("redirects", function()
             app:any("/r" .. code, function() return { status = code, headers = { location = "/echo" } } end)
         end
         app:any("/echo", function(req)
-            return { json = { method = req.method, body = req:text(), auth = req.headers.authorization or false } }
+            return { json = { method = req.method, body = req:text(), auth = req.headers.authorization or false,
+                cookie = req.headers.cookie or false, proxy_auth = req.headers["proxy-authorization"] or false } }
         end)
         app:get("/loop/a", function() return { status = 302, headers = { location = "/loop/b" } } end)
         app:get("/loop/b", function() return { status = 302, headers = { location = "a" } } end)
@@ -384,15 +385,17 @@ describe("redirects", function()
         end)
     end)
 
-    it("keeps Authorization on the same origin and drops it across origins", function()
+    it("keeps Authorization and Cookie on the same origin and drops them across origins", function()
         run(function()
             local srv <close>, base = redirect_app()
             local app = loom.app()
             app:get("/away", function() return { status = 302, headers = { location = base .. "/echo" } } end)
             local other <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
-            local h = { headers = { Authorization = "Bearer t" } }
-            assert.equal("Bearer t", assert(loom.fetch(base .. "/r302", h)):json().auth)
-            assert.is_false(assert(loom.fetch("http://127.0.0.1:" .. other.port .. "/away", h)):json().auth)
+            local h = { headers = { Authorization = "Bearer t", Cookie = "sid=1", ["Proxy-Authorization"] = "Basic x" } }
+            local same = assert(loom.fetch(base .. "/r302", h)):json()
+            assert.same({ "Bearer t", "sid=1", "Basic x" }, { same.auth, same.cookie, same.proxy_auth })
+            local away = assert(loom.fetch("http://127.0.0.1:" .. other.port .. "/away", h)):json()
+            assert.same({ false, false, false }, { away.auth, away.cookie, away.proxy_auth })
         end)
     end)
 

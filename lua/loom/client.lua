@@ -247,7 +247,9 @@ local function build_head(sess, req, u)
     if u.user and not hget(h, "authorization") then
         hset(h, "Authorization", "Basic " .. dial.base64(u.user .. ":" .. (u.password or "")))
     end
-    if req.drop_auth then h.values.authorization = false end
+    if req.drop_auth then -- credentials the caller set are not for another origin (curl, undici)
+        h.values.authorization, h.values.cookie, h.values["proxy-authorization"] = false, false, false
+    end
     local jar = sess.jar
     local cookie = jar and jar:header(u)
     if cookie then
