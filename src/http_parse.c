@@ -294,6 +294,16 @@ static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
             if (stop == len)
                 break;
             i = stop;
+        } else if (!(s & (LINES_HDRS | LINES_CR | LINES_BOL))) {
+            /* inside the start line SPs matter too; other bytes only end a run of SPs */
+            size_t j = i;
+            while (j < len && data[j] != ' ' && data[j] != '\r' && data[j] != '\n')
+                j++;
+            if (j > i)
+                s &= (uint8_t)~LINES_SP;
+            if (j == len)
+                break;
+            i = j;
         }
         char ch = data[i];
         if (s & LINES_CR) {
