@@ -219,6 +219,28 @@ describe("app:ws and loom.websocket", function()
         end)
     end)
 
+    it("reads a handshake header with a long run of blanks inside at once", function()
+        run(function()
+            local l <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(s)
+                local key
+                repeat
+                    local line = s:read_line()
+                    key = key or (line and line:match("^Sec%-WebSocket%-Key: (.+)$"))
+                until not line or line == ""
+                -- trimmed with "(.-)%s*$" this took seconds: quadratic in the blanks
+                s:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                    "X-Pad: a" .. string.rep(" ", 60000) .. "b \r\n" ..
+                    "Sec-WebSocket-Accept: " .. core.ws_accept(key) .. "\r\n\r\n")
+                s:read("a")
+                s:close()
+            end })
+            local t0 = loom.now()
+            local ws = assert(loom.websocket(format("ws://127.0.0.1:%d/", l.port)))
+            assert.is_true(loom.now() - t0 < 1, tostring(loom.now() - t0))
+            ws:close(1000, "", 0)
+        end)
+    end)
+
     it("max_message: a message over it closes with 1009, whole or in fragments", function()
         run(function()
             local srv <close>, ends = serve()

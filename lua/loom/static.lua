@@ -46,13 +46,26 @@ local function http_date(t)
     return os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
 end
 
+-- s without the blanks around it, in time linear in #s: a pattern such as
+-- "^%s*bytes%s*=%s*([^,]*)%s*$" backtracks over a run of blanks, cubic in its length
+-- ("bytes=", 4000 spaces and a comma took a minute of the server's one thread).
+local function trim(s)
+    local first = s:find("%S")
+    if not first then return "" end
+    return s:sub(first, (s:find("%S%s*$", first)))
+end
+
 -- "bytes=a-b" -> first, last (0-based, inclusive) | "bad" | nil (no usable range)
 local function parse_range(h, size)
     if not h then return nil end
-    local spec = h:match("^%s*bytes%s*=%s*([^,]*)%s*$")
-    if not spec then return nil end -- several ranges or another unit: send it all
-    local a, b = spec:match("^(%d*)%s*%-%s*(%d*)$")
-    if not a or (a == "" and b == "") then return "bad" end
+    local eq = h:find("=", 1, true)
+    -- several ranges or another unit: send it all
+    if not eq or trim(h:sub(1, eq - 1)) ~= "bytes" or h:find(",", eq, true) then return nil end
+    local spec = trim(h:sub(eq + 1))
+    local dash = spec:find("-", 1, true)
+    if not dash then return "bad" end
+    local a, b = trim(spec:sub(1, dash - 1)), trim(spec:sub(dash + 1))
+    if a:find("%D") or b:find("%D") or (a == "" and b == "") then return "bad" end
     local first, last
     if a == "" then
         local n = tonumber(b)

@@ -439,6 +439,14 @@ M.check_opts = check_opts
 
 -- Client side ---------------------------------------------------------------------------
 
+-- s without the blanks around it, in time linear in #s ("^(.-)%s*$" is quadratic in a run
+-- of blanks inside s, which a server could send to stall the client).
+local function trim(s)
+    local first = s:find("%S")
+    if not first then return "" end
+    return s:sub(first, (s:find("%S%s*$", first)))
+end
+
 local function read_head(st)
     local status_line, err = st:read_line()
     if not status_line then return nil, err end
@@ -448,8 +456,8 @@ local function read_head(st)
         line, err = st:read_line()
         if not line then return nil, err end
         if line == "" then break end
-        local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-        if k then headers[k:lower()] = v end
+        local colon = line:find(":", 1, true)
+        if colon and colon > 1 then headers[line:sub(1, colon - 1):lower()] = trim(line:sub(colon + 1)) end
     end
     return status_line, headers
 end
