@@ -25,6 +25,16 @@ describe("url.split", function()
         assert.equal(80, url.split("http://h:000080/").port)
     end)
 
+    it("takes a long host or port in linear time", function()
+        -- "^([^:]*):?(%d*)$" backtracked over digits: 60000 of them took seconds
+        local digits = string.rep("1", 60000)
+        local t0 = os.clock()
+        assert.is_nil(url.split("http://" .. digits .. ":x/"))
+        assert.equal(digits, url.split("http://" .. digits .. "/").host)
+        assert.same({ nil, "bad port in URL" }, { url.split("http://h:" .. digits .. "/") })
+        assert.is_true(os.clock() - t0 < 1, tostring(os.clock() - t0))
+    end)
+
     it("makes loom.fetch raise on such a URL rather than send it", function()
         local loom = require "loom"
         loom.run(function()

@@ -58,6 +58,16 @@ function M.encode_query(t)
     return table.concat(out, "&")
 end
 
+-- "host:port" -> "host", "port" ("" without one); nil when the port is not digits. Not
+-- "^([^:]*):?(%d*)$", which backtracks quadratically over a long run of digits.
+local function host_port(s)
+    local colon = s:find(":", 1, true)
+    if not colon then return s, "" end
+    local port = s:sub(colon + 1)
+    if port:find("%D") then return nil end
+    return s:sub(1, colon - 1), port
+end
+
 -- Splits "http://user:pw@host:port/path?query#frag" into a table:
 -- {scheme, user, password, host, port, path, query}; nil, err when it is not a URL.
 -- Controls and spaces are refused (they would end up raw on a request line or in Host:
@@ -78,7 +88,7 @@ function M.split(s)
         hostport = authority
     end
     local host, port = hostport:match("^%[(.-)%]:?(%d*)$")
-    if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
+    if not host then host, port = host_port(hostport) end
     if not host or host == "" then return nil, "no host in URL" end
     u.host = host:lower()
     port = tonumber(port) -- digits only: an integer, or a float once past 2^63
