@@ -46,7 +46,13 @@ static struct {
 
 /* The hook is the fuzzer's instrument, not code under test: no coverage or comparison
  * tracing of its own (which would feed libFuzzer chunk-name addresses as dictionary words). */
+#define LUA_FUZZ_PLAIN
+#ifdef __has_attribute
+#if __has_attribute(disable_sanitizer_instrumentation)
+#undef LUA_FUZZ_PLAIN
 #define LUA_FUZZ_PLAIN __attribute__((disable_sanitizer_instrumentation))
+#endif
+#endif
 
 LUA_FUZZ_PLAIN static uint32_t lua_fuzz_mix(uintptr_t chunk, int line) {
     uint64_t x = (uint64_t)chunk * 0x9e3779b97f4a7c15u ^ (uint64_t)(unsigned)line;
