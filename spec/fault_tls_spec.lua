@@ -37,7 +37,7 @@ end)
 
 -- loom's HTTPS app: GET /hello, GET /big (300000 bytes), POST /len, a websocket echo.
 local function serve(opts)
-    local app = loom.app(opts or { header_timeout = 0.5 })
+    local app = loom.app(opts)
     app:get("/hello", function() return "hello" end)
     app:get("/big", function() return string.rep("b", 300000) end)
     app:post("/len", function(req) return tostring(#(req:text() or "")) end)
@@ -281,7 +281,7 @@ end)
 describe("the TLS server", function()
     it("drops clients stalled after their ClientHello at header_timeout, serving others meanwhile", function()
         run(function()
-            local srv <close> = serve({ header_timeout = 0.5 })
+            local srv <close> = serve({ header_timeout = 1.5 })
             -- a real ClientHello goes up; the client's next flight never does
             local r <close>, log = relay(srv.port, { up = function(d, before)
                 return before == 0 and d or false
@@ -291,15 +291,15 @@ describe("the TLS server", function()
             for i = 1, 10 do
                 stalled[i] = loom.spawn(loom.connect, "127.0.0.1", r.port, { timeout = 5, tls = CLIENT_TLS })
             end
-            still_serving(srv)
-            assert.is_true(loom.now() - t0 < 0.4, "a good client waited for the stalled ones")
+            still_serving(srv) -- 1.5 s from accept to request head: room for a loaded machine
+            assert.is_true(loom.now() - t0 < 1.2, "a good client waited for the stalled ones")
             for i = 1, 10 do
                 local _, st, err = stalled[i]:join()
                 assert.is_nil(st)
                 assert.matches("^tls: ", err) -- the server hung up mid-handshake
             end
             log.closed:wait()
-            within(loom.now() - t0, 0.45, 2)
+            within(loom.now() - t0, 1.45, 3)
             assert.equal(0, srv.connections)
             still_serving(srv)
         end)
