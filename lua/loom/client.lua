@@ -565,7 +565,7 @@ function Response:chunks()
     end
     return function()
         local piece, err = next_piece(self)
-        if err then error(err, 2) end
+        if err then error(err, 0) end -- the kind stays the first word, as in nil, err
         return piece
     end
 end

@@ -80,7 +80,7 @@ function Request:chunks()
     local box = self._box
     return function()
         local chunk, err = req_chunk(box)
-        if chunk == nil and err then error(err, 2) end
+        if chunk == nil and err then error(err, 0) end -- the kind stays the first word
         return chunk
     end
 end
