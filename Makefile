@@ -1,6 +1,7 @@
 # Thin wrapper over scripts/deps.sh, CMake and ctest.
 #   make run        build, then ./build/loom examples/main.lua
-#   make test       sanitizer build + ctest (build-asan), then normal build + ctest (build)
+#   make test       make fuzz, then sanitizer build + ctest (build-asan), then normal build +
+#                   ctest (build)
 #   make test-fast  normal build + ctest only
 #   make bench      bench/run.sh against the peers
 #   make fuzz       clang + libFuzzer build (build-fuzz), each fuzz/ target for FUZZ_SECS
@@ -37,12 +38,14 @@ run: build
 	./$(BUILD)/loom examples/main.lua
 
 # The sanitizer pass has no rock/ or valgrind/ tests (CMake leaves them out);
-# the normal pass comes last so its ctest summary ends the output.
+# the fuzzers run first and the normal pass last, so its ctest summary ends the output.
 test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j$(CTEST_JOBS) -E '^(rock|valgrind)/'
 
-test: test-asan
+test:
+	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory test-asan
 	@$(MAKE) --no-print-directory test-fast
 
 test-fast: build
@@ -51,22 +54,16 @@ test-fast: build
 bench: deps-bench build
 	bash bench/run.sh
 
-# Each target runs FUZZ_SECS seconds from its seed corpus (fuzz/corpus/<name>); what it
-# finds new goes to $(FUZZ_BUILD)/corpus/<name>, crashes to $(FUZZ_BUILD)/crashes/.
-FUZZERS = $(basename $(notdir $(wildcard fuzz/fuzz_*.c)))
+# Each target is a ctest test in $(FUZZ_BUILD) (cmake/fuzz.cmake): fuzz/run.sh runs it for
+# FUZZ_SECS seconds from its seed corpus (fuzz/corpus/<name>, only read), CTEST_JOBS at a
+# time. New inputs go to $(FUZZ_BUILD)/corpus/<name>, crashes to $(FUZZ_BUILD)/crashes/; a
+# failure prints the log's tail and the input's path.
 fuzz: deps
 	cmake -S . -B $(FUZZ_BUILD) -DLOOM_FUZZ=ON -DLOOM_TESTS=OFF -DCMAKE_C_COMPILER=clang $(CMAKE_FLAGS)
 	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzzers
-	@mkdir -p $(FUZZ_BUILD)/crashes
-	@set -e; for f in $(FUZZERS); do \
-	  mkdir -p $(FUZZ_BUILD)/corpus/$$f; \
-	  echo "fuzz: $$f for $(FUZZ_SECS) s"; \
-	  ./$(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECS) -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZ_BUILD)/crashes/$$f- \
-	    $(FUZZ_BUILD)/corpus/$$f fuzz/corpus/$$f 2>$(FUZZ_BUILD)/$$f.log \
-	    || { tail -n 40 $(FUZZ_BUILD)/$$f.log; echo "fuzz: $$f failed (log: $(FUZZ_BUILD)/$$f.log)"; exit 1; }; \
-	  grep -E '^(stat::number_of_executed_units|stat::new_units_added)' $(FUZZ_BUILD)/$$f.log || true; \
-	done
+	rm -f $(FUZZ_BUILD)/*.summary
+	FUZZ_SECS=$(FUZZ_SECS) ctest --test-dir $(FUZZ_BUILD) --output-on-failure -j$(CTEST_JOBS) -L '^fuzz$$'
+	@cat $(FUZZ_BUILD)/*.summary
 
 format:
 	clang-format -i $(wildcard src/*.c src/*.h spec/c/*.c examples/embed/*.c fuzz/*.c fuzz/*.h)

@@ -4,10 +4,17 @@ local M = {}
 
 local format, concat = string.format, table.concat
 
--- check(cond, fmt, ...): raises "property: <message>" when cond is false.
+-- check(cond, fmt, ...): raises "property: <message>" when cond is false. Arguments for
+-- %s that are not strings or numbers are shown with M.show, and only then: a check that
+-- holds costs no formatting.
 function M.check(cond, fmt, ...)
-    if not cond then error("property: " .. format(fmt or "failed", ...), 2) end
-    return cond
+    if cond then return cond end
+    local args = table.pack(...)
+    for i = 1, args.n do
+        local t = type(args[i])
+        if t ~= "string" and t ~= "number" then args[i] = M.show(args[i]) end
+    end
+    error("property: " .. format(fmt or "failed", table.unpack(args, 1, args.n)), 2)
 end
 
 -- Splits the input at "\n" into at most max fields (the last keeps any further "\n").

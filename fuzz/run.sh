@@ -23,9 +23,9 @@ rm -f "$out/$name.summary"
 stamp=$(mktemp "$out/crashes/.start.XXXXXX")
 trap 'rm -f "$stamp"' EXIT
 
-# -timeout: one input running this long is a finding (the inputs are a few KiB at most).
+# -timeout: one input running 10 s is a finding (inputs are a few KiB, most take a millisecond).
 # timeout(1): the whole run never outlives its budget by more than two minutes.
-timeout -k 10 $((secs + 120)) "$bin" -max_total_time="$secs" -timeout=25 -print_final_stats=1 \
+timeout -k 10 $((secs + 120)) "$bin" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$out/crashes/$name-" "$out/corpus/$name" "$seeds" >"$log" 2>&1
 rc=$?
 
