@@ -9,7 +9,9 @@
 -- in 0..65535, whose path starts with "/" and whose host, path and query hold no byte that
 -- could not go on a request line (no controls, no space), and which, written back out,
 -- splits to the same table; join of a relative reference keeps the base's origin and
--- removes dot segments as RFC 3986 5.2.4 does.
+-- removes dot segments as RFC 3986 5.2.4 does; join of a reference with a scheme is that
+-- reference (RFC 3986 5.2.2), its scheme lowercased, its fragment dropped and the dot
+-- segments removed from a path that starts with "/".
 local F = require "lua_fuzz"
 local url = require "loom.url"
 local join = require("loom.client").join
@@ -103,11 +105,26 @@ local function remove_dot_segments(input)
     return table.concat(out)
 end
 
+-- RFC 3986 5.2.2 for a reference with a scheme: the target is the reference.
+local function check_absolute(base, ref, r, scheme, rest)
+    rest = rest:gsub("#.*$", "")
+    local auth, path, query = rest:match("^(//[^/?]*)([^?]*)(.*)$")
+    if not auth then
+        auth = ""
+        path, query = rest:match("^([^?]*)(.*)$")
+    end
+    if path:sub(1, 1) == "/" then path = remove_dot_segments(path) end
+    local want = scheme:lower() .. ":" .. auth .. path .. query
+    check(r == want, "join(%q, %q) = %q, RFC 3986 5.2.2 gives %q", base, ref, r, want)
+end
+
 local function check_join(base, ref)
     local r = join(base, ref)
     check(type(r) == "string", "join(%q, %q) = %s", base, ref, r)
+    local scheme, rest = ref:match("^(%a[%w+.-]*):(.*)$")
+    if scheme then return check_absolute(base, ref, r, scheme, rest) end
     local b = url.split(base)
-    if not b or ref:find("^%a[%w+.-]*://") or ref:sub(1, 2) == "//" or F.has_ctl(ref) then return end
+    if not b or ref:sub(1, 2) == "//" or F.has_ctl(ref) then return end
     local u, err = url.split(r)
     check(u, "join(%q, %q) = %q: %s", base, ref, r, err)
     check(u.scheme == b.scheme and u.host == b.host and u.port == b.port, "join(%q, %q) = %q left the origin",

@@ -46,9 +46,11 @@ describe("url.split", function()
 end)
 
 describe("client join", function()
-    -- RFC 3986 5.4.1 and 5.4.2, but "g:h" (a scheme without "//" is read as a path here)
+    -- RFC 3986 5.4.1 and 5.4.2 (strict: "http:g" is the URL http:g, as a reference with a
+    -- scheme is absolute)
     local base = "http://a/b/c/d;p?q"
     local cases = {
+        { "g:h", "g:h" }, { "http:g", "http:g" },
         { "g", "http://a/b/c/g" }, { "./g", "http://a/b/c/g" }, { "g/", "http://a/b/c/g/" },
         { "/g", "http://a/g" }, { "//g", "http://g" }, { "?y", "http://a/b/c/d;p?y" },
         { "g?y", "http://a/b/c/g?y" }, { "#s", "http://a/b/c/d;p?q" }, { "g#s", "http://a/b/c/g" },
@@ -63,6 +65,20 @@ describe("client join", function()
     }
     it("resolves references as RFC 3986 5.4 does, a trailing '..' keeping its slash", function()
         for _, c in ipairs(cases) do
+            assert.equal(c[2], (join(base, c[1])), "join of " .. c[1])
+        end
+    end)
+
+    it("takes a reference with a scheme as absolute (RFC 3986 5.2.2), normalized", function()
+        for _, c in ipairs {
+            { "g:h", "g:h" }, { "G:h", "g:h" }, { "mailto:a@b.c", "mailto:a@b.c" },
+            { "a:b/c", "a:b/c" }, { "foo:bar?x#y", "foo:bar?x" },
+            { "HTTPS://Example.com/a/./b/../c?q#f", "https://Example.com/a/c?q" },
+            { "http://x", "http://x" }, { "http://x/..", "http://x/" }, { "http://x?y", "http://x?y" },
+            { "ftp://h/p/../q", "ftp://h/q" }, { "x+y.z-w:/p/./q", "x+y.z-w:/p/q" },
+            -- not a scheme: a first segment that starts with a digit, or holds "_"
+            { "1g:h", "http://a/b/c/1g:h" }, { "g_h:i", "http://a/b/c/g_h:i" }, { "./g:h", "http://a/b/c/g:h" },
+        } do
             assert.equal(c[2], (join(base, c[1])), "join of " .. c[1])
         end
     end)

@@ -146,9 +146,23 @@ local function remove_dots(path)
     return p:sub(1, 1) == "/" and p or "/" .. p
 end
 
+-- A reference with a scheme is absolute (RFC 3986 5.2.2: "if defined(R.scheme) then
+-- T.scheme = R.scheme; T.authority = R.authority; T.path = remove_dot_segments(R.path);
+-- T.query = R.query"): "g:h" is the URL g:h, not a path. The scheme is lowercased and the
+-- fragment dropped; dot segments go from a path that starts with "/".
+local function absolute_ref(scheme, rest)
+    rest = rest:gsub("#.*$", "")
+    local authority, after = rest:match("^(//[^/?]*)(.*)$")
+    if authority then rest = after else authority = "" end
+    local path, query = rest:match("^([^?]*)(.*)$")
+    if path:sub(1, 1) == "/" then path = remove_dots(path) end
+    return scheme:lower() .. ":" .. authority .. path .. query
+end
+
 -- Resolves a reference (a Location, or a URL against base_url) against the base URL string.
 local function join(base, ref)
-    if ref:match("^%a[%w+.-]*://") then return ref end
+    local scheme, rest = ref:match("^(%a[%w+.-]*):(.*)$")
+    if scheme then return absolute_ref(scheme, rest) end
     local b = url.split(base)
     if not b then return ref end
     local authority = base:match("^%a[%w+.-]*://([^/?#]*)")
