@@ -6,8 +6,9 @@
 -- parse_date. The first eight bytes also pick a time for a date round trip.
 --
 -- Properties: nothing raises; every stored cookie has a non-empty name without "=" or ";",
--- a value without ";", a path starting with "/", and a domain that is the request host or
--- a name above it that holds a dot (never for an IP address); jar.count counts the jar; a
+-- a value without ";", neither holding a control character but tab, a path starting with
+-- "/", a domain that is the request host or a name above it that holds a dot (never for an
+-- IP address), and is Secure only when set over https; jar.count counts the jar; a
 -- cookie stored with the default path and host-only is sent back to the URL that set it
 -- (over https, or when not Secure) while it has not expired; a header holds only stored
 -- name=value pairs, no more than there are cookies; parse_date answers nil or an
@@ -37,6 +38,8 @@ local function check_stored(jar, u)
         n = n + 1
         check(type(c.name) == "string" and c.name ~= "" and not c.name:find("[=;]"), "stored name %q", c.name)
         check(type(c.value) == "string" and not c.value:find(";", 1, true), "stored value %q", c.value)
+        check(not (c.name .. c.value):find("[\0-\8\10-\31\127]"), "control character in %q=%q", c.name, c.value)
+        check(not c.secure or u.scheme == "https", "Secure cookie %s stored over %s", k, u.scheme)
         check(type(c.path) == "string" and c.path:sub(1, 1) == "/", "stored path %q", c.path)
         check(c.expires == nil or type(c.expires) == "number", "expires %s", c.expires)
         local d = c.domain

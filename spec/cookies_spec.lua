@@ -4,12 +4,26 @@
 local cookies = require "loom.cookies"
 
 local u = { scheme = "http", host = "a.example.com", path = "/dir/page" }
+local us = { scheme = "https", host = "a.example.com", path = "/dir/page" }
 
-local function store(...)
+-- A fresh jar holding the Set-Cookie values given, for a response to `to`.
+local function store_for(to, ...)
     local jar, raw = cookies.new(), {}
     for _, v in ipairs { ... } do raw[#raw + 1], raw[#raw + 2] = "set-cookie", v end
-    jar:store(raw, u)
+    jar:store(raw, to)
     return jar
+end
+
+local function store(...)
+    return store_for(u, ...)
+end
+
+-- The stored cookie named `name` (the jar's own record), or nil.
+local function stored(jar, name)
+    for _, c in pairs(jar.list) do
+        if c.name == name then return c end
+    end
+    return nil
 end
 
 describe("cookies.store", function()
@@ -25,9 +39,66 @@ describe("cookies.store", function()
     end)
 
     it("trims names, values and attributes as before", function()
-        local jar = store("  n  =  v w  ; Path = /dir ;  Secure ", "\tm\t=\t1\t")
+        local jar = store_for(us, "  n  =  v w  ; Path = /dir ;  Secure ", "\tm\t=\t1\t")
         assert.equal("m=1", jar:header(u))
         assert.equal("m=1; n=v w", jar:header({ scheme = "https", host = u.host, path = "/dir/x" }))
         assert.equal(2, jar.count)
+    end)
+
+    it("ignores a Secure cookie set over plain http (RFC 6265bis 5.7)", function()
+        local jar = store("s=1; Secure", "t=1; secure; Path=/", "plain=1")
+        assert.equal(1, jar.count)
+        assert.is_nil(jar:get("s"))
+        assert.is_nil(jar:get("t"))
+        assert.equal("plain=1", jar:header(us))
+        -- over https it is kept, and sent over https only
+        jar = store_for(us, "s=1; Secure", "plain=1")
+        assert.equal(2, jar.count)
+        assert.equal("plain=1; s=1", jar:header(us))
+        assert.equal("plain=1", jar:header(u))
+        -- a plain http response cannot delete it either: its Secure deletion is ignored
+        jar:store({ "set-cookie", "s=; Secure; Max-Age=0" }, u)
+        assert.equal("plain=1; s=1", jar:header(us))
+    end)
+
+    it("ignores a Set-Cookie holding a control character other than tab", function()
+        local ignored = {}
+        for b = 0, 31 do
+            if b ~= 9 then ignored[#ignored + 1] = b end
+        end
+        ignored[#ignored + 1] = 127
+        for _, b in ipairs(ignored) do
+            local ch = string.char(b)
+            for _, v in ipairs { "n" .. ch .. "x=1", "n=1" .. ch .. "x", "n=1; Path=/" .. ch, ch .. "n=1" } do
+                local jar = store(v)
+                assert.equal(0, jar.count, ("%q"):format(v))
+            end
+        end
+        -- tab is allowed, and trimmed around names and values; bytes past 0x7f are kept
+        local jar = store("n=a\tb", "m=\xc3\xa9")
+        assert.equal("a\tb", jar:get("n"))
+        assert.equal("\xc3\xa9", jar:get("m"))
+    end)
+
+    it("takes Max-Age only as an optional '-' and digits, else ignores the attribute", function()
+        local now = os.time()
+        -- ignored: the cookie is kept, for the session (these were 16 s, 0, 1000 s, -0.5...)
+        for _, v in ipairs { "0x10", "0x0", "1e3", "1.5", "-0.5", "+5", "- 5", "5s", "", "-", " 1 2", "inf", "nan" } do
+            local jar = store("n=1; Max-Age=" .. v)
+            assert.equal(1, jar.count, v)
+            assert.is_nil(stored(jar, "n").expires, v)
+        end
+        -- ignored Max-Age leaves Expires in force
+        local jar = store("n=1; Max-Age=1.5; Expires=Wed, 21 Oct 2015 07:28:00 GMT")
+        assert.equal(0, jar.count)
+        -- digits: seconds from now; zero or negative deletes
+        jar = store("n=1; Max-Age=60", "z=1; Max-Age=0", "m=1; Max-Age=-5", "w=1; Max-Age = 007 ")
+        assert.equal(2, jar.count)
+        local e = stored(jar, "n").expires
+        assert.is_true(e >= now + 60 and e <= os.time() + 60)
+        assert.is_true(stored(jar, "w").expires >= now + 7)
+        -- a later Max-Age=-1 deletes
+        jar:store({ "set-cookie", "n=1; Max-Age=-1" }, u)
+        assert.is_nil(jar:get("n"))
     end)
 end)

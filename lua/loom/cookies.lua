@@ -1,8 +1,11 @@
 -- loom.cookies: a session's cookie jar, after RFC 6265: Set-Cookie is parsed with its
 -- Domain (host-only when absent; a domain that does not cover the request host is
 -- refused), Path (default: the request path's directory), Expires and Max-Age (Max-Age
--- wins; a date in the past deletes), Secure (sent over https only). jar:header(u) gives
--- the Cookie header for a request, longest paths first. Pure Lua; times are os.time().
+-- wins; a date in the past deletes), Secure (sent over https only). As RFC 6265bis has
+-- it, a Set-Cookie holding a control character (but tab) or setting Secure over plain
+-- http is ignored, and a Max-Age that is not an optional "-" and digits is ignored.
+-- jar:header(u) gives the Cookie header for a request, longest paths first. Pure Lua;
+-- times are os.time().
 local M = {}
 
 local Jar = {}
@@ -82,6 +85,10 @@ end
 
 -- Parses one Set-Cookie value for a response to u; nil when it is to be ignored.
 local function parse(value, u, now)
+    -- RFC 6265bis 5.7 step 1: "If the set-cookie-string contains a %x00-08 / %x0A-1F / %x7F
+    -- character (CTL characters excluding HTAB): Abort these steps and ignore the
+    -- set-cookie-string entirely."
+    if find(value, "[\0-\8\10-\31\127]") then return nil end
     local pair, attrs = match(value, "^([^;]*);?(.*)$")
     local name, v = split_pair(pair)
     if not name or name == "" then return nil end
@@ -100,7 +107,9 @@ local function parse(value, u, now)
             c.domain, c.host_only = d, d == u.host and is_ip(d) and true or false
         elseif k == "path" and av and sub(av, 1, 1) == "/" then
             c.path = av
-        elseif k == "max-age" and av then
+        elseif k == "max-age" and av and find(av, "^%-?%d+$") then
+            -- 6265bis 5.6.2: a DIGIT or "-" and a DIGIT first, then only DIGITs, or the
+            -- attribute is ignored (tonumber would take "0x10", "1.5" and "1e3")
             max_age = tonumber(av)
         elseif k == "expires" and av then
             expires = M.parse_date(av)
@@ -110,6 +119,8 @@ local function parse(value, u, now)
             c.http_only = true
         end
     end
+    -- 6265bis 5.7 step 8: a Secure cookie "from a non-secure origin" is ignored entirely
+    if c.secure and u.scheme ~= "https" then return nil end
     if max_age then
         c.expires = max_age <= 0 and 0 or now + max_age
     elseif expires then
