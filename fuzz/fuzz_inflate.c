@@ -4,14 +4,17 @@
  * sink that may refuse past a size limit). See docs/fuzzing.md.
  *
  * Input: byte 0 is the mode (bits 0-1: the coding, gzip or deflate; bit 2: compress mode;
- * bit 3: a size limit; bits 4-7: the zlib level in compress mode), byte 1 the piece size
- * (1..256), the rest the body. In raw mode the rest is fed as it is; in compress mode it is
- * the payload, repeated up to 64 times (byte 1 again), compressed by zlib first.
+ * bit 3: a size limit; bits 4-7: the zlib level in compress mode, plus garbage after the
+ * stream from 10 up), byte 1 the piece size (1..256), the rest the body. In raw mode the
+ * rest is fed as it is; in compress mode it is the payload, repeated up to 64 times (byte 1
+ * again), compressed by zlib first.
  *
  * Checks: feeding in pieces gives the same bytes, status and end as feeding at once, and
- * the same bytes as zlib's inflate called directly; a payload compressed by zlib (gzip,
- * zlib-wrapped or raw deflate, trailing garbage or not) decodes to itself, ended; a sink
- * that refuses stops the decoding with -2, and only when the output is past the limit.
+ * the same bytes as zlib's inflate called directly (member after member for gzip); the end
+ * of the body is truncation exactly when some bytes came and the stream did not end; a
+ * payload compressed by zlib (gzip, zlib-wrapped or raw deflate, gzip in two members)
+ * decodes to itself, ended, and with garbage after it fails; a sink that refuses stops the
+ * decoding with -2, and only when the output is past the limit.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +43,7 @@ typedef struct {
 typedef struct {
     int rc;   /* 0, -1 (corrupt) or -2 (the sink refused) from the first failing feed */
     int done; /* loom_inflate_done at the end */
+    int fin;  /* loom_inflate_finish at the end, after a clean decoding */
 } outcome_t;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -80,7 +84,7 @@ static int collect(void *ud, const char *p, size_t n) {
 /* Feeds in pieces of `piece` bytes (all at once when 0), stopping at the first failure as
  * the exchange does. */
 static outcome_t decode(int coding, const unsigned char *in, size_t n, size_t piece, sink_t *s) {
-    outcome_t o = {0, 0};
+    outcome_t o = {0, 0, 0};
     loom_inflate_t *z = loom_inflate_new(coding);
     FUZZ_CHECK(z);
     if (piece == 0)
@@ -94,14 +98,23 @@ static outcome_t decode(int coding, const unsigned char *in, size_t n, size_t pi
     if (o.rc == -1)
         FUZZ_CHECK(loom_inflate_error(z) && *loom_inflate_error(z));
     o.done = loom_inflate_done(z);
+    if (o.rc == 0) {
+        o.fin = loom_inflate_finish(z);
+        FUZZ_CHECK(o.fin == 0 || o.fin == -1);
+        FUZZ_CHECK((o.fin == 0) == (o.done || n == 0)); /* truncated: bytes came, no end */
+        if (o.fin)
+            FUZZ_CHECK(strstr(loom_inflate_error(z), "truncated"));
+    }
     loom_inflate_free(z);
     return o;
 }
 
-/* The same stream through zlib directly, the header chosen as inflate.c documents. 0 with
- * the whole output when zlib reports the stream's end, else -1. */
+/* The same stream through zlib directly, the header chosen as inflate.c documents, and for
+ * a body that began as gzip, each member after the end. 0 with the whole output when zlib
+ * reports the end of a stream with no input after it, else -1. */
 static int reference(int coding, const unsigned char *in, size_t n, sink_t *s) {
     int bits = 15 + 32;
+    int members = coding == LOOM_CODING_GZIP && n > 0 && in[0] == 0x1f;
     if (coding == LOOM_CODING_DEFLATE) {
         if (n < 2)
             return -1;
@@ -115,14 +128,20 @@ static int reference(int coding, const unsigned char *in, size_t n, sink_t *s) {
     zs.avail_in = (uInt)n;
     unsigned char buf[4096];
     int rc;
-    do {
+    for (;;) {
         zs.next_out = buf;
         zs.avail_out = sizeof buf;
         rc = inflate(&zs, Z_NO_FLUSH);
         sink_append(s, buf, sizeof buf - zs.avail_out);
-    } while (rc == Z_OK && s->len <= FUZZ_MAX_OUT);
+        if (rc == Z_STREAM_END && zs.avail_in > 0 && members && *zs.next_in == 0x1f) {
+            FUZZ_CHECK(inflateReset2(&zs, 15 + 16) == Z_OK); /* the next gzip member */
+            continue;
+        }
+        if (rc != Z_OK || s->len > FUZZ_MAX_OUT)
+            break;
+    }
     inflateEnd(&zs);
-    return rc == Z_STREAM_END ? 0 : -1;
+    return rc == Z_STREAM_END && zs.avail_in == 0 ? 0 : -1;
 }
 
 static int same_bytes(const sink_t *a, const sink_t *b) {
@@ -146,7 +165,7 @@ static void raw_mode(int coding, const unsigned char *in, size_t n, size_t piece
     outcome_t b = decode(coding, in, n, piece, &pieces);
     FUZZ_CHECK(one_prefixes_other(&whole, &pieces));
     if (a.rc != -2 && b.rc != -2) {
-        FUZZ_CHECK(a.rc == b.rc && a.done == b.done);
+        FUZZ_CHECK(a.rc == b.rc && a.done == b.done && a.fin == b.fin);
         FUZZ_CHECK(a.rc != 0 || same_bytes(&whole, &pieces));
     }
     if (a.rc == 0 && a.done && reference(coding, in, n, &ref) == 0)
@@ -175,9 +194,10 @@ static void squeeze(const unsigned char *in, size_t n, int wbits, int level, sin
     deflateEnd(&zs);
 }
 
-/* Compress mode: the payload, repeated, compressed by zlib, must decode to itself. */
+/* Compress mode: the payload, repeated, compressed by zlib, must decode to itself; with
+ * garbage after the stream it fails (unless the sink refused first). */
 static void compress_mode(int form, int level, const unsigned char *in, size_t n, size_t repeat,
-                          size_t piece, int limited) {
+                          size_t piece, int limited, int garbage) {
     static const int wbits[4] = {31, 15, -15, 31};
     int coding = form == 0 || form == 3 ? LOOM_CODING_GZIP : LOOM_CODING_DEFLATE;
     sink_t payload, packed, out;
@@ -185,16 +205,23 @@ static void compress_mode(int form, int level, const unsigned char *in, size_t n
     sink_init(&packed, (size_t)-1);
     for (size_t i = 0; i < repeat; i++)
         sink_append(&payload, in, n);
-    squeeze(payload.buf, payload.len, wbits[form], level, &packed);
-    if (form == 3) /* gzip with something after it, ignored */
+    if (form == 3) { /* gzip in two members, split in the middle of the payload */
+        squeeze(payload.buf, payload.len / 2, 31, level, &packed);
+        squeeze(payload.buf + payload.len / 2, payload.len - payload.len / 2, 31, level, &packed);
+    } else {
+        squeeze(payload.buf, payload.len, wbits[form], level, &packed);
+    }
+    if (garbage)
         sink_append(&packed, "garbage", 7);
     size_t limit = limited ? payload.len / 2 : payload.len;
     sink_init(&out, limit);
     outcome_t o = decode(coding, packed.buf, packed.len, piece, &out);
     if (limited && payload.len > 0) {
         FUZZ_CHECK(o.rc == -2);
+    } else if (garbage) {
+        FUZZ_CHECK(o.rc == -1 && same_bytes(&out, &payload));
     } else {
-        FUZZ_CHECK(o.rc == 0 && o.done);
+        FUZZ_CHECK(o.rc == 0 && o.done && o.fin == 0);
         FUZZ_CHECK(same_bytes(&out, &payload));
     }
     free(payload.buf);
@@ -210,8 +237,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int limited = (mode >> 3) & 1;
     if (mode & 4) {
         int level = (mode >> 4) % 10;
-        compress_mode(mode & 3, level, data + 2, size - 2, (size_t)data[1] % 64 + 1, piece,
-                      limited);
+        compress_mode(mode & 3, level, data + 2, size - 2, (size_t)data[1] % 64 + 1, piece, limited,
+                      (mode >> 4) >= 10);
     } else {
         int coding = mode & 1 ? LOOM_CODING_DEFLATE : LOOM_CODING_GZIP;
         raw_mode(coding, data + 2, size - 2, piece, limited ? 1024 : FUZZ_MAX_OUT);

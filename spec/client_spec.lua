@@ -399,6 +399,30 @@ describe("redirects", function()
         end)
     end)
 
+    it("gives http: bad redirect for a Location with another scheme, and follows one with its own", function()
+        run(function()
+            local srv <close>, base = redirect_app()
+            local app = loom.app()
+            app:get("/to", function(req)
+                return { status = 302, headers = { location = req.query.l } }
+            end)
+            local other <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local to = "http://127.0.0.1:" .. other.port .. "/to?l="
+            -- RFC 3986 5.2.2: "g:h" is absolute (it was the path /g:h of the same server)
+            assert.same({ nil, "http: bad redirect to g:h (not an absolute URL)" }, { loom.fetch(to .. "g:h") })
+            assert.same({ nil, "http: bad redirect to mailto:a@b.c (not an absolute URL)" },
+                { loom.fetch(to .. loom.url.encode("mailto:a@b.c")) })
+            assert.same({ nil, "http: bad redirect to ftp://x/f (unsupported scheme 'ftp')" },
+                { loom.fetch(to .. loom.url.encode("FTP://x/f")) })
+            assert.same({ nil, "http: bad redirect to http:echo (not an absolute URL)" },
+                { loom.fetch(to .. "http:echo") })
+            -- an absolute Location is normalized: scheme lowercased, dot segments removed
+            local res = assert(loom.fetch(to .. loom.url.encode("HTTP:" .. base:sub(6) .. "/x/../echo")))
+            assert.equal(base .. "/echo", res.url)
+            assert.equal("GET", res:json().method)
+        end)
+    end)
+
     it("gives http: too many redirects for a loop or too many hops", function()
         run(function()
             local srv <close>, base = redirect_app()
@@ -453,6 +477,8 @@ describe("cookies", function()
             raw[#raw + 1], raw[#raw + 2] = "set-cookie", v
         end
         jar:store(raw, u)
+        assert.equal(4, jar.count) -- sec=1: Secure over plain http is ignored (RFC 6265bis)
+        jar:store({ "set-cookie", "sec=1; Secure" }, { scheme = "https", host = "a.example.com", path = "/page" })
         assert.equal(5, jar.count)
         assert.equal("here=1; later=1; wide=1", jar:header(u))
         assert.equal("wide=1", jar:header({ scheme = "http", host = "b.example.com", path = "/" }))
@@ -502,6 +528,131 @@ describe("bodies", function()
             assert.matches("^http: ", err)
             assert.equal(gz, assert(s:get(base .. "/gz", { decode = false })):text())
             assert.same({ "gzip, deflate", "gzip, deflate", "gzip, deflate", "gzip, deflate", "none" }, asked)
+        end)
+    end)
+
+    -- 200 000 bytes that compress to about half: a cut body has given out most of its text
+    local text = popen_read([[python3 -c 'import random, sys; random.seed(1); sys.stdout.write("".join(random.choice("abcdefghijklmnop") for _ in range(200000)))']])
+    local big = popen_read([[python3 -c 'import gzip, random, sys; random.seed(1); sys.stdout.buffer.write(gzip.compress("".join(random.choice("abcdefghijklmnop") for _ in range(200000)).encode()))']])
+    local gz2 = popen_read("printf 'hello, ' | gzip -c; printf 'second member' | gzip -c")
+
+    -- A raw server answering each target with {body, coding, framing}: framing "length"
+    -- (Content-Length), "chunked" (two chunks, split in the middle) or "close" (read until
+    -- the close); the last two send the second half 50 ms after the head and first half.
+    local function coded_server(routes)
+        return util.raw_server(function(st, req)
+            local r = routes[req.target]
+            local body, coding, framing = r[1], r[2], r[3] or "length"
+            local half = #body // 2
+            if framing == "length" then
+                util.respond(st, 200, body, { ["Content-Encoding"] = coding })
+            elseif framing == "chunked" then
+                st:write(("HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n")
+                    :format(coding, half, body:sub(1, half)))
+                loom.sleep(0.05)
+                st:write(("%x\r\n%s\r\n0\r\n\r\n"):format(#body - half, body:sub(half + 1)))
+            else
+                st:write("HTTP/1.1 200 OK\r\nContent-Encoding: " .. coding .. "\r\nConnection: close\r\n\r\n" .. body:sub(1, half))
+                loom.sleep(0.05)
+                st:write(body:sub(half + 1))
+                return "close"
+            end
+        end)
+    end
+
+    it("fails with http: truncated when a compressed body ends before its stream does", function()
+        run(function()
+            local srv <close>, base = coded_server{
+                ["/len"] = { gz:sub(1, -5), "gzip" },           -- the trailer's length cut off
+                ["/chunked"] = { big:sub(1, -1000), "gzip", "chunked" },
+                ["/close"] = { big:sub(1, #big // 2), "gzip", "close" },
+                ["/deflate"] = { zl:sub(1, -3), "deflate" },
+                ["/raw"] = { raw:sub(1, -3), "deflate", "close" },
+                ["/one"] = { zl:sub(1, 1), "deflate" },          -- too short to say which deflate
+                ["/whole"] = { gz, "gzip" },
+            }
+            local s <close> = loom.session()
+            local origin = "(" .. base .. ")"
+            assert.same({ nil, "http: truncated gzip body " .. origin }, { s:get(base .. "/len") })
+            assert.same({ nil, "http: truncated gzip body " .. origin }, { s:get(base .. "/chunked") })
+            assert.same({ nil, "http: truncated gzip body " .. origin }, { s:get(base .. "/close") })
+            assert.same({ nil, "http: truncated deflate body " .. origin }, { s:get(base .. "/deflate") })
+            assert.same({ nil, "http: truncated deflate body " .. origin }, { s:get(base .. "/raw") })
+            assert.same({ nil, "http: truncated deflate body " .. origin }, { s:get(base .. "/one") })
+            assert.equal("hello, gzip", assert(s:get(base .. "/whole")):text())
+            -- streamed: what came is given out, then the read fails; never a clean end
+            local res = assert(s:get(base .. "/chunked", { stream = true }))
+            assert.same({ nil, "http: truncated gzip body " .. origin }, { res:text() })
+            res = assert(s:get(base .. "/close", { stream = true }))
+            local got = {}
+            local ok, err = pcall(function() for piece in res:chunks() do got[#got + 1] = piece end end)
+            assert.is_false(ok)
+            assert.equal("http: truncated gzip body " .. origin, err)
+            got = table.concat(got)
+            assert.is_true(#got > 0 and #got < #text)
+            assert.equal(text:sub(1, #got), got)
+            local dir = util.tmpdir()
+            res = assert(s:get(base .. "/chunked", { stream = true }))
+            assert.same({ nil, "http: truncated gzip body " .. origin }, { res:save(dir .. "/cut") })
+            os.execute("rm -rf " .. dir)
+        end)
+    end)
+
+    it("takes an empty compressed body (a 304, Content-Length: 0) as empty", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st, req)
+                if req.target == "/304" then
+                    st:write("HTTP/1.1 304 Not Modified\r\nContent-Encoding: gzip\r\nContent-Length: 40\r\n\r\n")
+                else
+                    util.respond(st, 200, "", { ["Content-Encoding"] = req.target == "/gz" and "gzip" or "deflate" })
+                end
+            end)
+            local s <close> = loom.session()
+            local res = assert(s:get(base .. "/304"))
+            assert.equal(304, res.status)
+            assert.equal("", res:text())
+            assert.equal("", assert(s:get(base .. "/gz")):text())
+            assert.equal("", assert(s:get(base .. "/deflate")):text())
+            assert.equal(1, s:stats().opened)
+        end)
+    end)
+
+    it("decodes every member of a multi-member gzip body", function()
+        run(function()
+            local srv <close>, base = coded_server{
+                ["/two"] = { gz2, "gzip" },
+                ["/split"] = { gz2, "gzip", "chunked" },
+                ["/close"] = { gz2, "gzip", "close" },
+                ["/many"] = { string.rep(gz, 3) .. big, "gzip", "chunked" },
+                ["/cut"] = { gz2:sub(1, -3), "gzip" },       -- the second member truncated
+            }
+            local s <close> = loom.session()
+            assert.equal("hello, second member", assert(s:get(base .. "/two")):text())
+            assert.equal("hello, second member", assert(s:get(base .. "/split")):text())
+            assert.equal("hello, second member", assert(s:get(base .. "/close")):text())
+            assert.equal(string.rep("hello, gzip", 3) .. text, assert(s:get(base .. "/many")):text())
+            assert.same({ nil, "http: truncated gzip body (" .. base .. ")" }, { s:get(base .. "/cut") })
+        end)
+    end)
+
+    it("fails with http: on bytes after the end of the compressed stream", function()
+        run(function()
+            local srv <close>, base = coded_server{
+                ["/gz"] = { gz .. "garbage", "gzip" },
+                ["/gz-zeros"] = { gz .. "\0\0\0\0", "gzip" },
+                ["/gz-magic"] = { gz .. "\x1f\x8bxxxxxxxxxx", "gzip" },  -- not a gzip header after all
+                ["/zl"] = { zl .. "\n", "deflate" },
+                ["/raw"] = { raw .. "x", "deflate", "close" },
+                ["/zl-as-gzip"] = { zl .. gz, "gzip" },       -- zlib under gzip's name: one stream only
+            }
+            local s <close> = loom.session()
+            for _, path in ipairs{ "/gz", "/gz-zeros", "/gz-magic", "/zl", "/raw", "/zl-as-gzip" } do
+                local res, err = s:get(base .. path)
+                assert.is_nil(res, path)
+                assert.matches("^http: undecodable compressed body: ", err)
+            end
+            assert.matches("bytes after the end of the gzip stream", select(2, s:get(base .. "/gz")))
+            assert.matches("bytes after the end of the compressed stream", select(2, s:get(base .. "/zl")))
         end)
     end)
 

@@ -13,8 +13,8 @@
 #include "http_client.h"
 #include "fail.h"
 
-#define DRAIN_MAX (64 * 1024) /* bytes of an unread body still worth reading to keep a connection  \
-                               */
+/* bytes of an unread body still worth reading to keep a connection */
+#define DRAIN_MAX (64 * 1024)
 #define BODY_HIGH_WATER (256 * 1024)
 
 static void arm_timer(hc_pool_t *p);
@@ -311,8 +311,15 @@ static void message_done(hc_conn_t *c) {
     hc_x_t *x = c->x;
     /* an answer that came before the whole upload was sent leaves the request cut short */
     int keep = c->keep && healthy(c) && (!x || x->req_done);
+    if (x && x->z && x->phase != X_FAILED && loom_inflate_finish(x->z) != 0) {
+        /* the framing ended but the compressed stream did not: never a short body as whole */
+        hc_x_fail(x, "http", "%s (%.*s)", loom_inflate_error(x->z), c->host->origin_len,
+                  c->host->key);
+        keep = 0;
+    }
     if (x) {
-        x->phase = X_DONE;
+        if (x->phase != X_FAILED)
+            x->phase = X_DONE;
         x->c = NULL;
         c->x = NULL;
     }

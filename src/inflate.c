@@ -2,7 +2,12 @@
  * inflate.c - gzip and deflate decoding with zlib for response bodies. "deflate" is meant
  * to be zlib-wrapped (RFC 9110 8.4.1.2) but some servers send raw deflate: the first two
  * bytes tell them apart (a zlib header is CM = 8 and a multiple of 31), as browsers do.
- * Bytes after the end of the compressed stream are ignored.
+ *
+ * A gzip body may be several members one after the other (RFC 1952 2.2): each is decoded
+ * in turn, as Go's and Python's gzip readers do. Anything else after the end of the
+ * compressed stream is an error, as in curl and Go: it is not what the server meant to
+ * send. A body that ends before the stream does is truncated (loom_inflate_finish), never
+ * a shorter whole.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +20,8 @@ struct loom_inflate {
     z_stream zs;
     int coding;
     int started; /* zlib is set up (deflate waits for two bytes to choose) */
-    int ended;
+    int ended;   /* zlib returned Z_STREAM_END and no next member has begun */
+    int members; /* gzip: another member may follow the end (the body began as gzip) */
     unsigned char first[2];
     int nfirst;
     const char *err;
@@ -43,6 +49,26 @@ loom_inflate_t *loom_inflate_new(int coding) {
     return z;
 }
 
+/* The stream ended and input is left: the next gzip member, or an error. */
+static int next_member(loom_inflate_t *z) {
+    if (!z->members) {
+        z->err = "bytes after the end of the compressed stream";
+        return -1;
+    }
+    if (*z->zs.next_in != 0x1f) { /* zlib checks the rest of the magic and the header */
+        z->err = "bytes after the end of the gzip stream";
+        return -1;
+    }
+    /* "windowBits can also be greater than 15 for optional gzip decoding. Add 16 to
+     * windowBits to decode only the gzip format" */
+    if (inflateReset2(&z->zs, 15 + 16) != Z_OK) {
+        z->err = "corrupt compressed body";
+        return -1;
+    }
+    z->ended = 0;
+    return 0;
+}
+
 /* Inflates n bytes into out. Goes on while input is left or the last round filled the
  * output buffer: zlib may hold more output than one buffer for little input. */
 static int run(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
@@ -50,6 +76,8 @@ static int run(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out
     z->zs.next_in = (Bytef *)in;
     z->zs.avail_in = (uInt)n;
     do {
+        if (z->ended && next_member(z) != 0)
+            return -1;
         z->zs.next_out = (Bytef *)buf;
         z->zs.avail_out = sizeof buf;
         int rc = inflate(&z->zs, Z_NO_FLUSH);
@@ -64,7 +92,7 @@ static int run(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out
             return -2;
         if (rc == Z_STREAM_END)
             z->ended = 1;
-    } while (!z->ended && (z->zs.avail_in > 0 || z->zs.avail_out == 0));
+    } while (z->zs.avail_in > 0 || (!z->ended && z->zs.avail_out == 0));
     return 0;
 }
 
@@ -81,6 +109,10 @@ static int start_deflate(loom_inflate_t *z) {
 }
 
 int loom_inflate_feed(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
+    if (n > 0 && z->nfirst == 0 && z->coding == LOOM_CODING_GZIP) {
+        z->first[z->nfirst++] = (unsigned char)*in; /* gzip's magic, or zlib's header */
+        z->members = z->first[0] == 0x1f;
+    }
     if (!z->started) {
         while (n > 0 && z->nfirst < 2) {
             z->first[z->nfirst++] = (unsigned char)*in++;
@@ -99,6 +131,13 @@ int loom_inflate_feed(loom_inflate_t *z, const char *in, size_t n, loom_inflate_
 
 int loom_inflate_done(const loom_inflate_t *z) {
     return z->ended;
+}
+
+int loom_inflate_finish(loom_inflate_t *z) {
+    if (z->ended || z->nfirst == 0)
+        return 0;
+    z->err = z->coding == LOOM_CODING_GZIP ? "truncated gzip body" : "truncated deflate body";
+    return -1;
 }
 
 const char *loom_inflate_error(const loom_inflate_t *z) {
