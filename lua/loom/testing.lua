@@ -89,6 +89,15 @@ function Reader:rest()
     return concat(parts)
 end
 
+-- A header value without the spaces and tabs around it (RFC 9110 5.5's OWS), in time
+-- linear in #v. The pattern way, ":[ \t]*(.-)[ \t]*$", retries "[ \t]*$" from each byte of
+-- a run of blanks inside the value: quadratic in its length (a 60 KB run took seconds).
+local function trim_ows(v)
+    local first = v:find("[^ \t]")
+    if not first then return "" end
+    return v:sub(first, (v:find("[^ \t][ \t]*$", first)))
+end
+
 local function read_head(r)
     local line, err = r:line()
     if not line then return nil, err end
@@ -102,8 +111,9 @@ local function read_head(r)
         line, err = r:line()
         if not line then return nil, err end
         if line == "" then break end
-        local name, value = line:match("^([!#$%%&'*+%-.^_`|~%w]+):[ \t]*(.-)[ \t]*$")
+        local name, value = line:match("^([!#$%%&'*+%-.^_`|~%w]+):(.*)$")
         if not name then return nil, "http: bad header line: " .. line end
+        value = trim_ows(value)
         res.raw_headers[#res.raw_headers + 1] = { name, value }
         local l = name:lower()
         local old = rawget(res.headers, l)
