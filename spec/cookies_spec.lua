@@ -61,6 +61,26 @@ describe("cookies.store", function()
         assert.equal("plain=1; s=1", jar:header(us))
     end)
 
+    it("ignores a cookie from plain http that would overwrite or shadow a Secure one (6265bis 5.7)", function()
+        local sub = { scheme = "http", host = "b.a.example.com", path = "/dir/sub/page" }
+        local jar = store_for(us, "s=1; Secure; Path=/dir", "t=1; Secure; Path=/dir/deep")
+        jar:store({ "set-cookie", "s=2; Path=/dir", -- the same cookie: would overwrite it
+            "set-cookie", "s=; Max-Age=0; Path=/dir", -- would delete it
+            "set-cookie", "s=3; Path=/dir/x", -- a path under its path: would shadow it
+            "set-cookie", "s=4; Domain=example.com; Path=/dir", -- a domain above its host
+            "set-cookie", "t=2; Path=/", -- "/" does not path-match "/dir/deep": kept
+            "set-cookie", "u=1; Path=/dir" }, u) -- another name: kept
+        assert.equal("1", jar:get("s"))
+        assert.equal(4, jar.count)
+        jar:store({ "set-cookie", "s=5; Path=/dir/sub" }, sub) -- a host under its host, over http
+        assert.equal(4, jar.count)
+        assert.equal("t=1; s=1; u=1; t=2", jar:header({ scheme = "https", host = u.host, path = "/dir/deep" }))
+        -- over https the same Set-Cookie replaces it
+        jar:store({ "set-cookie", "s=6; Path=/dir" }, us)
+        assert.equal("6", jar:get("s"))
+        assert.equal("t=1; s=6; u=1; t=2", jar:header({ scheme = "https", host = u.host, path = "/dir/deep" }))
+    end)
+
     it("ignores a Set-Cookie holding a control character other than tab", function()
         local ignored = {}
         for b = 0, 31 do

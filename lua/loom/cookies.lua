@@ -2,8 +2,9 @@
 -- Domain (host-only when absent; a domain that does not cover the request host is
 -- refused), Path (default: the request path's directory), Expires and Max-Age (Max-Age
 -- wins; a date in the past deletes), Secure (sent over https only). As RFC 6265bis has
--- it, a Set-Cookie holding a control character (but tab) or setting Secure over plain
--- http is ignored, and a Max-Age that is not an optional "-" and digits is ignored.
+-- it, a Set-Cookie holding a control character (but tab), setting Secure over plain http,
+-- or from plain http naming a stored Secure cookie it would overwrite or shadow, is
+-- ignored, and a Max-Age that is not an optional "-" and digits is ignored.
 -- jar:header(u) gives the Cookie header for a request, longest paths first. Pure Lua;
 -- times are os.time().
 local M = {}
@@ -133,6 +134,19 @@ local function key(c)
     return c.domain .. ";" .. c.path .. ";" .. c.name
 end
 
+-- 6265bis 5.7 step 16: a cookie from plain http that is not Secure is ignored when a Secure
+-- cookie of its name is stored whose domain domain-matches its own (or the other way) and
+-- whose path its path path-matches, so http can neither overwrite nor shadow it.
+local function shadows_secure(list, c)
+    for _, old in pairs(list) do
+        if old.secure and old.name == c.name and path_match(c.path, old.path)
+            and (domain_match(old.domain, c.domain) or domain_match(c.domain, old.domain)) then
+            return true
+        end
+    end
+    return false
+end
+
 -- jar:store(raw, u): takes every Set-Cookie of a response (raw: {name1, value1, ...},
 -- names lowercase) to the request URL u (scheme, host, path).
 function Jar:store(raw, u)
@@ -140,6 +154,9 @@ function Jar:store(raw, u)
     for i = 1, #raw, 2 do
         if raw[i] == "set-cookie" then
             local c = parse(raw[i + 1], u, now)
+            if c and u.scheme ~= "https" and not c.secure and shadows_secure(self.list, c) then
+                c = nil
+            end
             if c then
                 local k = key(c)
                 local old = self.list[k]
