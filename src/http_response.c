@@ -421,6 +421,8 @@ static int no_body_status(int status) {
     return status < 200 || status == 204 || status == 304;
 }
 
+#define SMALL_BODY 4096 /* copied behind the head */
+
 /* Head + body in one write. `flags` are what the handler's headers had. */
 static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const char *body,
                        size_t blen) {
@@ -435,12 +437,19 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     put_connection(b, c);
     put_date(b);
     hb_put(b, "\r\n", 2);
+    int nbufs = c->is_head || blen == 0 ? 1 : 2;
+    if (nbufs == 2 && blen <= SMALL_BODY) {
+        size_t head = b->len;
+        hb_put(b, body, blen); /* one buffer: the kernel walks one iovec, not two */
+        if (b->len == head + blen)
+            nbufs = 1; /* else the copy failed (no memory) and the body goes as it is */
+    }
     uv_buf_t bufs[2] = {uv_buf_init(c->srv->hbuf, (unsigned)b->len),
                         uv_buf_init((char *)body, (unsigned)blen)};
     c->status = status;
     c->resp = R_DONE;
     c->sent = 0;
-    loom_conn_write(c, bufs, c->is_head || blen == 0 ? 1 : 2);
+    loom_conn_write(c, bufs, nbufs);
     log_access(c);
 }
 
