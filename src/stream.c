@@ -442,8 +442,8 @@ static void on_write(uv_write_t *req, int status) {
         loom_wake(s->writer);
 }
 
-static int write_build(lua_State *L, void *ud, int reason) {
-    loom_stream_t *s = ud;
+/* A writer woke: pushes nil, err and returns 2 when its wait ended in a failure, else 0. */
+static int writer_failed(lua_State *L, loom_stream_t *s, int reason) {
     s->writer = NULL;
     if (reason == LOOM_WAKE_TIMEOUT)
         return loom_fail(L, "timeout", "write to %s", s->peer);
@@ -451,6 +451,13 @@ static int write_build(lua_State *L, void *ud, int reason) {
         return loom_fail(L, "closed", "stream is closed");
     if (s->werr)
         return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    return 0;
+}
+
+static int write_build(lua_State *L, void *ud, int reason) {
+    int failed = writer_failed(L, ud, reason);
+    if (failed)
+        return failed;
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -539,13 +546,9 @@ static int write_now(lua_State *L, loom_stream_t *s, loom_task_t *t) {
 /* Woken once the bytes an earlier writer left queued are out: now ours go. */
 static int admit_build(lua_State *L, void *ud, int reason) {
     loom_stream_t *s = ud;
-    s->writer = NULL;
-    if (reason == LOOM_WAKE_TIMEOUT)
-        return loom_fail(L, "timeout", "write to %s", s->peer);
-    if (s->state != ST_OPEN)
-        return loom_fail(L, "closed", "stream is closed");
-    if (s->werr)
-        return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
+    int failed = writer_failed(L, s, reason);
+    if (failed)
+        return failed;
     return write_now(L, s, loom_task_self(L, "write"));
 }
 
