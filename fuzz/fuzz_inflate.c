@@ -21,15 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+#include "fuzz_check.h"
 #include "inflate.h"
-
-#define FUZZ_CHECK(cond)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* Past this the sink refuses: a zip bomb in the corpus costs no more than this. */
 #define FUZZ_MAX_OUT (4u << 20)

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "fuzz_check.h"
 #include "http_parse.h"
 
 /* Small enough that the fuzzer reaches the limits: 256 bytes of head, LOOM_MAX_HEADERS. */
@@ -25,14 +26,6 @@ typedef struct {
     int heads, ends; /* heads completed, messages ended */
     int idle;        /* a message ended and the head may go back to the pool */
 } fuzz_seen_t;
-
-#define FUZZ_CHECK(cond)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* What on_headers may rely on: every span inside the stored bytes, names lowercased, values
  * without trailing blanks, the counted bytes within the limit. */
