@@ -42,6 +42,9 @@ RSS is not flat. LOOM_BUILD (build) names the build directory.
 """
 import asyncio, collections, os, random, re, signal, socket, statistics, struct, sys, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_dir, rss_kb  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 KINDS = ("before", "before_rst", "mid_head", "mid_body", "after")
@@ -52,36 +55,9 @@ def env_int(name, default):
     return int(os.environ.get(name, default))
 
 
-def build_dir():
-    d = os.environ.get("LOOM_BUILD", os.path.join(ROOT, "build"))
-    loom = os.path.join(d, "loom")
-    if not os.access(loom, os.X_OK):
-        sys.exit("soak: %s is missing (make build, or LOOM_BUILD=dir)" % loom)
-    kind = "?"
-    try:
-        cache = open(os.path.join(d, "CMakeCache.txt")).read()
-        if re.search(r"^LOOM_(SANITIZE|FUZZ):BOOL=ON", cache, re.M):
-            sys.exit("soak: %s is a sanitizer build; RSS figures need a normal one (LOOM_BUILD=dir)" % d)
-        m = re.search(r"^CMAKE_BUILD_TYPE:STRING=(.*)$", cache, re.M)
-        kind = m.group(1) if m else "?"
-    except OSError:
-        pass
-    return loom, kind
-
-
 def body_of(i):
     """The body for id i: keep in step with body_of in soak_client.lua."""
     return b"item %d\n" % i + b"x" * ((i * 7919) % 20000)
-
-
-def rss_kb(pid):
-    try:
-        for line in open("/proc/%d/status" % pid):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 class DropServer(asyncio.Protocol):

@@ -30,7 +30,7 @@ import json, os, re, resource, signal, socket, statistics, subprocess, sys, temp
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import stop, wait_port  # noqa: E402
+from benchlib import build_dir, rss_kb, stop, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -40,39 +40,12 @@ def env_num(name, default):
     return float(os.environ.get(name, default))
 
 
-def build_dir():
-    d = os.environ.get("LOOM_BUILD", os.path.join(ROOT, "build"))
-    loom = os.path.join(d, "loom")
-    if not os.access(loom, os.X_OK):
-        sys.exit("soak: %s is missing (make build, or LOOM_BUILD=dir)" % loom)
-    kind = "?"
-    try:
-        cache = open(os.path.join(d, "CMakeCache.txt")).read()
-        if re.search(r"^LOOM_SANITIZE:BOOL=ON", cache, re.M) or re.search(r"^LOOM_FUZZ:BOOL=ON", cache, re.M):
-            sys.exit("soak: %s is a sanitizer build; RSS figures need a normal one (LOOM_BUILD=dir)" % d)
-        m = re.search(r"^CMAKE_BUILD_TYPE:STRING=(.*)$", cache, re.M)
-        kind = m.group(1) if m else "?"
-    except OSError:
-        pass
-    return loom, kind
-
-
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def rss_kb(pid):
-    try:
-        for line in open("/proc/%d/status" % pid):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def fd_count(pid):
