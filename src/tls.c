@@ -260,6 +260,25 @@ static int load_ca(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size
     return 0;
 }
 
+#if MBEDTLS_VERSION_MAJOR < 3
+/* What a TLS 1.2 server offers: forward-secret key exchange with an AEAD cipher only (the
+ * suites of Mozilla's "intermediate" profile). 2.28's default list also takes the plain RSA
+ * key exchange and CBC with SHA-1 from clients that offer nothing better; every browser,
+ * curl, Python and Node of the last decade offers these. mbedTLS keeps the pointer. */
+static const int server_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_DHE_RSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_DHE_RSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    0,
+};
+#endif
+
 static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
     static const char pers[] = "loom";
     int rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
@@ -281,6 +300,8 @@ static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, s
      * does); RFC 8996 deprecates both. 3.x has nothing below 1.2. */
     mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
                                  MBEDTLS_SSL_MINOR_VERSION_3);
+    if (o->server)
+        mbedtls_ssl_conf_ciphersuites(&c->conf, server_suites);
 #endif
     if (o->server || !o->verify) {
         mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_NONE);

@@ -67,6 +67,18 @@ for v in -tls1 -tls1_1; do
 done
 [[ $(tls_version -tls1_2) == "TLSv1.2" ]] || fail "the server refused TLS 1.2: $(tls_version -tls1_2)"
 
+# TLS 1.2 suites: forward-secret AEAD ones only (with these P-256 certificates, ECDHE-ECDSA)
+tls_cipher() { # port, suite: what openssl s_client ends up with offering only it, "(NONE)" if refused
+    openssl s_client -connect "127.0.0.1:$1" -tls1_2 -cipher "$2" </dev/null 2>/dev/null |
+        sed -n 's/^New, [^,]*, Cipher is \(.*\)$/\1/p'
+}
+for c in ECDHE-ECDSA-AES128-SHA ECDHE-ECDSA-AES256-SHA ECDHE-ECDSA-AES128-SHA256 ECDHE-ECDSA-AES128-CCM; do
+    [[ $(tls_cipher "$port" $c) == "(NONE)" ]] || fail "the server accepted $c"
+done
+for c in ECDHE-ECDSA-AES128-GCM-SHA256 ECDHE-ECDSA-AES256-GCM-SHA384 ECDHE-ECDSA-CHACHA20-POLY1305; do
+    [[ $(tls_cipher "$port" $c) == "$c" ]] || fail "the server refused $c: $(tls_cipher "$port" $c)"
+done
+
 # a silent client: dropped after header_timeout (1 s); others are served meanwhile
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 start=$SECONDS
@@ -76,6 +88,27 @@ if ! timeout 5 cat <&3 >/dev/null; then
 fi
 exec 3<&-
 ((SECONDS - start <= 4)) || fail "the silent client was dropped late"
+stop_server
+
+# with an RSA certificate: ECDHE-RSA with AEAD, never the plain RSA key exchange (no
+# forward secrecy) that mbedTLS 2.28's default list keeps for old clients
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -keyout "$certs/rsa.key" -out "$certs/rsa.pem" \
+    -subj "/CN=rsa.test" >/dev/null 2>&1 || fail "openssl could not make an RSA certificate"
+cat >"$SMOKE_TMP/rsa.lua" <<EOF
+local app = loom.app()
+app:get("/", function() return "rsa" end)
+app:run{ host = "127.0.0.1", port = tonumber(arg[1]), access_log = false,
+    tls = { cert = "$certs/rsa.pem", key = "$certs/rsa.key" } }
+EOF
+rport=$(free_port)
+start_server "$LOOM" "$SMOKE_TMP/rsa.lua" "$rport"
+wait_port "$rport"
+for c in AES128-GCM-SHA256 AES256-GCM-SHA384 AES128-SHA ECDHE-RSA-AES128-SHA; do
+    [[ $(tls_cipher "$rport" $c) == "(NONE)" ]] || fail "the RSA server accepted $c"
+done
+for c in ECDHE-RSA-AES128-GCM-SHA256 ECDHE-RSA-CHACHA20-POLY1305; do
+    [[ $(tls_cipher "$rport" $c) == "$c" ]] || fail "the RSA server refused $c: $(tls_cipher "$rport" $c)"
+done
 stop_server
 
 # the client refuses a server that speaks only TLS 1.1
