@@ -30,18 +30,7 @@
 #include <lua.h>
 #include <uv.h>
 #include "loom.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define FILLERS 512
 #define TRIES 3
@@ -160,6 +149,5 @@ static void test_lost_reserve(void) {
 
 int main(void) {
     test_lost_reserve();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return CHECK_SUMMARY();
 }

@@ -16,18 +16,7 @@
 #include <lua.h>
 #include <uv.h>
 #include "loom.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -375,6 +364,5 @@ int main(void) {
     test_own_loop();
     test_own_loop_unused();
     test_own_loop_exit();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return CHECK_SUMMARY();
 }
