@@ -46,20 +46,29 @@ static void push_path(lua_State *L, const char *url, size_t len) {
     lua_pushlstring(L, p, (size_t)(q - p));
 }
 
-/* Pushes the entry function's arguments: the box, the method, the path and whether the
- * request is HTTP/1.0; lua/loom/app.lua makes the request table from them (a table
- * constructor in Lua costs less than setting fields through the C API). Returns 4. */
+/* Pushes the entry function's arguments: an empty request table with its metatable, the
+ * box, the method and the path. lua/loom/app.lua stores the last three in the table: field
+ * stores in Lua cost less than through the C API, and setmetatable less here than in Lua.
+ * Returns 4. */
 int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
     loom_head_t *h = c->msg.head;
+    lua_createtable(L, 0, 3);
+    if (srv->reqmt_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
+        lua_setmetatable(L, -2);
+    }
     loom_reqbox_t *box = lua_newuserdatauv(L, sizeof *box, 0);
     box->c = c;
     box->gone = 0;
+    box->http10 = c->http10;
     c->box = box;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->boxmt_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
     lua_setmetatable(L, -2);
-    lua_pushstring(L, llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)));
+    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->methods_ref);
+    lua_rawgeti(L, -1, llhttp_get_method(&c->msg.parser));
+    lua_remove(L, -2);
     push_path(L, h->data + h->url, h->url_len);
-    lua_pushboolean(L, c->http10);
     return 4;
 }
 
@@ -114,6 +123,13 @@ static int req_headers(lua_State *L) {
         }
         lua_rawset(L, -3);
     }
+    return 1;
+}
+
+/* core.req_version(box) -> "1.0" | "1.1"; also once the request is finished */
+static int req_version(lua_State *L) {
+    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
+    lua_pushstring(L, box->http10 ? "1.0" : "1.1");
     return 1;
 }
 
@@ -367,7 +383,8 @@ static int req_upgrade(lua_State *L) {
 static const luaL_Reg request_funcs[] = {
     {"req_upgrade", req_upgrade}, {"req_target", req_target}, {"req_headers", req_headers},
     {"req_peer", req_peer},       {"req_body", req_body},     {"req_chunk", req_chunk},
-    {"req_stream", req_stream},   {"req_write", req_write},   {NULL, NULL},
+    {"req_stream", req_stream},   {"req_write", req_write},   {"req_version", req_version},
+    {NULL, NULL},
 };
 
 int loom_open_http_request(lua_State *L) {

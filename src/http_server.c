@@ -733,7 +733,10 @@ static void release_refs(loom_t *h, loom_job_t *job) {
     luaL_unref(L, LUA_REGISTRYINDEX, srv->self_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->entry_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->methods_ref);
     srv->self_ref = srv->entry_ref = srv->boxmt_ref = LUA_NOREF;
+    srv->reqmt_ref = srv->methods_ref = LUA_NOREF;
     server_free_if_done(srv);
 }
 
@@ -864,6 +867,7 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     srv->spare_fd = -1;
     srv->heads.max = 256;
     srv->entry_ref = srv->boxmt_ref = srv->self_ref = LUA_NOREF;
+    srv->reqmt_ref = srv->methods_ref = LUA_NOREF;
     uv_tcp_init(h->loop, &srv->tcp);
     uv_timer_init(h->loop, &srv->timer);
     uv_unref((uv_handle_t *)&srv->timer);
@@ -900,8 +904,20 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->send_timeout = loom_opt_number(L, o, "send_timeout", 60);
 }
 
+/* Every method name llhttp knows, by number (its header's method map). */
+static int method_names_ref(lua_State *L) {
+    lua_createtable(L, 64, 0);
+#define LOOM_METHOD_NAME(num, name, string)                                                    \
+    lua_pushliteral(L, #string);                                                               \
+    lua_rawseti(L, -2, num);
+    HTTP_ALL_METHOD_MAP(LOOM_METHOD_NAME)
+#undef LOOM_METHOD_NAME
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* core.http_listen(entry, opts) -> server | nil, err
- * entry(box, method, path, http10) runs in a task of its own for each request
+ * entry(req, box, method, path) runs in a task of its own for each request: req is an
+ * empty table with opts.request_mt as its metatable, for entry to fill
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
  *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, access_log,
  *       tls (a core.tls_config{server = true, ...}) */
@@ -930,6 +946,11 @@ static int l_http_listen(lua_State *L) {
     srv->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_getmetatable(L, REQBOX_MT);
     srv->boxmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (lua_getfield(L, 2, "request_mt") == LUA_TTABLE)
+        srv->reqmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+    srv->methods_ref = method_names_ref(L);
     lua_pushvalue(L, -1);
     srv->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 1;

@@ -89,8 +89,10 @@ struct loom_server {
     int live;            /* connection structs not yet freed: the server outlives them */
     int self_ref;        /* anchors the Lua box while the server is up */
     loom_job_t done_job; /* drops the Lua references once everything is closed */
-    int entry_ref;       /* Lua function(req) -> response */
+    int entry_ref;       /* Lua function(req, box, method, path) -> response */
     int boxmt_ref;       /* metatable of request boxes (REQBOX_MT) */
+    int reqmt_ref;       /* metatable of request tables (opts.request_mt), or LUA_NOREF */
+    int methods_ref;     /* {[llhttp method number] = name}: interned once, not per request */
     loom_conn_t *conns;
     int nconns;
     loom_tlist_t tl[TL_COUNT];
@@ -114,6 +116,7 @@ struct loom_server {
 struct loom_reqbox {
     loom_conn_t *c; /* NULL once the request is finished */
     int gone;       /* it finished because its connection closed under the handler */
+    int http10;     /* kept past the request's end: req.version is read lazily */
 };
 
 #define REQBOX_MT "loom.request"

@@ -173,7 +173,10 @@ local function dispatcher(app, wrap)
     end
 end
 
--- The function the engine runs, in a task of its own, for each request.
+-- The function the engine runs, in a task of its own, for each request. C passes an empty
+-- request table that already has its metatable. Without middleware, a route without
+-- patterns is found here, in two lookups, rather than through the dispatcher; a string
+-- result (the commonest answer) goes back to C as it is.
 function App:_entry()
     local mw = self.middleware
     local inner = dispatcher(self, #mw > 0)
@@ -187,10 +190,16 @@ function App:_entry()
             end)
         end
     end
-    local mt = request.mt
-    return function(box, method, path, http10)
-        local req = setmetatable({ method = method, path = path, version = http10 and "1.0" or "1.1", _box = box }, mt)
-        return emit(req, chain(req))
+    local exact = #mw == 0 and self.router.exact or {}
+    local type = type
+    return function(req, box, method, path)
+        req.method, req.path, req._box = method, path, box
+        local routes = exact[method]
+        local h = routes and routes[path]
+        local res
+        if h then res = h(req) else res = chain(req) end
+        if type(res) == "string" then return res end
+        return emit(req, res)
     end
 end
 
@@ -268,6 +277,7 @@ function App:listen(opts)
         if not o.tls then return nil, err end
     end
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
+    o.request_mt = request.mt
     return core.http_listen(self:_entry(), o)
 end
 

@@ -1,12 +1,13 @@
--- loom.request: the server's request object. app.lua makes a table with method, path,
--- version and the box (_box) C passes, which points at the connection; everything else is
--- computed here on first use and kept in the table: headers, query, params, remote,
--- remote_port, target.
+-- loom.request: the server's request object. C makes the table with this module's
+-- metatable and app.lua stores method, path and the box (_box), which points at the
+-- connection; everything else is computed here on first use and kept in the table:
+-- headers, query, params, remote, remote_port, target, version.
 local core = require "loom.core"
 local json = require "loom.json"
 local url = require "loom.url"
 
 local req_headers, req_target, req_peer = core.req_headers, core.req_target, core.req_peer
+local req_version = core.req_version
 local req_body, req_chunk, req_stream, req_write = core.req_body, core.req_chunk, core.req_stream, core.req_write
 local rawset, rawget, setmetatable, type = rawset, rawget, setmetatable, type
 
@@ -27,6 +28,7 @@ local lazy = {}
 
 function lazy.headers(req) return setmetatable(req_headers(req._box), headers_mt) end
 function lazy.target(req) return req_target(req._box) end
+function lazy.version(req) return req_version(req._box) end
 function lazy.params() return {} end
 
 function lazy.query(req)
