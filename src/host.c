@@ -11,6 +11,7 @@
 #include <lualib.h>
 #include "host.h"
 #include "embedded.h"
+#include "lua_alloc.h"
 
 static const char HOST_KEY = 'h';     /* registry[&HOST_KEY] = lightuserdata(host) */
 static const char HOST_BOX_KEY = 'b'; /* registry[&HOST_BOX_KEY] = the box that frees it */
@@ -114,6 +115,7 @@ static void host_teardown(loom_t *h) {
 static void host_destroy(loom_t *h) {
     if (h->owns_loop && uv_loop_close(h->loop) != 0)
         fprintf(stderr, "loom: internal error: the loop still has open handles\n");
+    loom_alloc_free(h->alloc);
     free(h);
 }
 
@@ -190,16 +192,54 @@ static int open_host_p(lua_State *L) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- a state of our own */
+
+static int on_panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
+            msg ? msg : "error object is not a string");
+    return 0; /* Lua aborts */
+}
+
+/* As the stock interpreter's (luaL_newstate's, which is private to lauxlib): warnings are
+ * off until "@on", "@off" turns them off again, a message may come in pieces. */
+static void on_warn(void *ud, const char *msg, int tocont) {
+    loom_t *h = ud;
+    if (!h->warn_cont && !tocont && msg[0] == '@') {
+        if (strcmp(msg, "@on") == 0)
+            h->warn_on = 1;
+        else if (strcmp(msg, "@off") == 0)
+            h->warn_on = 0;
+        return;
+    }
+    if (h->warn_on) {
+        if (!h->warn_cont)
+            fputs("Lua warning: ", stderr);
+        fputs(msg, stderr);
+        if (!tocont)
+            fputs("\n", stderr);
+        fflush(stderr);
+    }
+    h->warn_cont = tocont;
+}
+
 loom_t *loom_new(uv_loop_t *loop) {
-    lua_State *L = luaL_newstate();
-    if (!L)
+    loom_alloc_t *alloc = loom_alloc_new();
+    lua_State *L = alloc ? lua_newstate(loom_alloc_lua, alloc) : NULL;
+    if (!L) {
+        loom_alloc_free(alloc);
         return NULL;
+    }
+    lua_atpanic(L, on_panic);
     loom_t *h = host_create(L, loop);
     if (!h) {
         lua_close(L);
+        loom_alloc_free(alloc);
         return NULL;
     }
     h->owns_L = 1;
+    h->alloc = alloc; /* freed after lua_close, in host_destroy */
+    lua_setwarnf(L, on_warn, h);
     lua_pushcfunction(L, open_host_p);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
         fprintf(stderr, "loom: %s\n", lua_tostring(L, -1));

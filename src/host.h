@@ -22,6 +22,8 @@ struct loom {
     int owns_loop;
     lua_State *L; /* the main thread */
     int owns_L;
+    struct loom_alloc *alloc; /* the allocator of a state loom_new made, else NULL */
+    int warn_on, warn_cont;   /* warnings: "@on" was given; a message is coming in pieces */
     int closing;      /* loom_free or the state's finalizer has begun */
     int exit_code;    /* set by loom.exit or by a failing main task */
     int exit_request; /* loom.exit was called */

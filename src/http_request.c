@@ -381,10 +381,11 @@ static int req_upgrade(lua_State *L) {
 }
 
 static const luaL_Reg request_funcs[] = {
-    {"req_upgrade", req_upgrade}, {"req_target", req_target}, {"req_headers", req_headers},
-    {"req_peer", req_peer},       {"req_body", req_body},     {"req_chunk", req_chunk},
-    {"req_stream", req_stream},   {"req_write", req_write},   {"req_version", req_version},
-    {NULL, NULL},
+    {"req_upgrade", req_upgrade}, {"req_target", req_target},
+    {"req_headers", req_headers}, {"req_peer", req_peer},
+    {"req_body", req_body},       {"req_chunk", req_chunk},
+    {"req_stream", req_stream},   {"req_write", req_write},
+    {"req_version", req_version}, {NULL, NULL},
 };
 
 int loom_open_http_request(lua_State *L) {

@@ -907,8 +907,8 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
 /* Every method name llhttp knows, by number (its header's method map). */
 static int method_names_ref(lua_State *L) {
     lua_createtable(L, 64, 0);
-#define LOOM_METHOD_NAME(num, name, string)                                                    \
-    lua_pushliteral(L, #string);                                                               \
+#define LOOM_METHOD_NAME(num, name, string)                                                        \
+    lua_pushliteral(L, #string);                                                                   \
     lua_rawseti(L, -2, num);
     HTTP_ALL_METHOD_MAP(LOOM_METHOD_NAME)
 #undef LOOM_METHOD_NAME
