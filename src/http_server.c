@@ -68,8 +68,8 @@ static void tl_add(loom_conn_t *c, int which) {
     l->tail = c;
     /* The lists have different durations: this deadline may come before the one the timer
      * is set for (a keep-alive wait shorter than the header wait it follows, a head after
-     * a long keep-alive wait). uv.h: uv_timer_get_due_in gives "the time remaining". */
-    if (!uv_is_active((uv_handle_t *)&srv->timer) || uv_timer_get_due_in(&srv->timer) > l->ms)
+     * a long keep-alive wait). */
+    if (srv->timer_at == 0 || c->deadline < srv->timer_at)
         arm_timer(srv);
 }
 
@@ -88,9 +88,11 @@ static void arm_timer(loom_server_t *srv) {
     }
     if (next == UINT64_MAX || uv_is_closing((uv_handle_t *)&srv->timer)) {
         uv_timer_stop(&srv->timer);
+        srv->timer_at = 0;
         return;
     }
-    uv_timer_start(&srv->timer, on_timer, next > now ? next - now : 0, 0);
+    srv->timer_at = next > now ? next : now;
+    uv_timer_start(&srv->timer, on_timer, srv->timer_at - now, 0);
 }
 
 static void close_idle_conns(loom_server_t *srv) {
@@ -105,6 +107,7 @@ static void close_idle_conns(loom_server_t *srv) {
 static void on_timer(uv_timer_t *timer) {
     loom_server_t *srv = timer->data;
     uint64_t now = uv_now(srv->host->loop);
+    srv->timer_at = 0; /* it fired; arm_timer below sets it again */
     loom_conn_t *c;
     while ((c = srv->tl[TL_HEAD].head) && c->deadline <= now) {
         tl_remove(c);
@@ -280,6 +283,15 @@ void loom_conn_resume_parse(loom_conn_t *c) {
 
 /* ---------------------------------------------------------------- llhttp hooks */
 
+/* No body follows the head (nor an upgraded protocol, which the handler takes over). */
+static int bodiless(llhttp_t *p) {
+    if (p->flags & (F_CHUNKED | F_TRANSFER_ENCODING | F_UPGRADE | F_CONNECTION_UPGRADE))
+        return 0;
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0)
+        return 0;
+    return llhttp_get_method(p) != HTTP_CONNECT;
+}
+
 static int on_headers(loom_http_msg_t *m) {
     loom_conn_t *c = m->owner;
     loom_server_t *srv = c->srv;
@@ -312,7 +324,11 @@ static int on_headers(loom_http_msg_t *m) {
     c->sent = 0;
     c->state = C_HANDLER;
     loom_sched_defer(srv->host, &c->job);
-    return HPE_PAUSED; /* the body waits, unparsed, until the handler asks for it */
+    /* The body waits, unparsed, until the handler asks for it. A request without one parses
+     * on to its end (on_complete pauses there), which saves resuming the parser for it. */
+    if (bodiless(p))
+        return 0;
+    return HPE_PAUSED;
 }
 
 static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
@@ -358,6 +374,7 @@ static int on_complete(loom_http_msg_t *m) {
 /* The request is answered and its message fully parsed: reset for the next one. */
 static void next_request(loom_conn_t *c) {
     loom_server_t *srv = c->srv;
+    c->nreq++;
     c->state = C_IDLE;
     c->resp = R_NONE;
     c->msg_done = 0;
@@ -393,6 +410,14 @@ static void next_request(loom_conn_t *c) {
         c->state = C_HEAD;
         tl_add(c, TL_HEAD);
     }
+    if (c->in_len == 0 && c->parse_paused && !c->msg.fail &&
+        llhttp_get_errno(&c->msg.parser) == HPE_PAUSED) {
+        /* paused at the end of the last message, nothing buffered: nothing to parse yet */
+        c->parse_paused = 0;
+        llhttp_resume(&c->msg.parser);
+        loom_conn_start_reading(c);
+        return;
+    }
     loom_conn_resume_parse(c);
 }
 
@@ -420,9 +445,12 @@ void loom_conn_request_done(loom_conn_t *c) {
             return;
         }
         c->discard = 1;
+        uint32_t nreq = c->nreq;
         loom_conn_resume_parse(c);
-        if (c->state != C_HANDLER || !c->msg_done)
-            return; /* on_complete's pause brings us back through feed's caller */
+        /* on_complete's pause brings us back through feed's caller, which may move on to
+         * the next request (pipelined, and already parsed to its end if it has no body) */
+        if (c->nreq != nreq || c->state != C_HANDLER || !c->msg_done)
+            return;
     }
     next_request(c);
 }

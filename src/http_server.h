@@ -46,6 +46,7 @@ struct loom_conn {
     uint8_t keepalive;    /* the request allows another after it */
     uint8_t parse_paused; /* llhttp is paused; `in` holds the bytes after the pause */
     uint8_t msg_done;     /* on_message_complete seen for the current request */
+    uint32_t nreq;        /* requests finished on this connection (tells one from the next) */
     uint8_t body_wanted;  /* a task asked for the body: parse it as it comes */
     uint8_t discard;      /* parse the rest of the body and drop it */
     uint8_t reading;
@@ -79,6 +80,7 @@ struct loom_server {
     loom_t *host;
     uv_tcp_t tcp;
     uv_timer_t timer;
+    uint64_t timer_at; /* loop time the timer fires at; 0 while it is stopped */
     int handles; /* libuv handles of the server still open (listener, timer) */
     int listening;
     int boxed;
