@@ -111,25 +111,32 @@ typedef struct {
     int bad; /* out of memory or an invalid header */
 } hb_t;
 
-static void hb_put(hb_t *b, const char *s, size_t n) {
+/* Rarely taken: the buffer is kept between responses. */
+static int hb_grow(hb_t *b, size_t n) {
     loom_server_t *srv = b->srv;
-    if (b->len + n > srv->hcap) {
-        size_t cap = srv->hcap ? srv->hcap * 2 : 1024;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *nb = realloc(srv->hbuf, cap);
-        if (!nb) {
-            b->bad = 1;
-            return;
-        }
-        srv->hbuf = nb;
-        srv->hcap = cap;
+    size_t cap = srv->hcap ? srv->hcap * 2 : 1024;
+    while (cap < b->len + n)
+        cap *= 2;
+    char *nb = realloc(srv->hbuf, cap);
+    if (!nb) {
+        b->bad = 1;
+        return 0;
     }
+    srv->hbuf = nb;
+    srv->hcap = cap;
+    return 1;
+}
+
+/* Inline: most pieces are short constants, which then copy without a call. */
+static inline void hb_put(hb_t *b, const char *s, size_t n) {
+    loom_server_t *srv = b->srv;
+    if (b->len + n > srv->hcap && !hb_grow(b, n))
+        return;
     memcpy(srv->hbuf + b->len, s, n);
     b->len += n;
 }
 
-static void hb_str(hb_t *b, const char *s) {
+static inline void hb_str(hb_t *b, const char *s) {
     hb_put(b, s, strlen(s));
 }
 

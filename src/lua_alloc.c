@@ -24,6 +24,7 @@ typedef struct block {
 struct loom_alloc {
     block_t *free[NCLASSES];
     unsigned n[NCLASSES];
+    unsigned max[NCLASSES]; /* CLASS_BYTES worth of blocks */
 };
 
 #if defined(LOOM_SANITIZE_BUILD)
@@ -56,7 +57,7 @@ static void *take(loom_alloc_t *a, size_t size) {
 static void give_back(loom_alloc_t *a, void *p, size_t size) {
     if (is_small(size)) {
         unsigned k = class_of(size);
-        if (a->n[k] < CLASS_BYTES / ((k + 1) * GRAIN)) {
+        if (a->n[k] < a->max[k]) {
             block_t *b = p;
             b->next = a->free[k];
             a->free[k] = b;
@@ -68,7 +69,10 @@ static void give_back(loom_alloc_t *a, void *p, size_t size) {
 }
 
 loom_alloc_t *loom_alloc_new(void) {
-    return calloc(1, sizeof(loom_alloc_t));
+    loom_alloc_t *a = calloc(1, sizeof *a);
+    for (unsigned k = 0; a && k < NCLASSES; k++)
+        a->max[k] = CLASS_BYTES / ((k + 1) * GRAIN);
+    return a;
 }
 
 void loom_alloc_free(loom_alloc_t *a) {
