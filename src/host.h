@@ -24,10 +24,10 @@ struct loom {
     int owns_L;
     struct loom_alloc *alloc; /* the allocator of a state loom_new made, else NULL */
     int warn_on, warn_cont;   /* warnings: "@on" was given; a message is coming in pieces */
-    int closing;      /* loom_free or the state's finalizer has begun */
-    int exit_code;    /* set by loom.exit or by a failing main task */
-    int exit_request; /* loom.exit was called */
-    int nhandles;     /* libuv handles opened and not yet through their close callback */
+    int closing;              /* loom_free or the state's finalizer has begun */
+    int exit_code;            /* set by loom.exit or by a failing main task */
+    int exit_request;         /* loom.exit was called */
+    int nhandles;             /* libuv handles opened and not yet through their close callback */
     uv_async_t stop_async;
     loom_sched_t sched;
     loom_res_t res; /* sentinel of the resource list */

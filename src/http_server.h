@@ -81,7 +81,7 @@ struct loom_server {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uint64_t timer_at; /* loop time the timer fires at; 0 while it is stopped */
-    int handles; /* libuv handles of the server still open (listener, timer) */
+    int handles;       /* libuv handles of the server still open (listener, timer) */
     int listening;
     int boxed;
     int closing;  /* srv:close was called */
