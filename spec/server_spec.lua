@@ -609,6 +609,22 @@ describe("server: HTTP/1.0", function()
             assert_closed(r)
         end)
     end)
+
+    it("keeps method, path and version readable in a request kept past its handler", function()
+        local app, kept = loom.app(), {}
+        app:get("/k", function(req) kept[#kept + 1] = req; return "k" end)
+        serve(app, function(srv)
+            local st, r = open(srv)
+            local _ <close> = st
+            assert(st:write("GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" .. "GET /k HTTP/1.1\r\nHost: t\r\n\r\n"))
+            assert.equal("k", assert(r:response()).body)
+            assert.equal("k", assert(r:response()).body)
+            assert.same({ "GET", "/k", "1.0" }, { kept[1].method, kept[1].path, kept[1].version })
+            assert.same({ "GET", "/k", "1.1" }, { kept[2].method, kept[2].path, kept[2].version })
+            -- what needs the connection says the request is over
+            assert.has_error(function() return kept[1].headers end, "the request is finished (its handler has returned)")
+        end)
+    end)
 end)
 
 describe("server: HEAD", function()
