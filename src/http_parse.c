@@ -281,7 +281,47 @@ static int on_message_complete(llhttp_t *p) {
  * requests than we do, so all of them are 400 here. So is a request line with more than one
  * SP between its parts, which llhttp 8 takes (3: "recipients MAY instead parse on
  * whitespace-delimited word boundaries"; a strict one does not). */
+static int double_space(const char *p, size_t n) {
+    const char *e = p + n;
+    while ((p = memchr(p, ' ', (size_t)(e - p))) != NULL && ++p < e)
+        if (*p == ' ')
+            return 1;
+    return 0;
+}
+
+/* The usual case of check_head: a whole head in one read, nothing of it seen before. Line
+ * by line with memchr; 1 when the head is found good, -1 when bad, 0 when it does not end
+ * in these bytes (check_head then takes them byte by byte, from the start). */
+static int check_whole_head(loom_http_msg_t *m, const char *data, size_t len) {
+    const char *p = data, *end = data + len, *lf;
+    int started = 0;
+    while (p < end && (lf = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        if (lf == p || lf[-1] != '\r')
+            return fail(m, 400, "bare LF in the head"), -1;
+        size_t n = (size_t)(lf - 1 - p);
+        if (memchr(p, '\r', n))
+            return fail(m, 400, "CR without LF in the head"), -1;
+        if (!started) {
+            started = n > 0; /* empty lines before the start line are let through */
+            if (started && m->parser.type == HTTP_REQUEST && double_space(p, n))
+                return fail(m, 400, "more than one space in the request line"), -1;
+        } else if (n == 0) {
+            m->lines = LINES_DONE | LINES_HDRS | LINES_TEXT | LINES_BOL;
+            return 1;
+        } else if (*p == ' ' || *p == '\t') {
+            return fail(m, 400, "obs-fold or whitespace at the start of a header line"), -1;
+        }
+        p = lf + 1;
+    }
+    return 0;
+}
+
 static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
+    if (m->lines == LINES_BOL) {
+        int r = check_whole_head(m, data, len);
+        if (r != 0)
+            return r < 0;
+    }
     uint8_t s = m->lines;
     int request = m->parser.type == HTTP_REQUEST;
     for (size_t i = 0; i < len && !(s & LINES_DONE); i++) {
