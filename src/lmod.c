@@ -2,7 +2,11 @@
  * lmod.c - luaopen_loom_core: the C half of the Lua module, one loom_open_<area> per file.
  * In the host the state already has a host; under stock lua the first require creates one.
  */
+#include <stdio.h>
 #include <lauxlib.h>
+#include <llhttp.h>
+#include <mbedtls/version.h>
+#include "loom.h"
 #include "host.h"
 #include "stream.h"
 #include "http_server.h"
@@ -13,6 +17,16 @@ int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
 int loom_open_signal(lua_State *L);
 int loom_open_process(lua_State *L);
+
+const char *loom_libs_version(void) {
+    static char buf[128];
+    char tls[18];
+    mbedtls_version_get_string(tls);
+    snprintf(buf, sizeof buf, "%s, libuv %s, llhttp %d.%d.%d, mbed TLS %s", LUA_RELEASE,
+             uv_version_string(), LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH,
+             tls);
+    return buf;
+}
 
 int luaopen_loom_core(lua_State *L) {
     if (!loom_host(L))

@@ -45,6 +45,10 @@ void loom_stop(loom_t *h);
  * it. An embedder that owns the loop may run it again afterwards and close it. */
 void loom_free(loom_t *h);
 
+/* "Lua 5.4.4, libuv 1.44.2, llhttp 8.1.0, mbed TLS 2.28.3": what this build runs on (the
+ * libraries' own versions, as linked). */
+const char *loom_libs_version(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,7 +23,7 @@ static void usage(FILE *out) {
 }
 
 static void version(void) {
-    printf("loom %s (%s, libuv %s)\n", LOOM_VERSION, LUA_RELEASE, uv_version_string());
+    printf("loom %s (%s)\n", LOOM_VERSION, loom_libs_version());
 }
 
 /* Prints the message a failed load left on the stack. */
