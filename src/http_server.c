@@ -36,6 +36,10 @@ static void server_maybe_done(loom_server_t *srv);
 /* ---------------------------------------------------------------- timeout lists */
 
 static void arm_timer(loom_server_t *srv);
+static void accept_conn(loom_server_t *srv);
+
+/* How long a connection libuv accepted waits when there was no memory to take it. */
+#define ACCEPT_RETRY_MS 100
 
 static void tl_remove(loom_conn_t *c) {
     if (c->tlist == TL_NONE)
@@ -80,6 +84,8 @@ static void arm_timer(loom_server_t *srv) {
     for (int i = 1; i < TL_COUNT; i++)
         if (srv->tl[i].head && srv->tl[i].head->deadline < next)
             next = srv->tl[i].head->deadline;
+    if (srv->accept_retry_at && srv->accept_retry_at < next)
+        next = srv->accept_retry_at;
     if (srv->closing) {
         if (srv->settle_at && srv->settle_at < next)
             next = srv->settle_at;
@@ -138,6 +144,11 @@ static void on_timer(uv_timer_t *timer) {
             while (srv->conns)
                 loom_conn_close(srv->conns);
         }
+    }
+    if (srv->accept_retry_at && now >= srv->accept_retry_at) {
+        srv->accept_retry_at = 0;
+        if (!srv->closing)
+            accept_conn(srv);
     }
     arm_timer(srv);
     server_maybe_done(srv);
@@ -690,9 +701,21 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     if (status < 0 || srv->closing)
         return;
+    accept_conn(srv);
+}
+
+/* Takes the connection libuv has accepted. Without memory for it, libuv keeps that
+ * descriptor and stops watching the listener until the next uv_accept: the timer tries
+ * again in a while, so the listener does not stay deaf once memory is back. */
+static void accept_conn(loom_server_t *srv) {
+    uv_stream_t *server = (uv_stream_t *)&srv->tcp;
     loom_conn_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return; /* under memory pressure the backlog waits */
+    if (!c) {
+        srv->accept_retry_at = uv_now(srv->host->loop) + ACCEPT_RETRY_MS;
+        arm_timer(srv);
+        return;
+    }
+    srv->accept_retry_at = 0;
     uv_tcp_init(srv->host->loop, &c->tcp);
     c->tcp.data = c;
     loom_handle_opened(srv->host);

@@ -99,6 +99,7 @@ struct loom_server {
     int nconns;
     loom_tlist_t tl[TL_COUNT];
     uint64_t grace_at, settle_at; /* while closing: force-close, close idle ones */
+    uint64_t accept_retry_at;     /* an accepted connection waits for memory until then */
     uint32_t max_header;
     uint64_t max_body;
     size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
