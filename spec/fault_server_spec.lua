@@ -254,6 +254,7 @@ end
 describe("fault: handlers that do not finish (handler_timeout)", function()
     local cases = {
         { "loop on loom.sleep(0)", function() while true do loom.sleep(0) end end },
+        { "loop on coroutine.yield()", function() while true do coroutine.yield() end end },
         { "sleep for ever", function() loom.sleep(1e9) end },
         { "never return", function() loom.event():wait() end },
         { "catch the cancellation and answer late", function()

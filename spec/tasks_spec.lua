@@ -129,6 +129,29 @@ describe("task:cancel", function()
         end)
     end)
 
+    it("ends a task that only calls coroutine.yield(): its <close> variables run", function()
+        run(function()
+            local spins, closed = 0, false
+            local t = loom.spawn(function()
+                local _ <close> = setmetatable({}, { __close = function() closed = true end })
+                while true do
+                    spins = spins + 1
+                    coroutine.yield()
+                end
+            end)
+            loom.sleep(0)
+            loom.sleep(0)
+            assert(spins >= 2, "the task ran between the sleeps")
+            t:cancel()
+            assert.same({ false, "cancelled" }, { t:join() })
+            assert.is_true(closed)
+            local at = spins
+            loom.sleep(0)
+            loom.sleep(0)
+            assert.equal(at, spins)
+        end)
+    end)
+
     it("is harmless on a finished task, and when repeated", function()
         run(function()
             local t = loom.spawn(function() return "done" end)

@@ -391,6 +391,14 @@ static void finish_unstarted(loom_t *h, loom_task_t *t) {
     complete(h, t);
 }
 
+/* A task cancelled while it only calls coroutine.yield() (a busy loop that never waits)
+ * ends at such a yield: nothing can raise there, so its pending <close> variables run as
+ * the thread is closed, and it ends as cancelled. */
+static void finish_yielded(loom_t *h, loom_task_t *t) {
+    reset_thread(t->co, h->sched.L);
+    finish_unstarted(h, t);
+}
+
 static void resume(loom_t *h, loom_task_t *t) {
     loom_sched_t *s = &h->sched;
     if (t->state == TASK_NEW && t->cancel) {
@@ -406,7 +414,11 @@ static void resume(loom_t *h, loom_task_t *t) {
     s->current = prev;
     if (status == LUA_YIELD) {
         lua_pop(t->co, nres);
-        if (t->state == TASK_RUNNING) /* a bare coroutine.yield(): let others run first */
+        if (t->state != TASK_RUNNING)
+            return;    /* parked */
+        if (t->cancel) /* bare yields only: no wait would ever deliver it */
+            finish_yielded(h, t);
+        else /* a bare coroutine.yield(): let others run first */
             make_ready(t, LOOM_WAKE_OK);
         return;
     }
