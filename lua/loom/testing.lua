@@ -66,11 +66,21 @@ function Reader:line()
     end
 end
 
--- Exactly n bytes.
+-- Exactly n bytes. The pieces are joined once, not one by one (a large body read that way
+-- copied the whole buffer on every read).
 function Reader:bytes(n)
-    while #self.buf < n do
-        local ok = self:fill()
-        if not ok then return nil, "http: response body cut short" end
+    if #self.buf < n then
+        local parts, have = { self.buf }, #self.buf
+        while have < n do
+            local piece = self.st:read()
+            if not piece then
+                self.buf = concat(parts)
+                return nil, "http: response body cut short"
+            end
+            parts[#parts + 1] = piece
+            have = have + #piece
+        end
+        self.buf = concat(parts)
     end
     local s = self.buf:sub(1, n)
     self.buf = self.buf:sub(n + 1)
