@@ -33,9 +33,12 @@ local function default_path(path)
 end
 
 local function check_stored(jar, u)
-    local n = 0
+    local n, per_domain = 0, {}
     for k, c in pairs(jar.list) do
         n = n + 1
+        per_domain[c.domain] = (per_domain[c.domain] or 0) + 1
+        check(#c.name + #c.value <= 4096, "a %d-byte pair stored", #c.name + #c.value)
+        check(c.expires == nil or c.expires <= os.time() + 400 * 86400, "expires past 400 days: %s", c.expires)
         check(type(c.name) == "string" and c.name ~= "" and not c.name:find("[=;]"), "stored name %q", c.name)
         check(type(c.value) == "string" and not c.value:find(";", 1, true), "stored value %q", c.value)
         check(not (c.name .. c.value):find("[\0-\8\10-\31\127]"), "control character in %q=%q", c.name, c.value)
@@ -48,6 +51,12 @@ local function check_stored(jar, u)
         check(not c.host_only or d == u.host, "host-only cookie for %q under %q", u.host, d)
     end
     check(n == jar.count, "jar.count is %d, the jar holds %d", jar.count, n)
+    check(n <= cookies.MAX_TOTAL, "%d cookies kept", n)
+    for d, dn in pairs(per_domain) do
+        check(dn == jar.per_domain[d], "per_domain[%q] is %s, the jar holds %d", d, jar.per_domain[d], dn)
+        check(dn <= cookies.MAX_PER_DOMAIN, "%d cookies for %q", dn, d)
+    end
+    for d in pairs(jar.per_domain) do check(per_domain[d], "per_domain[%q] counts a domain with none", d) end
 end
 
 -- The header: "name=value" pairs joined by "; ", each one stored, no more than stored.

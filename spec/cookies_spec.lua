@@ -122,3 +122,64 @@ describe("cookies.store", function()
         assert.is_nil(jar:get("n"))
     end)
 end)
+
+describe("cookies: limits (RFC 6265 6.1, 6265bis 5.7)", function()
+    it("ignores a cookie whose name and value pass 4096 bytes together", function()
+        local jar = store("n=" .. string.rep("v", 4096), "m=" .. string.rep("v", 4095))
+        assert.is_nil(jar:get("n"))
+        assert.equal(4095, #jar:get("m"))
+        assert.equal(1, jar.count)
+    end)
+
+    it("cuts Max-Age and Expires to 400 days", function()
+        local now = os.time()
+        local jar = store("a=1; Max-Age=999999999", "b=1; Expires=Fri, 01 Jan 9999 00:00:00 GMT")
+        for _, name in ipairs { "a", "b" } do
+            local e = stored(jar, name).expires
+            assert.is_true(e >= now + 400 * 86400 and e <= os.time() + 400 * 86400, name)
+        end
+    end)
+
+    it("keeps 50 cookies per domain, dropping the least recently used", function()
+        local jar = cookies.new()
+        jar:store({ "set-cookie", "c1=1; Path=/x" }, u)
+        for i = 2, 50 do jar:store({ "set-cookie", "c" .. i .. "=1" }, u) end
+        assert.equal(50, jar.count)
+        -- c1 alone is sent (used) again, so c2 is the least recently used
+        assert.equal("c1=1", jar:header({ scheme = "http", host = u.host, path = "/x/y" }))
+        jar:store({ "set-cookie", "c51=1" }, u)
+        assert.equal(50, jar.count)
+        assert.is_nil(jar:get("c2"))
+        assert.equal("1", jar:get("c51"))
+        -- replacing a stored cookie uses it, and takes no room
+        jar:store({ "set-cookie", "c3=2" }, u)
+        assert.equal(50, jar.count)
+        jar:store({ "set-cookie", "c52=1" }, u)
+        assert.is_nil(jar:get("c4"))
+        assert.equal("2", jar:get("c3"))
+        assert.equal("1", jar:get("c1"))
+        -- another domain has room of its own
+        jar:store({ "set-cookie", "o=1" }, { scheme = "http", host = "other.example", path = "/" })
+        assert.equal(51, jar.count)
+    end)
+
+    it("keeps 3000 cookies in all, and expired ones go first", function()
+        local jar = cookies.new()
+        for d = 1, 60 do
+            local to = { scheme = "http", host = "h" .. d .. ".example", path = "/" }
+            for i = 1, 50 do jar:store({ "set-cookie", "c" .. i .. "=1" }, to) end
+        end
+        assert.equal(3000, jar.count)
+        assert.equal("1", jar:get("c1", "h1.example"))
+        jar:store({ "set-cookie", "new=1" }, { scheme = "http", host = "new.example", path = "/" })
+        assert.equal(3000, jar.count)
+        assert.is_nil(jar:get("c1", "h1.example")) -- the least recently used of all
+        assert.equal("1", jar:get("new", "new.example"))
+        -- an expired cookie (here the newest) is dropped before the least recently used
+        jar.list["h60.example;/;c50"].expires = os.time() - 1
+        jar:store({ "set-cookie", "newer=1" }, { scheme = "http", host = "new.example", path = "/" })
+        assert.equal(3000, jar.count)
+        assert.is_nil(jar.list["h60.example;/;c50"])
+        assert.equal("1", jar:get("c2", "h1.example"))
+    end)
+end)

@@ -5,6 +5,10 @@
 -- it, a Set-Cookie holding a control character (but tab), setting Secure over plain http,
 -- or from plain http naming a stored Secure cookie it would overwrite or shadow, is
 -- ignored, and a Max-Age that is not an optional "-" and digits is ignored.
+-- Limits (RFC 6265 6.1 gives the least a jar should keep; 6265bis 5.7 and 5.6.1-2 the
+-- caps): a name and value over 4096 bytes together are ignored, lifetimes are cut to 400
+-- days, and past 50 cookies for one domain or 3000 in all, the least recently used of
+-- that domain (or of all) goes.
 -- jar:header(u) gives the Cookie header for a request, longest paths first. Pure Lua;
 -- times are os.time().
 local M = {}
@@ -16,8 +20,15 @@ Jar.__name = "loom.cookies"
 local lower, find, sub, match, gmatch = string.lower, string.find, string.sub, string.match, string.gmatch
 local time, concat, sort = os.time, table.concat, table.sort
 
+local MAX_PAIR = 4096            -- bytes of name and value together
+local MAX_AGE = 400 * 24 * 3600  -- seconds
+local MAX_PER_DOMAIN, MAX_TOTAL = 50, 3000
+M.MAX_PER_DOMAIN, M.MAX_TOTAL = MAX_PER_DOMAIN, MAX_TOTAL
+
+-- list: key -> cookie; count: how many; per_domain: domain -> how many; used: a clock
+-- that orders uses (stores and sends), for eviction
 function M.new()
-    return setmetatable({ list = {}, count = 0 }, Jar)
+    return setmetatable({ list = {}, count = 0, per_domain = {}, used = 0 }, Jar)
 end
 
 -- Days from 1970-01-01 to y-m-d (proleptic Gregorian), so dates need no local time zone.
@@ -92,7 +103,7 @@ local function parse(value, u, now)
     if find(value, "[\0-\8\10-\31\127]") then return nil end
     local pair, attrs = match(value, "^([^;]*);?(.*)$")
     local name, v = split_pair(pair)
-    if not name or name == "" then return nil end
+    if not name or name == "" or #name + #v > MAX_PAIR then return nil end
     local c = { name = name, value = v, domain = u.host, host_only = true,
         path = default_path(u.path or "/") }
     local max_age, expires
@@ -123,9 +134,9 @@ local function parse(value, u, now)
     -- 6265bis 5.7 step 8: a Secure cookie "from a non-secure origin" is ignored entirely
     if c.secure and u.scheme ~= "https" then return nil end
     if max_age then
-        c.expires = max_age <= 0 and 0 or now + max_age
+        c.expires = max_age <= 0 and 0 or now + math.min(max_age, MAX_AGE)
     elseif expires then
-        c.expires = expires
+        c.expires = math.min(expires, now + MAX_AGE)
     end
     return c
 end
@@ -147,6 +158,33 @@ local function shadows_secure(list, c)
     return false
 end
 
+local function remove(jar, k)
+    local c = jar.list[k]
+    jar.list[k] = nil
+    jar.count = jar.count - 1
+    local n = jar.per_domain[c.domain] - 1
+    jar.per_domain[c.domain] = n > 0 and n or nil
+end
+
+-- The key of the least recently used cookie (of one domain, or of all).
+local function least_used(jar, domain)
+    local lk, lc
+    for k, c in pairs(jar.list) do
+        if (not domain or c.domain == domain) and (not lc or c.used < lc.used) then lk, lc = k, c end
+    end
+    return lk
+end
+
+-- Makes room for one more cookie of `domain`: the expired go first, then the least used.
+local function make_room(jar, domain, now)
+    if (jar.per_domain[domain] or 0) < MAX_PER_DOMAIN and jar.count < MAX_TOTAL then return end
+    for k, c in pairs(jar.list) do
+        if c.expires and c.expires <= now then remove(jar, k) end
+    end
+    if (jar.per_domain[domain] or 0) >= MAX_PER_DOMAIN then remove(jar, least_used(jar, domain)) end
+    if jar.count >= MAX_TOTAL then remove(jar, least_used(jar)) end
+end
+
 -- jar:store(raw, u): takes every Set-Cookie of a response (raw: {name1, value1, ...},
 -- names lowercase) to the request URL u (scheme, host, path).
 function Jar:store(raw, u)
@@ -161,11 +199,18 @@ function Jar:store(raw, u)
                 local k = key(c)
                 local old = self.list[k]
                 if c.expires and c.expires <= now then
-                    if old then self.count = self.count - 1 end
-                    self.list[k] = nil
-                else
-                    if not old then self.count = self.count + 1 end
+                    if old then remove(self, k) end
+                elseif old then
+                    self.used = self.used + 1
+                    c.used = self.used
                     self.list[k] = c
+                else
+                    make_room(self, c.domain, now)
+                    self.used = self.used + 1
+                    c.used = self.used
+                    self.list[k] = c
+                    self.count = self.count + 1
+                    self.per_domain[c.domain] = (self.per_domain[c.domain] or 0) + 1
                 end
             end
         end
@@ -179,8 +224,7 @@ function Jar:header(u)
     local hits = {}
     for k, c in pairs(self.list) do
         if c.expires and c.expires <= now then
-            self.list[k] = nil
-            self.count = self.count - 1
+            remove(self, k)
         elseif (c.host_only and host == c.domain or not c.host_only and domain_match(host, c.domain))
             and path_match(path, c.path) and (https or not c.secure) then
             hits[#hits + 1] = c
@@ -191,7 +235,11 @@ function Jar:header(u)
         if #a.path ~= #b.path then return #a.path > #b.path end
         return a.name < b.name
     end)
-    for i, c in ipairs(hits) do hits[i] = c.name .. "=" .. c.value end
+    for i, c in ipairs(hits) do
+        self.used = self.used + 1
+        c.used = self.used
+        hits[i] = c.name .. "=" .. c.value
+    end
     return concat(hits, "; ")
 end
 
@@ -205,7 +253,7 @@ end
 
 -- jar:clear(): forgets every cookie.
 function Jar:clear()
-    self.list, self.count = {}, 0
+    self.list, self.count, self.per_domain = {}, 0, {}
 end
 
 return M
