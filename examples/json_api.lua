@@ -74,14 +74,12 @@ local function mount(app, prefix)
     end
 
     local function list(filter)
-        local out = {}
+        local out = loom.json.array() -- a list, [] when empty (an empty table would be {})
         for id = 1, last_id do
             local t = todos[id]
             if t and (filter == nil or t.done == filter) then out[#out + 1] = t end
         end
-        -- lua-cjson writes an empty table as {}; a list must stay a list
-        return { headers = { ["content-type"] = "application/json" },
-            body = #out == 0 and "[]" or loom.json.encode(out) }
+        return { json = out }
     end
 
     app:get(prefix .. "/todos", function(req)

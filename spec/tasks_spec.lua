@@ -705,6 +705,35 @@ describe("loom.json", function()
         assert.error_matches(function() loom.json.decode(1) end,
             "bad argument #1 to 'decode' %(string expected, got number%)")
         assert.has_error(function() loom.json.encode({ f = print }) end)
+        assert.error_matches(function() loom.json.array(1) end,
+            "bad argument #1 to 'array' %(table expected, got number%)")
+    end)
+
+    it("writes a table marked by json.array as an array, even empty", function()
+        local j = loom.json
+        assert.equal("{}", j.encode({}))
+        assert.equal("[]", j.encode(j.array()))
+        local list = { 1, 2 }
+        assert.equal(list, j.array(list))
+        local doc = { items = j.array(), n = 0, nested = { j.array({}), list }, s = "[]" }
+        assert.same({ items = {}, n = 0, nested = { {}, { 1, 2 } }, s = "[]" }, j.decode(j.encode(doc)))
+        local text = j.encode(doc)
+        assert.truthy(text:find('"items":[]', 1, true))
+        assert.truthy(text:find('"nested":[[],[1,2]]', 1, true))
+        -- the value given is left as it was
+        assert.equal(j.array_mt or getmetatable(doc.items), getmetatable(doc.items))
+        assert.is_nil(next(doc.items))
+        assert.equal("table", type(doc.nested[1]))
+        -- an empty table not marked stays an object beside a marked one
+        assert.equal('{"a":[],"b":{}}', j.encode({ a = j.array(), b = {} }):gsub('"b":{},"a":%[%]', '"a":[],"b":{}'))
+        -- as the answer of a handler
+        run(function()
+            local app = loom.app()
+            app:get("/none", function() return { json = { todos = j.array() } } end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local res = assert(loom.fetch("http://127.0.0.1:" .. srv.port .. "/none"))
+            assert.equal('{"todos":[]}', res:text())
+        end)
     end)
 end)
 

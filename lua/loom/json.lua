@@ -54,10 +54,55 @@ local function call(fn, x)
     return r
 end
 
+-- Empty arrays. lua-cjson 2.1.0 (Debian 12's) writes every empty table as {}; later
+-- versions write a table with cjson.array_mt as []. loom.json.array(t) gives t that mark,
+-- cjson's own when it has one; with the old library, encode swaps each marked empty table
+-- for a placeholder string and the placeholder's JSON for [] afterwards.
+local own_array_mt = { __name = "loom.json.array" }
+local marked = false -- an array was marked: encode must look for empty ones
+local EMPTY = "\0loom:[]\0"
+local EMPTY_JSON = '"\\u0000loom:%[%]\\u0000"' -- EMPTY as cjson writes it, as a pattern
+local MAX_DEPTH = 1000 -- cjson's own nesting limit; deeper, it raises
+
+-- loom.json.array([t]) -> t (or a new table), encoded as a JSON array even when empty.
+function M.array(t)
+    if t == nil then t = {} end
+    if type(t) ~= "table" then
+        error("bad argument #1 to 'array' (table expected, got " .. type(t) .. ")", 2)
+    end
+    local c = lib()
+    if not c.array_mt then marked = true end
+    return setmetatable(t, c.array_mt or own_array_mt)
+end
+
+-- v, or a copy of it where each empty marked table is EMPTY (copied only along the way).
+local function swap_empty(v, depth)
+    if getmetatable(v) == own_array_mt and next(v) == nil then return EMPTY end
+    if depth > MAX_DEPTH then return v end
+    local copy
+    for k, x in next, v do
+        if type(x) == "table" then
+            local y = swap_empty(x, depth + 1)
+            if y ~= x then
+                if not copy then
+                    copy = {}
+                    for k2, x2 in next, v do copy[k2] = x2 end
+                end
+                copy[k] = y
+            end
+        end
+    end
+    return copy or v
+end
+
 -- loom.json.encode(v) -> string; raises on values JSON cannot hold.
 function M.encode(v)
-    local s = call(lib().encode, v)
-    return s
+    local c = lib()
+    if marked and type(v) == "table" then
+        local w = swap_empty(v, 1)
+        if w ~= v then return (call(c.encode, w):gsub(EMPTY_JSON, "[]")) end
+    end
+    return call(c.encode, v)
 end
 
 -- loom.json.decode(s) -> value; raises on malformed JSON.
