@@ -15,9 +15,9 @@
 #include <lua.h>
 #include "loom.h"
 #include "http_server.h"
-#include "check.h"
 
 #if !defined(LOOM_SANITIZE_BUILD)
+#include "check.h"
 
 extern void *__libc_calloc(size_t n, size_t size);
 
