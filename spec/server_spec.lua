@@ -504,6 +504,22 @@ describe("server: keep-alive and pipelining", function()
         end)
     end)
 
+    it("a client that shuts its side down while its handlers run gets its answers, then the end", function()
+        local app = loom.app()
+        app:get("/slow", function() loom.sleep(0.05); return "slow" end)
+        serve(app, function(srv)
+            local st, r = open(srv)
+            local _ <close> = st
+            -- two pipelined requests, then the client's FIN: both are answered, in order,
+            -- and the connection ends at once instead of waiting for keepalive_timeout (75 s)
+            assert(st:write("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" .. "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"))
+            assert(st:shutdown())
+            assert.equal("slow", assert(r:response()).body)
+            assert.equal("slow", assert(r:response()).body)
+            assert_closed(r, 2)
+        end)
+    end)
+
     it("Connection: close from the client closes after the answer", function()
         serve(echo_app(), function(srv)
             local res, r = exchange(srv, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")

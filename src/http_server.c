@@ -412,7 +412,10 @@ static void next_request(loom_conn_t *c) {
             c->in = NULL;
             c->in_cap = 0;
         }
-        if (srv->closing) {
+        /* a client that shut its side down while its request ran sends nothing more: its
+         * answers are all out, so the connection is done (it used to wait, unread, for
+         * keepalive_timeout) */
+        if (srv->closing || c->eof) {
             loom_conn_close(c);
             return;
         }
