@@ -10,8 +10,10 @@
 --   ...
 --
 -- The handler is a loop over out:write: a write waits while the client is slow and returns
--- nil, "closed: ..." once it has gone, which ends the loop and the handler. Runs and mounts
--- like examples/hello.lua.
+-- nil, "closed: ..." once it has gone, which ends the loop and the handler. When the server
+-- shuts down (SIGTERM, srv:close), req:shutting_down() ends the loop too, with a last
+-- event, instead of the grace period cutting the stream. Runs and mounts like
+-- examples/hello.lua.
 
 local INTERVAL = 1 -- seconds between events
 
@@ -46,12 +48,13 @@ local function mount(app, prefix)
         -- the last id it saw; a clock has nothing to replay, so it simply goes on
         if not out:write("retry: 3000\n\n") then return end
         local id = tonumber(req.headers["last-event-id"]) or 0
-        while true do
+        while not req:shutting_down() do
             id = id + 1
             local event = ("id: %d\ndata: %s\n\n"):format(id, os.date("!%Y-%m-%dT%H:%M:%SZ"))
             if not out:write(event) then return end -- the client has gone
             loom.sleep(INTERVAL)
         end
+        out:write("event: bye\ndata: the server is shutting down\n\n")
     end)
     return app
 end

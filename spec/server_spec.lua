@@ -783,6 +783,36 @@ describe("server: srv:close(grace)", function()
         end)
     end)
 
+    it("lets a streaming handler see it through req:shutting_down() and end in good order", function()
+        local app = loom.app()
+        local started, seen_before = loom.event(), nil
+        app:get("/ticks", function(req)
+            local out = assert(req:stream{ headers = { ["content-type"] = "text/plain" } })
+            seen_before = req:shutting_down()
+            started:set()
+            while not req:shutting_down() do
+                if not out:write("tick;") then return end
+                loom.sleep(0.02)
+            end
+            out:write("bye")
+        end)
+        run(function()
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local st, r = open(srv)
+            local _ <close> = st
+            assert(st:write("GET /ticks HTTP/1.1\r\nHost: t\r\n\r\n"))
+            started:wait()
+            loom.sleep(0.1)
+            local t0 = loom.now()
+            srv:close(5)
+            local res = assert(r:response())
+            assert(loom.now() - t0 < 1, "the stream ran on towards the grace period")
+            assert.is_false(seen_before)
+            assert.matches("^tick;.*bye$", res.body)
+            assert_closed(r)
+        end)
+    end)
+
     it("closes connections still busy when the grace period ends", function()
         local app = loom.app()
         local entered, release = loom.event(), loom.event()

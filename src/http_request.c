@@ -126,6 +126,14 @@ static int req_headers(lua_State *L) {
     return 1;
 }
 
+/* core.req_closing(box) -> true once the server has begun to close (srv:close), or the
+ * request is over; a long-running handler (a stream) polls it to end in good order */
+static int req_closing(lua_State *L) {
+    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
+    lua_pushboolean(L, !box->c || box->c->srv->closing);
+    return 1;
+}
+
 /* core.req_version(box) -> "1.0" | "1.1"; also once the request is finished */
 static int req_version(lua_State *L) {
     loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
@@ -381,11 +389,17 @@ static int req_upgrade(lua_State *L) {
 }
 
 static const luaL_Reg request_funcs[] = {
-    {"req_upgrade", req_upgrade}, {"req_target", req_target},
-    {"req_headers", req_headers}, {"req_peer", req_peer},
-    {"req_body", req_body},       {"req_chunk", req_chunk},
-    {"req_stream", req_stream},   {"req_write", req_write},
-    {"req_version", req_version}, {NULL, NULL},
+    {"req_upgrade", req_upgrade},
+    {"req_target", req_target},
+    {"req_headers", req_headers},
+    {"req_peer", req_peer},
+    {"req_body", req_body},
+    {"req_chunk", req_chunk},
+    {"req_stream", req_stream},
+    {"req_write", req_write},
+    {"req_version", req_version},
+    {"req_closing", req_closing},
+    {NULL, NULL},
 };
 
 int loom_open_http_request(lua_State *L) {

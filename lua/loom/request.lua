@@ -7,7 +7,7 @@ local json = require "loom.json"
 local url = require "loom.url"
 
 local req_headers, req_target, req_peer = core.req_headers, core.req_target, core.req_peer
-local req_version = core.req_version
+local req_version, req_closing = core.req_version, core.req_closing
 local req_body, req_chunk, req_stream, req_write = core.req_body, core.req_chunk, core.req_stream, core.req_write
 local rawset, rawget, setmetatable, type = rawset, rawget, setmetatable, type
 
@@ -94,6 +94,13 @@ Out.__index = Out
 -- client is slow.
 function Out:write(s)
     return req_write(self.box, s)
+end
+
+-- req:shutting_down() -> true once the server has begun to close (srv:close, or app:run
+-- on SIGTERM/SIGINT), or the request is over: a handler that streams for ever polls it
+-- to end its stream in good order before the grace period cuts it.
+function Request:shutting_down()
+    return req_closing(self._box)
 end
 
 -- local out = req:stream{ status = 200, headers = {...} }: starts a streaming response
