@@ -286,8 +286,10 @@ void loom_conn_resume_parse(loom_conn_t *c) {
     llhttp_resume(&c->msg.parser);
     /* Even with nothing buffered: a message without a body ends right after its head, and
      * llhttp reports that end (on_message_complete) from an execute call that needs no
-     * bytes; without it a body-less request would wait for the next one to finish. */
-    feed(c, c->in_len ? c->in : "", c->in_len, 1);
+     * bytes; without it a body-less request would wait for the next one to finish. Not
+     * when the parser paused at a message's end (on_complete), where nothing is left. */
+    if (c->in_len || !c->msg.ended)
+        feed(c, c->in_len ? c->in : "", c->in_len, 1);
     if (c->state != C_CLOSING && !c->eof)
         loom_conn_start_reading(c);
 }
@@ -423,14 +425,6 @@ static void next_request(loom_conn_t *c) {
     } else {
         c->state = C_HEAD;
         tl_add(c, TL_HEAD);
-    }
-    if (c->in_len == 0 && c->parse_paused && !c->msg.fail &&
-        llhttp_get_errno(&c->msg.parser) == HPE_PAUSED) {
-        /* paused at the end of the last message, nothing buffered: nothing to parse yet */
-        c->parse_paused = 0;
-        llhttp_resume(&c->msg.parser);
-        loom_conn_start_reading(c);
-        return;
     }
     loom_conn_resume_parse(c);
 }

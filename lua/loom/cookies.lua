@@ -158,6 +158,12 @@ local function shadows_secure(list, c)
     return false
 end
 
+-- Marks c as the most recently used (stored or sent), for eviction.
+local function touch(jar, c)
+    jar.used = jar.used + 1
+    c.used = jar.used
+end
+
 local function remove(jar, k)
     local c = jar.list[k]
     jar.list[k] = nil
@@ -200,17 +206,14 @@ function Jar:store(raw, u)
                 local old = self.list[k]
                 if c.expires and c.expires <= now then
                     if old then remove(self, k) end
-                elseif old then
-                    self.used = self.used + 1
-                    c.used = self.used
-                    self.list[k] = c
                 else
-                    make_room(self, c.domain, now)
-                    self.used = self.used + 1
-                    c.used = self.used
+                    if not old then
+                        make_room(self, c.domain, now)
+                        self.count = self.count + 1
+                        self.per_domain[c.domain] = (self.per_domain[c.domain] or 0) + 1
+                    end
+                    touch(self, c)
                     self.list[k] = c
-                    self.count = self.count + 1
-                    self.per_domain[c.domain] = (self.per_domain[c.domain] or 0) + 1
                 end
             end
         end
@@ -236,8 +239,7 @@ function Jar:header(u)
         return a.name < b.name
     end)
     for i, c in ipairs(hits) do
-        self.used = self.used + 1
-        c.used = self.used
+        touch(self, c)
         hits[i] = c.name .. "=" .. c.value
     end
     return concat(hits, "; ")
