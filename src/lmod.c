@@ -12,11 +12,13 @@
 #include "http_server.h"
 #include "http_client.h"
 #include "websocket.h"
+#include "crypto.h"
 
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
 int loom_open_signal(lua_State *L);
 int loom_open_process(lua_State *L);
+int loom_open_pg(lua_State *L);
 
 const char *loom_libs_version(void) {
     static char buf[128];
@@ -43,5 +45,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_signal(L);
     loom_open_process(L);
     loom_open_websocket(L);
+    loom_open_pg(L);
+    loom_open_crypto(L);
     return 1;
 }

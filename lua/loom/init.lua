@@ -29,6 +29,7 @@ local loom = {
     url = url,
     fetch = client.fetch,
     session = client.session,
+    crypto = core.crypto,
 }
 
 -- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until
