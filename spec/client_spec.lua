@@ -778,3 +778,181 @@ describe("errors", function()
         assert.error_matches(function() loom.fetch("http://127.0.0.1:1/") end, "outside any task")
     end)
 end)
+
+-- Issue 18 #1: a caller's string (a header taken from user input, say) must not be able to
+-- end a line on the wire, adding headers or a second request; nor may the caller's framing
+-- headers disagree with the body the client writes.
+describe("what a caller's strings put on the wire", function()
+    -- A raw server that records each request it reads (an injected header or request shows
+    -- up there) and answers 200, or 303 to /done for /redirect.
+    local function recorder()
+        local seen = {}
+        local srv, base = util.raw_server(function(st, req)
+            seen[#seen + 1] = req
+            if req.target == "/redirect" then
+                util.respond(st, 303, "", { Location = "/done" })
+            else
+                util.respond(st, 200, "ok")
+            end
+        end)
+        return srv, base, seen
+    end
+
+    local function raises(fn, msg)
+        assert.error_matches(fn, msg, 1, true)
+    end
+
+    it("refuses CR, LF and NUL in header values, naming the option", function()
+        run(function()
+            local srv <close>, base, seen = recorder()
+            local s <close> = loom.session()
+            for _, v in ipairs { "a\r\nX-Injected: 1", "a\nX-Injected: 1", "a\rX-Injected: 1", "a\0b",
+                "a\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x" } do
+                raises(function() loom.fetch(base .. "/", { headers = { ["x-a"] = v } }) end,
+                    "bad argument #2 to 'fetch' (option 'headers': invalid value for header 'x-a' (CR, LF or NUL))")
+                raises(function() s:get(base .. "/", { headers = { ["x-a"] = v } }) end,
+                    "bad argument #2 to 'get' (option 'headers': invalid value for header 'x-a' (CR, LF or NUL))")
+                raises(function() loom.session{ headers = { ["x-a"] = v } } end,
+                    "bad argument #1 to 'session' (option 'headers': invalid value for header 'x-a' (CR, LF or NUL))")
+            end
+            raises(function() loom.fetch(base .. "/", { headers = { ["x-a"] = "a\1b" } }) end,
+                "option 'headers': invalid value for header 'x-a' (control character)")
+            raises(function() loom.fetch(base .. "/", { headers = { ["x-a"] = "a\127" } }) end,
+                "option 'headers': invalid value for header 'x-a' (control character)")
+            -- tab and bytes past 127 (obs-text) are field content; numbers are sent as text
+            assert(s:get(base .. "/", { headers = { ["x-a"] = "a\tb", ["x-b"] = "caf\xc3\xa9", ["x-c"] = 5 } }))
+            assert.equal(1, #seen)
+            assert.equal("a\tb", seen[1].headers["x-a"])
+            assert.equal("caf\xc3\xa9", seen[1].headers["x-b"])
+            assert.equal("5", seen[1].headers["x-c"])
+        end)
+    end)
+
+    it("refuses header names and methods that are not tokens", function()
+        run(function()
+            local srv <close>, base, seen = recorder()
+            for _, name in ipairs { "x-a\r\nX-Injected", "x-a\n", "x a", "x:a", "", "x\0", "(x)", "\xc3\xa9" } do
+                raises(function() loom.fetch(base .. "/", { headers = { [name] = "1" } }) end,
+                    "bad argument #2 to 'fetch' (option 'headers': invalid header name '")
+                raises(function() loom.session{ headers = { [name] = "1" } } end,
+                    "bad argument #1 to 'session' (option 'headers': invalid header name '")
+            end
+            raises(function() loom.fetch(base .. "/", { headers = { ["x-a\r\nX-Injected"] = "1" } }) end,
+                "invalid header name 'x-a\\x0D\\x0AX-Injected' (not a token)")
+            raises(function() loom.fetch(base .. "/", { headers = { "X-A: 1" } }) end,
+                "bad argument #2 to 'fetch' (option 'headers': header name expected, got number)")
+            raises(function() loom.fetch(base .. "/", { headers = { ["x-a"] = {} } }) end,
+                "option 'headers': value for header 'x-a': string or number expected, got table")
+            raises(function() loom.fetch(base .. "/", { headers = { ["x-a"] = true } }) end,
+                "option 'headers': value for header 'x-a': string or number expected, got boolean")
+            for _, m in ipairs { "GET / HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET", "GET /x", "GE\0T", "", "G\tET" } do
+                raises(function() loom.fetch(base .. "/", { method = m }) end,
+                    "bad argument #2 to 'fetch' (option 'method': invalid method '")
+            end
+            -- every tchar is allowed in a name; a method is any token, sent uppercase
+            local s <close> = loom.session()
+            assert.equal(200, assert(s:fetch(base .. "/", { method = "purge",
+                headers = { ["X-!#$%&'*+-.^_`|~09az"] = "1" } })).status)
+            assert.equal(1, #seen)
+            assert.equal("PURGE", seen[1].method)
+            assert.equal("1", seen[1].headers["x-!#$%&'*+-.^_`|~09az"])
+        end)
+    end)
+
+    it("keeps Content-Length and Transfer-Encoding the client's, on every hop", function()
+        run(function()
+            local srv <close>, base, seen = recorder()
+            local s <close> = loom.session()
+            local function framing(opts, msg, fname)
+                raises(function() s:fetch(base .. "/", opts) end,
+                    "bad argument #2 to 'fetch' (option 'headers': header '" .. msg .. "' is set by the client from the body)")
+            end
+            framing({ headers = { ["Content-Length"] = "10" } }, "Content-Length")
+            framing({ headers = { ["content-length"] = 0 }, body = "x" }, "content-length")
+            framing({ method = "POST", body = "hello", headers = { ["Content-Length"] = "4" } }, "Content-Length")
+            framing({ method = "POST", body = "hello", headers = { ["Content-Length"] = "5, 5" } }, "Content-Length")
+            framing({ method = "POST", body = function() end, headers = { ["Content-Length"] = "0" } }, "Content-Length")
+            framing({ headers = { ["Transfer-Encoding"] = "chunked" } }, "Transfer-Encoding")
+            framing({ method = "POST", body = function() end, headers = { ["transfer-encoding"] = "chunked" } },
+                "transfer-encoding")
+            raises(function() loom.session{ headers = { ["Content-Length"] = "0" } } end,
+                "bad argument #1 to 'session' (option 'headers': header 'Content-Length' is set by the client from the body)")
+            raises(function() loom.session{ headers = { ["Transfer-Encoding"] = "gzip" } } end,
+                "bad argument #1 to 'session' (option 'headers': header 'Transfer-Encoding' is set by the client from the body)")
+            assert.equal(0, #seen)
+            -- the body's own length is accepted; a 303 turns the POST into a GET without a
+            -- body, and the Content-Length given for the first hop must not go with it (the
+            -- server would take the next request on the connection as the GET's body)
+            local res = assert(s:post(base .. "/redirect", { body = "hello", headers = { ["Content-Length"] = "5" } }))
+            assert.equal(200, res.status)
+            assert.equal(2, #seen)
+            assert.equal("5", seen[1].headers["content-length"])
+            assert.equal("hello", seen[1].body)
+            assert.equal("GET", seen[2].method)
+            assert.is_nil(seen[2].headers["content-length"])
+            assert.is_nil(seen[2].body)
+            assert(s:get(base .. "/after"))
+            assert.equal("/after", seen[3].target)
+            assert.equal(1, s:stats().opened)
+        end)
+    end)
+
+    it("percent-encodes query tables and refuses controls in URLs and base_url", function()
+        run(function()
+            local srv <close>, base, seen = recorder()
+            local s0 <close> = loom.session()
+            assert(s0:fetch(base .. "/q", { query = { ["k\r\nX-Injected: 1"] = "v\r\n\0 &=#" } }))
+            assert.equal("/q?k%0D%0AX-Injected%3A%201=v%0D%0A%00%20%26%3D%23", seen[1].target)
+            raises(function() loom.session{ base_url = base .. "/\r\nX-Injected: 1" } end,
+                "bad argument #1 to 'session' (option 'base_url'")
+            local s <close> = loom.session{ base_url = base .. "/" }
+            raises(function() s:get("a\r\nX-Injected: 1") end, "invalid character in URL")
+            raises(function() s:get("a b") end, "invalid character in URL")
+            raises(function() loom.fetch("http://127.0.0.1\r\nX-Injected: 1/") end, "invalid character in URL")
+            assert.equal(1, #seen)
+        end)
+    end)
+
+    it("never sends a jar's cookie holding CR, LF or NUL", function()
+        run(function()
+            local srv <close>, base = util.raw_server(function(st, req)
+                util.respond(st, 200, req.headers.cookie or "none", { ["Set-Cookie"] = "sid=1; Path=/" })
+            end)
+            local s <close> = loom.session()
+            assert.equal("none", assert(s:get(base .. "/")):text())
+            assert.equal("sid=1", assert(s:get(base .. "/")):text())
+            -- a jar whose record was changed behind its back (parsing refuses such values)
+            for _, c in pairs(s:cookie_jar().list) do c.value = "1\r\nX-Injected: 1" end
+            assert.equal("none", assert(s:get(base .. "/")):text())
+        end)
+    end)
+
+    it("refuses proxy URLs that do not parse instead of going around the proxy", function()
+        raises(function() loom.session{ proxy = "http://127.0.0.1:1\r\nX-Injected: 1" } end,
+            "bad argument #1 to 'session' (option 'proxy': invalid character in URL: http://127.0.0.1:1\\x0D\\x0AX-Injected: 1)")
+        raises(function() loom.session{ proxy = { http = "http://a b" } } end,
+            "bad argument #1 to 'session' (option 'proxy.http': invalid character in URL")
+        raises(function() loom.session{ proxy = { https = "http://:3128" } } end,
+            "bad argument #1 to 'session' (option 'proxy.https': no host in URL")
+        raises(function() loom.session{ proxy = { htps = "http://a" } } end, "unknown option 'proxy.htps'")
+        -- from the environment: the request fails (as curl's does) rather than go direct
+        local script = [[local app = loom.app(); app:get("/", function() return "direct" end);]]
+            .. [[local srv = assert(app:listen{ host = "127.0.0.1", port = 0 });]]
+            .. [[local res, err = loom.session():get("http://127.0.0.1:" .. srv.port .. "/");]]
+            .. [[print(res and res:text() or err); srv:close()]]
+        local out = popen_read("http_proxy='http://127.0.0.1:1 x' no_proxy= " .. os.getenv("LOOM")
+            .. " -e '" .. script .. "' 2>&1")
+        assert.equal("connect: http_proxy is not a proxy URL (invalid character in URL)\n", out)
+    end)
+
+    it("refuses a NUL in TLS names and paths (C would cut the string there)", function()
+        run(function()
+            raises(function() loom.fetch("https://127.0.0.1:1/", { tls = { server_name = "a.example\0.evil" } }) end,
+                "bad argument #2 to 'fetch' (option 'tls.server_name': invalid character in 'a.example\\x00.evil')")
+            raises(function() loom.fetch("https://127.0.0.1:1/", { tls = { server_name = "a b" } }) end,
+                "option 'tls.server_name': invalid character")
+            raises(function() loom.session{ tls = { ca_file = "/etc/ssl/certs/ca-certificates.crt\0x" } } end,
+                "bad argument #1 to 'session' (option 'tls.ca_file': invalid character")
+        end)
+    end)
+end)

@@ -38,6 +38,64 @@ local SESSION_OPTS = {
 local TLS_OPTS = { verify = "boolean", ca_file = "string", cert = "string", key = "string",
     server_name = "string" }
 
+-- What reaches the wire as given must not be able to end a line there: a CR or LF in a
+-- header value taken from user input would add headers, or a whole second request, to
+-- what the server reads (RFC 9110 5.5: "a recipient of CR, LF, or NUL within a field value
+-- MUST either reject the message or replace each of those characters with SP"). Names and
+-- the method are tokens (RFC 9110 5.1, 9.1: token = 1*tchar).
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+-- s shown in an error message, its controls and non-ASCII bytes escaped.
+local function shown(s)
+    return (s:gsub("[%c\\\127-\255]", function(c) return format("\\x%02X", c:byte()) end))
+end
+
+-- Why `value` cannot be a field value, or nil when it can.
+local function bad_value(value)
+    if value:find("[\r\n%z]") then return "CR, LF or NUL" end
+    if value:find("[\1-\8\11-\31\127]") then return "control character" end
+    return nil
+end
+
+-- Raises unless name = value can go on the wire as a header (value false: removes it).
+local function check_header(name, value, opt, fname, n)
+    if type(name) ~= "string" then
+        args.fail(fname, n, format("option '%s': header name expected, got %s", opt, type(name)), 3)
+    end
+    if not name:find(TOKEN) then
+        args.fail(fname, n, format("option '%s': invalid header name '%s' (not a token)", opt, shown(name)), 3)
+    end
+    local t = type(value)
+    if t == "number" or value == false then return end
+    if t ~= "string" then
+        args.fail(fname, n, format("option '%s': value for header '%s': string or number expected, got %s",
+            opt, name, t), 3)
+    end
+    local why = bad_value(value)
+    if why then args.fail(fname, n, format("option '%s': invalid value for header '%s' (%s)", opt, name, why), 3) end
+end
+
+-- Framing is the client's, set from the body on every hop: a caller's Transfer-Encoding, or
+-- a Content-Length other than the body's, would make the server read the body (or the next
+-- request on the connection) by other bounds than we write. `body`: the request's (a
+-- string, a function or nil), or false for session headers, which go with any body.
+local function check_framing(headers, body, opt, fname, n)
+    for name, value in pairs(headers) do
+        local l = lower(name)
+        if value ~= false and (l == "transfer-encoding" or l == "content-length") then
+            local want = type(body) == "string" and #body or body == nil and 0 or nil
+            if l == "transfer-encoding" or not want or tostring(value) ~= tostring(want) then
+                args.fail(fname, n, format("option '%s': header '%s' is set by the client from the body",
+                    opt, name), 3)
+            end
+        end
+    end
+end
+
+local function check_headers(headers, opt, fname, n)
+    for name, value in pairs(headers) do check_header(name, value, opt, fname, n) end
+end
+
 local function check_opts(opts, known, fname, n)
     for k, v in pairs(opts) do
         local want = known[k]
@@ -49,10 +107,18 @@ local function check_opts(opts, known, fname, n)
             args.opt(opts, k, want, nil, fname, n)
         end
         if k == "tls" then
-            for tk in pairs(v) do
+            for tk, tv in pairs(v) do
                 if not TLS_OPTS[tk] then args.fail(fname, n, format("unknown option 'tls.%s'", tostring(tk)), 2) end
                 args.opt(v, tk, TLS_OPTS[tk], nil, fname, n)
+                -- C takes these as C strings: a NUL would cut the name verified or the path read
+                if type(tv) == "string" and (tv:find("%z") or tk == "server_name" and tv:find("[%c%s\127]")) then
+                    args.fail(fname, n, format("option 'tls.%s': invalid character in '%s'", tk, shown(tv)), 2)
+                end
             end
+        elseif k == "headers" then
+            check_headers(v, "headers", fname, n)
+        elseif k == "method" and not v:find(TOKEN) then
+            args.fail(fname, n, format("option 'method': invalid method '%s' (not a token)", shown(v)), 2)
         end
     end
 end
@@ -279,8 +345,12 @@ local function build_head(sess, req, u)
         hset(h, "Transfer-Encoding", "chunked")
         h.values["content-length"] = false
         if req.body_headers then for k, v in pairs(req.body_headers) do if not hget(h, k) then hset(h, k, v) end end end
-    elseif req.method == "POST" or req.method == "PUT" or req.method == "PATCH" then
-        hset(h, "Content-Length", "0")
+    else
+        h.values["transfer-encoding"] = false
+        h.values["content-length"] = false
+        if req.method == "POST" or req.method == "PUT" or req.method == "PATCH" then
+            hset(h, "Content-Length", "0")
+        end
     end
     local target = u.target
     if u.proxy and u.scheme == "http" then
@@ -329,6 +399,7 @@ end
 
 -- One request on the wire: x, status, reason, raw, version | nil, err, retryable
 local function send(sess, req, u, head, fresh)
+    if u.proxy and u.proxy.invalid then return nil, "connect: " .. u.proxy.invalid end
     local key, conf, server_name = key_of(sess, req, u)
     if not key then return nil, conf end
     local body = req.body
@@ -469,6 +540,7 @@ local function request(sess, method, s, opts, fname)
         s = with_query(s, opts.query)
     end
     req = req or make_req(sess, method, opts or {})
+    if opts and opts.headers then check_framing(opts.headers, req.body, "headers", fname, 2) end
     s = absolute(sess, s)
     local u, err = url_info(sess, s)
     if not u then args.fail(fname, 1, err .. ": " .. s, 2) end
@@ -628,19 +700,37 @@ end
 
 -- Sessions --------------------------------------------------------------------------
 
-local function proxy_settings(p)
+-- The session's proxies. A proxy URL that does not parse raises: ignoring it would send the
+-- requests past the proxy, straight to the origin.
+local function proxy_settings(p, fname)
     if p == false then return nil end
-    if p == nil then return dial.env_proxy() end
+    if p == nil or p == true then return dial.env_proxy() end
+    local function one(v, name)
+        if v == nil or v == false then return nil end
+        if type(v) ~= "string" then
+            args.fail(fname, 1, format("option '%s': string expected, got %s", name, type(v)), 3)
+        end
+        local u, err = url.split(v:find("://", 1, true) and v or "http://" .. v)
+        if not u then args.fail(fname, 1, format("option '%s': %s: %s", name, err, shown(v)), 3) end
+        return u
+    end
     if type(p) == "string" then
-        local u = url.split(p:find("://", 1, true) and p or "http://" .. p)
-        return u and { http = u, https = u, no = {} }
+        local u = one(p, "proxy")
+        return { http = u, https = u, no = {} }
+    end
+    for k in pairs(p) do
+        if k ~= "http" and k ~= "https" and k ~= "no_proxy" then
+            args.fail(fname, 1, format("unknown option 'proxy.%s'", tostring(k)), 2)
+        end
     end
     local env = dial.env_proxy()
-    local function one(v) return v and url.split(v:find("://", 1, true) and v or "http://" .. v) end
     local no = {}
+    if p.no_proxy ~= nil and type(p.no_proxy) ~= "string" then
+        args.fail(fname, 1, "option 'proxy.no_proxy': string expected, got " .. type(p.no_proxy), 2)
+    end
     for item in (p.no_proxy or ""):gmatch("[^,%s]+") do no[#no + 1] = lower((item:gsub("^%*?%.", ""))) end
-    return { http = one(p.http) or (p.http == nil and env.http or nil),
-        https = one(p.https) or (p.https == nil and env.https or nil), no = no }
+    return { http = one(p.http, "proxy.http") or (p.http == nil and env.http or nil),
+        https = one(p.https, "proxy.https") or (p.https == nil and env.https or nil), no = no }
 end
 
 local function new_session(opts, fname, keep_cookies_default)
@@ -660,6 +750,7 @@ local function new_session(opts, fname, keep_cookies_default)
     if keep == nil then keep = keep_cookies_default end
     local headers
     if opts.headers then
+        check_framing(opts.headers, false, "headers", fname, 1)
         headers = {}
         for k, v in pairs(opts.headers) do headers[k] = v end
     end
@@ -669,7 +760,7 @@ local function new_session(opts, fname, keep_cookies_default)
         connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
         redirects = opts.redirects, max_body = opts.max_body, decode = opts.decode,
         tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil,
-        proxy = proxy_settings(opts.proxy), urls = {}, nurls = 0,
+        proxy = proxy_settings(opts.proxy, fname), urls = {}, nurls = 0,
     }, Session)
     -- settings of a call without options, made once (a total timeout needs its own)
     sess.plain = setmetatable({}, { __index = function(t, method)

@@ -117,20 +117,24 @@ function M.open(u, opts)
 end
 
 -- The proxy settings of the environment: {http = parts, https = parts, no = {suffixes}}.
--- Lowercase names first, as curl reads them.
+-- Lowercase names first, as curl reads them. A value that is not a URL gives
+-- {invalid = "why"}: the requests it would carry fail (as curl's do) rather than go
+-- straight to the origin.
 function M.env_proxy(getenv)
     getenv = getenv or os.getenv
     local function get(name) return getenv(lower(name)) or getenv(name) end
-    local function parse(v)
+    local function parse(name)
+        local v = get(name)
         if not v or v == "" then return nil end
         if not v:find("://", 1, true) then v = "http://" .. v end
-        return url.split(v)
+        local u, err = url.split(v)
+        return u or { invalid = format("%s is not a proxy URL (%s)", getenv(lower(name)) and lower(name) or name, err) }
     end
     local no = {}
     for item in (get("NO_PROXY") or ""):gmatch("[^,%s]+") do
         no[#no + 1] = lower((item:gsub("^%*?%.", ""):gsub(":%d+$", "")))
     end
-    return { http = parse(get("HTTP_PROXY")), https = parse(get("HTTPS_PROXY")), no = no }
+    return { http = parse("HTTP_PROXY"), https = parse("HTTPS_PROXY"), no = no }
 end
 
 -- Whether NO_PROXY (a list of names; "*" for all) exempts host.
