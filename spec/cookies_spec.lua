@@ -183,3 +183,110 @@ describe("cookies: limits (RFC 6265 6.1, 6265bis 5.7)", function()
         assert.equal("1", jar:get("c2", "h1.example"))
     end)
 end)
+
+-- Issue 18 (#18): a Domain attribute that is a public suffix would let one site set
+-- cookies for all its neighbours ("Domain=co.uk" from evil.co.uk, sent to bank.co.uk).
+describe("cookies: public suffixes (RFC 6265 5.3 step 5)", function()
+    local files = cookies.PUBLIC_SUFFIX_FILES
+    local SYSTEM_LIST = "/usr/share/publicsuffix/public_suffix_list.dat"
+    after_each(function()
+        cookies.PUBLIC_SUFFIX_FILES = files
+        cookies.set_public_suffix_list(nil)
+    end)
+
+    local function at(host, path)
+        return { scheme = "https", host = host, path = path or "/" }
+    end
+
+    -- Domain cookies set from `from`; returns the jar.
+    local function set(from, ...)
+        return store_for(at(from), ...)
+    end
+
+    it("refuses Domain=co.uk from evil.co.uk, keeps Domain=example.co.uk (the system's list)", function()
+        assert(io.open(SYSTEM_LIST), "needs the publicsuffix package (scripts/deps.sh)"):close()
+        local jar = set("evil.co.uk", "a=1; Domain=co.uk", "b=1; Domain=.CO.UK", "c=1; Domain=uk")
+        assert.equal(0, jar.count)
+        assert.is_nil(jar:header(at("bank.co.uk")))
+        jar = set("www.example.co.uk", "a=1; Domain=example.co.uk", "b=1; Domain=co.uk")
+        assert.equal(1, jar.count)
+        assert.equal("a=1", jar:header(at("api.example.co.uk")))
+        assert.is_nil(jar:header(at("bank.co.uk")))
+        -- a private-section suffix too: github.io pages are separate sites
+        jar = set("evil.github.io", "a=1; Domain=github.io")
+        assert.equal(0, jar.count)
+        -- a Unicode rule matches its ASCII (punycode) form: 公司.cn is xn--55qx5d.cn
+        jar = set("evil.xn--55qx5d.cn", "a=1; Domain=xn--55qx5d.cn", "b=1; Domain=evil.xn--55qx5d.cn")
+        assert.equal(1, jar.count)
+        assert.equal("1", jar:get("b"))
+        assert.is_true(cookies.is_public_suffix("xn--55qx5d.cn"))
+    end)
+
+    it("follows wildcard and exception rules", function()
+        cookies.set_public_suffix_list("// a comment\n*.ck\n!www.ck\nuk\nco.uk  trailing words\n\n")
+        -- *.ck: any name under ck is a suffix, so b.ck may not set for itself and a.b.ck not for b.ck
+        assert.is_true(cookies.is_public_suffix("b.ck"))
+        local jar = set("a.b.ck", "x=1; Domain=b.ck", "y=1; Domain=ck", "z=1; Domain=a.b.ck")
+        assert.equal(1, jar.count)
+        assert.equal("z=1", jar:header(at("c.a.b.ck")))
+        -- !www.ck: www.ck is a registrable name, under the suffix ck
+        assert.is_false(cookies.is_public_suffix("www.ck"))
+        jar = set("shop.www.ck", "x=1; Domain=www.ck")
+        assert.equal("x=1", jar:header(at("mail.www.ck")))
+        assert.is_nil(jar:header(at("other.ck")))
+        -- the rest of the line after a blank is ignored; comments are not rules
+        assert.is_true(cookies.is_public_suffix("co.uk"))
+        assert.is_true(cookies.is_public_suffix("org")) -- "*": any single label
+        assert.is_false(cookies.is_public_suffix("example.org"))
+    end)
+
+    it("makes a Domain that is a public suffix and the host itself host-only", function()
+        cookies.set_public_suffix_list("uk\nco.uk\n*.ck\n")
+        local jar = set("co.uk", "a=1; Domain=co.uk; Path=/")
+        assert.equal(1, jar.count)
+        assert.is_true(stored(jar, "a").host_only)
+        assert.equal("a=1", jar:header(at("co.uk")))
+        assert.is_nil(jar:header(at("bank.co.uk")))
+        jar = set("b.ck", "a=1; Domain=B.CK")
+        assert.equal("a=1", jar:header(at("b.ck")))
+        assert.is_nil(jar:header(at("a.b.ck")))
+    end)
+
+    it("reads the list once, the first time a Domain attribute needs it", function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        cookies.PUBLIC_SUFFIX_FILES = { dir .. ".missing", dir }
+        cookies.set_public_suffix_list(nil)
+        -- no Domain attribute: the list is not needed, and not read yet
+        set("www.example.test", "a=1")
+        local f = assert(io.open(dir, "w"))
+        f:write("test\nexample.test\n")
+        f:close()
+        local jar = set("www.example.test", "a=1; Domain=example.test", "b=1; Domain=www.example.test")
+        assert.equal(1, jar.count)
+        assert.equal("1", jar:get("b"))
+        -- read once: a change to the file is not seen
+        f = assert(io.open(dir, "w"))
+        f:write("test\n")
+        f:close()
+        jar = set("www.example.test", "a=1; Domain=example.test")
+        assert.equal(0, jar.count)
+        os.remove(dir)
+    end)
+
+    it("without a list, takes every Domain attribute as the host's own (host-only)", function()
+        cookies.set_public_suffix_list(false)
+        assert.is_nil(cookies.is_public_suffix("co.uk"))
+        local jar = set("www.example.com", "a=1; Domain=example.com", "b=1; Domain=www.example.com",
+            "c=1; Domain=other.com")
+        assert.equal(2, jar.count)
+        assert.equal("a=1; b=1", jar:header(at("www.example.com")))
+        assert.is_nil(jar:header(at("api.example.com")))
+        -- the same when the files are missing
+        cookies.PUBLIC_SUFFIX_FILES = { "/nonexistent/public_suffix_list.dat" }
+        cookies.set_public_suffix_list(nil)
+        jar = set("evil.co.uk", "a=1; Domain=co.uk")
+        assert.equal("a=1", jar:header(at("evil.co.uk")))
+        assert.is_nil(jar:header(at("bank.co.uk")))
+    end)
+end)

@@ -68,6 +68,137 @@ local function domain_match(host, domain)
     return not is_ip(host) and #host > #domain and sub(host, -#domain - 1) == "." .. domain
 end
 
+-- Public suffixes ---------------------------------------------------------------------
+-- RFC 6265 5.3 step 5: a Domain attribute that is a public suffix ("co.uk", "github.io")
+-- would let one site set cookies for every site under it. The list is Mozilla's
+-- (publicsuffix.org), as the system has it (Debian's publicsuffix package), read once, the
+-- first time a Domain attribute needs it. Without it, every Domain attribute is taken as
+-- the host's own: the cookie is host-only, never sent to another host.
+M.PUBLIC_SUFFIX_FILES = { "/usr/share/publicsuffix/public_suffix_list.dat",
+    "/usr/local/share/publicsuffix/public_suffix_list.dat" }
+
+local psl -- nil: not read yet; false: no list; else {rules = set, wild = set, except = set}
+
+-- RFC 3492 Punycode of one label's code points, for the list's Unicode rules: hosts come
+-- in their ASCII ("xn--") form.
+local function punycode(cps)
+    local base, tmin, tmax = 36, 1, 26
+    local function digit(d) return string.char(d < 26 and 97 + d or 22 + d) end
+    local function adapt(delta, npoints, first)
+        delta = first and delta // 700 or delta // 2
+        delta = delta + delta // npoints
+        local k = 0
+        while delta > ((base - tmin) * tmax) // 2 do
+            delta, k = delta // (base - tmin), k + base
+        end
+        return k + (base - tmin + 1) * delta // (delta + 38)
+    end
+    local out = {}
+    for _, c in ipairs(cps) do if c < 128 then out[#out + 1] = string.char(c) end end
+    local b = #out
+    local h = b
+    if b > 0 then out[#out + 1] = "-" end
+    local n, delta, bias = 128, 0, 72
+    while h < #cps do
+        local m = math.huge
+        for _, c in ipairs(cps) do if c >= n and c < m then m = c end end
+        delta, n = delta + (m - n) * (h + 1), m
+        for _, c in ipairs(cps) do
+            if c < n then delta = delta + 1 end
+            if c == n then
+                local q, k = delta, base
+                while true do
+                    local t = k <= bias and tmin or k >= bias + tmax and tmax or k - bias
+                    if q < t then break end
+                    out[#out + 1] = digit(t + (q - t) % (base - t))
+                    q, k = (q - t) // (base - t), k + base
+                end
+                out[#out + 1] = digit(q)
+                bias, delta, h = adapt(delta, h + 1, h == b), 0, h + 1
+            end
+        end
+        delta, n = delta + 1, n + 1
+    end
+    return "xn--" .. concat(out)
+end
+
+-- A rule's ASCII form ("公司.cn" -> "xn--55qx5d.cn"), or nil when it is ASCII already.
+local function ascii_form(name)
+    if not find(name, "[\128-\255]") or not utf8.len(name) then return nil end
+    local labels = {}
+    for label in gmatch(name, "[^.]+") do
+        if find(label, "[\128-\255]") then
+            local cps = {}
+            for _, c in utf8.codes(label) do cps[#cps + 1] = c end
+            label = punycode(cps)
+        end
+        labels[#labels + 1] = label
+    end
+    return concat(labels, ".")
+end
+
+-- Parses the list's text (publicsuffix.org/list/: a rule per line, read up to the first
+-- blank; "//" comments; "*." wildcards; "!" exceptions).
+local function parse_list(text)
+    local list = { rules = {}, wild = {}, except = {} }
+    for rule in gmatch(text, "[^\r\n]+") do
+        rule = lower(match(rule, "^%s*(%S*)"))
+        if rule ~= "" and sub(rule, 1, 2) ~= "//" then
+            local set = list.rules
+            if sub(rule, 1, 1) == "!" then
+                set, rule = list.except, sub(rule, 2)
+            elseif sub(rule, 1, 2) == "*." then
+                set, rule = list.wild, sub(rule, 3)
+            end
+            set[rule] = true
+            local a = ascii_form(rule)
+            if a then set[a] = true end
+        end
+    end
+    return list
+end
+
+local function load_list()
+    for _, path in ipairs(M.PUBLIC_SUFFIX_FILES) do
+        local f = io.open(path, "rb")
+        if f then
+            local text = f:read("a")
+            f:close()
+            if text then return parse_list(text) end
+        end
+    end
+    return false
+end
+
+-- cookies.set_public_suffix_list(text | false | nil): the list to use from now on, in the
+-- list's format; false for none (the fallback); nil to read the system's file when next
+-- needed. For tests and fuzzing.
+function M.set_public_suffix_list(text)
+    if text == nil then psl = nil else psl = text and parse_list(text) end
+end
+
+local function parent(d)
+    local dot = find(d, ".", 1, true)
+    return dot and sub(d, dot + 1) or nil
+end
+
+-- Whether the list is known and d (lowercase, no leading dot) is a public suffix: whether
+-- the prevailing rule of the list's algorithm covers every label of d. An exception rule
+-- matching d prevails, and its suffix is shorter than d; else the matching rule with the
+-- most labels: d is a suffix when one has as many labels as d ("d", or "*." and d's
+-- parent); "*" (one label) is the rule when none matches. nil when there is no list.
+function M.is_public_suffix(d)
+    if psl == nil then psl = load_list() end
+    if not psl then return nil end
+    local s = d
+    while s do
+        if psl.except[s] then return false end
+        s = parent(s)
+    end
+    local p = parent(d)
+    return psl.rules[d] == true or (p ~= nil and psl.wild[p] == true) or p == nil
+end
+
 local function path_match(path, cpath)
     if path == cpath then return true end
     if sub(path, 1, #cpath) ~= cpath then return false end
@@ -116,7 +247,16 @@ local function parse(value, u, now)
             if not domain_match(u.host, d) or (d ~= u.host and not find(d, ".", 1, true)) then
                 return nil
             end
-            c.domain, c.host_only = d, d == u.host and is_ip(d) and true or false
+            c.domain, c.host_only = d, false
+            if is_ip(d) then
+                c.host_only = true
+            else
+                -- 5.3 step 5: a public suffix is ignored, but when it is the host itself,
+                -- whose cookie is then host-only; without a list, the cookie is the host's
+                local public = M.is_public_suffix(d)
+                if public and d ~= u.host then return nil end
+                if public ~= false then c.domain, c.host_only = u.host, true end
+            end
         elseif k == "path" and av and sub(av, 1, 1) == "/" then
             c.path = av
         elseif k == "max-age" and av and find(av, "^%-?%d+$") then
@@ -229,7 +369,9 @@ function Jar:header(u)
         if c.expires and c.expires <= now then
             remove(self, k)
         elseif (c.host_only and host == c.domain or not c.host_only and domain_match(host, c.domain))
-            and path_match(path, c.path) and (https or not c.secure) then
+            and path_match(path, c.path) and (https or not c.secure)
+            -- parse refuses them; checked again where the header is made (defence in depth)
+            and not find(c.name, "[%z\r\n;]") and not find(c.value, "[%z\r\n;]") then
             hits[#hits + 1] = c
         end
     end
