@@ -18,6 +18,7 @@ int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
 int loom_open_signal(lua_State *L);
 int loom_open_process(lua_State *L);
+int loom_open_pg(lua_State *L);
 
 const char *loom_libs_version(void) {
     static char buf[128];
@@ -44,6 +45,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_signal(L);
     loom_open_process(L);
     loom_open_websocket(L);
+    loom_open_pg(L);
     loom_open_crypto(L);
     return 1;
 }

@@ -29,6 +29,8 @@ local loom = {
     url = url,
     fetch = client.fetch,
     session = client.session,
+    pg = function(...) return require("loom.pg").new(...) end,
+    null = core.null, -- the one null value: the same as loom.json.null (cjson.null)
     crypto = core.crypto,
 }
 

@@ -1,0 +1,572 @@
+-- loom.pg: PostgreSQL pools over src/pg.c (one libpq connection driven by the loop, every
+-- batch of commands in one pipeline round trip). This file holds what users configure and
+-- what a pool decides: connection strings, the pool and its waiters, the statement cache,
+-- parameter encoding by the types the server reports, transactions, pipelines and LISTEN.
+-- docs/databases.md is the user's page.
+local core = require "loom.core"
+local args = require "loom.args"
+local resolver = require "loom.resolver"
+local url = require "loom.url"
+
+local pg_connect, park, ticket, wake, spawn, now = core.pg_connect, core.park, core.ticket,
+    core.wake, core.spawn, core.now
+local null = core.null
+local type, select, tostring, setmetatable, error, pcall = type, select, tostring,
+    setmetatable, error, pcall
+local mtype, format, pack, unpack = math.type, string.format, table.pack, table.unpack
+
+local M = { null = null }
+
+local OID_BOOL, OID_BYTEA, OID_JSON, OID_JSONB = 16, 17, 114, 3802
+local CACHE_MAX = 256 -- prepared statements kept per connection
+
+-- JSON through loom.json when lua-cjson is there; json/jsonb columns stay text otherwise.
+local json, json_decode
+local function get_json()
+    if json == nil then
+        local ok, j = pcall(require, "loom.json")
+        json = ok and pcall(j.encode, {}) and j or false
+        if json then json_decode = json.decode end
+    end
+    return json
+end
+
+-- ---------------------------------------------------------------- options
+
+local OPTIONS = {
+    host = "string", port = "number", user = "string", password = "string",
+    database = "string", sslmode = "string", sslrootcert = "string", sslcert = "string",
+    sslkey = "string", application_name = "string", max = "number",
+    connect_timeout = "number", idle_timeout = "number", timeout = "number",
+}
+-- URL query keys taken as options (libpq's names; dbname and the timeouts too)
+local URL_KEYS = {
+    sslmode = "sslmode", sslrootcert = "sslrootcert", sslcert = "sslcert", sslkey = "sslkey",
+    application_name = "application_name", host = "host", port = "port", user = "user",
+    password = "password", dbname = "database", connect_timeout = "connect_timeout",
+    idle_timeout = "idle_timeout", timeout = "timeout", max = "max",
+}
+local NUMERIC = { port = true, max = true, connect_timeout = true, idle_timeout = true,
+    timeout = true }
+
+-- "postgresql://user:pw@host:port/db?sslmode=require" -> options
+local function parse_url(s)
+    local scheme, rest = s:match("^(%a[%w+.-]*)://(.*)$")
+    if scheme ~= "postgresql" and scheme ~= "postgres" then
+        args.fail("pg", 1, "postgresql:// URL expected, got '" .. s .. "'", 2)
+    end
+    local o = {}
+    local query
+    rest, query = rest:match("^([^?#]*)%??([^#]*)")
+    local authority, path = rest:match("^([^/]*)(.*)$")
+    local userinfo, hostport = authority:match("^(.*)@(.*)$")
+    if not userinfo then hostport = authority end
+    if userinfo then
+        local u, p = userinfo:match("^([^:]*):(.*)$")
+        if u then
+            o.user, o.password = url.decode(u), url.decode(p)
+        else
+            o.user = url.decode(userinfo)
+        end
+        if o.user == "" then o.user = nil end
+    end
+    local host, port = hostport:match("^%[([^%]]+)%]:?(%d*)$")
+    if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
+    if not host then args.fail("pg", 1, "bad host in '" .. s .. "'", 2) end
+    if host ~= "" then o.host = url.decode(host) end
+    if port ~= "" then o.port = tonumber(port) end
+    if #path > 1 then o.database = url.decode(path:sub(2)) end
+    for k, v in pairs((url.parse_query(query))) do
+        local name = URL_KEYS[k]
+        if not name then args.fail("pg", 1, "unknown URL parameter '" .. k .. "'", 2) end
+        if NUMERIC[name] then
+            local n = tonumber(v)
+            if not n then args.fail("pg", 1, "URL parameter '" .. k .. "': number expected", 2) end
+            v = n
+        end
+        o[name] = v
+    end
+    return o
+end
+
+local function check_options(o)
+    for k, v in pairs(o) do
+        local t = OPTIONS[k]
+        if not t then args.fail("pg", 1, "unknown option '" .. tostring(k) .. "'", 3) end
+        if type(v) ~= t then
+            args.fail("pg", 1, format("option '%s': %s expected, got %s", k, t, type(v)), 3)
+        end
+    end
+    if o.max ~= nil and (mtype(o.max) ~= "integer" or o.max < 1) then
+        args.fail("pg", 1, "option 'max': positive integer expected", 3)
+    end
+    for _, k in ipairs { "connect_timeout", "idle_timeout", "timeout" } do
+        if o[k] and o[k] < 0 then
+            args.fail("pg", 1, "option '" .. k .. "': non-negative number expected", 3)
+        end
+    end
+    if o.port and (mtype(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
+        args.fail("pg", 1, "option 'port': integer 1-65535 expected", 3)
+    end
+end
+
+-- ---------------------------------------------------------------- connections
+
+-- Opens one connection: the host name resolved by loom's resolver (libpq would call a
+-- blocking getaddrinfo), passed as hostaddr with host kept for TLS name checks.
+local function open(pool)
+    local o = pool.opts
+    local kw = {
+        user = o.user, password = o.password, dbname = o.database,
+        sslmode = o.sslmode, sslrootcert = o.sslrootcert, sslcert = o.sslcert,
+        sslkey = o.sslkey, application_name = o.application_name or "loom",
+        client_encoding = "UTF8",
+    }
+    if o.port then kw.port = tostring(o.port) end
+    local budget = o.connect_timeout or 10
+    local deadline = now() + budget
+    local host = o.host
+    if host and host:sub(1, 1) ~= "/" then
+        local addrs, err = resolver.resolve(host, budget)
+        if not addrs then return nil, err end
+        kw.host, kw.hostaddr = host, addrs[1]
+    elseif host then
+        kw.host = host -- a unix socket directory
+    end
+    local left = deadline - now()
+    if left < 0 then left = 0 end
+    return pg_connect(kw, left)
+end
+
+local function waiters() return { head = 1, tail = 0 } end
+
+-- Wakes the first waiter still waiting, handing it `c` (or nothing: "try again").
+local function wake_one(list, c)
+    while list.head <= list.tail do
+        local i = list.head
+        local t, serial = list[i], list[-i]
+        list[i], list[-i] = nil, nil
+        list.head = i + 1
+        if wake(t, serial, c) then return true end
+    end
+    list.head, list.tail = 1, 0
+    return false
+end
+
+local function closed_err()
+    return nil, "closed: the pool is closed"
+end
+
+-- A connection from the pool: an idle one (the most recently used), a new one while fewer
+-- than max are open, else the first released one, waiters served in order.
+local function acquire(pool)
+    while true do
+        if pool.closed then return closed_err() end
+        local idle = pool.idle
+        while #idle > 0 do
+            local c = idle[#idle]
+            idle[#idle] = nil
+            if c:status() == "idle" then return c end
+            pool.nopen = pool.nopen - 1 -- closed while idle (idle_timeout, the server went)
+            c:close()
+        end
+        if pool.nopen < pool.max then
+            pool.nopen = pool.nopen + 1
+            local c, err = open(pool)
+            if c then return c end
+            pool.nopen = pool.nopen - 1
+            wake_one(pool.waiters)
+            return nil, err
+        end
+        local list = pool.waiters
+        local t, serial = ticket()
+        local i = list.tail + 1
+        list.tail = i
+        list[i], list[-i] = t, serial
+        local _, c = park()
+        if c then return c end
+    end
+end
+
+local release
+
+-- A batch left running by a waiter that timed out or was cancelled: wait for it to end
+-- (the server got a cancel request), then give the connection back or close it.
+local function drain(pool, c)
+    if not c:wait_idle(10) then c:close() end
+    release(pool, c)
+end
+
+-- Gives a connection back: to the first waiter, or to the idle list. One that failed, or
+-- is inside a transaction (a failed one too), is closed instead: never handed out.
+release = function(pool, c)
+    local state, tx = c:status()
+    if state == "busy" then
+        spawn(drain, pool, c)
+        return
+    end
+    if state ~= "idle" or tx ~= "idle" or pool.closed then
+        c:close()
+        pool.nopen = pool.nopen - 1
+        wake_one(pool.waiters) -- it may open a new one
+        return
+    end
+    if wake_one(pool.waiters, c) then return end
+    c:idle(pool.idle_timeout)
+    local idle = pool.idle
+    idle[#idle + 1] = c
+end
+
+-- A to-be-closed guard that releases a connection however the block ends.
+local guard_mt = { __close = function(g) release(g[1], g[2]) end }
+
+-- ---------------------------------------------------------------- statements
+
+local function cache_of(pool, c)
+    local cache = pool.stmts[c]
+    if not cache then
+        cache = { map = {}, order = {}, first = 1, last = 0, seq = 0 }
+        pool.stmts[c] = cache
+    end
+    return cache
+end
+
+local function fmt_float(v)
+    if v ~= v then return "NaN" end
+    if v == math.huge then return "Infinity" end
+    if v == -math.huge then return "-Infinity" end
+    return format("%.17g", v)
+end
+
+-- Encodes the n parameters by the types the server reports: a string for bytea goes in
+-- binary (byte exact); tables for json/jsonb as JSON; nil or loom.null as NULL.
+local function encode(fname, types, n, ...)
+    if n ~= #types then
+        error(format("%s: the statement takes %d parameter(s), got %d", fname, #types, n), 4)
+    end
+    local params, bin = {}, false
+    for i = 1, n do
+        local v = select(i, ...)
+        local oid, tv = types[i], type(v)
+        if v == nil or v == null then
+            params[i] = false
+        elseif oid == OID_BYTEA and tv == "string" then
+            params[i] = v
+            bin = bin or {}
+            bin[i] = true
+        elseif (oid == OID_JSON or oid == OID_JSONB) and tv ~= "string" then
+            local j = get_json()
+            if not j then error(fname .. ": json parameters need lua-cjson", 4) end
+            params[i] = j.encode(v)
+        elseif tv == "string" then
+            params[i] = v
+        elseif tv == "number" then
+            params[i] = mtype(v) == "integer" and format("%d", v) or fmt_float(v)
+        elseif tv == "boolean" then
+            params[i] = v and "t" or "f"
+        else
+            error(format("bad argument #%d to '%s' (cannot send a %s as a parameter of type %d)",
+                i + 1, fname, tv, oid), 4)
+        end
+    end
+    return params, bin
+end
+
+-- Prepares the statements of `sqls` not yet in the connection's cache, in one round trip
+-- (a failed one aborts those after it in the pipeline: they are tried again). Returns
+-- {sql = error} for those that failed, or nil, err when the connection did.
+local function prepare(pool, c, sqls)
+    local cache = cache_of(pool, c)
+    local failed = {}
+    local todo = {}
+    for _, sql in ipairs(sqls) do
+        if not cache.map[sql] and not todo[sql] then
+            todo[sql] = true
+            todo[#todo + 1] = sql
+        end
+    end
+    while #todo > 0 do
+        local ops, names = {}, {}
+        for _, sql in ipairs(todo) do
+            if cache.last - cache.first + 1 >= CACHE_MAX then -- forget the oldest
+                local old = cache.order[cache.first]
+                cache.order[cache.first] = nil
+                cache.first = cache.first + 1
+                local st = cache.map[old]
+                cache.map[old] = nil
+                ops[#ops + 1] = { "query", "DEALLOCATE " .. st.name }
+            end
+            cache.seq = cache.seq + 1
+            local name = "loom_" .. cache.seq
+            names[sql] = name
+            ops[#ops + 1] = { "prepare", name, sql, sql = sql }
+            ops[#ops + 1] = { "describe", name, sql = sql }
+        end
+        local res, err = c:batch(ops, pool.timeout, null, json_decode)
+        if not res then return nil, err end
+        local again = {}
+        for i, op in ipairs(ops) do
+            local r = res[i]
+            if op[1] == "describe" and type(r) == "table" then
+                local st = { name = names[op.sql], types = r }
+                cache.map[op.sql] = st
+                cache.last = cache.last + 1
+                cache.order[cache.last] = op.sql
+            elseif op[1] == "prepare" and type(r) == "string" then
+                if r:find("^pg: aborted") then
+                    again[#again + 1] = op.sql
+                else
+                    failed[op.sql] = r
+                end
+            end
+        end
+        if #again == #todo then -- nothing got through (an eviction failed?): give up
+            for _, sql in ipairs(again) do failed[sql] = failed[sql] or "pg: aborted" end
+            break
+        end
+        todo = again
+    end
+    return failed
+end
+
+-- Runs one statement on c: rows | nil, err.
+local function run(pool, c, fname, sql, n, ...)
+    local cache = cache_of(pool, c)
+    local st = cache.map[sql]
+    if not st then
+        local failed, err = prepare(pool, c, { sql })
+        if not failed then return nil, err end
+        if failed[sql] then return nil, failed[sql] end
+        st = cache.map[sql]
+    end
+    local params, bin = encode(fname, st.types, n, ...)
+    local res, err = c:batch({ { "exec", st.name, params, bin } }, pool.timeout, null, json_decode)
+    if not res then return nil, err end
+    local r = res[1]
+    if type(r) == "string" then return nil, r end
+    return r
+end
+
+-- ---------------------------------------------------------------- the pool
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "loom.pg"
+
+-- loom.pg(url | opts) -> pool. Lazy: nothing connects before the first query.
+function M.new(spec)
+    local o
+    if type(spec) == "string" then
+        o = parse_url(spec)
+        check_options(o)
+    elseif type(spec) == "table" then
+        o = {}
+        for k, v in pairs(spec) do o[k] = v end
+        check_options(o)
+    else
+        args.fail("pg", 1, "URL string or options table expected, got " .. type(spec), 1)
+    end
+    get_json()
+    return setmetatable({
+        opts = o,
+        max = o.max or 10,
+        idle_timeout = o.idle_timeout or 60,
+        timeout = o.timeout or -1,
+        idle = {},
+        nopen = 0,
+        waiters = waiters(),
+        stmts = setmetatable({}, { __mode = "k" }),
+        closed = false,
+    }, Pool)
+end
+
+local function check_pool(self, fname)
+    if getmetatable(self) ~= Pool then
+        args.fail(fname, 1, "loom.pg expected (use db:" .. fname .. ")", 2)
+    end
+end
+
+-- db:query(sql, ...) -> rows | nil, err
+function Pool:query(sql, ...)
+    check_pool(self, "query")
+    args.check(sql, "string", "query", 1)
+    local c, err = acquire(self)
+    if not c then return nil, err end
+    local _ <close> = setmetatable({ self, c }, guard_mt)
+    return run(self, c, "query", sql, select("#", ...), ...)
+end
+
+-- db:pipeline{ {sql, ...}, ... } -> {rows | {err = "pg: ..."}, ...} | nil, err
+-- One round trip once the statements are prepared on the connection (a first use adds
+-- one for all the new ones). The commands form one implicit transaction, as libpq's
+-- pipeline mode makes them: when one fails, those before it are rolled back and those
+-- after it report "pg: aborted: ...". Parameters: as many as the statement declares,
+-- taken from the entry by index (use loom.null for NULL there).
+function Pool:pipeline(list)
+    check_pool(self, "pipeline")
+    args.check(list, "table", "pipeline", 1)
+    local sqls = {}
+    for i, q in ipairs(list) do
+        if type(q) ~= "table" or type(q[1]) ~= "string" then
+            args.fail("pipeline", 1, "entry " .. i .. ": {sql, ...} expected", 1)
+        end
+        sqls[i] = q[1]
+    end
+    if #sqls == 0 then return {} end
+    local c, err = acquire(self)
+    if not c then return nil, err end
+    local _ <close> = setmetatable({ self, c }, guard_mt)
+    local failed
+    failed, err = prepare(self, c, sqls)
+    if not failed then return nil, err end
+    local cache = cache_of(self, c)
+    local ops, where, out = {}, {}, {}
+    for i, q in ipairs(list) do
+        local f = failed[q[1]]
+        local st = not f and cache.map[q[1]]
+        if st then
+            local params, bin = encode("pipeline", st.types, #st.types, unpack(q, 2, #st.types + 1))
+            ops[#ops + 1] = { "exec", st.name, params, bin }
+            where[#ops] = i
+        else
+            out[i] = { err = f or "pg: statement evicted" }
+        end
+    end
+    if #ops > 0 then
+        local res
+        res, err = c:batch(ops, self.timeout, null, json_decode)
+        if not res then return nil, err end
+        for k, r in ipairs(res) do
+            out[where[k]] = type(r) == "string" and { err = r } or r
+        end
+    end
+    return out
+end
+
+-- The transaction object: tx:query on the transaction's own connection.
+local Tx = {}
+Tx.__index = Tx
+Tx.__name = "loom.pg.tx"
+
+function Tx:query(sql, ...)
+    if getmetatable(self) ~= Tx then args.fail("query", 1, "loom.pg.tx expected", 1) end
+    args.check(sql, "string", "query", 1)
+    if not self.conn then error("query: the transaction is over", 2) end
+    return run(self.pool, self.conn, "query", sql, select("#", ...), ...)
+end
+
+-- Ends a transaction that must not commit. A connection still busy (a query cancelled
+-- mid-way) is closed instead: the server rolls back when it goes.
+local function rollback(pool, c)
+    if c:status() ~= "idle" then
+        c:close()
+        return
+    end
+    local ok = run(pool, c, "transaction", "ROLLBACK", 0)
+    if not ok then c:close() end
+end
+
+-- db:transaction(fn) -> fn's results | nil, err. BEGIN, fn(tx), COMMIT. When fn raises
+-- (a cancellation too) the transaction rolls back and the error goes on; when fn returns
+-- nil, err it rolls back and returns nil, err.
+function Pool:transaction(fn)
+    check_pool(self, "transaction")
+    args.check(fn, "function", "transaction", 1)
+    local c, err = acquire(self)
+    if not c then return nil, err end
+    local _ <close> = setmetatable({ self, c }, guard_mt)
+    local ok
+    ok, err = run(self, c, "transaction", "BEGIN", 0)
+    if not ok then return nil, err end
+    local tx = setmetatable({ pool = self, conn = c }, Tx)
+    local r = pack(pcall(fn, tx))
+    tx.conn = false
+    if not r[1] then
+        rollback(self, c)
+        error(r[2], 0)
+    end
+    if r[2] == nil and r.n >= 3 and r[3] ~= nil then
+        rollback(self, c)
+        return nil, r[3]
+    end
+    local _, txs = c:status()
+    if txs == "inerror" then -- fn swallowed a failed query: COMMIT would roll back quietly
+        rollback(self, c)
+        return nil, "pg: 25P02 the transaction failed and was rolled back"
+    end
+    ok, err = run(self, c, "transaction", "COMMIT", 0)
+    if not ok then return nil, err end
+    return unpack(r, 2, r.n)
+end
+
+-- LISTEN ---------------------------------------------------------------------------------
+
+local Listener = {}
+Listener.__index = Listener
+Listener.__name = "loom.pg.listener"
+
+-- l:close(): UNLISTEN by closing the dedicated connection. A loop over db:listen closes it
+-- when it ends (break, error): the listener is the loop's to-be-closed value.
+function Listener:close()
+    if not self.closed then
+        self.closed = true
+        self.conn:close()
+    end
+end
+Listener.__close = Listener.close
+Listener.__gc = Listener.close
+
+-- l:receive([timeout]) -> note | nil, err
+function Listener:receive(timeout)
+    if self.closed then return nil, "closed: the listener is closed" end
+    return self.conn:notification(timeout)
+end
+
+-- for note in db:listen(channel) do ... end: notifications on a connection of its own
+-- (not counted in max). note.channel, note.payload, note.pid. Returns the iterator, the
+-- listener (l:receive(timeout), l:close()) and, for the generic for, the listener again
+-- as its to-be-closed value. Failures (connect, the connection lost) raise.
+function Pool:listen(channel)
+    check_pool(self, "listen")
+    args.check(channel, "string", "listen", 1)
+    if self.closed then error("closed: the pool is closed", 2) end
+    local c, err = open(self)
+    if not c then error(err, 2) end
+    local res
+    res, err = c:batch({ { "query", "LISTEN " .. c:escape_identifier(channel) } }, self.timeout,
+        null, json_decode)
+    if not res or type(res[1]) == "string" then
+        c:close()
+        error(err or res[1], 2)
+    end
+    local l = setmetatable({ conn = c, closed = false }, Listener)
+    local function iter()
+        if l.closed then return nil end
+        local note, e = c:notification()
+        if note then return note end
+        if l.closed then return nil end
+        error(e, 0)
+    end
+    return iter, l, nil, l
+end
+
+-- db:close(): closes the idle connections now and those in use when they come back;
+-- queries after it (and waiters) get "closed: the pool is closed".
+function Pool:close()
+    check_pool(self, "close")
+    self.closed = true
+    for i = #self.idle, 1, -1 do
+        self.idle[i]:close()
+        self.idle[i] = nil
+        self.nopen = self.nopen - 1
+    end
+    while wake_one(self.waiters) do end
+end
+
+function Pool:__tostring()
+    return format("loom.pg (%d open, %d idle)", self.nopen, #self.idle)
+end
+
+setmetatable(M, { __call = function(_, spec) return M.new(spec) end })
+
+return M
