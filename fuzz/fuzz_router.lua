@@ -4,13 +4,16 @@
 -- against a fixed table of routes, with GET, HEAD and one more method.
 --
 -- The reference is the documented grammar and matching (docs/server.md, "Patterns"),
--- written here again: a pattern without braces is one exact path; otherwise each segment is
--- literal, {name} or {name*}, {name*} only last, and anything else with a brace raises
--- "bad route pattern"; a segment is a non-empty run between slashes; {name} binds one
--- segment and {name*} the rest of the path without its leading slashes, both
--- percent-decoded after matching; exact routes are tried before patterns, patterns in the
--- order added, HEAD falls back to GET, "*" routes come last; a path no route takes for its
--- method gets the sorted list of methods that would take it (HEAD wherever GET is).
+-- written here again: a pattern must start with "/"; without braces it is one exact path;
+-- otherwise each segment (the text after each "/" up to the next, empty segments included)
+-- is literal, {name} or {name*}, {name*} only last, at most 32 parameters, and anything else
+-- with a brace raises "bad route pattern". A path is routed as sent: its segments are taken
+-- the same way, empty ones included, and a path not starting with "/" ("*", "host:443")
+-- matches nothing; a literal segment matches itself, {name} one non-empty segment and
+-- {name*} the rest of the path after the slash before it, slashes and all, possibly empty,
+-- both percent-decoded after matching; exact routes are tried before patterns, patterns in
+-- the order added, HEAD falls back to GET, "*" routes come last; a path no route takes for
+-- its method gets the sorted list of methods that would take it (HEAD wherever GET is).
 --
 -- Properties: the router raises exactly when the grammar says so, and only with its
 -- documented message; it picks the same route with the same params as the reference; a
@@ -26,16 +29,19 @@ local ROUTES = {
     { "GET", "/" }, { "GET", "/about" }, { "GET", "/about/" }, { "GET", "/users/{id}" },
     { "GET", "/users/{id}/posts/{post}" }, { "POST", "/users/{id}" }, { "GET", "/files/{path*}" },
     { "*", "/any/{x}" }, { "PUT", "/a/b" }, { "DELETE", "/{a}/{b}/{c}" }, { "PATCH", "/{all*}" },
+    { "GET", "/t//{x}/" }, { "PUT", "/{x}/" }, { "GET", "/admin/users/{id}" },
 }
 
 -- The documented grammar: nil for an exact route, the segments, or false when it must raise.
 local function segments(pattern)
+    if pattern:sub(1, 1) ~= "/" then return false end
     if not pattern:find("[{}]") then return nil end
-    local segs = {}
-    for seg in pattern:gmatch("[^/]+") do
+    local segs, params = {}, 0
+    for seg in pattern:gmatch("/([^/]*)") do
         local name, star = seg:match("^{([%w_]+)(%*?)}$")
         if name then
             segs[#segs + 1] = { name = name, rest = star == "*" }
+            params = params + 1
         elseif seg:find("[{}]") then
             return false
         else
@@ -45,29 +51,36 @@ local function segments(pattern)
     for i, s in ipairs(segs) do
         if type(s) == "table" and s.rest and i < #segs then return false end
     end
+    if params > 32 then return false end
     return segs
 end
 
--- A path's segments (non-empty runs between slashes) and where each ends.
+-- A path's segments (what follows each "/" up to the next, empty ones included) and where
+-- each starts; no segments at all when the path does not start with "/".
 local function split_path(path)
-    local parts, ends = { path = path }, {}
-    for from, to in path:gmatch("()[^/]+()") do
-        parts[#parts + 1], ends[#ends + 1] = path:sub(from, to - 1), to
+    local parts, starts = { path = path }, {}
+    if path:sub(1, 1) == "/" then
+        for from, seg in path:gmatch("/()([^/]*)") do
+            parts[#parts + 1], starts[#starts + 1] = seg, from
+        end
     end
-    parts.ends = ends
+    parts.starts = starts
     return parts
 end
 
 -- The reference match of one pattern route against a split path: its params, or nil.
 local function ref_match(segs, parts)
+    if #parts == 0 then return nil end
     local params = {}
     for i, s in ipairs(segs) do
-        if type(s) == "string" then
+        if parts[i] == nil then
+            return nil
+        elseif type(s) == "string" then
             if parts[i] ~= s then return nil end
         elseif s.rest then
-            params[s.name] = url.decode((parts.path:sub(parts.ends[i - 1] or 1):gsub("^/+", "")))
+            params[s.name] = url.decode(parts.path:sub(parts.starts[i]))
             return params
-        elseif parts[i] then
+        elseif parts[i] ~= "" then
             params[s.name] = url.decode(parts[i])
         else
             return nil
@@ -76,10 +89,9 @@ local function ref_match(segs, parts)
     return #parts == #segs and params or nil
 end
 
--- The route (index into routes) and params the reference picks for one method, no fallback.
 local function ref_find_one(routes, method, parts)
     for i, r in ipairs(routes) do
-        if r.method == method and not r.segs and r.pattern == parts.path then return i, {} end
+        if r.method == method and not r.segs and r.pattern == parts.path and #parts > 0 then return i, {} end
     end
     for i, r in ipairs(routes) do
         if r.method == method and r.segs then

@@ -1,7 +1,20 @@
--- loom.router: method + path to handler. Static paths are one table lookup; patterns
--- match segment by segment: "/users/{id}" binds params.id, "/files/{path*}" binds the rest
--- of the path. Parameter values are percent-decoded after matching, so "%2F" never splits.
+-- loom.router: method + path to handler, on the path exactly as sent. Static paths are one
+-- table lookup. A pattern is a path whose segments (the runs between slashes, empty ones
+-- included: "/a//b/" has the segments "a", "", "b" and "") are literal, "{name}" (one
+-- non-empty segment, bound to params.name) or a last "{name*}" (the rest of the path from
+-- that segment on, slashes and all, possibly empty). Each pattern compiles to one anchored
+-- Lua pattern ("/users/{id}" -> "^/users/([^/]+)$"), so a match is one string.match call;
+-- patterns are bucketed by their first segment. Parameters are percent-decoded after
+-- matching (only those holding a '%'), so "%2F" never splits. A path that does not start
+-- with "/" (the "*" of OPTIONS *, the "host:port" of CONNECT) matches no route.
+-- Knows nothing of requests or the server.
 local url = require "loom.url"
+
+local byte, find, gsub, match, sub = string.byte, string.find, string.gsub, string.match, string.sub
+local decode, next = url.decode, next
+
+-- Lua's limit on captures in one pattern (LUA_MAXCAPTURES), hence on parameters.
+local MAX_PARAMS = 32
 
 local Router = {}
 Router.__index = Router
@@ -10,100 +23,138 @@ local function new()
     return setmetatable({ exact = {}, patterns = {}, methods = {} }, Router)
 end
 
-local function compile(pattern)
-    local segs = {}
-    for seg in pattern:gmatch("[^/]+") do
-        local name, rest = seg:match("^{([%w_]+)(%*?)}$")
-        if name then
-            segs[#segs + 1] = { name = name, rest = rest == "*" }
-        elseif seg:find("[{}]") then
-            error("bad route pattern '" .. pattern .. "': a segment is either {name}, {name*} or literal", 3)
-        else
-            segs[#segs + 1] = seg
-        end
-    end
-    for i, s in ipairs(segs) do
-        if type(s) == "table" and s.rest and i ~= #segs then
-            error("bad route pattern '" .. pattern .. "': {" .. s.name .. "*} must come last", 3)
-        end
-    end
-    return segs
+-- Raises at the level of router:add's caller.
+local function bad(pattern, why, level)
+    error("bad route pattern '" .. pattern .. "': " .. why, level or 4)
 end
 
--- router:add(method, pattern, handler); method "*" matches any method.
+-- "/users/{id}/{rest*}" -> { pat = "^/users/([^/]+)/(.*)$", names = {"id", "rest"},
+-- first = "users" (the first segment when it is literal, else false) }
+local function compile(pattern)
+    local out, names, first = { "^" }, {}, nil
+    local pos, len = 2, #pattern
+    while true do
+        local slash = find(pattern, "/", pos, true)
+        local seg = sub(pattern, pos, (slash or len + 1) - 1)
+        local name, star = match(seg, "^{([%w_]+)(%*?)}$")
+        if name then
+            if star == "*" and slash then bad(pattern, "{" .. name .. "*} must come last") end
+            names[#names + 1] = name
+            out[#out + 1] = star == "*" and "/(.*)" or "/([^/]+)"
+        elseif find(seg, "[{}]") then
+            bad(pattern, "a segment is either {name}, {name*} or literal")
+        else
+            out[#out + 1] = "/" .. gsub(seg, "%W", "%%%0")
+        end
+        if first == nil then first = not name and seg end
+        if not slash then break end
+        pos = slash + 1
+    end
+    if #names > MAX_PARAMS then bad(pattern, "more than " .. MAX_PARAMS .. " parameters") end
+    out[#out + 1] = "$"
+    return { pat = table.concat(out), names = names, first = first }
+end
+
+-- A method's patterns bucketed by first segment: by_first[s] lists, in the order added,
+-- the routes whose first segment is s or a parameter; wild lists the latter alone.
+local function index(list)
+    local by_first, wild = {}, {}
+    for _, r in ipairs(list) do
+        if r.first then by_first[r.first] = by_first[r.first] or {} end
+    end
+    for _, r in ipairs(list) do
+        if r.first then
+            local b = by_first[r.first]
+            b[#b + 1] = r
+        else
+            wild[#wild + 1] = r
+            for _, b in pairs(by_first) do b[#b + 1] = r end
+        end
+    end
+    return { by_first = by_first, wild = wild }
+end
+
+-- router:add(method, pattern, handler); method "*" matches any method. Raises on a bad
+-- pattern (one that does not start with "/" included).
 function Router:add(method, pattern, handler)
+    if byte(pattern, 1) ~= 47 then bad(pattern, "it must start with '/'", 3) end
     self.methods[method] = true
-    if not pattern:find("[{}]") then -- a lone "}" is a bad segment, not a literal
+    if not find(pattern, "[{}]") then -- a lone "}" is a bad segment, not a literal
         local t = self.exact[method]
         if not t then t = {}; self.exact[method] = t end
         t[pattern] = handler
         return
     end
-    local list = self.patterns[method]
-    if not list then list = {}; self.patterns[method] = list end
-    list[#list + 1] = { segs = compile(pattern), handler = handler }
+    local r = compile(pattern)
+    r.handler = handler
+    local p = self.patterns[method]
+    if not p then p = { list = {} }; self.patterns[method] = p end
+    p.list[#p.list + 1] = r
+    p.index = nil -- rebuilt on the next match
 end
 
-local function split_path(path)
-    local parts = {}
-    for seg in path:gmatch("[^/]+") do parts[#parts + 1] = seg end
-    return parts
-end
-
-local function match_segs(segs, parts, path)
-    local params
-    local n = #segs
-    for i = 1, n do
-        local s, p = segs[i], parts[i]
-        if type(s) == "string" then
-            if s ~= p then return nil end
-        elseif s.rest then
-            -- the rest of the path from this segment on, as sent (with its slashes)
-            local pos = 1
-            for _ = 1, i - 1 do pos = path:find("/", path:find("[^/]", pos)) or #path + 1 end
-            local rest = path:sub(pos):gsub("^/+", "")
-            params = params or {}
-            params[s.name] = url.decode(rest)
-            return params
-        else
-            if p == nil then return nil end
-            params = params or {}
-            params[s.name] = url.decode(p)
-        end
+-- The params of route r for path (not yet decoded), or nil when it does not match.
+local function bind(r, path)
+    local names = r.names
+    local n = #names
+    if n == 1 then
+        local a = match(path, r.pat)
+        if a then return { [names[1]] = a } end
+        return nil
+    elseif n == 2 then
+        local a, b = match(path, r.pat)
+        if not a then return nil end
+        return { [names[1]] = a, [names[2]] = b } -- in order: a repeated name keeps the last value
     end
-    if #parts ~= n then return nil end
-    return params or {}
+    local caps = { match(path, r.pat) }
+    if caps[1] == nil then return nil end
+    local params = {}
+    for i = 1, n do params[names[i]] = caps[i] end -- a repeated name keeps the last value
+    return params
 end
 
-local function find(self, method, path, parts)
+-- The handler and params of method's route for path, whose first segment is first.
+local function find_route(self, method, path, first)
     local t = self.exact[method]
     local h = t and t[path]
     if h then return h end
-    local list = self.patterns[method]
-    if not list then return nil end
-    parts = parts or split_path(path)
+    local p = self.patterns[method]
+    if not p then return nil end
+    local ix = p.index
+    if not ix then ix = index(p.list); p.index = ix end
+    local list = ix.by_first[first] or ix.wild
     for i = 1, #list do
         local r = list[i]
-        local params = match_segs(r.segs, parts, path)
-        if params then return r.handler, params end
+        local params = bind(r, path)
+        if params then
+            if find(path, "%", 1, true) then
+                for k, v in next, params do params[k] = decode(v) end
+            end
+            return r.handler, params
+        end
     end
 end
 
 -- router:match(method, path) -> handler, params | nil, allowed (a list of methods that
 -- would match the path; empty when none does)
 function Router:match(method, path)
-    local h, params = find(self, method, path)
+    local t = self.exact[method]
+    local h = t and t[path]
+    if h then return h end
+    local first = match(path, "^/([^/]*)")
+    if not first then return nil, {} end -- "*", "host:443": no path to route
+    local params
+    h, params = find_route(self, method, path, first)
     if h then return h, params end
     if method == "HEAD" then
-        h, params = find(self, "GET", path)
+        h, params = find_route(self, "GET", path, first)
         if h then return h, params end
     end
-    h, params = find(self, "*", path)
+    h, params = find_route(self, "*", path, first)
     if h then return h, params end
     local allowed = {}
-    local parts = split_path(path)
     for m in pairs(self.methods) do
-        if m ~= "*" and find(self, m, path, parts) then allowed[#allowed + 1] = m end
+        if m ~= "*" and find_route(self, m, path, first) then allowed[#allowed + 1] = m end
     end
     if #allowed > 0 then
         local has_get, has_head
