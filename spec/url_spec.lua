@@ -45,6 +45,30 @@ describe("url.split", function()
     end)
 end)
 
+describe("url.parse_query", function()
+    it("splits on '&' only: a ';' belongs to its value (CVE-2021-23336)", function()
+        local last, all = url.parse_query("a=1;b=2&c=3;&d")
+        assert.same({ a = "1;b=2", c = "3;", d = "" }, last)
+        assert.same({ a = { "1;b=2" }, c = { "3;" }, d = { "" } }, all)
+        assert.same({ [";x"] = "y" }, (url.parse_query(";x=y")))
+        assert.same({ a = "x y", b = "&" }, (url.parse_query("a=x+y&&b=%26&")))
+        assert.same({ a = "2" }, (url.parse_query("a=1&a=2")))
+    end)
+
+    it("gives req.query and req:form() the same pairs", function()
+        local loom = require "loom"
+        local testing = require "loom.testing"
+        local app = loom.app()
+        app:post("/f", function(req) return { json = { q = req.query, f = req:form() } } end)
+        loom.run(function()
+            local client <close> = testing.client(app)
+            local res = assert(client:post("/f?a=1;b=2&c=3", {
+                body = "x=1;y=2&z=3", headers = { ["content-type"] = "application/x-www-form-urlencoded" } }))
+            assert.same({ q = { a = "1;b=2", c = "3" }, f = { x = "1;y=2", z = "3" } }, res:json())
+        end)
+    end)
+end)
+
 describe("client join", function()
     -- RFC 3986 5.4.1 and 5.4.2 (strict: "http:g" is the URL http:g, as a reference with a
     -- scheme is absolute)

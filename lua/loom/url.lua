@@ -24,11 +24,13 @@ function M.encode(s)
 end
 
 -- "a=1&b=x+y&a=2" -> {a = "2", b = "x y"}; a repeated key keeps the last value, and the
--- second return value holds every value in order: {a = {"1", "2"}, b = {"x y"}}.
+-- second return value holds every value in order: {a = {"1", "2"}, b = {"x y"}}. Pairs are
+-- split on "&" only, as the WHATWG URL standard and Python since CVE-2021-23336 do: a ";"
+-- is part of a value, so "a=1;b=2" cannot hide a b from a cache or proxy that splits on "&".
 function M.parse_query(s)
     local last, all = {}, {}
     if not s or s == "" then return last, all end
-    for pair in s:gmatch("[^&;]+") do
+    for pair in s:gmatch("[^&]+") do
         local k, v = pair:match("^([^=]*)=?(.*)$")
         k, v = M.decode_component(k), M.decode_component(v)
         if k ~= "" then
