@@ -13,6 +13,10 @@
 -- (over https, or when not Secure) while it has not expired; a header holds only stored
 -- name=value pairs, no more than there are cookies; parse_date answers nil or an
 -- integer; and a time written as RFC 1123, RFC 850 and asctime dates parses back to itself.
+-- The jar uses a small public-suffix list of the driver's own (the system's may be absent,
+-- and a fixed one keeps runs alike), with a wildcard and exceptions: a cookie that is not
+-- host-only never has a public suffix for its domain, and one whose Domain was refused as a
+-- public suffix is not stored.
 local F = require "lua_fuzz"
 local url = require "loom.url"
 local cookies = require "loom.cookies"
@@ -20,6 +24,9 @@ local cookies = require "loom.cookies"
 local check = F.check
 local MAX_LINES = 16
 local FALLBACK = "http://www.example.com/dir/page"
+
+cookies.set_public_suffix_list(table.concat({ "com", "net", "uk", "co.uk", "github.io", "*.ck", "!www.ck",
+    "jp", "*.kobe.jp", "!city.kobe.jp", "example.net", "\xe5\x85\xac\xe5\x8f\xb8.cn" }, "\n"))
 
 local function is_ip(host)
     return host:find("^%d+%.%d+%.%d+%.%d+$") or host:find(":", 1, true)
@@ -49,6 +56,7 @@ local function check_stored(jar, u)
         check(d == u.host or (not is_ip(u.host) and d:find(".", 1, true) and u.host:sub(-#d - 1) == "." .. d),
             "cookie %s for %q under domain %q", k, u.host, d)
         check(not c.host_only or d == u.host, "host-only cookie for %q under %q", u.host, d)
+        check(c.host_only or not cookies.is_public_suffix(d), "cookie %s for the public suffix %q", k, d)
     end
     check(n == jar.count, "jar.count is %d, the jar holds %d", jar.count, n)
     check(n <= cookies.MAX_TOTAL, "%d cookies kept", n)
