@@ -1,7 +1,8 @@
 -- loom.cookies: a session's cookie jar, after RFC 6265: Set-Cookie is parsed with its
 -- Domain (host-only when absent; a domain that does not cover the request host is
--- refused), Path (default: the request path's directory), Expires and Max-Age (Max-Age
--- wins; a date in the past deletes), Secure (sent over https only). As RFC 6265bis has
+-- refused, and so is a public suffix other than the host: see "Public suffixes"), Path
+-- (default: the request path's directory), Expires and Max-Age (Max-Age wins; a date in
+-- the past deletes), Secure (sent over https only). As RFC 6265bis has
 -- it, a Set-Cookie holding a control character (but tab), setting Secure over plain http,
 -- or from plain http naming a stored Secure cookie it would overwrite or shadow, is
 -- ignored, and a Max-Age that is not an optional "-" and digits is ignored.
