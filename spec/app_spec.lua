@@ -4,6 +4,7 @@
 local loom = require "loom"
 local run = require "support.run"
 local testing = require "loom.testing"
+local core = require "loom.core"
 
 -- Runs body(client, srv) with app listening; the client and server are closed at the end.
 local function with_app(app, body, opts)
@@ -835,6 +836,322 @@ describe("app: static files", function()
             assert(res.body == block .. block .. "tail", "the body differs from the file")
         end)
         os.remove(path)
+    end)
+end)
+
+describe("app: middleware over every kind of answer", function()
+    local dir, root
+    setup(function() dir, root = site() end)
+    teardown(function() os.execute("rm -rf " .. root) end)
+
+    -- Adds one header before next (req.response_headers) and one after, and notes the
+    -- answer next() gave for each path.
+    local function header_app(seen)
+        local app = loom.app()
+        app:use(function(req, next)
+            req.response_headers["x-early"] = "1"
+            local res = next(req)
+            seen[req.path] = { status = res.status, streamed = res.streamed,
+                type = res.headers and res.headers["content-type"] }
+            res.headers = res.headers or {}
+            res.headers["x-served-by"] = "loom"
+            return res
+        end)
+        app:static("/static", dir)
+        app:get("/s", function() return "plain" end)
+        app:get("/t", function() return { status = 201, json = { k = 1 } } end)
+        app:get("/n", function() end)
+        app:get("/f", function() return { file = dir .. "/style.css" } end)
+        app:get("/gone", function() return { file = dir .. "/nope.css" } end)
+        app:get("/stream", function(req)
+            local out = assert(req:stream{ status = 202, headers = { ["content-type"] = "text/plain" } })
+            out:write("a")
+            out:write("b")
+        end)
+        return app
+    end
+
+    it("next() gives the real status of each, and headers set around next reach the wire", function()
+        local seen = {}
+        with_app(header_app(seen), function(client)
+            local want = {
+                ["/s"] = { 200, "plain" }, ["/t"] = { 201, '{"k":1}' }, ["/n"] = { 204, "" },
+                ["/f"] = { 200, "body { color: red }" }, ["/gone"] = { 404, "Not Found" },
+                ["/static/style.css"] = { 200, "body { color: red }" },
+                ["/static/nope.css"] = { 404, "Not Found" },
+            }
+            for path, w in pairs(want) do
+                local res = get(client, path)
+                assert.equal(w[1], res.status, path)
+                assert.equal(w[2], res.body, path)
+                assert.equal("loom", res.headers["x-served-by"], path)
+                assert.equal("1", res.headers["x-early"], path)
+                assert.equal(w[1], seen[path].status, path)
+                assert.is_nil(seen[path].streamed, path)
+            end
+            assert.equal("text/css; charset=utf-8", seen["/f"].type)
+            assert.equal("text/css; charset=utf-8", seen["/static/style.css"].type)
+            -- conditional and range answers of files show their own statuses
+            local etag = get(client, "/static/style.css").headers.etag
+            local res = get(client, "/static/style.css", { headers = { ["if-none-match"] = etag } })
+            assert.equal(304, res.status)
+            assert.equal("loom", res.headers["x-served-by"])
+            assert.equal(304, seen["/static/style.css"].status)
+            res = get(client, "/static/blob.bin", { headers = { range = "bytes=2-5" } })
+            assert.equal(206, res.status)
+            assert.equal("2345", res.body)
+            assert.equal("loom", res.headers["x-served-by"])
+            assert.equal(206, seen["/static/blob.bin"].status)
+            -- a stream's head went out in the handler: the early header is in it, and
+            -- next() says what was sent
+            res = get(client, "/stream")
+            assert.equal(202, res.status)
+            assert.equal("ab", res.body)
+            assert.equal("1", res.headers["x-early"])
+            assert.is_nil(res.headers["x-served-by"])
+            assert.same({ status = 202, streamed = true, type = "text/plain" }, seen["/stream"])
+        end)
+    end)
+
+    it("a static file's headers reach curl too", function()
+        local seen = {}
+        local app = header_app(seen)
+        run(function()
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local url = ("http://127.0.0.1:%d/static/index.html"):format(srv.port)
+            -- curl runs beside the loop (core.process_spawn), its output to a file
+            local out = os.tmpname()
+            local sh = assert(core.process_spawn("/bin/sh",
+                { "-c", "curl -sS --max-time 10 -D - -o /dev/null " .. url .. " >" .. out .. " 2>&1" }))
+            assert.same({ 0, nil }, { sh:wait() })
+            local f = assert(io.open(out, "rb"))
+            local head = f:read("a")
+            f:close()
+            os.remove(out)
+            assert.matches("^HTTP/1.1 200", head)
+            assert.matches("\r\n[Xx]%-[Ss]erved%-[Bb]y: loom\r\n", head)
+            assert.matches("\r\n[Xx]%-[Ee]arly: 1\r\n", head)
+            assert.equal(200, seen["/static/index.html"].status)
+        end)
+    end)
+
+    it("a handler's error is raised through next, and pcall(next, req) catches it", function()
+        local app = loom.app()
+        local caught
+        app:use(function(req, next)
+            local ok, res = pcall(next, req)
+            if not ok then
+                caught = res
+                return { status = 500, json = { error = "internal" } }
+            end
+            return res
+        end)
+        app:get("/boom", function() error({ code = 42 }) end)
+        with_app(app, function(client)
+            local res = get(client, "/boom")
+            assert.equal(500, res.status)
+            assert.equal("application/json", res.headers["content-type"])
+            assert.same({ code = 42 }, caught)
+        end)
+    end)
+
+    it("the content type of a rewritten answer follows its new body", function()
+        local app = loom.app()
+        app:use(function(req, next)
+            local res = next(req)
+            if req.path == "/same" then
+                res.json = { wrapped = res.body } -- on the very table next() gave
+            elseif req.path == "/cleared" then
+                res.body, res.html = nil, "<b>" .. res.body .. "</b>"
+            elseif res.status >= 400 then
+                return { status = res.status, headers = res.headers, json = { error = res.body } }
+            end
+            return res
+        end)
+        app:get("/same", function() return "plain" end)
+        app:get("/cleared", function() return "plain" end)
+        app:get("/own", function() return { headers = { ["content-type"] = "text/x-mine" }, text = "mine" } end)
+        with_app(app, function(client)
+            local res = get(client, "/missing")
+            assert.equal(404, res.status)
+            assert.equal("application/json", res.headers["content-type"])
+            assert.same({ error = "Not Found" }, res:json())
+            res = get(client, "/same")
+            assert.equal("application/json", res.headers["content-type"])
+            assert.same({ wrapped = "plain" }, res:json())
+            res = get(client, "/cleared")
+            assert.equal("text/html; charset=utf-8", res.headers["content-type"])
+            assert.equal("<b>plain</b>", res.body)
+            res = get(client, "/own") -- a type the handler chose stays
+            assert.equal("text/x-mine", res.headers["content-type"])
+        end)
+    end)
+end)
+
+describe("app: not_found and on_error", function()
+    it("answer unknown paths and handler errors, middleware seeing both", function()
+        local app = loom.app()
+        local seen = {}
+        app:use(function(req, next)
+            local res = next(req)
+            seen[#seen + 1] = res.status
+            return res
+        end)
+        app:not_found(function(req) return { status = 404, json = { error = "no route", path = req.path } } end)
+        app:on_error(function(req, err)
+            return { status = 500, json = { error = "internal", path = req.path, what = type(err) } }
+        end)
+        app:get("/boom", function() error("kaput") end)
+        app:get("/obj", function() error({ code = 1 }) end)
+        app:post("/only-post", function() return "posted" end)
+        with_app(app, function(client)
+            local res = get(client, "/nope")
+            assert.equal(404, res.status)
+            assert.equal("application/json", res.headers["content-type"])
+            assert.same({ error = "no route", path = "/nope" }, res:json())
+            res = get(client, "/boom")
+            assert.equal(500, res.status)
+            assert.same({ error = "internal", path = "/boom", what = "string" }, res:json())
+            res = get(client, "/obj")
+            assert.same({ error = "internal", path = "/obj", what = "table" }, res:json())
+            res = get(client, "/only-post") -- 405 keeps its plain answer and Allow
+            assert.equal(405, res.status)
+            assert.equal("POST", res.headers.allow)
+            assert.same({ 404, 500, 500, 405 }, seen)
+        end)
+    end)
+
+    it("work without middleware, and catch a middleware's error too", function()
+        local app = loom.app()
+        app:not_found(function() return "nothing here" end)
+        app:on_error(function() return { status = 503, text = "sorry" } end)
+        app:get("/boom", function() error("kaput") end)
+        app:get("/fine", function() return "fine" end)
+        with_app(app, function(client)
+            assert.equal("nothing here", get(client, "/nope").body)
+            local res = get(client, "/boom")
+            assert.equal(503, res.status)
+            assert.equal("sorry", res.body)
+            assert.equal("fine", get(client, "/fine").body)
+        end)
+        local app2 = loom.app()
+        app2:use(function(req, next)
+            if req.path == "/mw" then error("middleware broke") end
+            return next(req)
+        end)
+        app2:on_error(function(_, err) return { status = 500, text = "handled: " .. tostring(err):match("broke") } end)
+        app2:get("/mw", function() return "never" end)
+        with_app(app2, function(client)
+            local res = get(client, "/mw")
+            assert.equal(500, res.status)
+            assert.equal("handled: broke", res.body)
+        end)
+    end)
+
+    it("an error handler that raises gives the plain 500", function()
+        local app = loom.app()
+        app:on_error(function() error("the handler broke too") end)
+        app:get("/boom", function() error("kaput") end)
+        with_app(app, function(client)
+            local res = get(client, "/boom")
+            assert.equal(500, res.status)
+            assert.equal("Internal Server Error", res.body)
+        end)
+    end)
+
+    it("misuse raises", function()
+        local app = loom.app()
+        assert.error_matches(function() app:not_found("x") end, "bad argument #1 to 'not_found'")
+        assert.error_matches(function() app:on_error() end, "bad argument #1 to 'on_error'")
+    end)
+end)
+
+describe("app: static files that fall through", function()
+    local dir, root
+    setup(function() dir, root = site() end)
+    teardown(function() os.execute("rm -rf " .. root) end)
+
+    it("serve a file when there is one, and go on to the routes when not (an SPA)", function()
+        local app = loom.app()
+        app:static("/", dir, { fallthrough = true })
+        app:get("/api/users/{id}", function(req) return { json = { id = req.params.id } } end)
+        app:get("/style.css", function() return "a route the file shadows" end)
+        app:post("/app.js", function() return "posted" end)
+        app:not_found(function(req)
+            if req.method == "GET" and not req.path:find("^/api/") then return { file = dir .. "/index.html" } end
+            return { status = 404, json = { error = "not found" } }
+        end)
+        with_app(app, function(client)
+            assert.equal("<h1>home</h1>", get(client, "/").body)
+            assert.equal("body { color: red }", get(client, "/style.css").body)
+            assert.equal("<p>sub</p>", get(client, "/sub/").body)
+            assert.equal(301, get(client, "/sub").status)
+            assert.same({ id = "7" }, get(client, "/api/users/7"):json())
+            assert.equal("posted", assert(client:post("/app.js", { body = "" })).body)
+            local res = get(client, "/app/deep/link") -- an SPA's client-side route
+            assert.equal(200, res.status)
+            assert.equal("text/html; charset=utf-8", res.headers["content-type"])
+            assert.equal("<h1>home</h1>", res.body)
+            res = get(client, "/api/nope")
+            assert.equal(404, res.status)
+            assert.same({ error = "not found" }, res:json())
+            assert.equal("<h1>home</h1>", get(client, "/../secret.txt").body) -- never the file above
+        end)
+    end)
+
+    it("under a prefix, only paths below it; without the option, a 404", function()
+        local app = loom.app()
+        app:static("/assets", dir, { fallthrough = true })
+        app:static("/plain", dir)
+        app:get("/assets/{name}", function(req) return "route " .. req.params.name end)
+        app:get("/assetsX", function() return "beside" end)
+        with_app(app, function(client)
+            assert.equal("read me", get(client, "/assets/docs/readme.txt").body)
+            assert.equal("route nope.txt", get(client, "/assets/nope.txt").body)
+            assert.equal("beside", get(client, "/assetsX").body)
+            assert.equal(404, get(client, "/plain/nope.txt").status)
+        end)
+        assert.error_matches(function() app:static("/x", dir, { fallthrough = 1 }) end, "option 'fallthrough'")
+        assert.error_matches(function() app:static("/x", dir, { fall = true }) end, "fall")
+    end)
+end)
+
+describe("app: an error object whose __tostring raises", function()
+    it("still gets its 500, with handler_timeout off", function()
+        local app = loom.app{ handler_timeout = false }
+        app:get("/bad", function()
+            error(setmetatable({}, { __tostring = function() error("x") end }))
+        end)
+        app:get("/yields", function()
+            error(setmetatable({}, { __tostring = function() coroutine.yield() end }))
+        end)
+        with_app(app, function(client)
+            for _, path in ipairs({ "/bad", "/yields" }) do
+                local res = get(client, path, { timeout = 5 })
+                assert.equal(500, res.status)
+                assert.equal("Internal Server Error", res.body)
+            end
+        end, { timeout = 8 })
+    end)
+end)
+
+describe("app: a time limit on ws:receive with loom.timeout", function()
+    it("gives nil, 'timeout' and leaves the websocket usable", function()
+        local app = loom.app()
+        app:ws("/echo", function(ws)
+            for msg in ws:each() do ws:send(msg) end
+        end)
+        run(function()
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local ws <close> = assert(loom.websocket(("ws://127.0.0.1:%d/echo"):format(srv.port)))
+            assert.same({ nil, "timeout" }, { loom.timeout(0.05, ws.receive, ws) })
+            assert(ws:send("after the timeout"))
+            assert.same({ "after the timeout", "text" }, { ws:receive() })
+            assert.same({ nil, "timeout" }, { loom.timeout(0.05, ws.receive, ws) })
+            assert(ws:send("again"))
+            assert.same({ "again", "text" }, { ws:receive() })
+            ws:close()
+        end)
     end)
 end)
 

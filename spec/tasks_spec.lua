@@ -75,6 +75,23 @@ describe("loom.spawn and task:join", function()
         end)
     end)
 
+    it("ends a task whose error object's __tostring raises or yields (join gives it back)", function()
+        run(function()
+            local raising = setmetatable({}, { __tostring = function() error("x") end })
+            local yielding = setmetatable({}, { __tostring = function() coroutine.yield() return "y" end })
+            for _, obj in ipairs({ raising, yielding }) do
+                local t = loom.spawn(function() error(obj) end)
+                assert.same({ false, obj }, { t:join() })
+                assert.matches("error object is a table value", t:traceback(), 1, true)
+            end
+            -- a __tostring that works still gives the message
+            local fine = setmetatable({}, { __tostring = function() return "fine message" end })
+            local t = loom.spawn(function() error(fine) end)
+            assert.same({ false, fine }, { t:join() })
+            assert.matches("fine message", t:traceback(), 1, true)
+        end, { timeout = 5 })
+    end)
+
     it("loom.current() is the running task", function()
         run(function()
             local me

@@ -862,6 +862,33 @@ static int server_close_tbc(lua_State *L) {
     return server_close_l(L);
 }
 
+/* srv:wait(): parks the calling task until the server has closed (srv:close, or app:run's
+ * signal) and its last connection is gone, answered or cut at the grace period; at once
+ * when that is so already. Handler tasks cut at the grace period may still be unwinding.
+ * The server keeps no list of such waiters, so this polls every 20 ms through the
+ * scheduler's sleep (core.sleep), resuming here (lua_callk's continuation) each time. */
+static int server_wait_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status, (void)ctx;
+    loom_server_t *srv = check_server(L, 1);
+    if (!srv || srv->host->closing || (srv->closing && !srv->listening && srv->nconns == 0))
+        return 0;
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "loom.core");
+    lua_getfield(L, -1, "sleep"); /* srv loaded core sleep */
+    lua_replace(L, 2);
+    lua_settop(L, 2);
+    lua_pushnumber(L, 0.02);
+    lua_callk(L, 1, 0, 0, server_wait_k);
+    return server_wait_k(L, LUA_OK, 0);
+}
+
+static int server_wait(lua_State *L) {
+    check_server(L, 1);
+    loom_task_self(L, "wait");
+    return server_wait_k(L, LUA_OK, 0);
+}
+
 static int server_index(lua_State *L) {
     loom_server_t *srv = check_server(L, 1);
     const char *k = luaL_checkstring(L, 2);
@@ -871,6 +898,8 @@ static int server_index(lua_State *L) {
         lua_pushcfunction(L, server_close_l);
     } else if (strcmp(k, "connections") == 0) {
         lua_pushinteger(L, srv ? srv->nconns : 0);
+    } else if (strcmp(k, "wait") == 0) {
+        lua_pushcfunction(L, server_wait);
     } else {
         lua_pushnil(L);
     }

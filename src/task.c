@@ -309,12 +309,27 @@ static int is_cancel_value(lua_State *L, int idx) {
     return s && len == 9 && memcmp(s, "cancelled", 9) == 0;
 }
 
-/* Pushes a message for an error value, as lua.c's msghandler does. */
+static int tostring_p(lua_State *L) {
+    luaL_tolstring(L, 1, NULL);
+    return 1;
+}
+
+/* Pushes a message for an error value, as lua.c's msghandler does. The value's __tostring
+ * runs protected: one that raises or yields (which it cannot here, outside the task) must
+ * not escape, or the task would never finish and its joiners, or the client of a handler,
+ * would wait for ever. */
 static const char *error_text(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
     if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER)
         return lua_pushstring(L, lua_tostring(L, idx));
-    if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-        return lua_tostring(L, -1);
+    if (luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushcfunction(L, tostring_p);
+        lua_pushvalue(L, idx);
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+            return lua_tostring(L, -1);
+        lua_pop(L, 1); /* the conversion's own error */
+    }
     return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
 }
 
@@ -349,9 +364,28 @@ static int recycle(loom_t *h, loom_task_t *t) {
     return 1;
 }
 
+static void live_add(loom_sched_t *s, loom_task_t *t) {
+    t->live_prev = NULL;
+    t->live_next = s->live;
+    if (s->live)
+        s->live->live_prev = t;
+    s->live = t;
+}
+
+static void live_remove(loom_sched_t *s, loom_task_t *t) {
+    if (t->live_prev)
+        t->live_prev->live_next = t->live_next;
+    else if (s->live == t)
+        s->live = t->live_next;
+    if (t->live_next)
+        t->live_next->live_prev = t->live_prev;
+    t->live_prev = t->live_next = NULL;
+}
+
 static void complete(loom_t *h, loom_task_t *t) {
     lua_State *L = h->sched.L;
     t->state = TASK_DONE;
+    live_remove(&h->sched, t);
     if (t->on_done) {
         t->on_done(h, t);
         if (recycle(h, t))
@@ -467,6 +501,7 @@ static loom_task_t *new_task(lua_State *L, int nargs) {
     lua_setiuservalue(L, -2, 1);    /* t; uservalue 1 anchors the coroutine */
     lua_pushvalue(L, -1);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    live_add(&h->sched, t);
     return t;
 }
 
@@ -490,6 +525,7 @@ loom_task_t *loom_spawn_internal(lua_State *L, int nargs, void (*on_done)(loom_t
         t->nargs = nargs;
         t->cancel = t->failed = t->observed = t->is_cancelled = 0;
         t->nres = 0;
+        live_add(s, t);
     } else {
         t = new_task(L, nargs);
         lua_pop(L, 1);
@@ -714,6 +750,22 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
+/* core.live_tasks() -> {task, ...}: every task not yet done but the running one and the
+ * main task (the script's, or loom.run's), newest first. app:run's shutdown cancels them. */
+static int l_live_tasks(lua_State *L) {
+    loom_sched_t *s = &loom_host(L)->sched;
+    int n = 0;
+    lua_newtable(L);
+    for (loom_task_t *t = s->live; t; t = t->live_next) {
+        if (t == s->current || t == s->main || t->ref == LUA_NOREF)
+            continue;
+        t->exposed = 1; /* Lua holds it now: an internal task must not be recycled */
+        push_task(L, t);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
+
 static int task_cancel_l(lua_State *L) {
     task_cancel(check_task(L, 1));
     return 0;
@@ -771,7 +823,8 @@ static const luaL_Reg sched_funcs[] = {
     {"spawn", l_spawn},     {"sleep", l_sleep},     {"now", l_now},
     {"current", l_current}, {"in_task", l_in_task}, {"is_current", l_is_current},
     {"park", l_park},       {"ticket", l_ticket},   {"wake", l_wake},
-    {"watch", l_watch},     {"stats", l_stats},     {NULL, NULL},
+    {"watch", l_watch},     {"stats", l_stats},     {"live_tasks", l_live_tasks},
+    {NULL, NULL},
 };
 
 int loom_open_sched(lua_State *L) {

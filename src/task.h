@@ -63,6 +63,8 @@ struct loom_task {
     unsigned char pooled;  /* may be recycled when it ends well */
     unsigned char exposed; /* loom.current() handed it out: never recycle */
     loom_task_t *pool_next;
+    /* the scheduler's list of tasks not yet done (app:run's shutdown cancels them) */
+    loom_task_t *live_prev, *live_next;
 };
 
 typedef struct loom_sched {
@@ -83,6 +85,7 @@ typedef struct loom_sched {
     int stats_alive;   /* scratch for core.stats */
     loom_task_t *pool; /* finished internal tasks whose coroutines wait for reuse */
     int npool;
+    loom_task_t *live; /* tasks not yet done, newest first */
 } loom_sched_t;
 
 void loom_sched_init(loom_t *h);

@@ -15,7 +15,7 @@ App.__name = "loom.app"
 
 local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout",
     "handler_timeout" }
-local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true }
+local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true, cancel_tasks = true }
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
 for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
     LISTEN_OPTS[k], RUN_OPTS[k] = true, true
@@ -25,8 +25,8 @@ end
 --           body_timeout = 60, send_timeout = 60, handler_timeout = 60 (0 or false: none) }
 local function new(opts)
     opts = args.known(args.opts(opts, "app", 1), APP_OPTS, "app", 1)
-    local app = setmetatable({ router = router.new(), middleware = {}, limits = {},
-        websockets = setmetatable({}, { __mode = "k" }) }, App)
+    local app = setmetatable({ router = router.new(), middleware = {}, limits = {}, fallthrough = {},
+        startup = {}, shutdown = {}, websockets = setmetatable({}, { __mode = "k" }) }, App)
     for _, k in ipairs(LIMITS) do
         local v
         if k == "handler_timeout" and opts[k] == false then
@@ -81,13 +81,17 @@ end
 
 -- Responses ---------------------------------------------------------------------------
 
-local function has_header(headers, lname)
-    if not headers then return false end
-    if headers[lname] ~= nil then return true end
+local function header_key(headers, lname)
+    if not headers then return nil end
+    if headers[lname] ~= nil then return lname end
     for k in pairs(headers) do
-        if type(k) == "string" and k:lower() == lname then return true end
+        if type(k) == "string" and k:lower() == lname then return k end
     end
-    return false
+    return nil
+end
+
+local function has_header(headers, lname)
+    return header_key(headers, lname) ~= nil
 end
 
 local function with_header(headers, name, value)
@@ -99,24 +103,61 @@ end
 
 local static -- loom.static, loaded when a file is returned
 
--- Turns what a handler returned into a table {status, headers, body} (or file).
-local function normalize(res)
+-- The content type normalize put in a header table itself (not the handler), by table: a
+-- middleware that turns an answer into another kind ({json = ...} with the old headers)
+-- gets the new kind's type rather than the old default.
+local auto_type = setmetatable({}, { __mode = "k" })
+-- The body normalize made for a table of its own making: a middleware that then sets
+-- text, html or json on that table replaces the body.
+local made_body = setmetatable({}, { __mode = "k" })
+
+local function typed(headers, ct)
+    local key = header_key(headers, "content-type")
+    if key ~= nil and not (key == "content-type" and auto_type[headers] == headers[key]) then
+        return headers -- the handler's own type wins
+    end
+    headers = with_header(headers, "content-type", ct)
+    auto_type[headers] = ct
+    return headers
+end
+
+-- Turns what a handler returned into the one response shape middleware sees:
+-- {status, headers, body} for strings and tables, {status, headers, file, ...} for a file
+-- (sent once the middleware is done), {status = 204} for nothing, and for an answer that
+-- req:stream already began {status, headers (as sent), streamed = true}.
+local function normalize(res, req)
     local t = type(res)
     if t == "string" then
-        return { status = 200, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = res }
+        local r = { status = 200, headers = typed(nil, "text/plain; charset=utf-8"), body = res }
+        made_body[r] = res
+        return r
     elseif res == nil then
+        local sent = req and rawget(req, "_streamed")
+        if sent then return { status = sent.status, headers = sent.headers, streamed = true } end
         return { status = 204 }
     elseif t ~= "table" then
         error("handler returned a " .. t .. " (expected a string, a table or nothing)", 0)
     end
-    if res.body ~= nil or res.file ~= nil or (res.text == nil and res.html == nil and res.json == nil) then
+    if res.streamed then return res end
+    local kind = res.text ~= nil or res.html ~= nil or res.json ~= nil
+    if kind and res.body ~= nil and made_body[res] == res.body then
+        res.body = nil -- a middleware set text, html or json on an answer we made
+    end
+    if res.file ~= nil then
+        static = static or require "loom.static"
+        if static.is_prepared(res) then return res end
+        return static.prepare(req, res)
+    end
+    if res.body ~= nil or not kind then
         local body = res.body
         if body ~= nil and type(body) ~= "string" then
             error("response body must be a string, got " .. type(body), 0)
         end
-        if body ~= nil and not has_header(res.headers, "content-type") and res.file == nil then
-            return { status = res.status or 200, body = body,
-                headers = with_header(res.headers, "content-type", "application/octet-stream") }
+        if body ~= nil and not has_header(res.headers, "content-type") then
+            local r = { status = res.status or 200, body = body,
+                headers = typed(res.headers, "application/octet-stream") }
+            made_body[r] = body
+            return r
         end
         return res
     end
@@ -128,69 +169,115 @@ local function normalize(res)
     else
         body, ct = json.encode(res.json), "application/json"
     end
-    local headers = res.headers
-    if not has_header(headers, "content-type") then headers = with_header(headers, "content-type", ct) end
-    return { status = res.status or 200, headers = headers, body = body }
+    local r = { status = res.status or 200, headers = typed(res.headers, ct), body = body }
+    made_body[r] = body
+    return r
 end
 
 -- What the C engine takes: a string (200 text/plain), nothing (204, or a finished stream),
--- or status, headers, body.
+-- or status, headers, body. Files are sent from here, after the middleware is done.
 local emit
 function emit(req, res)
-    if type(res) == "string" then return res end
-    res = normalize(res)
+    if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
+    if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
+    res = normalize(res, req)
+    local headers = request.with_extra(req, res.headers)
     if res.file ~= nil then
-        static = static or require "loom.static"
-        -- nothing once the file is streamed; a table for 304, 404 or 416, to emit in turn
-        local answer = static.send(req, res.file, res.status, res.headers)
+        -- nothing once the file is streamed; a table (404 when it went meanwhile) to emit
+        local answer = static.stream(req, res, headers)
         if answer ~= nil then return emit(req, answer) end
         return
     end
-    return res.status or 200, res.headers, res.body
+    return res.status or 200, headers, res.body
 end
 
-local function not_found()
-    return { status = 404, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = "Not Found" }
+local function plain_answer(status, text, headers)
+    headers = headers or {}
+    headers["content-type"] = "text/plain; charset=utf-8"
+    auto_type[headers] = headers["content-type"]
+    return { status = status, headers = headers, body = text }
 end
 
--- The innermost handler: route, call, and (under middleware) normalize.
+-- A message for an error value, whatever its __tostring does.
+local function error_text(e)
+    if type(e) == "string" or type(e) == "number" then return tostring(e) end
+    local ok, s = pcall(tostring, e)
+    if ok and type(s) == "string" then return s end
+    return "(error object is a " .. type(e) .. " value)"
+end
+
+-- Runs fn(req) and, when it raises, answers with the app's on_error handler instead, after
+-- logging the error as the server would. Left to the server: cancellation (handler_timeout),
+-- a client that is gone, and any answer whose head is already out.
+local function guarded(app, fn)
+    local on_error = app.error_handler
+    return function(req)
+        local tb
+        local ok, res = xpcall(fn, function(e)
+            tb = debug.traceback(error_text(e), 2)
+            return e
+        end, req)
+        if ok then return res end
+        local e = res
+        if e == "cancelled" or rawget(req, "_streamed") or rawget(req, "_error_handled")
+            or (type(e) == "string" and e:find("^closed: ")) then
+            error(e, 0)
+        end
+        io.stderr:write(("loom: error in handler for %s %s: %s\n"):format(req.method, req.target, tb))
+        io.stderr:flush()
+        rawset(req, "_error_handled", true)
+        return normalize(on_error(req, e), req)
+    end
+end
+
+-- The innermost handler: static files that fall through, then routes, then not found.
 local function dispatcher(app, wrap)
     local r = app.router
+    local fall = app.fallthrough
+    local not_found = app.not_found_handler
     return function(req)
+        for i = 1, #fall do
+            local res = fall[i](req)
+            if res ~= nil then return res end
+        end
         local h, params = r:match(req.method, req.path)
         if not h then
             if #params > 0 then
                 local allow = table.concat(params, ", ")
-                return { status = 405, body = "Method Not Allowed",
-                    headers = { ["content-type"] = "text/plain; charset=utf-8", allow = allow } }
+                return plain_answer(405, "Method Not Allowed", { allow = allow })
             end
-            return not_found()
+            if not_found then return normalize(not_found(req), req) end
+            return plain_answer(404, "Not Found")
         end
         if params and next(params) then req.params = params end
         local res = h(req)
-        if wrap then return normalize(res) end
+        if wrap then return normalize(res, req) end
         return res
     end
 end
 
 -- The function the engine runs, in a task of its own, for each request. C passes an empty
--- request table that already has its metatable. Without middleware, a route without
--- patterns is found here, in two lookups, rather than through the dispatcher; a string
--- result (the commonest answer) goes back to C as it is.
+-- request table that already has its metatable. Without middleware (nor error handler nor
+-- static files that fall through), a route without patterns is found here, in two
+-- lookups, rather than through the dispatcher; a string result (the commonest answer)
+-- goes back to C as it is. Every answer is sent by emit once the middleware is done.
 function App:_entry()
     local mw = self.middleware
     local inner = dispatcher(self, #mw > 0)
+    if self.error_handler then inner = guarded(self, inner) end
     local chain = inner
     for i = #mw, 1, -1 do
         local m, nxt = mw[i], chain
         chain = function(req)
             return m(req, function(r)
-                local res = nxt(r or req)
-                return normalize(res)
+                r = r or req
+                return normalize(nxt(r), r)
             end)
         end
     end
-    local exact = #mw == 0 and self.router.exact or {}
+    if #mw > 0 and self.error_handler then chain = guarded(self, chain) end
+    local plain = #mw == 0 and not self.error_handler and #self.fallthrough == 0
+    local exact = plain and self.router.exact or {}
     local type = type
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
@@ -198,9 +285,25 @@ function App:_entry()
         local h = routes and routes[path]
         local res
         if h then res = h(req) else res = chain(req) end
-        if type(res) == "string" then return res end
+        if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
         return emit(req, res)
     end
+end
+
+-- app:not_found(function(req) ... end): the answer for a path no route (nor file) matches,
+-- instead of the plain 404; it may return anything a handler may.
+function App:not_found(fn)
+    args.check(fn, "function", "not_found", 1)
+    self.not_found_handler = fn
+    return self
+end
+
+-- app:on_error(function(req, err) ... end): the answer when a handler or middleware raises,
+-- instead of the plain 500 (the error is still logged).
+function App:on_error(fn)
+    args.check(fn, "function", "on_error", 1)
+    self.error_handler = fn
+    return self
 end
 
 -- app:ws(pattern, function(ws, req) ... end [, { max_message }]): a websocket endpoint;
@@ -211,21 +314,33 @@ function App:ws(pattern, fn, opts)
     return self
 end
 
--- Closes the app's open websockets with 1001 (going away), each in a task of its own.
--- app:run does this after srv:close: an upgraded connection is no longer the server's, and
--- its handler would otherwise keep the process alive.
+-- Closes the app's open websockets with 1001 (going away), each in a task of its own, and
+-- returns those tasks. app:run does this after srv:close: an upgraded connection is no
+-- longer the server's, and its handler would otherwise keep the process alive.
 function App:close_websockets()
+    local closers = {}
     for ws in pairs(self.websockets) do
-        core.spawn(function() ws:close(1001, "server shutting down") end)
+        closers[#closers + 1] = core.spawn(function() ws:close(1001, "server shutting down") end)
     end
+    return closers
 end
 
--- app:static(prefix, dir): files under dir at prefix/...
-function App:static(prefix, dir)
+local STATIC_OPTS = { fallthrough = true }
+
+-- app:static(prefix, dir [, { fallthrough = false }]): files under dir at prefix/...; with
+-- fallthrough, a path that names no file goes on to the routes (files are looked up
+-- first), instead of a 404.
+function App:static(prefix, dir, opts)
     args.check(prefix, "string", "static", 1)
     args.check(dir, "string", "static", 2)
+    opts = args.known(args.opts(opts, "static", 3), STATIC_OPTS, "static", 3)
+    local fall = args.opt(opts, "fallthrough", "boolean", false, "static", 3)
     static = static or require "loom.static"
     prefix = prefix:gsub("/+$", "")
+    if fall then
+        self.fallthrough[#self.fallthrough + 1] = static.fallthrough(prefix, dir)
+        return self
+    end
     local handler = static.handler(dir)
     self.router:add("GET", prefix .. "/{path*}", handler)
     if prefix ~= "" then self.router:add("GET", prefix, handler) end
@@ -281,8 +396,78 @@ function App:listen(opts)
     return core.http_listen(self:_entry(), o)
 end
 
--- app:run{ host, port, access_log = true, workers = 1, grace = 10 }: listen, say where,
--- serve until SIGINT or SIGTERM, then close gracefully.
+-- app:on_startup(function(app) ... end): runs in app:run before the server listens (in
+-- each worker with workers = N), in the order given; an error ends app:run with it.
+function App:on_startup(fn)
+    args.check(fn, "function", "on_startup", 1)
+    self.startup[#self.startup + 1] = fn
+    return self
+end
+
+-- app:on_shutdown(function(app) ... end): runs in app:run once the server has drained
+-- (every connection answered or cut at the grace period), before the process's remaining
+-- tasks are cancelled, in the order given; an error is logged and the next hook runs.
+function App:on_shutdown(fn)
+    args.check(fn, "function", "on_shutdown", 1)
+    self.shutdown[#self.shutdown + 1] = fn
+    return self
+end
+
+-- Cancels every task but the running one and the main task, and waits up to `secs` for
+-- them to unwind (their pcall and <close> handlers run). Tasks that their unwinding starts
+-- are cancelled in turn, a few rounds deep.
+local function cancel_tasks(secs)
+    local tasks = require "loom.tasks"
+    local deadline = core.now() + secs
+    for _ = 1, 3 do
+        local list = core.live_tasks()
+        if #list == 0 then return end
+        for _, t in ipairs(list) do t:cancel() end
+        local left = deadline - core.now()
+        local ok = left > 0 and tasks.timeout(left, function()
+            for _, t in ipairs(list) do t:join() end
+            return true
+        end)
+        if not ok then
+            local n = 0
+            for _, t in ipairs(list) do if not t:done() then n = n + 1 end end
+            io.stderr:write(("loom: %d task(s) still running %gs after they were cancelled\n"):format(n, secs))
+            io.stderr:flush()
+            return
+        end
+    end
+end
+
+local function run_hooks(app, list, what, protect)
+    for _, fn in ipairs(list) do
+        if protect then
+            local ok, err = xpcall(fn, function(e) return debug.traceback(error_text(e), 2) end, app)
+            if not ok then
+                io.stderr:write(("loom: error in %s hook: %s\n"):format(what, err))
+                io.stderr:flush()
+            end
+        else
+            fn(app)
+        end
+    end
+end
+
+-- After the signal: close the server, wait for its drain, close the websockets, run the
+-- shutdown hooks, then cancel what is left.
+local function shutdown(app, srv, grace, cancel)
+    srv:close(grace)
+    local closers = app:close_websockets()
+    srv:wait()
+    for _, t in ipairs(closers) do t:join() end
+    run_hooks(app, app.shutdown, "on_shutdown", true)
+    if cancel then cancel_tasks(grace) end
+end
+
+-- app:run{ host, port, access_log = true, workers = 1, grace = 10, cancel_tasks = true }:
+-- run the startup hooks, listen, say where, serve until SIGINT or SIGTERM; then close
+-- gracefully, wait until the last connection is done (up to grace seconds), run the
+-- shutdown hooks and cancel the process's remaining tasks (unless cancel_tasks = false),
+-- and return the closed server.
 function App:run(opts)
     opts = args.known(args.opts(opts, "run", 1), RUN_OPTS, "run", 1)
     local o = {}
@@ -290,18 +475,20 @@ function App:run(opts)
     if o.access_log == nil then o.access_log = true end
     local workers = args.opt(opts, "workers", "number", tonumber(os.getenv("LOOM_WORKERS")) or 1, "run", 1)
     local grace = args.opt(opts, "grace", "number", 10, "run", 1)
-    o.workers, o.grace = nil, nil
+    local cancel = args.opt(opts, "cancel_tasks", "boolean", true, "run", 1)
+    o.workers, o.grace, o.cancel_tasks = nil, nil, nil
     local run = function()
+        run_hooks(self, self.startup, "on_startup", false)
         local srv, err = self:listen(o)
         if not srv then error(err, 0) end
         return srv
     end
     if workers > 1 then
-        return require("loom.workers").run(function()
-            local srv = run()
-            -- what the worker closes on a signal: the server, then the websockets
-            return { port = srv.port, close = function(_, g) srv:close(g); self:close_websockets() end }
-        end, workers, o, grace)
+        return require("loom.workers").run({
+            listen = run,
+            shutdown = function(srv) shutdown(self, srv, grace, cancel) end,
+            finish = function() if cancel then cancel_tasks(grace) end end,
+        }, workers, o, grace)
     end
     local srv = run()
     io.stdout:write(("listening on %s://%s:%d\n"):format(o.tls and "https" or "http", o.host or "0.0.0.0",
@@ -309,8 +496,7 @@ function App:run(opts)
     io.stdout:flush()
     local sig = core.wait_signal({ "SIGINT", "SIGTERM" })
     io.stderr:write(("loom: %s, closing (up to %gs for requests in flight)\n"):format(sig, grace))
-    srv:close(grace)
-    self:close_websockets()
+    shutdown(self, srv, grace, cancel)
     return srv
 end
 

@@ -9,7 +9,7 @@ local url = require "loom.url"
 local req_headers, req_target, req_peer = core.req_headers, core.req_target, core.req_peer
 local req_version, req_closing = core.req_version, core.req_closing
 local req_body, req_chunk, req_stream, req_write = core.req_body, core.req_chunk, core.req_stream, core.req_write
-local rawset, rawget, setmetatable, type = rawset, rawget, setmetatable, type
+local rawset, rawget, setmetatable, type, pairs, next = rawset, rawget, setmetatable, type, pairs, next
 
 local Request = {}
 
@@ -30,6 +30,9 @@ function lazy.headers(req) return setmetatable(req_headers(req._box), headers_mt
 function lazy.target(req) return req_target(req._box) end
 function lazy.version(req) return req_version(req._box) end
 function lazy.params() return {} end
+-- headers for the answer, whatever it turns out to be (a middleware sets them before
+-- calling next): added to every answer, req:stream's included; the answer's own win
+function lazy.response_headers() return {} end
 
 function lazy.query(req)
     local q = req.target:match("%?([^#]*)")
@@ -103,15 +106,34 @@ function Request:shutting_down()
     return req_closing(self._box)
 end
 
+-- The headers of an answer with req.response_headers added (the answer's own win).
+local function with_extra(req, headers)
+    local extra = rawget(req, "response_headers")
+    if not extra or next(extra) == nil then return headers end
+    local h = {}
+    for k, v in pairs(extra) do h[type(k) == "string" and k:lower() or k] = v end
+    if headers then
+        for k in pairs(headers) do
+            if type(k) == "string" then h[k:lower()] = nil end
+        end
+        for k, v in pairs(headers) do h[k] = v end
+    end
+    return h
+end
+
 -- local out = req:stream{ status = 200, headers = {...} }: starts a streaming response
--- (chunked unless headers give content-length); it ends when the handler returns.
+-- (chunked unless headers give content-length); it ends when the handler returns. The
+-- head goes out now, with req.response_headers added; what was sent is kept for the
+-- middleware, whose next() gives {status, headers, streamed = true}.
 function Request:stream(opts)
     opts = opts or {}
     if type(opts) ~= "table" then
         error("bad argument #1 to 'stream' (table expected, got " .. type(opts) .. ")", 2)
     end
-    local ok, err = req_stream(self._box, opts.status or 200, opts.headers)
+    local status, headers = opts.status or 200, with_extra(self, opts.headers)
+    local ok, err = req_stream(self._box, status, headers)
     if not ok then return nil, err end
+    rawset(self, "_streamed", { status = status, headers = headers or {} })
     return setmetatable({ box = self._box }, Out)
 end
 
@@ -129,4 +151,4 @@ local mt = {
     end,
 }
 
-return { mt = mt, methods = Request, headers_mt = headers_mt }
+return { mt = mt, methods = Request, headers_mt = headers_mt, with_extra = with_extra }

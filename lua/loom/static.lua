@@ -1,9 +1,14 @@
 -- loom.static: files from a directory: content types, index.html, ETag and Last-Modified
--- with 304, single byte ranges with 206/416, and no path outside the directory. Files are
--- streamed in 64 KiB pieces, never read whole into memory.
+-- with 304, single byte ranges with 206/416, and no path outside the directory. A file
+-- answer is prepared first (status and headers, for middleware to see and change) and
+-- streamed once the middleware is done, in 64 KiB pieces, never read whole into memory.
 local core = require "loom.core"
+local url = require "loom.url"
 
 local M = {}
+
+-- The file answers M.prepare made, with what to send: {path, first, last}
+local prepared = setmetatable({}, { __mode = "k" })
 
 local TYPES = {
     html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
@@ -101,19 +106,22 @@ local function range_applies(req, etag, last_modified)
     return ir == last_modified
 end
 
--- Sends the file at path (already known safe). Returns a response table for 304/404/416,
--- or nothing once the file has been streamed.
-function M.send(req, path, status, headers, st)
+-- What a file answer becomes before it is sent, so middleware sees its real status and
+-- headers: res = {file = path, status, headers}. Returns {status = 200 or 206, headers
+-- (content type, length, ETag, Last-Modified...), file = path, ...} for emit to send with
+-- M.stream, or a plain answer for 304, 404 and 416. `st` is the file's stat, if known.
+function M.prepare(req, res, st)
+    local path, status, headers = res.file, res.status or 200, res.headers
+    if type(path) ~= "string" then error("response file must be a path (string), got " .. type(path), 0) end
     st = st or core.stat(path)
     if not st or st.type ~= "file" then return plain(404, "Not Found") end
     local h = {}
-    if headers then for k, v in pairs(headers) do h[k:lower()] = v end end
+    if headers then for k, v in pairs(headers) do h[type(k) == "string" and k:lower() or k] = v end end
     local etag = ('"%x-%x"'):format(st.size, st.mtime)
     h["etag"] = h["etag"] or etag
     h["last-modified"] = h["last-modified"] or http_date(st.mtime)
     h["content-type"] = h["content-type"] or content_type(path)
     h["accept-ranges"] = "bytes"
-    status = status or 200
     if status == 200 and not_modified(req, etag, st.mtime) then
         return { status = 304, headers = { etag = h.etag, ["last-modified"] = h["last-modified"] } }
     end
@@ -127,15 +135,37 @@ function M.send(req, path, status, headers, st)
             h["content-range"] = ("bytes %d-%d/%d"):format(first, last, st.size)
         end
     end
-    local f = io.open(path, "rb")
+    h["content-length"] = tostring(last - first + 1)
+    local out = { status = status, headers = h, file = path }
+    prepared[out] = { path = path, first = first, last = last }
+    return out
+end
+
+-- Whether res is a file answer M.prepare made (and its file is still the one prepared).
+function M.is_prepared(res)
+    local p = prepared[res]
+    return p ~= nil and p.path == res.file
+end
+
+-- Sends a file answer M.prepare made (prepared again if a middleware changed its file),
+-- with `headers` (its own, after middleware). Returns nothing once the file is streamed,
+-- or a plain answer to send instead (the file went in the meantime).
+function M.stream(req, res, headers)
+    local p = prepared[res]
+    if not M.is_prepared(res) then
+        local again = M.prepare(req, res)
+        p = prepared[again]
+        if not p then return again end
+        res, headers = again, again.headers
+    end
+    local f = io.open(p.path, "rb")
     if not f then return plain(404, "Not Found") end
     local _ <close> = f
-    h["content-length"] = tostring(last - first + 1)
-    local out, err = req:stream{ status = status, headers = h }
+    local out, err = req:stream{ status = res.status or 200, headers = headers }
     if not out then return nil, err end
     if req.method == "HEAD" then return end
-    f:seek("set", first)
-    local left = last - first + 1
+    f:seek("set", p.first)
+    local left = p.last - p.first + 1
     while left > 0 do
         local chunk = f:read(math.min(left, 65536))
         if not chunk then break end
@@ -144,25 +174,46 @@ function M.send(req, path, status, headers, st)
     end
 end
 
--- A GET handler serving dir: "/x/" serves x/index.html; "/x" (a directory) redirects.
+-- The answer for rel (a decoded path below dir): a file answer to send, a 301 for a
+-- directory without its slash ("/x/" serves x/index.html), or a plain 404.
+local function lookup(req, dir, rel)
+    local path = safe_join(dir, rel)
+    if not path then return plain(404, "Not Found") end
+    local st = core.stat(path)
+    if st and st.type == "directory" then
+        if req.path:sub(-1) ~= "/" then
+            -- one leading slash: "//host/dir" would send the browser to another site
+            local location = "/" .. req.path:gsub("^/+", "") .. "/"
+            return { status = 301, headers = { location = location }, text = "Moved Permanently" }
+        end
+        path = path:gsub("/$", "") .. "/index.html"
+        st = core.stat(path)
+    end
+    if not st or st.type ~= "file" then return plain(404, "Not Found") end
+    return M.prepare(req, { file = path }, st)
+end
+
+-- A GET handler serving dir, routed at prefix/{path*}.
 function M.handler(dir)
     dir = dir:gsub("/+$", "")
     return function(req)
-        local rel = req.params and req.params.path or ""
-        local path = safe_join(dir, rel)
-        if not path then return plain(404, "Not Found") end
-        local st = core.stat(path)
-        if st and st.type == "directory" then
-            if req.path:sub(-1) ~= "/" then
-                -- one leading slash: "//host/dir" would send the browser to another site
-                local location = "/" .. req.path:gsub("^/+", "") .. "/"
-                return { status = 301, headers = { location = location }, text = "Moved Permanently" }
-            end
-            path = path:gsub("/$", "") .. "/index.html"
-            st = core.stat(path)
-        end
-        if not st or st.type ~= "file" then return plain(404, "Not Found") end
-        return M.send(req, path, 200, nil, st)
+        return lookup(req, dir, req.params and req.params.path or "")
+    end
+end
+
+-- For app:static(prefix, dir, { fallthrough = true }): a function the app calls before its
+-- routes; it gives the answer for a GET or HEAD of a file (or directory) under prefix, or
+-- nil when there is none, so that the routes are tried next.
+function M.fallthrough(prefix, dir)
+    dir = dir:gsub("/+$", "")
+    local n = #prefix
+    return function(req)
+        local m, path = req.method, req.path
+        if m ~= "GET" and m ~= "HEAD" then return nil end
+        if n > 0 and path ~= prefix and path:sub(1, n + 1) ~= prefix .. "/" then return nil end
+        local res = lookup(req, dir, url.decode(path:sub(n + 2)))
+        if res.status == 404 then return nil end
+        return res
     end
 end
 

@@ -1,7 +1,9 @@
 -- loom.workers: app:run{workers = N}. The supervisor starts N copies of the running script
 -- with LOOM_WORKER set; each copy serves the same port through SO_REUSEPORT. A worker that
 -- dies is restarted (after a second's pause if it died young); SIGINT or SIGTERM stops the
--- workers gracefully, each finishing its requests in flight.
+-- workers gracefully, each finishing its requests in flight, running the app's shutdown
+-- hooks and cancelling its remaining tasks; the supervisor then cancels its own remaining
+-- tasks (the script ran up to app:run there too) and returns.
 local core = require "loom.core"
 
 local M = {}
@@ -10,7 +12,7 @@ local M = {}
 -- reaches the whole process group, and the supervisor forwards SIGTERM) cannot kill a
 -- process that is finishing its requests.
 local function absorb_signals()
-    core.spawn(function()
+    return core.spawn(function()
         while true do core.wait_signal({ "SIGINT", "SIGTERM" }) end
     end)
 end
@@ -32,20 +34,23 @@ local function command_line()
     return exe, argv
 end
 
--- The worker side: listen with SO_REUSEPORT and serve until told to stop.
-local function serve(listen, opts, grace)
+-- The worker side: listen with SO_REUSEPORT and serve until told to stop, then shut down
+-- as app:run does in one process (hooks.shutdown).
+local function serve(hooks, opts)
     local ppid = tonumber(os.getenv("LOOM_SUPERVISOR"))
     if ppid then core.exit_with_parent(ppid) end
     opts.reuseport = true
-    local srv = listen()
+    local srv = hooks.listen()
     core.wait_signal({ "SIGINT", "SIGTERM" })
-    absorb_signals()
-    srv:close(grace)
+    local absorber = absorb_signals()
+    hooks.shutdown(srv)
+    absorber:cancel()
     return srv
 end
 
-function M.run(listen, n, opts, grace)
-    if os.getenv("LOOM_WORKER") then return serve(listen, opts, grace) end
+-- hooks: listen() -> server, shutdown(srv) (a worker's), finish() (the supervisor's)
+function M.run(hooks, n, opts)
+    if os.getenv("LOOM_WORKER") then return serve(hooks, opts) end
     if not opts.port or opts.port == 0 then
         error("app:run: workers need a fixed port (port 0 would give each worker its own)", 3)
     end
@@ -77,11 +82,13 @@ function M.run(listen, n, opts, grace)
         end)
     end
     local sig = core.wait_signal({ "SIGINT", "SIGTERM" })
-    absorb_signals()
+    local absorber = absorb_signals()
     stopping = true
     io.stderr:write(("loom: %s, stopping %d workers\n"):format(sig, n))
     for _, p in pairs(procs) do p:kill("SIGTERM") end
     for _, t in ipairs(tasks) do t:join() end
+    hooks.finish()
+    absorber:cancel()
 end
 
 return M
