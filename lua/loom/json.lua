@@ -143,12 +143,14 @@ local SLASH = { ["/"] = "/" }
 
 -- cjson's JSON with "\/" written "/". Each backslash in cjson's output begins an escape of
 -- two characters ("\\", "\/", "\n", "\u..."), so a left-to-right scan of pairs finds the
--- escaped slashes and leaves "\\/" (a backslash, then a slash) alone.
+-- escaped slashes and leaves "\\/" (a backslash, then a slash) alone. Without an escaped
+-- backslash, every "\/" is an escaped slash.
 local function unslash(text)
-    if not find(text, "\\/", 1, true) then return text end
+    if not find(text, "\\\\", 1, true) then return (gsub(text, "\\/", "/")) end
     return (gsub(text, "\\(.)", SLASH))
 end
 
+-- The JSON of v; raises cjson's errors without a position.
 local function encode(c, v)
     local text
     if marked and type(v) == "table" then
@@ -156,14 +158,18 @@ local function encode(c, v)
     else
         text = cj_encode(c, v)
     end
-    if slashes then text = unslash(text) end
+    if slashes and find(text, "\\/", 1, true) then text = unslash(text) end
     return text
 end
 
 -- loom.json.encode(v) -> string; raises on values JSON cannot hold.
 function M.encode(v)
     local c = lib()
-    if not slashes and not marked then return call(c.encode, v) end
+    if not marked then
+        local text = call(c.encode, v)
+        if slashes and find(text, "\\/", 1, true) then text = unslash(text) end
+        return text
+    end
     local ok, r = pcall(encode, c, v)
     if not ok then error(r, 2) end
     return r
