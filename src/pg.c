@@ -14,12 +14,91 @@
  * PQcancel: its results are read and dropped, and the connection is idle again when the
  * pipeline's sync arrives (conn:wait_idle waits for that).
  */
+#include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
 #include <libpq-fe.h>
 #include "host.h"
 #include "fail.h"
+
+/* libpq is opened with dlopen on the first connect, not linked: a process that never uses
+ * loom.pg does not load it and what it pulls in (Kerberos, LDAP, GnuTLS, p11-kit, whose
+ * exit-time destructor deadlocks in freelocale under an ASan LD_PRELOAD). libpq-fe.h gives
+ * the types and prototypes; each call goes through `pq`. */
+#define PQ_FUNCS(X)                                                                                \
+    X(PQbackendPID)                                                                                \
+    X(PQcancel)                                                                                    \
+    X(PQclear)                                                                                     \
+    X(PQcmdStatus)                                                                                 \
+    X(PQcmdTuples)                                                                                 \
+    X(PQconnectPoll)                                                                               \
+    X(PQconnectStartParams)                                                                        \
+    X(PQconsumeInput)                                                                              \
+    X(PQenterPipelineMode)                                                                         \
+    X(PQerrorMessage)                                                                              \
+    X(PQescapeIdentifier)                                                                          \
+    X(PQfinish)                                                                                    \
+    X(PQflush)                                                                                     \
+    X(PQfname)                                                                                     \
+    X(PQfreeCancel)                                                                                \
+    X(PQfreemem)                                                                                   \
+    X(PQftype)                                                                                     \
+    X(PQgetCancel)                                                                                 \
+    X(PQgetResult)                                                                                 \
+    X(PQgetisnull)                                                                                 \
+    X(PQgetlength)                                                                                 \
+    X(PQgetvalue)                                                                                  \
+    X(PQisBusy)                                                                                    \
+    X(PQnfields)                                                                                   \
+    X(PQnotifies)                                                                                  \
+    X(PQnparams)                                                                                   \
+    X(PQntuples)                                                                                   \
+    X(PQparamtype)                                                                                 \
+    X(PQpipelineSync)                                                                              \
+    X(PQresultErrorField)                                                                          \
+    X(PQresultErrorMessage)                                                                        \
+    X(PQresultStatus)                                                                              \
+    X(PQsendDescribePrepared)                                                                      \
+    X(PQsendPrepare)                                                                               \
+    X(PQsendQueryParams)                                                                           \
+    X(PQsendQueryPrepared)                                                                         \
+    X(PQsetnonblocking)                                                                            \
+    X(PQsocket)                                                                                    \
+    X(PQstatus)                                                                                    \
+    X(PQtransactionStatus)                                                                         \
+    X(PQunescapeBytea)
+
+static struct {
+#define X(f) __typeof__(f) *f;
+    PQ_FUNCS(X)
+#undef X
+} pq;
+static int pq_state; /* 0 not tried, 1 loaded, -1 failed */
+static char pq_why[256];
+
+static int pq_load(void) {
+    if (pq_state)
+        return pq_state > 0;
+    void *lib = dlopen("libpq.so.5", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(pq_why, sizeof pq_why, "cannot load libpq (apt-get install libpq5): %s",
+                 dlerror());
+        pq_state = -1;
+        return 0;
+    }
+#define X(f)                                                                                       \
+    if (!(*(void **)&pq.f = dlsym(lib, #f))) {                                                     \
+        snprintf(pq_why, sizeof pq_why, "libpq has no %s (libpq 14 or later needed)", #f);         \
+        pq_state = -1;                                                                             \
+        return 0;                                                                                  \
+    }
+    PQ_FUNCS(X)
+#undef X
+    pq_state = 1;
+    return 1;
+}
 
 #define PG_META "loom.pg.conn"
 #define MAX_OPS 10000
@@ -82,7 +161,7 @@ static void unref_conn(pgconn_t *c) {
     if (--c->refs > 0)
         return;
     if (c->notify)
-        PQfreemem(c->notify);
+        pq.PQfreemem(c->notify);
     free(c->results);
     free(c->err);
     free(c);
@@ -91,7 +170,7 @@ static void unref_conn(pgconn_t *c) {
 static void clear_results(pgconn_t *c) {
     for (int i = 0; i < c->nops && c->results; i++) {
         if (c->results[i])
-            PQclear(c->results[i]);
+            pq.PQclear(c->results[i]);
         c->results[i] = NULL;
     }
 }
@@ -151,7 +230,7 @@ static void conn_close(pgconn_t *c, const char *kind, const char *msg) {
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     }
     if (c->pg) {
-        PQfinish(c->pg);
+        pq.PQfinish(c->pg);
         c->pg = NULL;
     }
     if (c->task) {
@@ -191,7 +270,7 @@ static void wake_waiter(pgconn_t *c) {
  * `fresh` forces a new handle: while connecting, libpq may close a socket and open another
  * that gets the same number, and libuv would believe the new one already registered. */
 static int watch(pgconn_t *c, int events, int fresh) {
-    int fd = PQsocket(c->pg);
+    int fd = pq.PQsocket(c->pg);
     if (fd < 0)
         return UV_EBADF;
     if (c->poll && (fresh || fd != c->fd))
@@ -228,7 +307,7 @@ static void fail_uv(pgconn_t *c, int rc) {
 }
 
 static void connect_step(pgconn_t *c) {
-    PostgresPollingStatusType st = PQconnectPoll(c->pg);
+    PostgresPollingStatusType st = pq.PQconnectPoll(c->pg);
     int rc = 0;
     switch (st) {
     case PGRES_POLLING_READING:
@@ -238,8 +317,8 @@ static void connect_step(pgconn_t *c) {
         rc = watch(c, UV_WRITABLE, 1);
         break;
     case PGRES_POLLING_OK:
-        if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
-            conn_close(c, "connect", PQerrorMessage(c->pg));
+        if (pq.PQsetnonblocking(c->pg, 1) != 0 || pq.PQenterPipelineMode(c->pg) != 1) {
+            conn_close(c, "connect", pq.PQerrorMessage(c->pg));
             return;
         }
         c->state = C_IDLE;
@@ -248,7 +327,7 @@ static void connect_step(pgconn_t *c) {
             wake_waiter(c);
         break;
     default:
-        conn_close(c, "connect", PQerrorMessage(c->pg));
+        conn_close(c, "connect", pq.PQerrorMessage(c->pg));
         return;
     }
     if (rc < 0)
@@ -267,29 +346,29 @@ static void batch_done(pgconn_t *c) {
 
 static void keep_result(pgconn_t *c, PGresult *r) {
     if (c->op >= c->nops) { /* more than was sent: cannot happen; drop it */
-        PQclear(r);
+        pq.PQclear(r);
         return;
     }
     PGresult **slot = &c->results[c->op];
-    ExecStatusType st = PQresultStatus(r);
-    if (*slot && (PQresultStatus(*slot) == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED)) {
-        PQclear(r); /* the first error of an op is what it reports */
+    ExecStatusType st = pq.PQresultStatus(r);
+    if (*slot && (pq.PQresultStatus(*slot) == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED)) {
+        pq.PQclear(r); /* the first error of an op is what it reports */
         return;
     }
     if (*slot)
-        PQclear(*slot);
+        pq.PQclear(*slot);
     *slot = r;
 }
 
 /* Reads what has come: results of the batch in order, each op's ended by a NULL, the whole
  * batch by PGRES_PIPELINE_SYNC. */
 static void read_results(pgconn_t *c) {
-    while (c->state == C_BUSY && !PQisBusy(c->pg)) {
-        PGresult *r = PQgetResult(c->pg);
-        if (PQstatus(c->pg) == CONNECTION_BAD) {
+    while (c->state == C_BUSY && !pq.PQisBusy(c->pg)) {
+        PGresult *r = pq.PQgetResult(c->pg);
+        if (pq.PQstatus(c->pg) == CONNECTION_BAD) {
             if (r)
-                PQclear(r);
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+                pq.PQclear(r);
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return;
         }
         if (!r) {
@@ -299,8 +378,8 @@ static void read_results(pgconn_t *c) {
             c->got = 0;
             continue;
         }
-        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
-            PQclear(r);
+        if (pq.PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            pq.PQclear(r);
             batch_done(c);
             return;
         }
@@ -322,9 +401,9 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         return;
     }
     if (events & UV_WRITABLE) {
-        int f = PQflush(c->pg);
+        int f = pq.PQflush(c->pg);
         if (f < 0) {
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return;
         }
         if (f == 0) {
@@ -336,8 +415,8 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         }
     }
     if (events & UV_READABLE) {
-        if (!PQconsumeInput(c->pg)) {
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+        if (!pq.PQconsumeInput(c->pg)) {
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return;
         }
         if (c->state == C_BUSY)
@@ -346,12 +425,12 @@ static void on_poll(uv_poll_t *p, int status, int events) {
             return;
         if (c->listening && c->task && !c->notify) {
             /* libpq has no "peek": keep it aside for notify_build */
-            c->notify = PQnotifies(c->pg);
+            c->notify = pq.PQnotifies(c->pg);
             if (c->notify)
                 wake_waiter(c);
         }
-        if (PQstatus(c->pg) == CONNECTION_BAD)
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+        if (pq.PQstatus(c->pg) == CONNECTION_BAD)
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
     }
 }
 
@@ -362,14 +441,14 @@ static void cancel_work(uv_work_t *w) {
     char errbuf[256];
     /* libpq: "PQcancel ... can safely be invoked from a signal handler" and is thread-safe;
      * it opens a connection of its own and blocks until the server has the request. */
-    PQcancel(k->cancel, errbuf, sizeof errbuf);
+    pq.PQcancel(k->cancel, errbuf, sizeof errbuf);
 }
 
 static void cancel_after(uv_work_t *w, int status) {
     pgcancel_t *k = w->data;
     pgconn_t *c = k->c;
     (void)status;
-    PQfreeCancel(k->cancel);
+    pq.PQfreeCancel(k->cancel);
     free(k);
     c->cancelling = 0;
     loom_handle_closed(c->host);
@@ -383,7 +462,7 @@ static void start_cancel(pgconn_t *c) {
     pgcancel_t *k = calloc(1, sizeof *k);
     if (!k)
         return;
-    k->cancel = PQgetCancel(c->pg);
+    k->cancel = pq.PQgetCancel(c->pg);
     if (!k->cancel) {
         free(k);
         return;
@@ -391,7 +470,7 @@ static void start_cancel(pgconn_t *c) {
     k->c = c;
     k->work.data = k;
     if (uv_queue_work(c->host->loop, &k->work, cancel_work, cancel_after) != 0) {
-        PQfreeCancel(k->cancel);
+        pq.PQfreeCancel(k->cancel);
         free(k);
         return;
     }
@@ -449,6 +528,8 @@ static int l_connect(lua_State *L) {
     double timeout = luaL_optnumber(L, 2, -1);
     loom_task_t *t = loom_task_self(L, "pg connect");
     loom_t *h = loom_host(L);
+    if (!pq_load())
+        return loom_fail(L, "connect", "%s", pq_why);
     const char *keys[64], *vals[64];
     int n = 0;
     lua_pushnil(L);
@@ -476,14 +557,14 @@ static int l_connect(lua_State *L) {
     c->state = C_CONNECTING;
     b->c = c;
     loom_res_add(h, &c->res, res_close);
-    c->pg = PQconnectStartParams(keys, vals, 0);
+    c->pg = pq.PQconnectStartParams(keys, vals, 0);
     if (!c->pg) {
         conn_close(c, "connect", "out of memory");
         return loom_fail(L, "connect", "out of memory");
     }
-    if (PQstatus(c->pg) == CONNECTION_BAD) {
+    if (pq.PQstatus(c->pg) == CONNECTION_BAD) {
         lua_pushnil(L);
-        lua_pushfstring(L, "connect: %s", PQerrorMessage(c->pg));
+        lua_pushfstring(L, "connect: %s", pq.PQerrorMessage(c->pg));
         conn_close(c, "connect", "failed");
         return 2;
     }
@@ -510,9 +591,9 @@ static int send_op(lua_State *L, pgconn_t *c, int i) {
     int ok;
     if (strcmp(kind, "prepare") == 0) {
         lua_rawgeti(L, top, 3);
-        ok = PQsendPrepare(c->pg, a, luaL_checkstring(L, -1), 0, NULL);
+        ok = pq.PQsendPrepare(c->pg, a, luaL_checkstring(L, -1), 0, NULL);
     } else if (strcmp(kind, "describe") == 0) {
-        ok = PQsendDescribePrepared(c->pg, a);
+        ok = pq.PQsendDescribePrepared(c->pg, a);
     } else if (strcmp(kind, "exec") == 0 || strcmp(kind, "query") == 0) {
         int np = 0;
         if (lua_rawgeti(L, top, 3) == LUA_TTABLE) /* params: strings, false for NULL */
@@ -536,9 +617,9 @@ static int send_op(lua_State *L, pgconn_t *c, int i) {
             }
         }
         if (kind[0] == 'e')
-            ok = PQsendQueryPrepared(c->pg, a, np, vals, lens, fmts, 0);
+            ok = pq.PQsendQueryPrepared(c->pg, a, np, vals, lens, fmts, 0);
         else
-            ok = PQsendQueryParams(c->pg, a, np, NULL, vals, lens, fmts, 0);
+            ok = pq.PQsendQueryParams(c->pg, a, np, NULL, vals, lens, fmts, 0);
     } else {
         return luaL_error(L, "pg batch: op %d: unknown kind '%s'", i + 1, kind);
     }
@@ -575,10 +656,10 @@ static void push_value(lua_State *L, const char *v, int len, Oid oid, int decode
         }
         {
             size_t n = 0; /* the escape format (bytea_output = escape) */
-            unsigned char *u = PQunescapeBytea((const unsigned char *)v, &n);
+            unsigned char *u = pq.PQunescapeBytea((const unsigned char *)v, &n);
             if (u) {
                 lua_pushlstring(L, (const char *)u, n);
-                PQfreemem(u);
+                pq.PQfreemem(u);
                 return;
             }
         }
@@ -599,21 +680,23 @@ static void push_value(lua_State *L, const char *v, int len, Oid oid, int decode
 /* Pushes the rows of a result: {{column = value}, ..., affected = n}. `null` and `decode`
  * are stack indices of loom.null and the JSON decoder. */
 static void push_rows(lua_State *L, PGresult *r, int null, int decode) {
-    int nrows = PQntuples(r), ncols = PQnfields(r);
+    int nrows = pq.PQntuples(r), ncols = pq.PQnfields(r);
     lua_createtable(L, nrows, 1);
-    const char *aff = PQcmdTuples(r);
-    if (aff[0]) {
+    const char *cmd = pq.PQcmdStatus(r), *aff = pq.PQcmdTuples(r);
+    if (aff[0] && (strncmp(cmd, "INSERT", 6) == 0 || strncmp(cmd, "UPDATE", 6) == 0 ||
+                   strncmp(cmd, "DELETE", 6) == 0 || strncmp(cmd, "MERGE", 5) == 0)) {
         lua_pushinteger(L, (lua_Integer)strtoll(aff, NULL, 10));
         lua_setfield(L, -2, "affected");
     }
     for (int i = 0; i < nrows; i++) {
         lua_createtable(L, 0, ncols);
         for (int k = 0; k < ncols; k++) {
-            if (PQgetisnull(r, i, k))
+            if (pq.PQgetisnull(r, i, k))
                 lua_pushvalue(L, null);
             else
-                push_value(L, PQgetvalue(r, i, k), PQgetlength(r, i, k), PQftype(r, k), decode);
-            lua_setfield(L, -2, PQfname(r, k));
+                push_value(L, pq.PQgetvalue(r, i, k), pq.PQgetlength(r, i, k), pq.PQftype(r, k),
+                           decode);
+            lua_setfield(L, -2, pq.PQfname(r, k));
         }
         lua_rawseti(L, -2, i + 1);
     }
@@ -621,14 +704,14 @@ static void push_rows(lua_State *L, PGresult *r, int null, int decode) {
 
 /* Pushes "pg: SQLSTATE message" for an error result. */
 static void push_pg_error(lua_State *L, PGresult *r) {
-    if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+    if (pq.PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
         lua_pushliteral(L, "pg: aborted: an earlier command of the pipeline failed");
         return;
     }
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    const char *state = pq.PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *msg = pq.PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
     if (!msg)
-        msg = PQresultErrorMessage(r);
+        msg = pq.PQresultErrorMessage(r);
     size_t ml = strlen(msg);
     while (ml > 0 && msg[ml - 1] == '\n')
         ml--;
@@ -657,7 +740,7 @@ static int batch_build(lua_State *L, void *ud, int reason) {
         if (!r) {
             lua_pushliteral(L, "pg: no result");
         } else {
-            switch (PQresultStatus(r)) {
+            switch (pq.PQresultStatus(r)) {
             case PGRES_TUPLES_OK:
             case PGRES_SINGLE_TUPLE:
                 push_rows(L, r, null, decode);
@@ -667,10 +750,10 @@ static int batch_build(lua_State *L, void *ud, int reason) {
                 lua_rawgeti(L, -1, 1);
                 if (strcmp(lua_tostring(L, -1), "describe") == 0) {
                     lua_pop(L, 2);
-                    int np = PQnparams(r);
+                    int np = pq.PQnparams(r);
                     lua_createtable(L, np, 0);
                     for (int k = 0; k < np; k++) {
-                        lua_pushinteger(L, PQparamtype(r, k));
+                        lua_pushinteger(L, pq.PQparamtype(r, k));
                         lua_rawseti(L, -2, k + 1);
                     }
                 } else {
@@ -735,23 +818,23 @@ static int l_batch(lua_State *L) {
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 2, i + 1);
         if (!send_op(L, c, i)) {
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return no_conn(L, c);
         }
-        lua_pop(L, 1);
+        /* send_op popped the op */
     }
-    if (!PQpipelineSync(c->pg)) {
-        conn_close(c, "closed", PQerrorMessage(c->pg));
+    if (!pq.PQpipelineSync(c->pg)) {
+        conn_close(c, "closed", pq.PQerrorMessage(c->pg));
         return no_conn(L, c);
     }
     c->state = C_BUSY;
     c->task = t;
-    int f = PQflush(c->pg);
+    int f = pq.PQflush(c->pg);
     int rc = f < 0 ? UV_EPIPE : watch(c, f ? UV_READABLE | UV_WRITABLE : UV_READABLE, 0);
     if (rc < 0) {
         c->task = NULL;
         if (f < 0)
-            conn_close(c, "closed", PQerrorMessage(c->pg));
+            conn_close(c, "closed", pq.PQerrorMessage(c->pg));
         else
             fail_uv(c, rc);
         return no_conn(L, c);
@@ -799,7 +882,7 @@ static int push_notify(lua_State *L, PGnotify *n) {
     lua_setfield(L, -2, "payload");
     lua_pushinteger(L, n->be_pid);
     lua_setfield(L, -2, "pid");
-    PQfreemem(n);
+    pq.PQfreemem(n);
     return 1;
 }
 
@@ -833,7 +916,7 @@ static int notify_build(lua_State *L, void *ud, int reason) {
         return loom_fail(L, "timeout", "no notification");
     if (c->state == C_CLOSED)
         return no_conn(L, c);
-    PGnotify *n = c->notify ? c->notify : PQnotifies(c->pg);
+    PGnotify *n = c->notify ? c->notify : pq.PQnotifies(c->pg);
     c->notify = NULL;
     set_ref(c);
     if (n)
@@ -850,7 +933,7 @@ static int l_notification(lua_State *L) {
         return no_conn(L, c);
     if (c->task)
         return luaL_error(L, "pg: the connection is busy");
-    PGnotify *n = c->notify ? c->notify : PQnotifies(c->pg);
+    PGnotify *n = c->notify ? c->notify : pq.PQnotifies(c->pg);
     c->notify = NULL;
     if (n)
         return push_notify(L, n);
@@ -893,7 +976,7 @@ static int l_status(lua_State *L) {
         lua_pushliteral(L, "unknown");
         return 2;
     }
-    switch (PQtransactionStatus(c->pg)) {
+    switch (pq.PQtransactionStatus(c->pg)) {
     case PQTRANS_IDLE:
         lua_pushliteral(L, "idle");
         break;
@@ -929,17 +1012,17 @@ static int l_escape_identifier(lua_State *L) {
     const char *s = luaL_checklstring(L, 2, &len);
     if (!c->pg)
         return no_conn(L, c);
-    char *q = PQescapeIdentifier(c->pg, s, len);
+    char *q = pq.PQescapeIdentifier(c->pg, s, len);
     if (!q)
-        return luaL_error(L, "pg: %s", PQerrorMessage(c->pg));
+        return luaL_error(L, "pg: %s", pq.PQerrorMessage(c->pg));
     lua_pushstring(L, q);
-    PQfreemem(q);
+    pq.PQfreemem(q);
     return 1;
 }
 
 static int l_backend_pid(lua_State *L) {
     pgconn_t *c = check_conn(L);
-    lua_pushinteger(L, c->pg ? PQbackendPID(c->pg) : 0);
+    lua_pushinteger(L, c->pg ? pq.PQbackendPID(c->pg) : 0);
     return 1;
 }
 
