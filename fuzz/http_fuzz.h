@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "fuzz_check.h"
 #include "http_parse.h"
 
@@ -27,8 +28,37 @@ typedef struct {
     int idle;        /* a message ended and the head may go back to the pool */
 } fuzz_seen_t;
 
-/* What on_headers may rely on: every span inside the stored bytes, names lowercased, values
- * without trailing blanks, the counted bytes within the limit. */
+/* A request head that reached on_headers passed every check of http_parse.c: a target
+ * without control bytes or "#", an absolute-form target with a valid authority and no
+ * userinfo, a valid Host, and any Transfer-Encoding field (an empty one too) only in an
+ * HTTP/1.1 request that llhttp reads as chunked and that has no Content-Length. */
+static void fuzz_check_request(const loom_http_msg_t *m) {
+    const loom_head_t *h = m->head;
+    const char *t = h->data + h->url;
+    size_t at, alen;
+    for (uint32_t k = 0; k < h->url_len; k++)
+        FUZZ_CHECK((unsigned char)t[k] >= 0x20 && t[k] != 0x7f && t[k] != '#');
+    if (h->url_len > 0 && *t != '/' && loom_http_target_authority(t, h->url_len, &at, &alen)) {
+        FUZZ_CHECK(alen > 0 && loom_http_valid_host(t + at, alen));
+        FUZZ_CHECK(memchr(t + at, '@', alen) == NULL);
+    }
+    int te = 0;
+    for (int i = 0; i < h->nhdrs; i++) {
+        const loom_hspan_t *s = &h->hdrs[i];
+        if (s->name_len == 4 && memcmp(h->data + s->name, "host", 4) == 0)
+            FUZZ_CHECK(loom_http_valid_host(h->data + s->value, s->value_len));
+        te |= s->name_len == 17 && memcmp(h->data + s->name, "transfer-encoding", 17) == 0;
+    }
+    if (te) {
+        FUZZ_CHECK(m->parser.flags & F_CHUNKED);
+        FUZZ_CHECK(!(m->parser.flags & F_CONTENT_LENGTH));
+        FUZZ_CHECK(m->parser.http_major > 1 ||
+                   (m->parser.http_major == 1 && m->parser.http_minor > 0));
+    }
+}
+
+/* What on_headers may rely on: every span inside the stored bytes, names lowercased and not
+ * empty, values without trailing blanks, the counted bytes within the limit. */
 static void fuzz_check_head(const loom_http_msg_t *m) {
     const loom_head_t *h = m->head;
     FUZZ_CHECK(h != NULL);
@@ -40,6 +70,9 @@ static void fuzz_check_head(const loom_http_msg_t *m) {
         const loom_hspan_t *s = &h->hdrs[i];
         FUZZ_CHECK((size_t)s->name + s->name_len <= h->len);
         FUZZ_CHECK((size_t)s->value + s->value_len <= h->len);
+        FUZZ_CHECK(s->name_len > 0);
+        FUZZ_CHECK(!memchr(h->data + s->name, ' ', s->name_len));
+        FUZZ_CHECK(!memchr(h->data + s->name, '\t', s->name_len));
         for (uint32_t k = 0; k < s->name_len; k++)
             FUZZ_CHECK(!(h->data[s->name + k] >= 'A' && h->data[s->name + k] <= 'Z'));
         if (s->value_len > 0) {
@@ -52,6 +85,8 @@ static void fuzz_check_head(const loom_http_msg_t *m) {
     int hi = loom_head_find(h, "host", 4);
     FUZZ_CHECK(hi < h->nhdrs);
     FUZZ_CHECK(m->parser.type != HTTP_REQUEST || m->host_count <= 1);
+    if (m->parser.type == HTTP_REQUEST)
+        fuzz_check_request(m);
 }
 
 static int fuzz_on_headers(loom_http_msg_t *m) {
@@ -89,7 +124,8 @@ static int fuzz_feed(loom_http_msg_t *m, fuzz_seen_t *seen, const char *data, si
         if (err != HPE_PAUSED) {
             FUZZ_CHECK(err != HPE_USER || m->fail != 0); /* our hooks fail only through fail() */
             if (m->fail)
-                FUZZ_CHECK(m->fail == 400 || m->fail == 414 || m->fail == 431 || m->fail == 500);
+                FUZZ_CHECK(m->fail == 400 || m->fail == 414 || m->fail == 431 || m->fail == 500 ||
+                           m->fail == 501);
             return -1;
         }
         const char *pos = llhttp_get_error_pos(&m->parser);

@@ -166,4 +166,80 @@ describe("server: hostile requests", function()
             .. table.concat(extra, "\n  "))
         assert(#wrong == 0, #wrong .. " case(s) differ:\n  " .. table.concat(wrong, "\n  "))
     end)
+
+    -- RFC 9112 3.2.2: with an absolute-form target, "the origin server MUST ignore the
+    -- received Host header field (if any) and instead use the host information of the
+    -- request-target". A middleware that checks req.headers.host and the router, which
+    -- goes by req.path, must see the same request.
+    it("take Host from an absolute-form target, the path from after its authority", function()
+        local app = loom.app()
+        app:any("/{rest*}", function(req)
+            return ("%s %s %s"):format(req.headers.host, req.path, req.target)
+        end)
+        local got = {}
+        run(function()
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local _ <close> = run.defer(function() srv:close(0) end)
+            local st = assert(loom.connect("127.0.0.1", srv.port))
+            local _ <close> = st
+            local r = testing.reader(st)
+            for _, req in ipairs({
+                "GET http://real.example:8080/admin?x=1 HTTP/1.1\r\nHost: decoy\r\n\r\n",
+                "GET HTTPS://[::1]?q HTTP/1.1\r\nHost: decoy\r\n\r\n",
+                "GET http://real.example HTTP/1.0\r\n\r\n", -- 1.0 needs no Host; the target gives one
+            }) do
+                assert(st:write(req))
+                local res = assert(r:response())
+                got[#got + 1] = res.status .. " " .. res.body
+            end
+        end)
+        assert.same({
+            "200 real.example:8080 /admin http://real.example:8080/admin?x=1",
+            "200 [::1] / HTTPS://[::1]?q",
+            "200 real.example / http://real.example",
+        }, got)
+    end)
+end)
+
+-- The client parses responses with the same glue (src/http_parse.c): a Transfer-Encoding
+-- field takes its rules even when empty, and a body in a coding the client cannot decode
+-- is refused, never handed over as if it were plain.
+describe("client: hostile responses", function()
+    local function answer(bytes)
+        local got
+        run(function()
+            local srv <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+                local r = testing.reader(st)
+                repeat local line = r:line() until not line or line == ""
+                st:write(bytes)
+                st:close()
+            end })
+            got = { loom.fetch(("http://127.0.0.1:%d/"):format(srv.port)) }
+        end)
+        return got
+    end
+
+    it("refuse Content-Length beside an empty Transfer-Encoding", function()
+        local got = answer("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 5\r\n\r\nhello")
+        assert.is_nil(got[1])
+        assert.matches("^http: malformed response: Content%-Length with Transfer%-Encoding", got[2])
+    end)
+
+    it("read a body to the close after an empty Transfer-Encoding (RFC 9112 6.3)", function()
+        local got = answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\nhello world")
+        assert(got[1], got[2])
+        assert.equal("hello world", got[1]:text())
+    end)
+
+    it("refuse a transfer coding other than chunked", function()
+        local got = answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert.is_nil(got[1])
+        assert.matches("^http: malformed response: a transfer coding other than chunked", got[2])
+    end)
+
+    it("report a rejected head as malformed, not as over the size limit", function()
+        local got = answer("HTTP/1.1 200 OK\r\n:x: y\r\nContent-Length: 0\r\n\r\n")
+        assert.is_nil(got[1])
+        assert.matches("^http: malformed response: empty header name", got[2])
+    end)
 end)

@@ -339,8 +339,11 @@ static void message_done(hc_conn_t *c) {
 static void parse_error(hc_conn_t *c, llhttp_errno_t err) {
     hc_x_t *x = c->x;
     if (x && x->phase != X_FAILED) {
-        if (c->msg.fail)
+        if (c->msg.fail == 414 || c->msg.fail == 431)
             hc_x_fail(x, "limit", "response head over %u bytes", (unsigned)c->msg.max_header);
+        else if (c->msg.fail) /* a check of http_parse.c: it says which */
+            hc_x_fail(x, "http", "malformed response: %s (%.*s)", c->msg.why, c->host->origin_len,
+                      c->host->key);
         else if (err == HPE_USER && x->ekind)
             ; /* the body callback has said why */
         else

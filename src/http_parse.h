@@ -2,7 +2,9 @@
  * http_parse.h - llhttp glue shared by the server and the client: where a message head is
  * stored (target or reason, header fields with lowercased names), the limits that are
  * counted across reads (header bytes, trailers included; header count), and the checks
- * llhttp leaves to us (a second Host). Does no I/O and knows no Lua.
+ * llhttp leaves to us (a second or invalid Host, the target's bytes and authority, empty
+ * header names, every Transfer-Encoding field, an empty one included). Does no I/O and
+ * knows no Lua.
  */
 #ifndef LOOM_HTTP_PARSE_H
 #define LOOM_HTTP_PARSE_H
@@ -52,10 +54,10 @@ struct loom_http_msg {
     uint8_t host_count;
     uint8_t strict_lines; /* loom_http_execute checks line endings (set by the server) */
     uint8_t lines;        /* where that check is in the current head (LINES_* bits) */
-    uint8_t chunked;      /* the current message's body is chunked */
+    uint8_t te;           /* what the Transfer-Encoding fields said (TE_* bits in http_parse.c) */
+    uint8_t trailers;     /* loom_http_execute: the trailer section has just begun */
     uint8_t ended;        /* on_message_complete ran in this loom_http_execute call */
-    char last;            /* the last byte parsed, for a check that spans two reads */
-    uint16_t fail;        /* status a limit or check chose: 400, 414, 431 (0: parser's own) */
+    uint16_t fail;        /* status a limit or check chose: 400, 414, 431, 501 (0: parser's own) */
     const char *why;      /* short reason, for the log */
     void *owner;
     /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
@@ -66,10 +68,11 @@ struct loom_http_msg {
 
 void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool);
 /* llhttp_execute, with m->strict_lines, after checking the line structure llhttp 8 lets
- * through: every line of a head ends in CRLF (no bare LF, no lone CR), no line after the
- * first starts with whitespace (obs-fold, which llhttp 8 unfolds), and the empty line that
- * ends a chunked body's trailers is a CRLF. Returns llhttp's result, or HPE_USER with
- * m->fail = 400. The trailer check needs the on_complete hook to pause (HPE_PAUSED). */
+ * through: every line of a head and of a chunked body's trailers ends in CRLF (no bare LF,
+ * no lone CR), and no line after the first starts with whitespace (obs-fold, which llhttp 8
+ * unfolds) or a colon (an empty field name). Returns llhttp's result, or HPE_USER with
+ * m->fail = 400. The check of what follows a message needs the on_complete hook to pause
+ * (HPE_PAUSED). */
 llhttp_errno_t loom_http_execute(loom_http_msg_t *m, const char *data, size_t len);
 /* Gives the head storage back to the pool (when a connection goes idle). */
 void loom_http_msg_release(loom_http_msg_t *m);
@@ -82,6 +85,13 @@ void loom_head_release(loom_head_pool_t *pool, loom_head_t *h);
 int loom_head_find(const loom_head_t *h, const char *name, size_t len);
 /* Case-insensitive match of a header value against a comma-separated token list. */
 int loom_head_has_token(const loom_head_t *h, int idx, const char *token);
+/* 1 when s is an RFC 3986 host [":" port]: a reg-name (IPv4 included), or an IPv6 or
+ * IPvFuture literal in brackets, then optional port digits. Empty is valid (RFC 9112 3.2),
+ * an empty host before a port is not. */
+int loom_http_valid_host(const char *s, size_t len);
+/* The authority of an absolute-form request target ("http://host:port/path"): its offset
+ * and length in target, and 1; 0 when the target is not in absolute form. */
+int loom_http_target_authority(const char *target, size_t len, size_t *at, size_t *alen);
 
 #define LOOM_HEAD_NAME(h, i) ((h)->data + (h)->hdrs[i].name)
 #define LOOM_HEAD_VALUE(h, i) ((h)->data + (h)->hdrs[i].value)

@@ -9,7 +9,6 @@
  * connection that has moved on or been freed. Waits park with the box as their data.
  */
 #include <stdio.h>
-#include <ctype.h>
 #include <string.h>
 #include <lauxlib.h>
 #include "http_server.h"
@@ -25,19 +24,12 @@
  * proxy-minded client sends it), the part after the authority, or "/" when there is none. */
 static void push_path(lua_State *L, const char *url, size_t len) {
     const char *end = url + len, *p = url;
-    if (len > 0 && *url != '/') {
-        const char *s = url; /* RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) */
-        while (s < end && (isalpha((unsigned char)*s) ||
-                           (s > url && (isdigit((unsigned char)*s) || strchr("+-.", *s)))))
-            s++;
-        if (s > url && end - s >= 3 && memcmp(s, "://", 3) == 0) {
-            p = s + 3;
-            while (p < end && *p != '/' && *p != '?' && *p != '#')
-                p++;
-            if (p == end || *p != '/') {
-                lua_pushliteral(L, "/");
-                return;
-            }
+    size_t at, alen;
+    if (len > 0 && *url != '/' && loom_http_target_authority(url, len, &at, &alen)) {
+        p = url + at + alen;
+        if (p == end || *p != '/') {
+            lua_pushliteral(L, "/");
+            return;
         }
     }
     const char *q = p;
@@ -105,9 +97,13 @@ static int req_target(lua_State *L) {
     return 1;
 }
 
-/* core.req_headers(box) -> {lowercase name = value}; repeats joined with ", " */
+/* core.req_headers(box) -> {lowercase name = value}; repeats joined with ", ". With an
+ * absolute-form target, host is the target's authority: RFC 9112 3.2.2, "the origin server
+ * MUST ignore the received Host header field (if any) and instead use the host information
+ * of the request-target" (the parser has checked both). */
 static int req_headers(lua_State *L) {
     loom_head_t *h = live_conn(L, 1)->msg.head;
+    size_t at, alen;
     lua_createtable(L, 0, h->nhdrs);
     for (int i = 0; i < h->nhdrs; i++) {
         lua_pushlstring(L, LOOM_HEAD_NAME(h, i), h->hdrs[i].name_len);
@@ -122,6 +118,11 @@ static int req_headers(lua_State *L) {
             lua_pushlstring(L, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
         }
         lua_rawset(L, -3);
+    }
+    const char *url = h->data + h->url;
+    if (h->url_len > 0 && *url != '/' && loom_http_target_authority(url, h->url_len, &at, &alen)) {
+        lua_pushlstring(L, url + at, alen);
+        lua_setfield(L, -2, "host");
     }
     return 1;
 }
