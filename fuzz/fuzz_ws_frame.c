@@ -1,9 +1,11 @@
 /*
  * fuzz_ws_frame.c - libFuzzer target: the input as a stream of WebSocket frames, read the way
- * stream.c reads them (RD_WSFRAME): parse a header, refuse a payload over the limit, wait for
- * the whole frame, unmask it, move on. Checks that a header is never reported before its
- * bytes are all there, that its size is one RFC 6455 allows, and that unmasking is undone by
- * unmasking again, from any payload offset. See docs/fuzzing.md.
+ * stream.c reads them (RD_WSFRAME): parse a header, refuse one RFC 6455 forbids whatever
+ * follows (loom_ws_header_error), refuse a payload over the limit, wait for the whole frame,
+ * unmask it, move on. Checks that a header is never reported before its bytes are all there,
+ * that its size is one RFC 6455 allows, that it is refused exactly when its length has the
+ * top bit set or it is a control frame over 125 bytes or fragmented, and that unmasking is
+ * undone by unmasking again, from any payload offset. See docs/fuzzing.md.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +30,18 @@ static void check_header(const uint8_t *p, size_t n, const loom_ws_frame_t *f) {
     loom_ws_frame_t g;
     for (size_t k = 0; k < f->header; k++) /* no prefix of the header is a header */
         FUZZ_CHECK(loom_ws_parse_header(p, k, &g) == 0);
+    /* the length as the wire spells it, MSB first after the 7-bit field */
+    uint64_t len = p[1] & 0x7f;
+    size_t ext = len == 126 ? 2 : len == 127 ? 8 : 0;
+    if (ext) {
+        len = 0;
+        for (size_t i = 0; i < ext; i++)
+            len = (len << 8) | p[2 + i];
+    }
+    FUZZ_CHECK(f->length == len);
+    int control = (p[0] & 0x0f) >= 8, fin = (p[0] & 0x80) != 0;
+    int refused = (len >> 63) != 0 || (control && (len > 125 || !fin));
+    FUZZ_CHECK((loom_ws_header_error(f) != NULL) == refused);
 }
 
 static void check_unmask(const char *src, size_t len, const unsigned char key[4]) {
@@ -54,6 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!loom_ws_parse_header(p, n, &f))
             break; /* more bytes needed */
         check_header(p, n, &f);
+        if (loom_ws_header_error(&f))
+            break; /* stream.c: "http: ..." before the payload */
         if (f.length > FUZZ_MAX_FRAME)
             break; /* stream.c: "frame larger than ..." before adding header and length */
         if (n < f.header + f.length)

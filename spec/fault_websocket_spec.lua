@@ -9,7 +9,7 @@ local loom = require "loom"
 local core = require "loom.core"
 local run = require "support.run"
 
-local format = string.format
+local format, byte = string.format, string.byte
 local MiB = 1 << 20
 
 -- An app with an echo endpoint, and `path` running `handler` (close_timeout 0.3 s).
@@ -206,5 +206,152 @@ describe("a websocket peer that stops reading", function()
             assert.equal("closed: 1006 no close frame from the peer", ws.closed)
             release:set()
         end, { timeout = 20 })
+    end)
+end)
+
+-- Hostile servers for loom.websocket: spec/support/ws_hostile.py, plain python3 sockets.
+local HOSTILE = debug.getinfo(1, "S").source:match("^@(.*/)") .. "support/ws_hostile.py"
+
+local function exepath(cmd)
+    local p = io.popen("command -v " .. cmd)
+    local path = p:read("l")
+    p:close()
+    return path
+end
+
+-- Starts ws_hostile.py in `mode`; returns the process and the ws:// URL of its server.
+local function hostile_server(mode)
+    local ports = loom.queue()
+    local rv <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+        ports:put(tonumber(st:read_line()))
+        st:close()
+    end })
+    local peer = assert(core.process_spawn(exepath("python3"), { HOSTILE, mode, tostring(rv.port) }))
+    local port = assert(loom.timeout(10, ports.get, ports), "ws_hostile.py did not start")
+    return peer, format("ws://127.0.0.1:%d/", port)
+end
+
+describe("loom.websocket against a hostile server", function()
+    it("refuses a 101 answer whose head never ends: limit, at 64 KiB", function()
+        run(function()
+            local peer, url = hostile_server("endless-head")
+            local rss0 = rss_kb()
+            local ws, err = loom.websocket(url, { timeout = 20 })
+            assert.is_nil(ws)
+            assert.equal("limit: response head over 65536 bytes", err)
+            if not os.getenv("LOOM_SANITIZE") then
+                assert.is_true(rss_kb() - rss0 < 16 * 1024, "RSS grew by " .. (rss_kb() - rss0) .. " kB")
+            end
+            assert.same({ 0 }, { peer:wait() }) -- the server saw us go
+        end, { timeout = 30 })
+    end)
+
+    it("times the whole handshake out, however steadily its head trickles in", function()
+        run(function()
+            -- a byte every 100 ms: each header line comes within 1 s (the old per-read timeout
+            -- never fired), the head never ends
+            local peer, url = hostile_server("trickle-head")
+            local t0 = loom.now()
+            local ws, err = loom.websocket(url, { timeout = 1.5 })
+            local took = elapsed_since(t0)
+            assert.is_nil(ws)
+            assert.matches("^timeout: websocket handshake with 127%.0%.0%.1:%d+$", err)
+            assert.is_true(took >= 1.4 and took < 10, tostring(took))
+            assert.same({ 0 }, { peer:wait() })
+        end, { timeout = 30 })
+    end)
+end)
+
+describe("a websocket peer that floods", function()
+    it("close() ends at close_timeout though the peer keeps pinging instead of answering", function()
+        run(function()
+            local pinged = loom.queue()
+            -- a server that upgrades, then pings every 50 ms and never sends a close frame
+            local l <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(s)
+                local key
+                repeat
+                    local line = s:read_line()
+                    key = key or (line and line:match("^Sec%-WebSocket%-Key: (.+)$"))
+                until not line or line == ""
+                s:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" ..
+                    "Sec-WebSocket-Accept: " .. core.ws_accept(key) .. "\r\n\r\n")
+                local n = 0
+                while s:write(core.ws_frame(9, "still here", true, false)) do
+                    n = n + 1
+                    if n == 3 then pinged:put(true) end
+                    loom.sleep(0.05) -- the peer's pace, not a wait for an event
+                end
+                s:close()
+            end })
+            local ws = assert(loom.websocket(format("ws://127.0.0.1:%d/", l.port), { close_timeout = 0.3 }))
+            pinged:get()
+            local t0 = loom.now()
+            assert.is_true(ws:close())
+            local took = elapsed_since(t0)
+            assert.is_true(took >= 0.25 and took < 5, tostring(took))
+            assert.equal("closed: 1006 no close frame from the peer", ws.closed)
+        end, { timeout = 20 })
+    end)
+
+    it("a flood of empty continuation frames ends with 1009 at the default max_message", function()
+        run(function()
+            local ended = loom.queue()
+            local app, srv = serve("/gather", function(ws)
+                ended:put({ ws:receive() })
+            end)
+            local peer <close> = mute_peer(srv, "/gather")
+            local rss0 = rss_kb()
+            -- 400000 empty continuations: each costs 64 bytes, so 16 MiB / 64 = 262144 of them
+            -- are allowed; the old reader kept every one and never closed
+            local batch = string.rep(core.ws_frame(0, "", false, true), 10000)
+            local writer = loom.spawn(function()
+                assert(peer:write(core.ws_frame(2, "x", false, true)))
+                for _ = 1, 40 do
+                    if not peer:write(batch) then break end -- the server may close first
+                end
+            end)
+            assert.same({ nil, "closed: 1009 message too big" }, ended:get())
+            writer:join()
+            if not os.getenv("LOOM_SANITIZE") then
+                local grew = rss_kb() - rss0
+                assert.is_true(grew < 32 * 1024, "RSS grew by " .. grew .. " kB")
+            end
+            -- the peer gets the close frame
+            local fin, _, op, _, payload = core.ws_read_frame(peer, 1000)
+            assert.same({ true, 8, 1009 }, { fin, op, byte(payload, 1) * 256 + byte(payload, 2) })
+            srv:close()
+            app:close_websockets()
+        end, { timeout = 30 })
+    end)
+
+    it("pings from a peer that reads no pongs: the pongs wait, never pile up", function()
+        run(function()
+            local state = {}
+            local app, srv = serve("/pings", function(ws)
+                state.ws = ws
+                state.result = { ws:receive() }
+            end)
+            local peer <close> = mute_peer(srv, "/pings")
+            -- 125-byte pings, up to 400000 of them: 50 MB of pongs, more than the kernel's
+            -- buffers hold, so the server's pong writes wait and our ping writes stall
+            local batch = string.rep(core.ws_frame(9, string.rep("p", 125), true, true), 1000)
+            peer:settimeout(1)
+            local wrote, err = 0, nil
+            for _ = 1, 400 do
+                local ok
+                ok, err = peer:write(batch)
+                if not ok then break end
+                wrote = wrote + 1000
+            end
+            assert.matches("^timeout", err, "the server kept reading pings it could not answer")
+            -- the server waits in one pong's write: that frame (125 bytes and a 2-byte header)
+            -- is all it holds
+            local queued = core.stream_queued(state.ws.st)
+            assert.is_true(queued > 0 and queued <= 127, "queued " .. queued .. " bytes")
+            assert.is_nil(state.result)
+            peer:close()
+            srv:close()
+            app:close_websockets()
+        end, { timeout = 30 })
     end)
 end)

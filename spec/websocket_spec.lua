@@ -269,6 +269,15 @@ describe("app:ws and loom.websocket", function()
         end)
     end)
 
+    it("max_message = math.huge means no limit (it used to raise in receive)", function()
+        run(function()
+            local srv <close> = serve()
+            local ws <close> = assert(loom.websocket(url(srv), { max_message = math.huge }))
+            assert(ws:send({ "a", "b", "c" }))
+            assert.same({ "abc", "text" }, { ws:receive() })
+        end)
+    end)
+
     it("a handler that raises closes with 1011 and the server goes on", function()
         run(function()
             local srv <close> = serve(function(app)
@@ -368,6 +377,11 @@ describe("app:ws and loom.websocket", function()
             assert.error_matches(function() ws:send("x", "jpeg") end, "'text' or 'binary' expected")
             assert.error_matches(function() ws:close(1005) end, "close code")
             assert.error_matches(function() ws:close(1000, string.rep("r", 124)) end, "longer than 123")
+            assert.error_matches(function() ws:close(1000, "bad \xff") end, "reason is not UTF%-8")
+            assert.error_matches(function() loom.websocket("ws://x/", { max_message = -1 }) end,
+                "option 'max_message': non%-negative number expected")
+            assert.error_matches(function() loom.app():ws("/x", function() end, { max_message = 0 / 0 }) end,
+                "option 'max_message'")
             assert.error_matches(function() loom.app():ws("/x", function() end, { max_msg = 1 }) end,
                 "unknown option 'max_msg'")
         end)
@@ -429,6 +443,25 @@ local hostile = {
     end, 1009, "message too big" },
     { "a message over max_message", function() return frame(2, string.rep("m", 5000)) end,
         1009, "message too big", "/small" },
+    -- each continuation costs 64 bytes besides its payload: at most 4096 / 64 of them here
+    { "a flood of empty continuation frames", function()
+        return frame(1, "a", false) .. string.rep(frame(0, "", false), 100)
+    end, 1009, "message too big", "/small" },
+    { "a flood of 1-byte continuation frames", function()
+        return frame(2, "a", false) .. string.rep(frame(0, "b", false), 100)
+    end, 1009, "message too big", "/small" },
+    { "a ping claiming 2^62 bytes (refused at its header)", function()
+        return char(0x89, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4)
+    end, 1002, "bad control frame" },
+    { "a close frame over 125 bytes", function() return frame(8, char(0x03, 0xe8) .. string.rep("r", 124)) end,
+        1002, "bad control frame" },
+    { "a frame length with its top bit set (RFC 6455 5.2)", function()
+        return char(0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4)
+    end, 1002, "bad frame length" },
+    { "a close code 1015 (reserved)", function() return frame(8, char(0x03, 0xf7)) end, 1002, "bad close code" },
+    { "a close code 5000", function() return frame(8, char(0x13, 0x88)) end, 1002, "bad close code" },
+    { "a close reason cut inside a UTF-8 sequence", function() return frame(8, char(0x03, 0xe8) .. "ok\xC3") end,
+        1007, "close reason is not UTF-8" },
 }
 
 describe("app:ws against hostile frames", function()

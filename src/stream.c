@@ -155,7 +155,7 @@ static int read_ready(const loom_stream_t *s) {
         loom_ws_frame_t f;
         if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
             return 0;
-        return f.length > s->rwant || unread(s) >= f.header + f.length;
+        return loom_ws_header_error(&f) || f.length > s->rwant || unread(s) >= f.header + f.length;
     }
     default:
         return 0;
@@ -291,14 +291,19 @@ static int end_of_stream(lua_State *L, loom_stream_t *s) {
     return loom_fail(L, "closed", "end of stream");
 }
 
-/* Pushes what the finished read gives: data, or nil and why. */
-/* Pushes fin, rsv, opcode, masked, payload (unmasked) of the frame at buf + pos. */
+/* Pushes fin, rsv, opcode, masked, payload (unmasked) of the frame at buf + pos; or nil,
+ * "http: ..." for a header RFC 6455 refuses whatever follows (a control frame over 125
+ * bytes, a length with its top bit set), nil, "limit: ..." for a payload over rwant bytes,
+ * both without waiting for the payload. */
 static int push_frame(lua_State *L, loom_stream_t *s) {
     loom_ws_frame_t f;
     if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
         return end_of_stream(L, s);
+    const char *bad = loom_ws_header_error(&f);
+    if (bad)
+        return loom_fail(L, "http", "%s", bad);
     if (f.length > s->rwant)
-        return loom_fail(L, "limit", "frame larger than %d bytes", (int)s->rwant);
+        return loom_fail(L, "limit", "frame larger than %I bytes", (lua_Integer)s->rwant);
     if (unread(s) < f.header + f.length)
         return end_of_stream(L, s);
     const char *src = s->buf + s->pos + f.header;
@@ -319,6 +324,7 @@ static int push_frame(lua_State *L, loom_stream_t *s) {
     return 5;
 }
 
+/* Pushes what the finished read gives: data, or nil and why. */
 static int push_read(lua_State *L, loom_stream_t *s) {
     if (s->rmode == RD_WSFRAME && s->state == ST_OPEN)
         return push_frame(L, s);

@@ -45,6 +45,17 @@ int loom_ws_parse_header(const unsigned char *p, size_t n, loom_ws_frame_t *f) {
     return 1;
 }
 
+const char *loom_ws_header_error(const loom_ws_frame_t *f) {
+    /* RFC 6455 5.2: "the most significant bit MUST be 0" of a 64-bit length */
+    if (f->length >> 63)
+        return "bad frame length";
+    /* 5.5: "All control frames MUST have a payload length of 125 bytes or less and MUST
+     * NOT be fragmented." Refused at the header: its payload is never waited for. */
+    if (f->opcode >= 8 && (f->length > 125 || !f->fin))
+        return "bad control frame";
+    return NULL;
+}
+
 void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4],
                     size_t offset) {
     for (size_t i = 0; i < len; i++)

@@ -21,6 +21,12 @@ typedef struct {
  * 0 when more bytes are needed. */
 int loom_ws_parse_header(const unsigned char *p, size_t n, loom_ws_frame_t *f);
 
+/* Why a parsed header can be refused before its payload arrives (RFC 6455 5.2 and 5.5): a
+ * 64-bit length with its top bit set, a control frame over 125 bytes or fragmented; NULL
+ * when it is acceptable so far. Masking, reserved bits and opcodes are left to the
+ * protocol (lua/loom/websocket.lua), which knows which end it is. */
+const char *loom_ws_header_error(const loom_ws_frame_t *f);
+
 /* XORs len bytes of src with the masking key into dst; `offset` is the payload position
  * of src[0] (the key repeats every 4 bytes). */
 void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char key[4],

@@ -34,12 +34,22 @@ local DEFAULT_MAX = 16 * 1024 * 1024
 -- A frame may exceed what is left of max_message by a control frame's size (125 bytes of
 -- payload, 6 of header): reading it must not fail before we know what it is.
 local CONTROL_SLACK = 131
+-- What each fragment after a message's first costs besides its payload, counted against
+-- max_message: the table slot and string that hold it (about 64 bytes in Lua 5.4). Without
+-- it a flood of empty or 1-byte continuations grew a message's bookkeeping without bound
+-- while its size stayed near 0; with it a message has at most max_message / 64 fragments
+-- (262144 by default), and the memory it holds stays about max_message.
+local FRAGMENT_COST = 64
+-- The head of the server's answer to the client's upgrade, as the HTTP client's max_header.
+local MAX_HEAD = 64 * 1024
 
 local function wrap(st, client, opts, protocol)
     local self = setmetatable({
         st = st,
         client = client,
-        max_message = opts.max_message or DEFAULT_MAX,
+        -- an integer, so the frame reader's limit (max_message - size + slack) is one;
+        -- math.huge means 2^53: no limit in practice
+        max_message = math.floor(math.min(opts.max_message or DEFAULT_MAX, 1 << 53)),
         close_timeout = opts.close_timeout or 5,
         protocol = protocol, -- the subprotocol agreed on, or nil
         lock = sync.semaphore(1),
@@ -70,6 +80,10 @@ local function send_frame(self, op, payload, fin)
     local lock = self.lock
     lock:acquire()
     local _ <close> = lock.releaser
+    if op == OP_CLOSE then -- nothing may follow a close frame (RFC 6455 5.5.1), a pong owed neither
+        self.pong = nil
+        return self.st:write(frame)
+    end
     local ok, err = self.st:write(frame)
     if ok then return flush_pongs(self) end
     return ok, err
@@ -180,16 +194,21 @@ local function on_close_frame(self, payload)
 end
 
 -- One data frame into the message being gathered: the message when it is complete, or
--- nil (more to come); or nil, err after a protocol error.
+-- nil (more to come); or nil, err after a protocol error. m.size counts the payload and
+-- FRAGMENT_COST per continuation; empty fragments are counted but not kept.
 local function on_data_frame(self, m, fin, op, payload)
     if (op == OP_CONT) ~= (m.parts ~= nil) then
         return fail(self, 1002, op == OP_CONT and "continuation without a message" or "message inside a message")
     end
-    if op ~= OP_CONT then m.parts, m.kind = {}, op == OP_TEXT and "text" or "binary" end
-    m.size = m.size + #payload
+    if op ~= OP_CONT then
+        m.parts, m.kind = {}, op == OP_TEXT and "text" or "binary"
+        m.size = #payload
+    else
+        m.size = m.size + #payload + FRAGMENT_COST
+    end
     if m.size > self.max_message then return fail(self, 1009, "message too big") end
     local parts = m.parts
-    parts[#parts + 1] = payload
+    if payload ~= "" then parts[#parts + 1] = payload end
     if not fin then return nil end
     local msg = #parts == 1 and parts[1] or concat(parts)
     if m.kind == "text" and not utf8len(msg) then return fail(self, 1007, "text is not UTF-8") end
@@ -198,6 +217,7 @@ end
 
 local function read_failed(self, err)
     if err and err:find("^limit") then return fail(self, 1009, "message too big") end
+    if err and err:find("^http: ") then return fail(self, 1002, err:sub(7)) end -- a header refused
     if self.sent_close and err and err:find("^timeout") then -- close() waited in vain
         return finish(self, 1006, "no close frame from the peer")
     end
@@ -212,14 +232,19 @@ function WS:receive()
     local _ <close> = self.recv_guard
     local m = { size = 0 }
     while true do
+        local deadline = self.recv_deadline -- close() waiting for the peer's close frame
+        if deadline then
+            local left = deadline - now()
+            if left <= 0 then return read_failed(self, "timeout") end
+            self.st:settimeout(left)
+        end
         local fin, rsv, op, masked, payload = ws_read_frame(self.st, self.max_message - m.size + CONTROL_SLACK)
         if fin == nil then return read_failed(self, rsv) end
         if rsv ~= 0 then return fail(self, 1002, "reserved bits set") end
         if masked == self.client then
             return fail(self, 1002, self.client and "masked frame from server" or "unmasked frame from client")
         end
-        if op >= 8 then
-            if not fin or #payload > 125 then return fail(self, 1002, "bad control frame") end
+        if op >= 8 then -- the frame reader refused one fragmented or over 125 bytes
             if op == OP_CLOSE then return on_close_frame(self, payload) end
             if op == OP_PING then
                 if not self.sent_close then pong(self, payload) end
@@ -290,6 +315,7 @@ local function check_close_args(code, reason)
             .. tostring(code), 2)
     end
     if #reason > 123 then args.fail("close", 2, "reason longer than 123 bytes", 2) end
+    if not utf8len(reason) then args.fail("close", 2, "reason is not UTF-8", 2) end -- the peer would fail 1007
 end
 
 -- Waits, until `deadline`, for the peer's close frame to end the connection.
@@ -300,12 +326,11 @@ local function await_close(self, deadline)
         park(math.max(0, deadline - now()))
         self.close_waiter = nil
     else
-        while not self.closed do -- what arrives meanwhile is dropped
-            local left = deadline - now()
-            if left <= 0 then break end
-            self.st:settimeout(left)
-            self:receive()
-        end
+        -- what arrives meanwhile is dropped; receive() gives each frame read the time left
+        -- (pings or fragments that keep coming do not extend it) and ends the connection
+        -- at the deadline
+        self.recv_deadline = deadline
+        while not self.closed do self:receive() end
     end
 end
 
@@ -392,9 +417,17 @@ end
 
 local SERVER_OPTS = { max_message = true, close_timeout = true, protocols = true }
 
+-- max_message: a number of bytes, >= 0.
+local function check_max(opts, fname, n)
+    local v = args.opt(opts, "max_message", "number", nil, fname, n)
+    if v ~= nil and not (v >= 0) then
+        args.fail(fname, n, "option 'max_message': non-negative number expected, got " .. tostring(v), 2)
+    end
+end
+
 local function check_opts(opts, fname, n)
     opts = args.known(args.opts(opts, fname, n), SERVER_OPTS, fname, n)
-    args.opt(opts, "max_message", "number", nil, fname, n)
+    check_max(opts, fname, n)
     args.timeout(opts, "close_timeout", nil, fname, n)
     args.opt(opts, "protocols", "table", nil, fname, n)
     return opts
@@ -447,14 +480,45 @@ local function trim(s)
     return s:sub(first, (s:find("%S%s*$", first)))
 end
 
-local function read_head(st)
-    local status_line, err = st:read_line()
-    if not status_line then return nil, err end
+-- The handshake's single deadline (nil: none) as the stream's timeout for its next read or
+-- write; false once it has passed.
+local function time_left(st, deadline)
+    if not deadline then return true end
+    local left = deadline - now()
+    if left <= 0 then return false end
+    st:settimeout(left)
+    return true
+end
+
+local function head_too_big()
+    return nil, format("limit: response head over %d bytes", MAX_HEAD)
+end
+
+-- One line of the server's answer before `deadline`, `size` bytes of the head read so far:
+-- line, size | nil, err.
+local function head_line(st, deadline, size, where)
+    if not time_left(st, deadline) then return nil, "timeout: websocket handshake with " .. where end
+    local line, err = st:read_line()
+    if not line then
+        if err:find("^limit") then return head_too_big() end -- a line over 64 KiB
+        if err:find("^timeout") then err = "timeout: websocket handshake with " .. where end
+        return nil, err
+    end
+    size = size + #line + 2
+    if size > MAX_HEAD then return head_too_big() end
+    return line, size
+end
+
+-- The status line and headers of the server's answer: at most MAX_HEAD bytes, all before
+-- `deadline`, however slowly they come.
+local function read_head(st, deadline, where)
+    local status_line, size = head_line(st, deadline, 0, where)
+    if not status_line then return nil, size end
     local headers = {}
     while true do
         local line
-        line, err = st:read_line()
-        if not line then return nil, err end
+        line, size = head_line(st, deadline, size, where)
+        if not line then return nil, size end
         if line == "" then break end
         local colon = line:find(":", 1, true)
         if colon and colon > 1 then headers[line:sub(1, colon - 1):lower()] = trim(line:sub(colon + 1)) end
@@ -503,14 +567,14 @@ local CLIENT_OPTS = { headers = true, timeout = true, tls = true, max_message = 
     protocols = true }
 
 -- loom.websocket(url [, opts]) -> ws | nil, err
--- opts: headers, timeout (connect + handshake, 10), tls {...}, max_message (16 MiB),
---       close_timeout (5), protocols {...}
+-- opts: headers, timeout (one deadline for connect, TLS and the upgrade; 10), tls {...},
+--       max_message (16 MiB), close_timeout (5), protocols {...}
 function M.connect(u, opts)
     args.check(u, "string", "websocket", 1)
     opts = args.known(args.opts(opts, "websocket", 2), CLIENT_OPTS, "websocket", 2)
     local timeout = args.timeout(opts, "timeout", 10, "websocket", 2)
     args.opt(opts, "headers", "table", nil, "websocket", 2)
-    args.opt(opts, "max_message", "number", nil, "websocket", 2)
+    check_max(opts, "websocket", 2)
     args.opt(opts, "tls", "table", nil, "websocket", 2)
     args.opt(opts, "protocols", "table", nil, "websocket", 2)
     args.timeout(opts, "close_timeout", nil, "websocket", 2)
@@ -520,14 +584,15 @@ function M.connect(u, opts)
     end
     local key = core.ws_key()
     local head = request_head(p, key, opts)
+    local deadline = timeout and now() + timeout
     local st, err = net.connect(p.host, p.port, { timeout = timeout,
         tls = p.scheme == "wss" and (opts.tls or {}) or nil })
     if not st then return nil, err end
-    if timeout then st:settimeout(timeout) end
-    local ok
-    ok, err = st:write(head)
+    local where = format("%s:%d", p.host, p.port)
+    local ok = time_left(st, deadline)
+    if ok then ok, err = st:write(head) else err = "timeout: websocket handshake with " .. where end
     if not ok then st:close(); return nil, err end
-    local status, headers = read_head(st)
+    local status, headers = read_head(st, deadline, where)
     if not status then st:close(); return nil, headers end
     local proto
     proto, err = check_answer(status, headers, key, opts)
