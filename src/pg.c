@@ -28,6 +28,7 @@
  * exit-time destructor deadlocks in freelocale under an ASan LD_PRELOAD). libpq-fe.h gives
  * the types and prototypes; each call goes through `pq`. */
 #define PQ_FUNCS(X)                                                                                \
+    X(PQsetNoticeProcessor)                                                                        \
     X(PQbackendPID)                                                                                \
     X(PQcancel)                                                                                    \
     X(PQclear)                                                                                     \
@@ -522,6 +523,11 @@ static void connect_abort(void *ud) {
     conn_close(c, "connect", "abandoned");
 }
 
+static void ignore_notice(void *arg, const char *message) {
+    (void)arg;
+    (void)message;
+}
+
 /* core.pg_connect({keyword = value, ...}, timeout) -> conn | nil, "connect: ..." */
 static int l_connect(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -562,6 +568,8 @@ static int l_connect(lua_State *L) {
         conn_close(c, "connect", "out of memory");
         return loom_fail(L, "connect", "out of memory");
     }
+    /* libpq prints NOTICE and WARNING messages on stderr by default: drop them */
+    pq.PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
     if (pq.PQstatus(c->pg) == CONNECTION_BAD) {
         lua_pushnil(L);
         lua_pushfstring(L, "connect: %s", pq.PQerrorMessage(c->pg));
