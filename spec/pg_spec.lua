@@ -168,6 +168,21 @@ describe("loom.pg", function()
         end)
     end)
 
+    it("keeps at most 256 prepared statements per connection", function()
+        run(function()
+            local db = loom.pg(srv:opts { max = 1 })
+            for i = 1, 300 do
+                local r = assert(db:query("select $1::int + " .. i .. " as v", 1))
+                assert.equal(i + 1, r[1].v)
+            end
+            local n = assert(db:query("select count(*)::int as n from pg_prepared_statements"))
+            assert.is_true(n[1].n <= 256 and n[1].n >= 200)
+            -- an evicted statement is prepared again when it comes back
+            assert.equal(2, assert(db:query("select $1::int + 1 as v", 1))[1].v)
+            db:close()
+        end, { timeout = 30 })
+    end)
+
     it("raises on misuse, naming the argument", function()
         run(function()
             assert.error_matches(function() loom.pg(42) end, "bad argument #1 to 'pg'")
@@ -459,6 +474,26 @@ describe("loom.pg", function()
             assert.is_nil(rows)
             assert.matches("^connect: .*SSL", err)
             db:close()
+        end)
+    end)
+
+    it("gives timeout: when the server never answers within connect_timeout", function()
+        run(function()
+            -- a listener that accepts and then says nothing
+            local held = {}
+            local mute = assert(loom.listen { host = "127.0.0.1", port = 0, handler = function(st)
+                held[#held + 1] = st
+                st:read() -- until the client goes
+            end })
+            local db = loom.pg(srv:opts { port = mute.port, connect_timeout = 0.3 })
+            local t0 = loom.now()
+            local rows, err = db:query("select 1")
+            assert.is_nil(rows)
+            assert.matches("^timeout: ", err)
+            assert.is_true(loom.now() - t0 >= 0.25)
+            db:close()
+            mute:close()
+            for _, st in ipairs(held) do st:close() end
         end)
     end)
 
