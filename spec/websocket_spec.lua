@@ -378,6 +378,15 @@ describe("app:ws and loom.websocket", function()
             assert.error_matches(function() ws:close(1005) end, "close code")
             assert.error_matches(function() ws:close(1000, string.rep("r", 124)) end, "longer than 123")
             assert.error_matches(function() ws:close(1000, "bad \xff") end, "reason is not UTF%-8")
+            -- what a caller's string could add to the upgrade request
+            assert.error_matches(function() loom.websocket("ws://x/", { protocols = { "v1\r\nX-Evil: 1" } }) end,
+                "option 'protocols': entry 1 is not a token")
+            assert.error_matches(function() loom.websocket("ws://x/", { protocols = { "a, b" } }) end,
+                "option 'protocols': entry 1 is not a token")
+            assert.error_matches(function() loom.app():ws("/x", function() end, { protocols = { 1 } }) end,
+                "option 'protocols': entry 1 is not a token")
+            assert.error_matches(function() loom.websocket("ws://x/", { headers = { ["X Y"] = "1" } }) end,
+                "invalid header X Y")
             assert.error_matches(function() loom.websocket("ws://x/", { max_message = -1 }) end,
                 "option 'max_message': non%-negative number expected")
             assert.error_matches(function() loom.app():ws("/x", function() end, { max_message = 0 / 0 }) end,

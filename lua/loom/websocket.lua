@@ -415,6 +415,20 @@ local function log_error(req, e)
     io.stderr:flush()
 end
 
+-- A header name, and a subprotocol (RFC 6455 4.1: "each ... a token"): what no caller's
+-- string can use to add a header line or split the list (RFC 9110 5.6.2).
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+-- Raises unless opts.protocols is a list of tokens.
+local function check_protocols(list, fname, n)
+    for i, v in ipairs(list) do
+        if type(v) ~= "string" or not v:find(TOKEN) then
+            args.fail(fname, n, format("option 'protocols': entry %d is not a token (%s)", i,
+                type(v) == "string" and format("%q", v) or type(v)), 2)
+        end
+    end
+end
+
 local SERVER_OPTS = { max_message = true, close_timeout = true, protocols = true }
 
 -- max_message: a number of bytes, >= 0.
@@ -429,7 +443,7 @@ local function check_opts(opts, fname, n)
     opts = args.known(args.opts(opts, fname, n), SERVER_OPTS, fname, n)
     check_max(opts, fname, n)
     args.timeout(opts, "close_timeout", nil, fname, n)
-    args.opt(opts, "protocols", "table", nil, fname, n)
+    check_protocols(args.opt(opts, "protocols", "table", {}, fname, n), fname, n)
     return opts
 end
 
@@ -537,7 +551,7 @@ local function request_head(p, key, opts)
     if opts.protocols then lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ") end
     for k, v in pairs(opts.headers or {}) do
         k, v = tostring(k), tostring(v)
-        if k:find("[%c:]") or v:find("[\r\n%z]") then args.fail("websocket", 2, "invalid header " .. k, 3) end
+        if not k:find(TOKEN) or v:find("[\r\n%z]") then args.fail("websocket", 2, "invalid header " .. k, 3) end
         lines[#lines + 1] = k .. ": " .. v
     end
     return concat(lines, "\r\n") .. "\r\n\r\n"
@@ -576,7 +590,7 @@ function M.connect(u, opts)
     args.opt(opts, "headers", "table", nil, "websocket", 2)
     check_max(opts, "websocket", 2)
     args.opt(opts, "tls", "table", nil, "websocket", 2)
-    args.opt(opts, "protocols", "table", nil, "websocket", 2)
+    check_protocols(args.opt(opts, "protocols", "table", {}, "websocket", 2), "websocket", 2)
     args.timeout(opts, "close_timeout", nil, "websocket", 2)
     local p, perr = url.split(u)
     if not p or (p.scheme ~= "ws" and p.scheme ~= "wss") then
