@@ -424,7 +424,9 @@ local function check_protocols(list, fname, n)
     for i, v in ipairs(list) do
         if type(v) ~= "string" or not v:find(TOKEN) then
             args.fail(fname, n, format("option 'protocols': entry %d is not a token (%s)", i,
-                type(v) == "string" and format("%q", v) or type(v)), 2)
+                type(v) == "string" and "'" .. v:gsub("[%c\\\127-\255]", function(c)
+                    return format("\\x%02X", c:byte())
+                end) .. "'" or type(v)), 2)
         end
     end
 end
