@@ -404,6 +404,9 @@ describe("loom.pg", function()
             assert.is_true(eventually(function() return backends(probe, "listener") == 0 end))
             -- l:close() from elsewhere ends a waiting loop
             local iter, l = db:listen("other")
+            local none, terr = l:receive(0.05)
+            assert.is_nil(none)
+            assert.matches("^timeout: ", terr)
             local w = loom.spawn(function()
                 local n = 0
                 for _ in iter, l do n = n + 1 end
