@@ -462,6 +462,9 @@ local hostile = {
     { "a ping claiming 2^62 bytes (refused at its header)", function()
         return char(0x89, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4)
     end, 1002, "bad control frame" },
+    { "a ping header claiming 200 bytes whose payload never comes", function()
+        return char(0x89, 0x80 | 126, 0, 200, 1, 2, 3, 4) -- the old reader waited for it
+    end, 1002, "bad control frame" },
     { "a close frame over 125 bytes", function() return frame(8, char(0x03, 0xe8) .. string.rep("r", 124)) end,
         1002, "bad control frame" },
     { "a frame length with its top bit set (RFC 6455 5.2)", function()
