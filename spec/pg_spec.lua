@@ -139,6 +139,11 @@ describe("loom.pg", function()
             assert.equal(256, r[1].n)
             assert.equal(all, r[1].b)
             assert.equal("", assert(db:query("select $1::bytea as b", ""))[1].b)
+            -- bigger than the socket buffers both ways: PQflush returns 1 for a while
+            local big = all:rep(32 * 1024) -- 8 MiB
+            r = assert(db:query("select $1::bytea as b, md5($1::bytea) as h", big))
+            assert.equal(#big, #r[1].b)
+            assert.is_true(r[1].b == big)
             db:close()
         end)
     end)

@@ -635,6 +635,10 @@ static int send_op(lua_State *L, pgconn_t *c, int i) {
     return ok;
 }
 
+static int nibble(char x) {
+    return x <= '9' ? x - '0' : (x | 0x20) - 'a' + 10;
+}
+
 /* Pushes a text-format value of type `oid` converted as docs/databases.md says. */
 static void push_value(lua_State *L, const char *v, int len, Oid oid, int decode) {
     switch (oid) {
@@ -655,10 +659,8 @@ static void push_value(lua_State *L, const char *v, int len, Oid oid, int decode
             luaL_Buffer b;
             int n = (len - 2) / 2;
             char *out = luaL_buffinitsize(L, &b, n > 0 ? n : 1);
-            for (int i = 0; i < n; i++) {
-                char hx[3] = {v[2 + 2 * i], v[3 + 2 * i], 0};
-                out[i] = (char)strtol(hx, NULL, 16);
-            }
+            for (int i = 0; i < n; i++)
+                out[i] = (char)(nibble(v[2 + 2 * i]) << 4 | nibble(v[3 + 2 * i]));
             luaL_pushresultsize(&b, n);
             return;
         }
