@@ -550,7 +550,9 @@ local function request_head(p, key, opts)
     local lines = { format("GET %s%s HTTP/1.1", p.path, p.query and ("?" .. p.query) or ""),
         "Host: " .. host, "Upgrade: websocket", "Connection: Upgrade",
         "Sec-WebSocket-Key: " .. key, "Sec-WebSocket-Version: 13" }
-    if opts.protocols then lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ") end
+    if opts.protocols and #opts.protocols > 0 then
+        lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ")
+    end
     for k, v in pairs(opts.headers or {}) do
         k, v = tostring(k), tostring(v)
         if not k:find(TOKEN) or v:find("[\r\n%z]") then args.fail("websocket", 2, "invalid header " .. k, 3) end
@@ -604,7 +606,7 @@ function M.connect(u, opts)
     local st, err = net.connect(p.host, p.port, { timeout = timeout,
         tls = p.scheme == "wss" and (opts.tls or {}) or nil })
     if not st then return nil, err end
-    local where = format("%s:%d", p.host, p.port)
+    local where = format(p.host:find(":", 1, true) and "[%s]:%d" or "%s:%d", p.host, p.port)
     local ok = time_left(st, deadline)
     if ok then ok, err = st:write(head) else err = "timeout: websocket handshake with " .. where end
     if not ok then st:close(); return nil, err end
