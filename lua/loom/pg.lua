@@ -160,6 +160,7 @@ end
 -- A connection from the pool: an idle one (the most recently used), a new one while fewer
 -- than max are open, else the first released one, waiters served in order.
 local function acquire(pool)
+    local deadline
     while true do
         if pool.closed then return closed_err() end
         local idle = pool.idle
@@ -178,12 +179,20 @@ local function acquire(pool)
             wake_one(pool.waiters)
             return nil, err
         end
+        -- waiting for a free connection counts against connect_timeout, as in loom.fetch
+        local budget = pool.opts.connect_timeout or 10
+        deadline = deadline or now() + budget
+        local left = deadline - now()
+        if left <= 0 then
+            return nil, format("timeout: waiting for a free connection (max %d) for %gs",
+                pool.max, budget)
+        end
         local list = pool.waiters
         local t, serial = ticket()
         local i = list.tail + 1
         list.tail = i
         list[i], list[-i] = t, serial
-        local _, c = park()
+        local _, c = park(left)
         if c then return c end
     end
 end
@@ -225,7 +234,7 @@ local guard_mt = { __close = function(g) release(g[1], g[2]) end }
 local function cache_of(pool, c)
     local cache = pool.stmts[c]
     if not cache then
-        cache = { map = {}, order = {}, first = 1, last = 0, seq = 0 }
+        cache = { map = {}, order = {}, first = 1, last = 0, seq = 0, stale = {} }
         pool.stmts[c] = cache
     end
     return cache
@@ -287,6 +296,10 @@ local function prepare(pool, c, sqls)
     end
     while #todo > 0 do
         local ops, names = {}, {}
+        for k, name in ipairs(cache.stale) do -- statements forgotten by run()
+            ops[#ops + 1] = { "query", "DEALLOCATE " .. name }
+            cache.stale[k] = nil
+        end
         for _, sql in ipairs(todo) do
             if cache.last - cache.first + 1 >= CACHE_MAX then -- forget the oldest
                 local old = cache.order[cache.first]
@@ -294,7 +307,7 @@ local function prepare(pool, c, sqls)
                 cache.first = cache.first + 1
                 local st = cache.map[old]
                 cache.map[old] = nil
-                ops[#ops + 1] = { "query", "DEALLOCATE " .. st.name }
+                if st then ops[#ops + 1] = { "query", "DEALLOCATE " .. st.name } end
             end
             cache.seq = cache.seq + 1
             local name = "loom_" .. cache.seq
@@ -329,8 +342,9 @@ local function prepare(pool, c, sqls)
     return failed
 end
 
--- Runs one statement on c: rows | nil, err.
-local function run(pool, c, fname, sql, n, ...)
+-- Runs one statement on c: rows | nil, err. `retry`: prepare again once when the
+-- statement's result type changed.
+local function exec_stmt(pool, c, fname, sql, retry, n, ...)
     local cache = cache_of(pool, c)
     local st = cache.map[sql]
     if not st then
@@ -343,8 +357,24 @@ local function run(pool, c, fname, sql, n, ...)
     local res, err = c:batch({ { "exec", st.name, params, bin } }, pool.timeout, null, json_decode)
     if not res then return nil, err end
     local r = res[1]
-    if type(r) == "string" then return nil, r end
+    if type(r) == "string" then
+        -- The table changed under the cached statement (ALTER TABLE, a column added to a
+        -- `select *`): forget it; outside a transaction, prepare it again and retry once.
+        if r:find("^pg: 0A000 cached plan must not change result type") and cache.map[sql] == st then
+            cache.map[sql] = nil
+            cache.stale[#cache.stale + 1] = st.name
+            local _, tx = c:status()
+            if tx == "idle" and retry then
+                return exec_stmt(pool, c, fname, sql, false, n, ...)
+            end
+        end
+        return nil, r
+    end
     return r
+end
+
+local function run(pool, c, fname, sql, n, ...)
+    return exec_stmt(pool, c, fname, sql, true, n, ...)
 end
 
 -- ---------------------------------------------------------------- the pool
