@@ -36,13 +36,13 @@ end
 local OPTIONS = {
     host = "string", port = "number", user = "string", password = "string",
     database = "string", sslmode = "string", sslrootcert = "string", sslcert = "string",
-    sslkey = "string", application_name = "string", max = "number",
+    sslkey = "string", application_name = "string", gssencmode = "string", max = "number",
     connect_timeout = "number", idle_timeout = "number", timeout = "number",
 }
 -- URL query keys taken as options (libpq's names; dbname and the timeouts too)
 local URL_KEYS = {
     sslmode = "sslmode", sslrootcert = "sslrootcert", sslcert = "sslcert", sslkey = "sslkey",
-    application_name = "application_name", host = "host", port = "port", user = "user",
+    application_name = "application_name", gssencmode = "gssencmode", host = "host", port = "port", user = "user",
     password = "password", dbname = "database", connect_timeout = "connect_timeout",
     idle_timeout = "idle_timeout", timeout = "timeout", max = "max",
 }
@@ -120,6 +120,9 @@ local function open(pool)
         user = o.user, password = o.password, dbname = o.database,
         sslmode = o.sslmode, sslrootcert = o.sslrootcert, sslcert = o.sslcert,
         sslkey = o.sslkey, application_name = o.application_name or "loom",
+        -- libpq's default (prefer) asks Kerberos for credentials on the loop, which can
+        -- block; off unless asked for
+        gssencmode = o.gssencmode or "disable",
         client_encoding = "UTF8",
     }
     if o.port then kw.port = tostring(o.port) end
