@@ -19,9 +19,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
-#include <libpq-fe.h>
 #include "host.h"
 #include "fail.h"
+
+#ifdef LOOM_NO_PG
+/* Built without libpq's headers (CMake found no libpq): loom.pg fails to connect, saying so. */
+static int l_connect(lua_State *L) {
+    return loom_fail(L, "connect", "loom was built without libpq (install libpq-dev, rebuild)");
+}
+
+int loom_open_pg(lua_State *L) {
+    lua_pushcfunction(L, l_connect);
+    lua_setfield(L, -2, "pg_connect");
+    lua_pushlightuserdata(L, NULL); /* core.null: the same value as lua-cjson's cjson.null */
+    lua_setfield(L, -2, "null");
+    return 0;
+}
+#else
+#include <libpq-fe.h>
 
 /* libpq is opened with dlopen on the first connect, not linked: a process that never uses
  * loom.pg does not load it and what it pulls in (Kerberos, LDAP, GnuTLS, p11-kit, whose
@@ -1077,3 +1092,4 @@ int loom_open_pg(lua_State *L) {
     lua_setfield(L, -2, "null");
     return 0;
 }
+#endif /* LOOM_NO_PG */
