@@ -27,13 +27,15 @@ local REQUEST_OPTS = {
     method = "string", headers = "table", query = "table", body = { "string", "function" },
     json = "any", form = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", redirects = { "boolean", "number" }, max_body = "number",
-    stream = "boolean", tls = "table", decode = "boolean",
+    stream = "boolean", tls = "table", decode = "boolean", retry = { "table", "boolean" },
+    progress = "function",
 }
 local SESSION_OPTS = {
     base_url = "string", headers = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", max_per_host = "number", idle_timeout = "number",
     cookies = "boolean", tls = "table", redirects = { "boolean", "number" }, max_body = "number",
-    proxy = { "string", "boolean", "table" }, decode = "boolean",
+    proxy = { "string", "boolean", "table" }, decode = "boolean", trace = "table",
+    retry = { "table", "boolean" },
 }
 local TLS_OPTS = { verify = "boolean", ca_file = "string", cert = "string", key = "string",
     server_name = "string" }
@@ -368,6 +370,131 @@ end
 
 local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, TRACE = true, PUT = true, DELETE = true }
 
+-- Trace hooks -----------------------------------------------------------------------
+
+local TRACE_HOOKS = { on_request_start = true, on_dns = true, on_connect = true, on_tls = true,
+    on_reuse = true, on_response_headers = true, on_request_end = true, on_request_error = true,
+    on_upload_progress = true }
+local NO_HOOKS = {}
+
+local function check_trace(t, fname, n)
+    for k, v in pairs(t) do
+        if not TRACE_HOOKS[k] then args.fail(fname, n, format("unknown option 'trace.%s'", tostring(k)), 3) end
+        if type(v) ~= "function" then
+            args.fail(fname, n, format("option 'trace.%s': function expected, got %s", k, type(v)), 3)
+        end
+    end
+end
+
+-- Hooks are code watching requests, not part of them: one that raises is printed with its
+-- traceback (as a failed task nobody joins is) and the request goes on. A cancel goes through.
+local function hook_traceback(e)
+    if e == "cancelled" then return e end
+    return debug.traceback(tostring(e), 2)
+end
+
+local function call_hook(name, fn, ...)
+    local ok, e = xpcall(fn, hook_traceback, ...)
+    if not ok then
+        if e == "cancelled" then error(e, 0) end
+        io.stderr:write(format("loom: error in client hook %s: %s\n", name, tostring(e)))
+        io.stderr:flush()
+    end
+end
+
+-- Tells the hook `name` of ev, adding what every event carries.
+local function emit(tc, name, ev)
+    local fn = tc.hooks[name]
+    if not fn then return end
+    ev.method, ev.url, ev.attempt = tc.method, tc.url, tc.attempt
+    call_hook(name, fn, ev)
+end
+
+-- The trace of one call, or nil when nothing listens (then tracing costs one test).
+local function trace_of(sess, opts, method, s)
+    local hooks, progress = sess.trace, opts and opts.progress
+    if not hooks and not progress then return nil end
+    hooks = hooks or NO_HOOKS
+    local tc = { hooks = hooks, progress = progress or hooks.on_upload_progress, method = method, url = s,
+        attempt = 1 }
+    tc.on = function(name, ev) emit(tc, name, ev) end
+    return tc
+end
+
+local function progress(tc, sent, total)
+    if tc and tc.progress then call_hook("progress", tc.progress, sent, total) end
+end
+
+-- Retries ---------------------------------------------------------------------------
+
+local RETRY_OPTS = { attempts = "number", backoff = "number", max_backoff = "number", statuses = "table",
+    methods = { "string", "table" }, on = "table", jitter = "boolean" }
+local RETRY_ON = { connect = true, timeout = true, closed = true, dns = true, tls = true, http = true }
+
+-- The retry policy of the option `r` (true, false or a table), checked and with defaults.
+local function retry_policy(r, fname, n)
+    if r == nil or r == false then return false end
+    if r == true then r = {} end
+    local function bad(k, msg) args.fail(fname, n, format("option 'retry.%s': %s", k, msg), 4) end
+    for k, v in pairs(r) do
+        local want = RETRY_OPTS[k]
+        if not want then args.fail(fname, n, format("unknown option 'retry.%s'", tostring(k)), 3) end
+        local ok = type(want) == "table" and (type(v) == want[1] or type(v) == want[2]) or type(v) == want
+        if not ok then
+            bad(k, format("%s expected, got %s", type(want) == "table" and concat(want, " or ") or want, type(v)))
+        end
+    end
+    local p = { attempts = r.attempts or 3, backoff = r.backoff or 0.2, max_backoff = r.max_backoff or 10,
+        jitter = r.jitter ~= false, statuses = {}, methods = {}, on = {} }
+    if math.type(p.attempts) ~= "integer" or p.attempts < 1 then bad("attempts", "positive integer expected") end
+    if p.backoff < 0 or p.backoff ~= p.backoff then bad("backoff", "must not be negative") end
+    if p.max_backoff < 0 or p.max_backoff ~= p.max_backoff then bad("max_backoff", "must not be negative") end
+    for _, st in ipairs(r.statuses or { 429, 503 }) do
+        if math.type(st) ~= "integer" or st < 100 or st > 599 then bad("statuses", "status codes expected") end
+        p.statuses[st] = true
+    end
+    local m = r.methods
+    if m == "all" then
+        p.methods = true
+    elseif type(m) == "string" then
+        bad("methods", "\"all\" or a list of methods expected")
+    else
+        for _, name in ipairs(m or { "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE" }) do
+            if type(name) ~= "string" or not name:find(TOKEN) then bad("methods", "a list of methods expected") end
+            p.methods[name:upper()] = true
+        end
+    end
+    for _, kind in ipairs(r.on or { "connect", "timeout", "closed" }) do
+        if not RETRY_ON[kind] then bad("on", format("unknown error kind '%s'", tostring(kind))) end
+        p.on[kind] = true
+    end
+    return p
+end
+
+-- Retry-After (RFC 9110 10.2.3): seconds to wait, from delay-seconds or an HTTP-date.
+local function retry_after(v)
+    if not v then return nil end
+    local secs = v:match("^%s*(%d+)%s*$")
+    if secs then return tonumber(secs) end
+    local t = cookies.parse_date(v)
+    if not t then return nil end
+    local w = t - os.time()
+    return w > 0 and w or 0
+end
+
+-- Seconds to wait before attempt n + 1: Retry-After when the response gives one, else
+-- exponential backoff with full jitter (a random wait up to backoff * 2^(n-1)); both capped
+-- by max_backoff.
+local function backoff(p, n, res)
+    local cap = p.max_backoff
+    local ra = res and retry_after(res.headers["retry-after"])
+    if ra then return ra < cap and ra or cap end
+    local d = p.backoff * 2 ^ (n - 1)
+    if d > cap then d = cap end
+    if p.jitter then d = d * math.random() end
+    return d
+end
+
 -- The pool key of u: origin, TLS settings, proxy.
 local function key_of(sess, req, u)
     local key = u.origin
@@ -381,7 +508,8 @@ local function key_of(sess, req, u)
     return key, conf, server_name
 end
 
-local function upload(x, fn)
+local function upload(x, fn, tc)
+    local sent = 0
     while true do
         local chunk = fn()
         if chunk == nil then break end
@@ -392,13 +520,17 @@ local function upload(x, fn)
         if chunk ~= "" then
             local ok, err = x:write(chunk)
             if not ok then return nil, err end
+            if tc then
+                sent = sent + #chunk
+                progress(tc, sent, nil)
+            end
         end
     end
     return x:finish()
 end
 
 -- One request on the wire: x, status, reason, raw, version | nil, err, retryable
-local function send(sess, req, u, head, fresh)
+local function send(sess, req, u, head, fresh, tc)
     if u.proxy and u.proxy.invalid then return nil, "connect: " .. u.proxy.invalid end
     local key, conf, server_name = key_of(sess, req, u)
     if not key then return nil, conf end
@@ -409,15 +541,19 @@ local function send(sess, req, u, head, fresh)
         req.connect_timeout, req.read_timeout, req.deadline)
     if x and a == false then
         local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
-            timeout = req.connect_timeout, deadline = req.deadline })
+            timeout = req.connect_timeout, deadline = req.deadline, on = tc and tc.on })
         if not st then
             x:close()
             return nil, err
         end
         x, a, b, c, d = x:attach(st)
+    elseif tc and x then
+        emit(tc, "on_reuse", { key = key })
     end
     if x and a == true then
-        x, a, b, c, d = upload(x, req.body)
+        x, a, b, c, d = upload(x, req.body, tc)
+    elseif x and tc and type(body) == "string" and #body > 0 then
+        progress(tc, #body, #body) -- written whole with the head, which has now been answered
     end
     return x, a, b, c, d
 end
@@ -497,7 +633,7 @@ local function absolute(sess, s)
 end
 
 -- One hop, retried once on a fresh connection when a kept-alive one turned out stale.
-local function hop(sess, req, u)
+local function hop(sess, req, u, tc)
     local head
     if req.shared and not (sess.jar and sess.jar.count > 0) then
         -- a call without options and no cookies to send: the head is the same every time
@@ -511,13 +647,17 @@ local function hop(sess, req, u)
     else
         head = build_head(sess, req, u)
     end
-    local x, status, reason, raw, version = send(sess, req, u, head, false)
+    local t0 = tc and now()
+    if tc then tc.url = u.href end
+    local x, status, reason, raw, version = send(sess, req, u, head, false, tc)
     if not x and reason and IDEMPOTENT[req.method] and type(req.body) ~= "function" then
-        x, status, reason, raw, version = send(sess, req, u, head, true)
+        x, status, reason, raw, version = send(sess, req, u, head, true, tc)
     end
     if not x then return nil, status end
     if sess.jar then sess.jar:store(raw, u) end
-    return new_response(x, status, reason, raw, version, u)
+    local res = new_response(x, status, reason, raw, version, u)
+    if tc then emit(tc, "on_response_headers", { status = status, headers = res.headers, ttfb = now() - t0 }) end
+    return res
 end
 
 local function copy(t)
@@ -525,6 +665,85 @@ local function copy(t)
     for k, v in pairs(t) do c[k] = v end
     c.shared = nil
     return c
+end
+
+-- The hops of one attempt, redirects followed: the final response, its body unread | nil, err
+local function attempt(sess, req, u, tc)
+    local res, err
+    for n = 0, req.redirects do
+        res, err = hop(sess, req, u, tc)
+        if not res then return nil, err end
+        if req.redirects == 0 or not REDIRECT[res.status] then break end
+        if req.shared then req = copy(req) end
+        local next_url = follow(req, res, u)
+        if not next_url then break end
+        res:close()
+        if n == req.redirects then return nil, "http: too many redirects" end
+        local nu
+        nu, err = url_info(sess, next_url)
+        if not nu then return nil, "http: bad redirect to " .. next_url .. " (" .. err .. ")" end
+        if nu.origin ~= u.origin then req.drop_auth = true end
+        u = nu
+        if tc then tc.method = req.method end
+    end
+    return res
+end
+
+-- Reads the whole body into res: res | nil, err
+local function read_body(res)
+    local x = res._x
+    local body, err = x:read_all()
+    res._x = nil
+    if not body then
+        x:close()
+        return nil, err
+    end
+    res._body = body
+    return res
+end
+
+-- A wait of w seconds, or nil when it would end past the call's total timeout.
+local function within(req, w)
+    if w and req.deadline and now() + w >= req.deadline then return nil end
+    return w
+end
+
+-- Attempts under a retry policy and/or a trace: the response | nil, the last error.
+local function attempts(sess, req, u, s, policy, tc)
+    local n, res, err = 1, nil, nil
+    while true do
+        local r = policy and copy(req) or req -- a redirect changes the request it follows
+        local t0
+        if tc then
+            tc.attempt, tc.method, tc.url = n, req.method, s
+            t0 = now()
+            emit(tc, "on_request_start", { headers = req.headers })
+        end
+        res, err = attempt(sess, r, u, tc)
+        local more = policy and n < policy.attempts
+        local wait
+        if res and more and policy.statuses[res.status] then wait = within(req, backoff(policy, n, res)) end
+        if res and not wait and not r.stream then
+            local ok
+            ok, err = read_body(res)
+            if not ok then res = nil end
+        end
+        if not res and more and policy.on[err:match("^(%a+):") or ""] then wait = within(req, backoff(policy, n)) end
+        if tc then
+            if res then
+                emit(tc, "on_request_end", { status = res.status, duration = now() - t0,
+                    bytes = res._body and #res._body or nil, retry = wait })
+            else
+                emit(tc, "on_request_error", { error = err, duration = now() - t0, retry = wait })
+            end
+        end
+        if not wait then break end
+        if res then res:close() end
+        core.sleep(wait)
+        n = n + 1
+    end
+    if not res then return nil, err end
+    return res
 end
 
 local function request(sess, method, s, opts, fname)
@@ -544,34 +763,46 @@ local function request(sess, method, s, opts, fname)
     s = absolute(sess, s)
     local u, err = url_info(sess, s)
     if not u then args.fail(fname, 1, err .. ": " .. s, 2) end
+    local policy = sess.retry
+    if opts and opts.retry ~= nil then policy = retry_policy(opts.retry, fname, 2) end
+    if policy and (type(req.body) == "function" or policy.methods ~= true and not policy.methods[req.method]) then
+        policy = false -- not this method's, or a streamed body that cannot be sent again
+    end
+    local tc = (sess.trace or opts and opts.progress) and trace_of(sess, opts, req.method, s)
+    if policy or tc then return attempts(sess, req, u, s, policy, tc) end
     local res
-    for n = 0, req.redirects do
-        res, err = hop(sess, req, u)
-        if not res then return nil, err end
-        if req.redirects == 0 or not REDIRECT[res.status] then break end
-        if req.shared then req = copy(req) end
-        local next_url = follow(req, res, u)
-        if not next_url then break end
-        res:close()
-        if n == req.redirects then return nil, "http: too many redirects" end
-        local nu
-        nu, err = url_info(sess, next_url)
-        if not nu then return nil, "http: bad redirect to " .. next_url .. " (" .. err .. ")" end
-        if nu.origin ~= u.origin then req.drop_auth = true end
-        u = nu
-    end
-    if not req.stream then
-        local x = res._x
-        local body
-        body, err = x:read_all()
-        res._x = nil
-        if not body then
-            x:close()
-            return nil, err
-        end
-        res._body = body
-    end
+    res, err = attempt(sess, req, u, nil)
+    if not res then return nil, err end
+    if not req.stream then return read_body(res) end
     return res
+end
+
+-- Runs the session's middleware, outermost first, around one call. req: {method, url (absolute,
+-- with the query), headers (a copy), body, json, form, opts (the other options)}; next(req)
+-- makes the call (redirects and retries happen inside it) and returns what s:fetch does.
+local function through(sess, method, s, opts, fname)
+    if type(s) ~= "string" then args.check(s, "string", fname, 1) end
+    opts = args.opts(opts, fname, 2)
+    local req = { method = (opts.method or method or "GET"):upper(), headers = {}, opts = {} }
+    req.url = absolute(sess, with_query(s, opts.query))
+    if type(opts.headers) == "table" then for k, v in pairs(opts.headers) do req.headers[k] = v end end
+    for k, v in pairs(opts) do
+        if k == "body" or k == "json" or k == "form" then
+            req[k] = v
+        elseif k ~= "headers" and k ~= "query" and k ~= "method" then
+            req.opts[k] = v
+        end
+    end
+    local chain = sess.mw
+    local function at(i, r)
+        local fn = chain[i]
+        if fn then return fn(r, function(nr) return at(i + 1, nr or r) end) end
+        local o = {}
+        for k, v in pairs(r.opts or {}) do o[k] = v end
+        o.headers, o.body, o.json, o.form, o.method = r.headers, r.body, r.json, r.form, r.method
+        return request(sess, nil, r.url, o, fname)
+    end
+    return at(1, req)
 end
 
 -- Responses -------------------------------------------------------------------------
@@ -743,6 +974,7 @@ local function new_session(opts, fname, keep_cookies_default)
     if opts.max_per_host and (opts.max_per_host < 1 or math.type(opts.max_per_host) ~= "integer") then
         args.fail(fname, 1, "option 'max_per_host': positive integer expected", 2)
     end
+    if opts.trace then check_trace(opts.trace, fname, 1) end
     if opts.base_url and not url.split(opts.base_url) then
         args.fail(fname, 1, "option 'base_url': absolute URL expected", 2)
     end
@@ -761,6 +993,7 @@ local function new_session(opts, fname, keep_cookies_default)
         redirects = opts.redirects, max_body = opts.max_body, decode = opts.decode,
         tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil,
         proxy = proxy_settings(opts.proxy, fname), urls = {}, nurls = 0,
+        trace = opts.trace, retry = retry_policy(opts.retry, fname, 1), mw = nil,
     }, Session)
     -- settings of a call without options, made once (a total timeout needs its own)
     sess.plain = setmetatable({}, { __index = function(t, method)
@@ -773,21 +1006,35 @@ local function new_session(opts, fname, keep_cookies_default)
 end
 
 -- loom.session{ base_url, headers, timeout, connect_timeout, read_timeout, max_per_host,
--- idle_timeout, cookies = true, tls, redirects, max_body, proxy, decode } -> session
+-- idle_timeout, cookies = true, tls, redirects, max_body, proxy, decode, trace, retry } -> session
 function M.session(opts)
     return new_session(opts, "session", true)
 end
 
 function Session:fetch(s, opts)
+    if self.mw then return through(self, nil, s, opts, "fetch") end
     return request(self, nil, s, opts, "fetch")
 end
 
 for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head", "options" }) do
     local method = m:upper()
     Session[m] = function(self, s, opts)
-        if opts and opts.method then args.fail(m, 2, "option 'method' is set by '" .. m .. "'") end
+        if opts and type(opts) == "table" and opts.method then
+            args.fail(m, 2, "option 'method' is set by '" .. m .. "'")
+        end
+        if self.mw then return through(self, method, s, opts, m) end
         return request(self, method, s, opts, m)
     end
+end
+
+-- s:use(function(req, next) ... return next(req) end) -> s: adds a client middleware, inside
+-- those added before it (the first added runs first).
+function Session:use(fn)
+    args.check(fn, "function", "use", 1)
+    local mw = self.mw or {}
+    mw[#mw + 1] = fn
+    self.mw = mw
+    return self
 end
 
 -- s:close(): closes every pooled connection; requests in flight fail with `closed`.

@@ -33,17 +33,33 @@ local function left(deadline)
     return l > 0 and l or 0
 end
 
+-- A name that is an address already: no lookup to trace.
+local function numeric(host)
+    return host:find("^[%d.]+$") or host:find(":", 1, true)
+end
+
 -- Connects to host:port, each resolved address in turn, within `timeout` seconds overall.
-local function connect(host, port, timeout)
+-- on(name, event), when given, hears of the lookup and of the connection made (trace hooks).
+local function connect(host, port, timeout, on)
     local deadline = timeout and now() + timeout
+    local t0 = on and now()
     local addrs, err = resolver.resolve(host, timeout)
     if not addrs then return nil, err end
+    if on and not numeric(host) then
+        local copy = {}
+        for i, a in ipairs(addrs) do copy[i] = a end
+        on("on_dns", { host = host, addresses = copy, duration = now() - t0 })
+    end
     for _, ip in ipairs(addrs) do
         local l = left(deadline)
         if l and l <= 0 then break end
         local st
+        t0 = on and now()
         st, err = tcp_connect(ip, port, l)
-        if st then return st end
+        if st then
+            if on then on("on_connect", { host = host, address = ip, port = port, duration = now() - t0 }) end
+            return st
+        end
         if err:find("^timeout") then break end
     end
     if deadline and now() >= deadline then
@@ -88,7 +104,8 @@ end
 -- dial.open(u, opts) -> stream | nil, err
 -- u: the request URL's parts; opts: tls (a core.tls_config, for https), server_name,
 -- proxy (parts of the proxy URL, or nil), timeout (connect timeout, seconds or nil),
--- deadline (loom.now() of the total timeout, or nil).
+-- deadline (loom.now() of the total timeout, or nil), on (function(name, event) told of
+-- on_dns, on_connect and on_tls, or nil).
 function M.open(u, opts)
     local timeout = opts.timeout
     local dl = opts.deadline
@@ -100,18 +117,24 @@ function M.open(u, opts)
     local proxy = opts.proxy
     local st, err
     if proxy then
-        st, err = connect(proxy.host, proxy.port, timeout)
+        st, err = connect(proxy.host, proxy.port, timeout, opts.on)
         if st and u.scheme == "https" then
             local s2
             s2, err = tunnel(st, u, proxy, left(deadline))
             if not s2 then st:close(); st = nil end
         end
     else
-        st, err = connect(u.host, u.port, timeout)
+        st, err = connect(u.host, u.port, timeout, opts.on)
     end
     if not st then return nil, err end
     if u.scheme == "https" then
-        return tls_wrap(st, opts.server_name or u.host, opts.tls, left(deadline))
+        local on = opts.on
+        if not on then return tls_wrap(st, opts.server_name or u.host, opts.tls, left(deadline)) end
+        local t0 = now()
+        local name = opts.server_name or u.host
+        st, err = tls_wrap(st, name, opts.tls, left(deadline))
+        if st then on("on_tls", { host = u.host, server_name = name, duration = now() - t0 }) end
+        return st, err
     end
     return st
 end
