@@ -237,6 +237,15 @@ describe("loom.pg", function()
                 "cannot send a table")
             assert.error_matches(function() db:query("select $1::int, $2::int", 1) end,
                 "takes 2 parameter")
+            assert.error_matches(function() db:pipeline { { "select $1::int", 1, 2 } } end,
+                "entry 1: the statement takes 1 parameter%(s%), got 2")
+            -- the error points at the caller's line
+            local ok, e = pcall(function() db:query("select $1::int", {}) end)
+            assert.is_false(ok)
+            assert.matches("pg_spec.lua:%d+: bad argument #2 to 'query'", e)
+            ok, e = pcall(db.transaction, db, function(tx) tx:query("select $1::int", {}) end)
+            assert.is_false(ok)
+            assert.matches("pg_spec.lua:%d+: bad argument #2 to 'query'", e)
             db:close()
             assert.equal(loom.json.null, loom.null)
         end)

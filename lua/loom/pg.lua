@@ -252,9 +252,9 @@ end
 
 -- Encodes the n parameters by the types the server reports: a string for bytea goes in
 -- binary (byte exact); tables for json/jsonb as JSON; nil or loom.null as NULL.
-local function encode(fname, types, n, ...)
+local function encode(fname, lvl, types, n, ...)
     if n ~= #types then
-        error(format("%s: the statement takes %d parameter(s), got %d", fname, #types, n), 4)
+        error(format("%s: the statement takes %d parameter(s), got %d", fname, #types, n), lvl)
     end
     local params, bin = {}, false
     for i = 1, n do
@@ -268,7 +268,7 @@ local function encode(fname, types, n, ...)
             bin[i] = true
         elseif (oid == OID_JSON or oid == OID_JSONB) and tv ~= "string" then
             local j = get_json()
-            if not j then error(fname .. ": json parameters need lua-cjson", 4) end
+            if not j then error(fname .. ": json parameters need lua-cjson", lvl) end
             params[i] = j.encode(v)
         elseif tv == "string" then
             params[i] = v
@@ -278,7 +278,7 @@ local function encode(fname, types, n, ...)
             params[i] = v and "t" or "f"
         else
             error(format("bad argument #%d to '%s' (cannot send a %s as a parameter of type %d)",
-                i + 1, fname, tv, oid), 4)
+                i + 1, fname, tv, oid), lvl)
         end
     end
     return params, bin
@@ -356,7 +356,8 @@ local function exec_stmt(pool, c, fname, sql, retry, n, ...)
         if failed[sql] then return nil, failed[sql] end
         st = cache.map[sql]
     end
-    local params, bin = encode(fname, st.types, n, ...)
+    -- levels: encode, exec_stmt, run, db:query or tx:query, the caller
+    local params, bin = encode(fname, 5, st.types, n, ...)
     local res, err = c:batch({ { "exec", st.name, params, bin } }, pool.timeout, null, json_decode)
     if not res then return nil, err end
     local r = res[1]
@@ -377,7 +378,8 @@ local function exec_stmt(pool, c, fname, sql, retry, n, ...)
 end
 
 local function run(pool, c, fname, sql, n, ...)
-    return exec_stmt(pool, c, fname, sql, true, n, ...)
+    local rows, err = exec_stmt(pool, c, fname, sql, true, n, ...) -- not a tail call: see encode's level
+    return rows, err
 end
 
 -- ---------------------------------------------------------------- the pool
@@ -458,7 +460,12 @@ function Pool:pipeline(list)
         local f = failed[q[1]]
         local st = not f and cache.map[q[1]]
         if st then
-            local params, bin = encode("pipeline", st.types, #st.types, unpack(q, 2, #st.types + 1))
+            if #q - 1 > #st.types then
+                args.fail("pipeline", 1, format("entry %d: the statement takes %d parameter(s), got %d",
+                    i, #st.types, #q - 1), 1)
+            end
+            local params, bin = encode("pipeline", 3, st.types, #st.types,
+                unpack(q, 2, #st.types + 1))
             ops[#ops + 1] = { "exec", st.name, params, bin }
             where[#ops] = i
         else
@@ -485,7 +492,8 @@ function Tx:query(sql, ...)
     if getmetatable(self) ~= Tx then args.fail("query", 1, "loom.pg.tx expected", 1) end
     args.check(sql, "string", "query", 1)
     if not self.conn then error("query: the transaction is over", 2) end
-    return run(self.pool, self.conn, "query", sql, select("#", ...), ...)
+    local rows, err = run(self.pool, self.conn, "query", sql, select("#", ...), ...)
+    return rows, err
 end
 
 -- Ends a transaction that must not commit. A connection still busy (a query cancelled
