@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-docs=(${DOCS:-conventions tasks streams embedding websocket client server testing security})
+docs=(${DOCS:-conventions tasks streams embedding websocket client server testing security web})
 count=0
 for doc in "${docs[@]}"; do
     md=$LOOM_SRC/docs/$doc.md
