@@ -116,6 +116,33 @@ describe("trace hooks", function()
         end)
     end)
 
+    it("end a streamed response when its body has been read, or closed", function()
+        run(function()
+            local srv <close>, port = app_with{ ["/big"] = function() return string.rep("x", 300000) end }
+            local log = {}
+            local s <close> = loom.session{ trace = recorder(log) }
+            local url = "http://127.0.0.1:" .. port .. "/big"
+            local res = assert(s:get(url, { stream = true }))
+            assert.same({ "on_request_start", "on_connect", "on_response_headers" }, names(log))
+            local n = 0
+            for piece in res:chunks() do n = n + #piece end
+            assert.equal(300000, n)
+            assert.same({ "on_request_start", "on_connect", "on_response_headers", "on_request_end" }, names(log))
+            assert.equal(300000, log[4][2].bytes)
+            local from = #log + 1
+            res = assert(s:get(url, { stream = true }))
+            assert.equal(300000, #res:text())
+            res:close()
+            assert.same({ "on_request_start", "on_reuse", "on_response_headers", "on_request_end" }, names(log, from))
+            assert.equal(300000, log[#log][2].bytes)
+            from = #log + 1
+            res = assert(s:get(url, { stream = true }))
+            res:close()
+            assert.same({ "on_request_start", "on_reuse", "on_response_headers", "on_request_end" }, names(log, from))
+            assert.equal(0, log[#log][2].bytes)
+        end)
+    end)
+
     it("report a failed request with its error", function()
         run(function()
             local log = {}

@@ -560,7 +560,7 @@ end
 
 local function new_response(x, status, reason, raw, version, u)
     return setmetatable({ status = status, reason = reason, ok = status >= 200 and status < 300,
-        _raw = raw, version = version, url = u.href, _x = x }, Response)
+        _raw = raw, version = version, url = u.href, _x = x, _trace = false }, Response)
 end
 
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -729,7 +729,9 @@ local function attempts(sess, req, u, s, policy, tc)
             if not ok then res = nil end
         end
         if not res and more and policy.on[err:match("^(%a+):") or ""] then wait = within(req, backoff(policy, n)) end
-        if tc then
+        if tc and res and r.stream and not wait then
+            res._trace = { tc = tc, t0 = t0, bytes = 0 } -- told when the body has been read
+        elseif tc then
             if res then
                 emit(tc, "on_request_end", { status = res.status, duration = now() - t0,
                     bytes = res._body and #res._body or nil, retry = wait })
@@ -807,6 +809,18 @@ end
 
 -- Responses -------------------------------------------------------------------------
 
+-- The end of a streamed response's body (read to its end, failed, or closed before it),
+-- told to on_request_end or on_request_error once.
+local function trace_done(res, err)
+    local tr = res._trace
+    res._trace = false
+    if err then
+        emit(tr.tc, "on_request_error", { error = err, duration = now() - tr.t0 })
+    else
+        emit(tr.tc, "on_request_end", { status = res.status, duration = now() - tr.t0, bytes = tr.bytes })
+    end
+end
+
 -- res.headers and res.raw_headers are made from the raw list when first read.
 local lazy = {
     headers = function(raw)
@@ -842,11 +856,17 @@ function Response:text()
     if not x then return nil, "closed: response closed" end
     local body, err = x:read_all()
     if not body then
+        if self._trace then trace_done(self, err) end
         self:close()
         return nil, err
     end
-    self._body = (self._taken or "") .. body
+    self._body = body
     self._x = nil
+    local tr = self._trace
+    if tr then
+        tr.bytes = tr.bytes + #body
+        trace_done(self)
+    end
     return self._body
 end
 
@@ -864,7 +884,12 @@ local function next_piece(self)
     local x = self._x
     if not x then return nil end
     local piece, err = x:read()
-    if piece then return piece end
+    if piece then
+        local tr = self._trace
+        if tr then tr.bytes = tr.bytes + #piece end
+        return piece
+    end
+    if self._trace then trace_done(self, err) end
     self:close()
     return nil, err
 end
@@ -916,6 +941,7 @@ end
 
 -- res:close(): lets the connection go (an unread body is drained if small, else closed).
 function Response:close()
+    if self._trace then trace_done(self) end
     local x = self._x
     if x then
         self._x = nil
