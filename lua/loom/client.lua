@@ -785,6 +785,8 @@ end
 local function through(sess, method, s, opts, fname)
     if type(s) ~= "string" then args.check(s, "string", fname, 1) end
     opts = args.opts(opts, fname, 2)
+    check_opts(opts, REQUEST_OPTS, fname, 2) -- misuse raises at the call, before any middleware
+    check_limits(fname, opts)
     local req = { method = (opts.method or method or "GET"):upper(), headers = {}, opts = {} }
     req.url = absolute(sess, with_query(s, opts.query))
     if type(opts.headers) == "table" then for k, v in pairs(opts.headers) do req.headers[k] = v end end
