@@ -444,7 +444,12 @@ describe("loom.pg", function()
                 end
                 return "out"
             end)
-            assert.is_true(eventually(function() return backends(probe, "listener") == 1 end))
+            -- LISTEN done (not only connected): its backend is idle after it
+            assert.is_true(eventually(function()
+                return assert(probe:query([[select count(*)::int as n from pg_stat_activity
+                    where application_name = 'listener' and query like 'LISTEN%'
+                    and state = 'idle']]))[1].n == 1
+            end))
             ready:set()
             for i = 1, 3 do
                 assert(probe:query("select pg_notify($1, $2)", "my chan", "m" .. i))
@@ -487,7 +492,31 @@ describe("loom.pg", function()
             assert.is_true(ok)
             assert.is_nil(rows)
             assert.matches("^closed: ", err)
+            assert.is_nil(err:find("\n", 1, true)) -- libpq's lines joined
             local r = assert(db:query("select pg_backend_pid() as p"))
+            assert.is_true(r[1].p ~= pid)
+            db:close()
+            probe:close()
+        end)
+    end)
+
+    it("replaces an idle connection the server closed", function()
+        run(function()
+            local db = loom.pg(srv:opts { max = 1 })
+            local probe = loom.pg(srv:opts())
+            local pid = assert(db:query("select pg_backend_pid() as p"))[1].p
+            assert(probe:query("select pg_terminate_backend($1)", pid))
+            assert.is_true(eventually(function()
+                return assert(probe:query("select count(*)::int as n from pg_stat_activity where pid = $1",
+                    pid))[1].n == 0
+            end))
+            -- the backend's socket may close a moment after it left pg_stat_activity: the
+            -- pool may or may not have seen it go; a query meanwhile fails with closed:
+            local r, err = db:query("select pg_backend_pid() as p")
+            if not r then
+                assert.matches("^closed: server closed the connection unexpectedly", err)
+                r = assert(db:query("select pg_backend_pid() as p"))
+            end
             assert.is_true(r[1].p ~= pid)
             db:close()
             probe:close()

@@ -219,11 +219,14 @@ static void set_err(pgconn_t *c, const char *kind, const char *msg) {
         return;
     memcpy(c->err, kind, kl);
     memcpy(c->err + kl, ": ", 2);
-    memcpy(c->err + kl + 2, msg, ml);
-    c->err[kl + 2 + ml] = 0;
-    for (char *p = c->err; *p; p++) /* libpq's messages may span lines */
-        if (*p == '\n')
-            *p = ' ';
+    /* libpq's messages span lines ("...\n\tThis probably means..."): one line */
+    char *out = c->err + kl + 2;
+    for (size_t i = 0; i < ml; i++) {
+        char ch = msg[i] == '\n' || msg[i] == '\t' ? ' ' : msg[i];
+        if (ch != ' ' || (out > c->err + kl + 2 && out[-1] != ' '))
+            *out++ = ch;
+    }
+    *out = 0;
 }
 
 static void on_timer_closed(uv_handle_t *h) {
@@ -318,8 +321,14 @@ static int watch(pgconn_t *c, int events, int fresh) {
     return 0;
 }
 
+/* A libuv failure on the socket; libpq's own message when libpq already knows the
+ * connection is gone (it closes the socket itself: PQsocket is then -1). */
 static void fail_uv(pgconn_t *c, int rc) {
-    conn_close(c, c->state == C_CONNECTING ? "connect" : "closed", uv_strerror(rc));
+    const char *kind = c->state == C_CONNECTING ? "connect" : "closed";
+    if (c->pg && pq.PQstatus(c->pg) == CONNECTION_BAD && *pq.PQerrorMessage(c->pg))
+        conn_close(c, kind, pq.PQerrorMessage(c->pg));
+    else
+        conn_close(c, kind, uv_strerror(rc));
 }
 
 static void connect_step(pgconn_t *c) {
@@ -413,7 +422,11 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         return;
     }
     if (status < 0) {
-        conn_close(c, "closed", uv_strerror(status));
+        /* libuv: an error on the socket (POLLERR gives UV_EBADF); libpq tells what it was:
+         * read what the server sent last (a FATAL error, a batch's results) */
+        if (pq.PQconsumeInput(c->pg) && c->state == C_BUSY)
+            read_results(c);
+        fail_uv(c, status);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -996,6 +1009,11 @@ static int l_idle(lua_State *L) {
 static int l_status(lua_State *L) {
     pgconn_t *c = check_conn(L);
     static const char *const states[] = {"connecting", "idle", "busy", "closed"};
+    /* An idle connection the server closed (and the loop has not looked at yet): reading
+     * what is there tells, without waiting (the socket is non-blocking). */
+    if (c->state == C_IDLE && !c->task &&
+        (!pq.PQconsumeInput(c->pg) || pq.PQstatus(c->pg) == CONNECTION_BAD))
+        conn_close(c, "closed", pq.PQerrorMessage(c->pg));
     lua_pushstring(L, states[c->state]);
     if (!c->pg) {
         lua_pushliteral(L, "unknown");
