@@ -1153,6 +1153,29 @@ describe("app: a time limit on ws:receive with loom.timeout", function()
             ws:close()
         end)
     end)
+
+    it("keeps the fragments a timed-out receive had taken in", function()
+        run(function()
+            local got = loom.queue()
+            local rendezvous <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+                got:put(tonumber(st:read_line()))
+                st:close()
+            end })
+            local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
+            local peer = assert(core.process_spawn("/usr/bin/python3",
+                { here .. "/fixtures/ws_fragment_peer.py", tostring(rendezvous.port) }))
+            local port = assert(loom.timeout(10, got.get, got))
+            local ws <close> = assert(loom.websocket(("ws://127.0.0.1:%d/"):format(port)))
+            for _ = 1, 2 do
+                -- the first fragment arrives, the last only after our message
+                assert.same({ nil, "timeout" }, { loom.timeout(0.2, ws.receive, ws) })
+                assert(ws:send("more"))
+                assert.same({ "first", "text" }, { ws:receive() })
+            end
+            ws:close()
+            assert.same({ 0, nil }, { peer:wait() })
+        end)
+    end)
 end)
 
 describe("app: misuse raises, naming the argument", function()

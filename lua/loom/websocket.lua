@@ -230,7 +230,10 @@ function WS:receive()
     if self.receiving then error("receive: another task is already receiving on this websocket", 2) end
     self.receiving = true
     local _ <close> = self.recv_guard
-    local m = { size = 0 }
+    -- the message being gathered stays on self: a receive cancelled between its fragments
+    -- (loom.timeout) leaves them for the next one
+    local m = self.gathering or { size = 0 }
+    self.gathering = m
     while true do
         local deadline = self.recv_deadline -- close() waiting for the peer's close frame
         if deadline then
@@ -255,7 +258,10 @@ function WS:receive()
             end
         elseif op <= OP_BINARY then
             local msg, err = on_data_frame(self, m, fin, op, payload)
-            if msg then return msg, m.kind end
+            if msg then
+                self.gathering = nil
+                return msg, m.kind
+            end
             if err then return nil, err end
         else
             return fail(self, 1002, "unknown opcode")
