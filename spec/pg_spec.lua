@@ -580,6 +580,29 @@ describe("loom.pg", function()
         end)
     end)
 
+    it("frees the pool's slot of a task cancelled while connecting", function()
+        run(function()
+            local held = {}
+            local mute = assert(loom.listen { host = "127.0.0.1", port = 0, handler = function(st)
+                held[#held + 1] = st
+                st:read()
+            end })
+            local db = loom.pg(srv:opts { port = mute.port, max = 1, connect_timeout = 0.3 })
+            local t = loom.spawn(function() return db:query("select 1") end)
+            assert.is_true(eventually(function() return #held == 1 end)) -- it is connecting
+            t:cancel()
+            assert.is_false((t:join()))
+            -- the slot is free again: the next query connects (and times out connecting),
+            -- rather than waiting for a connection that will never come back
+            local rows, err = db:query("select 1")
+            assert.is_nil(rows)
+            assert.equal("timeout: connecting to the database", err)
+            db:close()
+            mute:close()
+            for _, st in ipairs(held) do st:close() end
+        end)
+    end)
+
     it("closes idle connections after idle_timeout; db:close() ends the pool", function()
         run(function()
             local db = loom.pg(srv:opts { idle_timeout = 0.1, application_name = "idler" })

@@ -160,6 +160,29 @@ local function closed_err()
     return nil, "closed: the pool is closed"
 end
 
+-- What a waiter is handed instead of a connection: one of the max slots, to open a
+-- connection in (so a newcomer cannot take it first).
+local SLOT = setmetatable({}, { __name = "loom.pg.slot" })
+
+-- A slot is free (a connection closed, or failed to open): the first waiter takes it, or
+-- the count of open connections goes down.
+local function free_slot(pool)
+    if pool.closed or not wake_one(pool.waiters, SLOT) then
+        pool.nopen = pool.nopen - 1
+        if pool.closed then while wake_one(pool.waiters) do end end
+    end
+end
+
+-- Opens a connection in a slot already counted in nopen; the slot is freed again when
+-- that fails or raises (the task cancelled while connecting).
+local function open_in_slot(pool)
+    local ok, c, err = pcall(open, pool)
+    if ok and c then return c end
+    free_slot(pool)
+    if not ok then error(c, 0) end
+    return nil, err
+end
+
 -- A connection from the pool: an idle one (the most recently used), a new one while fewer
 -- than max are open, else the first released one, waiters served in order.
 local function acquire(pool)
@@ -171,16 +194,12 @@ local function acquire(pool)
             local c = idle[#idle]
             idle[#idle] = nil
             if c:status() == "idle" then return c end
-            pool.nopen = pool.nopen - 1 -- closed while idle (idle_timeout, the server went)
-            c:close()
+            c:close() -- closed while idle (idle_timeout, the server went)
+            free_slot(pool)
         end
         if pool.nopen < pool.max then
             pool.nopen = pool.nopen + 1
-            local c, err = open(pool)
-            if c then return c end
-            pool.nopen = pool.nopen - 1
-            wake_one(pool.waiters)
-            return nil, err
+            return open_in_slot(pool)
         end
         -- waiting for a free connection counts against connect_timeout, as in loom.fetch
         local budget = pool.opts.connect_timeout or 10
@@ -196,6 +215,13 @@ local function acquire(pool)
         list.tail = i
         list[i], list[-i] = t, serial
         local _, c = park(left)
+        if c == SLOT then
+            if pool.closed then
+                free_slot(pool)
+                return closed_err()
+            end
+            return open_in_slot(pool)
+        end
         if c then return c end
     end
 end
@@ -219,8 +245,7 @@ release = function(pool, c)
     end
     if state ~= "idle" or tx ~= "idle" or pool.closed then
         c:close()
-        pool.nopen = pool.nopen - 1
-        wake_one(pool.waiters) -- it may open a new one
+        free_slot(pool) -- the first waiter may open a new one
         return
     end
     if wake_one(pool.waiters, c) then return end
@@ -601,7 +626,7 @@ function Pool:close()
         self.idle[i] = nil
         self.nopen = self.nopen - 1
     end
-    while wake_one(self.waiters) do end
+    while wake_one(self.waiters) do end -- they find the pool closed
 end
 
 function Pool:__tostring()
