@@ -598,11 +598,12 @@ function Pool:listen(channel)
     if self.closed then error("closed: the pool is closed", 2) end
     local c, err = open(self)
     if not c then error(err, 2) end
-    local res
-    res, err = c:batch({ { "query", "LISTEN " .. c:escape_identifier(channel) } }, self.timeout,
-        null, json_decode)
-    if not res or type(res[1]) == "string" then
-        c:close()
+    local ok, res
+    ok, res, err = pcall(c.batch, c, { { "query", "LISTEN " .. c:escape_identifier(channel) } },
+        self.timeout, null, json_decode)
+    if not ok or not res or type(res[1]) == "string" then
+        c:close() -- cancelled or failed: not left open until collected
+        if not ok then error(res, 0) end
         error(err or res[1], 2)
     end
     local l = setmetatable({ conn = c, closed = false }, Listener)
