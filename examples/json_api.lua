@@ -13,7 +13,8 @@
 --
 -- A body that is not JSON, or not sent as application/json, gets 400 or 415; JSON that is
 -- not a valid todo gets 422 with {error, fields = {name = problem}}. Every error is JSON:
--- {error = "..."}. Runs and mounts like examples/hello.lua.
+-- {error = "..."}, run on its own an unknown path (app:not_found) and a handler's error
+-- (app:on_error) included. Runs and mounts like examples/hello.lua.
 
 local MAX_TITLE = 200
 
@@ -132,7 +133,11 @@ local function mount(app, prefix)
 end
 
 if debug.getinfo(1, "S").source == "@" .. tostring(arg and arg[0]) then
-    mount(loom.app{ max_body = 64 * 1024 }):run{
+    local app = mount(loom.app{ max_body = 64 * 1024 })
+    -- app-wide, so only here: mounted beside other examples, they keep their own answers
+    app:not_found(function() return fail(404, "no such path") end)
+    app:on_error(function() return fail(500, "internal error") end)
+    app:run{
         host = os.getenv("HOST") or "127.0.0.1",
         port = tonumber(arg[1] or os.getenv("PORT")) or 8080,
     }

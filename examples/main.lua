@@ -36,6 +36,10 @@ require("json_api")(app, "/api")
 require("site.server")(app, "/site")
 require("sse_clock")(app, "/clock")
 app:get("/", function() return { html = INDEX } end)
+app:not_found(function(req) -- a page that leads back, and JSON under the API
+    if req.path:find("^/api/") then return { status = 404, json = { error = "no such path" } } end
+    return { status = 404, html = '<p>Nothing here. See <a href="/">the examples</a>.</p>' }
+end)
 
 app:run{
     host = os.getenv("HOST") or "127.0.0.1",
