@@ -302,7 +302,8 @@ describe("name lookups through a real resolver #namespaces", function()
         assert.same({ ok = true, body = "fine" }, { ok = results.resolves.ok, body = results.resolves.body })
         assert.is_false(results.unknown.ok)
         assert.equal("dns: unknown node or service (nx.test)", results.unknown.err)
-        assert.is_true(results.unknown.secs < 0.2)
+        -- at once: an answer, not the resolver giving up (1 s, and another error)
+        assert.is_true(results.unknown.secs < 3, "took " .. results.unknown.secs)
     end))
 
     it("give timeout: for a lookup that hangs, within connect_timeout, the total timeout, a stream's and a websocket's", check(function()
@@ -310,7 +311,9 @@ describe("name lookups through a real resolver #namespaces", function()
             local r = results[name]
             assert.is_false(r.ok, name)
             assert.matches("^timeout: dns lookup of slow%d%.test$", r.err)
-            assert.is_true(r.secs >= 0.29 and r.secs < 0.6, name .. " took " .. r.secs)
+            -- no sooner than 0.3 s; before the resolver's own 1 s (a timeout that waited for
+            -- the lookup to end would come after it)
+            assert.is_true(r.secs >= 0.29 and r.secs < 0.95, name .. " took " .. r.secs)
         end
         assert.same({ true, "hello" }, { results.websocket_ok.ok, results.websocket_ok.body })
     end))
@@ -319,17 +322,19 @@ describe("name lookups through a real resolver #namespaces", function()
         assert.equal(8, #results.hanging)
         for i, r in ipairs(results.hanging) do
             assert.equal("timeout: dns lookup of slow-many" .. i .. ".test", r.err)
-            assert.is_true(r.secs >= 0.49 and r.secs < 0.9, "took " .. r.secs)
+            -- no sooner than 0.5 s; before the resolver's own 1 s
+            assert.is_true(r.secs >= 0.49 and r.secs < 0.95, "took " .. r.secs)
         end
+        -- meanwhile: had it waited behind them, its connect_timeout (0.3 s) would have failed it
         local w = results.while_hanging
         assert.is_true(w.ok, w.err)
         assert.equal("fine", w.body)
-        assert.is_true(w.secs < 0.2, "took " .. w.secs)
         assert.is_true(results.numeric.ok)
     end))
 
     it("let the process end once the hanging lookups give up", check(function()
-        -- resolv.conf there gives up after 1 s: the host then exits by itself
-        assert.is_true(secs <= 6, "took " .. secs .. " s")
+        -- resolv.conf there gives up after 1 s: the host then exits by itself (the cases take
+        -- about 2.5 s; a host held until a default connect_timeout, 10 s, would take more)
+        assert.is_true(secs <= 8, "took " .. secs .. " s")
     end))
 end)

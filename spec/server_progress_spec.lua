@@ -10,12 +10,14 @@ end
 describe("server progress timeouts", function()
     it("serves a body that trickles in slower than body_timeout in total", function()
         run(function()
-            local app = loom.app{ body_timeout = 0.4 }
+            local app = loom.app{ body_timeout = 0.8 }
             app:post("/", function(req) return assert(req:text()) end)
             local srv <close> = start(app)
             local st <close> = assert(loom.connect("127.0.0.1", srv.port))
-            st:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
-            for _ = 1, 8 do -- 8 x 0.1 s: twice body_timeout in all, never 0.4 s idle
+            st:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+            -- 12 x 0.1 s: past body_timeout in all, never 0.8 s idle (0.7 s of room in each
+            -- gap for a loaded machine)
+            for _ = 1, 12 do
                 loom.sleep(0.1)
                 assert(st:write("a"))
             end
@@ -42,7 +44,9 @@ describe("server progress timeouts", function()
 
     it("streams to a slow, steady reader longer than send_timeout in total", function()
         run(function()
-            local app = loom.app{ send_timeout = 0.4 }
+            -- 1 s: the sleeps alone make the transfer longer (128 reads x 10 ms at least), and
+            -- each 256 KiB piece takes about 80 ms, with room for a loaded machine
+            local app = loom.app{ send_timeout = 1 }
             local size = 4 * 1024 * 1024
             local result = loom.event()
             app:get("/", function(req)
@@ -62,7 +66,7 @@ describe("server progress timeouts", function()
             end
             result:wait()
             assert.is_true(result.ok, tostring(result.err))
-            assert.is_true(loom.now() - t0 > 0.4, "the transfer outlasted send_timeout")
+            assert.is_true(loom.now() - t0 > 1, "the transfer outlasted send_timeout")
         end)
     end)
 

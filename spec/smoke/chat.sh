@@ -45,8 +45,8 @@ async def main():
 
 asyncio.run(main())
 PY
-for _ in $(seq 100); do kill -0 "$LOOM_SERVER_PID" 2>/dev/null || break; sleep 0.05; done
-kill -0 "$LOOM_SERVER_PID" 2>/dev/null && fail "the server still runs 5 s after SIGTERM"
+for _ in $(seq 200); do kill -0 "$LOOM_SERVER_PID" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$LOOM_SERVER_PID" 2>/dev/null && fail "the server still runs 10 s after SIGTERM"
 stop_server
 [[ $LOOM_SERVER_STATUS == 0 ]] || fail "the server exited with $LOOM_SERVER_STATUS"
 echo "ok: chat"

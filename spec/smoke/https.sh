@@ -79,15 +79,16 @@ for c in ECDHE-ECDSA-AES128-GCM-SHA256 ECDHE-ECDSA-AES256-GCM-SHA384 ECDHE-ECDSA
     [[ $(tls_cipher "$port" $c) == "$c" ]] || fail "the server refused $c: $(tls_cipher "$port" $c)"
 done
 
-# a silent client: dropped after header_timeout (1 s); others are served meanwhile
+# a silent client: dropped after header_timeout (1 s); others are served meanwhile. The
+# bound is a guard for a loaded machine, well below the default header_timeout (30 s).
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 start=$SECONDS
 [[ $(curl_ca "https://127.0.0.1:$port/hello") == "hello 127.0.0.1" ]] || fail "served while one stalls"
-if ! timeout 5 cat <&3 >/dev/null; then
-    fail "the silent client was not dropped within 5 s"
+if ! timeout 10 cat <&3 >/dev/null; then
+    fail "the silent client was not dropped within 10 s"
 fi
 exec 3<&-
-((SECONDS - start <= 4)) || fail "the silent client was dropped late"
+((SECONDS - start <= 10)) || fail "the silent client was dropped late"
 stop_server
 
 # with an RSA certificate: ECDHE-RSA with AEAD, never the plain RSA key exchange (no

@@ -1,0 +1,30 @@
+-- spec/support/timing.lua: wall-clock checks that hold on a busy machine.
+--
+-- A spec that checks a timeout (header_timeout, close_timeout, a grace period...) asserts
+-- that it did not fire early (a lower bound) and the order of events; the upper bound is
+-- only a guard against a hang. A loaded machine (the sanitizer build, other jobs on the
+-- same cores) adds seconds to any wait, so a bound like "0.3 s within 1.5 s" tests the
+-- machine, not loom. When the upper bound must tell two behaviours apart (say, "at once"
+-- against "after a 5 s timeout"), the spec picks the other behaviour's time far above the
+-- guard rather than tightening the guard.
+--
+--   local timing = require "support.timing"
+--   timing.guard(0.3)                       --> 3.9: several times 0.3 s, plus 3 s
+--   timing.within(took, 0.28, 0.3, "408")   -- took >= 0.28, and took < timing.guard(0.3)
+local M = {}
+
+-- The hang guard for something expected to take `expected` seconds.
+function M.guard(expected)
+    return 3 * expected + 3
+end
+
+-- secs is at least `lo` (it did not come early) and under the hang guard for `expected`.
+function M.within(secs, lo, expected, what)
+    local hi = M.guard(expected)
+    if not (secs >= lo and secs < hi) then
+        error(("%s after %.3f s: expected at least %.2f s, and less than %.1f s (a hang guard)")
+            :format(what or "done", secs, lo, hi), 2)
+    end
+end
+
+return M
