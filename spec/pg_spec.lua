@@ -523,6 +523,19 @@ describe("loom.pg", function()
         end)
     end)
 
+    it("tries each address in turn: a new socket during the connect", function()
+        run(function()
+            -- 127.0.0.2 is loopback too, where nothing listens: refused, then 127.0.0.1
+            local c = assert(core.pg_connect({ host = "db,db", hostaddr = "127.0.0.2,127.0.0.1",
+                port = tostring(srv.port), user = srv.user, password = srv.password,
+                dbname = srv.database, gssencmode = "disable" }, 10))
+            local res = assert(c:batch({ { "query", "select inet_server_addr()::text as a" } }, -1,
+                loom.null))
+            assert.equal("127.0.0.1/32", res[1][1].a)
+            c:close()
+        end)
+    end)
+
     it("fails with connect: on a closed port and on a wrong password", function()
         run(function()
             -- a port nothing listens on: bind one and close it

@@ -132,7 +132,11 @@ local function open(pool)
     if host and host:sub(1, 1) ~= "/" then
         local addrs, err = resolver.resolve(host, budget)
         if not addrs then return nil, err end
-        kw.host, kw.hostaddr = host, addrs[1]
+        -- every address, tried in turn by libpq (lists of the same length: host repeats)
+        local n = math.min(#addrs, 8)
+        local hosts = {}
+        for i = 1, n do hosts[i] = host end
+        kw.host, kw.hostaddr = table.concat(hosts, ","), table.concat(addrs, ",", 1, n)
     elseif host then
         kw.host = host -- a unix socket directory
     end
