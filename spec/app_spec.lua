@@ -1135,6 +1135,31 @@ describe("app: an error object whose __tostring raises", function()
     end)
 end)
 
+describe("app: middleware around a websocket", function()
+    it("sees the upgrade as a 101 that was sent", function()
+        local app = loom.app()
+        local seen, ended = nil, loom.event()
+        app:use(function(req, next)
+            local res = next(req)
+            seen = { status = res.status, streamed = res.streamed, upgrade = res.headers and res.headers.upgrade }
+            ended:set()
+            return res
+        end)
+        app:ws("/echo", function(ws)
+            for msg in ws:each() do ws:send(msg) end
+        end)
+        run(function()
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local ws <close> = assert(loom.websocket(("ws://127.0.0.1:%d/echo"):format(srv.port)))
+            assert(ws:send("x"))
+            assert.equal("x", ws:receive())
+            ws:close()
+            ended:wait() -- the handler ends after the close
+            assert.same({ status = 101, streamed = true, upgrade = "websocket" }, seen)
+        end)
+    end)
+end)
+
 describe("app: a time limit on ws:receive with loom.timeout", function()
     it("gives nil, 'timeout' and leaves the websocket usable", function()
         local app = loom.app()

@@ -469,14 +469,16 @@ function M.server_handler(fn, opts, open)
         if bad then return bad end
         local _ = req.query, req.remote, req.remote_port -- the request object empties with the upgrade
         local protocol = choose_protocol(opts.protocols, h["sec-websocket-protocol"])
-        local st, err = core.req_upgrade(req._box, {
+        local head = {
             upgrade = "websocket",
             ["sec-websocket-accept"] = core.ws_accept(key),
             ["sec-websocket-protocol"] = protocol,
-        })
+        }
+        local st, err = core.req_upgrade(req._box, head)
         if not st then
             return { status = 503, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = err }
         end
+        rawset(req, "_streamed", { status = 101, headers = head }) -- what middleware's next() gives
         local ws = wrap(st, false, opts, protocol)
         open[ws] = true
         local ok, e = xpcall(fn, traceback, ws, req)
