@@ -102,6 +102,7 @@ local function with_header(headers, name, value)
 end
 
 local static -- loom.static, loaded when a file is returned
+local server_cookies -- loom.server_cookies, loaded when an answer sets cookies
 
 -- The content type normalize put in a header table itself (not the handler), by table: a
 -- middleware that turns an answer into another kind ({json = ...} with the old headers)
@@ -146,7 +147,9 @@ local function normalize(res, req)
     if res.file ~= nil then
         static = static or require "loom.static"
         if static.is_prepared(res) then return res end
-        return static.prepare(req, res)
+        local r = static.prepare(req, res)
+        r.cookies = res.cookies
+        return r
     end
     if res.body ~= nil or not kind then
         local body = res.body
@@ -154,7 +157,7 @@ local function normalize(res, req)
             error("response body must be a string, got " .. type(body), 0)
         end
         if body ~= nil and not has_header(res.headers, "content-type") then
-            local r = { status = res.status or 200, body = body,
+            local r = { status = res.status or 200, body = body, cookies = res.cookies,
                 headers = typed(res.headers, "application/octet-stream") }
             made_body[r] = body
             return r
@@ -169,7 +172,7 @@ local function normalize(res, req)
     else
         body, ct = json.encode(res.json), "application/json"
     end
-    local r = { status = res.status or 200, headers = typed(res.headers, ct), body = body }
+    local r = { status = res.status or 200, headers = typed(res.headers, ct), body = body, cookies = res.cookies }
     made_body[r] = body
     return r
 end
@@ -182,6 +185,10 @@ function emit(req, res)
     if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
     res = normalize(res, req)
     local headers = request.with_extra(req, res.headers)
+    if res.cookies ~= nil then -- Set-Cookie lines, Secure by default over TLS
+        server_cookies = server_cookies or require "loom.server_cookies"
+        headers = server_cookies.add(headers, res.cookies, req.tls, 2)
+    end
     if res.file ~= nil then
         -- nothing once the file is streamed; a table (404 when it went meanwhile) to emit
         local answer = static.stream(req, res, headers)
@@ -261,7 +268,7 @@ end
 -- static files that fall through), a route without patterns is found here, in two
 -- lookups, rather than through the dispatcher; a string result (the commonest answer)
 -- goes back to C as it is. Every answer is sent by emit once the middleware is done.
-function App:_entry()
+function App:_entry(tls)
     local mw = self.middleware
     local inner = dispatcher(self, #mw > 0)
     if self.error_handler then inner = guarded(self, inner) end
@@ -281,6 +288,7 @@ function App:_entry()
     local type = type
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
+        if tls then req.tls = true end
         local routes = exact[method]
         local h = routes and routes[path]
         local res
@@ -312,6 +320,12 @@ function App:ws(pattern, fn, opts)
     check_route(pattern, fn, "ws")
     self.router:add("GET", pattern, require("loom.websocket").server_handler(fn, opts, self.websockets))
     return self
+end
+
+-- app:publish(topic, msg [, kind]) -> receivers: msg to every websocket subscribed to topic
+-- (ws:subscribe); see lua/loom/websocket.lua.
+function App:publish(topic, msg, kind)
+    return require("loom.websocket").publish(self, topic, msg, kind)
 end
 
 -- Closes the app's open websockets with 1001 (going away), each in a task of its own, and
@@ -393,7 +407,7 @@ function App:listen(opts)
     end
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
     o.request_mt = request.mt
-    return core.http_listen(self:_entry(), o)
+    return core.http_listen(self:_entry(o.tls ~= nil), o)
 end
 
 -- app:on_startup(function(app) ... end): runs in app:run before the server listens (in

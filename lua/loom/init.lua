@@ -32,6 +32,10 @@ local loom = {
     pg = function(...) return require("loom.pg").new(...) end,
     null = core.null, -- the one null value: the same as loom.json.null (cjson.null)
     crypto = core.crypto,
+    cookie_session = function(...) return require("loom.cookie_session")(...) end,
+    csrf = function(...) return require("loom.csrf")(...) end,
+    cors = function(...) return require("loom.cors")(...) end,
+    secure_headers = function(...) return require("loom.secure_headers")(...) end,
 }
 
 -- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until

@@ -1,7 +1,7 @@
 -- loom.request: the server's request object. C makes the table with this module's
 -- metatable and app.lua stores method, path and the box (_box), which points at the
 -- connection; everything else is computed here on first use and kept in the table:
--- headers, query, params, remote, remote_port, target, version.
+-- headers, query, params, remote, remote_port, target, version, cookies, tls.
 local core = require "loom.core"
 local json = require "loom.json"
 local url = require "loom.url"
@@ -30,6 +30,10 @@ function lazy.headers(req) return setmetatable(req_headers(req._box), headers_mt
 function lazy.target(req) return req_target(req._box) end
 function lazy.version(req) return req_version(req._box) end
 function lazy.params() return {} end
+-- {name = value} from the Cookie header (loom.server_cookies.parse)
+function lazy.cookies(req) return require("loom.server_cookies").parse(req.headers.cookie) end
+-- true when the request came over TLS: app.lua sets it for a TLS listener's requests
+function lazy.tls() return false end
 -- headers for the answer, whatever it turns out to be (a middleware sets them before
 -- calling next): added to every answer, req:stream's included; the answer's own win
 function lazy.response_headers() return {} end
