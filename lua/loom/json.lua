@@ -68,7 +68,7 @@ end
 -- for a placeholder string and the placeholder's JSON for [] afterwards. A string of the
 -- document (a value or a key, whole or in part: '"' before it in a string makes it look
 -- whole in the JSON) may hold the placeholder too, so encode counts what it replaced: more
--- than it swapped, it takes a placeholder found nowhere in that JSON, and again.
+-- than it swapped, it takes a placeholder found nowhere in that JSON and encodes again.
 local own_array_mt = { __name = "loom.json.array" }
 local marked = false -- an array was marked: encode must look for empty ones
 local EMPTY = "\0loom:[]\0"
