@@ -1135,6 +1135,44 @@ describe("app: an error object whose __tostring raises", function()
     end)
 end)
 
+describe("app: srv:wait and the run hooks", function()
+    it("srv:wait returns once the requests in flight are answered", function()
+        local app = loom.app()
+        local began, finished = loom.event(), false
+        app:get("/slow", function()
+            began:set()
+            loom.sleep(0.2)
+            finished = true
+            return "slow"
+        end)
+        run(function()
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local client <close> = assert(testing.client(srv.port))
+            local req = loom.spawn(function() return get(client, "/slow").body end)
+            began:wait()
+            srv:close()
+            assert.is_false(finished)
+            srv:wait()
+            assert.is_true(finished)
+            assert.same({ true, "slow" }, { req:join() })
+            srv:wait() -- at once now
+        end)
+    end)
+
+    it("an on_startup error ends app:run before it listens; misuse raises", function()
+        local app = loom.app()
+        local order = {}
+        app:on_startup(function(a) order[#order + 1] = a == app end)
+        app:on_startup(function() error("no database", 0) end)
+        assert.error_matches(function() app:run{ host = "127.0.0.1", port = 0, access_log = false } end,
+            "no database")
+        assert.same({ true }, order)
+        assert.error_matches(function() app:on_startup(1) end, "bad argument #1 to 'on_startup'")
+        assert.error_matches(function() app:on_shutdown() end, "bad argument #1 to 'on_shutdown'")
+        assert.error_matches(function() app:run{ cancel_tasks = "no" } end, "option 'cancel_tasks'")
+    end)
+end)
+
 describe("app: middleware around a websocket", function()
     it("sees the upgrade as a 101 that was sent", function()
         local app = loom.app()
