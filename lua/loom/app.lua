@@ -112,25 +112,26 @@ local auto_type = setmetatable({}, { __mode = "k" })
 -- text, html or json on that table replaces the body.
 local made_body = setmetatable({}, { __mode = "k" })
 
-local function typed(headers, ct)
+local function typed(headers, ct, final)
     local key = header_key(headers, "content-type")
     if key ~= nil and not (key == "content-type" and auto_type[headers] == headers[key]) then
         return headers -- the handler's own type wins
     end
     headers = with_header(headers, "content-type", ct)
-    auto_type[headers] = ct
+    if not final then auto_type[headers] = ct end
     return headers
 end
 
 -- Turns what a handler returned into the one response shape middleware sees:
 -- {status, headers, body} for strings and tables, {status, headers, file, ...} for a file
 -- (sent once the middleware is done), {status = 204} for nothing, and for an answer that
--- req:stream already began {status, headers (as sent), streamed = true}.
-local function normalize(res, req)
+-- req:stream already began {status, headers (as sent), streamed = true}. `final`: for
+-- emit, no middleware will see it (nothing is noted for them).
+local function normalize(res, req, final)
     local t = type(res)
     if t == "string" then
-        local r = { status = 200, headers = typed(nil, "text/plain; charset=utf-8"), body = res }
-        made_body[r] = res
+        local r = { status = 200, headers = typed(nil, "text/plain; charset=utf-8", final), body = res }
+        if not final then made_body[r] = res end
         return r
     elseif res == nil then
         local sent = req and rawget(req, "_streamed")
@@ -158,8 +159,8 @@ local function normalize(res, req)
         end
         if body ~= nil and not has_header(res.headers, "content-type") then
             local r = { status = res.status or 200, body = body, cookies = res.cookies,
-                headers = typed(res.headers, "application/octet-stream") }
-            made_body[r] = body
+                headers = typed(res.headers, "application/octet-stream", final) }
+            if not final then made_body[r] = body end
             return r
         end
         return res
@@ -172,8 +173,9 @@ local function normalize(res, req)
     else
         body, ct = json.encode(res.json), "application/json"
     end
-    local r = { status = res.status or 200, headers = typed(res.headers, ct), body = body, cookies = res.cookies }
-    made_body[r] = body
+    local r = { status = res.status or 200, headers = typed(res.headers, ct, final), body = body,
+        cookies = res.cookies }
+    if not final then made_body[r] = body end
     return r
 end
 
@@ -183,7 +185,7 @@ local emit
 function emit(req, res)
     if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
     if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
-    res = normalize(res, req)
+    res = normalize(res, req, true)
     local headers = request.with_extra(req, res.headers)
     if res.cookies ~= nil then -- Set-Cookie lines, Secure by default over TLS
         server_cookies = server_cookies or require "loom.server_cookies"
