@@ -267,15 +267,17 @@ static int req_stream(lua_State *L) {
     if (conn_gone(L, 1))
         return loom_fail(L, "closed", "the client has gone");
     loom_conn_t *c = live_conn(L, 1);
-    int status = (int)luaL_checkinteger(L, 2);
-    luaL_argcheck(L, status >= 100 && status <= 999, 2, "invalid status");
+    lua_Integer status = luaL_checkinteger(L, 2);
+    /* a 1xx is interim: sent as the answer, the client would wait for another */
+    luaL_argcheck(L, status >= 200 && status <= 999, 2, "invalid status (200 to 999)");
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
     if (c->resp != R_NONE)
         return luaL_error(L, "stream: the response has already started");
-    if (loom_conn_stream_start(c, L, status, lua_istable(L, 3) ? 3 : 0) != 0) {
+    const char *why = "invalid header";
+    if (loom_conn_stream_start(c, L, (int)status, lua_istable(L, 3) ? 3 : 0, &why) != 0) {
         if (c->resp != R_STREAM)
-            return luaL_error(L, "stream: invalid header name or value");
+            return luaL_error(L, "stream: %s", why);
         return loom_fail(L, "closed", "the client has gone");
     }
     lua_pushboolean(L, 1);
@@ -314,6 +316,19 @@ static int req_write(lua_State *L) {
     if (len == 0 || c->is_head) {
         lua_pushboolean(L, 1);
         return 1;
+    }
+    if (c->out_sized) { /* a Content-Length (or a status without a body) bounds the body */
+        if (len > c->out_left) {
+            /* nothing of it is sent (as Go's ErrContentLength): the client would read the
+             * excess as the next answer; the body ends short, so the connection closes */
+            c->out_left = 0;
+            c->keepalive = 0;
+            if (c->status == 204 || c->status == 304)
+                return loom_fail(L, "limit", "a %d response has no body", c->status);
+            return loom_fail(L, "limit", "write of %I bytes past the response's content-length",
+                             (lua_Integer)len);
+        }
+        c->out_left -= len;
     }
     char size[24];
     uv_buf_t bufs[3];

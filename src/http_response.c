@@ -4,6 +4,14 @@
  * no CR, LF or NUL, so a handler cannot split a response), Content-Length or chunked
  * framing, and one gathered try-write per response with a copied remainder when the kernel
  * is full. Also the access log line. Knows nothing of parsing or routing.
+ *
+ * What a handler gives is checked before a byte of it is sent, since a wrong answer would be
+ * read as the start of the next one on a kept-alive connection: the status is 200 to 999
+ * (an interim 1xx is the engine's: 100 Continue, and 101 through req:upgrade), a header
+ * name is a token, a value holds no control character but tab, a streamed Content-Length
+ * is digits that fit 64 bits. A whole answer's Content-Length is the body's length, whatever
+ * the handler said; a streamed answer's is enforced by its writes (http_request.c) and by
+ * its end, which closes the connection when the body came out short.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,8 +116,15 @@ const char *loom_http_reason(int status) {
 typedef struct {
     loom_server_t *srv;
     size_t len;
-    int bad; /* out of memory or an invalid header */
+    int bad;         /* out of memory or an invalid header */
+    const char *why; /* what was invalid, for the error or the log line */
 } hb_t;
+
+static void hb_fail(hb_t *b, const char *why) {
+    b->bad = 1;
+    if (!b->why)
+        b->why = why;
+}
 
 /* Rarely taken: the buffer is kept between responses. */
 static int hb_grow(hb_t *b, size_t n) {
@@ -119,7 +134,7 @@ static int hb_grow(hb_t *b, size_t n) {
         cap *= 2;
     char *nb = realloc(srv->hbuf, cap);
     if (!nb) {
-        b->bad = 1;
+        hb_fail(b, "out of memory");
         return 0;
     }
     srv->hbuf = nb;
@@ -189,14 +204,18 @@ static int is_token(const char *s, size_t n) {
     return 1;
 }
 
+/* RFC 9110 5.5: a field value is visible characters, obs-text, spaces and tabs. CR, LF and
+ * NUL would split the answer; the other control characters are refused as well. */
 static int safe_value(const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
             return 0;
+    }
     return 1;
 }
 
-enum { H_CT = 1, H_CL = 2, H_CONN_CLOSE = 4, H_TE = 8 };
+enum { H_CT = 1, H_CL = 2, H_CONN_CLOSE = 4, H_TE = 8, H_DATE = 16 };
 
 static int name_is(const char *s, size_t n, const char *lit) {
     return strlen(lit) == n && strncasecmp(s, lit, n) == 0;
@@ -204,7 +223,7 @@ static int name_is(const char *s, size_t n, const char *lit) {
 
 static void put_field(hb_t *b, const char *name, size_t nl, const char *v, size_t vl) {
     if (!safe_value(v, vl)) {
-        b->bad = 1;
+        hb_fail(b, "invalid header value (a control character)");
         return;
     }
     hb_put(b, name, nl);
@@ -213,10 +232,35 @@ static void put_field(hb_t *b, const char *name, size_t nl, const char *v, size_
     hb_put(b, "\r\n", 2);
 }
 
+/* The Content-Length a stream declares, at idx of L: an integer, or a string of digits
+ * (RFC 9110 8.6: 1*DIGIT) that fits in 64 bits. Returns 0 for anything else. */
+static int parse_length(lua_State *L, int idx, uint64_t *out) {
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        int isint;
+        lua_Integer v = lua_tointegerx(L, idx, &isint);
+        *out = (uint64_t)v;
+        return isint && v >= 0;
+    }
+    size_t n;
+    const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
+    uint64_t v = 0;
+    if (!s || n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(unsigned char)s[i] - '0';
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return 0;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 1;
+}
+
 /* Adds the headers of the table at `idx` of L; returns H_* flags for what it had. The
  * framing headers (Content-Length, Transfer-Encoding) are ours to write, except that a
- * streaming response may state its length. */
-static int put_headers(hb_t *b, lua_State *L, int idx, int keep_cl, char *cl, size_t clcap) {
+ * streaming response may state its length: with `cl`, a Content-Length is checked, stored
+ * there and written. */
+static int put_headers(hb_t *b, lua_State *L, int idx, uint64_t *cl) {
     int flags = 0;
     if (!idx || lua_type(L, idx) != LUA_TTABLE)
         return 0;
@@ -225,34 +269,46 @@ static int put_headers(hb_t *b, lua_State *L, int idx, int keep_cl, char *cl, si
         size_t nl, vl;
         const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
         if (!name || !is_token(name, nl)) {
-            b->bad = 1;
+            hb_fail(b, "invalid header name");
             lua_pop(L, 2);
             return flags;
         }
         if (name_is(name, nl, "content-length")) {
             flags |= H_CL;
-            const char *v = lua_tolstring(L, -1, &vl);
-            if (v && keep_cl && vl < clcap) {
-                memcpy(cl, v, vl);
-                cl[vl] = 0;
-                put_field(b, name, nl, v, vl);
+            if (cl && !parse_length(L, -1, cl)) {
+                hb_fail(b, "invalid content-length (digits only, below 2^64)");
+                lua_pop(L, 2);
+                return flags;
+            }
+            if (cl) {
+                hb_put(b, "Content-Length: ", 16);
+                hb_uint(b, *cl);
+                hb_put(b, "\r\n", 2);
             }
         } else if (name_is(name, nl, "transfer-encoding")) {
             flags |= H_TE;
         } else if (lua_type(L, -1) == LUA_TTABLE) {
+            if (name_is(name, nl, "date"))
+                flags |= H_DATE;
             for (int i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
-                const char *v = lua_tolstring(L, -1, &vl);
+                int t = lua_type(L, -1);
+                const char *v =
+                    t == LUA_TSTRING || t == LUA_TNUMBER ? lua_tolstring(L, -1, &vl) : NULL;
                 if (v)
                     put_field(b, name, nl, v, vl);
+                else
+                    hb_fail(b, "invalid header value (not a string)");
                 lua_pop(L, 1);
             }
             lua_pop(L, 1);
         } else {
             if (name_is(name, nl, "content-type"))
                 flags |= H_CT;
+            else if (name_is(name, nl, "date"))
+                flags |= H_DATE; /* the handler's own Date goes out instead of ours (as Go) */
             int t = lua_type(L, -1);
             if (t != LUA_TSTRING && t != LUA_TNUMBER) {
-                b->bad = 1;
+                hb_fail(b, "invalid header value (not a string)");
                 lua_pop(L, 2);
                 return flags;
             }
@@ -316,6 +372,8 @@ static void on_write(uv_write_t *req, int status) {
     } else if (c->waiter && !c->waiting_body) {
         /* a piece went out: send_timeout counts from the latest progress */
         loom_task_extend(c->waiter, c->srv->send_timeout);
+    } else if (c->tlist == TL_SEND) {
+        loom_conn_write_progress(c); /* the same for an answer no task waits on */
     }
 }
 
@@ -384,26 +442,52 @@ int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
 
 /* ---------------------------------------------------------------- access log */
 
+size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+            if (o + 1 >= cap)
+                break;
+            out[o++] = (char)ch;
+        } else {
+            if (o + 4 >= cap)
+                break;
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    out[o] = 0;
+    return o;
+}
+
+const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap) {
+    loom_head_t *h = c->msg.head;
+    if (!h)
+        return "";
+    loom_log_escape(out, cap, h->data + h->url, h->url_len);
+    return out;
+}
+
+/* A request header's value, escaped, or "-". */
 static void copy_header(loom_conn_t *c, const char *name, char *out, size_t cap) {
     loom_head_t *h = c->msg.head;
     int i = h ? loom_head_find(h, name, strlen(name)) : -1;
-    if (i < 0) {
+    if (i < 0)
         snprintf(out, cap, "-");
-        return;
-    }
-    size_t n = h->hdrs[i].value_len < cap - 1 ? h->hdrs[i].value_len : cap - 1;
-    for (size_t k = 0; k < n; k++) { /* a log line stays one line */
-        char ch = LOOM_HEAD_VALUE(h, i)[k];
-        out[k] = ch == '"' || (unsigned char)ch < 0x20 ? '_' : ch;
-    }
-    out[n] = 0;
+    else
+        loom_log_escape(out, cap, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
 }
 
-/* Combined Log Format, to stdout. */
+/* Combined Log Format, to stdout. The target, Referer and User-Agent are the client's: they
+ * are escaped as nginx does, so they cannot end their field or the line. */
 static void log_access(loom_conn_t *c) {
     if (!c->srv->access_log || !c->msg.head)
         return;
-    char ip[64], when[64], ref[256], ua[256];
+    char ip[64], when[64], ref[1024], ua[1024], target[8192];
     int port, v6;
     if (loom_addr_peer(&c->tcp, ip, sizeof ip, &port, &v6) != 0)
         snprintf(ip, sizeof ip, "-");
@@ -413,12 +497,10 @@ static void log_access(loom_conn_t *c) {
     strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S %z", &tm);
     copy_header(c, "referer", ref, sizeof ref);
     copy_header(c, "user-agent", ua, sizeof ua);
-    loom_head_t *h = c->msg.head;
-    printf("%s - - [%s] \"%s %.*s HTTP/%d.%d\" %d %llu \"%s\" \"%s\"\n", ip, when,
+    printf("%s - - [%s] \"%s %s HTTP/%d.%d\" %d %llu \"%s\" \"%s\"\n", ip, when,
            llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
-           (int)(h->url_len > 2048 ? 2048 : h->url_len), h->data + h->url,
-           llhttp_get_http_major(&c->msg.parser), llhttp_get_http_minor(&c->msg.parser), c->status,
-           (unsigned long long)c->sent, ref, ua);
+           loom_conn_log_target(c, target, sizeof target), llhttp_get_http_major(&c->msg.parser),
+           llhttp_get_http_minor(&c->msg.parser), c->status, (unsigned long long)c->sent, ref, ua);
     fflush(stdout);
 }
 
@@ -442,7 +524,8 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     } else
         blen = 0;
     put_connection(b, c);
-    put_date(b);
+    if (!(flags & H_DATE))
+        put_date(b);
     hb_put(b, "\r\n", 2);
     int nbufs = c->is_head || blen == 0 ? 1 : 2;
     if (nbufs == 2 && blen <= SMALL_BODY) {
@@ -461,7 +544,7 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
 }
 
 void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close) {
-    hb_t b = {c->srv, 0, 0};
+    hb_t b = {c->srv, 0, 0, NULL};
     if (close) {
         c->keepalive = 0;
         if (c->state != C_HANDLER) { /* a parse error or a timeout: no handler will finish it */
@@ -481,7 +564,7 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres) {
         loom_conn_respond_simple(c, c->fail_status, loom_http_reason(c->fail_status), 1);
         return;
     }
-    hb_t b = {c->srv, 0, 0};
+    hb_t b = {c->srv, 0, 0, NULL};
     size_t blen = 0;
     const char *body = NULL;
     int status = 200, flags = 0;
@@ -493,19 +576,25 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres) {
         status = 204;
         status_line(&b, 204);
     } else {
-        status = (int)lua_tointeger(L, 1);
-        if (status < 100 || status > 999) {
-            b.bad = 1;
+        int isint;
+        lua_Integer st = lua_tointegerx(L, 1, &isint);
+        /* 1xx are interim: sent as the answer, the client would wait for another */
+        if (!isint || st < 200 || st > 999) {
+            hb_fail(&b, "invalid status (an integer from 200 to 999)");
         } else {
+            status = (int)st;
             status_line(&b, status);
-            flags = put_headers(&b, L, nres >= 2 ? 2 : 0, 0, NULL, 0);
+            flags = put_headers(&b, L, nres >= 2 ? 2 : 0, NULL);
             if (nres >= 3 && lua_type(L, 3) == LUA_TSTRING)
                 body = lua_tolstring(L, 3, &blen);
         }
     }
     if (b.bad) {
-        fprintf(stderr, "loom: handler for %.*s returned an invalid response (status or header)\n",
-                c->msg.head ? (int)c->msg.head->url_len : 0, c->msg.head ? c->msg.head->data : "");
+        char target[1024];
+        fprintf(stderr, "loom: handler for %s %s returned an invalid response: %s\n",
+                llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
+                loom_conn_log_target(c, target, sizeof target), b.why);
+        fflush(stderr);
         loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
         return;
     }
@@ -514,19 +603,24 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres) {
 
 /* ---------------------------------------------------------------- streaming */
 
-int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx) {
-    hb_t b = {c->srv, 0, 0};
-    char cl[32] = "";
+int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, const char **why) {
+    hb_t b = {c->srv, 0, 0, NULL};
+    uint64_t cl = 0;
     status_line(&b, status);
-    int flags = put_headers(&b, L, hidx, 1, cl, sizeof cl);
-    if (b.bad)
+    int flags = put_headers(&b, L, hidx, &cl);
+    if (b.bad) {
+        *why = b.why;
         return -1;
+    }
     if (flags & H_CONN_CLOSE)
         c->keepalive = 0;
     if (!(flags & H_CT))
         hb_str(&b, "Content-Type: application/octet-stream\r\n");
     c->chunked_out = 0;
-    if (!(flags & H_CL) && !no_body_status(status)) {
+    /* a stated length is what the writes may send, and must send (loom_conn_stream_end) */
+    c->out_sized = (flags & H_CL) || no_body_status(status);
+    c->out_left = no_body_status(status) ? 0 : cl;
+    if (!c->out_sized) {
         if (c->http10)
             c->keepalive = 0; /* the end of the connection ends the body */
         else {
@@ -535,7 +629,8 @@ int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx) {
         }
     }
     put_connection(&b, c);
-    put_date(&b);
+    if (!(flags & H_DATE))
+        put_date(&b);
     hb_put(&b, "\r\n", 2);
     uv_buf_t buf = uv_buf_init(c->srv->hbuf, (unsigned)b.len);
     c->status = status;
@@ -548,15 +643,19 @@ void loom_conn_stream_end(loom_conn_t *c) {
     if (c->chunked_out && !c->is_head) {
         uv_buf_t buf = uv_buf_init((char *)"0\r\n\r\n", 5);
         loom_conn_write(c, &buf, 1);
+    } else if (c->out_sized && c->out_left > 0 && !c->is_head) {
+        /* shorter than its Content-Length (a file that shrank as it was sent): the client
+         * would take the next answer for the rest, so the connection's end tells it */
+        c->keepalive = 0;
     }
     c->resp = R_DONE;
     log_access(c);
 }
 
 const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *len) {
-    hb_t b = {c->srv, 0, 0};
+    hb_t b = {c->srv, 0, 0, NULL};
     status_line(&b, 101);
-    put_headers(&b, L, hidx, 0, NULL, 0);
+    put_headers(&b, L, hidx, NULL);
     /* put_headers leaves Connection to the engine; a 101 must say it (RFC 9110 7.8:
      * "the Upgrade header field ... MUST also send a Connection header field containing
      * the upgrade connection option"; browsers refuse a websocket handshake without it) */

@@ -2,8 +2,8 @@
  * http_server.c - the HTTP/1.1 server engine: accept, read into one shared buffer, parse
  * with llhttp, hand each request to a Lua handler task, and carry the connection on:
  * keep-alive, pipelining (one request at a time, the rest wait unparsed, capped),
- * timeouts (header, keep-alive, linger, handler) from four sorted lists and one timer,
- * lingering close after errors, graceful shutdown.
+ * timeouts (header, keep-alive, linger, handler, send, drain) from sorted lists and one
+ * timer, lingering close after errors, graceful shutdown.
  *
  * An idle connection holds no buffer and no coroutine: just this struct.
  * Knows nothing of routing (lua/loom/app.lua) or of how responses are built
@@ -61,6 +61,8 @@ static void tl_add(loom_conn_t *c, int which) {
     loom_server_t *srv = c->srv;
     loom_tlist_t *l = &srv->tl[which];
     tl_remove(c);
+    if (l->ms == 0)
+        return; /* that limit is off (set to 0) */
     c->tlist = (uint8_t)which;
     c->deadline = uv_now(srv->host->loop) + l->ms;
     c->tprev = l->tail;
@@ -78,6 +80,7 @@ static void tl_add(loom_conn_t *c, int which) {
 }
 
 static void on_timer(uv_timer_t *timer);
+static void linger(loom_conn_t *c);
 
 static void arm_timer(loom_server_t *srv) {
     uint64_t next = UINT64_MAX, now = uv_now(srv->host->loop);
@@ -126,6 +129,12 @@ static void on_timer(uv_timer_t *timer) {
         loom_conn_close(c);
     while ((c = srv->tl[TL_LINGER].head) && c->deadline <= now)
         loom_conn_close(c);
+    while ((c = srv->tl[TL_SEND].head) && c->deadline <= now)
+        loom_conn_close(c); /* the client took nothing for send_timeout */
+    while ((c = srv->tl[TL_DRAIN].head) && c->deadline <= now) {
+        c->keepalive = 0; /* the rest of the body did not come within body_timeout */
+        linger(c);
+    }
     while ((c = srv->tl[TL_HANDLER].head) && c->deadline <= now) {
         tl_remove(c);
         if (c->state != C_HANDLER || !c->task || c->resp != R_NONE)
@@ -259,6 +268,16 @@ static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         const char *pos = llhttp_get_error_pos(&c->msg.parser);
         size_t rest = (size_t)(data + len - pos);
+        if (err == HPE_PAUSED_UPGRADE && c->state != C_HANDLER) {
+            /* An Upgrade (or CONNECT) request answered as any other: no protocol switched
+             * (req:upgrade hands the socket over and never comes here), so what follows is
+             * the next request. llhttp stops there until told so ("continue parsing, they
+             * need to invoke llhttp_resume_after_upgrade()"). The answer to a CONNECT closed
+             * the connection (on_headers). */
+            llhttp_resume_after_upgrade(&c->msg.parser);
+            feed(c, pos, rest, from_in);
+            return;
+        }
         c->parse_paused = 1;
         if (from_in) {
             if (rest)
@@ -280,10 +299,14 @@ static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
 void loom_conn_resume_parse(loom_conn_t *c) {
     if (!c->parse_paused || c->state == C_CLOSING)
         return;
-    if (c->msg.fail || llhttp_get_errno(&c->msg.parser) != HPE_PAUSED)
+    llhttp_errno_t err = llhttp_get_errno(&c->msg.parser);
+    if (c->msg.fail || (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE))
         return;
     c->parse_paused = 0;
-    llhttp_resume(&c->msg.parser);
+    if (err == HPE_PAUSED)
+        llhttp_resume(&c->msg.parser);
+    else
+        llhttp_resume_after_upgrade(&c->msg.parser); /* see feed */
     /* Even with nothing buffered: a message without a body ends right after its head, and
      * llhttp reports that end (on_message_complete) from an execute call that needs no
      * bytes; without it a body-less request would wait for the next one to finish. Not
@@ -328,7 +351,13 @@ static int on_headers(loom_http_msg_t *m) {
     }
     c->keepalive = (uint8_t)llhttp_should_keep_alive(p);
     c->is_head = llhttp_get_method(p) == HTTP_HEAD;
-    int ei = loom_head_find(m->head, "expect", 6);
+    /* A CONNECT answered 2xx is a tunnel to a client (or a proxy in front) that will send
+     * other bytes next: the connection ends with the answer, whatever it is. */
+    if (llhttp_get_method(p) == HTTP_CONNECT)
+        c->keepalive = 0;
+    /* RFC 9110 10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0
+     * request MUST ignore that expectation." */
+    int ei = c->http10 ? -1 : loom_head_find(m->head, "expect", 6);
     c->expect = ei >= 0 && loom_head_has_token(m->head, ei, "100-continue");
     c->msg_done = 0;
     c->body_seen = 0;
@@ -429,15 +458,15 @@ static void next_request(loom_conn_t *c) {
     loom_conn_resume_parse(c);
 }
 
-static void linger(loom_conn_t *c);
-
 /* Called when the response is complete (maybe still being written) and the handler is done.
  * Carries on once everything is written and the request's body is parsed away. */
 void loom_conn_request_done(loom_conn_t *c) {
     if (c->state != C_HANDLER || c->resp != R_DONE || c->task)
         return;
-    if (c->pending_writes > 0)
-        return; /* on_write comes back here */
+    if (c->pending_writes > 0) {
+        tl_add(c, TL_SEND); /* the client has send_timeout to take each piece */
+        return;             /* on_write comes back here */
+    }
     if (c->werr || !c->keepalive || c->srv->closing) {
         linger(c);
         return;
@@ -453,6 +482,8 @@ void loom_conn_request_done(loom_conn_t *c) {
             return;
         }
         c->discard = 1;
+        /* one deadline for the rest, not one per byte: a trickle cannot keep it (as Go) */
+        tl_add(c, TL_DRAIN);
         uint32_t nreq = c->nreq;
         loom_conn_resume_parse(c);
         /* on_complete's pause brings us back through feed's caller, which may move on to
@@ -461,6 +492,10 @@ void loom_conn_request_done(loom_conn_t *c) {
             return;
     }
     next_request(c);
+}
+
+void loom_conn_write_progress(loom_conn_t *c) {
+    tl_add(c, TL_SEND);
 }
 
 /* ---------------------------------------------------------------- linger */
@@ -480,7 +515,11 @@ static void linger(loom_conn_t *c) {
         return;
     loom_conn_detach_request(c);
     c->state = C_LINGER;
-    tl_remove(c);
+    /* the shutdown waits for what is queued: send_timeout bounds that, then LINGER_MS */
+    if (c->pending_writes > 0)
+        tl_add(c, TL_SEND);
+    else
+        tl_remove(c);
     if (c->eof) {
         loom_conn_close(c);
         return;
@@ -521,6 +560,10 @@ void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data) {
     if (nread < 0) {
         c->eof = 1;
         stop_reading(c);
+        if (c->state == C_HANDLER && c->discard) {
+            loom_conn_close(c); /* the answer is out; the body being drained will not come */
+            return;
+        }
         if (c->state == C_HANDLER) {
             loom_conn_body_event(c); /* a body reader learns the peer left */
             if (!c->msg_done && llhttp_finish(&c->msg.parser) == HPE_OK && c->msg_done)
@@ -599,10 +642,10 @@ static int raised_client_left(loom_conn_t *c, loom_task_t *t) {
 static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
     if (raised_client_left(c, t))
         return;
-    loom_head_t *hd = c->msg.head;
-    fprintf(stderr, "loom: error in handler for %s %.*s: %s\n",
+    char target[1024];
+    fprintf(stderr, "loom: error in handler for %s %s: %s\n",
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
-            hd ? (int)hd->url_len : 0, hd ? hd->data + hd->url : "", lua_tostring(t->co, 2));
+            loom_conn_log_target(c, target, sizeof target), lua_tostring(t->co, 2));
     fflush(stderr);
 }
 
@@ -612,12 +655,12 @@ static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
  * answered 503 with Connection: close at once, and the connection closes without waiting
  * for the task to unwind (on_handler_done still comes, and frees the struct if need be). */
 static void handler_expired(loom_conn_t *c) {
-    loom_head_t *hd = c->msg.head;
     loom_reqbox_t *box = c->box;
     int status = c->fail_status ? c->fail_status : 503;
-    fprintf(stderr, "loom: handler for %s %.*s ran past handler_timeout (%g s): cancelled\n",
+    char target[1024];
+    fprintf(stderr, "loom: handler for %s %s ran past handler_timeout (%g s): cancelled\n",
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
-            hd ? (int)hd->url_len : 0, hd ? hd->data + hd->url : "",
+            loom_conn_log_target(c, target, sizeof target),
             (double)c->srv->tl[TL_HANDLER].ms / 1000);
     fflush(stderr);
     loom_task_cancel(c->task); /* a parked task: its wait is aborted (c->waiter cleared) */
@@ -960,25 +1003,34 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     return srv;
 }
 
-/* Seconds to ms; past 30 years (math.huge included, whose cast would be undefined) is
- * 10^12 ms, which is never in practice. */
+/* A timeout in seconds to ms for a list: 0 (or less, or NaN) turns the limit off, as does
+ * anything past 30 years (math.huge included, whose cast would be undefined); a positive
+ * value below 1 ms is 1 ms, not off. */
 static uint64_t secs_to_ms(double secs) {
-    return !(secs > 0) ? 0 : secs > 1e9 ? (uint64_t)1e12 : (uint64_t)(secs * 1000);
+    return !(secs > 0) || secs > 1e9 ? 0 : secs < 0.001 ? 1 : (uint64_t)(secs * 1000);
 }
 
+/* The same for a task's wait (loom_park): < 0 is none. */
+static double secs_for_park(double secs) {
+    return !(secs > 0) || secs > 1e9 ? -1 : secs;
+}
+
+/* Every timeout means "no limit" at 0 (app.lua passes handler_timeout = false as 0). */
 static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->max_header = (uint32_t)loom_opt_integer(L, o, "max_header", 16 * 1024);
     srv->max_body = (uint64_t)loom_opt_integer(L, o, "max_body", 1024 * 1024);
     srv->tl[TL_HEAD].ms = secs_to_ms(loom_opt_number(L, o, "header_timeout", 30));
     srv->tl[TL_IDLE].ms = secs_to_ms(loom_opt_number(L, o, "keepalive_timeout", 75));
     srv->tl[TL_LINGER].ms = LINGER_MS;
-    /* 0 turns it off (app.lua passes false as 0), as does anything past 30 years */
-    double ht = loom_opt_number(L, o, "handler_timeout", 60);
-    srv->tl[TL_HANDLER].ms = !(ht > 0) || ht > 1e9 ? 0 : ht < 0.001 ? 1 : (uint64_t)(ht * 1000);
+    srv->tl[TL_HANDLER].ms = secs_to_ms(loom_opt_number(L, o, "handler_timeout", 60));
     srv->max_buffered = 64 * 1024 + srv->max_header;
     srv->access_log = loom_opt_boolean(L, o, "access_log", 0);
-    srv->body_timeout = loom_opt_number(L, o, "body_timeout", 60);
-    srv->send_timeout = loom_opt_number(L, o, "send_timeout", 60);
+    double body = loom_opt_number(L, o, "body_timeout", 60);
+    double send = loom_opt_number(L, o, "send_timeout", 60);
+    srv->body_timeout = secs_for_park(body);
+    srv->send_timeout = secs_for_park(send);
+    srv->tl[TL_DRAIN].ms = secs_to_ms(body);
+    srv->tl[TL_SEND].ms = secs_to_ms(send);
 }
 
 /* Every method name llhttp knows, by number (its header's method map). */

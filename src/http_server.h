@@ -20,7 +20,11 @@ typedef struct {
     uint64_t ms; /* the list's duration */
 } loom_tlist_t;
 
-enum { TL_NONE, TL_HEAD, TL_IDLE, TL_LINGER, TL_HANDLER, TL_COUNT };
+/* TL_SEND: an answer the kernel has not taken whole, with no writer task timing it (a whole
+ * answer, a stream's end, an error answer): send_timeout from the latest piece written.
+ * TL_DRAIN: after the answer, the rest of a body nobody read is parsed away: body_timeout
+ * from the latest byte. A list whose duration is 0 has no limit: tl_add puts nothing in it. */
+enum { TL_NONE, TL_HEAD, TL_IDLE, TL_LINGER, TL_HANDLER, TL_SEND, TL_DRAIN, TL_COUNT };
 
 enum {
     C_HEAD,    /* reading a request head (or waiting for the first byte after accept) */
@@ -60,6 +64,8 @@ struct loom_conn {
     uint8_t chunk_mode;   /* the handler takes the body piece by piece (req:chunks) */
     uint8_t waiting_body; /* `waiter` waits for the body (else for writes to drain) */
     uint16_t fail_status; /* the body broke (413, 400): the answer becomes this, and closes */
+    uint8_t out_sized;    /* the streamed answer has a length (Content-Length, or no body) */
+    uint64_t out_left;    /* if out_sized: body bytes the answer still owes */
     int pending_writes;
     int werr;
     char *in; /* unparsed bytes: pipelined requests, or a body not asked for yet */
@@ -103,8 +109,8 @@ struct loom_server {
     uint32_t max_header;
     uint64_t max_body;
     size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
-    double body_timeout; /* seconds a body read may wait for the next bytes */
-    double send_timeout; /* seconds a streaming write may wait for the client to read */
+    double body_timeout; /* seconds a body read may wait for the next bytes (< 0: no limit) */
+    double send_timeout; /* seconds a streaming write may wait for the client (< 0: none) */
     int access_log;
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
     loom_head_pool_t heads;         /* pool of head storage */
@@ -131,6 +137,8 @@ void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
 void loom_conn_resume_parse(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
+/* A piece of an answer no task waits on went out: its send_timeout starts again. */
+void loom_conn_write_progress(loom_conn_t *c);
 /* What a read brought: plaintext bytes (nread > 0), or the end or a failure (a libuv error). */
 void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data);
 
@@ -145,8 +153,9 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
 /* Writes a complete response with a plain-text body; closes the connection after it when
  * `close` is set. */
 void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close);
-/* Starts a streaming response: status and headers (table at index hidx of L, or 0). */
-int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx);
+/* Starts a streaming response: status and headers (table at index hidx of L, or 0). Returns
+ * 0, a libuv error, or -1 with *why saying which header was invalid (nothing was sent). */
+int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, const char **why);
 /* Writes the last chunk of a streaming response. */
 void loom_conn_stream_end(loom_conn_t *c);
 /* Builds a 101 head with the headers of the table at hidx; NULL if a header is invalid. */
@@ -154,6 +163,11 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);
+/* Copies n bytes of s to out (cap bytes, NUL-terminated, cut there) as nginx writes a log
+ * field: '"', '\\', control bytes and bytes from 0x7f as \xHH. Returns the length. */
+size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n);
+/* The request target, escaped so, for a log line ("" when there is no head). */
+const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap);
 
 /* http_server_tls.c: HTTPS under the connections */
 /* Gives an accepted connection its TLS session: 0, or -1 when it cannot have one. */
