@@ -11,6 +11,7 @@
 #include <mbedtls/base64.h>
 #include "websocket.h"
 #include "fail.h"
+#include "stream.h"
 
 int loom_ws_parse_header(const unsigned char *p, size_t n, loom_ws_frame_t *f) {
     if (n < 2)
@@ -62,7 +63,8 @@ void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char 
         dst[i] = (char)(src[i] ^ key[(offset + i) & 3]);
 }
 
-/* core.ws_frame(opcode, payload, fin, mask) -> the frame's bytes. Clients mask (RFC 6455
+/* core.ws_frame(opcode, payload, fin, mask, rsv1) -> the frame's bytes (rsv1: a compressed
+ * message's first frame, RFC 7692). Clients mask (RFC 6455
  * 5.3) with a fresh random key per frame. */
 static int l_frame(lua_State *L) {
     int opcode = (int)luaL_checkinteger(L, 1);
@@ -70,9 +72,10 @@ static int l_frame(lua_State *L) {
     const char *payload = luaL_optlstring(L, 2, "", &len);
     int fin = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
     int mask = lua_toboolean(L, 4);
+    int rsv1 = lua_toboolean(L, 5);
     unsigned char head[14];
     size_t h = 0;
-    head[h++] = (unsigned char)((fin ? 0x80 : 0) | (opcode & 0x0f));
+    head[h++] = (unsigned char)((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0f));
     unsigned char m = mask ? 0x80 : 0;
     if (len < 126) {
         head[h++] = (unsigned char)(m | len);
@@ -139,14 +142,31 @@ static int l_key(lua_State *L) {
     return 1;
 }
 
+/* core.ws_push(stream, bytes) -> queued | nil, err: hands whole frames to the stream
+ * without waiting for the peer to read them (what the kernel does not take is queued in
+ * libuv, after any bytes queued before), and returns the bytes then queued. For control
+ * frames that must not wait behind a blocked send, and for frames published to a topic;
+ * the caller bounds what it queues. A frame queued whole never interleaves with another. */
+static int l_push(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    size_t len;
+    const char *p = luaL_checklstring(L, 2, &len);
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
+    int rc = loom_stream_send(s, &b, 1);
+    if (rc < 0)
+        return loom_fail_uv(L, "closed", rc, s->peer);
+    lua_pushinteger(L, (lua_Integer)uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp));
+    return 1;
+}
+
 static const luaL_Reg ws_funcs[] = {
-    {"ws_frame", l_frame},
-    {"ws_accept", l_accept},
-    {"ws_key", l_key},
-    {NULL, NULL},
+    {"ws_push", l_push}, {"ws_frame", l_frame}, {"ws_accept", l_accept},
+    {"ws_key", l_key},   {NULL, NULL},
 };
 
 int loom_open_websocket(lua_State *L) {
     luaL_setfuncs(L, ws_funcs, 0);
-    return 0;
+    return loom_open_ws_deflate(L);
 }

@@ -34,4 +34,7 @@ void loom_ws_unmask(char *dst, const char *src, size_t len, const unsigned char 
 
 int loom_open_websocket(lua_State *L);
 
+/* ws_deflate.c: core.ws_deflater, core.ws_inflater (permessage-deflate, RFC 7692) */
+int loom_open_ws_deflate(lua_State *L);
+
 #endif

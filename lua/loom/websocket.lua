@@ -18,8 +18,8 @@ local net = require "loom.net"
 local sync = require "loom.sync"
 local tasks = require "loom.tasks"
 
-local ws_read_frame, ws_frame = core.ws_read_frame, core.ws_frame
-local park, ticket, wake, now = core.park, core.ticket, core.wake, core.now
+local ws_read_frame, ws_frame, ws_push = core.ws_read_frame, core.ws_frame, core.ws_push
+local park, ticket, wake, now, spawn, sleep = core.park, core.ticket, core.wake, core.now, core.spawn, core.sleep
 local within = tasks.timeout
 local concat, format, char, byte = table.concat, string.format, string.char, string.byte
 local utf8len, type, tostring, setmetatable = utf8.len, type, tostring, setmetatable
@@ -42,8 +42,44 @@ local CONTROL_SLACK = 131
 local FRAGMENT_COST = 64
 -- The head of the server's answer to the client's upgrade, as the HTTP client's max_header.
 local MAX_HEAD = 64 * 1024
+-- permessage-deflate: messages shorter than this go uncompressed (RFC 7692 allows either
+-- per message): deflate's block header and flush cost more than they save on a few bytes.
+local COMPRESS_MIN = 64
+-- Control frames (pongs, heartbeat pings) go out at once, queued right after whatever the
+-- stream already holds. While that is more than CONTROL_QUEUE bytes, at most
+-- CONTROL_BURST of them are queued so; later pongs wait for a writer (a peer that pings
+-- without reading cannot grow our memory with pongs).
+local CONTROL_QUEUE, CONTROL_BURST = 64 * 1024, 16
+-- What a subscriber may have queued before a publish closes it (1008): see M.publish.
+local DEFAULT_MAX_QUEUE = 1024 * 1024
 
-local function wrap(st, client, opts, protocol)
+-- Cancels the websocket's helper tasks (heartbeat, slow-subscriber reaper), except the
+-- one running this.
+local function stop_tasks(self)
+    local list = self.helpers
+    if not list then return end
+    self.helpers = nil
+    for t in pairs(list) do
+        if not core.is_current(t) then t:cancel() end
+    end
+end
+
+local function add_helper(self, fn)
+    local t = spawn(fn)
+    if not t:done() then
+        self.helpers = self.helpers or {}
+        self.helpers[t] = true
+    end
+    return t
+end
+
+local unsubscribe_all
+
+local start_heartbeat
+
+-- pmd: the permessage-deflate agreed on, or nil: { header = the Sec-WebSocket-Extensions
+-- value, bits = our deflater's window bits, deflate_reset, inflate_reset }.
+local function wrap(st, client, opts, protocol, pmd)
     local self = setmetatable({
         st = st,
         client = client,
@@ -56,8 +92,13 @@ local function wrap(st, client, opts, protocol)
         sent_close = false,
         receiving = false,
         closed = nil, -- "closed: CODE REASON" once over
+        extensions = pmd and pmd.header or nil, -- the Sec-WebSocket-Extensions agreed on
+        pmd = pmd,
+        received = 0, -- frames read: liveness for the heartbeat
+        max_queue = opts.max_queue or DEFAULT_MAX_QUEUE,
     }, WS)
     self.recv_guard = setmetatable({}, { __close = function() self.receiving = false end })
+    if opts.heartbeat then start_heartbeat(self, opts.heartbeat) end
     return self
 end
 M.wrap = wrap
@@ -73,13 +114,61 @@ local function flush_pongs(self)
     return ok, err
 end
 
+-- The connection's deflater, made on first use (about 256 KiB of zlib state).
+local function deflater(self)
+    local d = self.deflater
+    if not d then
+        d = core.ws_deflater(self.pmd.bits, self.pmd.deflate_reset)
+        self.deflater = d
+    end
+    return d
+end
+
+-- Whether a data message of `size` bytes goes compressed.
+local function compressing(self, op, size)
+    return self.pmd ~= nil and op <= OP_BINARY and size >= COMPRESS_MIN
+end
+
+-- Hands a control frame to the stream at once, right after what it already holds (never
+-- after a send still waiting to queue its bytes): true, or false when the stream holds
+-- more than CONTROL_QUEUE and CONTROL_BURST control frames went in since it did, or
+-- nil, err when it is closed.
+local function push_control(self, op, payload)
+    if core.stream_queued(self.st) <= CONTROL_QUEUE then
+        self.controls = 0
+    elseif (self.controls or 0) >= CONTROL_BURST then
+        return false
+    end
+    self.controls = (self.controls or 0) + 1
+    local q, err = ws_push(self.st, ws_frame(op, payload, true, self.client))
+    if not q then return nil, err end
+    return true
+end
+
+-- Data frames published while a fragmented message is being sent wait for its last
+-- fragment (nothing may come between a message's fragments but control frames).
+local function flush_published(self)
+    local list = self.published
+    if not list then return end
+    self.published = nil
+    for i = 1, #list do
+        if not ws_push(self.st, list[i]) then return end
+    end
+end
+
 -- Writes one frame, holding the write lock so frames of concurrent senders never
--- interleave; then any pong that receive() left for the lock's holder.
+-- interleave; then any pong that receive() left for the lock's holder. A data message is
+-- compressed inside the lock: with context takeover the peer inflates messages in the
+-- order they are on the wire, which is the order we deflate them in.
 local function send_frame(self, op, payload, fin)
-    local frame = ws_frame(op, payload, fin, self.client)
     local lock = self.lock
+    local frame
+    if not compressing(self, op, #payload) then frame = ws_frame(op, payload, fin, self.client) end
     lock:acquire()
     local _ <close> = lock.releaser
+    -- a send that waited for the lock while a close frame went out: nothing may follow it
+    if self.sent_close and op ~= OP_CLOSE then return nil, "closing" end
+    if not frame then frame = ws_frame(op, deflater(self):deflate(payload, true), fin, self.client, true) end
     if op == OP_CLOSE then -- nothing may follow a close frame (RFC 6455 5.5.1), a pong owed neither
         self.pong = nil
         return self.st:write(frame)
@@ -102,24 +191,42 @@ local function send_fragments(self, op, parts)
     local ok, err = true, nil
     local n, begun, sent = #parts, 0, 0
     local _cut <close> = setmetatable({}, { __close = function(_, e)
+        self.fragmenting = false
         if e ~= nil and begun > 0 and sent < n then finish(self, 1006, "message cut short") end
+        if not self.closed then flush_published(self) end
     end })
+    self.fragmenting = true
+    local size = 0
+    for i = 1, n do size = size + #parts[i] end
+    local d = compressing(self, op, size) and deflater(self)
     for i = 1, n do
+        if self.sent_close then ok, err = nil, "closing"; break end -- a slow subscriber's close went out
         begun = i -- a write that waits has its bytes queued already: they will go out
-        ok, err = self.st:write(ws_frame(i == 1 and op or OP_CONT, parts[i], i == n, self.client))
+        local part = d and d:deflate(parts[i], i == n) or parts[i]
+        ok, err = self.st:write(ws_frame(i == 1 and op or OP_CONT, part, i == n, self.client, d and i == 1))
         if ok then sent = i; ok, err = flush_pongs(self) end
         if not ok then break end
     end
     return ok, err
 end
 
--- Answers a ping now, or, while another task is writing, through that task (RFC 6455
--- 5.5.3: a pong answers the most recent ping; older ones may go unanswered).
+-- Answers a ping. While another task holds the write lock (its send may be waiting on a
+-- peer that reads slowly, and other sends may wait for the lock), the pong is queued at
+-- once, right after what the stream holds, so it never waits for those sends; past
+-- push_control's bound it is left to the lock's holder. Otherwise it is written here, and
+-- this receiver waits for it like any writer: a peer that pings but reads no pongs stops
+-- being read (RFC 6455 5.5.3: a pong answers the most recent ping; older ones may go
+-- unanswered).
 local function pong(self, payload)
     if self.lock.value > 0 then
         send_frame(self, OP_PONG, payload, true)
-    else
+        return
+    end
+    local ok, err = push_control(self, OP_PONG, payload)
+    if ok == false then
         self.pong = payload
+    elseif not ok then
+        finish(self, 1006, (err:gsub("^closed: ", "")))
     end
 end
 
@@ -130,6 +237,8 @@ finish = function(self, code, reason)
         self.close_code, self.close_reason = code, reason
         self.closed = reason ~= "" and format("closed: %d %s", code, reason) or format("closed: %d", code)
     end
+    if self.topics then unsubscribe_all(self) end
+    stop_tasks(self)
     self.st:close()
     local waiter = self.close_waiter
     if waiter then
@@ -193,19 +302,39 @@ local function on_close_frame(self, payload)
     return finish(self, code, reason)
 end
 
+-- The inflated bytes of a compressed message's frame, inflated with a cap of what is left
+-- of max_message: a compression bomb stops at the cap (1009), never inflated past it.
+local function inflate(self, m, fin, payload)
+    local z = self.inflater
+    if not z then
+        z = core.ws_inflater(self.pmd.inflate_reset)
+        self.inflater = z
+    end
+    local out, err = z:inflate(payload, fin, self.max_message - m.size)
+    if out then return out end
+    if err:find("^limit") then return fail(self, 1009, "message too big") end
+    return fail(self, 1007, (err:gsub("^http: ", "")))
+end
+
 -- One data frame into the message being gathered: the message when it is complete, or
--- nil (more to come); or nil, err after a protocol error. m.size counts the payload and
--- FRAGMENT_COST per continuation; empty fragments are counted but not kept.
-local function on_data_frame(self, m, fin, op, payload)
+-- nil (more to come); or nil, err after a protocol error. m.size counts the payload
+-- (inflated, when compressed) and FRAGMENT_COST per continuation; empty fragments are
+-- counted but not kept. rsv1: a compressed message's first frame (permessage-deflate).
+local function on_data_frame(self, m, fin, op, payload, rsv1)
     if (op == OP_CONT) ~= (m.parts ~= nil) then
         return fail(self, 1002, op == OP_CONT and "continuation without a message" or "message inside a message")
     end
     if op ~= OP_CONT then
-        m.parts, m.kind = {}, op == OP_TEXT and "text" or "binary"
-        m.size = #payload
+        m.parts, m.kind, m.size, m.compressed = {}, op == OP_TEXT and "text" or "binary", 0, rsv1
     else
-        m.size = m.size + #payload + FRAGMENT_COST
+        m.size = m.size + FRAGMENT_COST
     end
+    if m.compressed then
+        local err
+        payload, err = inflate(self, m, fin, payload)
+        if not payload then return nil, err end
+    end
+    m.size = m.size + #payload
     if m.size > self.max_message then return fail(self, 1009, "message too big") end
     local parts = m.parts
     if payload ~= "" then parts[#parts + 1] = payload end
@@ -241,9 +370,15 @@ function WS:receive()
             if left <= 0 then return read_failed(self, "timeout") end
             self.st:settimeout(left)
         end
-        local fin, rsv, op, masked, payload = ws_read_frame(self.st, self.max_message - m.size + CONTROL_SLACK)
+        local left = self.max_message - m.size
+        -- a compressed frame may be a little larger than what it inflates to
+        if self.pmd then left = left + (left >> 10) + 64 end
+        local fin, rsv, op, masked, payload = ws_read_frame(self.st, left + CONTROL_SLACK)
         if fin == nil then return read_failed(self, rsv) end
-        if rsv ~= 0 then return fail(self, 1002, "reserved bits set") end
+        self.received = self.received + 1
+        -- RSV1 is permessage-deflate's, on a data message's first frame once agreed on
+        local rsv1 = rsv == 4 and self.pmd ~= nil and (op == OP_TEXT or op == OP_BINARY)
+        if rsv ~= 0 and not rsv1 then return fail(self, 1002, "reserved bits set") end
         if masked == self.client then
             return fail(self, 1002, self.client and "masked frame from server" or "unmasked frame from client")
         end
@@ -257,7 +392,7 @@ function WS:receive()
                 return fail(self, 1002, "unknown opcode")
             end
         elseif op <= OP_BINARY then
-            local msg, err = on_data_frame(self, m, fin, op, payload)
+            local msg, err = on_data_frame(self, m, fin, op, payload, rsv1)
             if msg then
                 self.gathering = nil
                 return msg, m.kind
@@ -299,6 +434,7 @@ function WS:send(data, kind)
     else
         ok, err = send_frame(self, op, data, true)
     end
+    if err == "closing" then return nil, self.closed or "closed: closing" end
     if not ok then return finish(self, 1006, err:gsub("^closed: ", "")) end
     return true
 end
@@ -310,6 +446,7 @@ function WS:ping(data)
     if data and #data > 125 then args.fail("ping", 1, "at most 125 bytes") end
     if self.closed or self.sent_close then return nil, self.closed or "closed: closing" end
     local ok, err = send_frame(self, OP_PING, data or "", true)
+    if err == "closing" then return nil, self.closed or "closed: closing" end
     if not ok then return finish(self, 1006, err:gsub("^closed: ", "")) end
     return true
 end
@@ -369,6 +506,143 @@ function WS:each()
     end
 end
 
+-- Heartbeat -----------------------------------------------------------------------------
+
+-- A ping every `secs` seconds, sent at once (queued right after what the stream holds,
+-- never behind a send that waits); when nothing at all came from the peer in the `secs`
+-- after a ping (its pong, or any other frame: the peer is alive), the connection is
+-- dropped with 1006, without a close frame (a peer that answers nothing would not read
+-- it). Frames are counted by receive(): a task must be receiving.
+start_heartbeat = function(self, secs)
+    add_helper(self, function()
+        local seen
+        while true do
+            sleep(secs)
+            if self.closed or self.sent_close then return end
+            if seen and self.received == seen then
+                return finish(self, 1006, format("no pong within %g s", secs))
+            end
+            seen = self.received
+            local ok, err = push_control(self, OP_PING, "")
+            if ok == nil then return finish(self, 1006, (err:gsub("^closed: ", ""))) end
+            -- ok == false: the peer reads nothing of what we queue (push_control's bound):
+            -- no ping, and if it sends nothing either, it is dropped at the next turn
+        end
+    end)
+end
+
+-- Topics ------------------------------------------------------------------------------
+
+-- The apps' subscriptions, by the app's set of open websockets (server_handler's `open`):
+-- registry[topic] = { subs = { [ws] = true }, n = count }.
+local registries = setmetatable({}, { __mode = "k" })
+
+unsubscribe_all = function(self)
+    local reg = self.registry
+    for topic in pairs(self.topics) do
+        local t = reg[topic]
+        if t and t.subs[self] then
+            t.subs[self] = nil
+            t.n = t.n - 1
+            if t.n == 0 then reg[topic] = nil end
+        end
+    end
+    self.topics = nil
+end
+
+-- ws:subscribe(topic) -> true: app:publish(topic, ...) reaches this websocket from now
+-- until ws:unsubscribe(topic) or the connection ends.
+function WS:subscribe(topic)
+    args.check(topic, "string", "subscribe", 1)
+    local reg = self.registry
+    if not reg then error("subscribe: only a websocket of app:ws can subscribe to topics", 2) end
+    if self.closed or self.sent_close then return nil, self.closed or "closed: closing" end
+    local t = reg[topic]
+    if not t then
+        t = { subs = {}, n = 0 }
+        reg[topic] = t
+    end
+    if not t.subs[self] then
+        t.subs[self] = true
+        t.n = t.n + 1
+    end
+    self.topics = self.topics or {}
+    self.topics[topic] = true
+    return true
+end
+
+-- ws:unsubscribe(topic) -> true
+function WS:unsubscribe(topic)
+    args.check(topic, "string", "unsubscribe", 1)
+    local reg, topics = self.registry, self.topics
+    if reg and topics and topics[topic] then
+        topics[topic] = nil
+        local t = reg[topic]
+        if t and t.subs[self] then
+            t.subs[self] = nil
+            t.n = t.n - 1
+            if t.n == 0 then reg[topic] = nil end
+        end
+    end
+    return true
+end
+
+-- A subscriber with more than max_queue bytes waiting to go out: it is unsubscribed, a
+-- close frame (1008 "slow subscriber") is queued after what it holds, and the connection
+-- is dropped close_timeout later unless the peer answers the close first.
+local function drop_slow(self)
+    unsubscribe_all(self)
+    if self.sent_close or self.closed then return end
+    self.sent_close = true
+    if not self.fragmenting then
+        ws_push(self.st, ws_frame(OP_CLOSE, close_payload(1008, "slow subscriber"), true, false))
+    end
+    add_helper(self, function()
+        sleep(self.close_timeout)
+        finish(self, 1008, "slow subscriber")
+    end)
+end
+
+-- Queues a published frame for one subscriber: true, or false when it was dropped.
+local function deliver(self, frame)
+    if self.closed or self.sent_close then return false end
+    local queued = core.stream_queued(self.st)
+    if self.fragmenting then -- it goes after the message being sent
+        local list = self.published or {}
+        self.published = list
+        list.bytes = (list.bytes or 0) + #frame
+        if queued + list.bytes > self.max_queue then drop_slow(self); return false end
+        list[#list + 1] = frame
+        return true
+    end
+    if queued + #frame > self.max_queue then drop_slow(self); return false end
+    local ok, err = ws_push(self.st, frame)
+    if not ok then finish(self, 1006, (err:gsub("^closed: ", ""))); return false end
+    return true
+end
+
+-- app:publish(topic, msg [, kind]) -> receivers: the message to every websocket subscribed
+-- to topic, as one frame built once (uncompressed, whatever each connection agreed on)
+-- and handed to each socket without waiting. A subscriber that has more than max_queue
+-- bytes (1 MiB) waiting is dropped (drop_slow); receivers counts those that got it.
+function M.publish(app, topic, msg, kind)
+    args.check(topic, "string", "publish", 1)
+    args.check(msg, "string", "publish", 2)
+    if kind ~= nil and kind ~= "text" and kind ~= "binary" then
+        args.fail("publish", 3, "'text' or 'binary' expected, got " .. tostring(kind), 3)
+    end
+    local reg = registries[app.websockets]
+    local t = reg and reg[topic]
+    if not t then return 0 end
+    if kind ~= "binary" and not utf8len(msg) then args.fail("publish", 2, "text is not UTF-8", 3) end
+    local frame = ws_frame(kind == "binary" and OP_BINARY or OP_TEXT, msg, true, false)
+    local n = 0
+    for ws in pairs(t.subs) do
+        if deliver(ws, frame) then n = n + 1 end
+    end
+    return n
+end
+
 function WS:__tostring()
     return format("loom.websocket (%s%s)", self.client and "client" or "server",
         self.closed and (", " .. self.closed) or "")
@@ -410,6 +684,103 @@ local function upgrade_error(req, method, upgrade, conn, key)
     return nil
 end
 
+-- permessage-deflate (RFC 7692) ---------------------------------------------------------
+
+-- s without the blanks around it, in time linear in #s ("^(.-)%s*$" is quadratic in a run
+-- of blanks inside s, which a server could send to stall the client).
+local function trim(s)
+    local first = s:find("%S")
+    if not first then return "" end
+    return s:sub(first, (s:find("%S%s*$", first)))
+end
+
+-- The offers (or the answer) in a Sec-WebSocket-Extensions value: a list of { name, params
+-- = { name = value | true }, bad = true when a parameter repeats or is malformed }.
+local function parse_extensions(value)
+    local list = {}
+    for item in (value or ""):gmatch("[^,]+") do
+        local ext
+        for part in item:gmatch("[^;]+") do
+            part = trim(part)
+            if not ext then
+                ext = { name = part:lower(), params = {} }
+            else
+                local k, v = part:match("^([^=%s]+)%s*=%s*(.-)$")
+                if not k then k, v = part, true end
+                if type(v) == "string" then v = v:match('^"(.*)"$') or v end
+                k = k:lower()
+                if ext.params[k] ~= nil or k == "" then ext.bad = true end
+                ext.params[k] = v
+            end
+        end
+        if ext and ext.name ~= "" then list[#list + 1] = ext end
+    end
+    return list
+end
+
+-- A window_bits value 8..15 (RFC 7692 7.1.2: 1*DIGIT, no leading zero): the number, or nil.
+local function window_bits(v)
+    if type(v) ~= "string" or not v:find("^[1-9]%d?$") then return nil end
+    local n = tonumber(v)
+    return n >= 8 and n <= 15 and n or nil
+end
+
+local PMD_PARAMS = { server_no_context_takeover = true, client_no_context_takeover = true,
+    server_max_window_bits = true, client_max_window_bits = true }
+
+-- Whether an offer's (or an answer's) parameters are all known and well-formed; `answer`:
+-- client_max_window_bits needs a value there (7.1.2.2).
+local function pmd_valid(ext, answer)
+    if ext.name ~= "permessage-deflate" or ext.bad then return false end
+    for k, v in pairs(ext.params) do
+        if not PMD_PARAMS[k] then return false end
+        if k:find("no_context") and v ~= true then return false end
+        if k == "server_max_window_bits" and not window_bits(v) then return false end
+        if k == "client_max_window_bits" and not (window_bits(v) or (v == true and not answer)) then return false end
+    end
+    return true
+end
+
+-- The server's choice among the client's offers: the first permessage-deflate offer it
+-- can honour, as the pmd state wrap takes; nil when none. Any valid offer can be: our
+-- inflater's window is 15 bits, enough for any client_max_window_bits, and a
+-- server_max_window_bits of 8 is served with 9, as zlib's raw deflate does.
+local function pmd_accept(value)
+    for _, ext in ipairs(parse_extensions(value)) do
+        if pmd_valid(ext, false) then
+            local p = ext.params
+            local header = { "permessage-deflate" }
+            if p.server_no_context_takeover then header[#header + 1] = "server_no_context_takeover" end
+            if p.client_no_context_takeover then header[#header + 1] = "client_no_context_takeover" end
+            if p.server_max_window_bits then
+                header[#header + 1] = "server_max_window_bits=" .. p.server_max_window_bits
+            end
+            return { header = concat(header, "; "), bits = window_bits(p.server_max_window_bits) or 15,
+                deflate_reset = p.server_no_context_takeover == true,
+                inflate_reset = p.client_no_context_takeover == true }
+        end
+    end
+    return nil
+end
+
+-- What the client offers (what every browser offers).
+local PMD_OFFER = "permessage-deflate; client_max_window_bits"
+
+-- The client's reading of the server's Sec-WebSocket-Extensions: pmd state, or false for
+-- none, or nil, err when the server answered what we did not offer (RFC 6455 9.1).
+local function pmd_answer(value, offered)
+    if value == nil then return false end
+    local list = parse_extensions(value)
+    if #list == 0 then return false end
+    if not offered or #list > 1 or not pmd_valid(list[1], true) then
+        return nil, "http: the server chose an extension we did not offer: " .. value
+    end
+    local p = list[1].params
+    return { header = value, bits = window_bits(p.client_max_window_bits) or 15,
+        deflate_reset = p.client_no_context_takeover == true,
+        inflate_reset = p.server_no_context_takeover == true }
+end
+
 -- Keeps errors' tracebacks, but leaves "cancelled" as it is so the task still unwinds.
 local function traceback(e)
     if e == "cancelled" then return e end
@@ -437,7 +808,21 @@ local function check_protocols(list, fname, n)
     end
 end
 
-local SERVER_OPTS = { max_message = true, close_timeout = true, protocols = true }
+local SERVER_OPTS = { max_message = true, close_timeout = true, protocols = true, compress = true,
+    heartbeat = true, max_queue = true }
+
+-- heartbeat: seconds between pings, > 0; max_queue: bytes, >= 0.
+local function check_extras(opts, fname, n)
+    args.opt(opts, "compress", "boolean", nil, fname, n)
+    local hb = args.opt(opts, "heartbeat", "number", nil, fname, n)
+    if hb ~= nil and not (hb > 0 and hb < math.huge) then
+        args.fail(fname, n, "option 'heartbeat': positive number of seconds expected, got " .. tostring(hb), 2)
+    end
+    local mq = args.opt(opts, "max_queue", "number", nil, fname, n)
+    if mq ~= nil and not (mq >= 0) then
+        args.fail(fname, n, "option 'max_queue': non-negative number expected, got " .. tostring(mq), 2)
+    end
+end
 
 -- max_message: a number of bytes, >= 0.
 local function check_max(opts, fname, n)
@@ -450,6 +835,7 @@ end
 local function check_opts(opts, fname, n)
     opts = args.known(args.opts(opts, fname, n), SERVER_OPTS, fname, n)
     check_max(opts, fname, n)
+    check_extras(opts, fname, n)
     args.timeout(opts, "close_timeout", nil, fname, n)
     check_protocols(args.opt(opts, "protocols", "table", {}, fname, n), fname, n)
     return opts
@@ -469,17 +855,25 @@ function M.server_handler(fn, opts, open)
         if bad then return bad end
         local _ = req.query, req.remote, req.remote_port -- the request object empties with the upgrade
         local protocol = choose_protocol(opts.protocols, h["sec-websocket-protocol"])
+        local pmd = opts.compress and pmd_accept(h["sec-websocket-extensions"]) or nil
         local head = {
             upgrade = "websocket",
             ["sec-websocket-accept"] = core.ws_accept(key),
             ["sec-websocket-protocol"] = protocol,
+            ["sec-websocket-extensions"] = pmd and pmd.header or nil,
         }
         local st, err = core.req_upgrade(req._box, head)
         if not st then
             return { status = 503, headers = { ["content-type"] = "text/plain; charset=utf-8" }, body = err }
         end
         rawset(req, "_streamed", { status = 101, headers = head }) -- what middleware's next() gives
-        local ws = wrap(st, false, opts, protocol)
+        local ws = wrap(st, false, opts, protocol, pmd)
+        local reg = registries[open]
+        if not reg then
+            reg = {}
+            registries[open] = reg
+        end
+        ws.registry = reg
         open[ws] = true
         local ok, e = xpcall(fn, traceback, ws, req)
         open[ws] = nil
@@ -495,14 +889,6 @@ end
 M.check_opts = check_opts
 
 -- Client side ---------------------------------------------------------------------------
-
--- s without the blanks around it, in time linear in #s ("^(.-)%s*$" is quadratic in a run
--- of blanks inside s, which a server could send to stall the client).
-local function trim(s)
-    local first = s:find("%S")
-    if not first then return "" end
-    return s:sub(first, (s:find("%S%s*$", first)))
-end
 
 -- The handshake's single deadline (nil: none) as the stream's timeout for its next read or
 -- write; false once it has passed.
@@ -561,6 +947,7 @@ local function request_head(p, key, opts)
     if opts.protocols and #opts.protocols > 0 then
         lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ")
     end
+    if opts.compress then lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. PMD_OFFER end
     for k, v in pairs(opts.headers or {}) do
         k, v = tostring(k), tostring(v)
         if not k:find(TOKEN) or v:find("[\r\n%z]") then args.fail("websocket", 2, "invalid header " .. k, 3) end
@@ -586,21 +973,25 @@ local function check_answer(status, headers, key, opts)
     if proto and not choose_protocol(opts.protocols, proto) then
         return nil, "http: the server chose a subprotocol we did not offer: " .. proto
     end
-    return proto or false
+    local pmd, err = pmd_answer(headers["sec-websocket-extensions"], opts.compress)
+    if pmd == nil then return nil, err end
+    return proto or false, pmd or nil
 end
 
 local CLIENT_OPTS = { headers = true, timeout = true, tls = true, max_message = true, close_timeout = true,
-    protocols = true }
+    protocols = true, compress = true, heartbeat = true }
 
 -- loom.websocket(url [, opts]) -> ws | nil, err
 -- opts: headers, timeout (one deadline for connect, TLS and the upgrade; 10), tls {...},
---       max_message (16 MiB), close_timeout (5), protocols {...}
+--       max_message (16 MiB), close_timeout (5), protocols {...}, compress (false: offer
+--       permessage-deflate), heartbeat (seconds between pings; none)
 function M.connect(u, opts)
     args.check(u, "string", "websocket", 1)
     opts = args.known(args.opts(opts, "websocket", 2), CLIENT_OPTS, "websocket", 2)
     local timeout = args.timeout(opts, "timeout", 10, "websocket", 2)
     args.opt(opts, "headers", "table", nil, "websocket", 2)
     check_max(opts, "websocket", 2)
+    check_extras(opts, "websocket", 2)
     args.opt(opts, "tls", "table", nil, "websocket", 2)
     check_protocols(args.opt(opts, "protocols", "table", {}, "websocket", 2), "websocket", 2)
     args.timeout(opts, "close_timeout", nil, "websocket", 2)
@@ -620,11 +1011,11 @@ function M.connect(u, opts)
     if not ok then st:close(); return nil, err end
     local status, headers = read_head(st, deadline, where)
     if not status then st:close(); return nil, headers end
-    local proto
-    proto, err = check_answer(status, headers, key, opts)
-    if proto == nil then st:close(); return nil, err end
+    local proto, pmd
+    proto, pmd = check_answer(status, headers, key, opts)
+    if proto == nil then st:close(); return nil, pmd end
     st:settimeout(nil)
-    return wrap(st, true, opts, proto or nil)
+    return wrap(st, true, opts, proto or nil, pmd)
 end
 
 return M
