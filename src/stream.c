@@ -24,7 +24,7 @@
 #define READ_CHUNK (64 * 1024)
 #define MAX_LINE (64 * 1024)
 
-enum { RD_ANY, RD_N, RD_LINE, RD_ALL, RD_WSFRAME };
+enum { RD_ANY, RD_N, RD_LINE, RD_ALL, RD_WSFRAME, RD_FRAMED };
 
 /* ---------------------------------------------------------------- lifetime */
 
@@ -157,6 +157,8 @@ static int read_ready(const loom_stream_t *s) {
             return 0;
         return loom_ws_header_error(&f) || f.length > s->rwant || unread(s) >= f.header + f.length;
     }
+    case RD_FRAMED:
+        return s->frame(NULL, s->frame_ud, s->buf + s->pos, unread(s), NULL);
     default:
         return 0;
     }
@@ -324,10 +326,25 @@ static int push_frame(lua_State *L, loom_stream_t *s) {
     return 5;
 }
 
+/* A framed read's result: what s->frame pushes for the frame at buf + pos, or why the
+ * stream ended before a whole one. */
+static int push_framed(lua_State *L, loom_stream_t *s) {
+    size_t used = 0;
+    int n = s->frame(L, s->frame_ud, s->buf + s->pos, unread(s), &used);
+    if (n < 0)
+        return end_of_stream(L, s);
+    s->pos += used;
+    if (s->pos == s->len)
+        s->pos = s->len = 0;
+    return n;
+}
+
 /* Pushes what the finished read gives: data, or nil and why. */
 static int push_read(lua_State *L, loom_stream_t *s) {
     if (s->rmode == RD_WSFRAME && s->state == ST_OPEN)
         return push_frame(L, s);
+    if (s->rmode == RD_FRAMED && s->state == ST_OPEN)
+        return push_framed(L, s);
     size_t n = unread(s);
     if (s->state != ST_OPEN)
         return end_of_stream(L, s);
@@ -422,6 +439,15 @@ static int l_ws_read_frame(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
     lua_Integer max = luaL_checkinteger(L, 2);
     return do_read(L, s, RD_WSFRAME, (size_t)(max > 0 ? max : 0), "receive");
+}
+
+int loom_stream_read_framed(lua_State *L, loom_stream_t *s, loom_frame_fn fn, void *ud,
+                            const char *fname) {
+    if (s->reader)
+        return luaL_error(L, "%s: another task is already reading this stream", fname);
+    s->frame = fn;
+    s->frame_ud = ud;
+    return do_read(L, s, RD_FRAMED, 0, fname);
 }
 
 static int stream_read_line(lua_State *L) {

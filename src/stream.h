@@ -16,6 +16,13 @@ enum { ST_OPEN, ST_CLOSING, ST_CLOSED };
 struct loom_tls;
 
 typedef struct loom_stream loom_stream_t;
+
+/* A framed read's parser (loom_stream_read_framed). With L NULL: whether buf[0, len) starts
+ * with a whole frame, or with bytes that can never start one (1), or more are needed (0).
+ * With L: pushes that frame's values (or nil, err), sets *used to the bytes it takes and
+ * returns how many values it pushed; -1 when no whole frame is there (the stream ended). */
+typedef int (*loom_frame_fn)(lua_State *L, void *ud, const char *buf, size_t len, size_t *used);
+
 struct loom_stream {
     loom_res_t res;
     loom_t *host;
@@ -34,6 +41,8 @@ struct loom_stream {
     loom_task_t *reader, *writer, *connector;
     int rmode;
     size_t rwant;
+    loom_frame_fn frame; /* the parser of a framed read, and its state */
+    void *frame_ud;
     double timeout;       /* seconds for each read and write; < 0 for none */
     char peer[64];        /* "ip:port", for messages */
     struct loom_tls *tls; /* TLS below the buffer (src/stream_tls.c), or NULL */
@@ -56,6 +65,11 @@ loom_stream_t *loom_stream_detach(lua_State *L, int idx);
 /* Makes room for n more bytes at buf + len. */
 int loom_stream_reserve(loom_stream_t *s, size_t n);
 void loom_stream_read_start(loom_stream_t *s);
+/* A read that completes when fn says a whole frame is in the buffer; fn (called again with
+ * L) pushes the results. ud (fn's state) must live until the read ends. The stream's own
+ * failures (nil, "closed: ..." / "timeout: ...") as for st:read. */
+int loom_stream_read_framed(lua_State *L, loom_stream_t *s, loom_frame_fn fn, void *ud,
+                            const char *fname);
 void loom_stream_read_stop(loom_stream_t *s);
 /* Sends bufs, through TLS when the stream has it: 0 when the kernel took everything, 1 when
  * the rest is queued (pending_writes; on completion s->writer is woken), or a libuv error. */
