@@ -287,6 +287,28 @@ describe("loom.cookie_session", function()
         end)
     end)
 
+    it("works with curl's cookie engine as the client (-b/-c), encoded cookie values included", function()
+        local app = session_app{ secret = "s" }
+        app:get("/odd", function() return { text = "odd", cookies = { odd = "a b;\"c\"%" } } end)
+        app:get("/odd/read", function(req) return req.cookies.odd end)
+        run(function()
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local base = ("http://127.0.0.1:%d"):format(srv.port)
+            local jar, out = os.tmpname(), os.tmpname()
+            -- one curl, five requests sharing its cookie engine; curl runs beside the loop
+            local cmd = ("curl -sS --max-time 10 -b %s -c %s %s/inc %s/inc %s/inc %s/odd %s/odd/read >%s 2>&1")
+                :format(jar, jar, base, base, base, base, base, out)
+            local sh = assert(core.process_spawn("/bin/sh", { "-c", cmd }))
+            assert.same({ 0, nil }, { sh:wait() })
+            local f = assert(io.open(out, "rb"))
+            local body = f:read("a")
+            f:close()
+            os.remove(jar)
+            os.remove(out)
+            assert.equal('123odda b;"c"%', body)
+        end)
+    end)
+
     it("deletes the cookie when the session is emptied", function()
         local app = session_app{ secret = "s" }
         with_app(app, function(client)
@@ -466,6 +488,8 @@ describe("loom.csrf", function()
         { "POST", "cross-site", "https://trusted.example", H, "/", 200 },
         { "POST", "same-origin", "https://evil.example", H, "/", 200 }, -- Sec-Fetch-Site decides
         { "POST", nil, nil, H, "/", 200 },
+        { "POST", "", "https://evil.example", H, "/", 403 }, -- an empty Sec-Fetch-Site is none
+        { "POST", "", nil, H, "/", 200 },
         { "POST", nil, "http://app.example:8080", H, "/", 200 },
         { "POST", nil, "https://app.example:8080", H, "/", 200 }, -- host:port alone is compared
         { "POST", nil, "http://app.example", H, "/", 403 },

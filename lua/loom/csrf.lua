@@ -84,7 +84,7 @@ local function new(opts)
         if SAFE[req.method] then return nil end
         local h = req.headers
         local site = h["sec-fetch-site"]
-        if site ~= nil then
+        if site ~= nil and site ~= "" then -- Go's Header.Get: empty is absent
             if site == "same-origin" or site == "none" then return nil end
             if exempt(req, h.origin) then return nil end
             return CROSS
