@@ -17,6 +17,8 @@
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
 int loom_open_signal(lua_State *L);
+int loom_open_udp(lua_State *L);
+int loom_open_shared(lua_State *L);
 int loom_open_process(lua_State *L);
 int loom_open_pg(lua_State *L);
 int loom_open_resp(lua_State *L);
@@ -44,6 +46,8 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_http_client(L);
     loom_open_fs(L);
     loom_open_signal(L);
+    loom_open_udp(L);
+    loom_open_shared(L);
     loom_open_process(L);
     loom_open_websocket(L);
     loom_open_pg(L);

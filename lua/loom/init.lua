@@ -9,6 +9,7 @@ local json = require "loom.json"
 local app = require "loom.app"
 local url = require "loom.url"
 local client = require "loom.client"
+local runtime = require "loom.runtime"
 
 local loom = {
     version = core.version,
@@ -30,12 +31,21 @@ local loom = {
     fetch = client.fetch,
     session = client.session,
     pg = function(...) return require("loom.pg").new(...) end,
+    redis = function(...) return require("loom.redis").new(...) end,
+    socket = setmetatable({}, { __index = function(_, k) return require("loom.socket")[k] end }),
+    ngx = setmetatable({}, { __index = function(_, k) return require("loom.ngx")[k] end }),
     null = core.null, -- the one null value: the same as loom.json.null (cjson.null)
     crypto = core.crypto,
     cookie_session = function(...) return require("loom.cookie_session")(...) end,
     csrf = function(...) return require("loom.csrf")(...) end,
     cors = function(...) return require("loom.cors")(...) end,
     secure_headers = function(...) return require("loom.secure_headers")(...) end,
+    every = runtime.every,
+    fs = runtime.fs,
+    signal = runtime.signal,
+    udp = runtime.udp,
+    shared = runtime.shared,
+    limit = function(...) return require("loom.limit")(...) end,
 }
 
 -- loom.run(fn, ...) -> fn's results. Runs fn as the main task and drives the loop until

@@ -1,0 +1,859 @@
+/*
+ * shared.c - loom.shared(name, size): a dictionary in a shared memory mapping, with TTLs,
+ * an atomic incr, add-if-absent, LRU eviction when full, and the token check loom.limit
+ * stands on. Knows nothing of HTTP nor of workers beyond the environment handshake below.
+ *
+ * Sharing. `app:run{workers = N}` starts each worker with uv_spawn (fork + exec of the same
+ * script), so an anonymous mapping would not survive: the first process makes a memfd
+ * (without close-on-exec), maps it MAP_SHARED and records "pid:fd:size" in the environment
+ * variable LOOM_SHARED_<name>. A process whose parent (or itself) made it maps the same fd
+ * instead of making one: the workers see the supervisor's dictionary.
+ *
+ * Layout: a header, a bucket array, then fixed 64-byte cells, all addressed by index
+ * (1-based, 0 = none), never by pointer. An entry is a head cell (key, type, TTL, LRU and
+ * bucket links, a number inline) followed by continuation cells for the key and string
+ * bytes that do not fit. One robust, process-shared mutex guards everything; no Lua call
+ * (which may raise) is made while holding it.
+ *
+ * Crashes. A worker may die holding the lock (pthread_mutex_lock then says EOWNERDEAD).
+ * The only facts trusted after that are a head's state LIVE, its chain and its sequence
+ * number: everything else (buckets, LRU list, free list, counts) is rebuilt from them by
+ * one scan (recover). So every update writes a new entry's cells fully before marking it
+ * LIVE, marks a replacement LIVE before the old one dies (a duplicate is resolved by the
+ * higher sequence number), and changes a number in place with one aligned 8-byte store.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <lauxlib.h>
+#include "shared.h"
+#include "fail.h"
+
+#define SHARED_MT "loom.shared"
+#define SH_MAGIC 0x4c4f4f4d53484431ull /* "LOOMSHD1" */
+#define CELL 64
+#define HEAD_DATA 8
+#define CONT_DATA 52
+#define MIN_SIZE 16384
+
+enum { C_FREE = 0, C_LIVE = 1, C_CONT = 2, C_BUILD = 3 };
+enum { T_STR = 1, T_INT, T_FLOAT, T_BOOL };
+
+typedef struct {
+    uint8_t state, type;
+    uint16_t klen;
+    uint32_t vlen;
+    uint32_t next; /* the chain of this entry's cells; the free list for free cells */
+    uint32_t hnext, lprev, lnext, hash, pad;
+    uint64_t seq;
+    double expires; /* CLOCK_MONOTONIC seconds; 0: never */
+    union {
+        int64_t i;
+        double d;
+    } num;
+    char data[HEAD_DATA];
+} head_t;
+
+typedef struct {
+    uint8_t state, pad[7];
+    uint32_t next;
+    char data[CONT_DATA];
+} cont_t;
+
+typedef struct {
+    uint64_t magic;
+    pthread_mutex_t lock;
+    uint64_t size, seq, evictions;
+    uint32_t ncells, nbuckets; /* nbuckets: a power of two */
+    uint32_t free_head, nfree;
+    uint32_t lru_head, lru_tail; /* head: most recently used */
+    uint32_t count;
+} shm_t;
+
+typedef struct {
+    shm_t *m;
+    size_t size;
+    int crash; /* test hook: 1 die holding the lock, 2 die in the middle of a set */
+    char name[64];
+} dict_t;
+
+_Static_assert(sizeof(head_t) == CELL, "head cell size");
+_Static_assert(sizeof(cont_t) == CELL, "continuation cell size");
+
+static uint32_t *buckets(shm_t *m) {
+    return (uint32_t *)((char *)m + ((sizeof(shm_t) + 63) & ~(size_t)63));
+}
+
+static head_t *cell(shm_t *m, uint32_t i) {
+    char *base = (char *)buckets(m) + (size_t)m->nbuckets * 4;
+    base = (char *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
+    return (head_t *)(base + (size_t)(i - 1) * CELL);
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint32_t hash_key(const char *k, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h;
+}
+
+static uint32_t cells_for(size_t bytes) {
+    return bytes <= HEAD_DATA ? 1 : 1 + (uint32_t)((bytes - HEAD_DATA + CONT_DATA - 1) / CONT_DATA);
+}
+
+static size_t entry_bytes(const head_t *e) {
+    return e->klen + (e->type == T_STR ? e->vlen : 0);
+}
+
+/* Copies `n` bytes at byte offset `off` of an entry's key+value area into out. */
+static void entry_read(shm_t *m, const head_t *e, size_t off, char *out, size_t n) {
+    const char *src = e->data;
+    size_t avail = HEAD_DATA;
+    uint32_t next = e->next;
+    while (n > 0) {
+        if (off >= avail) {
+            off -= avail;
+        } else {
+            size_t k = avail - off < n ? avail - off : n;
+            memcpy(out, src + off, k);
+            out += k;
+            n -= k;
+            off = 0;
+        }
+        if (n == 0 || !next)
+            break;
+        cont_t *c = (cont_t *)cell(m, next);
+        src = c->data;
+        avail = CONT_DATA;
+        next = c->next;
+    }
+}
+
+static int key_equal(shm_t *m, const head_t *e, const char *k, size_t klen) {
+    if (e->klen != klen)
+        return 0;
+    char stackbuf[256];
+    char *buf = klen <= sizeof stackbuf ? stackbuf : malloc(klen);
+    if (!buf)
+        return 0;
+    entry_read(m, e, 0, buf, klen);
+    int eq = memcmp(buf, k, klen) == 0;
+    if (buf != stackbuf)
+        free(buf);
+    return eq;
+}
+
+/* ---------------------------------------------------------------- lists (lock held) */
+
+static void lru_unlink(shm_t *m, uint32_t i) {
+    head_t *e = cell(m, i);
+    if (e->lprev)
+        cell(m, e->lprev)->lnext = e->lnext;
+    else if (m->lru_head == i)
+        m->lru_head = e->lnext;
+    if (e->lnext)
+        cell(m, e->lnext)->lprev = e->lprev;
+    else if (m->lru_tail == i)
+        m->lru_tail = e->lprev;
+    e->lprev = e->lnext = 0;
+}
+
+static void lru_push_front(shm_t *m, uint32_t i) {
+    head_t *e = cell(m, i);
+    e->lprev = 0;
+    e->lnext = m->lru_head;
+    if (m->lru_head)
+        cell(m, m->lru_head)->lprev = i;
+    m->lru_head = i;
+    if (!m->lru_tail)
+        m->lru_tail = i;
+}
+
+static void bucket_unlink(shm_t *m, uint32_t i) {
+    head_t *e = cell(m, i);
+    uint32_t *p = &buckets(m)[e->hash & (m->nbuckets - 1)];
+    while (*p && *p != i)
+        p = &cell(m, *p)->hnext;
+    if (*p)
+        *p = e->hnext;
+    e->hnext = 0;
+}
+
+static void bucket_insert(shm_t *m, uint32_t i) {
+    head_t *e = cell(m, i);
+    uint32_t *b = &buckets(m)[e->hash & (m->nbuckets - 1)];
+    e->hnext = *b;
+    *b = i;
+}
+
+static void free_chain(shm_t *m, uint32_t i) {
+    while (i) {
+        head_t *c = cell(m, i);
+        uint32_t next = c->next;
+        c->state = C_FREE;
+        c->next = m->free_head;
+        m->free_head = i;
+        m->nfree++;
+        i = next;
+    }
+}
+
+/* Removes a live entry: dead first (a crash from here on loses only this entry). */
+static void entry_remove(shm_t *m, uint32_t i) {
+    head_t *e = cell(m, i);
+    e->state = C_FREE;
+    bucket_unlink(m, i);
+    lru_unlink(m, i);
+    m->count--;
+    free_chain(m, i);
+}
+
+static uint32_t find(shm_t *m, const char *k, size_t klen, uint32_t h) {
+    for (uint32_t i = buckets(m)[h & (m->nbuckets - 1)]; i; i = cell(m, i)->hnext) {
+        head_t *e = cell(m, i);
+        if (e->state == C_LIVE && e->hash == h && key_equal(m, e, k, klen))
+            return i;
+    }
+    return 0;
+}
+
+/* A live, unexpired entry for k (an expired one is removed on the way), touched as used. */
+static uint32_t lookup(shm_t *m, const char *k, size_t klen, uint32_t h, double now) {
+    uint32_t i = find(m, k, klen, h);
+    if (!i)
+        return 0;
+    head_t *e = cell(m, i);
+    if (e->expires > 0 && e->expires <= now) {
+        entry_remove(m, i);
+        return 0;
+    }
+    if (m->lru_head != i) {
+        lru_unlink(m, i);
+        lru_push_front(m, i);
+    }
+    return i;
+}
+
+/* Takes n cells off the free list as a chain (head in state BUILD), evicting the least
+ * recently used entries (all but `keep`) until there are enough. 0 when it cannot. */
+static uint32_t alloc_chain(shm_t *m, uint32_t n, uint32_t keep) {
+    if (n > m->ncells)
+        return 0;
+    while (m->nfree < n) {
+        uint32_t victim = m->lru_tail;
+        if (victim == keep && victim)
+            victim = cell(m, victim)->lprev;
+        if (!victim)
+            return 0;
+        entry_remove(m, victim);
+        m->evictions++;
+    }
+    uint32_t first = 0, prev = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = m->free_head;
+        head_t *c = cell(m, i);
+        m->free_head = c->next;
+        m->nfree--;
+        c->next = 0;
+        c->state = k == 0 ? C_BUILD : C_CONT;
+        if (prev)
+            cell(m, prev)->next = i;
+        else
+            first = i;
+        prev = i;
+    }
+    return first;
+}
+
+/* Copies n bytes into an entry's key+value area at byte offset off. */
+static void entry_write(shm_t *m, head_t *e, size_t off, const char *src, size_t n) {
+    char *dst = e->data;
+    size_t avail = HEAD_DATA;
+    uint32_t next = e->next;
+    while (n > 0) {
+        if (off >= avail) {
+            off -= avail;
+        } else {
+            size_t k = avail - off < n ? avail - off : n;
+            memcpy(dst + off, src, k);
+            src += k;
+            n -= k;
+            off = 0;
+        }
+        if (n == 0 || !next)
+            break;
+        cont_t *c = (cont_t *)cell(m, next);
+        dst = c->data;
+        avail = CONT_DATA;
+        next = c->next;
+    }
+}
+
+/* ---------------------------------------------------------------- recovery */
+
+/* Sets the mark of the first `count` cells of the chain at i. */
+static void mark_chain(shm_t *m, uint8_t *mark, uint32_t i, uint32_t count, uint8_t v) {
+    for (uint32_t k = 0; k < count && i; k++, i = cell(m, i)->next)
+        mark[i] = v;
+}
+
+/* Marks (2) the cells of a live head's chain while they are sound (in range, continuation
+ * cells, claimed by no other entry nor twice); returns how many it marked, and sets *ok
+ * when the chain is exactly `want` cells long. */
+static uint32_t claim_chain(shm_t *m, uint8_t *mark, uint32_t i, uint32_t want, int *ok) {
+    uint32_t got = 1;
+    mark[i] = 2;
+    *ok = 0;
+    for (uint32_t j = cell(m, i)->next; j; j = cell(m, j)->next) {
+        if (j > m->ncells || mark[j] || cell(m, j)->state != C_CONT || got >= want)
+            return got;
+        mark[j] = 2;
+        got++;
+    }
+    *ok = got == want;
+    return got;
+}
+
+/* Rebuilds buckets, LRU list, free list and counts from the LIVE heads with sound chains;
+ * of two live entries for one key the newer (higher sequence number) stays. */
+static void recover(shm_t *m) {
+    uint32_t n = m->ncells;
+    uint8_t *mark = calloc(n + 1, 1);
+    memset(buckets(m), 0, (size_t)m->nbuckets * 4);
+    m->lru_head = m->lru_tail = m->free_head = m->nfree = m->count = 0;
+    uint64_t maxseq = m->seq;
+    char *kb = malloc(65536);
+    for (uint32_t i = 1; mark && kb && i <= n; i++) {
+        head_t *e = cell(m, i);
+        if (e->state != C_LIVE)
+            continue; /* cells nobody claims are freed below */
+        uint32_t want = cells_for(entry_bytes(e));
+        int ok;
+        uint32_t got = claim_chain(m, mark, i, want, &ok);
+        if (!ok) {
+            mark_chain(m, mark, i, got, 0);
+            e->state = C_FREE;
+            continue;
+        }
+        size_t klen = e->klen;
+        entry_read(m, e, 0, kb, klen);
+        uint32_t old = find(m, kb, klen, e->hash);
+        if (old) {
+            head_t *o = cell(m, old);
+            if (o->seq > e->seq) {
+                mark_chain(m, mark, i, want, 0);
+                e->state = C_FREE;
+                continue;
+            }
+            o->state = C_FREE;
+            bucket_unlink(m, old);
+            lru_unlink(m, old);
+            m->count--;
+            mark_chain(m, mark, old, cells_for(entry_bytes(o)), 0);
+        }
+        mark_chain(m, mark, i, want, 1);
+        if (e->seq > maxseq)
+            maxseq = e->seq;
+        e->hnext = e->lprev = e->lnext = 0;
+        bucket_insert(m, i);
+        lru_push_front(m, i);
+        m->count++;
+    }
+    if (!mark || !kb) { /* without memory to check chains: keep nothing */
+        memset(buckets(m), 0, (size_t)m->nbuckets * 4);
+        m->lru_head = m->lru_tail = m->count = 0;
+    }
+    for (uint32_t i = n; i >= 1; i--) {
+        if (mark && kb && mark[i])
+            continue;
+        head_t *c = cell(m, i);
+        c->state = C_FREE;
+        c->next = m->free_head;
+        m->free_head = i;
+        m->nfree++;
+    }
+    m->seq = maxseq;
+    free(mark);
+    free(kb);
+}
+
+/* Locks; after a holder died, rebuilds and marks the mutex consistent. 0 or an errno. */
+static int dict_lock(dict_t *d) {
+    int rc = pthread_mutex_lock(&d->m->lock);
+    if (rc == EOWNERDEAD) {
+        recover(d->m);
+        rc = pthread_mutex_consistent(&d->m->lock);
+    }
+    if (rc == 0 && d->crash == 1)
+        raise(SIGKILL);
+    return rc;
+}
+
+static void dict_unlock(dict_t *d) {
+    pthread_mutex_unlock(&d->m->lock);
+}
+
+/* ---------------------------------------------------------------- values */
+
+typedef struct {
+    int type;
+    int64_t i;
+    double d;
+    const char *s;
+    size_t len;
+} value_t;
+
+static void check_value(lua_State *L, int idx, value_t *v) {
+    memset(v, 0, sizeof *v);
+    switch (lua_type(L, idx)) {
+    case LUA_TSTRING:
+        v->type = T_STR;
+        v->s = lua_tolstring(L, idx, &v->len);
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            v->type = T_INT, v->i = lua_tointeger(L, idx);
+        else
+            v->type = T_FLOAT, v->d = lua_tonumber(L, idx);
+        break;
+    case LUA_TBOOLEAN:
+        v->type = T_BOOL, v->i = lua_toboolean(L, idx);
+        break;
+    default:
+        luaL_typeerror(L, idx, "string, number or boolean");
+    }
+}
+
+/* Writes a new entry for k (replacing a live one). 0, or -1 when it cannot fit. */
+static int store(dict_t *d, const char *k, size_t klen, uint32_t h, const value_t *v,
+                 double expires) {
+    shm_t *m = d->m;
+    size_t bytes = klen + (v->type == T_STR ? v->len : 0);
+    uint32_t old = find(m, k, klen, h);
+    uint32_t i = alloc_chain(m, cells_for(bytes), old);
+    if (!i)
+        return -1;
+    head_t *e = cell(m, i);
+    e->type = (uint8_t)v->type;
+    e->klen = (uint16_t)klen;
+    e->vlen = (uint32_t)(v->type == T_STR ? v->len : 0);
+    e->hash = h;
+    e->expires = expires;
+    if (v->type == T_FLOAT)
+        e->num.d = v->d;
+    else
+        e->num.i = v->i;
+    entry_write(m, e, 0, k, klen);
+    if (v->type == T_STR)
+        entry_write(m, e, klen, v->s, v->len);
+    old = find(m, k, klen, h); /* eviction may have taken it */
+    e->seq = ++m->seq;
+    bucket_insert(m, i);
+    lru_push_front(m, i);
+    m->count++;
+    e->state = C_LIVE;
+    if (d->crash == 2 && old)
+        raise(SIGKILL); /* test hook: both entries live, the lists half done */
+    if (old)
+        entry_remove(m, old);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- Lua */
+
+static dict_t *check_dict(lua_State *L) {
+    return luaL_checkudata(L, 1, SHARED_MT);
+}
+
+static const char *check_key(lua_State *L, size_t *len) {
+    const char *k = luaL_checklstring(L, 2, len);
+    luaL_argcheck(L, *len > 0 && *len <= 65535, 2, "key of 1 to 65535 bytes expected");
+    return k;
+}
+
+static double check_ttl(lua_State *L, int idx) {
+    double ttl = luaL_optnumber(L, idx, 0);
+    luaL_argcheck(L, ttl >= 0, idx, "ttl must be >= 0");
+    return ttl > 0 ? mono_now() + ttl : 0;
+}
+
+static void lock_or_raise(lua_State *L, dict_t *d) {
+    int rc = dict_lock(d);
+    if (rc != 0)
+        luaL_error(L, "shared dict '%s': lock failed (%s)", d->name, strerror(rc));
+}
+
+static int fail_full(lua_State *L, dict_t *d, size_t bytes) {
+    return loom_fail(L, "limit", "shared dict '%s' has no room for %d bytes", d->name, (int)bytes);
+}
+
+/* d:get(k) -> value | nil */
+static int l_get(lua_State *L) {
+    dict_t *d = check_dict(L);
+    size_t klen;
+    const char *k = check_key(L, &klen);
+    uint32_t h = hash_key(k, klen);
+    lock_or_raise(L, d);
+    uint32_t i = lookup(d->m, k, klen, h, mono_now());
+    if (!i) {
+        dict_unlock(d);
+        lua_pushnil(L);
+        return 1;
+    }
+    head_t *e = cell(d->m, i);
+    value_t v = {.type = e->type, .i = e->num.i, .d = e->num.d, .len = e->vlen};
+    char *copy = NULL;
+    if (v.type == T_STR && v.len > 0) {
+        copy = malloc(v.len);
+        if (copy)
+            entry_read(d->m, e, e->klen, copy, v.len);
+    }
+    dict_unlock(d);
+    switch (v.type) {
+    case T_STR:
+        if (v.len > 0 && !copy)
+            return luaL_error(L, "out of memory");
+        lua_pushlstring(L, copy ? copy : "", v.len);
+        free(copy);
+        break;
+    case T_INT:
+        lua_pushinteger(L, v.i);
+        break;
+    case T_FLOAT:
+        lua_pushnumber(L, v.d);
+        break;
+    default:
+        lua_pushboolean(L, (int)v.i);
+    }
+    return 1;
+}
+
+static int set_or_add(lua_State *L, int add) {
+    dict_t *d = check_dict(L);
+    size_t klen;
+    const char *k = check_key(L, &klen);
+    uint32_t h = hash_key(k, klen);
+    if (lua_isnoneornil(L, 3) && !add) {
+        lock_or_raise(L, d);
+        uint32_t i = find(d->m, k, klen, h);
+        if (i)
+            entry_remove(d->m, i);
+        dict_unlock(d);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    value_t v;
+    check_value(L, 3, &v);
+    double expires = check_ttl(L, 4);
+    lock_or_raise(L, d);
+    if (add && lookup(d->m, k, klen, h, mono_now())) {
+        dict_unlock(d);
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "exists");
+        return 2;
+    }
+    int rc = store(d, k, klen, h, &v, expires);
+    dict_unlock(d);
+    if (rc < 0)
+        return fail_full(L, d, klen + v.len);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* d:set(k, v [, ttl]) -> true | nil, "limit: ..." (v nil deletes) */
+static int l_set(lua_State *L) {
+    return set_or_add(L, 0);
+}
+
+/* d:add(k, v [, ttl]) -> true | false, "exists" | nil, "limit: ..." */
+static int l_add(lua_State *L) {
+    return set_or_add(L, 1);
+}
+
+/* d:incr(k, n [, init [, init_ttl]]) -> new value | nil, "not found" | nil, "not a number" */
+static int l_incr(lua_State *L) {
+    dict_t *d = check_dict(L);
+    size_t klen;
+    const char *k = check_key(L, &klen);
+    luaL_checknumber(L, 3);
+    int n_int = lua_isinteger(L, 3);
+    lua_Integer ni = n_int ? lua_tointeger(L, 3) : 0;
+    double nd = lua_tonumber(L, 3);
+    int has_init = !lua_isnoneornil(L, 4);
+    if (has_init)
+        luaL_checknumber(L, 4);
+    double expires = check_ttl(L, 5);
+    uint32_t h = hash_key(k, klen);
+    value_t v = {0};
+    lock_or_raise(L, d);
+    uint32_t i = lookup(d->m, k, klen, h, mono_now());
+    if (i) {
+        head_t *e = cell(d->m, i);
+        if (e->type == T_INT && n_int) {
+            e->num.i = (int64_t)((uint64_t)e->num.i + (uint64_t)ni);
+            v.type = T_INT, v.i = e->num.i;
+        } else if (e->type == T_INT || e->type == T_FLOAT) {
+            double cur = e->type == T_INT ? (double)e->num.i : e->num.d;
+            e->num.d = cur + nd;
+            e->type = T_FLOAT;
+            v.type = T_FLOAT, v.d = e->num.d;
+        } else {
+            dict_unlock(d);
+            lua_pushnil(L);
+            lua_pushliteral(L, "not a number");
+            return 2;
+        }
+        dict_unlock(d);
+    } else if (!has_init) {
+        dict_unlock(d);
+        lua_pushnil(L);
+        lua_pushliteral(L, "not found");
+        return 2;
+    } else {
+        if (lua_isinteger(L, 4) && n_int)
+            v.type = T_INT, v.i = (int64_t)((uint64_t)lua_tointeger(L, 4) + (uint64_t)ni);
+        else
+            v.type = T_FLOAT, v.d = lua_tonumber(L, 4) + nd;
+        int rc = store(d, k, klen, h, &v, expires);
+        dict_unlock(d);
+        if (rc < 0)
+            return fail_full(L, d, klen);
+    }
+    if (v.type == T_INT)
+        lua_pushinteger(L, v.i);
+    else
+        lua_pushnumber(L, v.d);
+    return 1;
+}
+
+/* d:delete(k) -> true */
+static int l_delete(lua_State *L) {
+    lua_settop(L, 2);
+    return set_or_add(L, 0);
+}
+
+/* d:ttl(k) -> seconds left (0: never expires) | nil, "not found" */
+static int l_ttl(lua_State *L) {
+    dict_t *d = check_dict(L);
+    size_t klen;
+    const char *k = check_key(L, &klen);
+    uint32_t h = hash_key(k, klen);
+    double now = mono_now();
+    lock_or_raise(L, d);
+    uint32_t i = lookup(d->m, k, klen, h, now);
+    double exp = i ? cell(d->m, i)->expires : 0;
+    dict_unlock(d);
+    if (!i) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "not found");
+        return 2;
+    }
+    lua_pushnumber(L, exp > 0 ? exp - now : 0);
+    return 1;
+}
+
+/* d:stats() -> {count, cells, free, evictions} */
+static int l_stats(lua_State *L) {
+    dict_t *d = check_dict(L);
+    lock_or_raise(L, d);
+    lua_Integer c = d->m->count, n = d->m->ncells, f = d->m->nfree,
+                ev = (lua_Integer)d->m->evictions;
+    dict_unlock(d);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, c);
+    lua_setfield(L, -2, "count");
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "cells");
+    lua_pushinteger(L, f);
+    lua_setfield(L, -2, "free");
+    lua_pushinteger(L, ev);
+    lua_setfield(L, -2, "evictions");
+    return 1;
+}
+
+/* d:_gcra(k, interval, tolerance) -> true, remaining | false, retry_after (seconds): the
+ * generic cell rate algorithm, atomically. The key holds the theoretical arrival time. */
+static int l_gcra(lua_State *L) {
+    dict_t *d = check_dict(L);
+    size_t klen;
+    const char *k = check_key(L, &klen);
+    double T = luaL_checknumber(L, 3), tau = luaL_checknumber(L, 4);
+    uint32_t h = hash_key(k, klen);
+    double now = mono_now();
+    lock_or_raise(L, d);
+    uint32_t i = lookup(d->m, k, klen, h, now);
+    double tat = i && cell(d->m, i)->type == T_FLOAT ? cell(d->m, i)->num.d : now;
+    if (tat < now)
+        tat = now;
+    double next = tat + T;
+    if (next - now > tau + 1e-9) {
+        dict_unlock(d);
+        lua_pushboolean(L, 0);
+        lua_pushnumber(L, next - tau - now);
+        return 2;
+    }
+    if (i && cell(d->m, i)->type == T_FLOAT) {
+        head_t *e = cell(d->m, i);
+        e->expires = next;
+        e->num.d = next;
+    } else {
+        value_t v = {.type = T_FLOAT, .d = next};
+        if (store(d, k, klen, h, &v, next) < 0) {
+            dict_unlock(d);
+            return fail_full(L, d, klen);
+        }
+    }
+    dict_unlock(d);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)floor((tau - (next - now)) / T + 1e-9));
+    return 2;
+}
+
+/* d:_crash(point): test hook. "locked": the next lock kills the process holding it;
+ * "set": the next set that replaces a key dies with both entries live. */
+static int l_crash(lua_State *L) {
+    dict_t *d = check_dict(L);
+    static const char *const points[] = {"none", "locked", "set", NULL};
+    d->crash = luaL_checkoption(L, 2, NULL, points);
+    return 0;
+}
+
+static int l_gc(lua_State *L) {
+    dict_t *d = check_dict(L);
+    if (d->m) {
+        munmap(d->m, d->size);
+        d->m = NULL;
+    }
+    return 0;
+}
+
+static void init_mapping(shm_t *m, size_t size) {
+    memset(m, 0, sizeof *m);
+    m->size = size;
+    size_t room = size - ((sizeof(shm_t) + 63) & ~(size_t)63) - 64;
+    uint32_t ncells = (uint32_t)(room / (CELL + 2)); /* ~2 bytes of buckets per cell */
+    uint32_t nb = 1;
+    while (nb * 2 <= ncells / 2)
+        nb *= 2;
+    m->nbuckets = nb;
+    m->ncells = (uint32_t)((room - (size_t)nb * 4) / CELL);
+    for (uint32_t i = m->ncells; i >= 1; i--) {
+        head_t *c = cell(m, i);
+        c->state = C_FREE;
+        c->next = m->free_head;
+        m->free_head = i;
+    }
+    m->nfree = m->ncells;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&m->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    m->magic = SH_MAGIC;
+}
+
+/* The mapping a parent (or this process) recorded for `name`, or NULL. */
+static shm_t *attach(const char *var, size_t *size) {
+    const char *s = getenv(var);
+    long pid, fd;
+    unsigned long long sz;
+    if (!s || sscanf(s, "%ld:%ld:%llu", &pid, &fd, &sz) != 3)
+        return NULL;
+    if (pid != (long)getppid() && pid != (long)getpid())
+        return NULL;
+    struct stat st;
+    if (fstat((int)fd, &st) != 0 || (unsigned long long)st.st_size != sz)
+        return NULL;
+    void *p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (((shm_t *)p)->magic != SH_MAGIC) {
+        munmap(p, sz);
+        return NULL;
+    }
+    *size = (size_t)sz;
+    return p;
+}
+
+/* core.shared_open(name, size) -> dict | nil, err */
+static int l_shared_open(lua_State *L) {
+    size_t nlen;
+    const char *name = luaL_checklstring(L, 1, &nlen);
+    lua_Integer size = luaL_checkinteger(L, 2);
+    luaL_argcheck(L,
+                  nlen > 0 && nlen < 48 &&
+                      strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"
+                                   "KLMNOPQRSTUVWXYZ0123456789_") == nlen,
+                  1, "name of letters, digits and _ (1 to 47) expected");
+    luaL_argcheck(L, size >= MIN_SIZE && size <= ((lua_Integer)1 << 36), 2,
+                  "size from 16384 bytes expected");
+    char var[80];
+    snprintf(var, sizeof var, "LOOM_SHARED_%s", name);
+    dict_t *d = lua_newuserdatauv(L, sizeof *d, 0);
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    luaL_setmetatable(L, SHARED_MT);
+    d->m = attach(var, &d->size);
+    if (d->m)
+        return 1;
+    char mname[64];
+    snprintf(mname, sizeof mname, "loom.shared.%s", name);
+    int fd = memfd_create(mname, 0); /* no MFD_CLOEXEC: exec'd workers inherit it */
+    if (fd < 0)
+        return loom_fail(L, "closed", "memfd_create: %s", strerror(errno));
+    if (ftruncate(fd, (off_t)size) != 0) {
+        close(fd);
+        return loom_fail(L, "closed", "ftruncate: %s", strerror(errno));
+    }
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        close(fd);
+        return loom_fail(L, "closed", "mmap: %s", strerror(errno));
+    }
+    d->m = p;
+    d->size = (size_t)size;
+    init_mapping(d->m, d->size);
+    char val[64];
+    snprintf(val, sizeof val, "%ld:%d:%llu", (long)getpid(), fd, (unsigned long long)size);
+    setenv(var, val, 1);
+    return 1;
+}
+
+static const luaL_Reg dict_methods[] = {
+    {"get", l_get},       {"set", l_set}, {"add", l_add},     {"incr", l_incr},
+    {"delete", l_delete}, {"ttl", l_ttl}, {"stats", l_stats}, {"_gcra", l_gcra},
+    {"_crash", l_crash},  {NULL, NULL},
+};
+
+static const luaL_Reg shared_funcs[] = {
+    {"shared_open", l_shared_open},
+    {NULL, NULL},
+};
+
+int loom_open_shared(lua_State *L) {
+    luaL_newmetatable(L, SHARED_MT);
+    luaL_newlib(L, dict_methods);
+    lua_setfield(L, -2, "__index"); /* mt.__index = methods */
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_setfuncs(L, shared_funcs, 0);
+    return 0;
+}
