@@ -22,6 +22,7 @@ int loom_open_shared(lua_State *L);
 int loom_open_process(lua_State *L);
 int loom_open_pg(lua_State *L);
 int loom_open_resp(lua_State *L);
+int loom_open_multipart(lua_State *L);
 
 const char *loom_libs_version(void) {
     static char buf[128];
@@ -52,6 +53,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_websocket(L);
     loom_open_pg(L);
     loom_open_resp(L);
+    loom_open_multipart(L);
     loom_open_crypto(L);
     return 1;
 }
