@@ -49,9 +49,34 @@ struct fsreq {
     char buf[]; /* a read's buffer, or the data of a write, or the path for messages */
 };
 
+/* One finished read request kept per thread, with its buffer, for the next read: fresh
+ * memory costs a page fault per 4 KiB on its first touch (a 100 MB read loop into new 1 MiB
+ * buffers measured several times slower than into one reused buffer, as `cat` does). */
+#define CACHE_MIN (64 * 1024)
+#define CACHE_MAX (8 * 1024 * 1024)
+static _Thread_local fsreq_t *cached;
+
 static void fsreq_free(fsreq_t *r) {
     uv_fs_req_cleanup(&r->req);
-    free(r);
+    if (!cached && r->cap >= CACHE_MIN && r->cap <= CACHE_MAX)
+        cached = r;
+    else
+        free(r);
+}
+
+static fsreq_t *fsreq_alloc(size_t cap) {
+    fsreq_t *r = cached;
+    if (r && r->cap >= cap && cap >= CACHE_MIN) {
+        cached = NULL;
+        cap = r->cap;
+    } else {
+        r = malloc(sizeof *r + cap); /* the buffer is not cleared: a read fills it */
+        if (!r)
+            return NULL;
+    }
+    memset(r, 0, sizeof *r);
+    r->cap = cap;
+    return r;
 }
 
 static void on_fs(uv_fs_t *req) {
@@ -93,13 +118,12 @@ static void fs_abort(void *ud) {
 
 static fsreq_t *fsreq_new(lua_State *L, size_t cap, push_fn push) {
     loom_task_t *t = loom_task_self(L, "fs");
-    fsreq_t *r = calloc(1, sizeof *r + cap);
+    fsreq_t *r = fsreq_alloc(cap);
     if (!r)
         luaL_error(L, "out of memory");
     r->host = loom_host(L);
     r->task = t;
     r->push = push;
-    r->cap = cap;
     r->req.data = r;
     return r;
 }

@@ -93,7 +93,8 @@ function fs.read(path)
     data, err = read_all(fd, st.size)
     c.fd = nil
     core.fs_close(fd)
-    return data, err
+    if not data then return nil, err end
+    return data
 end
 
 local function write_all(fd, data)

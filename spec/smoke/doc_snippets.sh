@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-docs=(${DOCS:-conventions tasks streams embedding websocket client server testing security web})
+docs=(${DOCS:-conventions tasks streams embedding websocket client server testing security web runtime})
 count=0
 for doc in "${docs[@]}"; do
     md=$LOOM_SRC/docs/$doc.md
