@@ -71,7 +71,8 @@ enum {
     HX_DECODE = 2, /* decode gzip and deflate bodies */
     HX_UPLOAD = 4, /* the body is written afterwards, chunked (x:write, x:finish) */
     HX_FRESH = 8,  /* a new connection: the retry of a request that met a stale one */
-    HX_STREAM = 16 /* the body is read piece by piece: keep little of it buffered */
+    HX_STREAM = 16, /* the body is read piece by piece: keep little of it buffered */
+    HX_SIZED = 32   /* with HX_UPLOAD: the head gives Content-Length, the body goes raw */
 };
 
 enum { X_NEW, X_SENT, X_HEAD, X_DONE, X_FAILED, X_CLOSED };

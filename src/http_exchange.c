@@ -469,12 +469,15 @@ static int send_chunk(lua_State *L, hc_x_t *x, const char *p, size_t n, int last
         return after_write(L, x);
     if (last)
         x->req_done = 1;
-    if (n > 0) {
+    if (x->flags & HX_SIZED) { /* Content-Length framing: the bytes as they are */
+        if (n > 0)
+            bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    } else if (n > 0) {
         bufs[nb++] = uv_buf_init(pre, (unsigned)snprintf(pre, sizeof pre, "%zx\r\n", n));
         bufs[nb++] = uv_buf_init((char *)p, (unsigned)n);
         bufs[nb++] = uv_buf_init("\r\n", 2);
     }
-    if (last)
+    if (last && !(x->flags & HX_SIZED))
         bufs[nb++] = uv_buf_init("0\r\n\r\n", 5);
     if (nb == 0)
         return after_write(L, x);

@@ -17,6 +17,7 @@ local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout"
     "handler_timeout" }
 local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true, cancel_tasks = true }
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
+APP_OPTS.max_parts, APP_OPTS.max_part_header = true, true -- req:parts() and req:form(), in Lua
 for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
     LISTEN_OPTS[k], RUN_OPTS[k] = true, true
 end
@@ -36,6 +37,16 @@ local function new(opts)
             if v and v < 0 then args.fail("app", 1, "option '" .. k .. "': must not be negative") end
         end
         app.limits[k] = v
+    end
+    for _, k in ipairs({ "max_parts", "max_part_header" }) do
+        local v = args.opt(opts, k, "number", nil, "app", 1)
+        if v and (v < 0 or math.type(v) ~= "integer") then
+            args.fail("app", 1, "option '" .. k .. "': must be a non-negative integer")
+        end
+        if v then
+            app.form_limits = app.form_limits or {}
+            app.form_limits[k] = v
+        end
     end
     return app
 end
@@ -215,6 +226,24 @@ local function error_text(e)
     return "(error object is a " .. type(e) .. " value)"
 end
 
+-- The answer for an error raised while the body was read by req:parts() or req:form(),
+-- which found the body at fault: they keep the message in req._body_error and its status
+-- (400, 413, 415, 431) in req._body_status. nil for any other error.
+local function body_fault(req, e)
+    local msg = rawget(req, "_body_error")
+    if msg == nil or type(e) ~= "string" or rawget(req, "_streamed") then return nil end
+    if e ~= msg and e:sub(-#msg) ~= msg then return nil end -- raised again, with a position
+    return plain_answer(rawget(req, "_body_status") or 400, msg, { connection = "close" })
+end
+
+-- The traceback of the latest error a handler raised (taken where it was raised: the code
+-- after xpcall reads it before anything else can run).
+local last_tb
+local function keep_traceback(e)
+    last_tb = debug.traceback(error_text(e), 2)
+    return e
+end
+
 -- Runs fn(req) and, when it raises, answers with the app's on_error handler instead, after
 -- logging the error as the server would. Left to the server: cancellation (handler_timeout),
 -- a client that is gone, and any answer whose head is already out.
@@ -229,7 +258,7 @@ local function guarded(app, fn)
         if ok then return res end
         local e = res
         if e == "cancelled" or rawget(req, "_streamed") or rawget(req, "_error_handled")
-            or (type(e) == "string" and e:find("^closed: ")) then
+            or (type(e) == "string" and e:find("^closed: ")) or body_fault(req, e) then
             error(e, 0)
         end
         io.stderr:write(("loom: error in handler for %s %s: %s\n"):format(req.method, req.target, tb))
@@ -288,13 +317,25 @@ function App:_entry(tls)
     local plain = #mw == 0 and not self.error_handler and #self.fallthrough == 0
     local exact = plain and self.router.exact or {}
     local type = type
+    local form_limits = self.form_limits
+    -- A handler's error: the body's status when the body was at fault (see body_fault),
+    -- else raised on to the engine (500, logged) with the traceback from where it was raised.
+    local function raised(req, e)
+        local tb = last_tb
+        last_tb = nil
+        local answer = body_fault(req, e)
+        if answer then return answer end
+        if type(e) == "string" and e ~= "cancelled" and not e:find("^closed: ") and tb then e = tb end
+        error(e, 0)
+    end
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
         if tls then req.tls = true end
+        if form_limits then req._form_limits = form_limits end
         local routes = exact[method]
         local h = routes and routes[path]
-        local res
-        if h then res = h(req) else res = chain(req) end
+        local ok, res = xpcall(h or chain, keep_traceback, req)
+        if not ok then res = raised(req, res) end
         if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
         return emit(req, res)
     end

@@ -17,7 +17,7 @@ local type, pairs, ipairs, setmetatable, tostring = type, pairs, ipairs, setmeta
 local format, lower, concat = string.format, string.lower, table.concat
 local error, pcall = error, pcall
 
-local F_HEAD, F_DECODE, F_UPLOAD, F_FRESH, F_STREAM = 1, 2, 4, 8, 16
+local F_HEAD, F_DECODE, F_UPLOAD, F_FRESH, F_STREAM, F_SIZED = 1, 2, 4, 8, 16, 32
 local MAX_BODY = 64 * 1024 * 1024
 local USER_AGENT = "loom/" .. core.version
 local MAX_CACHED_URLS = 512
@@ -28,7 +28,7 @@ local REQUEST_OPTS = {
     json = "any", form = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", redirects = { "boolean", "number" }, max_body = "number",
     stream = "boolean", tls = "table", decode = "boolean", retry = { "table", "boolean" },
-    progress = "function",
+    progress = "function", multipart = "table",
 }
 local SESSION_OPTS = {
     base_url = "string", headers = "table", timeout = "timeout", connect_timeout = "timeout",
@@ -303,8 +303,27 @@ local function url_info(sess, s)
     return u
 end
 
-local function body_of(opts, h)
+local multipart -- loom.multipart, loaded on first use
+
+-- The request's body from its options: body (a string or a function), plus its length when
+-- known ahead for a function (multipart: Content-Length, not chunked) | nil, nil, err
+local function body_of(opts, h, fname)
     local body = opts.body
+    if opts.multipart ~= nil then
+        for _, k in ipairs({ "body", "json", "form" }) do
+            if opts[k] ~= nil then args.fail(fname, 2, "option 'multipart': not with option '" .. k .. "'", 3) end
+        end
+        for k in pairs(opts.headers or {}) do
+            if type(k) == "string" and lower(k) == "content-type" then
+                args.fail(fname, 2, "option 'multipart': the client sets Content-Type (with the boundary)", 3)
+            end
+        end
+        multipart = multipart or require "loom.multipart"
+        local ctype, length, fn = multipart.encode(opts.multipart, fname, 2)
+        if not ctype then return nil, nil, length end
+        hset(h, "Content-Type", ctype)
+        return fn, length
+    end
     if opts.json ~= nil then
         body = json.encode(opts.json)
         if not hget(h, "content-type") then hset(h, "Content-Type", "application/json") end
@@ -343,6 +362,10 @@ local function build_head(sess, req, u)
         if req.body_headers then for k, v in pairs(req.body_headers) do if not hget(h, k) then hset(h, k, v) end end end
         hset(h, "Content-Length", tostring(#body))
         h.values["transfer-encoding"] = false
+    elseif type(body) == "function" and req.body_length then
+        hset(h, "Content-Length", tostring(req.body_length))
+        h.values["transfer-encoding"] = false
+        if req.body_headers then for k, v in pairs(req.body_headers) do if not hget(h, k) then hset(h, k, v) end end end
     elseif type(body) == "function" then
         hset(h, "Transfer-Encoding", "chunked")
         h.values["content-length"] = false
@@ -508,7 +531,7 @@ local function key_of(sess, req, u)
     return key, conf, server_name
 end
 
-local function upload(x, fn, tc)
+local function upload(x, fn, tc, length)
     local sent = 0
     while true do
         local chunk = fn()
@@ -518,13 +541,17 @@ local function upload(x, fn, tc)
             error("body function returned a " .. type(chunk) .. " (string or nil expected)", 0)
         end
         if chunk ~= "" then
+            if length and sent + #chunk > length then chunk = chunk:sub(1, length - sent) end
             local ok, err = x:write(chunk)
             if not ok then return nil, err end
-            if tc then
-                sent = sent + #chunk
-                progress(tc, sent, nil)
-            end
+            sent = sent + #chunk
+            if tc then progress(tc, sent, length) end
         end
+        if length and sent >= length then break end
+    end
+    if length and sent ~= length then -- a file shrank while it was sent: the framing is broken
+        x:close()
+        return nil, format("http: request body ended after %d of its %d bytes (Content-Length)", sent, length)
     end
     return x:finish()
 end
@@ -536,7 +563,9 @@ local function send(sess, req, u, head, fresh, tc)
     if not key then return nil, conf end
     local body = req.body
     local flags = req.flags | (fresh and F_FRESH or 0)
-    if type(body) == "function" then flags, body = flags | F_UPLOAD, nil end
+    if type(body) == "function" then
+        flags, body = flags | F_UPLOAD | (req.body_length and F_SIZED or 0), nil
+    end
     local x, a, b, c, d = http_request(sess.pool, key, head, body, flags, req.max_body,
         req.connect_timeout, req.read_timeout, req.deadline)
     if x and a == false then
@@ -551,7 +580,7 @@ local function send(sess, req, u, head, fresh, tc)
         emit(tc, "on_reuse", { key = key })
     end
     if x and a == true then
-        x, a, b, c, d = upload(x, req.body, tc)
+        x, a, b, c, d = upload(x, req.body, tc, req.body_length)
     elseif x and tc and type(body) == "string" and #body > 0 then
         progress(tc, #body, #body) -- written whole with the head, which has now been answered
     end
@@ -572,7 +601,7 @@ local function follow(req, res, u)
     local status = res.status
     if status == 303 and req.method ~= "HEAD" or (status == 301 or status == 302) and req.method == "POST" then
         req.method = "GET"
-        req.body, req.body_headers = nil, nil
+        req.body, req.body_headers, req.body_length = nil, nil, nil
         req.flags = req.flags & ~F_HEAD
     elseif type(req.body) == "function" then
         return nil -- a streamed body cannot be sent again: the redirect is the answer
@@ -590,7 +619,7 @@ local function check_limits(fname, opts)
 end
 
 -- The settings of one call: the request's options over the session's.
-local function make_req(sess, method, opts)
+local function make_req(sess, method, opts, fname)
     local function pick(k, default)
         local v = opts[k]
         if v == nil then v = sess[k] end
@@ -612,7 +641,7 @@ local function make_req(sess, method, opts)
     local r = pick("redirects", 10)
     req.redirects = r == true and 10 or r == false and 0 or r
     local h = header_set()
-    req.body = body_of(opts, h)
+    req.body, req.body_length, req.body_err = body_of(opts, h, fname or "fetch")
     if next(h.values) then req.body_headers = h.values end
     req.flags = (req.method == "HEAD" and F_HEAD or 0) | (req.decode and F_DECODE or 0)
         | (req.stream and F_STREAM or 0)
@@ -760,7 +789,8 @@ local function request(sess, method, s, opts, fname)
         check_limits(fname, opts)
         s = with_query(s, opts.query)
     end
-    req = req or make_req(sess, method, opts or {})
+    req = req or make_req(sess, method, opts or {}, fname)
+    if req.body_err then return nil, req.body_err end
     if opts and opts.headers then check_framing(opts.headers, req.body, "headers", fname, 2) end
     s = absolute(sess, s)
     local u, err = url_info(sess, s)
@@ -791,7 +821,7 @@ local function through(sess, method, s, opts, fname)
     req.url = absolute(sess, with_query(s, opts.query))
     if type(opts.headers) == "table" then for k, v in pairs(opts.headers) do req.headers[k] = v end end
     for k, v in pairs(opts) do
-        if k == "body" or k == "json" or k == "form" then
+        if k == "body" or k == "json" or k == "form" or k == "multipart" then
             req[k] = v
         elseif k ~= "headers" and k ~= "query" and k ~= "method" then
             req.opts[k] = v
@@ -804,6 +834,7 @@ local function through(sess, method, s, opts, fname)
         local o = {}
         for k, v in pairs(r.opts or {}) do o[k] = v end
         o.headers, o.body, o.json, o.form, o.method = r.headers, r.body, r.json, r.form, r.method
+        o.multipart = r.multipart
         return request(sess, nil, r.url, o, fname)
     end
     return at(1, req)

@@ -76,11 +76,36 @@ function Request:json()
     return v
 end
 
--- req:form() -> {name = value} from an urlencoded body | nil, err
+local multipart -- loom.multipart, loaded on first use
+
+-- req:form() -> fields, all | nil, err: {name = value} from an urlencoded or a
+-- multipart/form-data body (a file part is {filename = s, type = s, body = s}; a repeated
+-- name keeps its last value), and {name = {every value}}. A body without Content-Type is
+-- read as urlencoded; another type is nil, "http: unsupported form content type ...".
 function Request:form()
+    local ctype = self.headers["content-type"]
+    local media = ctype and ctype:match("^[ \t]*([^;]*)"):gsub("[ \t]+$", ""):lower()
+    if media == "multipart/form-data" then
+        multipart = multipart or require "loom.multipart"
+        return multipart.form(self, headers_mt, rawget(self, "_form_limits"))
+    end
+    if media ~= nil and media ~= "application/x-www-form-urlencoded" then
+        local msg = "http: unsupported form content type '" .. media .. "'"
+        rawset(self, "_body_error", msg)
+        rawset(self, "_body_status", 415)
+        return nil, msg
+    end
     local s, err = req_body(self._box)
     if not s then return nil, err end
-    return (url.parse_query(s))
+    return url.parse_query(s)
+end
+
+-- for part in req:parts() do ... end: the parts of a multipart/form-data body as they
+-- arrive (part.name, part.filename, part.type, part.headers; part:text(), part:chunks(),
+-- part:save(path)); a part the loop leaves unread is skipped. Raises as req:chunks() does.
+function Request:parts()
+    multipart = multipart or require "loom.multipart"
+    return multipart.parts(self, headers_mt, rawget(self, "_form_limits"))
 end
 
 -- for chunk in req:chunks() do ... end: the body piece by piece as it arrives; raises on
