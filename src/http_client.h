@@ -71,9 +71,10 @@ enum {
     HX_DECODE = 2, /* decode gzip and deflate bodies */
     HX_UPLOAD = 4, /* the body is written afterwards, chunked (x:write, x:finish) */
     HX_FRESH = 8,  /* a new connection: the retry of a request that met a stale one */
-    HX_STREAM = 16, /* the body is read piece by piece: keep little of it buffered */
-    HX_SIZED = 32   /* with HX_UPLOAD: the head gives Content-Length, the body goes raw */
+    HX_STREAM = 16 /* the body is read piece by piece: keep little of it buffered */
 };
+/* With HX_UPLOAD: the head gives Content-Length, and x:write sends the bytes unframed. */
+enum { HX_SIZED = 32 };
 
 enum { X_NEW, X_SENT, X_HEAD, X_DONE, X_FAILED, X_CLOSED };
 enum { W_NONE, W_SLOT, W_HEAD, W_BODY, W_WRITE };
