@@ -36,9 +36,9 @@ local function peer(port)
 end
 
 -- Waits until cond() holds: there is no event for a connection count or a handle count, so
--- it is polled, up to `secs` (3).
+-- it is polled, up to `secs` (10: a hang guard, it returns as soon as cond() holds).
 local function wait_until(cond, what, secs)
-    local deadline = loom.now() + (secs or 3)
+    local deadline = loom.now() + (secs or 10)
     while not cond() do
         if loom.now() > deadline then error("timed out waiting for " .. what, 2) end
         loom.sleep(0.005)
@@ -64,14 +64,15 @@ local function assert_recovered(srv, base)
     wait_until(function() return core.stats().handles == base end, "the handles to be released")
 end
 
--- Runs body(srv, base) with app listening on 127.0.0.1, port 0 (GET / answers "ok").
+-- Runs body(srv, base) with app listening on 127.0.0.1, port 0 (GET / answers "ok"). The
+-- deadline (30 s) leaves room for python3 to start on a loaded machine.
 local function serve(app, body, opts)
     app:get("/", function() return "ok" end)
     run(function()
         local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
         local _ <close> = run.defer(function() srv:close(0) end)
         return body(srv, core.stats().handles)
-    end, opts)
+    end, opts or { timeout = 30 })
 end
 
 describe("fault: the peer resets", function()
@@ -81,7 +82,7 @@ describe("fault: the peer resets", function()
         serve(app, function(srv, base)
             local p = peer(srv.port)
             p.cmd("send GET /never HTTP/1.1\\r\\nHost: t\\r\\nX-Long: aaaa")
-            wait_until(function() return srv.connections == 1 end, "the connection")
+            wait_until(function() return srv.connections == 1 end, "the connection", 30)
             p.cmd("rst")
             p.finish()
             wait_until(function() return srv.connections == 0 end, "the reset connection to close")
@@ -484,6 +485,9 @@ describe("fault: the client leaves while its handler runs", function()
             end)
             serve(app, function(srv, base)
                 local p = peer(srv.port)
+                -- the clock starts once the peer is connected: python3's start-up (seconds
+                -- on a loaded machine) is not handler_timeout's
+                wait_until(function() return srv.connections == 1 end, "the peer's connection", 30)
                 local t0 = loom.now()
                 p.cmd("send GET /never HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
                 entered:wait()

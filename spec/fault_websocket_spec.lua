@@ -226,7 +226,8 @@ local function hostile_server(mode)
         st:close()
     end })
     local peer = assert(core.process_spawn(exepath("python3"), { HOSTILE, mode, tostring(rv.port) }))
-    local port = assert(loom.timeout(10, ports.get, ports), "ws_hostile.py did not start")
+    -- a hang guard: python3 can take seconds to start on a loaded machine
+    local port = assert(loom.timeout(20, ports.get, ports), "ws_hostile.py did not start")
     return peer, format("ws://127.0.0.1:%d/", port)
 end
 

@@ -116,19 +116,22 @@ function M.free_port()
 end
 
 -- Starts `cmd` (a shell command line) in the background; waits until 127.0.0.1:port
--- accepts. Returns its pid.
+-- accepts. Returns its pid. The wait is a hang guard (30 s): python3 can take seconds to
+-- start on a loaded machine. A process that never listens is stopped before the error.
 function M.start_process(cmd, port)
     local p = io.popen(cmd .. " >/dev/null 2>&1 & echo $!")
     local pid = tonumber(p:read("l"))
     p:close()
     local ok = run(function()
-        for _ = 1, 200 do
+        local deadline = loom.now() + 30
+        repeat
             local st = loom.connect("127.0.0.1", port, { timeout = 1 })
             if st then st:close(); return true end
             loom.sleep(0.025)
-        end
+        until loom.now() > deadline
         return false
-    end, { timeout = 8 })
+    end, { timeout = 40 })
+    if not ok then M.stop_process(pid) end
     assert(ok, "process did not start listening on " .. port .. ": " .. cmd)
     return pid
 end
