@@ -233,13 +233,14 @@ static uint32_t find(shm_t *m, const char *k, size_t klen, uint32_t h) {
     return 0;
 }
 
-/* A live, unexpired entry for k (an expired one is removed on the way), touched as used. */
+/* A live, unexpired entry for k (an expired one is removed on the way), touched as used.
+ * `now` 0: read the clock only for an entry with a TTL. */
 static uint32_t lookup(shm_t *m, const char *k, size_t klen, uint32_t h, double now) {
     uint32_t i = find(m, k, klen, h);
     if (!i)
         return 0;
     head_t *e = cell(m, i);
-    if (e->expires > 0 && e->expires <= now) {
+    if (e->expires > 0 && e->expires <= (now > 0 ? now : mono_now())) {
         entry_remove(m, i);
         return 0;
     }
@@ -477,8 +478,17 @@ static int store(dict_t *d, const char *k, size_t klen, uint32_t h, const value_
 
 /* ---------------------------------------------------------------- Lua */
 
+/* The dict at argument 1. The methods hold the metatable as upvalue 1, which spares the
+ * registry lookup by name luaL_checkudata makes on every call. */
 static dict_t *check_dict(lua_State *L) {
-    return luaL_checkudata(L, 1, SHARED_MT);
+    dict_t *d = lua_touserdata(L, 1);
+    if (d && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return d;
+    }
+    return luaL_checkudata(L, 1, SHARED_MT); /* raises the usual message */
 }
 
 static const char *check_key(lua_State *L, size_t *len) {
@@ -510,7 +520,7 @@ static int l_get(lua_State *L) {
     const char *k = check_key(L, &klen);
     uint32_t h = hash_key(k, klen);
     lock_or_raise(L, d);
-    uint32_t i = lookup(d->m, k, klen, h, mono_now());
+    uint32_t i = lookup(d->m, k, klen, h, 0);
     if (!i) {
         dict_unlock(d);
         lua_pushnil(L);
@@ -562,7 +572,7 @@ static int set_or_add(lua_State *L, int add) {
     check_value(L, 3, &v);
     double expires = check_ttl(L, 4);
     lock_or_raise(L, d);
-    if (add && lookup(d->m, k, klen, h, mono_now())) {
+    if (add && lookup(d->m, k, klen, h, 0)) {
         dict_unlock(d);
         lua_pushboolean(L, 0);
         lua_pushliteral(L, "exists");
@@ -602,7 +612,7 @@ static int l_incr(lua_State *L) {
     uint32_t h = hash_key(k, klen);
     value_t v = {0};
     lock_or_raise(L, d);
-    uint32_t i = lookup(d->m, k, klen, h, mono_now());
+    uint32_t i = lookup(d->m, k, klen, h, 0);
     if (i) {
         head_t *e = cell(d->m, i);
         if (e->type == T_INT && n_int) {
@@ -849,9 +859,12 @@ static const luaL_Reg shared_funcs[] = {
 
 int loom_open_shared(lua_State *L) {
     luaL_newmetatable(L, SHARED_MT);
-    luaL_newlib(L, dict_methods);
-    lua_setfield(L, -2, "__index"); /* mt.__index = methods */
-    lua_pushcfunction(L, l_gc);
+    luaL_newlibtable(L, dict_methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, dict_methods, 1); /* each method's upvalue 1 = mt */
+    lua_setfield(L, -2, "__index");    /* mt.__index = methods */
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, l_gc, 1);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     luaL_setfuncs(L, shared_funcs, 0);
