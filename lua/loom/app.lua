@@ -231,7 +231,8 @@ end
 -- (400, 413, 415, 431) in req._body_status. nil for any other error.
 local function body_fault(req, e)
     local msg = rawget(req, "_body_error")
-    if msg == nil or type(e) ~= "string" or rawget(req, "_streamed") then return nil end
+    if msg == nil or rawget(req, "_streamed") then return nil end
+    if type(e) ~= "string" then e = error_text(e) end -- an assert that raises objects (busted's)
     if e ~= msg and e:sub(-#msg) ~= msg then return nil end -- raised again, with a position
     return plain_answer(rawget(req, "_body_status") or 400, msg, { connection = "close" })
 end
