@@ -115,3 +115,84 @@ describe("app:ws against python3-websockets' client", function()
         end, { timeout = 30 })
     end)
 end)
+
+-- Node's `ws` with permessage-deflate (spec/support/ws_node_peer.js), from npm into
+-- $LOOM_BUILD/npm on first use, as smoke/chat_browser installs playwright-core. Without
+-- node or npm (offline) these are reported pending, never passed.
+local WS_NPM = "ws@8.18.3"
+
+local function node_modules()
+    local dir = (os.getenv("LOOM_BUILD") or "build") .. "/npm"
+    local f = io.open(dir .. "/node_modules/ws/package.json")
+    if f then f:close(); return dir end
+    if not os.execute("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1") then return nil end
+    os.execute(format("timeout 60 npm install --prefix %q --no-audit --no-fund --loglevel=error %s >/dev/null 2>&1",
+        dir, WS_NPM))
+    f = io.open(dir .. "/node_modules/ws/package.json")
+    if f then f:close(); return dir end
+    return nil
+end
+
+local NODE_DIR = node_modules()
+local NODE = NODE_DIR and exepath("node")
+
+local function spawn_node(...)
+    return assert(core.process_spawn(NODE, { "spec/support/ws_node_peer.js", NODE_DIR, ... }))
+end
+
+describe("permessage-deflate against Node's ws", function()
+    if not NODE_DIR then
+        pending("no node and npm to install " .. WS_NPM)
+        return
+    end
+
+    it("loom's client: both directions compressed, fragments, context takeover over 300 messages", function()
+        run(function()
+            local ports = loom.queue()
+            local rv <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+                ports:put(tonumber(st:read_line()))
+                st:close()
+            end })
+            local peer = spawn_node("server", tostring(rv.port))
+            local ws <close> = assert(loom.websocket(format("ws://127.0.0.1:%d/", ports:get()), { compress = true }))
+            assert.equal("permessage-deflate", ws.extensions)
+            assert(ws:send("ext"))
+            assert.equal("permessage-deflate", ws:receive())
+            for i = 1, 300 do
+                local msg = format('{"seq":%d,"text":"%s"}', i, string.rep("chat ", 10 + i % 40))
+                assert(ws:send(msg))
+                assert.same({ msg, "text" }, { ws:receive() })
+            end
+            assert(ws:send({ string.rep("a", 100), string.rep("b", 100), "c" }))
+            assert.equal(string.rep("a", 100) .. string.rep("b", 100) .. "c", ws:receive())
+            assert(ws:send("frag:5"))
+            assert.equal("part-1;part-2;part-3;part-4;part-5;", ws:receive())
+            local big = {}
+            for i = 1, (1 << 20) // 16 do big[i] = format("%015d\n", i * 7919) end
+            big = table.concat(big)
+            assert(ws:send(big, "binary"))
+            assert.is_true(ws:receive() == big)
+            assert(ws:send("quit"))
+            assert.same({ nil, "closed: 1000 bye" }, { ws:receive() })
+            assert.same({ 0 }, { peer:wait() })
+        end, { timeout = 30 })
+    end)
+
+    it("app:ws: Node's client with context takeover, and with no_context_takeover and 10 window bits", function()
+        run(function()
+            local app = loom.app()
+            local agreed = {}
+            app:ws("/echo", function(ws)
+                agreed[#agreed + 1] = ws.extensions
+                for msg, kind in ws:each() do ws:send(msg, kind) end
+            end, { compress = true })
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local url = format("ws://127.0.0.1:%d/echo", srv.port)
+            assert.same({ 0 }, { spawn_node("client", url):wait() })
+            assert.same({ 0 }, { spawn_node("client", url, "nocontext"):wait() })
+            assert.same({ "permessage-deflate",
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10" },
+                agreed)
+        end, { timeout = 30 })
+    end)
+end)
