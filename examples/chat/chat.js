@@ -33,7 +33,11 @@ function connect() {
     input.disabled = button.disabled = false;
     input.focus();
   };
-  ws.onmessage = (ev) => show(JSON.parse(ev.data));
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(ev.data);
+    if (msg.kind === "history") msg.messages.forEach(show);
+    else show(msg);
+  };
   ws.onclose = (ev) => {
     status.textContent = `disconnected (${ev.code}); reconnecting…`;
     input.disabled = button.disabled = true;
