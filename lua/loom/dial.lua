@@ -1,7 +1,8 @@
 -- loom.dial: how the client makes a new connection, off its hot path: resolve the name
--- (loom.resolver: cached, capped), try each address in turn within the connect timeout,
--- go through a proxy when one applies (a CONNECT tunnel for https), then TLS. Returns a
--- connected loom stream for the pool (src/http_client.c) to own.
+-- (loom.resolver: cached, capped), race its addresses (Happy Eyeballs, RFC 8305) within
+-- the connect timeout, go through a proxy when one applies (a CONNECT tunnel for https),
+-- then TLS. Returns a connected loom stream for the pool (src/http_client.c) to own.
+-- loom.connect (loom.net) races the same way.
 local core = require "loom.core"
 local resolver = require "loom.resolver"
 local url = require "loom.url"
@@ -9,6 +10,7 @@ local url = require "loom.url"
 local M = {}
 
 local now, tcp_connect, tls_wrap = core.now, core.tcp_connect, core.tls_wrap
+local spawn, park, ticket, watch = core.spawn, core.park, core.ticket, core.watch
 local format, lower = string.format, string.lower
 local b64 -- base64 encoder, shared with the client
 
@@ -38,8 +40,113 @@ local function numeric(host)
     return host:find("^[%d.]+$") or host:find(":", 1, true)
 end
 
--- Connects to host:port, each resolved address in turn, within `timeout` seconds overall.
--- on(name, event), when given, hears of the lookup and of the connection made (trace hooks).
+-- RFC 8305's Connection Attempt Delay: how long an attempt runs alone before the next
+-- address is tried too (seconds).
+M.ATTEMPT_DELAY = 0.25
+
+-- The addresses in the order they are tried: the families interleaved (RFC 8305 section 4),
+-- starting with the family of the first address (getaddrinfo sorts by RFC 6724: IPv6
+-- first where the host has IPv6 to use), each family in its own order.
+function M.interleave(addrs)
+    local v6, v4 = {}, {}
+    for _, a in ipairs(addrs) do
+        local l = a:find(":", 1, true) and v6 or v4
+        l[#l + 1] = a
+    end
+    local first, second = v6, v4
+    if addrs[1] and not addrs[1]:find(":", 1, true) then first, second = v4, v6 end
+    local out = {}
+    for i = 1, math.max(#first, #second) do
+        out[#out + 1] = first[i]
+        out[#out + 1] = second[i]
+    end
+    return out
+end
+
+-- One attempt, in a task of its own. A stream that connects after the race is over (the
+-- attempt was woken before its cancel arrived) is closed here.
+local function attempt(race, ip, port, timeout)
+    local t0 = now()
+    local st, err = tcp_connect(ip, port, timeout)
+    if st and race.over then
+        st:close()
+        return nil, "closed: connect race already over"
+    end
+    return st, err, now() - t0
+end
+
+-- Ends a race however the caller leaves it (a winner, all failed, the deadline, or the
+-- dialing task cancelled): the attempts still running are cancelled (their sockets closed
+-- by the connect's abort hook) and streams that won too late are closed.
+local race_mt = {
+    __close = function(race)
+        race.over = true
+        for i = 1, race.n do
+            local t = race[i]
+            if t:done() then
+                local ok, st = t:result()
+                if ok and st and st ~= race.winner then st:close() end
+            else
+                t:cancel()
+            end
+        end
+    end,
+}
+
+-- dial.race(addrs, port, deadline) -> stream, ip, seconds | nil, err
+-- Happy Eyeballs (RFC 8305): the addresses, interleaved by family, are tried one after
+-- another, each started ATTEMPT_DELAY after the one before or as soon as it failed; the
+-- first to connect wins and the others are cancelled. deadline (a core.now() value, or nil)
+-- bounds the whole race: when it ends the race, the error is just "timeout" (the caller
+-- names the host). When every address fails before it, the error is the first attempt's
+-- (the preferred address's). `seconds`: how long the winning attempt took.
+function M.race(addrs, port, deadline)
+    local order = M.interleave(addrs)
+    local race <close> = setmetatable({ n = 0, over = false }, race_mt)
+    local box, seen, running, nexti = {}, 0, 0, 1
+    local first_err, next_at, timed_out
+    local function start()
+        local ip = order[nexti]
+        nexti = nexti + 1
+        local t = spawn(attempt, race, ip, port, left(deadline))
+        race.n = race.n + 1
+        race[race.n], race[t] = t, ip
+        running = running + 1
+        if t:done() then box[#box + 1] = t else watch(t, box) end
+        next_at = now() + M.ATTEMPT_DELAY
+    end
+    while true do
+        while seen < #box do
+            seen = seen + 1
+            local t = box[seen]
+            running = running - 1
+            local ok, st, err, secs = t:result()
+            if not ok then error(st, 0) end -- the attempt raised: misuse, not a failure
+            if st then
+                race.winner = st
+                return st, race[t], secs
+            end
+            if err:find("^timeout") then timed_out = true end
+            first_err = first_err or err
+            next_at = nil -- a failure starts the next address at once
+        end
+        local l = left(deadline)
+        if timed_out or l and l <= 0 then return nil, "timeout" end
+        if nexti > #order and running == 0 then return nil, first_err end
+        if nexti <= #order and (not next_at or now() >= next_at) then
+            start()
+        else
+            local wait = nexti <= #order and next_at - now() or nil
+            if l and (not wait or l < wait) then wait = l end
+            box.task, box.serial = ticket()
+            if seen == #box then park(wait) end
+        end
+    end
+end
+
+-- Connects to host:port, its resolved addresses raced (M.race), within `timeout` seconds
+-- overall. on(name, event), when given, hears of the lookup and of the connection made
+-- (trace hooks).
 local function connect(host, port, timeout, on)
     local deadline = timeout and now() + timeout
     local t0 = on and now()
@@ -50,23 +157,15 @@ local function connect(host, port, timeout, on)
         for i, a in ipairs(addrs) do copy[i] = a end
         on("on_dns", { host = host, addresses = copy, duration = now() - t0 })
     end
-    for _, ip in ipairs(addrs) do
-        local l = left(deadline)
-        if l and l <= 0 then break end
-        local st
-        t0 = on and now()
-        st, err = tcp_connect(ip, port, l)
-        if st then
-            if on then on("on_connect", { host = host, address = ip, port = port, duration = now() - t0 }) end
-            return st
-        end
-        if err:find("^timeout") then break end
+    local st, ip, secs = M.race(addrs, port, deadline)
+    if st then
+        if on then on("on_connect", { host = host, address = ip, port = port, duration = secs }) end
+        return st
     end
-    if deadline and now() >= deadline then
-        return nil, format("timeout: connect to %s:%d", host, port)
-    end
-    return nil, err
+    if ip == "timeout" then return nil, format("timeout: connect to %s:%d", host, port) end
+    return nil, ip
 end
+M.connect = connect
 
 -- Reads a response head off a stream (the proxy's answer to CONNECT): status, or nil, err.
 local function read_connect_answer(st, proxy)

@@ -1,11 +1,12 @@
--- loom.net: TCP streams and the raw TCP server, over the C stream type (src/stream.c)
--- and the resolver (loom.resolver over src/dns.c: cached, at most two lookups at once).
+-- loom.net: TCP streams and the raw TCP server, over the C stream type (src/stream.c);
+-- loom.connect resolves and races the addresses as the client does (loom.dial: Happy
+-- Eyeballs over loom.resolver).
 local core = require "loom.core"
 local args = require "loom.args"
-local resolver = require "loom.resolver"
+local dial = require "loom.dial"
 
 local M = {}
-local now, resolve, tcp_connect = core.now, resolver.resolve, core.tcp_connect
+local now = core.now
 local format = string.format
 
 -- A port number (or a string of one); `opt` names the option it came from, if any.
@@ -43,26 +44,13 @@ function M.connect(host, port, opts)
     end
     args.need_task("connect", 1)
     local deadline = timeout and now() + timeout
-    local addrs, err = resolve(host, timeout)
-    if not addrs then return nil, err end
-    for _, ip in ipairs(addrs) do
-        local left = deadline and deadline - now()
-        if left and left <= 0 then break end
-        local st
-        st, err = tcp_connect(ip, port, left)
-        if st then
-            if io_timeout then st:settimeout(io_timeout) end
-            if opts.tls and core.tls_wrap then
-                return core.tls_wrap(st, host, opts.tls, deadline and deadline - now())
-            end
-            return st
-        end
-        if err:find("^timeout") then break end
+    local st, err = dial.connect(host, port, timeout)
+    if not st then return nil, err end
+    if io_timeout then st:settimeout(io_timeout) end
+    if opts.tls and core.tls_wrap then
+        return core.tls_wrap(st, host, opts.tls, deadline and deadline - now())
     end
-    if deadline and deadline - now() <= 0 and (not err or not err:find("^connect")) then
-        return nil, format("timeout: connect to %s:%d", host, port)
-    end
-    return nil, err
+    return st
 end
 
 -- loom.listen{ host = "0.0.0.0", port, handler = function(stream) ... end, backlog = 511 }
