@@ -302,6 +302,23 @@ static int l_resp_parse(lua_State *L) {
     return n + 1;
 }
 
+/* core.resp_idle(stream, true): a pooled connection goes idle. It keeps reading, so that
+ * the server's close (or a stray byte) is noticed while it waits, but no longer keeps the
+ * loop alive. core.resp_idle(stream, false) takes it back: true when it is still usable
+ * (open, not ended, nothing unread), false otherwise. */
+static int l_resp_idle(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    int idle = lua_toboolean(L, 2);
+    if (s->state == ST_OPEN) {
+        if (idle)
+            uv_unref((uv_handle_t *)&s->tcp);
+        else
+            uv_ref((uv_handle_t *)&s->tcp);
+    }
+    lua_pushboolean(L, s->state == ST_OPEN && !s->eof && !s->rerr && s->pos == s->len);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- Lua: commands */
 
 /* core.resp_command(fname, first, ...) -> the RESP array of bulk strings for the values
@@ -345,11 +362,8 @@ static int l_resp_command(lua_State *L) {
 }
 
 static const luaL_Reg resp_funcs[] = {
-    {"resp_reader", l_resp_reader},
-    {"resp_read", l_resp_read},
-    {"resp_parse", l_resp_parse},
-    {"resp_command", l_resp_command},
-    {NULL, NULL},
+    {"resp_reader", l_resp_reader},   {"resp_read", l_resp_read}, {"resp_parse", l_resp_parse},
+    {"resp_command", l_resp_command}, {"resp_idle", l_resp_idle}, {NULL, NULL},
 };
 
 int loom_open_resp(lua_State *L) {

@@ -63,6 +63,12 @@ end
 
 local function check_store(store)
     if store == nil then return nil end
+    -- an object whose metatable has __session_store gives its own adapter (loom.redis: its
+    -- r:get/r:set are Redis commands; the adapter keeps "loom:session:<id>" with SET EX)
+    local smt = getmetatable(store)
+    if type(smt) == "table" and type(rawget(smt, "__session_store")) == "function" then
+        store = smt.__session_store(store)
+    end
     if type(store) ~= "table" and type(store) ~= "userdata" then
         args.fail("cookie_session", 1, "option 'store': a table with get, set and delete expected", 2)
     end

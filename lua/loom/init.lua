@@ -31,6 +31,9 @@ local loom = {
     fetch = client.fetch,
     session = client.session,
     pg = function(...) return require("loom.pg").new(...) end,
+    redis = function(...) return require("loom.redis").new(...) end,
+    socket = setmetatable({}, { __index = function(_, k) return require("loom.socket")[k] end }),
+    ngx = setmetatable({}, { __index = function(_, k) return require("loom.ngx")[k] end }),
     null = core.null, -- the one null value: the same as loom.json.null (cjson.null)
     crypto = core.crypto,
     cookie_session = function(...) return require("loom.cookie_session")(...) end,

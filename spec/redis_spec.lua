@@ -1,0 +1,477 @@
+-- loom.redis against a real redis-server (spec/support/redis_server.sh starts one with a
+-- password per run of this file; the spec fails with the reason when it cannot), and
+-- against fake servers (loom.listen) for what a real one never sends: reply types both
+-- ways, binary values, error replies and the connection afterwards, method names,
+-- pipelines, pub/sub, AUTH and SELECT from the URL, a connection killed mid-command, a
+-- server killed, malformed and oversized replies (nil, "redis: ..." at once, the
+-- connection closed), timeouts, cancellation, the pool's bound, idle connections that
+-- keep nothing alive, and the session store.
+local loom = require "loom"
+local core = require "loom.core"
+local run = require "support.run"
+local timing = require "support.timing"
+local redis_server = require "support.redis_server"
+
+local PW = "s3cret pw"
+local srv
+
+local function url(db)
+    return ("redis://:%s@127.0.0.1:%d/%d"):format(PW:gsub(" ", "%%20"), srv.port, db or 0)
+end
+
+local function opts(extra)
+    local o = { host = "127.0.0.1", port = srv.port, password = PW }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return o
+end
+
+-- Connections of the server whose name is `name` (CLIENT SETNAME is not used by loom:
+-- counted by the database they selected instead).
+local function clients(r, db)
+    local list = assert(r:client("list"))
+    local n = 0
+    for line in list:gmatch("[^\n]+") do
+        if line:find(" db=" .. db .. " ", 1, true) then n = n + 1 end
+    end
+    return n
+end
+
+-- A fake server: for each connection, reads one command (any bytes) and answers with
+-- `answer` (a string, or a function(stream) doing the talking). Returns the listener and
+-- an event set when a connection it served ends (the client closed it).
+local function fake(answer)
+    local closed = loom.event()
+    local ln = assert(loom.listen { host = "127.0.0.1", port = 0, handler = function(st)
+        if type(answer) == "function" then
+            answer(st)
+        else
+            assert(st:read())
+            st:write(answer)
+        end
+        while st:read() do end -- until the client hangs up
+        closed:set()
+        st:close()
+    end })
+    return ln, closed
+end
+
+describe("loom.redis", function()
+    setup(function()
+        srv = redis_server.start(PW)
+    end)
+    teardown(function()
+        redis_server.stop(srv)
+    end)
+
+    it("is lazy, and its idle connections keep nothing alive", function()
+        run(function()
+            local r = loom.redis(url(1))
+            local probe = loom.redis(url(0))
+            assert.equal(0, clients(probe, 1))
+            assert.same({ ok = "OK" }, r:set("lazy", "1"))
+            assert.equal(1, clients(probe, 1))
+            assert.equal(0, core.stats().alive) -- idle pooled connections: unreferenced
+            r:close()
+            probe:close()
+        end)
+    end)
+
+    it("converts reply types and sends values as bulk strings", function()
+        run(function()
+            local r = loom.redis(url())
+            assert.same({ ok = "OK" }, r:call("SET", "k", "v"))
+            assert.equal("v", r:get("k"))
+            assert.equal(loom.null, r:get("no such key"))
+            assert.equal(loom.null, r:call("GET", "no such key"))
+            local bin = "a\r\nb\0c $3\r\n*1\r\n"
+            assert.same({ ok = "OK" }, r:set("bin", bin))
+            assert.equal(bin, r:get("bin"))
+            assert.equal(3, r:hset("h", "a", 1, "b", 0.1, "c", "x y"))
+            assert.equal("integer", math.type(r:hlen("h")))
+            local flat = r:hgetall("h")
+            local got = {}
+            for i = 1, #flat, 2 do got[flat[i]] = flat[i + 1] end
+            assert.same({ a = "1", b = "0.10000000000000001", c = "x y" }, got) -- %.17g
+            assert.equal(0.1, tonumber(got.b))
+            assert.equal(-5, r:incrby("n", -5))
+            assert.same({}, r:lrange("empty", 0, -1))
+            assert(r:set("k2", "x"))
+            assert.same({ "x", loom.null, "v" }, r:mget("k2", "nokey", "k"))
+            assert.equal(loom.null, r:blpop("empty", 0.01)) -- a nil array
+            assert.same({ ok = "PONG" }, r:ping())
+            -- nested arrays
+            assert(r:rpush("l", "a", "b"))
+            local nested = r:call("EVAL", "return {1, {'x', {2}}, redis.status_reply('S')}", 0)
+            assert.same({ 1, { "x", { 2 } }, { ok = "S" } }, nested)
+            -- large values and arrays
+            local big = ("0123456789abcdef"):rep(65536) -- 1 MiB
+            assert(r:set("big", big))
+            assert.equal(big, r:get("big"))
+            local many = {}
+            for i = 1, 10000 do many[i] = tostring(i) end
+            assert.equal(10000, r:rpush("many", table.unpack(many)))
+            assert.same(many, r:lrange("many", 0, -1))
+            r:close()
+        end)
+    end)
+
+    it("gives an error reply as nil, 'redis: ...' and reuses the connection", function()
+        run(function()
+            local r = loom.redis(opts { max = 1 })
+            local id = r:client("id")
+            local v, err = r:incr("k")
+            assert.is_nil(v)
+            assert.equal("redis: ERR value is not an integer or out of range", err)
+            v, err = r:call("NOSUCHCOMMAND", "x")
+            assert.is_nil(v)
+            assert.matches("^redis: ERR unknown command", err)
+            v, err = r:call("GET")
+            assert.is_nil(v)
+            assert.matches("^redis: ERR wrong number of arguments", err)
+            assert.equal(id, r:client("id"))
+            r:close()
+        end)
+    end)
+
+    it("makes one closure per command name", function()
+        local r = loom.redis(opts())
+        assert.equal(r.hset, r.hset)
+        assert.equal(r.get, loom.redis(opts()).get)
+        assert.is_function(r.any_name)
+    end)
+
+    it("raises for misuse, naming the argument", function()
+        assert.has_error(function() loom.redis(5) end,
+            "bad argument #1 to 'redis' (URL string or options table expected, got number)")
+        assert.has_error(function() loom.redis { nope = 1 } end, "bad argument #1 to 'redis' (unknown option 'nope')")
+        assert.has_error(function() loom.redis { max = 0 } end,
+            "bad argument #1 to 'redis' (option 'max': positive integer expected)")
+        assert.has_error(function() loom.redis("http://x") end,
+            "bad argument #1 to 'redis' (redis:// URL expected, got 'http://x')")
+        local r = loom.redis(opts())
+        run(function()
+            assert.has_error(function() r:set("k", {}) end,
+                "bad argument #3 to 'call' (string or number expected, got table)")
+            assert.has_error(function() r:call(7) end,
+                "bad argument #1 to 'call' (command name (string) expected, got number)")
+            assert.has_error(function() r:pipeline(5) end,
+                "bad argument #1 to 'pipeline' (function expected, got number)")
+        end)
+    end)
+
+    it("pipelines commands in one write, replies and error entries in order", function()
+        run(function()
+            local r = loom.redis(opts { max = 1 })
+            assert(r:del("pa", "pb"))
+            local res = assert(r:pipeline(function(p)
+                p:incr("pa")
+                p:incr("pa")
+                p:set("pb", "x")
+                p:get("pb")
+                p:incr("pb")
+                p:get("nokey")
+                p:call("HSET", "ph", "f", "v")
+            end))
+            assert.same({ 1, 2, { ok = "OK" }, "x", { err = "redis: ERR value is not an integer or out of range" },
+                loom.null, 1 }, res)
+            assert.same({}, r:pipeline(function() end))
+            local n = 0
+            local many = assert(r:pipeline(function(p)
+                for i = 1, 1000 do p:rpush("plist", i) n = n + 1 end
+            end))
+            assert.equal(1000, #many)
+            assert.equal(1000, many[1000])
+            assert.equal(1000, n)
+            -- a pipeline object used after its function returned raises
+            local kept
+            r:pipeline(function(p) kept = p end)
+            assert.has_error(function() kept:get("x") end)
+            r:close()
+        end)
+    end)
+
+    it("sends a pipeline in one write (a fake server sees every command before answering)", function()
+        run(function()
+            local got = {}
+            local ln = fake(function(st)
+                local buf = ""
+                while select(2, buf:gsub("%*1\r\n", "")) < 3 do buf = buf .. assert(st:read()) end
+                got[#got + 1] = buf
+                st:write("+A\r\n:2\r\n$1\r\nc\r\n")
+            end)
+            local r = loom.redis { port = ln.port }
+            local res = assert(r:pipeline(function(p) p:a() p:b() p:c() end))
+            assert.same({ { ok = "A" }, 2, "c" }, res)
+            assert.equal("*1\r\n$1\r\nA\r\n*1\r\n$1\r\nB\r\n*1\r\n$1\r\nC\r\n", got[1])
+            r:close()
+            ln:close()
+        end)
+    end)
+
+    it("subscribes on a connection of its own: messages, patterns, close", function()
+        run(function()
+            local r = loom.redis(opts { max = 1 })
+            local sub = assert(r:subscribe("news", "sport"))
+            assert.equal(1, r:publish("news", "hello"))
+            assert.equal(1, r:publish("sport", "goal\r\n\0"))
+            assert.same({ "news", "hello" }, { sub:receive() })
+            assert.same({ "sport", "goal\r\n\0" }, { sub:receive() })
+            local ch, msg = sub:receive(0.05)
+            assert.is_nil(ch)
+            assert.matches("^timeout", msg)
+            -- a message published while a task waits
+            local t = loom.spawn(function() return sub:receive() end)
+            loom.sleep(0)
+            assert.equal(1, r:publish("news", "later"))
+            assert.same({ true, "news", "later" }, { t:join() })
+            sub:close()
+            local psub = assert(r:psubscribe("user.*"))
+            assert.equal(1, r:publish("user.7", "hi"))
+            assert.same({ "user.7", "hi", "user.*" }, { psub:receive() })
+            psub:close()
+            local _, err = psub:receive()
+            assert.matches("^closed", err)
+            assert.has_error(function() r:subscribe() end)
+            r:close()
+        end)
+    end)
+
+    it("authenticates and selects the database from the URL", function()
+        run(function()
+            local r3 = loom.redis(url(3))
+            local r0 = loom.redis(url(0))
+            assert(r3:set("only3", "x"))
+            assert.equal("x", r3:get("only3"))
+            assert.equal(loom.null, r0:get("only3"))
+            local wrong = loom.redis(("redis://:wrong@127.0.0.1:%d"):format(srv.port))
+            local v, err = wrong:get("k")
+            assert.is_nil(v)
+            assert.matches("^redis: WRONGPASS", err)
+            local none = loom.redis { port = srv.port }
+            v, err = none:get("k")
+            assert.is_nil(v)
+            assert.matches("^redis: NOAUTH", err)
+            local acl = loom.redis(opts { username = "default", db = 3 })
+            assert.equal("x", acl:get("only3"))
+            for _, r in ipairs { r3, r0, wrong, none, acl } do r:close() end
+        end)
+    end)
+
+    it("a connection killed mid-command gives closed:, and the pool recovers", function()
+        run(function()
+            local r = loom.redis(opts { max = 1, db = 5 })
+            local admin = loom.redis(opts())
+            assert(r:ping())
+            local t = loom.spawn(function() return r:blpop("never", 0) end)
+            while true do -- until the BLPOP is blocked on the server
+                local list = assert(admin:client("list"))
+                if list:find("cmd=blpop", 1, true) then break end
+                loom.sleep(0.01)
+            end
+            assert.equal(1, admin:client("kill", "type", "normal", "skipme", "yes") >= 1 and 1 or 0)
+            local ok, v, err = t:join()
+            assert.is_true(ok)
+            assert.is_nil(v)
+            assert.matches("^closed", err)
+            assert.same({ ok = "OK" }, r:set("after", "1"))
+            assert.equal("1", r:get("after"))
+            r:close()
+            admin:close()
+        end)
+    end)
+
+    it("a server killed mid-command gives closed:, never a hang", function()
+        local own = redis_server.start()
+        local ok, e = pcall(run, function()
+            local r = loom.redis { port = own.port, max = 1 }
+            assert(r:ping())
+            local t = loom.spawn(function() return r:blpop("never", 0) end)
+            loom.sleep(0.05)
+            os.execute("kill -9 " .. own.pid)
+            local ok, v, err = t:join()
+            assert.is_true(ok)
+            assert.is_nil(v)
+            assert.matches("^closed", err)
+            v, err = r:ping() -- the pool opens a new connection: refused
+            assert.is_nil(v)
+            assert.matches("^connect", err)
+            r:close()
+        end)
+        redis_server.stop(own)
+        assert(ok, e)
+    end)
+
+    it("a server that closed an idle connection: the next command gets a new one", function()
+        run(function()
+            local r = loom.redis(opts { max = 1, db = 6 })
+            local admin = loom.redis(opts())
+            assert(r:set("x", "1"))
+            assert(admin:client("kill", "type", "normal", "skipme", "yes"))
+            loom.sleep(0.05) -- the idle connection sees the server's close on its own time
+            assert.equal("1", r:get("x"))
+            r:close()
+            admin:close()
+        end)
+    end)
+
+    it("a malformed reply is nil, 'redis: protocol error: ...' with the connection closed", function()
+        run(function()
+            for _, case in ipairs {
+                { "!3\r\nabc\r\n", "unknown reply type" },
+                { "$3\r\nabcd\r\n", "bulk string not ended by CRLF" },
+                { ":12a\r\n", "bad integer" },
+                { "$-7\r\n", "bad bulk string length" },
+                { "+OK\n", "not ended by CRLF" },
+                { "*2\r\n:1\r\n?\r\n", "unknown reply type" },
+            } do
+                local ln, closed = fake(case[1])
+                local r = loom.redis { port = ln.port }
+                local v, err = r:get("k")
+                assert.is_nil(v)
+                assert.matches("^redis: protocol error: .*" .. case[2], err)
+                closed:wait() -- the connection was closed by the client
+                assert.equal(0, r.nopen)
+                r:close()
+                ln:close()
+            end
+        end)
+    end)
+
+    it("a reply over the limits is refused at its header, without waiting for it", function()
+        run(function()
+            local cases = {
+                { "$536870913\r\n", {}, "bulk string of 536870913 bytes over the limit of 536870912" },
+                { "$11\r\n", { max_bulk = 10 }, "over the limit of 10" },
+                { "*5\r\n", { max_elements = 4 }, "array of 5 elements over the limit of 4" },
+                { "*1\r\n*1\r\n*1\r\n", { max_depth = 2 }, "nested deeper than 2" },
+                { "*3\r\n*2\r\n", { max_elements = 4 }, "more than 4 array elements" },
+                { "+" .. ("x"):rep(70000), {}, "line longer than 65536" },
+            }
+            for _, case in ipairs(cases) do
+                local ln, closed = fake(case[1]) -- the payload never comes
+                local o = { port = ln.port }
+                for k, v in pairs(case[2]) do o[k] = v end
+                local r = loom.redis(o)
+                local v, err = r:get("k")
+                assert.is_nil(v)
+                assert.matches(case[3], err, 1, true)
+                closed:wait()
+                r:close()
+                ln:close()
+            end
+        end)
+    end)
+
+    it("a reply cut by the server's close is closed:, a stalled one a timeout", function()
+        run(function()
+            local ln = assert(loom.listen { host = "127.0.0.1", port = 0, handler = function(st)
+                assert(st:read())
+                st:write("$10\r\nabc")
+                st:close()
+            end })
+            local r = loom.redis { port = ln.port }
+            local v, err = r:get("k")
+            assert.is_nil(v)
+            assert.matches("^closed", err)
+            ln:close()
+            local stall, closed = fake("*2\r\n$3\r\nabc\r\n")
+            r = loom.redis { port = stall.port, timeout = 0.2 }
+            local t0 = loom.now()
+            v, err = r:get("k")
+            timing.within(loom.now() - t0, 0.19, 0.2, "timeout")
+            assert.is_nil(v)
+            assert.matches("^timeout", err)
+            closed:wait()
+            r:close()
+            stall:close()
+        end)
+    end)
+
+    it("times a command out and closes its connection (the late reply never reaches another)", function()
+        run(function()
+            local r = loom.redis(opts { max = 1, timeout = 0.2, db = 7 })
+            assert(r:del("tq"))
+            local t0 = loom.now()
+            local v, err = r:blpop("tq", 5)
+            timing.within(loom.now() - t0, 0.19, 0.2, "timeout")
+            assert.is_nil(v)
+            assert.matches("^timeout", err)
+            assert.equal(1, r:rpush("tq", "item"))
+            loom.sleep(0.05)
+            assert.equal(1, r:llen("tq")) -- no BLPOP of a kept connection took it
+            assert.equal("item", r:lpop("tq"))
+            r:close()
+        end)
+    end)
+
+    it("a task cancelled mid-command closes the connection; the pool goes on", function()
+        run(function()
+            local r = loom.redis(opts { max = 1, db = 8 })
+            assert(r:del("cq"))
+            local v, err = loom.timeout(0.1, function() return r:blpop("cq", 5) end)
+            assert.is_nil(v)
+            assert.matches("^timeout", err)
+            local t = loom.spawn(function() return r:blpop("cq", 5) end)
+            loom.sleep(0.02)
+            t:cancel()
+            assert.is_false((t:join()))
+            assert.equal(1, r:rpush("cq", "item"))
+            loom.sleep(0.05)
+            assert.equal(1, r:llen("cq")) -- the cancelled BLPOPs' connections are gone
+            assert.equal("1", tostring(r.nopen))
+            r:close()
+        end)
+    end)
+
+    it("bounds the pool at max, waiters served in order", function()
+        run(function()
+            local r = loom.redis(opts { max = 2, db = 9 })
+            local admin = loom.redis(opts())
+            local order = {}
+            local tasks = {}
+            for i = 1, 6 do
+                tasks[i] = loom.spawn(function()
+                    assert(r:blpop("wq" .. i, 0.05))
+                    order[#order + 1] = i
+                end)
+            end
+            for i = 1, 6 do tasks[i]:join() end
+            assert.equal(6, #order)
+            assert.is_true(r.nopen <= 2)
+            assert.is_true(clients(admin, 9) <= 2)
+            assert.same({ 1, 2, 3, 4, 5, 6 }, order)
+            r:close()
+            local _, err = r:get("x")
+            assert.matches("^closed", err)
+            admin:close()
+        end)
+    end)
+
+    it("keeps loom.cookie_session's sessions in Redis (store = r)", function()
+        run(function()
+            local r = loom.redis(opts { db = 10 })
+            local app = loom.app()
+            app:use(loom.cookie_session { secret = "k", store = r, max_age = 100 })
+            app:get("/set", function(req)
+                req.session.user = "ann"
+                return { text = "ok" }
+            end)
+            app:get("/get", function(req) return { text = tostring(req.session.user) } end)
+            local s <close> = assert(app:listen { host = "127.0.0.1", port = 0 })
+            local base = "http://127.0.0.1:" .. s.port
+            local res = assert(loom.fetch(base .. "/set"))
+            local cookie = res.headers["set-cookie"]:match("^([^;]+)")
+            local id = cookie:match("=([^.]+)%.")
+            local keys = assert(r:keys("loom:session:*"))
+            assert.same({ "loom:session:" .. id }, keys)
+            local ttl = r:ttl("loom:session:" .. id)
+            assert.is_true(ttl > 90 and ttl <= 100)
+            assert.matches('"user":"ann"', r:get("loom:session:" .. id))
+            res = assert(loom.fetch(base .. "/get", { headers = { cookie = cookie } }))
+            assert.equal("ann", res:text())
+            res = assert(loom.fetch(base .. "/get"))
+            assert.equal("nil", res:text())
+            r:close()
+        end)
+    end)
+end)
