@@ -132,6 +132,7 @@ describe("multipart: req:parts()", function()
             local out = {}
             for part in req:parts() do
                 if part.filename then
+                    assert(part.headers["Content-Type"] == part.type and part.headers["content-disposition"])
                     out[#out + 1] = ("%s:%s:%s:%d"):format(part.name, part.filename, part.type, part:save(saved))
                 else
                     out[#out + 1] = part.name .. "=" .. part:text()
@@ -278,6 +279,34 @@ srv:close()
         assert.matches("\n500\n", "\n" .. out, 1, true)
         assert.matches("boom in a", out, 1, true)
         assert.matches(script:match("[^/]+$") .. ":4:", out, 1, true)
+    end)
+end)
+
+describe("multipart: misuse on the server", function()
+    it("raises when the body is read twice, or a part's body after the loop moved on", function()
+        local app = loom.app{}
+        local errs = {}
+        app:post("/twice", function(req)
+            local it = req:parts()
+            local first = it()
+            errs[1] = select(2, pcall(req.parts, req))
+            errs[2] = select(2, pcall(req.form, req))
+            local second = it()
+            errs[3] = select(2, pcall(first.text, first))
+            errs[4] = second:text()
+            errs[5] = select(2, pcall(second.text, second))
+            assert.is_nil(it())
+            return "ok"
+        end)
+        serve(app, function(_, base)
+            local res = assert(loom.fetch(base .. "/twice", { method = "POST", multipart = { a = "1", b = "2" } }))
+            assert.equal("ok", res:text())
+        end)
+        assert.matches("parts: the body is already being read", errs[1], 1, true)
+        assert.matches("form: the body is already being read", errs[2], 1, true)
+        assert.matches("text: the part's body was already read or skipped", errs[3], 1, true)
+        assert.equal("2", errs[4])
+        assert.matches("text: the part's body was already read or skipped", errs[5], 1, true)
     end)
 end)
 
@@ -431,9 +460,13 @@ describe("multipart: the client", function()
         local app = loom.app{}
         app:post("/count", function(req)
             local n = 0
-            for s in req:chunks() do n = n + #s end
+            local last = ""
+            for s in req:chunks() do
+                n = n + #s
+                last = (last .. s):sub(-64)
+            end
             return { json = { n = n, cl = req.headers["content-length"] or false, te = req.headers["transfer-encoding"] or false,
-                ct = req.headers["content-type"] } }
+                ct = req.headers["content-type"], last = last } }
         end)
         serve(app, function(_, base)
             local res = assert(loom.fetch(base .. "/count", { method = "POST",
@@ -443,6 +476,10 @@ describe("multipart: the client", function()
             assert.is_false(got.te)
             assert.matches("^multipart/form%-data; boundary=loom%-%x+$", got.ct)
             assert.is_true(got.n > 200001)
+            -- the body ends with its close delimiter, right at the Content-Length: not one byte
+            -- short (the delimiter would be cut) nor long (the server would wait for more)
+            local boundary = got.ct:match("boundary=(.*)$")
+            assert.equal("--" .. boundary .. "--\r\n", got.last:sub(-#boundary - 6))
         end)
         os.remove(path)
     end)

@@ -92,6 +92,10 @@ end
 
 -- The iterator over req's parts. limits: {max_parts, max_part_header} or nil.
 function M.parts(req, headers_mt, limits)
+    if rawget(req, "_parts_read") then
+        error("parts: the body is already being read by req:parts() or req:form()", 3)
+    end
+    rawset(req, "_parts_read", true)
     local ctype = req.headers["content-type"]
     local boundary, berr, bstatus = mp_boundary(ctype)
     if not boundary then
@@ -147,6 +151,9 @@ end
 
 -- The multipart half of req:form(): fields, all | nil, err
 function M.form(req, headers_mt, limits)
+    if rawget(req, "_parts_read") then
+        error("form: the body is already being read by req:parts() or req:form()", 3)
+    end
     local fields, all = {}, {}
     local ok, err = pcall(function()
         for part in M.parts(req, headers_mt, limits) do
