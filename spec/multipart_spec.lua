@@ -419,6 +419,25 @@ describe("multipart: bad bodies", function()
     end)
 end)
 
+describe("multipart: bad bodies and app:on_error", function()
+    it("leaves a body fault to its status: on_error is not called for it", function()
+        local called = 0
+        local app = loom.app{}
+        app:on_error(function() called = called + 1; return { status = 503, text = "on_error" } end)
+        app:post("/up", function(req) for _ in req:parts() do end end)
+        app:post("/bug", function() error("a bug") end)
+        serve(app, function(srv)
+            local res = exchange(srv, raw_request("/up", "B", "--B\r\nContent-Disposition: form-data\r\n\r\nv\r\n--B--\r\n"))
+            assert.equal(400, res.status)
+            assert.equal("http: multipart part without a name", res.body)
+            assert.equal(0, called)
+            res = exchange(srv, "POST /bug HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            assert.equal(503, res.status)
+            assert.equal(1, called)
+        end)
+    end)
+end)
+
 describe("multipart: req:form()", function()
     local function form_app()
         local app = loom.app{}
