@@ -208,6 +208,27 @@ open("%s", "w").write(str(r.status_code) + "\n" + r.text)
         end)
     end)
 
+    it("gives nil, \"fs: ...\" from part:save when the file cannot be opened, and goes on", function()
+        local app = loom.app{}
+        app:post("/up", function(req)
+            local out = {}
+            for part in req:parts() do
+                if part.name == "f" then
+                    local n, err = part:save("/nonexistent-loom-dir/x")
+                    out[#out + 1] = tostring(n) .. " " .. err:match("^fs: ") .. ""
+                else
+                    out[#out + 1] = part.name .. "=" .. part:text()
+                end
+            end
+            return table.concat(out, ",")
+        end)
+        serve(app, function(_, base)
+            local res = assert(loom.fetch(base .. "/up", { method = "POST", multipart = {
+                f = { body = binary(100000), filename = "f.bin" }, g = "after" } }))
+            assert.equal("nil fs: ,g=after", res:text())
+        end)
+    end)
+
     it("drains the rest when the loop breaks early: the connection stays usable", function()
         local app = loom.app{}
         app:post("/first", function(req)

@@ -63,8 +63,9 @@ end
 function Part:save(path)
     args.check(path, "string", "save", 1)
     if self._taken then error("save: the part's body was already read or skipped", 2) end
-    local f, err = io.open(path, "wb")
-    if not f then return nil, "fs: " .. tostring(err) end
+    local file, err = io.open(path, "wb")
+    if not file then return nil, "fs: " .. tostring(err) end
+    local f <close> = file -- closed too when a read raises
     local n = 0
     for s in self:chunks() do
         local ok, werr = f:write(s)
