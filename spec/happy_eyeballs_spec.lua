@@ -238,3 +238,50 @@ describe("Happy Eyeballs in loom.fetch and loom.connect", function()
         end)
     end)
 end)
+
+describe("Happy Eyeballs through a real resolver #namespaces", function()
+    -- spec/fixtures/fault_dns.sh runs the loom host in a network namespace whose resolver
+    -- answers he*.test with 2001:db8:9::2 (routed to a tun device nobody reads: a black
+    -- hole) and 127.0.0.1. The tag keeps this out of spec/happy_eyeballs: smoke/fault_dns
+    -- runs it where namespaces are allowed and is reported skipped where not.
+    local results, status
+
+    setup(function()
+        local loom_bin = assert(os.getenv("LOOM_BIN"), "LOOM_BIN (the loom host) is not set")
+        local p = assert(io.popen("bash spec/fixtures/fault_dns.sh " .. loom_bin
+            .. " spec/fixtures/fault_dns_happy_eyeballs.lua; echo status=$?"))
+        local text = p:read("a")
+        p:close()
+        status = tonumber(text:match("status=(%d+)%s*$"))
+        if status == 0 then results = loom.json.decode(text:match("^(.-)\nstatus=")) end
+    end)
+
+    local function check(fn)
+        return function()
+            assert.equal(0, status, status == 77 and "no user or network namespaces here"
+                or status == 3 and "no tun device for the black hole here"
+                or "spec/fixtures/fault_dns_happy_eyeballs.lua failed")
+            fn()
+        end
+    end
+
+    it("fall back from the black-holed IPv6 address to IPv4 after the attempt delay, not connect_timeout", check(function()
+        -- about 250 ms: not before the delay; the guard is far below connect_timeout (5 s),
+        -- which the black hole took before (and failed: timeout)
+        for _, name in ipairs({ "fetch", "connect", "trace" }) do
+            local r = results[name]
+            assert.is_true(r.ok, name .. ": " .. tostring(r.err))
+            assert.is_true(r.secs >= 0.2 and r.secs < 4, name .. " took " .. r.secs)
+        end
+        assert.equal("fine", results.fetch.body)
+        assert.same({ "2001:db8:9::2", "127.0.0.1" }, results.trace.dns)
+        assert.equal("127.0.0.1", results.trace.connect)
+    end))
+
+    it("time out at connect_timeout when the black hole is the only address", check(function()
+        local r = results.blackhole_only
+        assert.is_false(r.ok)
+        assert.matches("^timeout: connect to %[2001:db8:9::2%]:%d+$", r.err)
+        assert.is_true(r.secs >= 0.39, "took " .. r.secs)
+    end))
+end)

@@ -162,7 +162,10 @@ local function connect(host, port, timeout, on)
         if on then on("on_connect", { host = host, address = ip, port = port, duration = secs }) end
         return st
     end
-    if ip == "timeout" then return nil, format("timeout: connect to %s:%d", host, port) end
+    if ip == "timeout" then
+        return nil, format(host:find(":", 1, true) and "timeout: connect to [%s]:%d" or "timeout: connect to %s:%d",
+            host, port)
+    end
     return nil, ip
 end
 M.connect = connect
