@@ -101,6 +101,14 @@ local race_mt = {
 -- names the host). When every address fails before it, the error is the first attempt's
 -- (the preferred address's). `seconds`: how long the winning attempt took.
 function M.race(addrs, port, deadline)
+    if #addrs == 1 then -- nothing to race: no task of its own
+        local l = left(deadline)
+        if l and l <= 0 then return nil, "timeout" end
+        local t0 = now()
+        local st, err = tcp_connect(addrs[1], port, l)
+        if st then return st, addrs[1], now() - t0 end
+        return nil, err:find("^timeout") and "timeout" or err
+    end
     local order = M.interleave(addrs)
     local race <close> = setmetatable({ n = 0, over = false }, race_mt)
     local box, seen, running, nexti = {}, 0, 0, 1
