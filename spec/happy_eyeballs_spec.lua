@@ -91,7 +91,8 @@ local function with_blackhole(body)
         port, srv, accepted, stop = blackhole_and_listener()
         body(port, srv, accepted)
         srv:close()
-        wait_until(function() return core.stats().handles == base end, "every attempt's handle to be released")
+        -- within 5 s: long before any attempt's own deadline (60 s) would close it
+        wait_until(function() return core.stats().handles == base end, "every attempt's handle to be released", 5)
     end, { timeout = 30 })
     if stop then stop() end
     assert(ok, err)
@@ -124,13 +125,13 @@ describe("Happy Eyeballs: dial.race", function()
     it("fall back from a black hole to the next address after the attempt delay, and close the loser", function()
         with_blackhole(function(port, _, accepted)
             local t0 = loom.now()
-            local st, ip, secs = dial.race({ "127.0.0.2", "127.0.0.1" }, port, loom.now() + 10)
+            local st, ip, secs = dial.race({ "127.0.0.2", "127.0.0.1" }, port, loom.now() + 60)
             local took = loom.now() - t0
             assert.is_truthy(st, ip)
             assert.equal("127.0.0.1", ip)
             assert(st:write("x\n"))
             assert.equal("hi", st:read_line())
-            -- not before the 250 ms attempt delay; long before the 10 s the black hole holds
+            -- not before the 250 ms attempt delay; long before the 60 s the black hole holds
             assert.is_true(took >= 0.2, "took " .. took)
             assert.is_true(took < 5, "took " .. took)
             assert.is_true(secs < took, "the winning attempt alone took " .. secs)
@@ -144,7 +145,7 @@ describe("Happy Eyeballs: dial.race", function()
             local delay = dial.ATTEMPT_DELAY
             dial.ATTEMPT_DELAY = 5 -- a delay the race would have to sit out
             local t0 = loom.now()
-            local ok, st, ip = pcall(dial.race, { "127.0.0.3", "127.0.0.1" }, port, loom.now() + 10)
+            local ok, st, ip = pcall(dial.race, { "127.0.0.3", "127.0.0.1" }, port, loom.now() + 60)
             dial.ATTEMPT_DELAY = delay
             assert(ok, st)
             local took = loom.now() - t0
@@ -157,10 +158,10 @@ describe("Happy Eyeballs: dial.race", function()
 
     it("give the first attempt's error when every address fails", function()
         with_blackhole(function(port)
-            local st, err = dial.race({ "127.0.0.3", "127.0.0.4" }, port, loom.now() + 10)
+            local st, err = dial.race({ "127.0.0.3", "127.0.0.4" }, port, loom.now() + 60)
             assert.is_nil(st)
             assert.equal("connect: connection refused (127.0.0.3:" .. port .. ")", err)
-            st, err = dial.race({}, port, loom.now() + 10)
+            st, err = dial.race({}, port, loom.now() + 60)
             assert.is_nil(st)
             assert.is_nil(err)
         end)
@@ -182,8 +183,10 @@ describe("Happy Eyeballs: dial.race", function()
 
     it("cancel every attempt when the dialing task is cancelled", function()
         with_blackhole(function(port)
-            local t = loom.spawn(dial.race, { "127.0.0.2", "127.0.0.5" }, port, loom.now() + 10)
-            loom.sleep(0.3) -- both attempts are under way by now (the second after 250 ms)
+            local base = core.stats().handles
+            local t = loom.spawn(dial.race, { "127.0.0.2", "127.0.0.5" }, port, loom.now() + 60)
+            -- both attempts under way (the second after 250 ms): two sockets more
+            wait_until(function() return core.stats().handles >= base + 2 end, "both attempts to start")
             t:cancel()
             local ok, err = t:join()
             assert.is_false(ok)
@@ -202,15 +205,15 @@ describe("Happy Eyeballs in loom.fetch and loom.connect", function()
                 local events = {}
                 local function record(ev) events[#events + 1] = ev end
                 local t0 = loom.now()
-                local res, err = loom.fetch("http://he.test:" .. port .. "/", { connect_timeout = 3 })
+                local res, err = loom.fetch("http://he.test:" .. port .. "/", { connect_timeout = 20 })
                 local took = loom.now() - t0
                 assert.is_truthy(res, err)
                 assert.equal(200, res.status)
                 assert.equal("fine", res:text())
                 local s = loom.session{ trace = { on_dns = record, on_connect = record } }
-                assert.equal("fine", assert(s:get("http://he.test:" .. port .. "/", { connect_timeout = 3 })):text())
+                assert.equal("fine", assert(s:get("http://he.test:" .. port .. "/", { connect_timeout = 20 })):text())
                 s:close()
-                -- not before the attempt delay; the connect timeout (3 s) is not what ended
+                -- not before the attempt delay; the connect timeout (20 s) is not what ended
                 -- the first attempt (before, fetch waited it out and failed: timeout)
                 assert.is_true(took >= 0.2, "took " .. took)
                 assert.equal(2, #events)
@@ -225,7 +228,7 @@ describe("Happy Eyeballs in loom.fetch and loom.connect", function()
         with_blackhole(function(port)
             fake_dns({ ["he.test"] = { "127.0.0.2", "127.0.0.1" }, ["hole.test"] = { "127.0.0.2", "127.0.0.5" } },
                 function()
-                    local st = assert(loom.connect("he.test", port, { timeout = 3 }))
+                    local st = assert(loom.connect("he.test", port, { timeout = 20 }))
                     assert(st:write("x\n"))
             assert.equal("hi", st:read_line())
                     st:close()
