@@ -175,6 +175,8 @@ describe("loom.socket.tcp", function()
             local s4 = loom.socket.tcp()
             assert(s4:connect("127.0.0.1", ln.port, { pool = "other" }))
             assert.equal(0, s4:getreusedtimes())
+            assert(s4:send("4\n"))
+            assert.equal("4", s4:receive()) -- its handler (the last accepted) has run
             s4:close()
             assert.equal(3, accepted)
             -- take the pooled one back and close it, so that the peer's handler ends

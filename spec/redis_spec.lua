@@ -425,24 +425,36 @@ describe("loom.redis", function()
 
     it("bounds the pool at max, waiters served in order", function()
         run(function()
-            local r = loom.redis(opts { max = 2, db = 9 })
             local admin = loom.redis(opts())
-            local order = {}
+            -- max = 2: six blocking commands at once never use more than two connections
+            local r = loom.redis(opts { max = 2, db = 9 })
+            local busy, most = 0, 0
             local tasks = {}
             for i = 1, 6 do
                 tasks[i] = loom.spawn(function()
+                    busy = busy + 1
+                    most = math.max(most, busy)
                     assert(r:blpop("wq" .. i, 0.05))
-                    order[#order + 1] = i
+                    busy = busy - 1
                 end)
             end
-            for i = 1, 6 do tasks[i]:join() end
-            assert.equal(6, #order)
-            assert.is_true(r.nopen <= 2)
-            assert.is_true(clients(admin, 9) <= 2)
-            assert.same({ 1, 2, 3, 4, 5, 6 }, order)
+            for i = 1, 6 do assert(tasks[i]:join()) end
+            assert.equal(6, most) -- all six were waiting at once...
+            assert.equal(2, r.nopen) -- ...on two connections
+            assert.equal(2, clients(admin, 9))
             r:close()
             local _, err = r:get("x")
             assert.matches("^closed", err)
+            -- max = 1: the waiters get the connection in the order they came
+            local one = loom.redis(opts { max = 1, db = 9 })
+            assert(one:del("seq"))
+            local got = {}
+            for i = 1, 5 do
+                tasks[i] = loom.spawn(function() got[i] = one:incr("seq") end)
+            end
+            for i = 1, 5 do assert(tasks[i]:join()) end
+            assert.same({ 1, 2, 3, 4, 5 }, got)
+            one:close()
             admin:close()
         end)
     end)
