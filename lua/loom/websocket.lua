@@ -73,7 +73,7 @@ local function add_helper(self, fn)
     return t
 end
 
-local unsubscribe_all
+local unsubscribe_all, flush_out
 
 local start_heartbeat
 
@@ -151,9 +151,7 @@ local function flush_published(self)
     local list = self.published
     if not list then return end
     self.published = nil
-    for i = 1, #list do
-        if not ws_push(self.st, list[i]) then return end
-    end
+    ws_push(self.st, concat(list))
 end
 
 -- Writes one frame, holding the write lock so frames of concurrent senders never
@@ -168,6 +166,7 @@ local function send_frame(self, op, payload, fin)
     local _ <close> = lock.releaser
     -- a send that waited for the lock while a close frame went out: nothing may follow it
     if self.sent_close and op ~= OP_CLOSE then return nil, "closing" end
+    if self.out then flush_out(self) end -- frames published before this send go first
     if not frame then frame = ws_frame(op, deflater(self):deflate(payload, true), fin, self.client, true) end
     if op == OP_CLOSE then -- nothing may follow a close frame (RFC 6455 5.5.1), a pong owed neither
         self.pong = nil
@@ -195,6 +194,7 @@ local function send_fragments(self, op, parts)
         if e ~= nil and begun > 0 and sent < n then finish(self, 1006, "message cut short") end
         if not self.closed then flush_published(self) end
     end })
+    if self.out then flush_out(self) end
     self.fragmenting = true
     local size = 0
     for i = 1, n do size = size + #parts[i] end
@@ -603,27 +603,67 @@ local function drop_slow(self)
     end)
 end
 
--- Queues a published frame for one subscriber: true, or false when it was dropped.
-local function deliver(self, frame)
-    if self.closed or self.sent_close then return false end
-    local queued = core.stream_queued(self.st)
-    if self.fragmenting then -- it goes after the message being sent
+-- Published frames are corked: each subscriber gathers them in ws.out, and one task,
+-- spawned by the first publish and run when the publisher next waits, hands each
+-- subscriber's frames to its socket in one write. A burst of publishes thus costs one
+-- system call per subscriber rather than one per message and subscriber.
+local corked, cork_task = {}, nil
+
+-- Hands ws.out to the stream (or, while a fragmented message is going out, to the list
+-- sent after its last fragment).
+flush_out = function(self)
+    local out = self.out
+    if not out then return end
+    self.out = nil
+    if self.closed then return end
+    if self.fragmenting then
         local list = self.published or {}
         self.published = list
-        list.bytes = (list.bytes or 0) + #frame
-        if queued + list.bytes > self.max_queue then drop_slow(self); return false end
-        list[#list + 1] = frame
-        return true
+        for i = 1, #out do list[#list + 1] = out[i] end
+        list.bytes = (list.bytes or 0) + out.bytes
+        return
     end
-    if queued + #frame > self.max_queue then drop_slow(self); return false end
-    local ok, err = ws_push(self.st, frame)
-    if not ok then finish(self, 1006, (err:gsub("^closed: ", ""))); return false end
+    local ok, err = ws_push(self.st, #out == 1 and out[1] or concat(out))
+    if not ok then finish(self, 1006, (err:gsub("^closed: ", ""))) end
+end
+
+local function flush_corked()
+    while next(corked) do
+        local list = corked
+        corked = {}
+        for ws in pairs(list) do flush_out(ws) end
+    end
+    cork_task = nil
+end
+
+-- Queues a published frame for one subscriber: true, or false when it was dropped
+-- because what waits for it (in the socket, in ws.out and after a fragmented message)
+-- would pass max_queue.
+local function deliver(self, frame)
+    if self.closed or self.sent_close then return false end
+    local out = self.out
+    if not out then
+        local published = self.published
+        out = { base = core.stream_queued(self.st) + (published and published.bytes or 0), bytes = 0 }
+        self.out = out
+        corked[self] = true
+        if not cork_task then cork_task = spawn(flush_corked) end
+    end
+    local bytes = out.bytes + #frame
+    if out.base + bytes > self.max_queue then
+        self.out = nil
+        drop_slow(self)
+        return false
+    end
+    out.bytes = bytes
+    out[#out + 1] = frame
     return true
 end
 
 -- app:publish(topic, msg [, kind]) -> receivers: the message to every websocket subscribed
 -- to topic, as one frame built once (uncompressed, whatever each connection agreed on)
--- and handed to each socket without waiting. A subscriber that has more than max_queue
+-- and queued for each socket without waiting (corked: written when the publisher next
+-- waits). A subscriber that has more than max_queue
 -- bytes (1 MiB) waiting is dropped (drop_slow); receivers counts those that got it.
 function M.publish(app, topic, msg, kind)
     args.check(topic, "string", "publish", 1)
