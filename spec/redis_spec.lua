@@ -151,7 +151,11 @@ describe("loom.redis", function()
         local r = loom.redis(opts())
         run(function()
             assert.has_error(function() r:set("k", {}) end,
+                "bad argument #2 to 'set' (string or number expected, got table)")
+            assert.has_error(function() r:call("SET", "k", {}) end,
                 "bad argument #3 to 'call' (string or number expected, got table)")
+            assert.has_error(function() r:pipeline(function(p) p:hset("h", "f", print) end) end,
+                "bad argument #3 to 'hset' (string or number expected, got function)")
             assert.has_error(function() r:call(7) end,
                 "bad argument #1 to 'call' (command name (string) expected, got number)")
             assert.has_error(function() r:pipeline(5) end,
@@ -384,6 +388,22 @@ describe("loom.redis", function()
             closed:wait()
             r:close()
             stall:close()
+        end)
+    end)
+
+    it("a server that never answers AUTH: timeout after connect_timeout, nothing left open", function()
+        run(function()
+            local ln, closed = fake(function(st) st:read() end) -- reads AUTH, says nothing
+            local r = loom.redis { port = ln.port, password = "x", connect_timeout = 0.2 }
+            local t0 = loom.now()
+            local v, err = r:get("k")
+            timing.within(loom.now() - t0, 0.19, 0.2, "connect timeout")
+            assert.is_nil(v)
+            assert.matches("^timeout: connect to 127.0.0.1:%d+ %(AUTH/SELECT%)", err)
+            closed:wait()
+            assert.equal(0, r.nopen)
+            r:close()
+            ln:close()
         end)
     end)
 

@@ -153,7 +153,11 @@ local function open(o)
     if #hello > 0 then
         local left = deadline - now()
         st:settimeout(left > 0 and left or 0)
-        local res, rerr = c:roundtrip(concat(hello), #hello)
+        local ok, res, rerr = pcall(c.roundtrip, c, concat(hello), #hello)
+        if not ok then -- cancelled while connecting: not left open until collected
+            c:close()
+            error(res, 0)
+        end
         if not res then
             c:close()
             if rerr and rerr:find("^timeout") then
@@ -275,17 +279,21 @@ local function check_pool(self, fname)
     end
 end
 
+-- One encoded command on a pooled connection -> reply | nil, err
+local function exec(self, payload)
+    local c, err = acquire(self)
+    if not c then return nil, err end
+    local _ <close> = setmetatable({ self, c }, guard_mt)
+    return c:roundtrip(payload, 1, true)
+end
+
 -- r:call(name, ...) -> reply | nil, err
 local function call(self, ...)
     check_pool(self, "call")
     if type((...)) ~= "string" then
         args.fail("call", 1, "command name (string) expected, got " .. type((...)), 1)
     end
-    local payload = resp_command("call", 1, ...)
-    local c, err = acquire(self)
-    if not c then return nil, err end
-    local _ <close> = setmetatable({ self, c }, guard_mt)
-    return c:roundtrip(payload, 1, true)
+    return exec(self, resp_command("call", 1, ...))
 end
 
 -- r:pipeline(function(p) p:incr("a"); p:get("b") end) -> {reply | {err = "redis: ..."}, ...}
@@ -430,7 +438,10 @@ Pool.__index = function(_, name)
     local f = commands[name]
     if not f then
         local cmd = name:upper()
-        f = function(self, ...) return call(self, cmd, ...) end
+        f = function(self, ...)
+            check_pool(self, name)
+            return exec(self, resp_command(name, 0, cmd, ...))
+        end
         commands[name] = f
     end
     return f
@@ -441,23 +452,23 @@ Pool.__tostring = function(self) return format("loom.redis (%d open, %d idle)", 
 Pool.__session_store = function(self) return setmetatable({ r = self }, Store) end
 
 local pipe_commands = setmetatable({}, { __mode = "v" })
-local function pipe_add(p, fname, ...)
+local function pipe_add(p, fname, first, ...)
     if p.done then error("pipeline: the pipeline function has returned", 3) end
     local n = p.n + 1
-    p.cmds[n] = resp_command(fname, 1, ...)
+    p.cmds[n] = resp_command(fname, first, ...)
     p.n = n
     return p
 end
 Pipe.__name = "loom.redis.pipeline"
 Pipe.__index = function(_, name)
     if name == "call" then
-        return function(p, ...) return pipe_add(p, "call", ...) end
+        return function(p, ...) return pipe_add(p, "call", 1, ...) end
     end
     if type(name) ~= "string" then return nil end
     local f = pipe_commands[name]
     if not f then
         local cmd = name:upper()
-        f = function(p, ...) return pipe_add(p, name, cmd, ...) end
+        f = function(p, ...) return pipe_add(p, name, 0, cmd, ...) end
         pipe_commands[name] = f
     end
     return f
