@@ -357,6 +357,33 @@ describe("topics", function()
         end)
     end)
 
+    it("keeps published frames in order with ws:send, and after a fragmented send's last fragment", function()
+        run(function()
+            local app = loom.app()
+            local sending = loom.queue()
+            app:ws("/t", function(ws)
+                ws:subscribe("t")
+                app:publish("t", "published first")
+                assert(ws:send("sent second")) -- what was published before goes first
+                -- a fragmented send that waits (the peer is not reading yet) between fragments
+                loom.spawn(function() sending:put(true); ws:send({ rep("a", 4 * MiB), rep("b", 4 * MiB) }) end)
+                ws:receive()
+            end)
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local st <close> = raw_client(srv.port, "/t")
+            sending:get()
+            assert.equal(1, app:publish("t", "published during the fragments"))
+            local got = {}
+            for _ = 1, 5 do
+                local f = frame(st)
+                got[#got + 1] = #f.payload > 100 and (f.op .. ":" .. #f.payload) or f.payload
+            end
+            assert.same({ "published first", "sent second", "1:" .. 4 * MiB, "0:" .. 4 * MiB,
+                "published during the fragments" }, got)
+            srv:close()
+        end, { timeout = 20 })
+    end)
+
     it("rejects misuse", function()
         run(function()
             local app = loom.app()
