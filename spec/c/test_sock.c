@@ -1,0 +1,235 @@
+/*
+ * test_sock.c - loom_sock alone over loopback: a libuv listener accepts into a sock with
+ * hooks of this test; the peer is a plain socket of the test, so what reached the kernel is
+ * seen at once (MSG_DONTWAIT) without a second event loop. Reads land in the owner's
+ * buffer; a write larger than the kernel takes is queued and drained; corked writes leave
+ * nothing until uncork, which sends them in one segment; a half-close lets the peer see the
+ * end while the sock still reads; close runs the closed hook once, and every handle is
+ * closed at the end (uv_loop_close == 0).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <uv.h>
+#include "io/sock.h"
+#include "check.h"
+
+#define BIG (8 * 1024 * 1024)
+
+typedef struct {
+    loom_sock_t sock;
+    char buf[16]; /* small on purpose: a read larger than it comes in several */
+    char got[256];
+    size_t ngot;
+    int allocs, inputs, eof, rerr, drained, drained_status, progress, closed, shut, shut_status;
+    int wrong_buffer; /* input data outside buf */
+} owner_t;
+
+static owner_t own;
+static uv_tcp_t listener;
+static int accepted;
+
+static void h_alloc(loom_sock_t *s, size_t hint, uv_buf_t *b) {
+    owner_t *o = loom_sock_owner(s);
+    (void)hint;
+    o->allocs++;
+    *b = uv_buf_init(o->buf, sizeof o->buf);
+}
+
+static void h_input(loom_sock_t *s, ssize_t nread, const char *data) {
+    owner_t *o = loom_sock_owner(s);
+    o->inputs++;
+    if (nread == UV_EOF) {
+        o->eof++;
+        loom_sock_read_stop(s);
+        return;
+    }
+    if (nread < 0) {
+        o->rerr = (int)nread;
+        loom_sock_read_stop(s);
+        return;
+    }
+    if (data != o->buf)
+        o->wrong_buffer++;
+    if (o->ngot + (size_t)nread <= sizeof o->got) {
+        memcpy(o->got + o->ngot, data, (size_t)nread);
+        o->ngot += (size_t)nread;
+    }
+}
+
+static void h_drained(loom_sock_t *s, int status) {
+    owner_t *o = loom_sock_owner(s);
+    o->drained++;
+    o->drained_status = status;
+}
+
+static void h_progress(loom_sock_t *s) {
+    owner_t *o = loom_sock_owner(s);
+    o->progress++;
+}
+
+static void h_closed(loom_sock_t *s) {
+    owner_t *o = loom_sock_owner(s);
+    o->closed++;
+}
+
+static const loom_sock_hooks_t hooks = {h_alloc, h_input, h_drained, h_progress, h_closed};
+
+static void on_shut(loom_sock_t *s, int status) {
+    owner_t *o = loom_sock_owner(s);
+    o->shut++;
+    o->shut_status = status;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    CHECK(status == 0);
+    CHECK(loom_sock_init_tcp(&own.sock, server->loop, &hooks, &own) == 0);
+    CHECK(uv_accept(server, &own.sock.h.stream) == 0);
+    accepted = 1;
+}
+
+/* Runs the loop a turn at a time until *flag is set (alarm() guards against a hang). */
+static void run_until(uv_loop_t *loop, int *flag) {
+    while (!*flag)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+/* Reads what the peer socket has now, without waiting: bytes, 0 at the end, -1 if none. */
+static ssize_t peek_read(int fd, char *buf, size_t cap) {
+    ssize_t n = recv(fd, buf, cap, MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -1 : n;
+}
+
+static int connect_peer(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int rcvbuf = 64 * 1024; /* small: the big write cannot all fit in the kernel */
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    return fd;
+}
+
+/* Reads into owner buffers: 40 bytes come through a 16-byte buffer in pieces. */
+static void test_read(uv_loop_t *loop, int fd) {
+    const char *msg = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    CHECK(loom_sock_read_start(&own.sock) == 0);
+    CHECK(loom_sock_reading(&own.sock));
+    CHECK(send(fd, msg, 40, 0) == 40);
+    while (own.ngot < 40)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(own.ngot == 40 && memcmp(own.got, msg, 40) == 0);
+    CHECK(own.inputs >= 3); /* 40 bytes through 16 */
+    CHECK(own.allocs >= own.inputs);
+    CHECK(own.wrong_buffer == 0);
+}
+
+/* A write the kernel cannot take whole: queued in pieces, progress, drained once. */
+static void test_big_write(uv_loop_t *loop, int fd) {
+    char *big = malloc(BIG), *in = malloc(64 * 1024);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (char)(i * 7 + i / 4096);
+    uv_buf_t b = uv_buf_init(big, BIG);
+    CHECK(loom_sock_write(&own.sock, &b, 1) == 0);
+    CHECK(loom_sock_pending(&own.sock) > 1); /* more than one piece of 256 KiB */
+    CHECK(loom_sock_queued(&own.sock) > 0);
+    CHECK(loom_sock_over_high_water(&own.sock));
+    memset(big, 0, BIG); /* the queue holds copies */
+    CHECK(own.drained == 0);
+    size_t seen = 0;
+    int bad = 0;
+    while (seen < BIG) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        ssize_t n = peek_read(fd, in, 64 * 1024);
+        CHECK(n != 0);
+        if (n == 0)
+            break;
+        for (ssize_t i = 0; i < n; i++, seen++)
+            bad += in[i] != (char)(seen * 7 + seen / 4096);
+    }
+    CHECK(seen == BIG && bad == 0);
+    run_until(loop, &own.drained);
+    CHECK(own.drained == 1 && own.drained_status == 0);
+    CHECK(own.progress >= 1);
+    CHECK(loom_sock_pending(&own.sock) == 0 && loom_sock_queued(&own.sock) == 0);
+    free(big);
+    free(in);
+}
+
+/* Corked writes reach the peer only at uncork, and then as one segment. */
+static void test_cork(int fd) {
+    char in[64];
+    uv_buf_t parts[2] = {uv_buf_init((char *)"HTTP/1.1 ", 9), uv_buf_init((char *)"200 ", 4)};
+    uv_buf_t last = uv_buf_init((char *)"OK\r\n", 4);
+    loom_sock_cork(&own.sock);
+    CHECK(loom_sock_write(&own.sock, parts, 2) == 0);
+    CHECK(loom_sock_write(&own.sock, &last, 1) == 0);
+    CHECK(peek_read(fd, in, sizeof in) == -1); /* nothing left while corked */
+    CHECK(loom_sock_uncork(&own.sock) == 0);
+    CHECK(loom_sock_pending(&own.sock) == 0); /* the kernel took it at once */
+    CHECK(peek_read(fd, in, sizeof in) == 17 && memcmp(in, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    /* uncorked, each write goes at once */
+    CHECK(loom_sock_write(&own.sock, &last, 1) == 0);
+    CHECK(peek_read(fd, in, sizeof in) == 4);
+    CHECK(loom_sock_uncork(&own.sock) == 0); /* not corked: nothing */
+}
+
+/* Half-close: the peer sees the end, the sock still reads what the peer sends after it. */
+static void test_half_close(uv_loop_t *loop, int fd) {
+    char in[16];
+    CHECK(loom_sock_shutdown(&own.sock, on_shut) == 0);
+    run_until(loop, &own.shut);
+    CHECK(own.shut == 1 && own.shut_status == 0);
+    CHECK(recv(fd, in, sizeof in, 0) == 0); /* the FIN */
+    own.ngot = 0;
+    CHECK(send(fd, "after", 5, 0) == 5);
+    while (own.ngot < 5 && !own.eof)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(own.ngot == 5 && memcmp(own.got, "after", 5) == 0);
+    shutdown(fd, SHUT_WR);
+    run_until(loop, &own.eof);
+    CHECK(own.eof == 1 && own.rerr == 0);
+    CHECK(!loom_sock_reading(&own.sock));
+}
+
+static void test_close(uv_loop_t *loop) {
+    uv_buf_t b = uv_buf_init((char *)"x", 1);
+    loom_sock_close(&own.sock);
+    loom_sock_close(&own.sock); /* idempotent */
+    CHECK(loom_sock_closing(&own.sock) && !loom_sock_closed(&own.sock));
+    CHECK(loom_sock_write(&own.sock, &b, 1) == UV_ECANCELED);
+    CHECK(own.closed == 0); /* from uv_close's callback, not before */
+    run_until(loop, &own.closed);
+    CHECK(own.closed == 1 && loom_sock_closed(&own.sock));
+}
+
+int main(void) {
+    uv_loop_t loop;
+    struct sockaddr_in sa;
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    alarm(60);
+    CHECK(uv_loop_init(&loop) == 0);
+    uv_tcp_init(&loop, &listener);
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    CHECK(uv_tcp_bind(&listener, (struct sockaddr *)&sa, 0) == 0);
+    CHECK(uv_listen((uv_stream_t *)&listener, 8, on_connection) == 0);
+    uv_tcp_getsockname(&listener, (struct sockaddr *)&bound, &len);
+    int fd = connect_peer(ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    run_until(&loop, &accepted);
+    test_read(&loop, fd);
+    test_big_write(&loop, fd);
+    test_cork(fd);
+    test_half_close(&loop, fd);
+    test_close(&loop);
+    close(fd);
+    uv_close((uv_handle_t *)&listener, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+    return CHECK_SUMMARY();
+}
