@@ -147,7 +147,7 @@ static int req_peer(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
     char ip[64];
     int port, v6;
-    if (loom_addr_peer(&c->tcp, ip, sizeof ip, &port, &v6) != 0)
+    if (loom_addr_peer(&c->sock.h.tcp, ip, sizeof ip, &port, &v6) != 0)
         return 0;
     lua_pushstring(L, ip);
     lua_pushinteger(L, port);
@@ -295,8 +295,8 @@ static int write_build(lua_State *L, void *ud, int reason) {
         loom_conn_close(box->c);
         return loom_fail(L, "timeout", "the client read nothing for %s s", secs);
     }
-    if (box->c->werr)
-        return loom_fail(L, "closed", "%s", uv_strerror(box->c->werr));
+    if (loom_sock_error(&box->c->sock))
+        return loom_fail(L, "closed", "%s", uv_strerror(loom_sock_error(&box->c->sock)));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -343,7 +343,7 @@ static int req_write(lua_State *L) {
     int rc = loom_conn_write(c, bufs, n);
     if (rc < 0)
         return loom_fail_uv(L, "closed", rc, NULL);
-    if (c->pending_writes == 0) {
+    if (loom_sock_pending(&c->sock) == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -358,8 +358,9 @@ static int req_write(lua_State *L) {
 
 /* core.req_upgrade(box, headers) -> stream | nil, err. Answers 101 with the headers and
  * hands the socket over to a stream (a duplicate descriptor, with any bytes that followed
- * the request head, and on HTTPS the TLS session); the HTTP connection is closed without a
- * word. */
+ * the request head, and on HTTPS the TLS session taken from the sock); the HTTP connection
+ * is closed without a word. Until streams sit on loom_sock too (issue 12, steps C and D),
+ * the descriptor is duplicated; then the sock itself moves (loom_sock_handover). */
 static int req_upgrade(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -370,7 +371,7 @@ static int req_upgrade(lua_State *L) {
     if (!head)
         return luaL_error(L, "upgrade: invalid header name or value");
     uv_os_fd_t fd;
-    int rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    int rc = uv_fileno(&c->sock.h.handle, &fd);
     int nfd = rc == 0 ? dup(fd) : -1;
     if (nfd < 0)
         return loom_fail(L, "closed", "cannot take over the connection");
@@ -388,10 +389,8 @@ static int req_upgrade(lua_State *L) {
         s->len += c->in_len;
         c->in_len = 0;
     }
-    if (c->tls) { /* a descriptor carries no TLS state: the session itself moves over */
-        loom_stream_tls_adopt(s, c->tls);
-        c->tls = NULL;
-    }
+    if (c->sock.tls) /* a descriptor carries no TLS state: the session itself moves over */
+        loom_stream_tls_adopt(s, loom_sock_tls_detach(&c->sock));
     uv_buf_t buf = uv_buf_init((char *)head, (unsigned)hlen);
     rc = loom_stream_send(s, &buf, 1);
     c->resp = R_DONE;

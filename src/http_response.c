@@ -2,8 +2,9 @@
  * http_response.c - response heads and writes for the server: status lines, the Date value
  * made once a second, headers from a Lua table (validated: a name is a token, a value has
  * no CR, LF or NUL, so a handler cannot split a response), Content-Length or chunked
- * framing, and one gathered try-write per response with a copied remainder when the kernel
- * is full. Also the access log line. Knows nothing of parsing or routing.
+ * framing, and one gathered write per response through the connection's loom_sock (which
+ * copies what the kernel does not take). Also the access log line. Knows nothing of parsing or
+ * routing.
  *
  * What a handler gives is checked before a byte of it is sent, since a wrong answer would be
  * read as the start of the next one on a kept-alive connection: the status is 200 to 999
@@ -348,96 +349,12 @@ static void put_connection(hb_t *b, loom_conn_t *c) {
 
 /* ---------------------------------------------------------------- writes */
 
-#define WRITE_PIECE (256 * 1024)
-
-typedef struct {
-    uv_write_t req;
-    loom_conn_t *c;
-    char data[];
-} cwreq_t;
-
-static void on_write(uv_write_t *req, int status) {
-    cwreq_t *w = (cwreq_t *)req;
-    loom_conn_t *c = w->c;
-    free(w);
-    c->pending_writes--;
-    if (status < 0 && !c->werr)
-        c->werr = status;
-    if (c->state == C_CLOSING)
-        return;
-    if (c->pending_writes == 0) {
-        if (c->waiter && !c->waiting_body)
-            loom_wake(c->waiter);
-        loom_conn_request_done(c);
-    } else if (c->waiter && !c->waiting_body) {
-        /* a piece went out: send_timeout counts from the latest progress */
-        loom_task_extend(c->waiter, c->srv->send_timeout);
-    } else if (c->tlist == TL_SEND) {
-        loom_conn_write_progress(c); /* the same for an answer no task waits on */
-    }
-}
-
+/* Every byte of an answer leaves through here: the sock writes it (encrypted on HTTPS) and
+ * copies what the kernel does not take at once. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
     for (int i = 0; i < nbufs; i++)
         c->sent += bufs[i].len;
-    if (c->tls)
-        return loom_conn_tls_write(c, bufs, nbufs);
-    return loom_conn_write_raw(c, bufs, nbufs);
-}
-
-int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
-    size_t total = 0, sent = 0;
-    if (c->state == C_CLOSING || c->werr)
-        return c->werr ? c->werr : UV_ECANCELED;
-    for (int i = 0; i < nbufs; i++)
-        total += bufs[i].len;
-    if (c->pending_writes == 0) {
-        int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs);
-        if (rc < 0 && rc != UV_EAGAIN) {
-            c->werr = rc;
-            return rc;
-        }
-        sent = rc > 0 ? (size_t)rc : 0;
-        if (sent == total)
-            return 0;
-    }
-    /* What the kernel did not take is copied and queued in pieces, so each completion
-     * shows progress to a waiting writer (send_timeout counts from the latest piece). */
-    int i = 0;
-    size_t skip = sent, left = total - sent;
-    while (i < nbufs && skip >= bufs[i].len) /* the cursor starts after what was sent */
-        skip -= bufs[i++].len;
-    while (left > 0) {
-        size_t piece = left < WRITE_PIECE ? left : WRITE_PIECE;
-        cwreq_t *w = malloc(sizeof *w + piece);
-        if (!w) {
-            c->werr = UV_ENOMEM;
-            return UV_ENOMEM;
-        }
-        for (size_t off = 0; off < piece;) {
-            size_t n = bufs[i].len - skip;
-            if (n > piece - off)
-                n = piece - off;
-            memcpy(w->data + off, bufs[i].base + skip, n);
-            off += n;
-            skip += n;
-            if (skip == bufs[i].len) {
-                i++;
-                skip = 0;
-            }
-        }
-        w->c = c;
-        uv_buf_t b = uv_buf_init(w->data, (unsigned)piece);
-        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-        if (rc < 0) {
-            free(w);
-            c->werr = rc;
-            return rc;
-        }
-        c->pending_writes++;
-        left -= piece;
-    }
-    return 0;
+    return loom_sock_write(&c->sock, bufs, nbufs);
 }
 
 /* ---------------------------------------------------------------- access log */
@@ -489,7 +406,7 @@ static void log_access(loom_conn_t *c) {
         return;
     char ip[64], when[64], ref[1024], ua[1024], target[8192];
     int port, v6;
-    if (loom_addr_peer(&c->tcp, ip, sizeof ip, &port, &v6) != 0)
+    if (loom_addr_peer(&c->sock.h.tcp, ip, sizeof ip, &port, &v6) != 0)
         snprintf(ip, sizeof ip, "-");
     time_t now = time(NULL);
     struct tm tm;
@@ -536,7 +453,7 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     }
     uv_buf_t bufs[2] = {uv_buf_init(c->srv->hbuf, (unsigned)b->len),
                         uv_buf_init((char *)body, (unsigned)blen)};
-    c->status = status;
+    c->status = (uint16_t)status;
     c->resp = R_DONE;
     c->sent = 0;
     loom_conn_write(c, bufs, nbufs);
@@ -633,7 +550,7 @@ int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, c
         put_date(&b);
     hb_put(&b, "\r\n", 2);
     uv_buf_t buf = uv_buf_init(c->srv->hbuf, (unsigned)b.len);
-    c->status = status;
+    c->status = (uint16_t)status;
     c->resp = R_STREAM;
     c->sent = 0;
     return loom_conn_write(c, &buf, 1);

@@ -5,7 +5,9 @@
  * timeouts (header, keep-alive, linger, handler, send, drain) from sorted lists and one
  * timer, lingering close after errors, graceful shutdown.
  *
- * An idle connection holds no buffer and no coroutine: just this struct.
+ * Below it, each connection's loom_sock (src/io/sock.c) reads, writes, queues and runs TLS;
+ * the engine hears from it through hooks (on_alloc, on_input, on_drained, on_progress,
+ * on_conn_closed). An idle connection holds no buffer and no coroutine: just this struct.
  * Knows nothing of routing (lua/loom/app.lua) or of how responses are built
  * (http_response.c).
  */
@@ -19,6 +21,7 @@
 #include <lauxlib.h>
 #include "http_server.h"
 #include "addr.h"
+#include "stream.h" /* loom_tls_conf_check: the core.tls_config object */
 #include "tls.h"
 #include "fail.h"
 
@@ -166,8 +169,6 @@ static void on_timer(uv_timer_t *timer) {
 /* ---------------------------------------------------------------- connection lifetime */
 
 static void conn_free(loom_conn_t *c) {
-    if (c->tls)
-        loom_conn_tls_free(c);
     loom_http_msg_release(&c->msg);
     free(c->in);
     free(c->body);
@@ -183,10 +184,10 @@ static void conn_release(loom_conn_t *c) {
     server_free_if_done(srv);
 }
 
-static void on_conn_closed(uv_handle_t *handle) {
-    loom_conn_t *c = handle->data;
+/* The sock's closed hook: its handle is closed (the TLS session freed with it). */
+static void on_conn_closed(loom_sock_t *s) {
+    loom_conn_t *c = loom_sock_owner(s);
     loom_server_t *srv = c->srv;
-    c->uv_closed = 1;
     loom_handle_closed(srv->host);
     server_maybe_done(srv);
     if (!c->task && !c->job.queued)
@@ -208,16 +209,13 @@ void loom_conn_close(loom_conn_t *c) {
     c->prev = c->next = NULL;
     srv->nconns--;
     loom_conn_detach_request(c);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    loom_sock_close(&c->sock);
 }
 
 /* ---------------------------------------------------------------- parsing */
 
 static void stop_reading(loom_conn_t *c) {
-    if (c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = 0;
-    }
+    loom_sock_read_stop(&c->sock);
 }
 
 static void keep_in(loom_conn_t *c, const char *at, size_t len) {
@@ -225,16 +223,16 @@ static void keep_in(loom_conn_t *c, const char *at, size_t len) {
         size_t cap = c->in_cap ? c->in_cap : 4096;
         while (cap < c->in_len + len)
             cap *= 2;
-        char *n = realloc(c->in, cap);
+        char *n = cap <= UINT32_MAX ? realloc(c->in, cap) : NULL;
         if (!n) {
             loom_conn_close(c);
             return;
         }
         c->in = n;
-        c->in_cap = cap;
+        c->in_cap = (uint32_t)cap;
     }
     memcpy(c->in + c->in_len, at, len);
-    c->in_len += len;
+    c->in_len += (uint32_t)len;
     if (c->in_len >= c->srv->max_buffered)
         stop_reading(c); /* the pipelining cap: the peer waits until we catch up */
 }
@@ -282,7 +280,7 @@ static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
         if (from_in) {
             if (rest)
                 memmove(c->in, pos, rest);
-            c->in_len = rest;
+            c->in_len = (uint32_t)rest;
         } else if (rest) {
             keep_in(c, pos, rest);
         }
@@ -463,11 +461,11 @@ static void next_request(loom_conn_t *c) {
 void loom_conn_request_done(loom_conn_t *c) {
     if (c->state != C_HANDLER || c->resp != R_DONE || c->task)
         return;
-    if (c->pending_writes > 0) {
+    if (loom_sock_pending(&c->sock) > 0) {
         tl_add(c, TL_SEND); /* the client has send_timeout to take each piece */
-        return;             /* on_write comes back here */
+        return;             /* the drained hook comes back here */
     }
-    if (c->werr || !c->keepalive || c->srv->closing) {
+    if (loom_sock_error(&c->sock) || !c->keepalive || c->srv->closing) {
         linger(c);
         return;
     }
@@ -494,16 +492,11 @@ void loom_conn_request_done(loom_conn_t *c) {
     next_request(c);
 }
 
-void loom_conn_write_progress(loom_conn_t *c) {
-    tl_add(c, TL_SEND);
-}
-
 /* ---------------------------------------------------------------- linger */
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-    loom_conn_t *c = req->data;
+static void on_shutdown(loom_sock_t *s, int status) {
+    loom_conn_t *c = loom_sock_owner(s);
     (void)status;
-    free(req);
     if (c->state == C_LINGER)
         tl_add(c, TL_LINGER);
 }
@@ -516,7 +509,7 @@ static void linger(loom_conn_t *c) {
     loom_conn_detach_request(c);
     c->state = C_LINGER;
     /* the shutdown waits for what is queued: send_timeout bounds that, then LINGER_MS */
-    if (c->pending_writes > 0)
+    if (loom_sock_pending(&c->sock) > 0)
         tl_add(c, TL_SEND);
     else
         tl_remove(c);
@@ -524,39 +517,29 @@ static void linger(loom_conn_t *c) {
         loom_conn_close(c);
         return;
     }
-    if (c->tls)
-        loom_conn_tls_close_notify(c);
-    uv_shutdown_t *req = malloc(sizeof *req);
-    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
-        free(req);
+    /* on HTTPS a close_notify goes first */
+    if (loom_sock_shutdown(&c->sock, on_shutdown) != 0) {
         loom_conn_close(c);
         return;
     }
-    req->data = c;
     c->parse_paused = 1;
     loom_conn_start_reading(c);
 }
 
 /* ---------------------------------------------------------------- reading */
 
-static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
-    loom_conn_t *c = handle->data;
+/* The sock's alloc hook: every read lands in the server's one buffer; what must stay is
+ * copied out (keep_in, on_body) before the next read. */
+static void on_alloc(loom_sock_t *s, size_t hint, uv_buf_t *buf) {
+    loom_conn_t *c = loom_sock_owner(s);
     (void)hint;
     buf->base = c->srv->rbuf;
     buf->len = sizeof c->srv->rbuf;
 }
 
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-    loom_conn_t *c = stream->data;
-    if (c->tls && nread > 0)
-        loom_conn_tls_input(c, buf->base, (size_t)nread); /* plaintext comes back below */
-    else
-        loom_conn_input(c, nread, buf->base);
-}
-
-void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data) {
-    if (nread == 0)
-        return;
+/* The sock's input hook: plaintext bytes (decrypted on HTTPS), or the end or a failure. */
+static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
+    loom_conn_t *c = loom_sock_owner(s);
     if (nread < 0) {
         c->eof = 1;
         stop_reading(c);
@@ -597,13 +580,36 @@ void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data) {
 }
 
 void loom_conn_start_reading(loom_conn_t *c) {
-    if (c->reading || c->eof || c->state == C_CLOSING)
+    if (loom_sock_reading(&c->sock) || c->eof || c->state == C_CLOSING)
         return;
     if (c->in_len >= c->srv->max_buffered && c->state != C_LINGER)
         return;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-        c->reading = 1;
+    loom_sock_read_start(&c->sock);
 }
+
+/* The sock's drained hook: everything queued went out (or a write failed: the sock keeps
+ * the error, and request_done lingers on it). */
+static void on_drained(loom_sock_t *s, int status) {
+    loom_conn_t *c = loom_sock_owner(s);
+    (void)status;
+    if (c->waiter && !c->waiting_body)
+        loom_wake(c->waiter);
+    loom_conn_request_done(c);
+}
+
+/* The sock's progress hook: a piece went out, more wait. send_timeout counts from the
+ * latest progress, for a writer task as for an answer no task waits on. */
+static void on_progress(loom_sock_t *s) {
+    loom_conn_t *c = loom_sock_owner(s);
+    if (c->waiter && !c->waiting_body)
+        loom_task_extend(c->waiter, c->srv->send_timeout);
+    else if (c->tlist == TL_SEND)
+        tl_add(c, TL_SEND);
+}
+
+static const loom_sock_hooks_t conn_hooks = {
+    on_alloc, on_input, on_drained, on_progress, on_conn_closed,
+};
 
 /* ---------------------------------------------------------------- handler tasks */
 
@@ -613,7 +619,7 @@ static void run_handler(loom_t *h, loom_job_t *job) {
     loom_server_t *srv = c->srv;
     lua_State *L = h->sched.L;
     if (c->state != C_HANDLER) {
-        if (c->uv_closed && !c->task)
+        if (loom_sock_closed(&c->sock) && !c->task)
             conn_release(c);
         return;
     }
@@ -681,7 +687,7 @@ static void on_handler_done(loom_t *h, loom_task_t *t) {
         log_handler_error(c, t); /* the client is gone, but the bug is still ours */
     if (c->state == C_CLOSING) {
         loom_conn_detach_request(c);
-        if (c->uv_closed)
+        if (loom_sock_closed(&c->sock))
             conn_release(c);
         return;
     }
@@ -756,23 +762,22 @@ static void accept_conn(loom_server_t *srv) {
         return;
     }
     srv->accept_retry_at = 0;
-    uv_tcp_init(srv->host->loop, &c->tcp);
-    c->tcp.data = c;
+    loom_sock_init_tcp(&c->sock, srv->host->loop, &conn_hooks, c);
     loom_handle_opened(srv->host);
     c->srv = srv;
     srv->live++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 || srv->shedding) {
+    if (uv_accept(server, &c->sock.h.stream) != 0 || srv->shedding) {
         c->state = C_CLOSING;
         srv->nconns++; /* on_conn_closed's accounting expects a counted connection */
         srv->nconns--;
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed); /* its descriptor closes here */
+        loom_sock_close(&c->sock); /* its descriptor closes here */
         if (srv->shedding) {
             srv->shedding = 0;
             spare_open(srv);
         }
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_nodelay(&c->sock.h.tcp, 1);
     loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads);
     c->msg.owner = c;
     c->msg.strict_lines = 1;
@@ -788,7 +793,7 @@ static void accept_conn(loom_server_t *srv) {
     srv->nconns++;
     c->state = C_HEAD;
     tl_add(c, TL_HEAD); /* on HTTPS the handshake counts toward header_timeout too */
-    if (srv->tls_conf && loom_conn_tls_start(c) != 0) {
+    if (srv->tls_conf && loom_sock_tls_start(&c->sock, srv->tls_conf, NULL) != 0) {
         loom_conn_close(c);
         return;
     }
@@ -1033,6 +1038,18 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->tl[TL_SEND].ms = secs_to_ms(send);
 }
 
+/* The core.tls_config object in option `tls` of the options table at idx, referenced for
+ * the server; NULL when there is none. Raises when it is something else. */
+static loom_tls_conf_t *server_tls_conf(lua_State *L, int idx) {
+    loom_tls_conf_t *conf = NULL;
+    if (lua_getfield(L, idx, "tls") != LUA_TNIL) {
+        conf = loom_tls_conf_check(L, -1);
+        loom_tls_conf_ref(conf);
+    }
+    lua_pop(L, 1);
+    return conf;
+}
+
 /* Every method name llhttp knows, by number (its header's method map). */
 static int method_names_ref(lua_State *L) {
     lua_createtable(L, 64, 0);
@@ -1059,7 +1076,7 @@ static int l_http_listen(lua_State *L) {
     int reuseport = loom_opt_boolean(L, 2, "reuseport", 0);
     loom_server_t *srv = server_new(L, loom_host(L));
     read_limits(L, 2, srv);
-    srv->tls_conf = loom_server_tls_conf(L, 2);
+    srv->tls_conf = server_tls_conf(L, 2);
     int rc = bind_listen(srv, host, port, reuseport, backlog);
     if (rc != 0) {
         srv->closing = 1;

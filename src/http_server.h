@@ -1,13 +1,16 @@
 /*
  * http_server.h - the HTTP/1.1 server engine shared by http_server.c (accept, read, parse,
  * connection lifecycle, timeouts), http_response.c (response heads and writes) and
- * http_request.c (the Lua request object, bodies, streaming responses).
+ * http_request.c (the Lua request object, bodies, streaming responses). Each connection
+ * embeds a loom_sock (src/io/sock.h), which owns the TCP handle, the write queue and the
+ * TLS session; the engine sets its hooks and never touches the handle's I/O itself.
  */
 #ifndef LOOM_HTTP_SERVER_H
 #define LOOM_HTTP_SERVER_H
 
 #include "host.h"
 #include "http_parse.h"
+#include "io/sock.h"
 
 typedef struct loom_server loom_server_t;
 typedef struct loom_conn loom_conn_t;
@@ -37,48 +40,44 @@ enum {
 enum { R_NONE, R_STREAM, R_DONE };
 
 struct loom_conn {
-    uv_tcp_t tcp; /* tcp.data = this */
+    loom_sock_t sock; /* first; sock.h.handle.data = this */
     loom_server_t *srv;
     loom_http_msg_t msg;
     loom_job_t job;             /* starts the handler in the scheduler */
     loom_conn_t *prev, *next;   /* every connection of the server */
     loom_conn_t *tprev, *tnext; /* the timeout list it is in */
     uint64_t deadline;
-    uint8_t tlist;
-    uint8_t state;
-    uint8_t resp;         /* R_* */
-    uint8_t keepalive;    /* the request allows another after it */
-    uint8_t parse_paused; /* llhttp is paused; `in` holds the bytes after the pause */
-    uint8_t msg_done;     /* on_message_complete seen for the current request */
-    uint32_t nreq;        /* requests finished on this connection (tells one from the next) */
-    uint8_t body_wanted;  /* a task asked for the body: parse it as it comes */
-    uint8_t discard;      /* parse the rest of the body and drop it */
-    uint8_t reading;
-    uint8_t eof;         /* the peer finished sending (or the read failed) */
-    uint8_t is_head;     /* HEAD request: no body in the answer */
-    uint8_t expect;      /* Expect: 100-continue not yet answered */
-    uint8_t chunked_out; /* streaming response uses chunked encoding */
-    uint8_t uv_closed;   /* close callback ran */
-    uint8_t http10;
-    uint8_t partial;      /* bytes of the current request head have arrived */
-    uint8_t chunk_mode;   /* the handler takes the body piece by piece (req:chunks) */
-    uint8_t waiting_body; /* `waiter` waits for the body (else for writes to drain) */
-    uint16_t fail_status; /* the body broke (413, 400): the answer becomes this, and closes */
-    uint8_t out_sized;    /* the streamed answer has a length (Content-Length, or no body) */
-    uint64_t out_left;    /* if out_sized: body bytes the answer still owes */
-    int pending_writes;
-    int werr;
-    char *in; /* unparsed bytes: pipelined requests, or a body not asked for yet */
-    size_t in_len, in_cap;
-    char *body; /* request body gathered for the handler */
+    uint64_t out_left;       /* if out_sized: body bytes the answer still owes */
+    char *in;                /* unparsed bytes: pipelined requests, or a body not asked for yet */
+    uint32_t in_len, in_cap; /* at most max_buffered plus one read */
+    char *body;              /* request body gathered for the handler */
     size_t body_len, body_cap;
     uint64_t body_seen;   /* body bytes parsed for this request (limit) */
     uint64_t sent;        /* response bytes, for the access log */
-    int status;           /* response status, for the access log */
     loom_task_t *task;    /* the handler, while it runs */
     loom_task_t *waiter;  /* a task parked on the body or on a streaming write */
     loom_reqbox_t *box;   /* the Lua request object of the current request */
-    struct loom_tls *tls; /* HTTPS: the session between the socket and the parser, or NULL */
+    uint32_t nreq;        /* requests finished on this connection (tells one from the next) */
+    uint16_t status;      /* response status, for the access log */
+    uint16_t fail_status; /* the body broke (413, 400): the answer becomes this, and closes */
+    uint8_t tlist;
+    uint8_t state;
+    uint8_t resp;      /* R_* */
+    uint8_t keepalive; /* the request allows another after it */
+    uint8_t msg_done;  /* on_message_complete seen for the current request */
+    uint8_t is_head;   /* HEAD request: no body in the answer */
+    /* the rest one bit each: 10 000 idle connections are what they cost */
+    unsigned http10 : 1;
+    unsigned expect : 1;       /* Expect: 100-continue not yet answered */
+    unsigned parse_paused : 1; /* llhttp is paused; `in` holds the bytes after the pause */
+    unsigned eof : 1;          /* the peer finished sending (or the read failed) */
+    unsigned partial : 1;      /* bytes of the current request head have arrived */
+    unsigned body_wanted : 1;  /* a task asked for the body: parse it as it comes */
+    unsigned discard : 1;      /* parse the rest of the body and drop it */
+    unsigned chunk_mode : 1;   /* the handler takes the body piece by piece (req:chunks) */
+    unsigned waiting_body : 1; /* `waiter` waits for the body (else for writes to drain) */
+    unsigned chunked_out : 1;  /* streaming response uses chunked encoding */
+    unsigned out_sized : 1;    /* the streamed answer has a length (Content-Length, or no body) */
 };
 
 struct loom_server {
@@ -137,17 +136,11 @@ void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
 void loom_conn_resume_parse(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
-/* A piece of an answer no task waits on went out: its send_timeout starts again. */
-void loom_conn_write_progress(loom_conn_t *c);
-/* What a read brought: plaintext bytes (nread > 0), or the end or a failure (a libuv error). */
-void loom_conn_input(loom_conn_t *c, ssize_t nread, const char *data);
 
 /* http_response.c */
-/* Writes bufs (through TLS on HTTPS), copying what the kernel did not take; returns 0 or a
- * libuv error. */
+/* Writes bufs through the connection's sock (encrypted on HTTPS), counting them for the
+ * access log; returns 0 or a libuv error. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
-/* The same below TLS: the bytes go to the socket as they are. */
-int loom_conn_write_raw(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
 /* Writes a complete response from a handler's results on L (the task's stack). */
 void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
 /* Writes a complete response with a plain-text body; closes the connection after it when
@@ -168,20 +161,6 @@ const char *loom_http_reason(int status);
 size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n);
 /* The request target, escaped so, for a log line ("" when there is no head). */
 const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap);
-
-/* http_server_tls.c: HTTPS under the connections */
-/* Gives an accepted connection its TLS session: 0, or -1 when it cannot have one. */
-int loom_conn_tls_start(loom_conn_t *c);
-/* Ciphertext read from the socket: handshake, then plaintext on to loom_conn_input. */
-void loom_conn_tls_input(loom_conn_t *c, const char *data, size_t n);
-/* Encrypts bufs and writes the records; returns 0 or a libuv error. */
-int loom_conn_tls_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
-/* Writes a close_notify alert: the last bytes before a graceful end. */
-void loom_conn_tls_close_notify(loom_conn_t *c);
-void loom_conn_tls_free(loom_conn_t *c);
-/* The core.tls_config object in option `tls` of the options table at idx, referenced for
- * the server; NULL when there is none. Raises when it is something else. */
-struct loom_tls_conf *loom_server_tls_conf(lua_State *L, int idx);
 
 /* http_request.c */
 int loom_conn_push_request(lua_State *L, loom_conn_t *c);
