@@ -95,8 +95,9 @@ app:post("/login", function(req)
     if type(user) ~= "string" or type(password) ~= "string" then
         return { status = 400, text = "user and password expected" }
     end
-    local want = USERS[user] or "\0" -- an unknown user costs the same comparison
-    if USERS[user] and crypto.equal(crypto.sha256(password), crypto.sha256(want)) then
+    -- an unknown user costs the same hashing and comparison as a known one
+    local same = crypto.equal(crypto.sha256(password), crypto.sha256(USERS[user] or ""))
+    if same and USERS[user] then
         req.session.user = user
         return see_other("/")
     end
@@ -104,7 +105,10 @@ app:post("/login", function(req)
 end)
 
 app:post("/logout", function(req)
-    for k in pairs(req.session) do req.session[k] = nil end -- an empty session deletes the cookie
+    -- an empty session deletes the cookie. The session lives in the cookie alone, so a copy
+    -- of it taken before still works until max_age; to end sessions server-side, give
+    -- cookie_session a store (docs/web.md, "The store hook")
+    for k in pairs(req.session) do req.session[k] = nil end
     return see_other("/")
 end)
 
@@ -149,7 +153,8 @@ app:post("/upload", function(req)
                 if #saved == MAX_FILES then error("too many files", 0) end
                 local u = {
                     id = crypto.hex(crypto.random(16)),
-                    name = part.filename:match("[^/\\]*$"):sub(1, 200), -- display only
+                    -- display only: the last segment of what the client sent
+                    name = (part.filename:match("[^/\\]*$"):sub(1, 200):gsub("^$", "upload")),
                     type = part.type,
                     at = os.time(),
                 }
