@@ -5,7 +5,9 @@
  * buffer; a write larger than the kernel takes is queued and drained; corked writes leave
  * nothing until uncork, which sends them in one segment; a half-close lets the peer see the
  * end while the sock still reads; close runs the closed hook once, and every handle is
- * closed at the end (uv_loop_close == 0).
+ * closed at the end (uv_loop_close == 0). Then two socks of the same loop talk TLS (a
+ * throwaway certificate from the openssl command): the handshake, corked records, plaintext
+ * in owner buffers, and a half-close that the peer reads as the end (close_notify).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 #include "io/sock.h"
+#include "tls.h"
 #include "check.h"
 
 #define BIG (8 * 1024 * 1024)
@@ -30,7 +33,8 @@ typedef struct {
     int wrong_buffer; /* input data outside buf */
 } owner_t;
 
-static owner_t own;
+static owner_t own, tsrv, tcli;
+static owner_t *accept_into = &own;
 static uv_tcp_t listener;
 static int accepted;
 
@@ -64,6 +68,7 @@ static void h_input(loom_sock_t *s, ssize_t nread, const char *data) {
 
 static void h_drained(loom_sock_t *s, int status) {
     owner_t *o = loom_sock_owner(s);
+    CHECK(loom_sock_pending(s) == 0 && loom_sock_queued(s) == 0); /* all of it went out */
     o->drained++;
     o->drained_status = status;
 }
@@ -88,9 +93,9 @@ static void on_shut(loom_sock_t *s, int status) {
 
 static void on_connection(uv_stream_t *server, int status) {
     CHECK(status == 0);
-    CHECK(loom_sock_init_tcp(&own.sock, server->loop, &hooks, &own) == 0);
-    CHECK(uv_accept(server, &own.sock.h.stream) == 0);
-    accepted = 1;
+    CHECK(loom_sock_init_tcp(&accept_into->sock, server->loop, &hooks, accept_into) == 0);
+    CHECK(uv_accept(server, &accept_into->sock.h.stream) == 0);
+    accepted++;
 }
 
 /* Runs the loop a turn at a time until *flag is set (alarm() guards against a hang). */
@@ -208,6 +213,85 @@ static void test_close(uv_loop_t *loop) {
     CHECK(own.closed == 1 && loom_sock_closed(&own.sock));
 }
 
+/* ---------------------------------------------------------------- TLS */
+
+static char tmpdir[] = "/tmp/test_sock.XXXXXX";
+static char cert[64], key[64];
+
+/* A self-signed certificate for localhost; 0 when the openssl command made one. */
+static int make_cert(void) {
+    char cmd[512];
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(cert, sizeof cert, "%s/cert.pem", tmpdir);
+    snprintf(key, sizeof key, "%s/key.pem", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=localhost -keyout %s -out %s >/dev/null 2>&1",
+             key, cert);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+    loom_sock_t *s = (loom_sock_t *)req->handle;
+    CHECK(status == 0);
+    CHECK(loom_sock_read_start(s) == 0);
+    CHECK(loom_sock_tls_handshake(s) == 0); /* the ClientHello */
+}
+
+static void test_tls(uv_loop_t *loop, int port) {
+    char err[256];
+    uv_connect_t creq;
+    struct sockaddr_in sa;
+    loom_tls_opts_t so = {.server = 1, .cert = cert, .key = key}, co = {.server = 0, .verify = 0};
+    loom_tls_conf_t *sconf = loom_tls_conf_new(&so, err, sizeof err);
+    loom_tls_conf_t *cconf = loom_tls_conf_new(&co, err, sizeof err);
+    CHECK(sconf && cconf);
+    if (!sconf || !cconf)
+        return;
+    accept_into = &tsrv;
+    accepted = 0;
+    CHECK(loom_sock_init_tcp(&tcli.sock, loop, &hooks, &tcli) == 0);
+    CHECK(loom_sock_tls_start(&tcli.sock, cconf, "localhost") == 0);
+    uv_ip4_addr("127.0.0.1", port, &sa);
+    CHECK(uv_tcp_connect(&creq, &tcli.sock.h.tcp, (struct sockaddr *)&sa, on_connect) == 0);
+    run_until(loop, &accepted);
+    CHECK(loom_sock_tls_start(&tsrv.sock, sconf, NULL) == 0);
+    CHECK(loom_sock_read_start(&tsrv.sock) == 0);
+    uv_buf_t late = uv_buf_init((char *)"x", 1);
+    while (!loom_sock_tls_ready(&tcli.sock) && !tcli.rerr)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(loom_sock_tls_ready(&tcli.sock) && tcli.rerr == 0);
+    /* corked records leave together at uncork; plaintext arrives in the owner's buffer */
+    uv_buf_t a = uv_buf_init((char *)"ping ", 5), b = uv_buf_init((char *)"over TLS", 8);
+    loom_sock_cork(&tcli.sock);
+    CHECK(loom_sock_write(&tcli.sock, &a, 1) == 0);
+    CHECK(loom_sock_write(&tcli.sock, &b, 1) == 0);
+    CHECK(loom_sock_uncork(&tcli.sock) == 0);
+    while (tsrv.ngot < 13 && !tsrv.rerr)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(tsrv.ngot == 13 && memcmp(tsrv.got, "ping over TLS", 13) == 0);
+    CHECK(tsrv.wrong_buffer == 0 && loom_sock_tls_ready(&tsrv.sock));
+    /* the server answers and half-closes: the client reads the answer, then the end */
+    uv_buf_t pong = uv_buf_init((char *)"pong", 4);
+    CHECK(loom_sock_write(&tsrv.sock, &pong, 1) == 0);
+    CHECK(loom_sock_shutdown(&tsrv.sock, on_shut) == 0);
+    run_until(loop, &tcli.eof);
+    CHECK(tcli.ngot == 4 && memcmp(tcli.got, "pong", 4) == 0 && tcli.rerr == 0);
+    /* after the half-close the server still reads what the client sends */
+    CHECK(loom_sock_write(&tcli.sock, &late, 1) == 0);
+    while (tsrv.ngot < 14 && !tsrv.rerr)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(tsrv.ngot == 14 && tsrv.got[13] == 'x');
+    loom_sock_close(&tcli.sock);
+    loom_sock_close(&tsrv.sock);
+    while (!tcli.closed || !tsrv.closed)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(tsrv.shut == 1);
+    loom_tls_conf_unref(sconf);
+    loom_tls_conf_unref(cconf);
+}
+
 int main(void) {
     uv_loop_t loop;
     struct sockaddr_in sa;
@@ -228,6 +312,13 @@ int main(void) {
     test_half_close(&loop, fd);
     test_close(&loop);
     close(fd);
+    if (make_cert() == 0)
+        test_tls(&loop, ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    else
+        printf("no openssl command: the TLS part is skipped\n");
+    remove(cert);
+    remove(key);
+    rmdir(tmpdir);
     uv_close((uv_handle_t *)&listener, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(uv_loop_close(&loop) == 0);

@@ -335,6 +335,16 @@ int loom_sock_tls_start(loom_sock_t *s, struct loom_tls_conf *conf, const char *
     return s->tls ? 0 : -1;
 }
 
+int loom_sock_tls_handshake(loom_sock_t *s) {
+    int rc = loom_tls_handshake(s->tls);
+    int wrc = tls_flush(s);
+    return rc == LOOM_TLS_ERR ? UV_EPROTO : wrc;
+}
+
+int loom_sock_tls_ready(const loom_sock_t *s) {
+    return s->tls && loom_tls_handshake_done(s->tls);
+}
+
 struct loom_tls *loom_sock_tls_detach(loom_sock_t *s) {
     struct loom_tls *t = s->tls;
     s->tls = NULL;

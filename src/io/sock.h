@@ -85,6 +85,11 @@ void loom_sock_handover(loom_sock_t *s, const loom_sock_hooks_t *hooks, void *ow
 
 /* TLS: a new session of conf on s (name: the peer's name to check, or NULL). 0 or -1. */
 int loom_sock_tls_start(loom_sock_t *s, struct loom_tls_conf *conf, const char *name);
+/* A client starts the handshake (a server's starts with the peer's first bytes): 0, or a
+ * libuv error. The handshake goes on as bytes come; loom_sock_tls_ready says when it is
+ * done (writes before that fail with UV_ENOTCONN). */
+int loom_sock_tls_handshake(loom_sock_t *s);
+int loom_sock_tls_ready(const loom_sock_t *s);
 /* Takes the session away from s (for an owner that moves it elsewhere); NULL if none. */
 struct loom_tls *loom_sock_tls_detach(loom_sock_t *s);
 
