@@ -9,8 +9,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 command -v curl >/dev/null 2>&1 || fail "no curl"
-data=$SMOKE_TMP/data
-mkdir "$data"
+data=$SMOKE_TMP/a/b/data # deep enough that ../../evil.sh would still land in $SMOKE_TMP
+mkdir -p "$data"
 port=$(free_port)
 WEBAPP_DATA=$data WEBAPP_SECRET=smoke-secret-smoke-secret start_server "$LOOM" "$LOOM_SRC/examples/webapp/app.lua" "$port"
 wait_port "$port"
@@ -72,7 +72,7 @@ mapfile -t saved < <(ls "$data")
 for f in "${saved[@]}"; do
     [[ $f =~ ^[0-9a-f]{32}$ ]] || fail "a file saved under a name that is not generated: $f"
 done
-[[ ! -e $SMOKE_TMP/evil.sh && ! -e $data/evil.sh ]] || fail "the client's filename was used as a path"
+[[ -z $(find "$SMOKE_TMP" -name evil.sh) ]] || fail "the client's filename was used as a path"
 [[ $(status -b "$jar" "$base/uploads") == 200 ]] || fail "GET /uploads after the uploads"
 [[ $(json_get "$out" '" ".join(u["name"] for u in j["uploads"])') == "photo.bin evil.sh note.txt" ]] ||
     fail "GET /uploads lists: $(cat "$out")"
