@@ -134,7 +134,8 @@ app:get("/uploads/{id}", function(req)
             -- RFC 6266: the name percent-encoded as UTF-8, so nothing in it can end the header
             local name = u.name:gsub("[^%w._-]", function(c) return ("%%%02X"):format(c:byte()) end)
             return { file = data .. "/" .. u.id, headers = {
-                ["content-type"] = "application/octet-stream", -- never the client's type: no HTML of theirs runs here
+                -- never the client's type: an uploaded page must not run on this origin
+                ["content-type"] = "application/octet-stream",
                 ["content-disposition"] = "attachment; filename*=UTF-8''" .. name,
             } }
         end
@@ -166,7 +167,8 @@ app:post("/upload", function(req)
         end
     end)
     if not ok then
-        for _, u in ipairs(saved) do fs.remove(data .. "/" .. u.id) end -- nothing half-kept (nil if never opened)
+        -- nothing half-kept (remove gives nil, err for a file never opened)
+        for _, u in ipairs(saved) do fs.remove(data .. "/" .. u.id) end
         if err == "too many files" then
             return { status = 413, json = { error = "at most " .. MAX_FILES .. " files at once" } }
         end
@@ -183,12 +185,12 @@ end)
 
 app:static("/static", here .. "/public")
 
-app:not_found(function()
-    return { status = 404, html = '<!doctype html><title>Not found</title><p>Nothing here. <a href="/">Back</a>.</p>' }
-end)
-app:on_error(function()
-    return { status = 500, html = '<!doctype html><title>Error</title><p>Something went wrong. <a href="/">Back</a>.</p>' }
-end)
+local function short_page(status, title, text)
+    local html = '<!doctype html><title>%s</title><p>%s <a href="/">Back</a>.</p>'
+    return { status = status, html = html:format(title, text) }
+end
+app:not_found(function() return short_page(404, "Not found", "Nothing here.") end)
+app:on_error(function() return short_page(500, "Error", "Something went wrong.") end)
 
 if own_data then
     app:on_shutdown(function()
