@@ -37,6 +37,9 @@ grep -q '<form id="login" method="post" action="/login">' "$out" || fail "GET / 
 grep -qi '^x-frame-options: DENY' "$head" || fail "no X-Frame-Options"
 grep -qi "^content-security-policy: default-src 'self'" "$head" || fail "no Content-Security-Policy"
 grep -qi '^x-content-type-options: nosniff' "$head" || fail "no X-Content-Type-Options"
+# COMPRESSION (issue 13, item 4): once app.lua has compress = true, check here that GET /
+# and /static/app.js with Accept-Encoding: gzip come back gzip with Vary: Accept-Encoding
+# (curl --compressed gives the same bytes), and that the 303s and downloads stay as they are.
 [[ $(status "$base/static/app.js") == 200 ]] && grep -q 'showUploads' "$out" || fail "GET /static/app.js"
 [[ $(status "$base/uploads") == 401 ]] || fail "GET /uploads without a session is not 401"
 
