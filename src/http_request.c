@@ -403,18 +403,24 @@ static int req_upgrade(lua_State *L) {
     return 1;
 }
 
+/* core.req_fault(box, status): the body was found at fault (malformed multipart, too many
+ * parts, a form of an unsupported type): if the handler lets the error through, it is
+ * answered `status` with the error's text instead of 500, and the connection closes. A
+ * handler that catches the error answers as it likes. */
+static int req_fault(lua_State *L) {
+    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
+    lua_Integer status = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, status >= 400 && status <= 599, 2, "a 4xx or 5xx status expected");
+    if (box->c) /* a request already over has no answer left to choose */
+        box->c->fault_status = (uint16_t)status;
+    return 0;
+}
+
 static const luaL_Reg request_funcs[] = {
-    {"req_upgrade", req_upgrade},
-    {"req_target", req_target},
-    {"req_headers", req_headers},
-    {"req_peer", req_peer},
-    {"req_body", req_body},
-    {"req_chunk", req_chunk},
-    {"req_stream", req_stream},
-    {"req_write", req_write},
-    {"req_version", req_version},
-    {"req_closing", req_closing},
-    {NULL, NULL},
+    {"req_fault", req_fault},     {"req_upgrade", req_upgrade}, {"req_target", req_target},
+    {"req_headers", req_headers}, {"req_peer", req_peer},       {"req_body", req_body},
+    {"req_chunk", req_chunk},     {"req_stream", req_stream},   {"req_write", req_write},
+    {"req_version", req_version}, {"req_closing", req_closing}, {NULL, NULL},
 };
 
 int loom_open_http_request(lua_State *L) {

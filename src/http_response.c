@@ -338,8 +338,16 @@ static int body_in_doubt(loom_conn_t *c) {
     return c->expect && !c->msg_done && ((p->flags & F_CHUNKED) || p->content_length > 0);
 }
 
+/* A body left unread that the server will not drain after the answer (chunked, or more than
+ * LOOM_CONN_DRAIN_MAX to come): the connection closes after the answer, so the answer says
+ * so (RFC 9112 9.6) rather than leave the client to find a kept-alive connection gone. */
+static int body_undrained(loom_conn_t *c) {
+    const llhttp_t *p = &c->msg.parser;
+    return !c->msg_done && ((p->flags & F_CHUNKED) || p->content_length > LOOM_CONN_DRAIN_MAX);
+}
+
 static void put_connection(hb_t *b, loom_conn_t *c) {
-    if (body_in_doubt(c))
+    if (body_in_doubt(c) || body_undrained(c))
         c->keepalive = 0;
     if (!c->keepalive || c->srv->closing)
         hb_put(b, "Connection: close\r\n", 19);

@@ -28,7 +28,6 @@
 #define SERVER_MT "loom.server"
 #define LINGER_MS 2000
 #define SETTLE_MS 100
-#define DRAIN_MAX (64 * 1024)
 #define CHUNK_HIGH_WATER                                                                           \
     (256 * 1024) /* unread body bytes we still parse away to keep the connection */
 
@@ -423,6 +422,7 @@ static void next_request(loom_conn_t *c) {
     c->chunk_mode = 0;
     c->body_wanted = 0;
     c->fail_status = 0;
+    c->fault_status = 0;
     c->body_len = 0;
     if (c->body_cap > 64 * 1024) {
         free(c->body);
@@ -475,7 +475,7 @@ void loom_conn_request_done(loom_conn_t *c) {
             return;
         }
         llhttp_t *p = &c->msg.parser;
-        if ((p->flags & F_CHUNKED) || p->content_length > DRAIN_MAX) {
+        if ((p->flags & F_CHUNKED) || p->content_length > LOOM_CONN_DRAIN_MAX) {
             linger(c); /* too much left to read for a body nobody wants */
             return;
         }
@@ -678,6 +678,23 @@ static void handler_expired(loom_conn_t *c) {
     linger(c);
 }
 
+/* The answer to a handler that let a body fault (core.req_fault) through: its status, and
+ * for a body the error's own "http: ..." or "limit: ..." text (the position a plain
+ * error() put before it left out), else the reason phrase. */
+static void respond_fault(loom_conn_t *c, loom_task_t *t) {
+    /* co holds the error and its message with the traceback, made safely by the scheduler
+     * whatever the error value is (an object with __tostring too) */
+    const char *e = lua_type(t->co, 2) == LUA_TSTRING ? lua_tostring(t->co, 2) : NULL;
+    const char *http = e ? strstr(e, "http: ") : NULL, *limit = e ? strstr(e, "limit: ") : NULL;
+    const char *msg = http && (!limit || http < limit) ? http : limit;
+    char body[512];
+    if (msg)
+        snprintf(body, sizeof body, "%.*s", (int)strcspn(msg, "\n"), msg);
+    else
+        snprintf(body, sizeof body, "%s", loom_http_reason(c->fault_status));
+    loom_conn_respond_simple(c, c->fault_status, body, 1);
+}
+
 static void on_handler_done(loom_t *h, loom_task_t *t) {
     loom_conn_t *c = t->done_ud;
     (void)h;
@@ -692,14 +709,18 @@ static void on_handler_done(loom_t *h, loom_task_t *t) {
         return;
     }
     if (t->failed) {
-        /* a handler that raised because the body broke a limit is answered with the limit's
-         * status, not 500: the client's request was at fault */
-        if (!t->is_cancelled && !c->fail_status)
+        /* a handler that raised because the body broke a limit, or was found malformed
+         * (core.req_fault), is answered with that status, not 500: the client's request was
+         * at fault, and no bug of ours is logged */
+        int fault = !t->is_cancelled && !c->fail_status && c->fault_status && c->resp == R_NONE;
+        if (!t->is_cancelled && !c->fail_status && !fault)
             log_handler_error(c, t);
         if (c->resp == R_NONE) {
             loom_conn_detach_request(c);
             if (c->fail_status)
                 loom_conn_respond_simple(c, c->fail_status, loom_http_reason(c->fail_status), 1);
+            else if (fault)
+                respond_fault(c, t);
             else
                 loom_conn_respond_simple(c, 500, "Internal Server Error", 0);
         } else {

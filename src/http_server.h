@@ -12,6 +12,10 @@
 #include "http_parse.h"
 #include "io/sock.h"
 
+/* The most of an unread request body the server reads and drops after the answer to keep
+ * the connection; past it (or for a chunked body) the connection closes. */
+#define LOOM_CONN_DRAIN_MAX (64 * 1024)
+
 typedef struct loom_server loom_server_t;
 typedef struct loom_conn loom_conn_t;
 typedef struct loom_reqbox loom_reqbox_t;
@@ -52,14 +56,15 @@ struct loom_conn {
     uint32_t in_len, in_cap; /* at most max_buffered plus one read */
     char *body;              /* request body gathered for the handler */
     size_t body_len, body_cap;
-    uint64_t body_seen;   /* body bytes parsed for this request (limit) */
-    uint64_t sent;        /* response bytes, for the access log */
-    loom_task_t *task;    /* the handler, while it runs */
-    loom_task_t *waiter;  /* a task parked on the body or on a streaming write */
-    loom_reqbox_t *box;   /* the Lua request object of the current request */
-    uint32_t nreq;        /* requests finished on this connection (tells one from the next) */
-    uint16_t status;      /* response status, for the access log */
-    uint16_t fail_status; /* the body broke (413, 400): the answer becomes this, and closes */
+    uint64_t body_seen;    /* body bytes parsed for this request (limit) */
+    uint64_t sent;         /* response bytes, for the access log */
+    loom_task_t *task;     /* the handler, while it runs */
+    loom_task_t *waiter;   /* a task parked on the body or on a streaming write */
+    loom_reqbox_t *box;    /* the Lua request object of the current request */
+    uint32_t nreq;         /* requests finished on this connection (tells one from the next) */
+    uint16_t status;       /* response status, for the access log */
+    uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
+    uint16_t fault_status; /* core.req_fault: a handler that raises is answered this, closing */
     uint8_t tlist;
     uint8_t state;
     uint8_t resp;      /* R_* */

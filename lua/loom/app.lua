@@ -237,14 +237,6 @@ local function body_fault(req, e)
     return plain_answer(rawget(req, "_body_status") or 400, msg, { connection = "close" })
 end
 
--- The traceback of the latest error a handler raised (taken where it was raised: the code
--- after xpcall reads it before anything else can run).
-local last_tb
-local function keep_traceback(e)
-    last_tb = debug.traceback(error_text(e), 2)
-    return e
-end
-
 -- Runs fn(req) and, when it raises, answers with the app's on_error handler instead, after
 -- logging the error as the server would. Left to the server: cancellation (handler_timeout),
 -- a client that is gone, and any answer whose head is already out.
@@ -319,24 +311,15 @@ function App:_entry(tls)
     local exact = plain and self.router.exact or {}
     local type = type
     local form_limits = self.form_limits
-    -- A handler's error: the body's status when the body was at fault (see body_fault),
-    -- else raised on to the engine (500, logged) with the traceback from where it was raised.
-    local function raised(req, e)
-        local tb = last_tb
-        last_tb = nil
-        local answer = body_fault(req, e)
-        if answer then return answer end
-        if type(e) == "string" and e ~= "cancelled" and not e:find("^closed: ") and tb then e = tb end
-        error(e, 0)
-    end
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
         if tls then req.tls = true end
         if form_limits then req._form_limits = form_limits end
         local routes = exact[method]
         local h = routes and routes[path]
-        local ok, res = xpcall(h or chain, keep_traceback, req)
-        if not ok then res = raised(req, res) end
+        -- an error goes on to the engine: a 500 and a log line, or when the body was found at
+        -- fault (core.req_fault) that status and the error's text
+        local res = (h or chain)(req)
         if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
         return emit(req, res)
     end

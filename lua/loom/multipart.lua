@@ -21,6 +21,7 @@ M.MAX_PARTS, M.MAX_PART_HEADER = MAX_PARTS, MAX_PART_HEADER
 local function fail(req, status, msg)
     rawset(req, "_body_error", msg)
     rawset(req, "_body_status", status)
+    core.req_fault(req._box, status)
     error(msg, 0)
 end
 M.fail = fail

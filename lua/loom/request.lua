@@ -93,6 +93,7 @@ function Request:form()
         local msg = "http: unsupported form content type '" .. media .. "'"
         rawset(self, "_body_error", msg)
         rawset(self, "_body_status", 415)
+        core.req_fault(self._box, 415)
         return nil, msg
     end
     local s, err = req_body(self._box)
