@@ -66,7 +66,7 @@ fuzz: deps
 	@cat $(FUZZ_BUILD)/*.summary
 
 format:
-	clang-format -i $(wildcard src/*.c src/*.h spec/c/*.c examples/embed/*.c fuzz/*.c fuzz/*.h)
+	clang-format -i $(wildcard src/*.c src/*.h src/*/*.c src/*/*.h spec/c/*.c examples/embed/*.c fuzz/*.c fuzz/*.h)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
