@@ -430,8 +430,9 @@ describe("server: deadlines after the handler", function()
     end)
 
     it("a client that reads slowly but steadily gets the whole answer", function()
-        -- longer in all than send_timeout, but never that long without taking a piece
-        local app = loom.app{ send_timeout = 0.5 }
+        -- longer in all than send_timeout, but never that long without taking a piece (a
+        -- 256 KiB piece is 4 reads, 80 ms: send_timeout leaves a loaded machine room)
+        local app = loom.app{ send_timeout = 2 }
         local size = 8 * 1024 * 1024
         local big = ("z"):rep(size)
         app:get("/big", function() return big end)
@@ -442,11 +443,11 @@ describe("server: deadlines after the handler", function()
             assert(st:write(get("/big")))
             local lines = head_lines(r)
             assert.equal("HTTP/1.1 200 OK", lines[1])
-            for _ = 1, size // 65536 do -- 128 reads of 64 KiB, 10 ms apart
+            for _ = 1, size // 65536 do -- 128 reads of 64 KiB, 20 ms apart
                 assert.equal(65536, #assert(r:bytes(65536)))
-                loom.sleep(0.01)
+                loom.sleep(0.02)
             end
-            assert.is_true(loom.now() - t0 > 0.5)
+            assert.is_true(loom.now() - t0 > 2)
         end, { timeout = 30 })
     end)
 end)
