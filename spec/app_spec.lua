@@ -5,6 +5,7 @@ local loom = require "loom"
 local run = require "support.run"
 local testing = require "loom.testing"
 local core = require "loom.core"
+local timing = require "support.timing"
 
 -- Runs body(client, srv) with app listening; the client and server are closed at the end.
 local function with_app(app, body, opts)
@@ -449,12 +450,19 @@ describe("app: streaming with req:stream", function()
             local st = assert(loom.connect("127.0.0.1", srv.port))
             local _ <close> = st
             assert(st:write("GET /big HTTP/1.1\r\nHost: t\r\n\r\n"))
-            loom.sleep(0.3) -- the client reads nothing
+            -- the client reads nothing. No event says the handler is parked in out:write:
+            -- wait until `written` has not moved for 20 loop turns and 0.2 s (a handler
+            -- still filling the socket buffers moves it at each turn, however slow the
+            -- machine), or until it has finished
+            local last, since, turns = -1, loom.now(), 0
+            timing.poll(function()
+                if written ~= last then last, since, turns = written, loom.now(), 0 end
+                turns = turns + 1
+                return finished or (turns >= 20 and loom.now() - since >= 0.2)
+            end, 2, "the handler's writes to stop")
             assert.is_false(finished)
+            -- it waits, it does not spin or buffer
             assert(written < pieces / 2, "the handler wrote " .. written .. " pieces unread")
-            local stalled = written
-            loom.sleep(0.1)
-            assert.equal(stalled, written) -- it waits, it does not spin or buffer
             local res = assert(testing.reader(st):response())
             assert.equal(#piece * pieces, #res.body)
             assert.is_true(finished)
@@ -594,11 +602,12 @@ describe("app: the request", function()
 
     it("req:chunks() gives the body piece by piece as it arrives", function()
         local app = loom.app()
-        local pieces = {}
+        local pieces, took_first = {}, loom.event()
         app:post("/c", function(req)
             local total = 0
             for chunk in req:chunks() do
                 pieces[#pieces + 1] = chunk
+                took_first:set()
                 total = total + #chunk
             end
             return tostring(total)
@@ -607,8 +616,10 @@ describe("app: the request", function()
             local st = assert(loom.connect("127.0.0.1", srv.port))
             local _ <close> = st
             assert(st:write("POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"))
-            loom.sleep(0.05)
-            assert.same({ "first" }, pieces) -- taken before the rest was sent
+            -- taken before the rest was sent: a handler given the body only whole never
+            -- sets `took_first`
+            assert(loom.timeout(timing.guard(0), took_first.wait, took_first), "the first chunk was not given")
+            assert.same({ "first" }, pieces)
             assert(st:write("6\r\nsecond\r\n0\r\n\r\n"))
             local res = assert(testing.reader(st):response())
             assert.equal("11", res.body)

@@ -4,6 +4,7 @@
 local loom = require "loom"
 local run = require "support.run"
 local util = require "support.client_util"
+local timing = require "support.timing"
 
 local function popen_read(cmd)
     local p = assert(io.popen(cmd))
@@ -242,17 +243,20 @@ describe("the pool", function()
             local srv <close>, base = util.raw_server(function(st, req)
                 util.respond(st, 200, "k", req.target == "/ka" and { ["Keep-Alive"] = "timeout=1" } or nil)
             end)
+            -- the pool's timer starts as the connection is released, a moment before get
+            -- returns: the lower bounds allow 50 ms for that; the upper ones are hang guards
             local s <close> = loom.session{ idle_timeout = 0.2 }
             assert(s:get(base .. "/"))
             assert.equal(1, s:stats().idle)
-            loom.sleep(0.3)
-            assert.equal(0, s:stats().idle)
+            timing.within(timing.poll(function() return s:stats().idle == 0 end, 0.2,
+                "idle_timeout"), 0.15, 0.2, "closed by idle_timeout")
             local s2 <close> = loom.session{ idle_timeout = 30 }
             assert(s2:get(base .. "/ka"))
             assert.equal(1, s2:stats().idle)
-            loom.sleep(0.7) -- Keep-Alive: timeout=1 gives the connection half a second
-            assert.equal(0, s2:stats().idle)
-        end)
+            -- Keep-Alive: timeout=1 gives the connection half a second, far below 30 s
+            timing.within(timing.poll(function() return s2:stats().idle == 0 end, 0.5,
+                "Keep-Alive"), 0.45, 0.5, "closed by Keep-Alive: timeout=1")
+        end, { timeout = 30 })
     end)
 
     it("keeps separate connections per host name", function()
@@ -327,8 +331,9 @@ describe("the pool", function()
                 local res <close> = assert(s:get(base .. "/hello", { stream = true }))
                 assert.equal(200, res.status)
             end
-            loom.sleep(0.05)
-            assert.equal(1, s:stats().idle)
+            -- the rest of the small body is drained in the background, then pooled
+            timing.poll(function() return s:stats().idle == 1 end, 0, "drained into the pool")
+            assert.equal(0, s:stats().active)
             local res = assert(s:get(base .. "/big", { stream = true }))
             assert.equal(1, s:stats().reused)
             res:close()
@@ -339,8 +344,7 @@ describe("the pool", function()
             res = nil
             collectgarbage()
             collectgarbage()
-            loom.sleep(0.05)
-            assert.equal(0, s:stats().active)
+            timing.poll(function() return s:stats().active == 0 end, 0, "released by collection")
             assert.equal("hello", assert(s:get(base .. "/hello")):text())
         end)
     end)
@@ -734,11 +738,17 @@ describe("sessions", function()
     it("fail requests in flight with closed: when closed", function()
         run(function()
             local app = loom.app()
-            app:get("/wait", function() loom.sleep(1) return "late" end)
+            local arrived, release = loom.event(), loom.event()
+            app:get("/wait", function()
+                arrived:set()
+                release:wait() -- answers only once the spec is done: the request stays in flight
+                return "late"
+            end)
             local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local _ <close> = setmetatable({}, { __close = function() release:set() end })
             local s = loom.session()
             local t = loom.spawn(function() return s:get("http://127.0.0.1:" .. srv.port .. "/wait") end)
-            loom.sleep(0.05)
+            arrived:wait()
             s:close()
             local _, res, err = t:join()
             assert.is_nil(res)

@@ -8,6 +8,7 @@ local loom = require "loom"
 local core = require "loom.core"
 local run = require "support.run"
 local pg_server = require "support.pg_server"
+local timing = require "support.timing"
 
 local srv
 
@@ -353,13 +354,13 @@ describe("loom.pg", function()
             local t = loom.spawn(function()
                 return db:transaction(function(tx)
                     assert(tx:query("insert into tx3 values (1)"))
-                    tx:query("select pg_sleep(10)")
+                    tx:query("select pg_sleep(60)") -- far past the hang guard
                     return "not reached"
                 end)
             end)
             assert.is_true(eventually(function()
                 local r = assert(probe:query([[select count(*)::int as n from pg_stat_activity
-                    where application_name = 'txcancel' and query like '%pg_sleep(10)%'
+                    where application_name = 'txcancel' and query like '%pg_sleep(60)%'
                     and state = 'active']]))
                 return r[1].n == 1
             end))
@@ -369,7 +370,7 @@ describe("loom.pg", function()
             assert.is_false(ok)
             assert.matches("cancelled", err)
             assert.same({}, (assert(db:query("select v from tx3"))))
-            assert.is_true(loom.now() - t0 < 8) -- not the 10 s of pg_sleep
+            assert.is_true(loom.now() - t0 < timing.guard(1)) -- not the 60 s of pg_sleep
             db:close()
             probe:close()
         end)
@@ -381,25 +382,26 @@ describe("loom.pg", function()
             local probe = loom.pg(srv:opts())
             local pid = assert(db:query("select pg_backend_pid() as p"))[1].p
             local t0 = loom.now()
+            -- pg_sleep(60): far past the hang guards, so a query left running cannot pass
             assert.same({ nil, "timeout" }, { loom.timeout(0.2, function()
-                return db:query("select pg_sleep(10)")
+                return db:query("select pg_sleep(60)")
             end) })
             -- the next query gets the same connection, clean, once the cancel is through
             local r = assert(db:query("select pg_backend_pid() as p, 1 as one"))
             assert.same({ p = pid, one = 1 }, r[1])
-            assert.is_true(loom.now() - t0 < 8)
+            assert.is_true(loom.now() - t0 < timing.guard(1))
             local active = assert(probe:query([[select count(*)::int as n from pg_stat_activity
-                where application_name = 'cancelme' and query like '%pg_sleep(10)%'
+                where application_name = 'cancelme' and query like '%pg_sleep(60)%'
                 and state = 'active']]))
             assert.equal(0, active[1].n)
 
             -- the per-query timeout option
             local slow = loom.pg(srv:opts { max = 1, timeout = 0.2 })
-            local rows, err = slow:query("select pg_sleep(10)")
+            local rows, err = slow:query("select pg_sleep(60)")
             assert.is_nil(rows)
             assert.matches("^timeout: ", err)
             assert.same({ { one = 1 } }, (assert(slow:query("select 1 as one"))))
-            assert.is_true(loom.now() - t0 < 16)
+            assert.is_true(loom.now() - t0 < 2 * timing.guard(1))
             slow:close()
             db:close()
             probe:close()

@@ -2,6 +2,7 @@
 -- misuse, and blocking calls made where they cannot wait.
 local loom = require "loom"
 local run = require "support.run"
+local timing = require "support.timing"
 
 local pack = table.pack
 
@@ -133,8 +134,9 @@ describe("task:cancel", function()
     it("raises cancelled in the task; join gives false, 'cancelled'", function()
         run(function()
             local reached = false
+            -- a sleep far past the hang guard: a cancel that waited it out cannot pass
             local t = loom.spawn(function()
-                loom.sleep(5)
+                loom.sleep(60)
                 reached = true
             end)
             loom.sleep(0)
@@ -142,7 +144,7 @@ describe("task:cancel", function()
             t:cancel()
             assert.same({ false, "cancelled" }, { t:join() })
             assert.is_false(reached)
-            assert.is_true(loom.now() - t0 < 1)
+            assert.is_true(loom.now() - t0 < timing.guard(0), "cancel waited for the sleep")
         end)
     end)
 
@@ -273,8 +275,7 @@ describe("loom.sleep", function()
             local t0 = loom.now()
             loom.sleep(0.05)
             local dt = loom.now() - t0
-            assert.is_true(dt >= 0.045, "slept " .. dt)
-            assert.is_true(dt < 2, "slept " .. dt)
+            timing.within(dt, 0.045, 0.05, "slept")
         end)
     end)
 
@@ -329,7 +330,8 @@ describe("loom.sleep", function()
             local t0 = loom.now()
             loom.sleep(-1)
             loom.sleep(0 / 0)
-            assert.is_true(loom.now() - t0 < 2)
+            -- not forever (NaN compared as a huge deadline), not a wait for abs(-1)
+            assert.is_true(loom.now() - t0 < timing.guard(0), "slept " .. loom.now() - t0)
         end)
     end)
 end)
@@ -353,13 +355,17 @@ describe("loom.gather", function()
 
     it("runs its functions concurrently", function()
         run(function()
-            local t0 = loom.now()
-            loom.gather(
-                function() loom.sleep(0.3) end,
-                function() loom.sleep(0.3) end,
-                function() loom.sleep(0.3) end)
-            -- concurrent: one after another would take 0.9 s
-            assert.is_true(loom.now() - t0 < 0.8)
+            -- each function waits until all three have started: run one after another, the
+            -- first would wait for ever (and the timeout below says so), whatever the machine
+            local started, all = 0, loom.event()
+            local function meet()
+                started = started + 1
+                if started == 3 then all:set() end
+                all:wait()
+                return started
+            end
+            local r = pack(loom.timeout(timing.guard(0), loom.gather, meet, meet, meet))
+            assert.same({ n = 1, { 3, 3, 3 } }, r)
         end)
     end)
 
@@ -383,18 +389,20 @@ describe("loom.gather", function()
             local log = {}
             local slow = loom.spawn(function()
                 local c <close> = closer(log, "slow")
-                loom.sleep(5)
+                loom.sleep(60)
             end)
             local t0 = loom.now()
+            -- the others sleep far past the hang guard: waiting them out cannot pass
             local ok, err = pcall(loom.gather,
                 function() loom.sleep(0.01) error("first", 0) end,
                 slow,
-                function() loom.sleep(5) end)
+                function() loom.sleep(60) end)
             assert.is_false(ok)
             assert.equal("first", err)
             assert.same({ false, "cancelled" }, { slow:join() })
             assert.same({ "slow:cancelled" }, log)
-            assert.is_true(loom.now() - t0 < 1)
+            local took = loom.now() - t0
+            assert.is_true(took < timing.guard(0.01), "gather raised after " .. took .. " s")
         end)
     end)
 
@@ -435,12 +443,11 @@ describe("loom.timeout", function()
             local t0 = loom.now()
             local r = pack(loom.timeout(0.1, function()
                 local c <close> = closer(log, "fn")
-                loom.sleep(5)
+                loom.sleep(60) -- far past the hang guard: only a prompt timeout passes
             end))
             local dt = loom.now() - t0
             assert.same({ n = 2, nil, "timeout" }, r)
-            assert.is_true(dt >= 0.09, "took " .. dt)
-            assert.is_true(dt < 2, "took " .. dt) -- promptly: the function would sleep 5 s
+            timing.within(dt, 0.09, 0.1, "timeout")
             assert.same({ "fn:cancelled" }, log)
         end)
     end)
