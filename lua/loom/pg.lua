@@ -1,15 +1,16 @@
 -- loom.pg: PostgreSQL pools over src/pg.c (one libpq connection driven by the loop, every
 -- batch of commands in one pipeline round trip). This file holds what users configure and
--- what a pool decides: connection strings, the pool and its waiters, the statement cache,
--- parameter encoding by the types the server reports, transactions, pipelines and LISTEN.
+-- what a pool decides: connection strings, how a connection opens and when it is fit to
+-- reuse (the pool and its waiters are loom.pool's), the statement cache, parameter
+-- encoding by the types the server reports, transactions, pipelines and LISTEN.
 -- docs/databases.md is the user's page.
 local core = require "loom.core"
 local args = require "loom.args"
 local resolver = require "loom.resolver"
 local url = require "loom.url"
+local connpool = require "loom.pool"
 
-local pg_connect, park, ticket, wake, spawn, now = core.pg_connect, core.park, core.ticket,
-    core.wake, core.spawn, core.now
+local pg_connect, spawn, now = core.pg_connect, core.spawn, core.now
 local null = core.null
 local type, select, tostring, setmetatable, error, pcall = type, select, tostring,
     setmetatable, error, pcall
@@ -145,89 +146,18 @@ local function open(pool)
     return pg_connect(kw, left)
 end
 
-local function waiters() return { head = 1, tail = 0 } end
+-- The pool's bookkeeping (max, waiters served in order, idle list, slots) is loom.pool's;
+-- an idle connection is fit when libpq says so (idle_timeout or the server may close it).
+local conns = connpool.kind {
+    open = open,
+    check = function(c) return c:status() == "idle" end,
+    close = function(c) c:close() end,
+    rest = function(p, c) c:idle(p.idle_timeout) end,
+}
 
--- Wakes the first waiter still waiting, handing it `c` (or nothing: "try again").
-local function wake_one(list, c)
-    while list.head <= list.tail do
-        local i = list.head
-        local t, serial = list[i], list[-i]
-        list[i], list[-i] = nil, nil
-        list.head = i + 1
-        if wake(t, serial, c) then return true end
-    end
-    list.head, list.tail = 1, 0
-    return false
-end
-
-local function closed_err()
-    return nil, "closed: the pool is closed"
-end
-
--- What a waiter is handed instead of a connection: one of the max slots, to open a
--- connection in (so a newcomer cannot take it first).
-local SLOT = setmetatable({}, { __name = "loom.pg.slot" })
-
--- A slot is free (a connection closed, or failed to open): the first waiter takes it, or
--- the count of open connections goes down.
-local function free_slot(pool)
-    if pool.closed or not wake_one(pool.waiters, SLOT) then
-        pool.nopen = pool.nopen - 1
-        if pool.closed then while wake_one(pool.waiters) do end end
-    end
-end
-
--- Opens a connection in a slot already counted in nopen; the slot is freed again when
--- that fails or raises (the task cancelled while connecting).
-local function open_in_slot(pool)
-    local ok, c, err = pcall(open, pool)
-    if ok and c then return c end
-    free_slot(pool)
-    if not ok then error(c, 0) end
-    return nil, err
-end
-
--- A connection from the pool: an idle one (the most recently used), a new one while fewer
--- than max are open, else the first released one, waiters served in order.
-local function acquire(pool)
-    local deadline
-    while true do
-        if pool.closed then return closed_err() end
-        local idle = pool.idle
-        while #idle > 0 do
-            local c = idle[#idle]
-            idle[#idle] = nil
-            if c:status() == "idle" then return c end
-            c:close() -- closed while idle (idle_timeout, the server went)
-            free_slot(pool)
-        end
-        if pool.nopen < pool.max then
-            pool.nopen = pool.nopen + 1
-            return open_in_slot(pool)
-        end
-        -- waiting for a free connection counts against connect_timeout, as in loom.fetch
-        local budget = pool.opts.connect_timeout or 10
-        deadline = deadline or now() + budget
-        local left = deadline - now()
-        if left <= 0 then
-            return nil, format("timeout: waiting for a free connection (max %d) for %gs",
-                pool.max, budget)
-        end
-        local list = pool.waiters
-        local t, serial = ticket()
-        local i = list.tail + 1
-        list.tail = i
-        list[i], list[-i] = t, serial
-        local _, c = park(left)
-        if c == SLOT then
-            if pool.closed then
-                free_slot(pool)
-                return closed_err()
-            end
-            return open_in_slot(pool)
-        end
-        if c then return c end
-    end
+-- waiting for a free connection counts against connect_timeout, as in loom.fetch
+local function acquire(p)
+    return conns.acquire(p, p.opts.connect_timeout or 10)
 end
 
 local release
@@ -247,15 +177,8 @@ release = function(pool, c)
         spawn(drain, pool, c)
         return
     end
-    if state ~= "idle" or tx ~= "idle" or pool.closed then
-        c:close()
-        free_slot(pool) -- the first waiter may open a new one
-        return
-    end
-    if wake_one(pool.waiters, c) then return end
-    c:idle(pool.idle_timeout)
-    local idle = pool.idle
-    idle[#idle + 1] = c
+    -- closed when not fit (the first waiter may then open a new one)
+    conns.release(pool, c, state == "idle" and tx == "idle")
 end
 
 -- A to-be-closed guard that releases a connection however the block ends.
@@ -431,17 +354,12 @@ function M.new(spec)
         args.fail("pg", 1, "URL string or options table expected, got " .. type(spec), 1)
     end
     get_json()
-    return setmetatable({
+    return setmetatable(connpool.init({
         opts = o,
-        max = o.max or 10,
         idle_timeout = o.idle_timeout or 60,
         timeout = o.timeout or -1,
-        idle = {},
-        nopen = 0,
-        waiters = waiters(),
         stmts = setmetatable({}, { __mode = "k" }),
-        closed = false,
-    }, Pool)
+    }, o.max or 10), Pool)
 end
 
 local function check_pool(self, fname)
@@ -625,13 +543,7 @@ end
 -- queries after it (and waiters) get "closed: the pool is closed".
 function Pool:close()
     check_pool(self, "close")
-    self.closed = true
-    for i = #self.idle, 1, -1 do
-        self.idle[i]:close()
-        self.idle[i] = nil
-        self.nopen = self.nopen - 1
-    end
-    while wake_one(self.waiters) do end -- they find the pool closed
+    conns.close(self)
 end
 
 function Pool:__tostring()

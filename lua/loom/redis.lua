@@ -1,17 +1,18 @@
 -- loom.redis: a Redis client (RESP2) on loom streams. Replies are parsed in C straight from
 -- the stream's buffer (src/resp.c through a framed read); commands go out as arrays of bulk
 -- strings (core.resp_command), never as text built from the values. A pool of connections
--- (max, waiters served in order), AUTH and SELECT on connect, pipelines, pub/sub on a
+-- (loom.pool: max, waiters served in order), AUTH and SELECT on connect, pipelines, pub/sub on a
 -- connection of its own, per-command timeouts, and cancellation: a connection that still
 -- owes a reply is closed, never handed out again. See docs/databases.md.
 local core = require "loom.core"
 local args = require "loom.args"
 local net = require "loom.net"
 local url = require "loom.url"
+local connpool = require "loom.pool"
 
 local resp_read, resp_command, resp_reader, resp_idle = core.resp_read, core.resp_command, core.resp_reader,
     core.resp_idle
-local park, ticket, wake, now = core.park, core.ticket, core.wake, core.now
+local now = core.now
 local null = core.null
 local format, mtype, concat, select, type = string.format, math.type, table.concat, select, type
 
@@ -178,93 +179,27 @@ end
 
 -- ---------------------------------------------------------------- the pool
 
-local function waiters() return { head = 1, tail = 0 } end
+-- The pool's bookkeeping (max, waiters served in order, idle list, slots) is loom.pool's;
+-- an idle connection is fit while the server has not closed it (a restart, its timeout).
+local conns = connpool.kind {
+    open = function(p) return open(p.opts) end,
+    check = function(c)
+        if not resp_idle(c.st, false) then return false end
+        c.reused = c.reused + 1
+        return true
+    end,
+    close = function(c) c:close() end,
+    rest = function(_, c) resp_idle(c.st, true) end,
+}
 
-local function wake_one(list, c)
-    while list.head <= list.tail do
-        local i = list.head
-        local t, serial = list[i], list[-i]
-        list[i], list[-i] = nil, nil
-        list.head = i + 1
-        if wake(t, serial, c) then return true end
-    end
-    list.head, list.tail = 1, 0
-    return false
-end
-
-local function closed_err() return nil, "closed: the pool is closed" end
-
--- Handed to a waiter instead of a connection: a free slot to open one in.
-local SLOT = setmetatable({}, { __name = "loom.redis.slot" })
-
-local function free_slot(pool)
-    if pool.closed or not wake_one(pool.waiters, SLOT) then
-        pool.nopen = pool.nopen - 1
-        if pool.closed then while wake_one(pool.waiters) do end end
-    end
-end
-
-local function open_in_slot(pool)
-    local ok, c, err = pcall(open, pool.opts)
-    if ok and c then return c end
-    free_slot(pool)
-    if not ok then error(c, 0) end
-    return nil, err
-end
-
-local function acquire(pool)
-    local deadline
-    while true do
-        if pool.closed then return closed_err() end
-        local idle = pool.idle
-        while #idle > 0 do
-            local c = idle[#idle]
-            idle[#idle] = nil
-            if resp_idle(c.st, false) then
-                c.reused = c.reused + 1
-                return c
-            end
-            c:close() -- the server closed it while idle (a restart, its timeout)
-            free_slot(pool)
-        end
-        if pool.nopen < pool.max then
-            pool.nopen = pool.nopen + 1
-            return open_in_slot(pool)
-        end
-        local budget = pool.opts.connect_timeout or 10
-        deadline = deadline or now() + budget
-        local left = deadline - now()
-        if left <= 0 then
-            return nil, format("timeout: waiting for a free connection (max %d) for %gs", pool.max, budget)
-        end
-        local list = pool.waiters
-        local t, serial = ticket()
-        local i = list.tail + 1
-        list.tail = i
-        list[i], list[-i] = t, serial
-        local _, c = park(left)
-        if c == SLOT then
-            if pool.closed then
-                free_slot(pool)
-                return closed_err()
-            end
-            return open_in_slot(pool)
-        end
-        if c then return c end
-    end
+-- waiting for a free connection counts against connect_timeout
+local function acquire(p)
+    return conns.acquire(p, p.opts.connect_timeout or 10)
 end
 
 -- Gives a connection back; one that failed, owes a reply or whose pool closed is closed.
 local function release(pool, c, failed)
-    if failed or c.busy or c.closed or pool.closed then
-        c:close()
-        free_slot(pool)
-        return
-    end
-    if wake_one(pool.waiters, c) then return end
-    resp_idle(c.st, true)
-    local idle = pool.idle
-    idle[#idle + 1] = c
+    conns.release(pool, c, not (failed or c.busy or c.closed))
 end
 
 -- Releases however the block ends: an error (a cancellation too) closes the connection.
@@ -326,7 +261,7 @@ local function subscribe(self, verb, fname, ...)
             args.fail(fname, i + 1, "channel (string) expected, got " .. type((select(i, ...))), 2)
         end
     end
-    if self.closed then return closed_err() end
+    if self.closed then return connpool.closed_err() end
     local c, err = open(self.opts)
     if not c then return nil, err end
     local ok, res, rerr = pcall(c.roundtrip, c, resp_command(fname, 2, verb, ...), n)
@@ -394,13 +329,7 @@ Sub.__close = Sub.close
 -- r:close(): closes the idle connections now and those in use when they come back.
 local function close(self)
     check_pool(self, "close")
-    self.closed = true
-    for i = #self.idle, 1, -1 do
-        self.idle[i]:close()
-        self.idle[i] = nil
-        self.nopen = self.nopen - 1
-    end
-    while wake_one(self.waiters) do end
+    conns.close(self)
 end
 
 -- The store of loom.cookie_session{ store = r }: "loom:session:<id>" keys, SET EX ttl.
@@ -488,9 +417,7 @@ function M.new(spec)
         args.fail("redis", 1, "URL string or options table expected, got " .. type(spec), 1)
     end
     check_options(o)
-    return setmetatable({
-        opts = o, max = o.max or 10, idle = {}, nopen = 0, waiters = waiters(), closed = false,
-    }, Pool)
+    return setmetatable(connpool.init({ opts = o }, o.max or 10), Pool)
 end
 
 M.Store = Store
