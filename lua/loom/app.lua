@@ -226,15 +226,14 @@ local function error_text(e)
     return "(error object is a " .. type(e) .. " value)"
 end
 
--- The answer for an error raised while the body was read by req:parts() or req:form(),
--- which found the body at fault: they keep the message in req._body_error and its status
--- (400, 413, 415, 431) in req._body_status. nil for any other error.
+-- Whether e was raised because req:parts() or req:form() found the body at fault: they keep
+-- the message in req._body_error and tell the engine its status (core.req_fault), which
+-- answers it when the error reaches the engine.
 local function body_fault(req, e)
     local msg = rawget(req, "_body_error")
-    if msg == nil or rawget(req, "_streamed") then return nil end
+    if msg == nil or rawget(req, "_streamed") then return false end
     if type(e) ~= "string" then e = error_text(e) end -- an assert that raises objects (busted's)
-    if e ~= msg and e:sub(-#msg) ~= msg then return nil end -- raised again, with a position
-    return plain_answer(rawget(req, "_body_status") or 400, msg, { connection = "close" })
+    return e == msg or e:sub(-#msg) == msg -- raised again, with a position
 end
 
 -- Runs fn(req) and, when it raises, answers with the app's on_error handler instead, after

@@ -16,11 +16,10 @@ local MAX_PARTS, MAX_PART_HEADER = 1000, 8192
 M.MAX_PARTS, M.MAX_PART_HEADER = MAX_PARTS, MAX_PART_HEADER
 
 -- The body is at fault: the read error is raised as a string (as req:chunks() raises its
--- own), and the request remembers it with its status, so that app.lua answers that status
--- (400, 413, 415, 431) rather than 500 when the handler lets it through.
+-- own), the request remembers it, and the engine answers its status (400, 413, 415, 431)
+-- rather than 500 when the handler lets it through.
 local function fail(req, status, msg)
     rawset(req, "_body_error", msg)
-    rawset(req, "_body_status", status)
     core.req_fault(req._box, status)
     error(msg, 0)
 end

@@ -92,7 +92,6 @@ function Request:form()
     if media ~= nil and media ~= "application/x-www-form-urlencoded" then
         local msg = "http: unsupported form content type '" .. media .. "'"
         rawset(self, "_body_error", msg)
-        rawset(self, "_body_status", 415)
         core.req_fault(self._box, 415)
         return nil, msg
     end
