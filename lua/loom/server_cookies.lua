@@ -9,6 +9,7 @@ local type, pairs, error, tostring, byte, char, format, find, sub, gsub =
     type, pairs, error, tostring, string.byte, string.char, string.format, string.find, string.sub,
     string.gsub
 local concat, sort, tointeger = table.concat, table.sort, math.tointeger
+local url_decode = require("loom.url").decode
 
 local M = {}
 
@@ -45,9 +46,7 @@ function M.parse(header)
             if #value >= 2 and byte(value, 1) == 34 and byte(value, -1) == 34 then
                 value = sub(value, 2, -2)
             end
-            if find(value, "%", 1, true) then
-                value = gsub(value, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end)
-            end
+            if find(value, "%", 1, true) then value = url_decode(value) end
             if name ~= "" and out[name] == nil then out[name] = value end
         end
         pos = semi + 1
