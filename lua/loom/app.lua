@@ -236,18 +236,25 @@ local function body_fault(req, e)
     return e == msg or e:sub(-#msg) == msg -- raised again, with a position
 end
 
+-- The traceback of the latest error a guarded handler raised, taken where it was raised
+-- (xpcall returns right after, so the code after it reads it before anything else runs):
+-- one message handler for every request rather than a closure made for each.
+local last_tb
+local function keep_traceback(e)
+    last_tb = debug.traceback(error_text(e), 2)
+    return e
+end
+
 -- Runs fn(req) and, when it raises, answers with the app's on_error handler instead, after
 -- logging the error as the server would. Left to the server: cancellation (handler_timeout),
 -- a client that is gone, and any answer whose head is already out.
 local function guarded(app, fn)
     local on_error = app.error_handler
     return function(req)
-        local tb
-        local ok, res = xpcall(fn, function(e)
-            tb = debug.traceback(error_text(e), 2)
-            return e
-        end, req)
+        local ok, res = xpcall(fn, keep_traceback, req)
         if ok then return res end
+        local tb = last_tb
+        last_tb = nil
         local e = res
         if e == "cancelled" or rawget(req, "_streamed") or rawget(req, "_error_handled")
             or (type(e) == "string" and e:find("^closed: ")) or body_fault(req, e) then
