@@ -20,26 +20,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} fbuf_t;
-
-static void put(fbuf_t *b, const void *p, size_t n) {
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        FUZZ_CHECK(b->p != NULL);
-    }
-    if (n > 0)
-        memcpy(b->p + b->len, p, n);
-    b->len += n;
-}
-
 static void put_int(fbuf_t *b, long v) {
     char tmp[32];
     int n = snprintf(tmp, sizeof tmp, "%ld;", v);
-    put(b, tmp, (size_t)n);
+    fbuf_put(b, tmp, (size_t)n);
 }
 
 typedef struct {
@@ -89,22 +73,22 @@ static void check_header(const loom_mp_event_t *ev) {
 
 static void check_part(const loom_mp_part_t *p, fbuf_t *t) {
     FUZZ_CHECK(p->name != NULL);
-    put(t, "E", 1);
+    fbuf_put(t, "E", 1);
     put_int(t, (long)p->name_len);
-    put(t, p->name, p->name_len);
+    fbuf_put(t, p->name, p->name_len);
     if (p->filename != NULL) {
         for (size_t i = 0; i < p->filename_len; i++)
             FUZZ_CHECK((unsigned char)p->filename[i] >= 0x20 && p->filename[i] != 0x7f);
-        put(t, "F", 1);
+        fbuf_put(t, "F", 1);
         put_int(t, (long)p->filename_len);
-        put(t, p->filename, p->filename_len);
+        fbuf_put(t, p->filename, p->filename_len);
     }
     if (p->type != NULL) {
         for (size_t i = 0; i < p->type_len; i++)
             FUZZ_CHECK(p->type[i] != '\r' && p->type[i] != '\n');
-        put(t, "T", 1);
+        fbuf_put(t, "T", 1);
         put_int(t, (long)p->type_len);
-        put(t, p->type, p->type_len);
+        fbuf_put(t, p->type, p->type_len);
     }
 }
 
@@ -148,16 +132,16 @@ static int parse(const fuzz_cfg_t *c, const char *body, size_t len, const size_t
                 FUZZ_CHECK(at == OUT);
                 FUZZ_CHECK(++nparts <= c->max_parts);
                 at = IN_HEAD;
-                put(t, "P", 1);
+                fbuf_put(t, "P", 1);
                 break;
             case LOOM_MP_HEADER:
                 FUZZ_CHECK(at == IN_HEAD);
                 check_header(&ev);
-                put(t, "H", 1);
+                fbuf_put(t, "H", 1);
                 put_int(t, (long)ev.name_len);
-                put(t, ev.name, ev.name_len);
+                fbuf_put(t, ev.name, ev.name_len);
                 put_int(t, (long)ev.len);
-                put(t, ev.data, ev.len);
+                fbuf_put(t, ev.data, ev.len);
                 break;
             case LOOM_MP_HEADERS_END:
                 FUZZ_CHECK(at == IN_HEAD);
@@ -166,21 +150,21 @@ static int parse(const fuzz_cfg_t *c, const char *body, size_t len, const size_t
                 break;
             case LOOM_MP_DATA:
                 FUZZ_CHECK(at == IN_BODY && ev.len > 0 && ev.data != NULL);
-                put(&part, ev.data, ev.len);
+                fbuf_put(&part, ev.data, ev.len);
                 break;
             case LOOM_MP_PART_END:
                 FUZZ_CHECK(at == IN_BODY);
                 check_body(c, &part);
-                put(t, "B", 1);
+                fbuf_put(t, "B", 1);
                 put_int(t, (long)part.len);
-                put(t, part.p, part.len);
+                fbuf_put(t, part.p, part.len);
                 part.len = 0;
                 at = OUT;
                 break;
             case LOOM_MP_END:
                 FUZZ_CHECK(at == OUT);
                 at = DONE;
-                put(t, "$", 1);
+                fbuf_put(t, "$", 1);
                 break;
             default:
                 FUZZ_CHECK(!"unknown event");
@@ -190,9 +174,9 @@ static int parse(const fuzz_cfg_t *c, const char *body, size_t len, const size_t
     int fin = loom_multipart_finish(mp);
     FUZZ_CHECK(rc < 0 ? fin == rc : (fin == 0) == (at == DONE));
     check_body(c, &part); /* what a truncated part had */
-    put(t, "b", 1);
+    fbuf_put(t, "b", 1);
     put_int(t, (long)part.len);
-    put(t, part.p, part.len);
+    fbuf_put(t, part.p, part.len);
     put_int(t, fin);
     free(part.p);
     loom_multipart_free(mp);

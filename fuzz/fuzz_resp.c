@@ -19,26 +19,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} fbuf_t;
-
-static void put(fbuf_t *b, const void *p, size_t n) {
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        FUZZ_CHECK(b->p != NULL);
-    }
-    if (n > 0)
-        memcpy(b->p + b->len, p, n);
-    b->len += n;
-}
-
 static void put_fmt(fbuf_t *b, const char *fmt, long long v) {
     char tmp[48];
     int n = snprintf(tmp, sizeof tmp, fmt, v);
-    put(b, tmp, (size_t)n);
+    fbuf_put(b, tmp, (size_t)n);
 }
 
 /* Walks the value at *p (of a reply scanned whole) into out; returns its depth. */
@@ -49,13 +33,13 @@ static int walk(const loom_resp_limits_t *lim, const char **p, const char *end, 
     FUZZ_CHECK(rc == LOOM_RESP_WHOLE);
     FUZZ_CHECK(t.size <= (size_t)(end - *p));
     *p += t.size;
-    put(out, &t.type, 1);
+    fbuf_put(out, &t.type, 1);
     switch (t.type) {
     case '+':
     case '-':
         FUZZ_CHECK(memchr(t.str, '\r', t.len) == NULL && memchr(t.str, '\n', t.len) == NULL);
         put_fmt(out, "%lld:", (long long)t.len);
-        put(out, t.str, t.len);
+        fbuf_put(out, t.str, t.len);
         return 0;
     case ':':
         put_fmt(out, "%lld;", t.n);
@@ -64,7 +48,7 @@ static int walk(const loom_resp_limits_t *lim, const char **p, const char *end, 
         FUZZ_CHECK(t.n >= -1 && (t.n < 0 || (unsigned long long)t.n <= lim->max_bulk));
         put_fmt(out, "%lld:", t.n);
         if (t.n > 0)
-            put(out, t.str, t.len);
+            fbuf_put(out, t.str, t.len);
         return 0;
     default:
         break;
@@ -78,7 +62,7 @@ static int walk(const loom_resp_limits_t *lim, const char **p, const char *end, 
         if (d > depth)
             depth = d;
     }
-    put(out, "]", 1);
+    fbuf_put(out, "]", 1);
     return t.n > 0 ? depth + 1 : 0;
 }
 
@@ -125,7 +109,7 @@ static int parse(const loom_resp_limits_t *lim, const uint8_t *buf, size_t len, 
             int depth = walk(lim, &p, p + size, out);
             FUZZ_CHECK(p == (const char *)buf + start + size);
             FUZZ_CHECK(depth <= lim->max_depth);
-            put(out, "\n", 1);
+            fbuf_put(out, "\n", 1);
             start += size;
             loom_resp_scan_init(&st);
         }
