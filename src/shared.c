@@ -121,9 +121,11 @@ static size_t entry_bytes(const head_t *e) {
     return e->klen + (e->type == T_STR ? e->vlen : 0);
 }
 
-/* Copies `n` bytes at byte offset `off` of an entry's key+value area into out. */
-static void entry_read(shm_t *m, const head_t *e, size_t off, char *out, size_t n) {
-    const char *src = e->data;
+/* Copies n bytes between buf and an entry's key+value area at byte offset off: into the
+ * area when into_entry, out of it otherwise. The area runs through the head cell, then
+ * each continuation cell of the chain. */
+static void entry_copy(shm_t *m, head_t *e, size_t off, char *buf, size_t n, int into_entry) {
+    char *area = e->data;
     size_t avail = HEAD_DATA;
     uint32_t next = e->next;
     while (n > 0) {
@@ -131,18 +133,29 @@ static void entry_read(shm_t *m, const head_t *e, size_t off, char *out, size_t 
             off -= avail;
         } else {
             size_t k = avail - off < n ? avail - off : n;
-            memcpy(out, src + off, k);
-            out += k;
+            if (into_entry)
+                memcpy(area + off, buf, k);
+            else
+                memcpy(buf, area + off, k);
+            buf += k;
             n -= k;
             off = 0;
         }
         if (n == 0 || !next)
             break;
         cont_t *c = (cont_t *)cell(m, next);
-        src = c->data;
+        area = c->data;
         avail = CONT_DATA;
         next = c->next;
     }
+}
+
+static void entry_read(shm_t *m, const head_t *e, size_t off, char *out, size_t n) {
+    entry_copy(m, (head_t *)e, off, out, n, 0);
+}
+
+static void entry_write(shm_t *m, head_t *e, size_t off, const char *src, size_t n) {
+    entry_copy(m, e, off, (char *)src, n, 1);
 }
 
 static int key_equal(shm_t *m, const head_t *e, const char *k, size_t klen) {
@@ -280,30 +293,6 @@ static uint32_t alloc_chain(shm_t *m, uint32_t n, uint32_t keep) {
         prev = i;
     }
     return first;
-}
-
-/* Copies n bytes into an entry's key+value area at byte offset off. */
-static void entry_write(shm_t *m, head_t *e, size_t off, const char *src, size_t n) {
-    char *dst = e->data;
-    size_t avail = HEAD_DATA;
-    uint32_t next = e->next;
-    while (n > 0) {
-        if (off >= avail) {
-            off -= avail;
-        } else {
-            size_t k = avail - off < n ? avail - off : n;
-            memcpy(dst + off, src, k);
-            src += k;
-            n -= k;
-            off = 0;
-        }
-        if (n == 0 || !next)
-            break;
-        cont_t *c = (cont_t *)cell(m, next);
-        dst = c->data;
-        avail = CONT_DATA;
-        next = c->next;
-    }
 }
 
 /* ---------------------------------------------------------------- recovery */
