@@ -130,6 +130,8 @@ local function new(opts)
         secure = attrs.secure == nil and true or attrs.secure, same_site = attrs.same_site }, true, 2)
 
     local mac_for = function(key, text) return b64(hmac("sha256", key, name .. "=" .. text)) end
+    -- text "." its MAC with the first (current) key
+    local function signed(text) return text .. "." .. mac_for(sign[1], text) end
 
     -- text, key index | nil: what a signed value carries, when a key's MAC matches
     local function verify(value)
@@ -187,14 +189,13 @@ local function new(opts)
             local new_id = b64(random(24))
             store:set(new_id, text, e - os.time())
             if id then store:delete(id) end
-            return new_id .. "." .. mac_for(sign[1], new_id), new_id
+            return signed(new_id), new_id
         end
         if encrypt then
             local nonce = random(12)
             return b64(nonce .. core.aes_gcm_seal(seal[1], nonce, text, name))
         end
-        local body = b64(text)
-        return body .. "." .. mac_for(sign[1], body)
+        return signed(b64(text))
     end
 
     local function with_cookie(res, spec)
@@ -247,7 +248,7 @@ local function new(opts)
         if changed or not e then e = now + max_age end
         local v
         if store and not changed then
-            v = id .. "." .. mac_for(sign[1], id) -- the same record, its id signed again
+            v = signed(id) -- the same record, its id signed again
         else
             v = save(session, e, id)
         end
