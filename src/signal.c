@@ -39,6 +39,14 @@ static const char *name_of(int num) {
     return "?";
 }
 
+/* The number of a signal by its name; 0 for a name not in the table. */
+static int num_of(const char *name) {
+    for (int i = 0; names[i].name; i++)
+        if (strcmp(names[i].name, name) == 0)
+            return names[i].num;
+    return 0;
+}
+
 static void on_closed(uv_handle_t *h) {
     sigwait_t *w = h->data;
     loom_handle_closed(w->host);
@@ -95,10 +103,7 @@ static int l_wait_signal(lua_State *L) {
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 1, i + 1);
         const char *s = luaL_checkstring(L, -1);
-        nums[i] = 0;
-        for (int k = 0; names[k].name; k++)
-            if (strcmp(names[k].name, s) == 0)
-                nums[i] = names[k].num;
+        nums[i] = num_of(s);
         if (!nums[i])
             return luaL_argerror(L, 1, lua_pushfstring(L, "unknown signal '%s'", s));
         lua_pop(L, 1);
@@ -205,10 +210,7 @@ static listener_t *check_listener(lua_State *L) {
 /* core.signal_open(name) -> listener. Unknown names raise. */
 static int l_signal_open(lua_State *L) {
     const char *s = luaL_checkstring(L, 1);
-    int num = 0;
-    for (int k = 0; names[k].name; k++)
-        if (strcmp(names[k].name, s) == 0)
-            num = names[k].num;
+    int num = num_of(s);
     if (!num)
         return luaL_argerror(L, 1, lua_pushfstring(L, "unknown signal '%s'", s));
     loom_t *h = loom_host(L);
