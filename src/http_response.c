@@ -274,6 +274,8 @@ static int put_headers(hb_t *b, lua_State *L, int idx, uint64_t *cl) {
             lua_pop(L, 2);
             return flags;
         }
+        if (name_is(name, nl, "date"))
+            flags |= H_DATE; /* the handler's own Date goes out instead of ours (as Go) */
         if (name_is(name, nl, "content-length")) {
             flags |= H_CL;
             if (cl && !parse_length(L, -1, cl)) {
@@ -289,8 +291,6 @@ static int put_headers(hb_t *b, lua_State *L, int idx, uint64_t *cl) {
         } else if (name_is(name, nl, "transfer-encoding")) {
             flags |= H_TE;
         } else if (lua_type(L, -1) == LUA_TTABLE) {
-            if (name_is(name, nl, "date"))
-                flags |= H_DATE;
             for (int i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
                 int t = lua_type(L, -1);
                 const char *v =
@@ -305,8 +305,6 @@ static int put_headers(hb_t *b, lua_State *L, int idx, uint64_t *cl) {
         } else {
             if (name_is(name, nl, "content-type"))
                 flags |= H_CT;
-            else if (name_is(name, nl, "date"))
-                flags |= H_DATE; /* the handler's own Date goes out instead of ours (as Go) */
             int t = lua_type(L, -1);
             if (t != LUA_TSTRING && t != LUA_TNUMBER) {
                 hb_fail(b, "invalid header value (not a string)");

@@ -347,10 +347,11 @@ static int on_headers(loom_http_msg_t *m) {
         return HPE_USER;
     }
     c->keepalive = (uint8_t)llhttp_should_keep_alive(p);
-    c->is_head = llhttp_get_method(p) == HTTP_HEAD;
+    uint8_t method = llhttp_get_method(p);
+    c->is_head = method == HTTP_HEAD;
     /* A CONNECT answered 2xx is a tunnel to a client (or a proxy in front) that will send
      * other bytes next: the connection ends with the answer, whatever it is. */
-    if (llhttp_get_method(p) == HTTP_CONNECT)
+    if (method == HTTP_CONNECT)
         c->keepalive = 0;
     /* RFC 9110 10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0
      * request MUST ignore that expectation." */
