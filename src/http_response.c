@@ -365,7 +365,9 @@ int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
 
 /* ---------------------------------------------------------------- access log */
 
-size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n) {
+/* Copies n bytes of s to out (cap bytes, NUL-terminated, cut there) as nginx writes a log
+ * field: '"', '\\', control bytes and bytes from 0x7f as \xHH. */
+static void log_escape(char *out, size_t cap, const char *s, size_t n) {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -384,14 +386,13 @@ size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n) {
         }
     }
     out[o] = 0;
-    return o;
 }
 
 const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap) {
     loom_head_t *h = c->msg.head;
     if (!h)
         return "";
-    loom_log_escape(out, cap, h->data + h->url, h->url_len);
+    log_escape(out, cap, h->data + h->url, h->url_len);
     return out;
 }
 
@@ -402,7 +403,7 @@ static void copy_header(loom_conn_t *c, const char *name, char *out, size_t cap)
     if (i < 0)
         snprintf(out, cap, "-");
     else
-        loom_log_escape(out, cap, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
+        log_escape(out, cap, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
 }
 
 /* Combined Log Format, to stdout. The target, Referer and User-Agent are the client's: they

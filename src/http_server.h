@@ -161,10 +161,8 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);
-/* Copies n bytes of s to out (cap bytes, NUL-terminated, cut there) as nginx writes a log
- * field: '"', '\\', control bytes and bytes from 0x7f as \xHH. Returns the length. */
-size_t loom_log_escape(char *out, size_t cap, const char *s, size_t n);
-/* The request target, escaped so, for a log line ("" when there is no head). */
+/* The request target, escaped as nginx writes a log field ('"', '\\', control bytes and
+ * bytes from 0x7f as \xHH), for a log line ("" when there is no head). */
 const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap);
 
 /* http_request.c */
