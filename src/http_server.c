@@ -331,12 +331,11 @@ static int on_headers(loom_http_msg_t *m) {
     llhttp_t *p = &m->parser;
     tl_remove(c);
     c->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
-    if (c->http10 || llhttp_get_http_major(p) != 1) {
-        if (llhttp_get_http_major(p) != 1) {
-            m->fail = 505;
-            return HPE_USER;
-        }
-    } else if (m->host_count == 0) {
+    if (llhttp_get_http_major(p) != 1) {
+        m->fail = 505;
+        return HPE_USER;
+    }
+    if (!c->http10 && m->host_count == 0) {
         m->fail = 400; /* RFC 9112 3.2: a 1.1 request without Host */
         m->why = "no Host header";
         return HPE_USER;
