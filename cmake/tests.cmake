@@ -102,7 +102,7 @@ foreach(src ${loom_ctests})
     add_executable(ctest_${name} ${src})
     set_target_properties(ctest_${name} PROPERTIES OUTPUT_NAME ${name}
         RUNTIME_OUTPUT_DIRECTORY ${LOOM_BIN}/spec/c)
-    target_include_directories(ctest_${name} PRIVATE ${LOOM_SRC}/src ${LOOM_GEN_DIR})
+    target_include_directories(ctest_${name} PRIVATE ${LOOM_INCLUDE_DIRS} ${LOOM_GEN_DIR})
     target_link_libraries(ctest_${name} PRIVATE loom_static)
     loom_warnings(ctest_${name})
     add_test(NAME c/${name} COMMAND ctest_${name} WORKING_DIRECTORY ${LOOM_SRC})

@@ -1,5 +1,5 @@
 /*
- * fuzz_inflate.c - libFuzzer target: src/inflate.c, the client's gzip and deflate body
+ * fuzz_inflate.c - libFuzzer target: src/http1/inflate.c, the client's gzip and deflate body
  * decoder, fed the way http_exchange.c feeds it (body pieces as llhttp hands them over, a
  * sink that may refuse past a size limit). See docs/fuzzing.md.
  *

@@ -1,5 +1,5 @@
 /*
- * fuzz_multipart.c - libFuzzer target: src/multipart.c, a multipart/form-data body parsed
+ * fuzz_multipart.c - libFuzzer target: src/http1/multipart.c, a multipart/form-data body parsed
  * whole, one byte per call, and in pieces cut where the input says, must give the same
  * parts (headers, name, filename, type, body bytes joined per part) and the same outcome.
  * Along the way: events come in the grammar's order, used never exceeds what was given,

@@ -1,5 +1,5 @@
 /*
- * fuzz_resp.c - libFuzzer target: src/resp.c, the RESP2 reply parser. A stream of replies
+ * fuzz_resp.c - libFuzzer target: src/db/resp.c, the RESP2 reply parser. A stream of replies
  * parsed whole, one byte at a time, and in pieces cut where the input says (each piece
  * added to a growing buffer, the scan resumed with the same state) must give the same
  * replies and end the same way (need more, or the same error). Along the way: a scan never

@@ -31,7 +31,7 @@
 
 #define LUA_FUZZ_EDGES (1u << 16)
 
-/* Only loom's own modules count: their chunk names are "=[loom] loom.x" (src/host.c). */
+/* Only loom's own modules count: their chunk names are "=[loom] loom.x" (src/core/host.c). */
 #define LUA_FUZZ_CHUNK "=[loom]"
 
 #define LUA_FUZZ_COUNTERS __attribute__((used, section("__libfuzzer_extra_counters")))

@@ -201,7 +201,7 @@ describe("server: hostile requests", function()
     end)
 end)
 
--- The client parses responses with the same glue (src/http_parse.c): a Transfer-Encoding
+-- The client parses responses with the same glue (src/http1/http_parse.c): a Transfer-Encoding
 -- field takes its rules even when empty, and a body in a coding the client cannot decode
 -- is refused, never handed over as if it were plain.
 describe("client: hostile responses", function()

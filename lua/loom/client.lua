@@ -1,8 +1,8 @@
 -- loom.client: loom.fetch, sessions and responses. What users customise lives here:
 -- options and their defaults, request heads, bodies (string, json, form, streamed),
 -- redirects, cookies (loom.cookies), proxies and TLS settings (loom.dial). The hot path -
--- pool lookup, writing the request, parsing the response - is C (src/http_client.c,
--- src/http_exchange.c); a request's URL and head are cached per session.
+-- pool lookup, writing the request, parsing the response - is C (src/http1/http_client.c,
+-- src/http1/http_exchange.c); a request's URL and head are cached per session.
 local core = require "loom.core"
 local args = require "loom.args"
 local json = require "loom.json"

@@ -1,7 +1,7 @@
 -- loom.dial: how the client makes a new connection, off its hot path: resolve the name
 -- (loom.resolver: cached, capped), race its addresses (Happy Eyeballs, RFC 8305) within
 -- the connect timeout, go through a proxy when one applies (a CONNECT tunnel for https),
--- then TLS. Returns a connected loom stream for the pool (src/http_client.c) to own.
+-- then TLS. Returns a connected loom stream for the pool (src/http1/http_client.c) to own.
 -- loom.connect (loom.net) races the same way.
 local core = require "loom.core"
 local resolver = require "loom.resolver"

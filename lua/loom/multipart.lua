@@ -1,6 +1,6 @@
 -- loom.multipart: multipart/form-data in both directions.
 -- Server: req:parts() (parts streamed from the body as the engine hands its pieces over, to
--- the C parser of src/multipart.c through src/multipart_lua.c) and the multipart half of
+-- the C parser of src/http1/multipart.c through src/http1/multipart_lua.c) and the multipart half of
 -- req:form(). Client: the body of fetch{ multipart = ... }, files streamed from disk, with
 -- its Content-Length computed up front.
 local core = require "loom.core"

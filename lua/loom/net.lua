@@ -1,4 +1,4 @@
--- loom.net: TCP streams and the raw TCP server, over the C stream type (src/stream.c);
+-- loom.net: TCP streams and the raw TCP server, over the C stream type (src/io/stream.c);
 -- loom.connect resolves and races the addresses as the client does (loom.dial: Happy
 -- Eyeballs over loom.resolver).
 local core = require "loom.core"

@@ -1,4 +1,4 @@
--- loom.pg: PostgreSQL pools over src/pg.c (one libpq connection driven by the loop, every
+-- loom.pg: PostgreSQL pools over src/db/pg.c (one libpq connection driven by the loop, every
 -- batch of commands in one pipeline round trip). This file holds what users configure and
 -- what a pool decides: connection strings, how a connection opens and when it is fit to
 -- reuse (the pool and its waiters are loom.pool's), the statement cache, parameter

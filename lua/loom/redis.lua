@@ -1,5 +1,5 @@
 -- loom.redis: a Redis client (RESP2) on loom streams. Replies are parsed in C straight from
--- the stream's buffer (src/resp.c through a framed read); commands go out as arrays of bulk
+-- the stream's buffer (src/db/resp.c through a framed read); commands go out as arrays of bulk
 -- strings (core.resp_command), never as text built from the values. A pool of connections
 -- (loom.pool: max, waiters served in order), AUTH and SELECT on connect, pipelines, pub/sub on a
 -- connection of its own, per-command timeouts, and cancellation: a connection that still

@@ -1,5 +1,5 @@
 -- loom.resolver: name lookups for the client and loom.connect, over core.resolve
--- (getaddrinfo on a thread per lookup, src/dns.c; so /etc/hosts holds). Answers are cached
+-- (getaddrinfo on a thread per lookup, src/io/dns.c; so /etc/hosts holds). Answers are cached
 -- for a few seconds; lookups of one name in flight are shared; at most MAX_ACTIVE run at
 -- once, each holding its thread until the system resolver returns (a timed-out lookup
 -- too). A caller waits at most its timeout: `timeout: dns lookup of NAME`. A name whose

@@ -1,6 +1,6 @@
 -- loom.runtime: the batteries beside HTTP: loom.every (a periodic task), loom.fs (files on
--- libuv's thread pool, src/fs.c), loom.signal (src/signal.c), loom.udp (src/udp.c, names
--- resolved here through loom.resolver) and loom.shared (src/shared.c). Each wait parks the
+-- libuv's thread pool, src/io/fs.c), loom.signal (src/io/signal.c), loom.udp (src/io/udp.c, names
+-- resolved here through loom.resolver) and loom.shared (src/lib/shared.c). Each wait parks the
 -- calling task and cancels cleanly: what the C side started is finished or freed there.
 local core = require "loom.core"
 local resolver = require "loom.resolver"

@@ -1,7 +1,7 @@
 -- loom.websocket: RFC 6455 over a loom stream, for both ends: messages from fragments,
 -- pings answered, the close handshake with codes and reasons, UTF-8 checked on text,
 -- max_message enforced (1009). Frames are read and written by the C codec
--- (src/websocket.c, the stream's frame read mode); this file is the protocol's state.
+-- (src/ws/websocket.c, the stream's frame read mode); this file is the protocol's state.
 --
 -- One task may receive while others send: frames of concurrent senders go out whole, one
 -- after the other (a lock), and a pong owed while another task is writing is sent by that

@@ -1,5 +1,5 @@
 /*
- * test_http_parse.c - src/http_parse.c against a table of wire inputs and the outcome a
+ * test_http_parse.c - src/http1/http_parse.c against a table of wire inputs and the outcome a
  * strict server must reach: accepted (with the target and a header checked) or rejected
  * (with the status the limits chose, or llhttp's own error). Every input is also fed one
  * byte at a time: a head split over many reads must be stored and limited the same way.

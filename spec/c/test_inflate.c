@@ -1,5 +1,5 @@
 /*
- * test_inflate.c - src/inflate.c: gzip, zlib-wrapped deflate and raw deflate decode to the
+ * test_inflate.c - src/http1/inflate.c: gzip, zlib-wrapped deflate and raw deflate decode to the
  * original, whole or fed one byte at a time; corrupt input fails with a message; a sink
  * that says stop (a size limit) stops the decoding; gzip members one after the other are
  * all decoded; bytes after the end that are not a member fail; a stream cut short is

@@ -1,5 +1,5 @@
 /*
- * test_lua_alloc.c - the Lua allocator of src/lua_alloc.c: blocks keep their contents
+ * test_lua_alloc.c - the Lua allocator of src/core/lua_alloc.c: blocks keep their contents
  * across every kind of resize (within a size class, between classes, between cached and
  * malloc'd sizes), freed blocks come back for the next allocation of their class, past a
  * class's cap blocks go back to free(), and a whole Lua state runs and closes on it. Leaks

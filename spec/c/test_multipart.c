@@ -1,5 +1,5 @@
 /*
- * test_multipart.c - src/multipart.c: bodies as curl -F, Python requests and Chromium's
+ * test_multipart.c - src/http1/multipart.c: bodies as curl -F, Python requests and Chromium's
  * FormData sent them (captured from the real clients), parsed whole, in pieces of every
  * size and split at every position, give the same parts; body bytes that only look like a
  * delimiter stay body; preamble, transport padding and epilogue are ignored; each

@@ -1,5 +1,5 @@
 /*
- * test_task.c - the scheduler (src/task.c) through the public embedding API (src/loom.h):
+ * test_task.c - the scheduler (src/core/task.c) through the public embedding API (src/loom.h):
  * hosts run scripts that spawn, sleep, count and fail; the results are read back from Lua
  * globals after loom_run, and loom_run's exit status is checked for loom.exit and for a
  * failing main task. Hosts on a loop the test owns check that loom_free leaves the loop

@@ -33,14 +33,21 @@ struct loom {
     loom_res_t res; /* sentinel of the resource list */
 };
 
-/* The host bound to L's state, or NULL. */
-loom_t *loom_host(lua_State *L);
+/* The host bound to L's state, or NULL. Inline, so the scheduler below reads it without
+ * calling up into this file. */
+extern const char loom_host_key;
+static inline loom_t *loom_host(lua_State *L) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &loom_host_key);
+    loom_t *h = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return h;
+}
+
+/* Creates a host for L on loop (NULL: a loop of its own); embed.c's loom_new stands on it. */
+loom_t *loom_host_create(lua_State *L, uv_loop_t *loop);
 
 /* Creates and binds a host for a state loom does not own (the `require "loom"` case). */
 loom_t *loom_host_attach(lua_State *L);
-
-/* The scheduler reports the end of the main task here. */
-void loom_host_main_done(loom_t *h, loom_task_t *t);
 
 int loom_open_host(lua_State *L);
 

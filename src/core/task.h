@@ -73,6 +73,9 @@ typedef struct loom_sched {
     int nready;
     loom_task_t *current;
     loom_task_t *main; /* the task loom_dofile or loom.run started */
+    /* the host's hook for the main task's end (hooks go downward: the scheduler never calls
+     * into the host) */
+    void (*main_done)(loom_t *h, loom_task_t *t);
     loom_task_t **heap;
     int nheap, capheap;
     uint64_t heap_seq; /* entries so far */

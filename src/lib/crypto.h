@@ -1,5 +1,5 @@
 /*
- * crypto.h - loom.crypto (src/crypto.c) and the two helpers other C files may use: random
+ * crypto.h - loom.crypto (src/lib/crypto.c) and the two helpers other C files may use: random
  * bytes for boundaries, nonces and session ids, and a constant-time compare.
  */
 #ifndef LOOM_CRYPTO_H

@@ -45,7 +45,7 @@ struct loom_stream {
     void *frame_ud;
     double timeout;       /* seconds for each read and write; < 0 for none */
     char peer[64];        /* "ip:port", for messages */
-    struct loom_tls *tls; /* TLS below the buffer (src/stream_tls.c), or NULL */
+    struct loom_tls *tls; /* TLS below the buffer (src/io/stream_tls.c), or NULL */
     /* A C owner instead of reading tasks (the HTTP client, a TLS handshake): called after
      * every read event and when the stream starts closing. */
     void (*on_event)(loom_stream_t *s);

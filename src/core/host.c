@@ -10,21 +10,11 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include "host.h"
-#include "embedded.h"
 #include "lua_alloc.h"
 
-static const char HOST_KEY = 'h';     /* registry[&HOST_KEY] = lightuserdata(host) */
+const char loom_host_key = 'h';       /* registry[&loom_host_key] = lightuserdata(host) */
 static const char HOST_BOX_KEY = 'b'; /* registry[&HOST_BOX_KEY] = the box that frees it */
 static const char MAIN_KEY = 'm';     /* registry[&MAIN_KEY] = the main task */
-
-int luaopen_loom_core(lua_State *L);
-
-loom_t *loom_host(lua_State *L) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
-    loom_t *h = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return h;
-}
 
 /* ---------------------------------------------------------------- resources */
 
@@ -58,7 +48,9 @@ static void on_stop_async(uv_async_t *a) {
     uv_stop(a->loop);
 }
 
-static loom_t *host_create(lua_State *L, uv_loop_t *loop) {
+static void main_done(loom_t *h, loom_task_t *t);
+
+loom_t *loom_host_create(lua_State *L, uv_loop_t *loop) {
     loom_t *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
@@ -84,8 +76,9 @@ static loom_t *host_create(lua_State *L, uv_loop_t *loop) {
     h->stop_async.data = h;
     h->nhandles++;
     loom_sched_init(h);
+    h->sched.main_done = main_done;
     lua_pushlightuserdata(L, h);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &loom_host_key);
     return h;
 }
 
@@ -128,7 +121,7 @@ static int host_box_gc(lua_State *L) {
         return 0;
     *box = NULL;
     lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &loom_host_key);
     host_teardown(h);
     host_destroy(h);
     return 0;
@@ -147,105 +140,12 @@ loom_t *loom_host_attach(lua_State *L) {
     lua_setfield(L, -2, "__name");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &HOST_BOX_KEY);
-    loom_t *h = host_create(main, NULL);
+    loom_t *h = loom_host_create(main, NULL);
     if (!h)
         luaL_error(L, "loom: cannot create the event loop");
     lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_BOX_KEY);
     *(loom_t **)lua_touserdata(L, -1) = h;
     lua_pop(L, 1);
-    return h;
-}
-
-/* ---------------------------------------------------------------- embedded Lua */
-
-static int load_embedded(lua_State *L) {
-    const loom_embedded_t *e = lua_touserdata(L, lua_upvalueindex(1));
-    lua_pushfstring(L, "=[loom] %s", e->name);
-    if (luaL_loadbuffer(L, e->src, e->len, lua_tostring(L, -1)) != LUA_OK)
-        return lua_error(L);
-    lua_pushstring(L, e->name);
-    lua_call(L, 1, 1);
-    return 1;
-}
-
-/* package.preload gets loom.core and every Lua file of lua/loom/, so the host needs no
- * path set-up. */
-static void preload(lua_State *L) {
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(L, luaopen_loom_core);
-    lua_setfield(L, -2, "loom.core");
-    for (const loom_embedded_t *e = loom_embedded; e->name; e++) {
-        lua_pushlightuserdata(L, (void *)e);
-        lua_pushcclosure(L, load_embedded, 1);
-        lua_setfield(L, -2, e->name);
-    }
-    lua_pop(L, 1);
-}
-
-static int open_host_p(lua_State *L) {
-    luaL_openlibs(L);
-    preload(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "loom");
-    lua_call(L, 1, 1);
-    lua_setglobal(L, "loom");
-    return 0;
-}
-
-/* ---------------------------------------------------------------- a state of our own */
-
-static int on_panic(lua_State *L) {
-    const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "PANIC: unprotected error in call to Lua API (%s)\n",
-            msg ? msg : "error object is not a string");
-    return 0; /* Lua aborts */
-}
-
-/* As the stock interpreter's (luaL_newstate's, which is private to lauxlib): warnings are
- * off until "@on", "@off" turns them off again, a message may come in pieces. */
-static void on_warn(void *ud, const char *msg, int tocont) {
-    loom_t *h = ud;
-    if (!h->warn_cont && !tocont && msg[0] == '@') {
-        if (strcmp(msg, "@on") == 0)
-            h->warn_on = 1;
-        else if (strcmp(msg, "@off") == 0)
-            h->warn_on = 0;
-        return;
-    }
-    if (h->warn_on) {
-        if (!h->warn_cont)
-            fputs("Lua warning: ", stderr);
-        fputs(msg, stderr);
-        if (!tocont)
-            fputs("\n", stderr);
-        fflush(stderr);
-    }
-    h->warn_cont = tocont;
-}
-
-loom_t *loom_new(uv_loop_t *loop) {
-    loom_alloc_t *alloc = loom_alloc_new();
-    lua_State *L = alloc ? lua_newstate(loom_alloc_lua, alloc) : NULL;
-    if (!L) {
-        loom_alloc_free(alloc);
-        return NULL;
-    }
-    lua_atpanic(L, on_panic);
-    loom_t *h = host_create(L, loop);
-    if (!h) {
-        lua_close(L);
-        loom_alloc_free(alloc);
-        return NULL;
-    }
-    h->owns_L = 1;
-    h->alloc = alloc; /* freed after lua_close, in host_destroy */
-    lua_setwarnf(L, on_warn, h);
-    lua_pushcfunction(L, open_host_p);
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        fprintf(stderr, "loom: %s\n", lua_tostring(L, -1));
-        loom_free(h);
-        return NULL;
-    }
     return h;
 }
 
@@ -261,7 +161,7 @@ uv_loop_t *loom_loop(loom_t *h) {
 
 /* Called by the scheduler when the main task ends. A failing main task ends the run with
  * status 1 (as in lua and node); in the host its traceback is printed. */
-void loom_host_main_done(loom_t *h, loom_task_t *t) {
+static void main_done(loom_t *h, loom_task_t *t) {
     if (!t->failed)
         return;
     if (!t->observed) {
@@ -331,7 +231,7 @@ void loom_free(loom_t *h) {
         lua_close(h->L);
     } else {
         lua_pushnil(h->L);
-        lua_rawsetp(h->L, LUA_REGISTRYINDEX, &HOST_KEY);
+        lua_rawsetp(h->L, LUA_REGISTRYINDEX, &loom_host_key);
     }
     host_destroy(h);
 }

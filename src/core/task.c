@@ -395,7 +395,8 @@ static void complete(loom_t *h, loom_task_t *t) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
     t->ref = LUA_NOREF;
     if (t == h->sched.main) {
-        loom_host_main_done(h, t);
+        if (h->sched.main_done)
+            h->sched.main_done(h, t);
     } else if (t->failed && !t->is_cancelled && !woken && !t->observed) {
         fprintf(stderr, "loom: error in task: %s\n", lua_tostring(t->co, 2));
         fflush(stderr);
