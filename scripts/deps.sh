@@ -13,7 +13,7 @@ packages=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev node-
           python3-requests valgrind clang clang-format libclang-rt-14-dev
           python3-websockets chromium nodejs
           postgresql-15 libpq-dev redis-server lua-nginx-redis)
-bench_packages=(wrk nginx libnginx-mod-http-lua nodejs python3-aiohttp)
+bench_packages=(wrk nginx libnginx-mod-http-lua nodejs python3-aiohttp python3-asyncpg)
 commands=(cc cmake pkg-config lua5.4 busted luarocks curl openssl python3)
 
 # The browser test installs playwright-core with npm: Debian packages npm apart from nodejs,
