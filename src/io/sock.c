@@ -28,9 +28,7 @@ typedef struct {
     char data[];
 } piece_t;
 
-int loom_sock_init_tcp(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
-                       void *owner) {
-    int rc = uv_tcp_init(loop, &s->h.tcp);
+static void sock_fields(loom_sock_t *s, const loom_sock_hooks_t *hooks, void *owner) {
     s->h.handle.data = owner;
     s->hooks = hooks;
     s->tls = NULL;
@@ -38,6 +36,19 @@ int loom_sock_init_tcp(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t 
     s->pending = 0;
     s->err = 0;
     s->flags = 0;
+}
+
+int loom_sock_init_tcp(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
+                       void *owner) {
+    int rc = uv_tcp_init(loop, &s->h.tcp);
+    sock_fields(s, hooks, owner);
+    return rc;
+}
+
+int loom_sock_init_pipe(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
+                        void *owner) {
+    int rc = uv_pipe_init(loop, &s->h.pipe, 0);
+    sock_fields(s, hooks, owner);
     return rc;
 }
 

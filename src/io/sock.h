@@ -76,6 +76,13 @@ enum {
  * needs no close). */
 int loom_sock_init_tcp(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
                        void *owner);
+/* The same for a unix-domain socket or a pipe (uv_pipe_t, no IPC): one write path for both. */
+int loom_sock_init_pipe(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
+                        void *owner);
+/* A TCP sock (else a pipe). */
+static inline int loom_sock_is_tcp(const loom_sock_t *s) {
+    return s->h.handle.type == UV_TCP;
+}
 static inline void *loom_sock_owner(const loom_sock_t *s) {
     return s->h.handle.data;
 }
