@@ -13,6 +13,7 @@
 #include "http_client.h"
 #include "websocket.h"
 #include "crypto.h"
+#include "compress.h"
 
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
@@ -55,5 +56,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_resp(L);
     loom_open_multipart(L);
     loom_open_crypto(L);
+    loom_open_compress(L);
     return 1;
 }
