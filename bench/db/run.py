@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""bench/db/run.py: the database figures of issue 14, in one invocation, on loopback.
+
+TechEmpower's shapes against a real PostgreSQL 15 (world: 10 000 rows; fortune: 12 rows):
+/db (one random row as JSON), /queries?n=20, /fortunes (sorted, HTML-escaped into a page);
+and a Redis GET. Peers, each written as its users write it (bench/db/*_app.*):
+
+    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (pool of POOL)
+    node       Node `pg` (Pool of POOL) and `ioredis` (one multiplexed connection), from npm
+    aiohttp    aiohttp + asyncpg (pool of POOL), Debian's python3-aiohttp and python3-asyncpg
+    nginx      nginx + lua-nginx-module + lua-resty-redis (Debian's lua-nginx-redis), keepalive
+               pool of POOL; Redis GET only
+    redis-benchmark  the Redis GET ceiling: redis-benchmark itself as the client, CONNS in flight
+
+Each server runs pinned to CPU 0; wrk (-t1 -cCONNS) and both databases run on CPU 1, so
+the server measured has its core to itself. For every round, every peer is started, its
+shapes are checked (a wrong answer drops the shape, with the reason) and then measured:
+a 1 s warm-up, SECS seconds of wrk; rounds are interleaved and medians printed, with the
+server's CPU time per request (its whole process group) and the database's (postgres or
+redis-server, on CPU 1). The ratios are loom's over each peer, from the same run.
+
+Usage: bench/db/run.py [--rounds 3] [--secs 5] [--conns 50] [--pool 16] [--only loom,node]
+       [--shapes db,queries,fortunes,redis]
+Environment: LOOM_BUILD (default build/): the loom host is LOOM_BUILD/loom, npm packages go to
+LOOM_BUILD/npm. Needs postgresql-15, redis-server, wrk, nginx with the Lua module,
+lua-nginx-redis, node, python3-aiohttp, python3-asyncpg (scripts/deps.sh --bench).
+"""
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchlib import start, stop  # noqa: E402
+
+BUILD = os.path.abspath(os.environ.get("LOOM_BUILD", os.path.join(ROOT, "build")))
+LOOM = os.path.join(BUILD, "loom")
+NPM = os.path.join(BUILD, "npm")
+NPM_PACKAGES = ["pg@8.23.1", "ioredis@5.11.1"]
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+HZ = os.sysconf("SC_CLK_TCK")
+
+SHAPES = {
+    "db": "/db",
+    "queries": "/queries?n=20",
+    "fortunes": "/fortunes",
+    "redis": "/redis",
+}
+
+FORTUNES = [
+    "fortune: No such file or directory",
+    "A computer scientist is someone who fixes things that aren't broken.",
+    "After enough decimal places, nobody gives a damn.",
+    "A bad random number generator: 1, 1, 1, 1, 1, 4.33e+67, 1, 1, 1",
+    "A computer program does what you tell it to do, not what you want it to do.",
+    "Emacs is a nice operating system, but I prefer UNIX. \u2014 Tom Christaensen",
+    "Any program that runs right is obsolete.",
+    "A list is only as strong as its weakest link. \u2014 Donald Knuth",
+    "Feature: A bug with seniority.",
+    "Computers make very fast, very accurate mistakes.",
+    '<script>alert("This should not be displayed in a browser alert box.");</script>',
+    "\u30d5\u30ec\u30fc\u30e0\u30ef\u30fc\u30af\u306e\u30d9\u30f3\u30c1\u30de\u30fc\u30af",
+]
+GREETING = "Hello, World!"
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def keyvals(text):
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def server_up(script):
+    """Starts spec/support/SCRIPT on CPU 1; its key=value lines, or exits with the reason."""
+    r = subprocess.run(["taskset", "-c", "1", "bash", os.path.join(ROOT, "spec", "support", script),
+                        "start"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("bench/db: %s start failed: %s" % (script, r.stderr.strip()))
+    return keyvals(r.stdout)
+
+
+def server_down(script, info):
+    if info:
+        subprocess.run(["bash", os.path.join(ROOT, "spec", "support", script), "stop", info["dir"]])
+
+
+def populate(pg):
+    sql = ["create table world (id integer primary key, randomnumber integer not null)",
+           "insert into world select i, 1 + floor(random() * 10000)::int from generate_series(1, 10000) i",
+           "create table fortune (id integer primary key, message text not null)"]
+    for i, m in enumerate(FORTUNES, 1):
+        sql.append("insert into fortune values (%d, '%s')" % (i, m.replace("'", "''")))
+    sql.append("analyze")
+    env = dict(os.environ, PGPASSWORD=pg["password"])
+    r = subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", pg["port"],
+                        "-U", pg["user"], "-d", pg["database"]], input=";\n".join(sql) + ";\n",
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit("bench/db: loading the tables failed: " + r.stderr)
+
+
+def npm_install():
+    if all(os.path.isfile(os.path.join(NPM, "node_modules", p.split("@")[0], "package.json"))
+           for p in NPM_PACKAGES):
+        return
+    os.makedirs(NPM, exist_ok=True)
+    subprocess.run(["npm", "install", "--prefix", NPM, "--no-audit", "--no-fund", "--loglevel=error"]
+                   + NPM_PACKAGES, check=True, stdout=subprocess.DEVNULL)
+
+
+def group_ticks(pgid):
+    """utime + stime of every process in process group pgid, in clock ticks."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[2]) == pgid:
+            total += int(f[11]) + int(f[12])
+    return total
+
+
+def tree_ticks(root):
+    """utime + stime of `root` and its children (postgres: the postmaster and its backends)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(d) == root or int(f[1]) == root:
+            total += int(f[11]) + int(f[12])
+    return total
+
+
+def check(shape, body):
+    """None when the answer to SHAPES[shape] is right, else what is wrong."""
+    try:
+        if shape == "db":
+            v = json.loads(body)
+            ok = 1 <= v["id"] <= 10000 and isinstance(v["randomNumber"], int)
+        elif shape == "queries":
+            v = json.loads(body)
+            ok = len(v) == 20 and all(1 <= x["id"] <= 10000 and isinstance(x["randomNumber"], int) for x in v)
+        elif shape == "fortunes":
+            text = body.decode()
+            ok = (text.count("<tr><td>") == 13 and "&lt;script&gt;alert(&quot;This" in text
+                  and FORTUNES[-1] in text and text.index("<td>11</td>") < text.index("<td>4</td>"))
+        else:
+            ok = body.decode() == GREETING
+    except Exception as e:  # noqa: BLE001 - any malformed answer is a wrong one
+        return "%s: %r" % (type(e).__name__, body[:200])
+    return None if ok else "wrong answer: %r" % body[:300]
+
+
+def wrk(url, secs, conns):
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--latency",
+                          "--timeout", "5s", url], capture_output=True, text=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        return None
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    errors = 0
+    for pat in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+        e = re.search(pat, out)
+        if e:
+            errors += sum(int(x) for x in e.groups())
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": float(m.group(1)), "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
+            "errors": errors, "requests": reqs}
+
+
+def peers(pg_url, redis_url, redis_port, pool, tmp):
+    def nginx(port):
+        d = os.path.join(tmp, "nginx-%d" % port)
+        os.makedirs(os.path.join(d, "logs"))
+        conf = open(os.path.join(HERE, "nginx.conf")).read()
+        conf = conf.replace("REDIS_PORT", str(redis_port)).replace("PORT", str(port)).replace("POOL", str(pool))
+        open(os.path.join(d, "nginx.conf"), "w").write(conf)
+        return ["nginx", "-p", d, "-c", "nginx.conf"]
+    return {
+        "loom": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url, str(pool)],
+                 ["db", "queries", "fortunes", "redis"]),
+        "node": (lambda port: ["node", os.path.join(HERE, "node_app.js"), str(port), pg_url, redis_url,
+                               str(pool), NPM], ["db", "queries", "fortunes", "redis"]),
+        "aiohttp": (lambda port: ["/usr/bin/python3", os.path.join(HERE, "aiohttp_app.py"), str(port), pg_url,
+                                  str(pool)], ["db", "queries", "fortunes"]),
+        "nginx": (nginx, ["redis"]),
+    }
+
+
+LABELS = {"loom": "loom", "node": "Node pg / ioredis", "aiohttp": "aiohttp + asyncpg",
+          "nginx": "nginx + lua-resty-redis", "redis-benchmark": "redis-benchmark (ceiling)"}
+
+
+def redis_benchmark(port, conns, secs):
+    # about secs seconds at ~100k GET/s; the rate is what counts
+    r = subprocess.run(["taskset", "-c", "0", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
+                        "-c", str(conns), "-n", str(100000 * secs), "--csv", "GET", "bench:greeting"],
+                       capture_output=True, text=True)
+    rows = [line for line in r.stdout.splitlines() if line.startswith('"GET')]
+    if not rows:
+        return None
+    f = [x.strip('"') for x in rows[-1].split(",")]
+    return {"rps": float(f[1]), "p99": float(f[6]) if len(f) > 6 else 0.0, "errors": 0, "requests": 0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--pool", type=int, default=16)
+    ap.add_argument("--only", default="loom,node,aiohttp,nginx,redis-benchmark")
+    ap.add_argument("--shapes", default="db,queries,fortunes,redis")
+    a = ap.parse_args()
+    only = a.only.split(",")
+    shapes = a.shapes.split(",")
+    if not os.access(LOOM, os.X_OK):
+        sys.exit("bench/db: %s is missing (make build, or LOOM_BUILD=dir)" % LOOM)
+    if "node" in only:
+        npm_install()
+    load0 = os.getloadavg()
+    pg = rd = None
+    results = {}   # (peer, shape) -> [measurements]
+    broken = {}    # (peer, shape) -> reason
+    try:
+        pg = server_up("pg_server.sh")
+        populate(pg)
+        rd = server_up("redis_server.sh")
+        subprocess.run(["redis-cli", "-p", rd["port"], "set", "bench:greeting", GREETING], check=True,
+                       stdout=subprocess.DEVNULL)
+        pg_url = "postgresql://%s:%s@127.0.0.1:%s/%s" % (pg["user"], pg["password"], pg["port"], pg["database"])
+        redis_url = "redis://127.0.0.1:%s/0" % rd["port"]
+        pg_pid, redis_pid = int(pg["pid"]), int(rd["pid"])
+        with tempfile.TemporaryDirectory() as tmp:
+            table = peers(pg_url, redis_url, rd["port"], a.pool, tmp)
+            for rnd in range(a.rounds):
+                for name in only:
+                    if name == "redis-benchmark":
+                        if "redis" in shapes:
+                            m = redis_benchmark(rd["port"], a.conns, a.secs)
+                            if m:
+                                results.setdefault((name, "redis"), []).append(m)
+                        continue
+                    cmd, its = table[name]
+                    its = [s for s in its if s in shapes and (name, s) not in broken]
+                    if not its:
+                        continue
+                    port = free_port()
+                    p = start(cmd(port), port)
+                    if not p:
+                        for s in its:
+                            broken[(name, s)] = "the server did not start"
+                        continue
+                    try:
+                        for s in its:
+                            url = "http://127.0.0.1:%d%s" % (port, SHAPES[s])
+                            try:
+                                body = urllib.request.urlopen(url, timeout=10).read()
+                                why = check(s, body)
+                            except Exception as e:  # noqa: BLE001
+                                why = str(e)
+                            if why:
+                                broken[(name, s)] = why
+                                continue
+                            wrk(url, 1, a.conns)  # warm-up: pools filled, statements prepared, JIT
+                            t0, d0 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
+                            m = wrk(url, a.secs, a.conns)
+                            t1, d1 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
+                            if not m:
+                                broken[(name, s)] = "wrk failed"
+                                continue
+                            n = m["requests"] or 1
+                            m["cpu"] = (t1 - t0) / HZ * 1e6 / n
+                            m["db_cpu"] = (d1 - d0) / HZ * 1e6 / n
+                            results.setdefault((name, s), []).append(m)
+                            print("round %d %-8s %-9s %9.0f req/s  p99 %6.2f ms  server %6.1f us/req  db %6.1f us/req%s"
+                                  % (rnd + 1, name, s, m["rps"], m["p99"], m["cpu"], m["db_cpu"],
+                                     "  ERRORS %d" % m["errors"] if m["errors"] else ""), flush=True)
+                    finally:
+                        stop(p)
+    finally:
+        server_down("redis_server.sh", rd)
+        server_down("pg_server.sh", pg)
+    load1 = os.getloadavg()
+
+    print()
+    print("bench/db: %d rounds of %d s, wrk -t1 -c%d, pools of %d; server on CPU 0, wrk and the databases"
+          " on CPU 1; load average %.1f before, %.1f after" % (a.rounds, a.secs, a.conns, a.pool, load0[0], load1[0]))
+    for s in shapes:
+        rows = [(name, results[(name, s)]) for name in only if (name, s) in results]
+        if not rows:
+            continue
+        print()
+        print("%s (%s)" % (s, SHAPES[s]))
+        print("| peer | req/s (median [min-max]) | p99 ms | server CPU us/req | db CPU us/req | loom req/s x | loom CPU x |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        med = {name: {k: statistics.median(m.get(k, 0.0) for m in ms) for k in ("rps", "p99", "cpu", "db_cpu")}
+               for name, ms in rows}
+        for name, ms in rows:
+            md = med[name]
+            rps = [m["rps"] for m in ms]
+            lm = med.get("loom")
+            ratio = "%.2f" % (lm["rps"] / md["rps"]) if lm and md["rps"] else "-"
+            cratio = "%.2f" % (lm["cpu"] / md["cpu"]) if lm and md["cpu"] and name != "redis-benchmark" else "-"
+            errs = sum(m["errors"] for m in ms)
+            print("| %s | %s [%s-%s]%s | %.2f | %s | %s | %s | %s |" % (
+                LABELS[name], format(round(md["rps"]), ","), format(round(min(rps)), ","),
+                format(round(max(rps)), ","), " (%d errors)" % errs if errs else "", md["p99"],
+                "%.1f" % md["cpu"] if md["cpu"] else "-", "%.1f" % md["db_cpu"] if md["db_cpu"] else "-",
+                ratio, cratio))
+    for (name, s), why in sorted(broken.items()):
+        print("NOT MEASURED: %s %s: %s" % (name, s, why))
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
