@@ -355,12 +355,31 @@ static void put_connection(hb_t *b, loom_conn_t *c) {
 
 /* ---------------------------------------------------------------- writes */
 
+/* The most a cork gathers: past it the gathered bytes go, and the write after them. */
+#define CORK_MAX (64 * 1024)
+
 /* Every byte of an answer leaves through here: the sock writes it (encrypted on HTTPS) and
  * copies what the kernel does not take at once. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
+    size_t total = 0;
     for (int i = 0; i < nbufs; i++)
-        c->sent += bufs[i].len;
+        total += bufs[i].len;
+    c->sent += total;
+    if (c->sock.flags & LOOM_SOCK_CORKED) {
+        loom_server_t *srv = c->srv;
+        if (srv->cork_bytes + total > CORK_MAX)
+            loom_conn_uncork(c); /* a big answer goes as it is, after what was gathered */
+        else
+            srv->cork_bytes += total;
+    }
     return loom_sock_write(&c->sock, bufs, nbufs);
+}
+
+void loom_conn_uncork(loom_conn_t *c) {
+    if (!(c->sock.flags & LOOM_SOCK_CORKED))
+        return;
+    c->srv->cork_bytes = 0;
+    loom_sock_uncork(&c->sock); /* a failure is kept by the sock, as any write's */
 }
 
 /* ---------------------------------------------------------------- access log */
@@ -463,6 +482,8 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     c->status = (uint16_t)status;
     c->resp = R_DONE;
     c->sent = 0;
+    if (c->in_len)
+        loom_conn_cork(c); /* pipelined requests wait: their answers join this one */
     loom_conn_write(c, bufs, nbufs);
     log_access(c);
 }
@@ -560,6 +581,7 @@ int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, c
     c->status = (uint16_t)status;
     c->resp = R_STREAM;
     c->sent = 0;
+    loom_conn_cork(c); /* a head and a short body written in this turn leave together */
     return loom_conn_write(c, &buf, 1);
 }
 
@@ -587,6 +609,7 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
     if (b.bad)
         return NULL;
     c->status = 101;
+    loom_conn_uncork(c); /* answers to the requests before it go before the socket moves */
     log_access(c);
     *len = b.len;
     return c->srv->hbuf;

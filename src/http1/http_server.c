@@ -208,6 +208,7 @@ void loom_conn_close(loom_conn_t *c) {
     c->prev = c->next = NULL;
     srv->nconns--;
     loom_conn_detach_request(c);
+    loom_conn_uncork(c); /* answers gathered this turn still go (a pipeline ending in EOF) */
     loom_sock_close(&c->sock);
 }
 
@@ -568,6 +569,9 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     }
     if (c->state == C_HEAD)
         c->partial = 1;
+    loom_server_t *srv = c->srv;
+    loom_t *h = srv->host;
+    srv->reading = c; /* answers given from here to the end of this turn may be corked */
     if (c->parse_paused)
         keep_in(c, data, (size_t)nread);
     else
@@ -575,8 +579,17 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
         stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* Answer now rather than after every other connection's read of this loop turn: the
-     * scheduler runs the handler in its protected drain, as it would in the check phase. */
-    loom_sched_drain(c->srv->host);
+     * scheduler runs the handler in its protected drain, as it would in the check phase.
+     * A handler that finishes at once moves the connection to the next pipelined request,
+     * whose handler job is queued behind the drain's count: drain again while it is, so a
+     * read of N requests is answered in this turn, not one request per loop turn. */
+    loom_sched_drain(h);
+    while (c->job.queued && c->state == C_HANDLER && !h->sched.draining && !h->closing &&
+           !h->exit_request)
+        loom_sched_drain(h);
+    srv->reading = NULL;
+    /* the answers gathered (loom_conn_cork) leave in one write, in order */
+    loom_conn_uncork(c);
 }
 
 void loom_conn_start_reading(loom_conn_t *c) {

@@ -116,6 +116,8 @@ struct loom_server {
     double body_timeout; /* seconds a body read may wait for the next bytes (< 0: no limit) */
     double send_timeout; /* seconds a streaming write may wait for the client (< 0: none) */
     int access_log;
+    loom_conn_t *reading; /* the connection whose read is being handled (on_input), or NULL */
+    size_t cork_bytes;    /* bytes gathered in its cork so far */
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
     loom_head_pool_t heads;         /* pool of head storage */
     char *hbuf;                     /* response heads are built here */
@@ -143,6 +145,15 @@ void loom_conn_resume_parse(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
 
 /* http_response.c */
+/* Gathers this connection's answers until loom_conn_uncork, if its read is being handled
+ * (the end of on_input uncorks): pipelined answers, or a streamed head and its first
+ * pieces, leave in one write. Elsewhere (a handler woken later) it does nothing. */
+static inline void loom_conn_cork(loom_conn_t *c) {
+    if (c->srv->reading == c)
+        loom_sock_cork(&c->sock);
+}
+/* Sends what the cork gathered (one write); nothing when not corked. */
+void loom_conn_uncork(loom_conn_t *c);
 /* Writes bufs through the connection's sock (encrypted on HTTPS), counting them for the
  * access log; returns 0 or a libuv error. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
