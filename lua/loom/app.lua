@@ -18,6 +18,7 @@ local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout"
 local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true, cancel_tasks = true }
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
 APP_OPTS.max_parts, APP_OPTS.max_part_header = true, true -- req:parts() and req:form(), in Lua
+APP_OPTS.compress = true -- lua/loom/compress.lua
 for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
     LISTEN_OPTS[k], RUN_OPTS[k] = true, true
 end
@@ -48,6 +49,7 @@ local function new(opts)
             app.form_limits[k] = v
         end
     end
+    if opts.compress then app.compress = require("loom.compress").config(opts.compress) end
     return app
 end
 
@@ -170,7 +172,7 @@ local function normalize(res, req, final)
         end
         if body ~= nil and not has_header(res.headers, "content-type") then
             local r = { status = res.status or 200, body = body, cookies = res.cookies,
-                headers = typed(res.headers, "application/octet-stream", final) }
+                headers = typed(res.headers, "application/octet-stream", final), compress = res.compress }
             if not final then made_body[r] = body end
             return r
         end
@@ -185,7 +187,7 @@ local function normalize(res, req, final)
         body, ct = json.encode(res.json), "application/json"
     end
     local r = { status = res.status or 200, headers = typed(res.headers, ct, final), body = body,
-        cookies = res.cookies }
+        cookies = res.cookies, compress = res.compress }
     if not final then made_body[r] = body end
     return r
 end
@@ -317,6 +319,20 @@ function App:_entry(tls)
     local exact = plain and self.router.exact or {}
     local type = type
     local form_limits = self.form_limits
+    local cz = self.compress
+    if cz then -- the same, with the answer through the coder (lua/loom/compress.lua)
+        local answer = require("loom.compress").answer
+        return function(req, box, method, path)
+            req.method, req.path, req._box, req._compress = method, path, box, cz
+            if tls then req.tls = true end
+            if form_limits then req._form_limits = form_limits end
+            local routes = exact[method]
+            local h = routes and routes[path]
+            local res = (h or chain)(req)
+            if type(res) == "table" and res.compress == false then req._no_compress = true end
+            return answer(cz, req, emit(req, res))
+        end
+    end
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
         if tls then req.tls = true end

@@ -26,7 +26,16 @@ Request.headers_mt = headers_mt
 
 local lazy = {}
 
-function lazy.headers(req) return setmetatable(req_headers(req._box), headers_mt) end
+local compress -- loom.compress, when the app compresses (app.lua sets req._compress)
+
+function lazy.headers(req)
+    local h = req_headers(req._box)
+    if rawget(req, "_compress") then
+        compress = compress or require "loom.compress"
+        compress.strip_conditionals(req, h)
+    end
+    return setmetatable(h, headers_mt)
+end
 function lazy.target(req) return req_target(req._box) end
 function lazy.version(req) return req_version(req._box) end
 function lazy.params() return {} end
@@ -125,6 +134,14 @@ Out.__index = Out
 -- out:write(s) -> true once sent on | nil, err when the client has gone. Waits while the
 -- client is slow.
 function Out:write(s)
+    local enc = self.enc
+    if enc then -- a coded stream (loom.app{ compress }): each write is flushed
+        if type(s) ~= "string" then
+            error("bad argument #1 to 'write' (string expected, got " .. type(s) .. ")", 2)
+        end
+        if s == "" then return true end
+        s = enc:write(s)
+    end
     return req_write(self.box, s)
 end
 
@@ -153,17 +170,30 @@ end
 -- local out = req:stream{ status = 200, headers = {...} }: starts a streaming response
 -- (chunked unless headers give content-length); it ends when the handler returns. The
 -- head goes out now, with req.response_headers added; what was sent is kept for the
--- middleware, whose next() gives {status, headers, streamed = true}.
+-- middleware, whose next() gives {status, headers, streamed = true}. In an app with
+-- compress, a codable stream is gzip or br coded, each write flushed (compress = false in
+-- opts sends it as it is).
 function Request:stream(opts)
     opts = opts or {}
     if type(opts) ~= "table" then
         error("bad argument #1 to 'stream' (table expected, got " .. type(opts) .. ")", 2)
     end
     local status, headers = opts.status or 200, with_extra(self, opts.headers)
+    local cfg, enc = rawget(self, "_compress"), nil
+    if cfg then
+        compress = compress or require "loom.compress"
+        headers, enc = compress.stream(cfg, self, status, headers, opts)
+    end
     local ok, err = req_stream(self._box, status, headers)
-    if not ok then return nil, err end
+    if not ok then
+        if enc then
+            rawset(self, "_encoder", nil)
+            enc:close()
+        end
+        return nil, err
+    end
     rawset(self, "_streamed", { status = status, headers = headers or {} })
-    return setmetatable({ box = self._box }, Out)
+    return setmetatable({ box = self._box, enc = enc }, Out)
 end
 
 local mt = {
