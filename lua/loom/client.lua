@@ -19,6 +19,8 @@ local error, pcall = error, pcall
 
 local F_HEAD, F_DECODE, F_UPLOAD, F_FRESH, F_STREAM, F_SIZED = 1, 2, 4, 8, 16, 32
 local MAX_BODY = 64 * 1024 * 1024
+-- what the client offers with decode: br too when loom is built with libbrotli
+local ACCEPT_ENCODING = core.compress_codings.br and "gzip, deflate, br" or "gzip, deflate"
 local USER_AGENT = "loom/" .. core.version
 local MAX_CACHED_URLS = 512
 
@@ -342,7 +344,7 @@ local function build_head(sess, req, u)
     hset(h, "Host", u.hostport)
     hset(h, "User-Agent", USER_AGENT)
     hset(h, "Accept", "*/*")
-    if req.decode then hset(h, "Accept-Encoding", "gzip, deflate") end
+    if req.decode then hset(h, "Accept-Encoding", ACCEPT_ENCODING) end
     hmerge(h, sess.headers)
     hmerge(h, req.headers)
     if u.user and not hget(h, "authorization") then

@@ -255,6 +255,8 @@ static int coding_of(const loom_head_t *hd) {
         return LOOM_CODING_GZIP;
     if (loom_head_has_token(hd, i, "deflate"))
         return LOOM_CODING_DEFLATE;
+    if (loom_inflate_has_br() && loom_head_has_token(hd, i, "br"))
+        return LOOM_CODING_BR;
     return 0;
 }
 

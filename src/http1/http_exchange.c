@@ -103,7 +103,15 @@ static int append(hc_x_t *x, const char *p, size_t n) {
 }
 
 static int inflate_sink(void *ud, const char *p, size_t n) {
-    return append(ud, p, n);
+    hc_x_t *x = ud;
+    /* a stream reads ahead a piece at a time, but one piece of a coded body may decode to
+     * any size (a br bomb): what is held unread stays under max_body there too */
+    if ((x->flags & HX_STREAM) && x->blen - x->bpos + n > x->max_body) {
+        hc_x_fail(x, "limit", "decoded response body over %llu bytes unread (max_body)",
+                  (unsigned long long)x->max_body);
+        return -1;
+    }
+    return append(x, p, n);
 }
 
 int hc_x_body(hc_x_t *x, const char *at, size_t len) {

@@ -8,10 +8,18 @@
  * compressed stream is an error, as in curl and Go: it is not what the server meant to
  * send. A body that ends before the stream does is truncated (loom_inflate_finish), never
  * a shorter whole.
+ *
+ * br (RFC 7932) is one stream with no members: the same rules hold, any byte after its end
+ * is an error and a body that stops before it is truncated. Without libbrotli the client
+ * neither offers nor decodes it.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+#ifdef LOOM_HAVE_BROTLI
+#include <brotli/decode.h>
+#endif
 #include "inflate.h"
 
 #define OUT_CHUNK 16384
@@ -25,7 +33,19 @@ struct loom_inflate {
     unsigned char first[2];
     int nfirst;
     const char *err;
+#ifdef LOOM_HAVE_BROTLI
+    BrotliDecoderState *br;
+    char ebuf[96];
+#endif
 };
+
+int loom_inflate_has_br(void) {
+#ifdef LOOM_HAVE_BROTLI
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 static int init(loom_inflate_t *z, int bits) {
     memset(&z->zs, 0, sizeof z->zs);
@@ -39,6 +59,15 @@ loom_inflate_t *loom_inflate_new(int coding) {
     z->coding = coding;
     if (coding == LOOM_CODING_DEFLATE)
         return z;
+    if (coding == LOOM_CODING_BR) {
+#ifdef LOOM_HAVE_BROTLI
+        z->br = BrotliDecoderCreateInstance(NULL, NULL, NULL);
+        if (z->br)
+            return z;
+#endif
+        free(z);
+        return NULL;
+    }
     /* "windowBits can also be greater than 15 for optional gzip decoding. Add 32 to
      * windowBits to enable zlib and gzip decoding with automatic header detection" */
     if (init(z, 15 + 32) != 0) {
@@ -108,7 +137,49 @@ static int start_deflate(loom_inflate_t *z) {
     return 0;
 }
 
+#ifdef LOOM_HAVE_BROTLI
+/* Decodes n bytes of br into out. BrotliDecoderDecompressStream returns NEEDS_MORE_OUTPUT
+ * while it holds output for the buffer, NEEDS_MORE_INPUT once all the input is used, and
+ * SUCCESS at the end of the stream, leaving in available_in what follows it. */
+static int run_br(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
+    uint8_t buf[OUT_CHUNK];
+    const uint8_t *next_in = (const uint8_t *)in;
+    size_t avail_in = n;
+    if (n > 0)
+        z->nfirst = 1; /* bytes came: an end before the stream's is a truncation */
+    for (;;) {
+        if (z->ended) {
+            if (avail_in == 0)
+                return 0;
+            z->err = "bytes after the end of the br stream";
+            return -1;
+        }
+        uint8_t *next_out = buf;
+        size_t avail_out = sizeof buf;
+        BrotliDecoderResult r =
+            BrotliDecoderDecompressStream(z->br, &avail_in, &next_in, &avail_out, &next_out, NULL);
+        if (r == BROTLI_DECODER_RESULT_ERROR) {
+            snprintf(z->ebuf, sizeof z->ebuf, "corrupt br body (%s)",
+                     BrotliDecoderErrorString(BrotliDecoderGetErrorCode(z->br)));
+            z->err = z->ebuf;
+            return -1;
+        }
+        size_t got = sizeof buf - avail_out;
+        if (got && out(ud, (const char *)buf, got) != 0)
+            return -2;
+        if (r == BROTLI_DECODER_RESULT_SUCCESS)
+            z->ended = 1;
+        else if (r == BROTLI_DECODER_RESULT_NEEDS_MORE_INPUT)
+            return 0;
+    }
+}
+#endif
+
 int loom_inflate_feed(loom_inflate_t *z, const char *in, size_t n, loom_inflate_out out, void *ud) {
+#ifdef LOOM_HAVE_BROTLI
+    if (z->coding == LOOM_CODING_BR)
+        return run_br(z, in, n, out, ud);
+#endif
     if (n > 0 && z->nfirst == 0 && z->coding == LOOM_CODING_GZIP) {
         z->first[z->nfirst++] = (unsigned char)*in; /* gzip's magic, or zlib's header */
         z->members = z->first[0] == 0x1f;
@@ -136,7 +207,9 @@ int loom_inflate_done(const loom_inflate_t *z) {
 int loom_inflate_finish(loom_inflate_t *z) {
     if (z->ended || z->nfirst == 0)
         return 0;
-    z->err = z->coding == LOOM_CODING_GZIP ? "truncated gzip body" : "truncated deflate body";
+    z->err = z->coding == LOOM_CODING_GZIP      ? "truncated gzip body"
+             : z->coding == LOOM_CODING_DEFLATE ? "truncated deflate body"
+                                                : "truncated br body";
     return -1;
 }
 
@@ -149,5 +222,9 @@ void loom_inflate_free(loom_inflate_t *z) {
         return;
     if (z->started)
         inflateEnd(&z->zs);
+#ifdef LOOM_HAVE_BROTLI
+    if (z->br)
+        BrotliDecoderDestroyInstance(z->br);
+#endif
     free(z);
 }
