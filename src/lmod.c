@@ -24,6 +24,7 @@ int loom_open_process(lua_State *L);
 int loom_open_pg(lua_State *L);
 int loom_open_resp(lua_State *L);
 int loom_open_multipart(lua_State *L);
+int loom_open_http_static(lua_State *L);
 
 const char *loom_libs_version(void) {
     static char buf[128];
@@ -55,6 +56,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_pg(L);
     loom_open_resp(L);
     loom_open_multipart(L);
+    loom_open_http_static(L);
     loom_open_crypto(L);
     loom_open_compress(L);
     return 1;

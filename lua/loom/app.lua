@@ -205,8 +205,10 @@ function emit(req, res)
         headers = server_cookies.add(headers, res.cookies, req.tls, 2)
     end
     if res.file ~= nil then
-        -- nothing once the file is streamed; a table (404 when it went meanwhile) to emit
-        local answer = static.stream(req, res, headers)
+        -- nothing once the file is streamed; status, headers, body for a small file kept in
+        -- memory; a table (404 when it went meanwhile) to emit
+        local answer, h, body = static.stream(req, res, headers)
+        if h ~= nil then return answer, h, body end
         if answer ~= nil then return emit(req, answer) end
         return
     end
@@ -388,23 +390,31 @@ function App:close_websockets()
     return closers
 end
 
-local STATIC_OPTS = { fallthrough = true }
+local STATIC_OPTS = { fallthrough = true, precompressed = true, max_open_files = true }
 
--- app:static(prefix, dir [, { fallthrough = false }]): files under dir at prefix/...; with
--- fallthrough, a path that names no file goes on to the routes (files are looked up
--- first), instead of a 404.
+-- app:static(prefix, dir [, { fallthrough = false, precompressed = false,
+-- max_open_files = 1024 }]): files under dir at prefix/...; with fallthrough, a path that
+-- names no file goes on to the routes (files are looked up first), instead of a 404; with
+-- precompressed, file.br / file.gz beside a file are sent when the client accepts them
+-- (lua/loom/static.lua).
 function App:static(prefix, dir, opts)
     args.check(prefix, "string", "static", 1)
     args.check(dir, "string", "static", 2)
     opts = args.known(args.opts(opts, "static", 3), STATIC_OPTS, "static", 3)
     local fall = args.opt(opts, "fallthrough", "boolean", false, "static", 3)
+    local mopts = { precompressed = args.opt(opts, "precompressed", "boolean", false, "static", 3),
+        max_open_files = args.opt(opts, "max_open_files", "number", 1024, "static", 3) }
+    if math.type(mopts.max_open_files) ~= "integer" or mopts.max_open_files < 1 then
+        args.fail("static", 3, "option 'max_open_files': positive integer expected, got "
+            .. tostring(mopts.max_open_files), 1)
+    end
     static = static or require "loom.static"
     prefix = prefix:gsub("/+$", "")
     if fall then
-        self.fallthrough[#self.fallthrough + 1] = static.fallthrough(prefix, dir)
+        self.fallthrough[#self.fallthrough + 1] = static.fallthrough(prefix, dir, mopts)
         return self
     end
-    local handler = static.handler(dir)
+    local handler = static.handler(dir, mopts)
     self.router:add("GET", prefix .. "/{path*}", handler)
     if prefix ~= "" then self.router:add("GET", prefix, handler) end
     return self

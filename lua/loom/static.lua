@@ -1,13 +1,24 @@
 -- loom.static: files from a directory: content types, index.html, ETag and Last-Modified
--- with 304, single byte ranges with 206/416, and no path outside the directory. A file
--- answer is prepared first (status and headers, for middleware to see and change) and
--- streamed once the middleware is done, in 64 KiB pieces, never read whole into memory.
+-- with 304, single byte ranges with 206/416, precompressed .br/.gz siblings, and no path
+-- outside the directory. A file answer is prepared first (status and headers, for
+-- middleware to see and change) and sent once the middleware is done.
+--
+-- No file operation runs on the loop: stats, opens and reads are thread-pool jobs
+-- (src/http1/http_static.c), and the body of a large file goes out with sendfile on plain
+-- HTTP (through the socket layer on HTTPS), never through Lua. As nginx's open_file_cache
+-- does, what a path is (its stat) is remembered for FRESH seconds, and the contents of a
+-- file of at most SMALL bytes with it: such a file is then answered from memory, with no
+-- thread-pool round trip, until the next look at its stat (once FRESH seconds have
+-- passed) finds it changed. At most MAX_ENTRIES paths and MAX_BYTES of contents are kept;
+-- past either the cache starts again empty.
 local core = require "loom.core"
 local url = require "loom.url"
+local sync = require "loom.sync"
 
 local M = {}
 
--- The file answers M.prepare made, with what to send: {path, first, last}
+-- The file answers M.prepare made, with what to send: {path, first, last, e (the cache
+-- entry), sem (open files), mount, enc, ctype, vary}
 local prepared = setmetatable({}, { __mode = "k" })
 
 local TYPES = {
@@ -106,39 +117,139 @@ local function range_applies(req, etag, last_modified)
     return ir == last_modified
 end
 
--- What a file answer becomes before it is sent, so middleware sees its real status and
--- headers: res = {file = path, status, headers}. Returns {status = 200 or 206, headers
--- (content type, length, ETag, Last-Modified...), file = path, ...} for emit to send with
--- M.stream, or a plain answer for 304, 404 and 416. `st` is the file's stat, if known.
-function M.prepare(req, res, st)
-    local path, status, headers = res.file, res.status or 200, res.headers
-    if type(path) ~= "string" then error("response file must be a path (string), got " .. type(path), 0) end
-    st = st or core.stat(path)
-    if not st or st.type ~= "file" then return plain(404, "Not Found") end
+-- The cache of stats and small contents ------------------------------------------------
+
+M.SMALL = 16 * 1024       -- files up to this size are answered from memory
+M.FRESH = 1               -- seconds a remembered stat is trusted before it is looked at again
+M.MAX_ENTRIES = 4096      -- paths remembered (found or not)
+M.MAX_BYTES = 8 * 1024 * 1024 -- contents kept in memory, in all
+
+local now, static_load, static_open = core.now, core.static_load, core.static_open
+local cache, entries, bytes = {}, 0, 0
+
+-- An entry: {type = "file" | "directory" | "other" | "none", size, mtime, mtime_ns, ino,
+-- data (the contents, for a small file), etag, lm (Last-Modified), checked (when)}.
+local function entry_of(st, data, t)
+    if not st then return { type = "none", checked = t } end
+    return { type = st.type, size = st.size, mtime = st.mtime, mtime_ns = st.mtime_ns, ino = st.ino,
+        data = data, etag = ('"%x-%x"'):format(st.size, st.mtime), lm = http_date(st.mtime), checked = t }
+end
+
+-- Whether a stat st still describes entry e.
+local function same(e, st)
+    if not st then return e.type == "none" end
+    return e.type == st.type and e.size == st.size and e.mtime == st.mtime
+        and e.mtime_ns == st.mtime_ns and e.ino == st.ino
+end
+
+local function remember(path, old, e)
+    if not old then
+        entries = entries + 1
+        if entries > M.MAX_ENTRIES then cache, entries, bytes = {}, 1, 0 end
+    elseif old.data then
+        bytes = bytes - #old.data
+    end
+    if e.data then
+        bytes = bytes + #e.data
+        if bytes > M.MAX_BYTES then cache, entries, bytes = {}, 1, #e.data end
+    end
+    cache[path] = e
+end
+
+-- What path is: the remembered entry while it is fresh; else a stat in the thread pool
+-- (the entry is marked fresh first, so requests meanwhile keep using it rather than each
+-- looking again), and a new entry when the path changed (a small file read with its stat
+-- in the same job).
+local function info(path)
+    local e = cache[path]
+    local t = now()
+    if e then
+        if t - e.checked < M.FRESH then return e end
+        e.checked = t
+        local st = static_load(path, -1)
+        if same(e, st) then return e end
+    end
+    local st, data = static_load(path, M.SMALL)
+    local ne = entry_of(st, data, t)
+    if cache[path] == e then remember(path, e, ne) end
+    return ne
+end
+
+-- Forgets path (it changed under an answer).
+local function forget(path)
+    local e = cache[path]
+    if e then
+        if e.data then bytes = bytes - #e.data end
+        entries = entries - 1
+        cache[path] = nil
+    end
+end
+
+-- Empties the cache (tests, or a deploy that replaced files and cannot wait FRESH s).
+function M.flush()
+    cache, entries, bytes = {}, 0, 0
+end
+
+-- Answers ---------------------------------------------------------------------------------
+
+local default_sem -- open files of file answers that come from handlers
+
+local function semaphore(n)
+    return sync.semaphore(n)
+end
+
+-- The answer for path, known as entry e: {status = 200 or 206, headers (content type,
+-- length, ETag, Last-Modified...), file = path} for M.stream to send, or a plain answer for
+-- 304, 404 and 416. enc: the coding of a precompressed sibling ("br" or "gzip"), with
+-- ctype the original's type; vary: the mount serves siblings (Vary: Accept-Encoding).
+local function prepare_file(req, path, e, status, headers, mount, enc, ctype, vary)
+    if e.type ~= "file" then return plain(404, "Not Found") end
     local h = {}
     if headers then for k, v in pairs(headers) do h[type(k) == "string" and k:lower() or k] = v end end
-    local etag = ('"%x-%x"'):format(st.size, st.mtime)
-    h["etag"] = h["etag"] or etag
-    h["last-modified"] = h["last-modified"] or http_date(st.mtime)
-    h["content-type"] = h["content-type"] or content_type(path)
-    h["accept-ranges"] = "bytes"
-    if status == 200 and not_modified(req, etag, st.mtime) then
-        return { status = 304, headers = { etag = h.etag, ["last-modified"] = h["last-modified"] } }
+    local etag = e.etag
+    if enc then
+        etag = etag:sub(1, -2) .. "-" .. enc .. '"' -- one tag per coding (RFC 9110 8.8.3)
+        h["content-encoding"] = enc
     end
-    local first, last = 0, st.size - 1
+    if vary and h.vary == nil then h.vary = "Accept-Encoding" end
+    h["etag"] = h["etag"] or etag
+    h["last-modified"] = h["last-modified"] or e.lm
+    h["content-type"] = h["content-type"] or ctype or content_type(path)
+    h["accept-ranges"] = "bytes"
+    local size = e.size
+    if status == 200 and not_modified(req, etag, e.mtime) then
+        return { status = 304, headers = { etag = h.etag, ["last-modified"] = h["last-modified"], vary = h.vary } }
+    end
+    local first, last = 0, size - 1
     if status == 200 and range_applies(req, h.etag, h["last-modified"]) then
-        local a, b = parse_range(req.headers.range, st.size)
+        local a, b = parse_range(req.headers.range, size)
         if a == "bad" then
-            return plain(416, "Range Not Satisfiable", { ["content-range"] = "bytes */" .. st.size })
+            return plain(416, "Range Not Satisfiable", { ["content-range"] = "bytes */" .. size, vary = h.vary })
         elseif a then
             first, last, status = a, b, 206
-            h["content-range"] = ("bytes %d-%d/%d"):format(first, last, st.size)
+            h["content-range"] = ("bytes %d-%d/%d"):format(first, last, size)
         end
     end
     h["content-length"] = tostring(last - first + 1)
     local out = { status = status, headers = h, file = path }
-    prepared[out] = { path = path, first = first, last = last }
+    local sem = mount and mount.sem
+    if not sem then
+        default_sem = default_sem or semaphore(1024)
+        sem = default_sem
+    end
+    prepared[out] = { path = path, first = first, last = last, e = e, sem = sem, mount = mount,
+        enc = enc, ctype = ctype, vary = vary }
     return out
+end
+
+-- What a file answer becomes before it is sent, so middleware sees its real status and
+-- headers: res = {file = path, status, headers}. Returns {status = 200 or 206, headers
+-- (content type, length, ETag, Last-Modified...), file = path, ...} for emit to send with
+-- M.stream, or a plain answer for 304, 404 and 416.
+function M.prepare(req, res)
+    local path = res.file
+    if type(path) ~= "string" then error("response file must be a path (string), got " .. type(path), 0) end
+    return prepare_file(req, path, info(path), res.status or 200, res.headers)
 end
 
 -- Whether res is a file answer M.prepare made (and its file is still the one prepared).
@@ -147,71 +258,162 @@ function M.is_prepared(res)
     return p ~= nil and p.path == res.file
 end
 
+-- The body through req:stream's writer (a coder of lua/loom/compress.lua sits in it).
+local function write_through(out, f, first, count)
+    while count > 0 do
+        local s = f:read(first, math.min(count, 65536))
+        if not s or #s == 0 then return end -- shrank: the answer ends short
+        if not out:write(s) then return end
+        first, count = first + #s, count - #s
+    end
+end
+
+-- The headers of answer `again` (the file was prepared anew) over those middleware saw.
+local function merged(headers, again)
+    local h = {}
+    for k, v in pairs(headers or {}) do h[k] = v end
+    for _, k in ipairs({ "etag", "last-modified", "content-length", "content-range" }) do
+        h[k] = again.headers[k]
+    end
+    return h
+end
+
+-- Sends the body of prepared answer p from disk, holding one of its mount's open files.
+-- Returns "changed" when the file opened is not the one p was prepared from.
+local function send_file(req, p, status, headers, again)
+    local sem = p.sem
+    sem:acquire() -- max_open_files: past it, requests wait here for a file to close
+    local _ <close> = sem.releaser
+    local f, st = static_open(p.path)
+    if not f then
+        forget(p.path)
+        return plain(404, "Not Found")
+    end
+    local _ <close> = f
+    if not again and not same(p.e, st) then return "changed" end
+    local out = req:stream{ status = status, headers = headers }
+    if not out or req.method == "HEAD" then return end
+    local first, count = p.first, p.last - p.first + 1
+    if out.enc then return write_through(out, f, first, count) end
+    -- nil, err: the client went, or the file shrank (the answer is then short of its
+    -- Content-Length, and the engine closes the connection after it)
+    local box = req._box
+    local ok = f:send(box, first, count)
+    while ok == false do ok = f:send(box) end
+end
+
 -- Sends a file answer M.prepare made (prepared again if a middleware changed its file),
--- with `headers` (its own, after middleware). Returns nothing once the file is streamed,
--- or a plain answer to send instead (the file went in the meantime).
-function M.stream(req, res, headers)
+-- with `headers` (its own, after middleware). Returns nothing once the file is sent,
+-- status, headers, body for an answer from memory (a small file), or a plain answer to send
+-- instead (the file went in the meantime).
+function M.stream(req, res, headers, again)
     local p = prepared[res]
     if not M.is_prepared(res) then
-        local again = M.prepare(req, res)
-        p = prepared[again]
-        if not p then return again end
-        res, headers = again, again.headers
+        local fresh = M.prepare(req, res)
+        p = prepared[fresh]
+        if not p then return fresh end
+        res, headers = fresh, fresh.headers
     end
-    local f = io.open(p.path, "rb")
-    if not f then return plain(404, "Not Found") end
-    local _ <close> = f
-    local out, err = req:stream{ status = res.status or 200, headers = headers }
-    if not out then return nil, err end
-    if req.method == "HEAD" then return end
-    f:seek("set", p.first)
-    local left = p.last - p.first + 1
-    while left > 0 do
-        local chunk = f:read(math.min(left, 65536))
-        if not chunk then break end
-        left = left - #chunk
-        if not out:write(chunk) then break end
+    local status = res.status or 200
+    local data = p.e.data
+    if data then
+        if p.first ~= 0 or p.last ~= #data - 1 then data = data:sub(p.first + 1, p.last + 1) end
+        return status, headers, data
+    end
+    local r, h, b = send_file(req, p, status, headers, again)
+    if r ~= "changed" then return r, h, b end
+    -- the file changed since its stat was remembered: prepared again as it is now
+    forget(p.path)
+    local fresh = prepare_file(req, p.path, info(p.path), status == 206 and 200 or status, nil,
+        p.mount, p.enc, p.ctype, p.vary)
+    if not prepared[fresh] then return fresh end
+    return M.stream(req, fresh, merged(headers, fresh), true)
+end
+
+-- Accept-Encoding -> the q-values of br and gzip (0: not acceptable).
+local function codings(ae)
+    if not ae then return 0, 0 end
+    local q = {}
+    for item in ae:gmatch("[^,]+") do
+        local name, params = item:match("^%s*([^;%s]+)%s*(.*)$")
+        if name then
+            local v = params:match("[qQ]%s*=%s*([%d.]+)")
+            q[name:lower()] = v and (tonumber(v) or 0) or 1
+        end
+    end
+    local star = q["*"] or 0
+    return q.br or star, q.gzip or q["x-gzip"] or star
+end
+
+local SIBLING = { br = ".br", gzip = ".gz" }
+
+-- The precompressed sibling of path the request accepts (br preferred, by q-value), as
+-- path, entry, coding; nil when there is none.
+local function sibling(req, path)
+    local br, gz = codings(req.headers["accept-encoding"])
+    if br <= 0 and gz <= 0 then return nil end
+    local order = br >= gz and { "br", "gzip" } or { "gzip", "br" }
+    for i = 1, 2 do
+        local enc = order[i]
+        if (enc == "br" and br > 0) or (enc == "gzip" and gz > 0) then
+            local sp = path .. SIBLING[enc]
+            local se = info(sp)
+            if se.type == "file" then return sp, se, enc end
+        end
     end
 end
 
 -- The answer for rel (a decoded path below dir): a file answer to send, a 301 for a
 -- directory without its slash ("/x/" serves x/index.html), or a plain 404.
-local function lookup(req, dir, rel)
+local function lookup(req, dir, rel, mount)
     local path = safe_join(dir, rel)
     if not path then return plain(404, "Not Found") end
-    local st = core.stat(path)
-    if st and st.type == "directory" then
+    local e = info(path)
+    if e.type == "directory" then
         if req.path:sub(-1) ~= "/" then
             -- one leading slash: "//host/dir" would send the browser to another site
             local location = "/" .. req.path:gsub("^/+", "") .. "/"
             return { status = 301, headers = { location = location }, text = "Moved Permanently" }
         end
         path = path:gsub("/$", "") .. "/index.html"
-        st = core.stat(path)
+        e = info(path)
     end
-    if not st or st.type ~= "file" then return plain(404, "Not Found") end
-    return M.prepare(req, { file = path }, st)
+    if e.type ~= "file" then return plain(404, "Not Found") end
+    if mount.precompressed and not path:find("%.br$") and not path:find("%.gz$") then
+        local sp, se, enc = sibling(req, path)
+        if sp then return prepare_file(req, sp, se, 200, nil, mount, enc, content_type(path), true) end
+        return prepare_file(req, path, e, 200, nil, mount, nil, nil, true)
+    end
+    return prepare_file(req, path, e, 200, nil, mount)
+end
+
+-- The options of app:static, checked by app.lua: {precompressed, max_open_files}.
+local function mount_of(opts)
+    opts = opts or {}
+    return { precompressed = opts.precompressed == true, sem = semaphore(opts.max_open_files or 1024) }
 end
 
 -- A GET handler serving dir, routed at prefix/{path*}.
-function M.handler(dir)
+function M.handler(dir, opts)
     dir = dir:gsub("/+$", "")
+    local mount = mount_of(opts)
     return function(req)
-        return lookup(req, dir, req.params and req.params.path or "")
+        return lookup(req, dir, req.params and req.params.path or "", mount)
     end
 end
 
 -- For app:static(prefix, dir, { fallthrough = true }): a function the app calls before its
 -- routes; it gives the answer for a GET or HEAD of a file (or directory) under prefix, or
 -- nil when there is none, so that the routes are tried next.
-function M.fallthrough(prefix, dir)
+function M.fallthrough(prefix, dir, opts)
     dir = dir:gsub("/+$", "")
     local n = #prefix
+    local mount = mount_of(opts)
     return function(req)
         local m, path = req.method, req.path
         if m ~= "GET" and m ~= "HEAD" then return nil end
         if n > 0 and path ~= prefix and path:sub(1, n + 1) ~= prefix .. "/" then return nil end
-        local res = lookup(req, dir, url.decode(path:sub(n + 2)))
+        local res = lookup(req, dir, url.decode(path:sub(n + 2)), mount)
         if res.status == 404 then return nil end
         return res
     end
