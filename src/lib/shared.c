@@ -12,27 +12,38 @@
  * Layout: a header, a bucket array, then fixed 64-byte cells, all addressed by index
  * (1-based, 0 = none), never by pointer. An entry is a head cell (key, type, TTL, LRU and
  * bucket links, a number inline) followed by continuation cells for the key and string
- * bytes that do not fit. One robust, process-shared mutex guards everything; no Lua call
- * (which may raise) is made while holding it.
+ * bytes that do not fit. One lock guards everything; no Lua call (which may raise) is made
+ * while holding it.
  *
- * Crashes. A worker may die holding the lock (pthread_mutex_lock then says EOWNERDEAD).
- * The only facts trusted after that are a head's state LIVE, its chain and its sequence
- * number: everything else (buckets, LRU list, free list, counts) is rebuilt from them by
- * one scan (recover). So every update writes a new entry's cells fully before marking it
- * LIVE, marks a replacement LIVE before the old one dies (a duplicate is resolved by the
- * higher sequence number), and changes a number in place with one aligned 8-byte store.
+ * The lock is one 32-bit word in the mapping: 0 when free, else the holder's pid (and a bit
+ * saying someone sleeps on it). Taking a free lock is one compare-and-swap and releasing it
+ * one exchange, as nginx's shm mutex; a taker that finds it held spins a little, then
+ * sleeps on the word (a futex) until the holder's release wakes it. A pthread robust mutex
+ * did the same job at twice the cost per operation (its robust list is updated on every
+ * lock and unlock) and never spins, so two busy workers took turns through the kernel.
+ *
+ * Crashes. A worker may die holding the lock. A sleeper wakes every 10 ms on its own; if
+ * the holder is then gone (no such process, or a zombie), it takes the lock over by
+ * compare-and-swap and rebuilds. The only facts trusted after that are a head's state LIVE, its
+ * chain and its sequence number: everything else (buckets, LRU list, free list, counts) is rebuilt
+ * from them by one scan (recover). So every update writes a new entry's cells fully before marking
+ * it LIVE, marks a replacement LIVE before the old one dies (a duplicate is resolved by the higher
+ * sequence number), and changes a number in place with one aligned 8-byte store.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <lauxlib.h>
@@ -40,7 +51,7 @@
 #include "fail.h"
 
 #define SHARED_MT "loom.shared"
-#define SH_MAGIC 0x4c4f4f4d53484431ull /* "LOOMSHD1" */
+#define SH_MAGIC 0x4c4f4f4d53484432ull /* "LOOMSHD2" */
 #define CELL 64
 #define HEAD_DATA 8
 #define CONT_DATA 52
@@ -72,7 +83,8 @@ typedef struct {
 
 typedef struct {
     uint64_t magic;
-    pthread_mutex_t lock;
+    _Atomic uint32_t lock; /* 0 free; else the holder's pid | L_SLEEPER */
+    uint32_t pad;
     uint64_t size, seq, evictions;
     uint32_t ncells, nbuckets; /* nbuckets: a power of two */
     uint32_t free_head, nfree;
@@ -83,7 +95,8 @@ typedef struct {
 typedef struct {
     shm_t *m;
     size_t size;
-    int crash; /* test hook: 1 die holding the lock, 2 die in the middle of a set */
+    uint32_t pid; /* this process's, the lock's owner mark */
+    int crash;    /* test hook: 1 die holding the lock, 2 die in the middle of a set */
     char name[64];
 } dict_t;
 
@@ -158,18 +171,23 @@ static void entry_write(shm_t *m, head_t *e, size_t off, const char *src, size_t
     entry_copy(m, e, off, (char *)src, n, 1);
 }
 
+/* Whether an entry's key is k, compared in place through its cells. */
 static int key_equal(shm_t *m, const head_t *e, const char *k, size_t klen) {
     if (e->klen != klen)
         return 0;
-    char stackbuf[256];
-    char *buf = klen <= sizeof stackbuf ? stackbuf : malloc(klen);
-    if (!buf)
-        return 0;
-    entry_read(m, e, 0, buf, klen);
-    int eq = memcmp(buf, k, klen) == 0;
-    if (buf != stackbuf)
-        free(buf);
-    return eq;
+    size_t n = klen < HEAD_DATA ? klen : HEAD_DATA;
+    for (size_t j = 0; j < n; j++) /* short keys: no call */
+        if (e->data[j] != k[j])
+            return 0;
+    for (uint32_t next = e->next; klen > n && next;) {
+        const cont_t *c = (const cont_t *)cell(m, next);
+        size_t part = klen - n < CONT_DATA ? klen - n : CONT_DATA;
+        if (memcmp(c->data, k + n, part) != 0)
+            return 0;
+        n += part;
+        next = c->next;
+    }
+    return n == klen;
 }
 
 /* ---------------------------------------------------------------- lists (lock held) */
@@ -383,20 +401,93 @@ static void recover(shm_t *m) {
     free(kb);
 }
 
-/* Locks; after a holder died, rebuilds and marks the mutex consistent. 0 or an errno. */
-static int dict_lock(dict_t *d) {
-    int rc = pthread_mutex_lock(&d->m->lock);
-    if (rc == EOWNERDEAD) {
-        recover(d->m);
-        rc = pthread_mutex_consistent(&d->m->lock);
+/* ---------------------------------------------------------------- the lock */
+
+#define L_SLEEPER 0x80000000u /* someone sleeps (or is about to) on the lock word */
+#define L_SPINS 200           /* looks at a held lock before sleeping on it */
+
+/* Sleeps while *w is val, at most 10 ms; 1 when that time ran out. */
+static int futex_wait(_Atomic uint32_t *w, uint32_t val) {
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    return syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, val, &ts, NULL, 0) == -1 &&
+           errno == ETIMEDOUT;
+}
+
+static void futex_wake(_Atomic uint32_t *w) {
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Whether process pid is gone: no such process, or a zombie its parent has not reaped. */
+static int holder_gone(uint32_t pid) {
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 1;
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold anything */
+    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+/* The lock is held: spin, then sleep on it; take it over from a dead holder. 1 when this
+ * process took it from a dead holder (the mapping must then be rebuilt), else 0. */
+static int lock_slow(shm_t *m, uint32_t me) {
+    uint32_t want = me;
+    for (unsigned n = 0;; n++) {
+        uint32_t cur = atomic_load_explicit(&m->lock, memory_order_relaxed);
+        if (cur == 0) {
+            if (atomic_compare_exchange_weak_explicit(&m->lock, &cur, want, memory_order_acquire,
+                                                      memory_order_relaxed))
+                return 0;
+            continue;
+        }
+        if (n < L_SPINS) {
+            cpu_relax();
+            continue;
+        }
+        if (!(cur & L_SLEEPER)) {
+            if (!atomic_compare_exchange_weak_explicit(&m->lock, &cur, cur | L_SLEEPER,
+                                                       memory_order_relaxed, memory_order_relaxed))
+                continue;
+            cur |= L_SLEEPER;
+        }
+        /* having slept, take it marked: others may still sleep on it */
+        want = me | L_SLEEPER;
+        if (futex_wait(&m->lock, cur) && holder_gone(cur & ~L_SLEEPER) &&
+            atomic_compare_exchange_strong_explicit(&m->lock, &cur, want, memory_order_acquire,
+                                                    memory_order_relaxed))
+            return 1;
     }
-    if (rc == 0 && d->crash == 1)
+}
+
+/* Locks; after a holder died, rebuilds the mapping first. */
+static void dict_lock(dict_t *d) {
+    uint32_t free_word = 0;
+    if (!atomic_compare_exchange_strong_explicit(&d->m->lock, &free_word, d->pid,
+                                                 memory_order_acquire, memory_order_relaxed) &&
+        lock_slow(d->m, d->pid))
+        recover(d->m);
+    if (d->crash == 1)
         raise(SIGKILL);
-    return rc;
 }
 
 static void dict_unlock(dict_t *d) {
-    pthread_mutex_unlock(&d->m->lock);
+    if (atomic_exchange_explicit(&d->m->lock, 0, memory_order_seq_cst) & L_SLEEPER)
+        futex_wake(&d->m->lock);
 }
 
 /* ---------------------------------------------------------------- values */
@@ -467,35 +558,51 @@ static int store(dict_t *d, const char *k, size_t klen, uint32_t h, const value_
 
 /* ---------------------------------------------------------------- Lua */
 
-/* The dict at argument 1. The methods hold the metatable as upvalue 1, which spares the
- * registry lookup by name luaL_checkudata makes on every call. */
+static char dicts_key; /* registry: a weak-keyed set of every dict box */
+
+/* The dict at argument 1. Each dict has its own methods, closures holding its address as
+ * upvalue 1, so the usual call d:m(...) costs one comparison; a dict's method called on
+ * another dict (d1.get(d2, k)) takes the slow way through the registry set. */
+static dict_t *check_dict_slow(lua_State *L) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &dicts_key);
+    lua_pushvalue(L, 1);
+    int ok = lua_rawget(L, -2) == LUA_TBOOLEAN;
+    lua_pop(L, 2);
+    if (!ok)
+        luaL_typeerror(L, 1, SHARED_MT);
+    return lua_touserdata(L, 1);
+}
+
 static dict_t *check_dict(lua_State *L) {
-    dict_t *d = lua_touserdata(L, 1);
-    if (d && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-        if (same)
-            return d;
-    }
-    return luaL_checkudata(L, 1, SHARED_MT); /* raises the usual message */
+    dict_t *d = lua_touserdata(L, lua_upvalueindex(1));
+    return lua_touserdata(L, 1) == d ? d : check_dict_slow(L);
 }
 
 static const char *check_key(lua_State *L, size_t *len) {
-    const char *k = luaL_checklstring(L, 2, len);
-    luaL_argcheck(L, *len > 0 && *len <= 65535, 2, "key of 1 to 65535 bytes expected");
+    const char *k = lua_tolstring(L, 2, len);
+    if (!k)
+        k = luaL_checklstring(L, 2, len); /* raises */
+    if (*len == 0 || *len > 65535)
+        luaL_argerror(L, 2, "key of 1 to 65535 bytes expected");
     return k;
 }
 
-static double check_ttl(lua_State *L, int idx) {
-    double ttl = luaL_optnumber(L, idx, 0);
+/* The ttl at idx (nil or none: 0, never expires), checked. */
+static double check_ttl_arg(lua_State *L, int idx) {
+    if (lua_type(L, idx) <= LUA_TNIL)
+        return 0;
+    double ttl = luaL_checknumber(L, idx);
     luaL_argcheck(L, ttl >= 0, idx, "ttl must be >= 0");
+    return ttl;
+}
+
+/* The expiry time of a ttl: 0 (never) for a ttl of 0, without reading the clock. */
+static double expiry(double ttl) {
     return ttl > 0 ? mono_now() + ttl : 0;
 }
 
-static void lock_or_raise(lua_State *L, dict_t *d) {
-    int rc = dict_lock(d);
-    if (rc != 0)
-        luaL_error(L, "shared dict '%s': lock failed (%s)", d->name, strerror(rc));
+static double check_ttl(lua_State *L, int idx) {
+    return expiry(check_ttl_arg(L, idx));
 }
 
 static int fail_full(lua_State *L, dict_t *d, size_t bytes) {
@@ -508,7 +615,7 @@ static int l_get(lua_State *L) {
     size_t klen;
     const char *k = check_key(L, &klen);
     uint32_t h = hash_key(k, klen);
-    lock_or_raise(L, d);
+    dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, 0);
     if (!i) {
         dict_unlock(d);
@@ -549,7 +656,7 @@ static int set_or_add(lua_State *L, int add) {
     const char *k = check_key(L, &klen);
     uint32_t h = hash_key(k, klen);
     if (lua_isnoneornil(L, 3) && !add) {
-        lock_or_raise(L, d);
+        dict_lock(d);
         uint32_t i = find(d->m, k, klen, h);
         if (i)
             entry_remove(d->m, i);
@@ -560,7 +667,7 @@ static int set_or_add(lua_State *L, int add) {
     value_t v;
     check_value(L, 3, &v);
     double expires = check_ttl(L, 4);
-    lock_or_raise(L, d);
+    dict_lock(d);
     if (add && lookup(d->m, k, klen, h, 0)) {
         dict_unlock(d);
         lua_pushboolean(L, 0);
@@ -585,55 +692,72 @@ static int l_add(lua_State *L) {
     return set_or_add(L, 1);
 }
 
-/* d:incr(k, n [, init [, init_ttl]]) -> new value | nil, "not found" | nil, "not a number" */
+/* Adds n to the live entry i and unlocks; pushes the new value, or nil, "not a number". */
+static int incr_entry(lua_State *L, dict_t *d, uint32_t i, int n_int, lua_Integer ni, double nd) {
+    head_t *e = cell(d->m, i);
+    if (e->type == T_INT && n_int) {
+        int64_t now = (int64_t)((uint64_t)e->num.i + (uint64_t)ni);
+        e->num.i = now;
+        dict_unlock(d);
+        lua_pushinteger(L, (lua_Integer)now);
+        return 1;
+    }
+    if (e->type == T_INT || e->type == T_FLOAT) {
+        double now = (e->type == T_INT ? (double)e->num.i : e->num.d) + nd;
+        e->num.d = now;
+        e->type = T_FLOAT;
+        dict_unlock(d);
+        lua_pushnumber(L, now);
+        return 1;
+    }
+    dict_unlock(d);
+    lua_pushnil(L);
+    lua_pushliteral(L, "not a number");
+    return 2;
+}
+
+/* d:incr(k, n [, init [, init_ttl]]) -> new value | nil, "not found" | nil, "not a number".
+ * The hot path of counters and rate limits: each Lua API call counts, so the arguments are
+ * read with as few calls as the checks allow; init is read (and the clock, for init_ttl)
+ * only when the key is absent. */
 static int l_incr(lua_State *L) {
     dict_t *d = check_dict(L);
     size_t klen;
     const char *k = check_key(L, &klen);
-    luaL_checknumber(L, 3);
     int n_int = lua_isinteger(L, 3);
     lua_Integer ni = n_int ? lua_tointeger(L, 3) : 0;
-    double nd = lua_tonumber(L, 3);
-    int has_init = !lua_isnoneornil(L, 4);
-    if (has_init)
-        luaL_checknumber(L, 4);
-    double expires = check_ttl(L, 5);
+    double nd = n_int ? (double)ni : luaL_checknumber(L, 3);
+    int top = lua_gettop(L);
+    int init_type = top >= 4 ? lua_type(L, 4) : LUA_TNONE;
+    if (init_type != LUA_TNUMBER && init_type > LUA_TNIL)
+        luaL_checknumber(L, 4); /* raises, unless a numeric string */
+    double ttl = top >= 5 ? check_ttl_arg(L, 5) : 0;
     uint32_t h = hash_key(k, klen);
-    value_t v = {0};
-    lock_or_raise(L, d);
+    dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, 0);
-    if (i) {
-        head_t *e = cell(d->m, i);
-        if (e->type == T_INT && n_int) {
-            e->num.i = (int64_t)((uint64_t)e->num.i + (uint64_t)ni);
-            v.type = T_INT, v.i = e->num.i;
-        } else if (e->type == T_INT || e->type == T_FLOAT) {
-            double cur = e->type == T_INT ? (double)e->num.i : e->num.d;
-            e->num.d = cur + nd;
-            e->type = T_FLOAT;
-            v.type = T_FLOAT, v.d = e->num.d;
-        } else {
-            dict_unlock(d);
-            lua_pushnil(L);
-            lua_pushliteral(L, "not a number");
-            return 2;
-        }
-        dict_unlock(d);
-    } else if (!has_init) {
-        dict_unlock(d);
+    if (i)
+        return incr_entry(L, d, i, n_int, ni, nd);
+    dict_unlock(d);
+    if (init_type <= LUA_TNIL) {
         lua_pushnil(L);
         lua_pushliteral(L, "not found");
         return 2;
-    } else {
-        if (lua_isinteger(L, 4) && n_int)
-            v.type = T_INT, v.i = (int64_t)((uint64_t)lua_tointeger(L, 4) + (uint64_t)ni);
-        else
-            v.type = T_FLOAT, v.d = lua_tonumber(L, 4) + nd;
-        int rc = store(d, k, klen, h, &v, expires);
-        dict_unlock(d);
-        if (rc < 0)
-            return fail_full(L, d, klen);
     }
+    value_t v;
+    memset(&v, 0, sizeof v);
+    if (lua_isinteger(L, 4) && n_int)
+        v.type = T_INT, v.i = (int64_t)((uint64_t)lua_tointeger(L, 4) + (uint64_t)ni);
+    else
+        v.type = T_FLOAT, v.d = lua_tonumber(L, 4) + nd;
+    double expires = expiry(ttl);
+    dict_lock(d);
+    i = lookup(d->m, k, klen, h, 0); /* another process may have made it meanwhile */
+    if (i)
+        return incr_entry(L, d, i, n_int, ni, nd);
+    int rc = store(d, k, klen, h, &v, expires);
+    dict_unlock(d);
+    if (rc < 0)
+        return fail_full(L, d, klen);
     if (v.type == T_INT)
         lua_pushinteger(L, v.i);
     else
@@ -654,7 +778,7 @@ static int l_ttl(lua_State *L) {
     const char *k = check_key(L, &klen);
     uint32_t h = hash_key(k, klen);
     double now = mono_now();
-    lock_or_raise(L, d);
+    dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, now);
     double exp = i ? cell(d->m, i)->expires : 0;
     dict_unlock(d);
@@ -670,7 +794,7 @@ static int l_ttl(lua_State *L) {
 /* d:stats() -> {count, cells, free, evictions} */
 static int l_stats(lua_State *L) {
     dict_t *d = check_dict(L);
-    lock_or_raise(L, d);
+    dict_lock(d);
     lua_Integer c = d->m->count, n = d->m->ncells, f = d->m->nfree,
                 ev = (lua_Integer)d->m->evictions;
     dict_unlock(d);
@@ -695,7 +819,7 @@ static int l_gcra(lua_State *L) {
     double T = luaL_checknumber(L, 3), tau = luaL_checknumber(L, 4);
     uint32_t h = hash_key(k, klen);
     double now = mono_now();
-    lock_or_raise(L, d);
+    dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, now);
     double tat = i && cell(d->m, i)->type == T_FLOAT ? cell(d->m, i)->num.d : now;
     if (tat < now)
@@ -759,12 +883,7 @@ static void init_mapping(shm_t *m, size_t size) {
         m->free_head = i;
     }
     m->nfree = m->ncells;
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(&m->lock, &a);
-    pthread_mutexattr_destroy(&a);
+    atomic_init(&m->lock, 0);
     m->magic = SH_MAGIC;
 }
 
@@ -791,6 +910,33 @@ static shm_t *attach(const char *var, size_t *size) {
     return p;
 }
 
+static const luaL_Reg dict_methods[] = {
+    {"get", l_get},       {"set", l_set}, {"add", l_add},     {"incr", l_incr},
+    {"delete", l_delete}, {"ttl", l_ttl}, {"stats", l_stats}, {"_gcra", l_gcra},
+    {"_crash", l_crash},  {NULL, NULL},
+};
+
+/* Gives the new box at the top (dict d) its own metatable, whose methods hold d's address,
+ * and enters it in the registry set of dicts. */
+static void set_metatable(lua_State *L, dict_t *d) {
+    lua_createtable(L, 0, 3);
+    lua_pushliteral(L, SHARED_MT);
+    lua_setfield(L, -2, "__name");
+    luaL_newlibtable(L, dict_methods);
+    lua_pushlightuserdata(L, d);
+    luaL_setfuncs(L, dict_methods, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushlightuserdata(L, d);
+    lua_pushcclosure(L, l_gc, 1);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &dicts_key);
+    lua_pushvalue(L, -2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
 /* core.shared_open(name, size) -> dict | nil, err */
 static int l_shared_open(lua_State *L) {
     size_t nlen;
@@ -808,7 +954,8 @@ static int l_shared_open(lua_State *L) {
     dict_t *d = lua_newuserdatauv(L, sizeof *d, 0);
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
-    luaL_setmetatable(L, SHARED_MT);
+    d->pid = (uint32_t)getpid();
+    set_metatable(L, d);
     d->m = attach(var, &d->size);
     if (d->m)
         return 1;
@@ -835,27 +982,18 @@ static int l_shared_open(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg dict_methods[] = {
-    {"get", l_get},       {"set", l_set}, {"add", l_add},     {"incr", l_incr},
-    {"delete", l_delete}, {"ttl", l_ttl}, {"stats", l_stats}, {"_gcra", l_gcra},
-    {"_crash", l_crash},  {NULL, NULL},
-};
-
 static const luaL_Reg shared_funcs[] = {
     {"shared_open", l_shared_open},
     {NULL, NULL},
 };
 
 int loom_open_shared(lua_State *L) {
-    luaL_newmetatable(L, SHARED_MT);
-    luaL_newlibtable(L, dict_methods);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, dict_methods, 1); /* each method's upvalue 1 = mt */
-    lua_setfield(L, -2, "__index");    /* mt.__index = methods */
-    lua_pushvalue(L, -1);
-    lua_pushcclosure(L, l_gc, 1);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    lua_newtable(L); /* the set of dicts, weak-keyed */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &dicts_key);
     luaL_setfuncs(L, shared_funcs, 0);
     return 0;
 }
