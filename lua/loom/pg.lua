@@ -150,7 +150,7 @@ end
 -- an idle connection is fit when libpq says so (idle_timeout or the server may close it).
 local conns = connpool.kind {
     open = open,
-    check = function(c) return c:status() == "idle" end,
+    check = function(c) return c:status(true) == "idle" end, -- probe: closed while idle?
     close = function(c) c:close() end,
     rest = function(p, c) c:idle(p.idle_timeout) end,
 }

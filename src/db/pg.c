@@ -636,9 +636,16 @@ static int send_op(lua_State *L, pgconn_t *c, int i) {
             np = (int)lua_rawlen(L, -1);
         lua_rawgeti(L, top, 4); /* binary: {true, ...} where sent in binary */
         int bin = lua_gettop(L), params = bin - 1;
-        const char **vals = np ? lua_newuserdatauv(L, np * sizeof *vals, 0) : NULL;
-        int *lens = np ? lua_newuserdatauv(L, np * sizeof *lens, 0) : NULL;
-        int *fmts = np ? lua_newuserdatauv(L, np * sizeof *fmts, 0) : NULL;
+        /* up to 16 parameters on the C stack; more in userdata (collected) */
+        const char *vals_s[16];
+        int lens_s[16], fmts_s[16];
+        const char **vals = vals_s;
+        int *lens = lens_s, *fmts = fmts_s;
+        if (np > 16) {
+            vals = lua_newuserdatauv(L, np * sizeof *vals, 0);
+            lens = lua_newuserdatauv(L, np * sizeof *lens, 0);
+            fmts = lua_newuserdatauv(L, np * sizeof *fmts, 0);
+        }
         for (int k = 0; k < np; k++) {
             lua_rawgeti(L, params, k + 1);
             size_t len = 0;
@@ -653,9 +660,11 @@ static int send_op(lua_State *L, pgconn_t *c, int i) {
             }
         }
         if (kind[0] == 'e')
-            ok = pq.PQsendQueryPrepared(c->pg, a, np, vals, lens, fmts, 0);
+            ok = pq.PQsendQueryPrepared(c->pg, a, np, np ? vals : NULL, np ? lens : NULL,
+                                        np ? fmts : NULL, 0);
         else
-            ok = pq.PQsendQueryParams(c->pg, a, np, NULL, vals, lens, fmts, 0);
+            ok = pq.PQsendQueryParams(c->pg, a, np, NULL, np ? vals : NULL, np ? lens : NULL,
+                                      np ? fmts : NULL, 0);
     } else {
         return luaL_error(L, "pg batch: op %d: unknown kind '%s'", i + 1, kind);
     }
@@ -1004,14 +1013,15 @@ static int l_idle(lua_State *L) {
     return 0;
 }
 
-/* conn:status() -> "idle" | "busy" | "connecting" | "closed", transaction status
- * ("idle", "active", "intrans", "inerror", "unknown") */
+/* conn:status([probe]) -> "idle" | "busy" | "connecting" | "closed", transaction status
+ * ("idle", "active", "intrans", "inerror", "unknown"). With `probe`, an idle connection
+ * reads its socket first (a recv: the pool does it only when it hands out an idle one). */
 static int l_status(lua_State *L) {
     pgconn_t *c = check_conn(L);
     static const char *const states[] = {"connecting", "idle", "busy", "closed"};
     /* An idle connection the server closed (and the loop has not looked at yet): reading
      * what is there tells, without waiting (the socket is non-blocking). */
-    if (c->state == C_IDLE && !c->task &&
+    if (lua_toboolean(L, 2) && c->state == C_IDLE && !c->task &&
         (!pq.PQconsumeInput(c->pg) || pq.PQstatus(c->pg) == CONNECTION_BAD))
         conn_close(c, "closed", pq.PQerrorMessage(c->pg));
     lua_pushstring(L, states[c->state]);
