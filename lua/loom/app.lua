@@ -266,6 +266,7 @@ local function guarded(app, fn)
         end
         io.stderr:write(("loom: error in handler for %s %s: %s\n"):format(req.method, req.target, tb))
         io.stderr:flush()
+        app.handler_errors = (app.handler_errors or 0) + 1 -- app:metrics (the engine counts the rest)
         rawset(req, "_error_handled", true)
         return normalize(on_error(req, e), req)
     end
@@ -365,6 +366,12 @@ function App:on_error(fn)
     return self
 end
 
+-- app:metrics(path): requests are counted (by the servers app:listen or app:run make after
+-- this call) and GET path answers them in Prometheus text format (lua/loom/metrics.lua).
+function App:metrics(path)
+    return require("loom.metrics").mount(self, path)
+end
+
 -- app:ws(pattern, function(ws, req) ... end [, { max_message }]): a websocket endpoint;
 -- middleware runs for the upgrade request like for any other.
 function App:ws(pattern, fn, opts)
@@ -446,6 +453,7 @@ local function tls_config(tls)
 end
 
 -- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls } -> server | nil, err
+-- access_log: false (default), true or "combined", "json", or a function(entry) (docs/server.md)
 function App:listen(opts)
     opts = args.known(args.opts(opts, "listen", 1), LISTEN_OPTS, "listen", 1)
     local o = {}
@@ -458,7 +466,8 @@ function App:listen(opts)
     o.port = port
     o.backlog = args.opt(opts, "backlog", "number", nil, "listen", 1)
     o.reuseport = args.opt(opts, "reuseport", "boolean", nil, "listen", 1)
-    o.access_log = args.opt(opts, "access_log", "boolean", nil, "listen", 1)
+    o.access_log = require("loom.metrics").access_log_opt(opts.access_log, "listen", 1)
+    o.metrics = self.metrics_path ~= nil
     if opts.tls ~= nil then
         local err
         o.tls, err = tls_config(opts.tls)
@@ -466,7 +475,9 @@ function App:listen(opts)
     end
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
     o.request_mt = request.mt
-    return core.http_listen(self:_entry(o.tls ~= nil), o)
+    local srv, err = core.http_listen(self:_entry(o.tls ~= nil), o)
+    if srv and o.metrics then require("loom.metrics").track(self, srv) end
+    return srv, err
 end
 
 -- app:on_startup(function(app) ... end): runs in app:run before the server listens (in

@@ -1025,6 +1025,9 @@ local function proxy_settings(p, fname)
         https = one(p.https, "proxy.https") or (p.https == nil and env.https or nil), no = no }
 end
 
+-- Every session not yet collected, loom.fetch's own included (loom.metrics reads their pools).
+M.sessions = setmetatable({}, { __mode = "k" })
+
 local function new_session(opts, fname, keep_cookies_default)
     opts = args.opts(opts, fname, 1)
     check_opts(opts, SESSION_OPTS, fname, 1)
@@ -1063,6 +1066,7 @@ local function new_session(opts, fname, keep_cookies_default)
         t[method] = req
         return req
     end })
+    M.sessions[sess] = true
     return sess
 end
 

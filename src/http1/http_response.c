@@ -3,7 +3,8 @@
  * made once a second, headers from a Lua table (validated: a name is a token, a value has
  * no CR, LF or NUL, so a handler cannot split a response), Content-Length or chunked
  * framing, and one gathered write per response through the connection's loom_sock (which
- * copies what the kernel does not take). Also the access log line. Knows nothing of parsing or
+ * copies what the kernel does not take). The access log and the counters are access_log.c's:
+ * loom_obs_request_end is called where an answer is complete. Knows nothing of parsing or
  * routing.
  *
  * What a handler gives is checked before a byte of it is sent, since a wrong answer would be
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "access_log.h"
 #include "addr.h"
 
 const char *loom_http_reason(int status) {
@@ -415,38 +417,6 @@ const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap) {
     return out;
 }
 
-/* A request header's value, escaped, or "-". */
-static void copy_header(loom_conn_t *c, const char *name, char *out, size_t cap) {
-    loom_head_t *h = c->msg.head;
-    int i = h ? loom_head_find(h, name, strlen(name)) : -1;
-    if (i < 0)
-        snprintf(out, cap, "-");
-    else
-        log_escape(out, cap, LOOM_HEAD_VALUE(h, i), h->hdrs[i].value_len);
-}
-
-/* Combined Log Format, to stdout. The target, Referer and User-Agent are the client's: they
- * are escaped as nginx does, so they cannot end their field or the line. */
-static void log_access(loom_conn_t *c) {
-    if (!c->srv->access_log || !c->msg.head)
-        return;
-    char ip[64], when[64], ref[1024], ua[1024], target[8192];
-    int port, v6;
-    if (loom_addr_peer(&c->sock.h.tcp, ip, sizeof ip, &port, &v6) != 0)
-        snprintf(ip, sizeof ip, "-");
-    time_t now = time(NULL);
-    struct tm tm;
-    localtime_r(&now, &tm);
-    strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S %z", &tm);
-    copy_header(c, "referer", ref, sizeof ref);
-    copy_header(c, "user-agent", ua, sizeof ua);
-    printf("%s - - [%s] \"%s %s HTTP/%d.%d\" %d %llu \"%s\" \"%s\"\n", ip, when,
-           llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
-           loom_conn_log_target(c, target, sizeof target), llhttp_get_http_major(&c->msg.parser),
-           llhttp_get_http_minor(&c->msg.parser), c->status, (unsigned long long)c->sent, ref, ua);
-    fflush(stdout);
-}
-
 /* ---------------------------------------------------------------- whole responses */
 
 static int no_body_status(int status) {
@@ -470,6 +440,7 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     if (!(flags & H_DATE))
         put_date(b);
     hb_put(b, "\r\n", 2);
+    c->head_sent = (uint32_t)b->len; /* the body's bytes are what sent adds past these */
     int nbufs = c->is_head || blen == 0 ? 1 : 2;
     if (nbufs == 2 && blen <= SMALL_BODY) {
         size_t head = b->len;
@@ -485,7 +456,7 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     if (c->in_len)
         loom_conn_cork(c); /* pipelined requests wait: their answers join this one */
     loom_conn_write(c, bufs, nbufs);
-    log_access(c);
+    loom_obs_request_end(c);
 }
 
 void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close) {
@@ -577,6 +548,7 @@ int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, c
     if (!(flags & H_DATE))
         put_date(&b);
     hb_put(&b, "\r\n", 2);
+    c->head_sent = (uint32_t)b.len;
     uv_buf_t buf = uv_buf_init(c->srv->hbuf, (unsigned)b.len);
     c->status = (uint16_t)status;
     c->resp = R_STREAM;
@@ -595,7 +567,7 @@ void loom_conn_stream_end(loom_conn_t *c) {
         c->keepalive = 0;
     }
     c->resp = R_DONE;
-    log_access(c);
+    loom_obs_request_end(c);
 }
 
 const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *len) {
@@ -609,8 +581,9 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
     if (b.bad)
         return NULL;
     c->status = 101;
+    c->head_sent = 0;
     loom_conn_uncork(c); /* answers to the requests before it go before the socket moves */
-    log_access(c);
+    loom_obs_request_end(c);
     *len = b.len;
     return c->srv->hbuf;
 }

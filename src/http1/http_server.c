@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <lauxlib.h>
 #include "http_server.h"
+#include "access_log.h"
 #include "addr.h"
 #include "stream.h" /* loom_tls_conf_check: the core.tls_config object */
 #include "tls.h"
@@ -331,6 +332,7 @@ static int on_headers(loom_http_msg_t *m) {
     loom_server_t *srv = c->srv;
     llhttp_t *p = &m->parser;
     tl_remove(c);
+    loom_obs_request_start(c);
     c->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
     if (llhttp_get_http_major(p) != 1) {
         m->fail = 505;
@@ -561,6 +563,7 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
         loom_conn_close(c);
         return;
     }
+    loom_obs_input(c, (size_t)nread);
     if (c->state == C_LINGER)
         return;
     if (c->state == C_IDLE) {
@@ -661,6 +664,7 @@ static int raised_client_left(loom_conn_t *c, loom_task_t *t) {
 static void log_handler_error(loom_conn_t *c, loom_task_t *t) {
     if (raised_client_left(c, t))
         return;
+    loom_obs_handler_error(c->srv);
     char target[1024];
     fprintf(stderr, "loom: error in handler for %s %s: %s\n",
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
@@ -677,6 +681,7 @@ static void handler_expired(loom_conn_t *c) {
     loom_reqbox_t *box = c->box;
     int status = c->fail_status ? c->fail_status : 503;
     char target[1024];
+    loom_obs_handler_timeout(c->srv);
     fprintf(stderr, "loom: handler for %s %s ran past handler_timeout (%g s): cancelled\n",
             llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser)),
             loom_conn_log_target(c, target, sizeof target),
@@ -843,6 +848,7 @@ static void server_free_if_done(loom_server_t *srv) {
         spare_close(srv);
         loom_tls_conf_unref(srv->tls_conf);
         loom_head_pool_free(&srv->heads);
+        loom_obs_free(srv->obs);
         free(srv->hbuf);
         free(srv);
     }
@@ -865,6 +871,7 @@ static void release_refs(loom_t *h, loom_job_t *job) {
     luaL_unref(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->methods_ref);
+    loom_obs_release_refs(srv->obs, L);
     srv->self_ref = srv->entry_ref = srv->boxmt_ref = LUA_NOREF;
     srv->reqmt_ref = srv->methods_ref = LUA_NOREF;
     server_free_if_done(srv);
@@ -1063,7 +1070,7 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->tl[TL_LINGER].ms = LINGER_MS;
     srv->tl[TL_HANDLER].ms = secs_to_ms(loom_opt_number(L, o, "handler_timeout", 60));
     srv->max_buffered = 64 * 1024 + srv->max_header;
-    srv->access_log = loom_opt_boolean(L, o, "access_log", 0);
+    srv->obs = loom_obs_open(L, o, srv->host);
     double body = loom_opt_number(L, o, "body_timeout", 60);
     double send = loom_opt_number(L, o, "send_timeout", 60);
     srv->body_timeout = secs_for_park(body);
@@ -1099,8 +1106,9 @@ static int method_names_ref(lua_State *L) {
  * entry(req, box, method, path) runs in a task of its own for each request: req is an
  * empty table with opts.request_mt as its metatable, for entry to fill
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
- *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, access_log,
- *       tls (a core.tls_config{server = true, ...}) */
+ *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, tls (a
+ *       core.tls_config{server = true, ...}), access_log (true, "combined", "json" or a
+ *       function(entry)), metrics (count requests for core.http_stats) */
 static int l_http_listen(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1153,5 +1161,6 @@ int loom_open_http_server(lua_State *L) {
     luaL_setfuncs(L, server_meta, 0);
     lua_pop(L, 1);
     luaL_setfuncs(L, server_funcs, 0);
+    loom_open_access_log(L);
     return loom_open_http_request(L);
 }

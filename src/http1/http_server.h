@@ -19,6 +19,7 @@
 typedef struct loom_server loom_server_t;
 typedef struct loom_conn loom_conn_t;
 typedef struct loom_reqbox loom_reqbox_t;
+typedef struct loom_obs loom_obs_t; /* access log and metrics (access_log.h) */
 
 /* A connection's place in one of the server's timeout lists. Each list has one fixed
  * duration, so appending keeps it sorted by deadline and one timer serves them all. */
@@ -58,10 +59,12 @@ struct loom_conn {
     size_t body_len, body_cap;
     uint64_t body_seen;    /* body bytes parsed for this request (limit) */
     uint64_t sent;         /* response bytes, for the access log */
+    uint64_t t0;           /* uv_hrtime when the request head arrived (access log, metrics) */
     loom_task_t *task;     /* the handler, while it runs */
     loom_task_t *waiter;   /* a task parked on the body or on a streaming write */
     loom_reqbox_t *box;    /* the Lua request object of the current request */
     uint32_t nreq;         /* requests finished on this connection (tells one from the next) */
+    uint32_t head_sent;    /* bytes of the answer's head: sent less these is its body */
     uint16_t status;       /* response status, for the access log */
     uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
     uint16_t fault_status; /* core.req_fault: a handler that raises is answered this, closing */
@@ -105,6 +108,7 @@ struct loom_server {
     int boxmt_ref;       /* metatable of request boxes (REQBOX_MT) */
     int reqmt_ref;       /* metatable of request tables (opts.request_mt), or LUA_NOREF */
     int methods_ref;     /* {[llhttp method number] = name}: interned once, not per request */
+    loom_obs_t *obs;     /* access log and request counters, or NULL (access_log.c) */
     loom_conn_t *conns;
     int nconns;
     loom_tlist_t tl[TL_COUNT];
@@ -112,10 +116,9 @@ struct loom_server {
     uint64_t accept_retry_at;     /* an accepted connection waits for memory until then */
     uint32_t max_header;
     uint64_t max_body;
-    size_t max_buffered; /* unparsed bytes kept before reads stop (pipelining cap) */
-    double body_timeout; /* seconds a body read may wait for the next bytes (< 0: no limit) */
-    double send_timeout; /* seconds a streaming write may wait for the client (< 0: none) */
-    int access_log;
+    size_t max_buffered;  /* unparsed bytes kept before reads stop (pipelining cap) */
+    double body_timeout;  /* seconds a body read may wait for the next bytes (< 0: no limit) */
+    double send_timeout;  /* seconds a streaming write may wait for the client (< 0: none) */
     loom_conn_t *reading; /* the connection whose read is being handled (on_input), or NULL */
     size_t cork_bytes;    /* bytes gathered in its cork so far */
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
