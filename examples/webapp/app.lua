@@ -49,9 +49,10 @@ local MAX_FILES = 20              -- files of one upload (max_parts bounds the p
 local app = loom.app{
     max_body = MAX_BODY,
     max_parts = MAX_FILES + 5,
-    -- COMPRESSION (issue 13, item 4): add `compress = true` here once loom.app takes it
-    -- (gzip/brotli for the pages, the CSS, the script and the JSON). Not before: loom.app
-    -- raises on an option it does not know.
+    -- gzip, or br, for the answers of a text type from 256 bytes up (the pages, the CSS,
+    -- the script, the JSON), as the browser's Accept-Encoding asks; downloads are
+    -- application/octet-stream and go out as they are
+    compress = { min_size = 256 },
 }
 
 -- Where uploads go: WEBAPP_DATA, or a new directory of our own (mkdir fails if the name
