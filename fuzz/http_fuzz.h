@@ -152,7 +152,7 @@ typedef struct {
 /* Parses the wire in the given reads (the last one ends at len) as the server does. */
 static fuzz_verdict_t fuzz_parse(const char *wire, size_t len, const size_t *splits, int nsplits,
                                  llhttp_type_t type, int strict) {
-    loom_head_pool_t pool = {NULL, 0, 1};
+    loom_head_pool_t pool = {.max = 1};
     loom_http_msg_t m;
     fuzz_seen_t seen = {0, 0, 0, 0, 0};
     loom_http_msg_init(&m, type, &pool);

@@ -205,7 +205,7 @@ static void check_limits(loom_head_pool_t *pool) {
 }
 
 int main(void) {
-    loom_head_pool_t pool = {NULL, 0, 4};
+    loom_head_pool_t pool = {.max = 4};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         check_case(&cases[i], 0, &pool);
         check_case(&cases[i], 1, &pool);

@@ -409,6 +409,19 @@ static void te_codings(loom_http_msg_t *m, const char *v, size_t len) {
     }
 }
 
+/* valid_host, with the pool's memory of the last valid value. */
+static int host_seen_valid(loom_head_pool_t *pool, const char *v, size_t len) {
+    if (len == pool->host_ok_len && memcmp(v, pool->host_ok, len) == 0)
+        return 1;
+    if (!valid_host(v, len))
+        return 0;
+    if (len <= sizeof pool->host_ok) {
+        memcpy(pool->host_ok, v, len);
+        pool->host_ok_len = (uint8_t)len;
+    }
+    return 1;
+}
+
 static int on_value_complete(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
     loom_head_t *h = m->head;
@@ -426,7 +439,7 @@ static int on_value_complete(llhttp_t *p) {
             return fail(m, 400, "more than one Host header");
         /* RFC 9112 3.2: a server MUST answer 400 to "a Host header field with an invalid
          * field value" */
-        if (p->type == HTTP_REQUEST && !valid_host(value, s->value_len))
+        if (p->type == HTTP_REQUEST && !host_seen_valid(m->pool, value, s->value_len))
             return fail(m, 400, "invalid Host header");
     } else if (s->name_len == 17 && memcmp(name, "transfer-encoding", 17) == 0) {
         te_codings(m, value, s->value_len);

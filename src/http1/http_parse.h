@@ -38,6 +38,10 @@ struct loom_head {
 typedef struct {
     loom_head_t *free;
     int n, max;
+    /* The last Host value found valid: a keep-alive client (and most clients of one server)
+     * send the same one on every request, which then costs a compare, not a check. */
+    uint8_t host_ok_len;
+    char host_ok[63];
 } loom_head_pool_t;
 
 enum { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };

@@ -377,9 +377,7 @@ int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs) {
     return loom_sock_write(&c->sock, bufs, nbufs);
 }
 
-void loom_conn_uncork(loom_conn_t *c) {
-    if (!(c->sock.flags & LOOM_SOCK_CORKED))
-        return;
+void loom_conn_uncork_now(loom_conn_t *c) {
     c->srv->cork_bytes = 0;
     loom_sock_uncork(&c->sock); /* a failure is kept by the sock, as any write's */
 }

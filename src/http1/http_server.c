@@ -197,6 +197,14 @@ static void on_conn_closed(loom_sock_t *s) {
 void loom_conn_close(loom_conn_t *c) {
     if (c->state == C_CLOSING)
         return;
+    loom_conn_leave(c);
+    loom_conn_uncork(c); /* answers gathered this turn still go (a pipeline ending in EOF) */
+    loom_sock_close(&c->sock);
+}
+
+void loom_conn_leave(loom_conn_t *c) {
+    if (c->state == C_CLOSING)
+        return;
     loom_server_t *srv = c->srv;
     c->state = C_CLOSING;
     tl_remove(c);
@@ -209,8 +217,6 @@ void loom_conn_close(loom_conn_t *c) {
     c->prev = c->next = NULL;
     srv->nconns--;
     loom_conn_detach_request(c);
-    loom_conn_uncork(c); /* answers gathered this turn still go (a pipeline ending in EOF) */
-    loom_sock_close(&c->sock);
 }
 
 /* ---------------------------------------------------------------- parsing */
@@ -566,10 +572,11 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_obs_input(c, (size_t)nread);
     if (c->state == C_LINGER)
         return;
-    if (c->state == C_IDLE) {
-        c->state = C_HEAD; /* the header deadline counts from the first byte */
-        tl_add(c, TL_HEAD);
-    }
+    /* the header deadline counts from the first byte: set below, after the parse, for a
+     * head that did not come whole in this read (the usual one needs no deadline) */
+    int was_idle = c->state == C_IDLE;
+    if (was_idle)
+        c->state = C_HEAD;
     if (c->state == C_HEAD)
         c->partial = 1;
     loom_server_t *srv = c->srv;
@@ -579,6 +586,8 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
         keep_in(c, data, (size_t)nread);
     else
         feed(c, data, (size_t)nread, 0);
+    if (was_idle && c->state == C_HEAD && c->tlist == TL_IDLE)
+        tl_add(c, TL_HEAD);
     if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
         stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* Answer now rather than after every other connection's read of this loop turn: the
@@ -645,10 +654,13 @@ static void run_handler(loom_t *h, loom_job_t *job) {
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
     int nargs = loom_conn_push_request(L, c);
-    c->task = loom_spawn_internal(L, nargs, on_handler_done, c);
-    if (srv->tl[TL_HANDLER].ms)
-        tl_add(c, TL_HANDLER); /* before it runs: it may answer at once and move on */
-    loom_task_run_now(h, c->task);
+    loom_task_t *t = loom_spawn_internal(L, nargs, on_handler_done, c);
+    c->task = t;
+    loom_task_run_now(h, t);
+    /* Still running (it waits for something): handler_timeout counts from its start, which
+     * is this loop turn's time still. One that answered at once needed no deadline. */
+    if (c->task == t && c->state == C_HANDLER && c->resp == R_NONE && srv->tl[TL_HANDLER].ms)
+        tl_add(c, TL_HANDLER);
 }
 
 /* A handler that raised the "closed: ..." its body read gave (req:chunks() raises) after

@@ -141,6 +141,10 @@ struct loom_reqbox {
 
 /* http_server.c */
 void loom_conn_close(loom_conn_t *c);
+/* An upgrade: c leaves its server (the connection list and count, its timeout, its request)
+ * while its sock lives on with another owner (loom_stream_adopt), which gives the sock back
+ * closed, to on_conn_closed: the struct stays allocated until then. */
+void loom_conn_leave(loom_conn_t *c);
 /* The handler is done and the response is out (or queued): go on with the connection. */
 void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
@@ -156,7 +160,11 @@ static inline void loom_conn_cork(loom_conn_t *c) {
         loom_sock_cork(&c->sock);
 }
 /* Sends what the cork gathered (one write); nothing when not corked. */
-void loom_conn_uncork(loom_conn_t *c);
+void loom_conn_uncork_now(loom_conn_t *c);
+static inline void loom_conn_uncork(loom_conn_t *c) {
+    if (c->sock.flags & LOOM_SOCK_CORKED)
+        loom_conn_uncork_now(c);
+}
 /* Writes bufs through the connection's sock (encrypted on HTTPS), counting them for the
  * access log; returns 0 or a libuv error. */
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
