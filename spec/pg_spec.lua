@@ -408,6 +408,48 @@ describe("loom.pg", function()
         end, { timeout = 30 })
     end)
 
+    it("hands a cancelled query's connection out again only once the cancel is through", function()
+        -- A cancel request reaches the backend through the postmaster, whenever it gets to
+        -- it. If the connection went back to the pool as soon as the cancelled query ended
+        -- (on its own), a late cancel would hit the next query on it. The postmaster is
+        -- stopped (SIGSTOP) so that the cancel stays in flight while the first query ends.
+        run(function()
+            local db = loom.pg(srv:opts { max = 1, application_name = "latecancel" })
+            local probe = loom.pg(srv:opts { max = 1 })
+            assert(db:query("select 1"))
+            assert(probe:query("select 1")) -- both connected before the postmaster stops
+            local function active(pattern)
+                return assert(probe:query([[select count(*)::int as n from pg_stat_activity
+                    where application_name = 'latecancel' and state = 'active'
+                    and query like $1]], pattern))[1].n > 0
+            end
+            assert(os.execute("kill -STOP " .. srv.pid))
+            local stopped = true
+            local ok, err = pcall(function()
+                assert.same({ nil, "timeout" }, { loom.timeout(0.1, function()
+                    return db:query("select pg_sleep(0.4)")
+                end) })
+                -- the next query waits for the connection (max 1)
+                local t = loom.spawn(function() return db:query("select pg_sleep(0.5), 1 as one") end)
+                -- the first query ends on its own: its cancel is still at the postmaster
+                assert.is_true(eventually(function() return not active("%pg_sleep(0.4)%") end))
+                -- before the fix the second query now ran (and the cancel then hit it);
+                -- now it waits for the cancel: give it the time a round trip takes, a few times
+                eventually(function() return active("%pg_sleep(0.5)%") end, 0.5)
+                assert(os.execute("kill -CONT " .. srv.pid))
+                stopped = false
+                local tok, rows, qerr = t:join()
+                assert.is_true(tok)
+                assert.is_nil(qerr)
+                assert.same({ { pg_sleep = "", one = 1 } }, rows)
+            end)
+            if stopped then os.execute("kill -CONT " .. srv.pid) end
+            assert(ok, err)
+            db:close()
+            probe:close()
+        end, { timeout = 30 })
+    end)
+
     it("runs a pipeline in one round trip: an array of results", function()
         run(function()
             local db = loom.pg(srv:opts())

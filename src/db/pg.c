@@ -160,6 +160,7 @@ struct pgconn {
     int cancelling;   /* a PQcancel runs on the thread pool */
     int orphaned;     /* the batch's waiter went away: drop its results */
     int listening;    /* a task waits for a notification */
+    int idle_wait;    /* a task waits in wait_idle: for the batch's end and the cancel's */
     PGnotify *notify; /* one taken from libpq for the listener, not yet handed over */
     loom_task_t *task;
     uv_timer_t timer; /* closes the connection after idle_timeout unused */
@@ -359,13 +360,17 @@ static void connect_step(pgconn_t *c) {
         fail_uv(c, rc);
 }
 
-/* The batch is over (its sync came): wake its waiter, or drop its results. */
+/* The batch is over (its sync came): wake its waiter, or drop its results. A wait_idle
+ * waiter is woken once the cancel sent for the batch is through too (cancel_after): a
+ * cancel still on its way would hit the connection's next query. */
 static void batch_done(pgconn_t *c) {
     c->state = C_IDLE;
     if (c->orphaned) {
         c->orphaned = 0;
         clear_results(c);
     }
+    if (c->idle_wait && c->cancelling)
+        return;
     wake_waiter(c);
 }
 
@@ -480,6 +485,10 @@ static void cancel_after(uv_work_t *w, int status) {
     pq.PQfreeCancel(k->cancel);
     free(k);
     c->cancelling = 0;
+    /* PQcancel returned: the postmaster has signalled the backend, so the cancel cannot
+     * reach a later query. A wait_idle waiter whose batch is over goes on. */
+    if (c->idle_wait && c->task && c->state == C_IDLE)
+        wake_waiter(c);
     loom_handle_closed(c->host);
     unref_conn(c);
 }
@@ -894,6 +903,7 @@ static int l_batch(lua_State *L) {
 static int idle_build(lua_State *L, void *ud, int reason) {
     pgconn_t *c = ud;
     c->task = NULL;
+    c->idle_wait = 0;
     if (reason == LOOM_WAKE_TIMEOUT)
         return loom_fail(L, "timeout", "the cancelled query did not end");
     if (c->state == C_CLOSED)
@@ -903,20 +913,23 @@ static int idle_build(lua_State *L, void *ud, int reason) {
 }
 
 static void idle_abort(void *ud) {
-    ((pgconn_t *)ud)->task = NULL;
+    pgconn_t *c = ud;
+    c->task = NULL;
+    c->idle_wait = 0;
 }
 
 /* conn:wait_idle(timeout) -> true | nil, err: waits for a batch left running (its waiter
- * timed out or was cancelled) to end. */
+ * timed out or was cancelled) to end, and for the cancel sent for it to be through. */
 static int l_wait_idle(lua_State *L) {
     pgconn_t *c = check_conn(L);
     double timeout = luaL_optnumber(L, 2, -1);
     loom_task_t *t = loom_task_self(L, "pg wait_idle");
     if (c->task)
         return luaL_error(L, "pg: the connection is busy");
-    if (c->state != C_BUSY)
+    if (c->state != C_BUSY && !(c->cancelling && c->state == C_IDLE))
         return idle_build(L, c, LOOM_WAKE_OK);
     c->task = t;
+    c->idle_wait = 1;
     set_ref(c);
     return loom_park(L, t, timeout, idle_build, idle_abort, c);
 }
