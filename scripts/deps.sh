@@ -10,7 +10,7 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev node-llhttp
           libmbedtls-dev zlib1g-dev libbrotli-dev lua-cjson lua-busted luarocks curl openssl python3 publicsuffix
-          python3-requests python3-brotli valgrind clang clang-format libclang-rt-14-dev
+          python3-requests python3-brotli python3-prometheus-client valgrind clang clang-format libclang-rt-14-dev
           python3-websockets chromium nodejs libnghttp2-dev nghttp2-client
           postgresql-15 libpq-dev redis-server lua-nginx-redis)
 bench_packages=(wrk nginx libnginx-mod-http-lua nodejs python3-aiohttp python3-asyncpg)
