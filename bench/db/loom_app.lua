@@ -1,4 +1,4 @@
--- bench/db/loom_app.lua PORT DATABASE_URL REDIS_URL POOL: TechEmpower's database shapes and a
+-- bench/db/loom_app.lua PORT DATABASE_URL REDIS_URL POOL REDIS_POOL: TechEmpower's database shapes and a
 -- Redis GET, as a loom user writes them (bench/db/run.py starts it pinned to one core).
 --   /db         one random row of world (10 000 rows) as JSON
 --   /queries?n= n random rows (1..500), one db:pipeline round trip
@@ -6,10 +6,11 @@
 --   /redis      GET bench:greeting
 local port, db_url, redis_url = tonumber(arg[1]), arg[2], arg[3]
 local pool = tonumber(arg[4]) or 16
+local redis_pool = tonumber(arg[5]) or 50
 
 local db = loom.pg(db_url .. "?max=" .. pool)
 local r = loom.redis{ host = redis_url:match("//([^:/]+)"),
-    port = tonumber(redis_url:match(":(%d+)/?%d*$")), max = pool }
+    port = tonumber(redis_url:match(":(%d+)/?%d*$")), max = redis_pool }
 local random, concat, sort = math.random, table.concat, table.sort
 
 local WORLD = "select id, randomnumber from world where id = $1"

@@ -5,21 +5,25 @@ TechEmpower's shapes against a real PostgreSQL 15 (world: 10 000 rows; fortune: 
 /db (one random row as JSON), /queries?n=20, /fortunes (sorted, HTML-escaped into a page);
 and a Redis GET. Peers, each written as its users write it (bench/db/*_app.*):
 
-    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (pool of POOL)
+    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (pool of REDIS_POOL)
     node       Node `pg` (Pool of POOL) and `ioredis` (one multiplexed connection), from npm
     aiohttp    aiohttp + asyncpg (pool of POOL), Debian's python3-aiohttp and python3-asyncpg
     nginx      nginx + lua-nginx-module + lua-resty-redis (Debian's lua-nginx-redis), keepalive
-               pool of POOL; Redis GET only
+               pool of REDIS_POOL; Redis GET only
     redis-benchmark  the Redis GET ceiling: redis-benchmark itself as the client, CONNS in flight
 
 Each server runs pinned to CPU 0; wrk (-t1 -cCONNS) and both databases run on CPU 1, so
 the server measured has its core to itself. For every round, every peer is started, its
 shapes are checked (a wrong answer drops the shape, with the reason) and then measured:
-a 1 s warm-up, SECS seconds of wrk; rounds are interleaved and medians printed, with the
+a WARMUP-second warm-up (Node's JIT and pg's connections need a few seconds), SECS
+seconds of wrk; rounds are interleaved and medians printed, with the
 server's CPU time per request (its whole process group) and the database's (postgres or
 redis-server, on CPU 1). The ratios are loom's over each peer, from the same run.
 
-Usage: bench/db/run.py [--rounds 3] [--secs 5] [--conns 50] [--pool 16] [--only loom,node]
+REDIS_POOL is CONNS (--redis-pool): a command for each request in flight, as "50 tasks in
+flight" asks; PostgreSQL pools are POOL (--pool 16) for every peer.
+
+Usage: bench/db/run.py [--rounds 3] [--secs 5] [--warmup 3] [--conns 50] [--pool 16] [--only loom,node]
        [--shapes db,queries,fortunes,redis]
 Environment: LOOM_BUILD (default build/): the loom host is LOOM_BUILD/loom, npm packages go to
 LOOM_BUILD/npm. Needs postgresql-15, redis-server, wrk, nginx with the Lua module,
@@ -182,16 +186,18 @@ def wrk(url, secs, conns):
             "errors": errors, "requests": reqs}
 
 
-def peers(pg_url, redis_url, redis_port, pool, tmp):
+def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
     def nginx(port):
         d = os.path.join(tmp, "nginx-%d" % port)
         os.makedirs(os.path.join(d, "logs"))
         conf = open(os.path.join(HERE, "nginx.conf")).read()
-        conf = conf.replace("REDIS_PORT", str(redis_port)).replace("PORT", str(port)).replace("POOL", str(pool))
+        conf = conf.replace("REDIS_PORT", str(redis_port)).replace("REDIS_POOL", str(redis_pool))
+        conf = conf.replace("PORT", str(port))
         open(os.path.join(d, "nginx.conf"), "w").write(conf)
         return ["nginx", "-p", d, "-c", "nginx.conf"]
     return {
-        "loom": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url, str(pool)],
+        "loom": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url, str(pool),
+                                str(redis_pool)],
                  ["db", "queries", "fortunes", "redis"]),
         "node": (lambda port: ["node", os.path.join(HERE, "node_app.js"), str(port), pg_url, redis_url,
                                str(pool), NPM], ["db", "queries", "fortunes", "redis"]),
@@ -221,8 +227,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--pool", type=int, default=16)
+    ap.add_argument("--redis-pool", type=int, default=0, help="default: --conns")
     ap.add_argument("--only", default="loom,node,aiohttp,nginx,redis-benchmark")
     ap.add_argument("--shapes", default="db,queries,fortunes,redis")
     a = ap.parse_args()
@@ -246,7 +254,7 @@ def main():
         redis_url = "redis://127.0.0.1:%s/0" % rd["port"]
         pg_pid, redis_pid = int(pg["pid"]), int(rd["pid"])
         with tempfile.TemporaryDirectory() as tmp:
-            table = peers(pg_url, redis_url, rd["port"], a.pool, tmp)
+            table = peers(pg_url, redis_url, rd["port"], a.pool, a.redis_pool or a.conns, tmp)
             for rnd in range(a.rounds):
                 for name in only:
                     if name == "redis-benchmark":
@@ -276,7 +284,7 @@ def main():
                             if why:
                                 broken[(name, s)] = why
                                 continue
-                            wrk(url, 1, a.conns)  # warm-up: pools filled, statements prepared, JIT
+                            wrk(url, a.warmup, a.conns)  # pools filled, statements prepared, JIT
                             t0, d0 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
                             m = wrk(url, a.secs, a.conns)
                             t1, d1 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
@@ -298,15 +306,17 @@ def main():
     load1 = os.getloadavg()
 
     print()
-    print("bench/db: %d rounds of %d s, wrk -t1 -c%d, pools of %d; server on CPU 0, wrk and the databases"
-          " on CPU 1; load average %.1f before, %.1f after" % (a.rounds, a.secs, a.conns, a.pool, load0[0], load1[0]))
+    print("bench/db: %d rounds of %d s (after %d s of warm-up), wrk -t1 -c%d, pools of %d (pg) and %d (redis); server on CPU 0,"
+          " wrk and the databases on CPU 1; load average %.1f before, %.1f after"
+          % (a.rounds, a.secs, a.warmup, a.conns, a.pool, a.redis_pool or a.conns, load0[0], load1[0]))
     for s in shapes:
         rows = [(name, results[(name, s)]) for name in only if (name, s) in results]
         if not rows:
             continue
         print()
         print("%s (%s)" % (s, SHAPES[s]))
-        print("| peer | req/s (median [min-max]) | p99 ms | server CPU us/req | db CPU us/req | loom req/s x | loom CPU x |")
+        print("| peer | req/s (median [min-max]) | p99 ms | server CPU us/req | db CPU us/req | loom req/s x"
+              " (per round) | loom CPU x |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         med = {name: {k: statistics.median(m.get(k, 0.0) for m in ms) for k in ("rps", "p99", "cpu", "db_cpu")}
                for name, ms in rows}
@@ -315,6 +325,11 @@ def main():
             rps = [m["rps"] for m in ms]
             lm = med.get("loom")
             ratio = "%.2f" % (lm["rps"] / md["rps"]) if lm and md["rps"] else "-"
+            # loom over the peer within each round (the machine's load drifts between rounds)
+            lr = results.get(("loom", s), [])
+            per = [x["rps"] / y["rps"] for x, y in zip(lr, ms) if y["rps"]]
+            if name != "loom" and per:
+                ratio += " (%s)" % ", ".join("%.2f" % x for x in per)
             cratio = "%.2f" % (lm["cpu"] / md["cpu"]) if lm and md["cpu"] and name != "redis-benchmark" else "-"
             errs = sum(m["errors"] for m in ms)
             print("| %s | %s [%s-%s]%s | %.2f | %s | %s | %s | %s |" % (
