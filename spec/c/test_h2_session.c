@@ -22,6 +22,7 @@
 #include <uv.h>
 #include "http2/h2_session.h"
 #include "io/sock.h"
+#include "tls.h"
 #include "check.h"
 
 typedef struct {
@@ -159,11 +160,14 @@ static void free_closed(loom_sock_t *s) {
 static const loom_sock_hooks_t accept_hooks = {noop_alloc, noop_input, noop_drained, NULL,
                                                free_closed};
 
+/* On the TLS listener (data: its configuration) the session is made before the handshake,
+ * as for a listener that speaks only h2: it sends nothing until the handshake is done. */
 static void on_connection(uv_stream_t *server, int status) {
     CHECK(status == 0);
     conn_t *c = calloc(1, sizeof *c);
     CHECK(loom_sock_init_tcp(&c->sock, server->loop, &accept_hooks, c) == 0);
-    if (uv_accept(server, &c->sock.h.stream) != 0) {
+    if (uv_accept(server, &c->sock.h.stream) != 0 ||
+        (server->data && loom_sock_tls_start(&c->sock, server->data, NULL) != 0)) {
         loom_sock_close(&c->sock);
         return;
     }
@@ -237,13 +241,18 @@ static const char *raw_client =
     "    # GET, http, :path literal (indexed name 4), :authority literal (indexed name 1)\n"
     "    return bytes([0x82, 0x86, 0x04, len(path)]) + path + bytes([0x01, 9]) + b'127.0.0.1'\n"
     "s = socket.create_connection(('127.0.0.1', port))\n"
+    "if mode == 'tls':\n"
+    "    import ssl\n"
+    "    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
+    "    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE\n"
+    "    s = ctx.wrap_socket(s, server_hostname='localhost')\n"
     "s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + frame(4, 0, 0))\n"
     "def frames():\n"
     "    buf = b''\n"
     "    while True:\n"
     "        try:\n"
     "            d = s.recv(65536)\n"
-    "        except ConnectionResetError:\n"
+    "        except (ConnectionResetError, OSError):\n"
     "            d = b''\n"
     "        if not d:\n"
     "            return\n"
@@ -311,13 +320,29 @@ static const char *raw_client =
     "    print('goaway: %r body %r' % (seen, body))\n"
     "    ok = seen[0] == (7, 0, 0) and (1, 1, 0) in seen and (0, 1, 1) in seen\n"
     "    sys.exit(0 if ok and body == b'hello' and all(f[1] != 3 for f in seen) else 1)\n"
+    "if mode == 'tls':\n"
+    "    s.sendall(b''.join(frame(1, 0x5, sid, head(b'/')) for sid in (1, 3, 5)))\n"
+    "    bodies = {}\n"
+    "    for t, fl, sid, p in frames():\n"
+    "        if t == 0:\n"
+    "            bodies[sid] = bodies.get(sid, b'') + p\n"
+    "            if fl & 1 and len(bodies) == 3 and all(bodies[i] == b'hello' for i in bodies):\n"
+    "                s.sendall(frame(7, 0, 0, bytes(8)))\n"
+    "                print('tls: 3 answers over TLS')\n"
+    "                sys.exit(0)\n"
+    "    print('tls: %r' % bodies)\n"
+    "    sys.exit(1)\n"
     "sys.exit(2)\n";
 
-static int raw(const char *mode) {
+static int raw_port(const char *mode, int to) {
     char p[16];
-    snprintf(p, sizeof p, "%d", port);
+    snprintf(p, sizeof p, "%d", to);
     char *argv[] = {"python3", "-c", (char *)raw_client, (char *)mode, p, NULL};
     return run_peer(argv, out, sizeof out);
+}
+
+static int raw(const char *mode) {
+    return raw_port(mode, port);
 }
 
 /* ---------------------------------------------------------------- the cases */
@@ -438,6 +463,54 @@ static void test_graceful_goaway(void) {
     printf("%s", out);
 }
 
+static char tmpdir[] = "/tmp/test_h2.XXXXXX";
+static char cert[64], key[64];
+
+/* A self-signed certificate for localhost from the openssl command; 0 when made. */
+static int make_cert(void) {
+    char cmd[512];
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(cert, sizeof cert, "%s/cert.pem", tmpdir);
+    snprintf(key, sizeof key, "%s/key.pem", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+             "-subj /CN=localhost -keyout %s -out %s >/dev/null 2>&1",
+             key, cert);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* The session on a TLS sock: the handshake first, then frames in corked records. */
+static void test_tls(void) {
+    char err[256];
+    uv_tcp_t tl;
+    struct sockaddr_in sa;
+    int len = sizeof sa, before = closes;
+    int made = make_cert();
+    if (made != 0)
+        fprintf(stderr, "cannot make a certificate with the openssl command\n");
+    CHECK(made == 0);
+    loom_tls_opts_t so = {.server = 1, .cert = cert, .key = key};
+    loom_tls_conf_t *conf = made == 0 ? loom_tls_conf_new(&so, err, sizeof err) : NULL;
+    CHECK(conf != NULL);
+    if (conf) {
+        uv_ip4_addr("127.0.0.1", 0, &sa);
+        CHECK(uv_tcp_init(loop, &tl) == 0);
+        tl.data = conf;
+        CHECK(uv_tcp_bind(&tl, (struct sockaddr *)&sa, 0) == 0);
+        CHECK(uv_listen((uv_stream_t *)&tl, 8, on_connection) == 0);
+        CHECK(uv_tcp_getsockname(&tl, (struct sockaddr *)&sa, &len) == 0);
+        CHECK(raw_port("tls", ntohs(sa.sin_port)) == 0);
+        settle();
+        CHECK(closes == before + 3);
+        uv_close((uv_handle_t *)&tl, NULL);
+        loom_tls_conf_unref(conf);
+    }
+    remove(cert);
+    remove(key);
+    rmdir(tmpdir);
+}
+
 static void test_preface(void) {
     CHECK(loom_h2_is_preface(LOOM_H2_PREFACE "rest", 28) == 1);
     CHECK(loom_h2_is_preface("PRI * HT", 8) == -1);
@@ -472,6 +545,7 @@ int main(void) {
     test_continuation_flood();
     test_refused();
     test_graceful_goaway();
+    test_tls();
 
     CHECK(conns_open == 0);
     uv_close((uv_handle_t *)&listener, NULL);

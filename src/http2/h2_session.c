@@ -648,6 +648,8 @@ static void shut(loom_h2_session_t *s) {
  * queue is under its high-water mark (past it, reading stops too: a peer that does not read
  * its answers gets no more of them made). */
 static void send_frames(loom_h2_session_t *s) {
+    if (s->sock && s->sock->tls && !loom_sock_tls_ready(s->sock))
+        return; /* a session on a TLS sock before the handshake: the first input flushes */
     for (;;) {
         if (s->sock && loom_sock_over_high_water(s->sock)) {
             if (!(s->flags & S_READ_PAUSED)) {
