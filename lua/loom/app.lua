@@ -19,7 +19,8 @@ local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true, 
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
 APP_OPTS.max_parts, APP_OPTS.max_part_header = true, true -- req:parts() and req:form(), in Lua
 APP_OPTS.compress = true -- lua/loom/compress.lua
-for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls" }) do
+for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls", "path", "mode",
+    "max_conns_per_ip" }) do
     LISTEN_OPTS[k], RUN_OPTS[k] = true, true
 end
 
@@ -452,7 +453,8 @@ local function tls_config(tls)
     return core.tls_config{ server = true, certs = certs }
 end
 
--- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls } -> server | nil, err
+-- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls, path, mode,
+--             max_conns_per_ip } -> server | nil, err
 -- access_log: false (default), true or "combined", "json", or a function(entry) (docs/server.md)
 function App:listen(opts)
     opts = args.known(args.opts(opts, "listen", 1), LISTEN_OPTS, "listen", 1)
@@ -465,6 +467,20 @@ function App:listen(opts)
     end
     o.port = port
     o.backlog = args.opt(opts, "backlog", "number", nil, "listen", 1)
+    -- a unix-domain socket instead of host and port; mode: its permission bits, "0660" or 432
+    o.path = args.opt(opts, "path", "string", nil, "listen", 1)
+    local mode = opts.mode
+    if type(mode) == "string" and mode:match("^[0-7]+$") then mode = tonumber(mode, 8) end
+    if mode ~= nil and (math.type(mode) ~= "integer" or mode < 0 or mode > 4095) then
+        args.fail("listen", 1, "option 'mode': permission bits expected (\"0660\" or an integer to 0o7777)")
+    end
+    if mode ~= nil and not o.path then args.fail("listen", 1, "option 'mode': only with 'path'") end
+    o.mode = mode
+    local per_ip = args.opt(opts, "max_conns_per_ip", "number", nil, "listen", 1)
+    if per_ip ~= nil and (math.type(per_ip) ~= "integer" or per_ip < 1) then
+        args.fail("listen", 1, "option 'max_conns_per_ip': positive integer expected")
+    end
+    o.max_conns_per_ip = per_ip
     o.reuseport = args.opt(opts, "reuseport", "boolean", nil, "listen", 1)
     o.access_log = require("loom.metrics").access_log_opt(opts.access_log, "listen", 1)
     o.metrics = self.metrics_path ~= nil
@@ -561,6 +577,9 @@ function App:run(opts)
     local grace = args.opt(opts, "grace", "number", 10, "run", 1)
     local cancel = args.opt(opts, "cancel_tasks", "boolean", true, "run", 1)
     o.workers, o.grace, o.cancel_tasks = nil, nil, nil
+    if o.path and workers > 1 then -- each worker would listen on the file the one before made
+        args.fail("run", 1, "option 'path': a unix socket is served by one process (workers = 1)")
+    end
     local run = function()
         run_hooks(self, self.startup, "on_startup", false)
         local srv, err = self:listen(o)
@@ -575,8 +594,12 @@ function App:run(opts)
         }, workers, o, grace)
     end
     local srv = run()
-    io.stdout:write(("listening on %s://%s:%d\n"):format(o.tls and "https" or "http", o.host or "0.0.0.0",
-        srv.port))
+    if srv.path then
+        io.stdout:write(("listening on unix:%s (%s)\n"):format(srv.path, o.tls and "https" or "http"))
+    else
+        io.stdout:write(("listening on %s://%s:%d\n"):format(o.tls and "https" or "http", o.host or "0.0.0.0",
+            srv.port))
+    end
     io.stdout:flush()
     local sig = core.wait_signal({ "SIGINT", "SIGTERM" })
     io.stderr:write(("loom: %s, closing (up to %gs for requests in flight)\n"):format(sig, grace))

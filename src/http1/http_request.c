@@ -142,11 +142,16 @@ static int req_version(lua_State *L) {
     return 1;
 }
 
-/* core.req_peer(box) -> ip, port */
+/* core.req_peer(box) -> ip, port; "unix:" (as nginx's $remote_addr) for a unix-domain
+ * peer, which has no address worth the name */
 static int req_peer(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
     char ip[64];
     int port, v6;
+    if (!loom_sock_is_tcp(&c->sock)) {
+        lua_pushliteral(L, "unix:");
+        return 1;
+    }
     if (loom_addr_peer(&c->sock.h.tcp, ip, sizeof ip, &port, &v6) != 0)
         return 0;
     lua_pushstring(L, ip);

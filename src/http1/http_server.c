@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <lauxlib.h>
 #include "http_server.h"
 #include "access_log.h"
@@ -194,6 +196,98 @@ static void on_conn_closed(loom_sock_t *s) {
         conn_release(c);
 }
 
+/* ---------------------------------------------------------------- max_conns_per_ip */
+
+/* How many connections each peer address has open, when max_conns_per_ip is set: a list
+ * per bucket of the addresses that have one (an IPv4 address as its IPv4-mapped IPv6 form);
+ * a connection points at its address's entry, and the last one to close frees it. */
+struct loom_ipcount {
+    loom_ipcount_t *next;
+    uint32_t count;
+    uint8_t addr[16];
+};
+
+#define IP_BUCKETS 1024
+
+static unsigned ip_bucket(const uint8_t addr[16]) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (int i = 0; i < 16; i++)
+        h = (h ^ addr[i]) * 16777619u;
+    return h & (IP_BUCKETS - 1);
+}
+
+/* The peer's address as 16 bytes; -1 when it has none (a unix-domain peer). */
+static int peer_addr(loom_conn_t *c, uint8_t addr[16]) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (!loom_sock_is_tcp(&c->sock) ||
+        uv_tcp_getpeername(&c->sock.h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET) {
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        memcpy(addr, mapped, 12);
+        memcpy(addr + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 0;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 0;
+    }
+    return -1;
+}
+
+/* Counts c against its address: 0, or -1 when the address has max_per_ip open already. A
+ * connection whose address cannot be told (or no memory for the entry) is let in. */
+static int ip_take(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    uint8_t addr[16];
+    if (!srv->ip_table || peer_addr(c, addr) != 0)
+        return 0;
+    loom_ipcount_t **head = &srv->ip_table[ip_bucket(addr)], *e = *head;
+    while (e && memcmp(e->addr, addr, 16) != 0)
+        e = e->next;
+    if (!e) {
+        if (!(e = malloc(sizeof *e)))
+            return 0;
+        memcpy(e->addr, addr, 16);
+        e->count = 0;
+        e->next = *head;
+        *head = e;
+    }
+    if (e->count >= srv->max_per_ip)
+        return -1;
+    e->count++;
+    c->ip = e;
+    return 0;
+}
+
+static void ip_drop(loom_conn_t *c) {
+    loom_ipcount_t *e = c->ip;
+    if (!e)
+        return;
+    c->ip = NULL;
+    if (--e->count > 0)
+        return;
+    loom_ipcount_t **p = &c->srv->ip_table[ip_bucket(e->addr)];
+    while (*p != e)
+        p = &(*p)->next;
+    *p = e->next;
+    free(e);
+}
+
+static void ip_table_free(loom_server_t *srv) {
+    if (!srv->ip_table)
+        return;
+    for (int i = 0; i < IP_BUCKETS; i++)
+        while (srv->ip_table[i]) {
+            loom_ipcount_t *e = srv->ip_table[i];
+            srv->ip_table[i] = e->next;
+            free(e);
+        }
+    free(srv->ip_table);
+    srv->ip_table = NULL;
+}
+
 void loom_conn_close(loom_conn_t *c) {
     if (c->state == C_CLOSING)
         return;
@@ -216,6 +310,7 @@ void loom_conn_leave(loom_conn_t *c) {
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     srv->nconns--;
+    ip_drop(c);
     loom_conn_detach_request(c);
 }
 
@@ -805,7 +900,7 @@ static void on_connection(uv_stream_t *server, int status) {
  * descriptor and stops watching the listener until the next uv_accept: the timer tries
  * again in a while, so the listener does not stay deaf once memory is back. */
 static void accept_conn(loom_server_t *srv) {
-    uv_stream_t *server = (uv_stream_t *)&srv->tcp;
+    uv_stream_t *server = &srv->lst.stream;
     loom_conn_t *c = calloc(1, sizeof *c);
     if (!c) {
         srv->accept_retry_at = uv_now(srv->host->loop) + ACCEPT_RETRY_MS;
@@ -813,7 +908,10 @@ static void accept_conn(loom_server_t *srv) {
         return;
     }
     srv->accept_retry_at = 0;
-    loom_sock_init_tcp(&c->sock, srv->host->loop, &conn_hooks, c);
+    if (srv->path)
+        loom_sock_init_pipe(&c->sock, srv->host->loop, &conn_hooks, c);
+    else
+        loom_sock_init_tcp(&c->sock, srv->host->loop, &conn_hooks, c);
     loom_handle_opened(srv->host);
     c->srv = srv;
     srv->live++;
@@ -828,7 +926,8 @@ static void accept_conn(loom_server_t *srv) {
         }
         return;
     }
-    uv_tcp_nodelay(&c->sock.h.tcp, 1);
+    if (!srv->path)
+        uv_tcp_nodelay(&c->sock.h.tcp, 1);
     loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads);
     c->msg.owner = c;
     c->msg.strict_lines = 1;
@@ -844,6 +943,15 @@ static void accept_conn(loom_server_t *srv) {
     srv->nconns++;
     c->state = C_HEAD;
     tl_add(c, TL_HEAD); /* on HTTPS the handshake counts toward header_timeout too */
+    if (srv->max_per_ip && ip_take(c) != 0) {
+        /* over max_conns_per_ip: answered 503 at once and closed, as nginx's limit_conn
+         * answers (on HTTPS, where nothing can be said before a handshake, just closed) */
+        if (srv->tls_conf)
+            loom_conn_close(c);
+        else
+            loom_conn_respond_simple(c, 503, "Too many connections from this address", 1);
+        return;
+    }
     if (srv->tls_conf && loom_sock_tls_start(&c->sock, srv->tls_conf, NULL) != 0) {
         loom_conn_close(c);
         return;
@@ -858,6 +966,8 @@ static void server_free_if_done(loom_server_t *srv) {
     int job_pending = srv->done_job.queued && !srv->host->closing;
     if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !job_pending) {
         spare_close(srv);
+        ip_table_free(srv);
+        free(srv->path);
         loom_tls_conf_unref(srv->tls_conf);
         loom_head_pool_free(&srv->heads);
         loom_obs_free(srv->obs);
@@ -913,7 +1023,9 @@ static void server_close(loom_server_t *srv, uint64_t grace_ms) {
     srv->settle_at = now + (grace_ms < SETTLE_MS ? grace_ms : SETTLE_MS);
     if (srv->listening) {
         srv->listening = 0;
-        uv_close((uv_handle_t *)&srv->tcp, on_server_handle_closed);
+        uv_close(&srv->lst.handle, on_server_handle_closed);
+        if (srv->path)
+            unlink(srv->path); /* a unix socket's file goes with its listener */
     }
     uv_ref((uv_handle_t *)&srv->timer); /* the grace period keeps the loop */
     arm_timer(srv);
@@ -997,6 +1109,11 @@ static int server_index(lua_State *L) {
         lua_pushinteger(L, srv ? srv->port : 0);
     } else if (strcmp(k, "close") == 0) {
         lua_pushcfunction(L, server_close_l);
+    } else if (strcmp(k, "path") == 0) {
+        if (srv && srv->path)
+            lua_pushstring(L, srv->path);
+        else
+            lua_pushnil(L);
     } else if (strcmp(k, "connections") == 0) {
         lua_pushinteger(L, srv ? srv->nconns : 0);
     } else if (strcmp(k, "wait") == 0) {
@@ -1026,18 +1143,56 @@ static int bind_listen(loom_server_t *srv, const char *host, int port, int reuse
     struct sockaddr_storage ss;
     int rc = loom_addr_parse(host, port, &ss);
     if (rc == 0 && reuseport)
-        rc = open_reuseport(&srv->tcp, ss.ss_family);
+        rc = open_reuseport(&srv->lst.tcp, ss.ss_family);
     if (rc == 0)
-        rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss,
+        rc = uv_tcp_bind(&srv->lst.tcp, (struct sockaddr *)&ss,
                          ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->tcp, backlog, on_connection);
+        rc = uv_listen(&srv->lst.stream, backlog, on_connection);
     if (rc == 0)
-        srv->port = loom_addr_local_port(&srv->tcp);
+        srv->port = loom_addr_local_port(&srv->lst.tcp);
     return rc;
 }
 
-static loom_server_t *server_new(lua_State *L, loom_t *h) {
+/* A unix socket's file at path that nothing listens on any more (a server that died): 1.
+ * A live one (a connect goes through, or would wait in its backlog) or anything that is
+ * not a socket is someone's: 0. */
+static int stale_socket(const char *path) {
+    struct stat st;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode))
+        return 0;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int stale = connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno == ECONNREFUSED;
+    close(fd);
+    return stale;
+}
+
+/* Listens on a unix-domain socket at path: a stale file is replaced, a live one is
+ * EADDRINUSE; mode (>= 0) is applied to the file before it listens. */
+static int bind_unix(loom_server_t *srv, const char *path, int mode, int backlog) {
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return UV_ENAMETOOLONG; /* libuv would bind a truncated path */
+    if (stale_socket(path))
+        unlink(path);
+    int rc = uv_pipe_bind(&srv->lst.pipe, path);
+    if (rc != 0)
+        return rc;
+    if (mode >= 0 && chmod(path, (mode_t)mode) != 0)
+        rc = uv_translate_sys_error(errno);
+    if (rc == 0)
+        rc = uv_listen(&srv->lst.stream, backlog, on_connection);
+    if (rc == 0 && !(srv->path = strdup(path)))
+        rc = UV_ENOMEM;
+    if (rc != 0)
+        unlink(path); /* bound here, so ours */
+    return rc;
+}
+
+static loom_server_t *server_new(lua_State *L, loom_t *h, int unix_socket) {
     loom_server_t *srv = calloc(1, sizeof *srv);
     if (!srv)
         luaL_error(L, "out of memory");
@@ -1046,10 +1201,13 @@ static loom_server_t *server_new(lua_State *L, loom_t *h) {
     srv->heads.max = 256;
     srv->entry_ref = srv->boxmt_ref = srv->self_ref = LUA_NOREF;
     srv->reqmt_ref = srv->methods_ref = LUA_NOREF;
-    uv_tcp_init(h->loop, &srv->tcp);
+    if (unix_socket)
+        uv_pipe_init(h->loop, &srv->lst.pipe, 0);
+    else
+        uv_tcp_init(h->loop, &srv->lst.tcp);
     uv_timer_init(h->loop, &srv->timer);
     uv_unref((uv_handle_t *)&srv->timer);
-    srv->tcp.data = srv->timer.data = srv;
+    srv->lst.handle.data = srv->timer.data = srv;
     srv->handles = 2;
     loom_handle_opened(h);
     loom_handle_opened(h);
@@ -1120,7 +1278,9 @@ static int method_names_ref(lua_State *L) {
  * opts: host, port, backlog, reuseport, max_header, max_body, header_timeout,
  *       keepalive_timeout, body_timeout, send_timeout, handler_timeout, tls (a
  *       core.tls_config{server = true, ...}), access_log (true, "combined", "json" or a
- *       function(entry)), metrics (count requests for core.http_stats) */
+ *       function(entry)), metrics (count requests for core.http_stats),
+ *       path (listen on a unix-domain socket there instead of host and port) and mode (its
+ *       permission bits), max_conns_per_ip (open connections from one address; 0: any) */
 static int l_http_listen(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1128,16 +1288,31 @@ static int l_http_listen(lua_State *L) {
     int port = (int)loom_opt_integer(L, 2, "port", 0);
     int backlog = (int)loom_opt_integer(L, 2, "backlog", 511);
     int reuseport = loom_opt_boolean(L, 2, "reuseport", 0);
-    loom_server_t *srv = server_new(L, loom_host(L));
+    const char *path = loom_opt_string(L, 2, "path", NULL);
+    lua_Integer mode = loom_opt_integer(L, 2, "mode", -1);
+    lua_Integer per_ip = loom_opt_integer(L, 2, "max_conns_per_ip", 0);
+    if (mode < -1 || mode > 07777)
+        luaL_argerror(L, 2, "option 'mode': permission bits from 0 to 0o7777 expected");
+    if (per_ip < 0 || per_ip > UINT32_MAX)
+        luaL_argerror(L, 2, "option 'max_conns_per_ip': a non-negative integer expected");
+    loom_server_t *srv = server_new(L, loom_host(L), path != NULL);
     read_limits(L, 2, srv);
     srv->tls_conf = server_tls_conf(L, 2);
-    int rc = bind_listen(srv, host, port, reuseport, backlog);
+    srv->max_per_ip = (uint32_t)per_ip;
+    if (per_ip)
+        srv->ip_table = calloc(IP_BUCKETS, sizeof *srv->ip_table);
+    int rc = per_ip && !srv->ip_table ? UV_ENOMEM
+             : path                   ? bind_unix(srv, path, (int)mode, backlog)
+                                      : bind_listen(srv, host, port, reuseport, backlog);
     if (rc != 0) {
         srv->closing = 1;
-        uv_close((uv_handle_t *)&srv->tcp, on_server_handle_closed);
+        uv_close(&srv->lst.handle, on_server_handle_closed);
         server_maybe_done(srv);
-        char ctx[80];
-        snprintf(ctx, sizeof ctx, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+        char ctx[300];
+        if (path)
+            snprintf(ctx, sizeof ctx, "unix:%s", path);
+        else
+            snprintf(ctx, sizeof ctx, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
         return loom_fail_uv(L, "listen", rc, ctx);
     }
     srv->listening = 1;

@@ -19,6 +19,7 @@
 typedef struct loom_server loom_server_t;
 typedef struct loom_conn loom_conn_t;
 typedef struct loom_reqbox loom_reqbox_t;
+typedef struct loom_ipcount loom_ipcount_t;
 typedef struct loom_obs loom_obs_t; /* access log and metrics (access_log.h) */
 
 /* A connection's place in one of the server's timeout lists. Each list has one fixed
@@ -63,6 +64,7 @@ struct loom_conn {
     loom_task_t *task;     /* the handler, while it runs */
     loom_task_t *waiter;   /* a task parked on the body or on a streaming write */
     loom_reqbox_t *box;    /* the Lua request object of the current request */
+    loom_ipcount_t *ip;    /* its peer address's count (max_conns_per_ip), or NULL */
     uint32_t nreq;         /* requests finished on this connection (tells one from the next) */
     uint32_t head_sent;    /* bytes of the answer's head: sent less these is its body */
     uint16_t status;       /* response status, for the access log */
@@ -91,7 +93,15 @@ struct loom_conn {
 struct loom_server {
     loom_res_t res;
     loom_t *host;
-    uv_tcp_t tcp;
+    union { /* the listener: TCP, or a unix-domain socket (path) */
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } lst;
+    char *path;                /* the unix socket's file (removed at close), or NULL for TCP */
+    uint32_t max_per_ip;       /* max_conns_per_ip: open connections from one address (0: any) */
+    loom_ipcount_t **ip_table; /* their counts, by address (IP_BUCKETS lists), when capped */
     uv_timer_t timer;
     uint64_t timer_at; /* loop time the timer fires at; 0 while it is stopped */
     int handles;       /* libuv handles of the server still open (listener, timer) */
