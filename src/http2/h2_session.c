@@ -2,7 +2,7 @@
  * h2_session.c - one server-side HTTP/2 connection on libnghttp2 (see h2_session.h): the
  * nghttp2 session and its callbacks, the streams and their head and answer buffers, the
  * defences, and the sock's hooks (reads fed to nghttp2_session_mem_recv, frames gathered from
- * nghttp2_session_mem_send into one corked write per loop turn, from a uv_check handle).
+ * nghttp2_session_mem_send into one corked write per loop turn, from a uv_prepare handle).
  *
  * Knows no Lua and no HTTP/1 engine: the layer above sees callbacks and the loom_h2_* calls.
  */
@@ -34,7 +34,7 @@ enum {
 };
 
 enum {
-    S_SCHEDULED = 1 << 0, /* the check handle will flush this turn */
+    S_SCHEDULED = 1 << 0, /* the prepare handle will flush before the loop blocks */
     S_FLUSHING = 1 << 1,
     S_AGAIN = 1 << 2,       /* something to send came while flushing */
     S_FATAL = 1 << 3,       /* nghttp2 failed: GOAWAY is on its way, input is ignored */
@@ -80,11 +80,11 @@ struct loom_h2_session {
     uint32_t flags;        /* S_* */
     uint32_t fatal;        /* the GOAWAY code a defence chose before failing a callback */
     int64_t goaway;        /* the code of the GOAWAY we sent, or -1 */
-    int handles;           /* ours still open: the sock and the check */
+    int handles;           /* ours still open: the sock and the prepare handle */
     uint32_t block_frames; /* CONTINUATION frames of the header block being read */
     uint64_t block_bytes;  /* its payload bytes so far */
     bucket_t rst, junk;
-    uv_check_t check;
+    uv_prepare_t prepare;
     char own_rbuf[]; /* when o.rbuf is NULL */
 };
 
@@ -700,25 +700,32 @@ static void flush(loom_h2_session_t *s) {
         shut(s);
 }
 
-static void on_check(uv_check_t *h) {
+static void on_prepare(uv_prepare_t *h) {
     loom_h2_session_t *s = h->data;
-    uv_check_stop(h);
+    uv_prepare_stop(h);
     s->flags &= ~(uint32_t)S_SCHEDULED;
     flush(s);
 }
 
-/* Frames wait for the end of the loop turn (the check phase, after every read of the turn
- * was handled), so the answers of one turn leave in one write. */
+/* Frames wait until the loop is about to block for I/O (the prepare phase): by then every
+ * read of the turn was handled, the scheduler (core/task.c, a check and an idle handle) has
+ * run the handlers they woke, and timers have fired, so the answers of one turn leave in one
+ * write. A check handle would not do: one started from another check callback (a handler
+ * the scheduler resumed) waits for the next turn, and nothing wakes the loop for it. */
 static void schedule(loom_h2_session_t *s) {
     if (s->flags & (S_CLOSING | S_FREED))
         return;
+    if (s->flags & S_FLUSHING) {
+        s->flags |= S_AGAIN; /* the flush under way goes round once more */
+        return;
+    }
     if (!s->sock) {
-        flush(s); /* no loop: at once (inside feed, feed's own flush follows) */
+        flush(s); /* no loop: at once */
         return;
     }
     if (!(s->flags & S_SCHEDULED)) {
         s->flags |= S_SCHEDULED;
-        uv_check_start(&s->check, on_check);
+        uv_prepare_start(&s->prepare, on_prepare);
     }
 }
 
@@ -800,7 +807,7 @@ static void h_closed(loom_sock_t *sock) {
     handle_gone(loom_sock_owner(sock));
 }
 
-static void on_check_closed(uv_handle_t *h) {
+static void on_prepare_closed(uv_handle_t *h) {
     handle_gone(h->data);
 }
 
@@ -812,7 +819,7 @@ static void close_now(loom_h2_session_t *s) {
     s->flags |= S_CLOSING;
     if (!s->sock)
         return;
-    uv_close((uv_handle_t *)&s->check, on_check_closed);
+    uv_close((uv_handle_t *)&s->prepare, on_prepare_closed);
     loom_sock_close(s->sock);
 }
 
@@ -927,8 +934,8 @@ loom_h2_session_t *loom_h2_session_new(loom_sock_t *sock, const loom_h2_opts_t *
         return NULL;
     }
     if (sock) {
-        uv_check_init(sock->h.handle.loop, &s->check);
-        s->check.data = s;
+        uv_prepare_init(sock->h.handle.loop, &s->prepare);
+        s->prepare.data = s;
         s->handles = 2;
         loom_sock_handover(sock, &h2_hooks, s);
         if (loom_sock_read_start(sock) != 0)
