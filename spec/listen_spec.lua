@@ -115,7 +115,7 @@ describe("app:listen{ path }: a unix-domain socket", function()
 
     it("misuse raises naming the option", function()
         local app = loom.app()
-        assert.error_matches(function() app:listen{ path = 1 } end, "option 'path'")
+        assert.error_matches(function() app:listen{ path = 1 } end, "option 'path': string expected, got number")
         assert.error_matches(function() app:listen{ path = "/tmp/x.sock", mode = "rw" } end, "option 'mode'")
         assert.error_matches(function() app:listen{ path = "/tmp/x.sock", mode = 8192 } end, "option 'mode'")
         assert.error_matches(function() app:listen{ mode = "0660" } end, "option 'mode': only with 'path'")
@@ -160,8 +160,10 @@ describe("app:listen{ max_conns_per_ip }", function()
 
     it("misuse raises naming the option", function()
         local app = loom.app()
-        assert.error_matches(function() app:listen{ max_conns_per_ip = 0 } end, "option 'max_conns_per_ip'")
-        assert.error_matches(function() app:listen{ max_conns_per_ip = "2" } end, "option 'max_conns_per_ip'")
-        assert.error_matches(function() app:listen{ max_conns_per_ip = 1.5 } end, "option 'max_conns_per_ip'")
+        local positive = "bad argument #1 to 'listen' %(option 'max_conns_per_ip': positive integer expected%)"
+        assert.error_matches(function() app:listen{ max_conns_per_ip = 0 } end, positive)
+        assert.error_matches(function() app:listen{ max_conns_per_ip = 1.5 } end, positive)
+        assert.error_matches(function() app:listen{ max_conns_per_ip = "2" } end,
+            "option 'max_conns_per_ip': number expected, got string")
     end)
 end)
