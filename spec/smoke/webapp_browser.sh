@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # smoke/webapp_browser: examples/webapp in headless Chromium (spec/support/webapp_browser.js,
 # driven by playwright-core): the real login form, uploads through an <input type=file>
-# form and through fetch + FormData, the list, the HttpOnly session cookie, logout.
+# form and through fetch + FormData, the list, the HttpOnly session cookie, logout; the
+# login page comes coded (br or gzip, as Chromium asks) with Vary: Accept-Encoding.
 #
 # Needs Debian's chromium (scripts/deps.sh installs it) and node; playwright-core is
 # installed from npm into $LOOM_BUILD/npm on first use. A test that cannot start its peer

@@ -47,8 +47,12 @@ async function main() {
     });
 
     // the login form; a wrong password comes back to it with the message
-    await page.goto(url, { timeout: TIMEOUT });
+    const first = await page.goto(url, { timeout: TIMEOUT });
     await page.waitForSelector("#login", { timeout: TIMEOUT });
+    // compress = { min_size = 256 }: the page came coded as Chromium asked (br or gzip)
+    const coding = first.headers()["content-encoding"];
+    check(coding === "br" || coding === "gzip", `the login page came with Content-Encoding: ${coding}`);
+    check(/accept-encoding/i.test(first.headers()["vary"] || ""), "the coded page has no Vary: Accept-Encoding");
     check(await page.isHidden("#error"), "the login error shows before any attempt");
     await page.fill("#user", "demo");
     await page.fill("#password", "not the password");
