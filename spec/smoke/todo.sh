@@ -52,18 +52,22 @@ call() {
 expect() {
     [[ $status == "$1" ]] || fail "$method_path: status $status, expected $1; body: $(cat "$out")"
 }
-# check PYTHON_EXPR: true for the last body decoded as `b` (None when empty)
-check() {
-    python3 - "$out" "$1" <<'PY' || fail "$method_path: body $(cat "$out") fails: $1"
-import json, sys
-text = open(sys.argv[1]).read()
-b = json.loads(text) if text else None
-sys.exit(0 if eval(sys.argv[2]) else 1)
-PY
+# (No python per check: on a loaded machine each python3 start took seconds. The app's JSON
+# is lua-cjson's: no spaces, keys in any order, objects of an array in the array's order.)
+# has TEXT...: the last body contains each TEXT (a "key":value pair, say)
+has() {
+    local t
+    for t in "$@"; do
+        grep -qF -- "$t" "$out" || fail "$method_path: body $(cat "$out") lacks $t"
+    done
 }
-# get PYTHON_EXPR: print the expression on the last body
-get() {
-    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$out" "$1"
+# ids: the "id" values of the last body, in order, space-separated
+ids() {
+    grep -o '"id":[0-9]*' "$out" | cut -d: -f2 | paste -sd' ' || true
+}
+# ids_are IDS: the last body's ids are exactly IDS, in that order
+ids_are() {
+    [[ $(ids) == "$1" ]] || fail "$method_path: ids [$(ids)], expected [$1]; body $(cat "$out")"
 }
 # req METHOD PORT PATH [JSON] [JAR] STATUS: call, then expect STATUS and the right x-instance
 req() {
@@ -78,46 +82,49 @@ sessions() { redis-cli -p "$redis_port" --raw keys 'loom:session:*' | grep -c . 
 req GET "$port1" /me 401
 req GET "$port1" /todos 401
 req POST "$port1" /register '{"name":"ann","password":"ann-password"}' 201
-check 'b["name"] == "ann" and isinstance(b["id"], int)'
+has '"name":"ann"'
+[[ $(ids) =~ ^[0-9]+$ ]] || fail "register answered no id: $(cat "$out")"
 req POST "$port2" /register '{"name":"ann","password":"other-password"}' 409
 req POST "$port1" /register '{"name":"","password":"x"}' 400
 req POST "$port1" /login '{"name":"ann","password":"wrong-password"}' 401
 [[ $(sessions) == 0 ]] || fail "a failed login left a session in Redis"
 req POST "$port1" /login '{"name":"ann","password":"ann-password"}' 200
-check 'b["name"] == "ann"'
+has '"name":"ann"'
 grep -q todo_session "$jar" || fail "login set no todo_session cookie"
 [[ $(sessions) == 1 ]] || fail "after login Redis holds $(sessions) sessions, expected 1"
 
 # the session made by instance 1 works on instance 2: it lives in Redis
 req GET "$port2" /me 200
-check 'b["name"] == "ann"'
+has '"name":"ann"'
 req POST "$port1" /todos '{"title":"buy milk"}' 201
-check 'b["title"] == "buy milk" and b["done"] is False'
-milk=$(get 'b["id"]')
+has '"title":"buy milk"' '"done":false'
+milk=$(ids)
 req POST "$port2" /todos '{"title":"write \"docs\" ü"}' 201
-docs=$(get 'b["id"]')
+has '"title":"write \"docs\" ü"'
+docs=$(ids)
 req POST "$port2" /todos '{"title":""}' 400
 req POST "$port2" /todos 'not json' 400
 req GET "$port2" /todos 200
-check '[t["title"] for t in b] == ["buy milk", "write \"docs\" ü"]'
+ids_are "$milk $docs"
+has '"title":"buy milk"' '"title":"write \"docs\" ü"'
 req PATCH "$port2" "/todos/$milk" '{"done":true}' 200
-check 'b["done"] is True and b["title"] == "buy milk"'
+has '"done":true' '"title":"buy milk"'
 req PATCH "$port1" "/todos/$docs" '{"title":"write docs"}' 200
-check 'b["done"] is False and b["title"] == "write docs"'
+has '"done":false' '"title":"write docs"'
 req PATCH "$port1" "/todos/$docs" '{"done":"yes"}' 400
 req GET "$port1" "/todos?done=true" 200
-check '[t["id"] for t in b] == ['"$milk"']'
+ids_are "$milk"
 req GET "$port1" "/todos?done=false" 200
-check '[t["id"] for t in b] == ['"$docs"']'
+ids_are "$docs"
 req GET "$port1" "/todos/$docs" 200
-check 'b["title"] == "write docs"'
+has '"title":"write docs"'
 
 # another user sees none of ann's todos
 bob=$SMOKE_TMP/bob
 req POST "$port2" /register '{"name":"bob","password":"bob-password"}' "$bob" 201
 req POST "$port2" /login '{"name":"bob","password":"bob-password"}' "$bob" 200
 req GET "$port1" /todos '' "$bob" 200
-check 'b == []'
+[[ $(cat "$out") == "[]" ]] || fail "bob sees todos: $(cat "$out")"
 req GET "$port1" "/todos/$milk" '' "$bob" 404
 req DELETE "$port1" "/todos/$milk" '' "$bob" 404
 req PATCH "$port1" "/todos/$milk" '{"done":false}' "$bob" 404
@@ -126,7 +133,7 @@ req DELETE "$port1" "/todos/$milk" 204
 req GET "$port2" "/todos/$milk" 404
 req DELETE "$port2" "/todos/$milk" 404
 req GET "$port2" /todos 200
-check '[t["id"] for t in b] == ['"$docs"']'
+ids_are "$docs"
 
 # instance 1 restarts: nothing of the session was in it
 stop_server "$pid1"
@@ -135,7 +142,7 @@ start_server "$LOOM" "$app" "$port1"
 pid1=$LOOM_SERVER_PID
 wait_port "$port1" 30
 req GET "$port1" /me 200
-check 'b["name"] == "ann"'
+has '"name":"ann"'
 
 # logout deletes the record: the cookie from before is void on both instances
 cp "$jar" "$SMOKE_TMP/old_jar"
