@@ -257,12 +257,15 @@ describe("app:static: large files off the loop", function()
     end)
 
     it("a file changed under the cache is sent as it is now; a removed one is 404", function()
-        local fresh = static.FRESH
-        static.FRESH = 3600 -- the stat stays remembered: the open finds the change
+        local fresh, max_files = static.FRESH, static.MAX_FILES
         local _ <close> = setmetatable({}, { __close = function()
-            static.FRESH = fresh
+            static.FRESH, static.MAX_FILES = fresh, max_files
             static.flush()
         end })
+        static.flush()
+        -- the stat stays remembered and no file is kept open: the open of each answer finds
+        -- the change, and the answer is prepared again from what it opened
+        static.FRESH, static.MAX_FILES = 3600, 0
         local a = loom.app()
         a:static("/s", dir)
         put(dir .. "/v.bin", ("a"):rep(100000))
@@ -276,7 +279,10 @@ describe("app:static: large files off the loop", function()
             assert.equal("one", request(st, r, "GET", "/s/small2.txt").body)
             put(dir .. "/v.bin", ("b"):rep(150000))
             os.remove(dir .. "/gone.bin")
-            local res = request(st, r, "GET", "/s/v.bin")
+            local res = request(st, r, "GET", "/s/v.bin", { Range = "bytes=0-99" })
+            assert.equal(206, res.status)
+            assert.equal("bytes 0-99/150000", res.headers["content-range"])
+            res = request(st, r, "GET", "/s/v.bin")
             assert.equal(200, res.status)
             assert.equal("150000", res.headers["content-length"])
             assert.is_true(res.body == ("b"):rep(150000))
@@ -286,6 +292,14 @@ describe("app:static: large files off the loop", function()
             assert.equal("one", request(st, r, "GET", "/s/small2.txt").body)
             static.FRESH = 0
             assert.equal("two!", request(st, r, "GET", "/s/small2.txt").body)
+            -- files kept open: the look at the stat finds a rewrite in place and a rename
+            static.MAX_FILES = max_files
+            assert.is_true(request(st, r, "GET", "/s/v.bin").body == ("b"):rep(150000))
+            put(dir .. "/v.bin", ("c"):rep(120000))
+            assert.is_true(request(st, r, "GET", "/s/v.bin").body == ("c"):rep(120000))
+            put(dir .. "/v.new", ("d"):rep(130000))
+            assert(os.rename(dir .. "/v.new", dir .. "/v.bin"))
+            assert.is_true(request(st, r, "GET", "/s/v.bin").body == ("d"):rep(130000))
         end)
     end)
 end)

@@ -123,16 +123,21 @@ M.SMALL = 16 * 1024       -- files up to this size are answered from memory
 M.FRESH = 1               -- seconds a remembered stat is trusted before it is looked at again
 M.MAX_ENTRIES = 4096      -- paths remembered (found or not)
 M.MAX_BYTES = 8 * 1024 * 1024 -- contents kept in memory, in all
+M.MAX_FILES = 256         -- larger files kept open (their descriptors), in all
+M.NOWAIT = 64 * 1024      -- bodies up to this size are read on the loop when their pages are
+                          -- cached (preadv2 RWF_NOWAIT: never waits for the disk); 0: never
 
 local now, static_load, static_open = core.now, core.static_load, core.static_open
-local cache, entries, bytes = {}, 0, 0
+local cache, entries, bytes, files = {}, 0, 0, 0
 
 -- An entry: {type = "file" | "directory" | "other" | "none", size, mtime, mtime_ns, ino,
--- data (the contents, for a small file), etag, lm (Last-Modified), checked (when)}.
-local function entry_of(st, data, t)
+-- data (the contents, for a small file), file (the open file, for a larger one), etag,
+-- lm (Last-Modified), checked (when)}.
+local function entry_of(st, data, file, t)
     if not st then return { type = "none", checked = t } end
     return { type = st.type, size = st.size, mtime = st.mtime, mtime_ns = st.mtime_ns, ino = st.ino,
-        data = data, etag = ('"%x-%x"'):format(st.size, st.mtime), lm = http_date(st.mtime), checked = t }
+        data = data, file = file, etag = ('"%x-%x"'):format(st.size, st.mtime), lm = http_date(st.mtime),
+        checked = t }
 end
 
 -- Whether a stat st still describes entry e.
@@ -142,24 +147,36 @@ local function same(e, st)
         and e.mtime_ns == st.mtime_ns and e.ino == st.ino
 end
 
+-- Lets go of what entry e holds (senders keep their own descriptors: closing is safe).
+local function drop(e)
+    if e.data then bytes = bytes - #e.data end
+    if e.file then
+        e.file:close()
+        files = files - 1
+    end
+    entries = entries - 1
+end
+
+local function clear()
+    for _, e in pairs(cache) do
+        if e.file then e.file:close() end
+    end
+    cache, entries, bytes, files = {}, 0, 0, 0
+end
+
 local function remember(path, old, e)
-    if not old then
-        entries = entries + 1
-        if entries > M.MAX_ENTRIES then cache, entries, bytes = {}, 1, 0 end
-    elseif old.data then
-        bytes = bytes - #old.data
-    end
-    if e.data then
-        bytes = bytes + #e.data
-        if bytes > M.MAX_BYTES then cache, entries, bytes = {}, 1, #e.data end
-    end
+    if old then drop(old) end
+    if entries + 1 > M.MAX_ENTRIES or (e.data and bytes + #e.data > M.MAX_BYTES) then clear() end
+    entries = entries + 1
+    if e.data then bytes = bytes + #e.data end
+    if e.file then files = files + 1 end
     cache[path] = e
 end
 
 -- What path is: the remembered entry while it is fresh; else a stat in the thread pool
 -- (the entry is marked fresh first, so requests meanwhile keep using it rather than each
--- looking again), and a new entry when the path changed (a small file read with its stat
--- in the same job).
+-- looking again), and a new entry when the path changed: a small file read, or a larger
+-- one opened, in the same job as its stat.
 local function info(path)
     local e = cache[path]
     local t = now()
@@ -169,9 +186,11 @@ local function info(path)
         local st = static_load(path, -1)
         if same(e, st) then return e end
     end
-    local st, data = static_load(path, M.SMALL)
-    local ne = entry_of(st, data, t)
-    if cache[path] == e then remember(path, e, ne) end
+    local st, data, file = static_load(path, M.SMALL, files < M.MAX_FILES)
+    local ne = entry_of(st, data, file, t)
+    if cache[path] == e then
+        remember(path, e, ne)
+    end -- else another request put a newer entry meanwhile: this one's file goes with it (gc)
     return ne
 end
 
@@ -179,15 +198,14 @@ end
 local function forget(path)
     local e = cache[path]
     if e then
-        if e.data then bytes = bytes - #e.data end
-        entries = entries - 1
+        drop(e)
         cache[path] = nil
     end
 end
 
 -- Empties the cache (tests, or a deploy that replaced files and cannot wait FRESH s).
 function M.flush()
-    cache, entries, bytes = {}, 0, 0
+    clear()
 end
 
 -- Answers ---------------------------------------------------------------------------------
@@ -278,19 +296,31 @@ local function merged(headers, again)
     return h
 end
 
--- Sends the body of prepared answer p from disk, holding one of its mount's open files.
--- Returns "changed" when the file opened is not the one p was prepared from.
+-- Sends the body of prepared answer p from disk, through a sender of its own (a duplicate
+-- descriptor of the file the cache keeps open, else of one opened for it), holding one of
+-- its mount's open files. Returns "changed" when the file opened is not the one p was
+-- prepared from.
 local function send_file(req, p, status, headers, again)
     local sem = p.sem
     sem:acquire() -- max_open_files: past it, requests wait here for a file to close
     local _ <close> = sem.releaser
-    local f, st = static_open(p.path)
+    local file = p.e.file
+    local f = file and file:sender() -- nil when the cache let the file go meanwhile
     if not f then
-        forget(p.path)
-        return plain(404, "Not Found")
+        local st, _, opened = static_open(p.path)
+        if not st then
+            forget(p.path)
+            return plain(404, "Not Found")
+        end
+        if not again and not same(p.e, st) then
+            opened:close()
+            return "changed"
+        end
+        f = opened:sender()
+        opened:close()
+        if not f then return plain(404, "Not Found") end
     end
     local _ <close> = f
-    if not again and not same(p.e, st) then return "changed" end
     local out = req:stream{ status = status, headers = headers }
     if not out or req.method == "HEAD" then return end
     local first, count = p.first, p.last - p.first + 1
@@ -298,7 +328,7 @@ local function send_file(req, p, status, headers, again)
     -- nil, err: the client went, or the file shrank (the answer is then short of its
     -- Content-Length, and the engine closes the connection after it)
     local box = req._box
-    local ok = f:send(box, first, count)
+    local ok = f:send(box, first, count, M.NOWAIT)
     while ok == false do ok = f:send(box) end
 end
 

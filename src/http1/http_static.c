@@ -30,14 +30,17 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <lauxlib.h>
 #include "http_server.h"
 #include "fail.h"
 
-#define SENDER_MT "loom.static_file"
+#define FILE_MT "loom.static_file"
+#define SENDER_MT "loom.static_sender"
 #define FALLBACK_CHUNK (64 * 1024) /* read after sendfile met a full socket */
 #define TLS_CHUNK (128 * 1024)     /* read per step on HTTPS */
+#define NOWAIT_LIMIT (64 * 1024)   /* the most a send reads on the loop (RWF_NOWAIT) */
 
 enum { OP_LOAD, OP_OPEN, OP_SEND, OP_READ };
 
@@ -54,6 +57,7 @@ typedef struct {
     int64_t off;
     size_t count; /* bytes wanted (send, read), or the most OP_LOAD reads */
     int64_t max;  /* OP_LOAD: read files up to this size (< 0: stat only) */
+    int keep;     /* OP_LOAD: keep a larger regular file open */
     int err;      /* a libuv error, or 0 */
     int again;    /* OP_SEND stopped on a full socket */
     size_t got;   /* bytes sent or read */
@@ -62,12 +66,20 @@ typedef struct {
     char path[]; /* OP_LOAD, OP_OPEN */
 } work_t;
 
+/* An open file, shared by the answers that send it (static.lua keeps one per large file
+ * it remembers). Closing it never disturbs a send: each sender has its own duplicate. */
+typedef struct {
+    int fd; /* -1 once closed */
+} file_t;
+
+/* One answer's body: its own duplicate of the file's descriptor, where it is, what is left. */
 typedef struct {
     int fd; /* -1 once closed */
     int64_t off;
     uint64_t left;
-    int need_read; /* the next step reads a chunk (sendfile met EAGAIN) */
-    work_t *w;     /* in flight, or NULL */
+    int need_read;  /* the next step reads a chunk (sendfile met EAGAIN) */
+    int nowait_max; /* bodies up to this size may be read on the loop from the page cache */
+    work_t *w;      /* in flight, or NULL */
     loom_task_t *task;
     loom_reqbox_t *box; /* while parked: the request (on the task's stack) */
 } sender_t;
@@ -100,7 +112,8 @@ static void do_load(work_t *w) {
         w->err = sys_err();
         return;
     }
-    if (!S_ISREG(w->st.st_mode) || w->max < 0 || w->st.st_size > w->max)
+    int small = w->max >= 0 && w->st.st_size <= w->max;
+    if (!S_ISREG(w->st.st_mode) || (!small && !w->keep))
         return;
     w->fd = open(w->path, O_RDONLY | O_CLOEXEC);
     if (w->fd < 0) {
@@ -108,11 +121,13 @@ static void do_load(work_t *w) {
         return;
     }
     w->own_fd = 1;
-    /* the file read is the one opened: its own size (it may have changed since the stat) */
-    if (fstat(w->fd, &w->st) != 0 || !S_ISREG(w->st.st_mode) || w->st.st_size > w->max) {
-        w->err = errno ? sys_err() : 0;
+    /* what is read or kept is the file opened: its own stat (it may have changed since) */
+    if (fstat(w->fd, &w->st) != 0 || !S_ISREG(w->st.st_mode)) {
+        w->err = errno ? sys_err() : UV_EISDIR;
         return;
     }
+    if (w->max < 0 || w->st.st_size > w->max)
+        return; /* kept open, not read */
     w->buf = malloc((size_t)w->st.st_size + 1);
     if (!w->buf) {
         w->err = UV_ENOMEM;
@@ -251,21 +266,35 @@ static int fail_fs(lua_State *L, int err, const char *path) {
     return loom_fail(L, "fs", "%s %s (%s)", uv_err_name(err), uv_strerror(err), path);
 }
 
-/* ---------------------------------------------------------------- core.static_load */
+/* ---------------------------------------------------------------- files */
 
+/* Pushes a file object owning fd. */
+static void push_file(lua_State *L, int fd) {
+    file_t *f = lua_newuserdatauv(L, sizeof *f, 0);
+    f->fd = fd;
+    luaL_setmetatable(L, FILE_MT);
+}
+
+/* Pushes the result of an OP_LOAD or OP_OPEN job: stat, contents | nil, file | nil. */
 static int load_build(lua_State *L, void *ud, int reason) {
     work_t *w = ud;
     (void)reason; /* no deadline: only OK comes here (a cancel aborts) */
     int n;
-    if (w->err)
+    if (w->err) {
         n = fail_fs(L, w->err, w->path);
-    else {
+    } else {
         push_stat(L, &w->st);
         if (w->buf && w->got == (size_t)w->st.st_size)
             lua_pushlstring(L, w->buf, w->got);
         else
             lua_pushnil(L); /* not read, or changed as it was read */
-        n = 2;
+        if (w->own_fd && w->fd >= 0 && !w->buf) {
+            push_file(L, w->fd);
+            w->own_fd = 0; /* the file object closes it now */
+        } else {
+            lua_pushnil(L);
+        }
+        n = 3;
     }
     work_free(w);
     return n;
@@ -275,20 +304,64 @@ static void load_abort(void *ud) {
     work_abandon(ud);
 }
 
-/* core.static_load(path, max) -> {type, size, mtime, mtime_ns, ino}, contents | nil, err.
- * Contents (a string) for a regular file of at most max bytes, read from the descriptor the
- * stat describes; nil otherwise (max < 0: only the stat). One thread-pool job. */
-static int l_static_load(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    lua_Integer max = luaL_checkinteger(L, 2);
+static int start_load(lua_State *L, int op, const char *path, lua_Integer max, int keep) {
     loom_task_t *t = loom_task_self(L, "static_load");
-    work_t *w = work_new(L, OP_LOAD, path);
+    work_t *w = work_new(L, op, path);
     w->max = max;
+    w->keep = keep;
     w->task = t;
     int rc = work_start(w);
     if (rc < 0)
         return fail_fs(L, rc, path);
     return loom_park(L, t, -1, load_build, load_abort, w);
+}
+
+/* core.static_load(path, max [, keep]) -> {type, size, mtime, mtime_ns, ino}, contents,
+ * file | nil, err. One thread-pool job: the stat; for a regular file of at most max bytes
+ * its contents (a string), read from the descriptor the stat then describes; with keep, a
+ * larger regular file opened (a file object, its stat from that descriptor). max < 0: only
+ * the stat (or, with keep, the open). */
+static int l_static_load(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    return start_load(L, OP_LOAD, path, max, lua_toboolean(L, 3));
+}
+
+/* core.static_open(path) -> {type, size, mtime, mtime_ns, ino}, nil, file | nil, err: the
+ * file opened and fstat'ed in one thread-pool job (a directory or a device is EISDIR). */
+static int l_static_open(lua_State *L) {
+    return start_load(L, OP_OPEN, luaL_checkstring(L, 1), -1, 1);
+}
+
+static file_t *check_file(lua_State *L) {
+    return luaL_checkudata(L, 1, FILE_MT);
+}
+
+/* file:close(): closes the descriptor now (also __close and __gc). Senders made from it
+ * keep their own. */
+static int file_close(lua_State *L) {
+    file_t *f = check_file(L);
+    if (f->fd >= 0) {
+        close(f->fd);
+        f->fd = -1;
+    }
+    return 0;
+}
+
+/* file:sender() -> a sender with its own duplicate of the descriptor | nil, err (also once
+ * the file is closed: the cache let it go meanwhile) */
+static int file_sender(lua_State *L) {
+    file_t *f = check_file(L);
+    if (f->fd < 0)
+        return loom_fail(L, "fs", "the file is closed");
+    int fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return loom_fail_uv(L, "fs", sys_err(), NULL);
+    sender_t *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    s->fd = fd;
+    luaL_setmetatable(L, SENDER_MT);
+    return 1;
 }
 
 /* ---------------------------------------------------------------- senders */
@@ -298,37 +371,6 @@ static void sender_close_fd(sender_t *s) {
         close(s->fd);
         s->fd = -1;
     }
-}
-
-static int open_build(lua_State *L, void *ud, int reason) {
-    work_t *w = ud;
-    (void)reason;
-    if (w->err) {
-        int n = fail_fs(L, w->err, w->path);
-        work_free(w);
-        return n;
-    }
-    sender_t *s = lua_newuserdatauv(L, sizeof *s, 0);
-    memset(s, 0, sizeof *s);
-    s->fd = w->fd;
-    w->own_fd = 0; /* the sender closes it now */
-    luaL_setmetatable(L, SENDER_MT);
-    push_stat(L, &w->st);
-    work_free(w);
-    return 2;
-}
-
-/* core.static_open(path) -> sender, {type, size, mtime, mtime_ns, ino} | nil, err: the file
- * opened and fstat'ed in one thread-pool job (a directory or a device is EISDIR). */
-static int l_static_open(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    loom_task_t *t = loom_task_self(L, "static_open");
-    work_t *w = work_new(L, OP_OPEN, path);
-    w->task = t;
-    int rc = work_start(w);
-    if (rc < 0)
-        return fail_fs(L, rc, path);
-    return loom_park(L, t, -1, open_build, load_abort, w);
 }
 
 static sender_t *check_sender(lua_State *L) {
@@ -452,8 +494,33 @@ static void drained_abort(void *ud) {
     release_waiter(s->box ? s->box->c : NULL, s->task);
 }
 
-/* sender:send(box, first, count) on the first call, sender:send(box) after: moves the next
- * piece of the body -> true once it is all out, false for more (call again), nil, err. */
+/* A body of at most nowait_max bytes whose pages are all in the page cache: read on the
+ * loop with preadv2(RWF_NOWAIT), which "do[es] not wait for data which is not immediately
+ * available" (preadv2(2)): it never waits for the disk, and fails with EAGAIN (or
+ * EOPNOTSUPP where the file system cannot tell) instead; then written through the sock like
+ * any answer. 0 when the whole rest went so, 1 to take the thread-pool way instead, or the
+ * write's failure. */
+static int cached_write(loom_conn_t *c, sender_t *s) {
+    char buf[NOWAIT_LIMIT];
+    size_t want = (size_t)s->left;
+    if (want > sizeof buf)
+        return 1;
+    struct iovec iov = {buf, want};
+    ssize_t n = preadv2(s->fd, &iov, 1, (off_t)s->off, RWF_NOWAIT);
+    if (n < 0 || (size_t)n != want)
+        return 1; /* not cached (or the file shrank: the pool's way finds out) */
+    uv_buf_t b = uv_buf_init(buf, (unsigned)want);
+    int rc = loom_conn_write(c, &b, 1); /* the sock copies what the kernel leaves */
+    count_out(c, want);
+    s->off += (int64_t)want;
+    s->left = 0;
+    return rc < 0 ? rc : 0;
+}
+
+/* sender:send(box, first, count [, nowait]) on the first call, sender:send(box) after: moves
+ * the next piece of the body -> true once it is all out, false for more (call again), nil,
+ * err. nowait: a body up to this size (at most 64 KiB) whose pages are cached is read on the
+ * loop (cached_write) rather than sent from the thread pool. */
 static int sender_send(lua_State *L) {
     sender_t *s = check_sender(L);
     loom_conn_t *c = sender_conn(L, 2);
@@ -461,8 +528,10 @@ static int sender_send(lua_State *L) {
         lua_Integer first = luaL_checkinteger(L, 3), count = luaL_checkinteger(L, 4);
         luaL_argcheck(L, first >= 0, 3, "non-negative offset expected");
         luaL_argcheck(L, count >= 0, 4, "non-negative count expected");
+        lua_Integer nowait = luaL_optinteger(L, 5, 0);
         s->off = first;
         s->left = (uint64_t)count;
+        s->nowait_max = nowait < 0 ? 0 : nowait > NOWAIT_LIMIT ? NOWAIT_LIMIT : (int)nowait;
     }
     if (s->fd < 0)
         return luaL_error(L, "send: the file is closed");
@@ -477,6 +546,14 @@ static int sender_send(lua_State *L) {
     if (loom_sock_error(&c->sock))
         return loom_fail_uv(L, "closed", loom_sock_error(&c->sock), NULL);
     loom_sock_t *sock = &c->sock;
+    /* first the way without the thread pool (into the cork too, after its head) */
+    if (s->nowait_max > 0 && s->left <= (uint64_t)s->nowait_max && loom_sock_pending(sock) == 0) {
+        int rc = cached_write(c, s);
+        if (rc < 0)
+            return loom_fail_uv(L, "closed", rc, NULL);
+        if (rc == 0)
+            return step_result(L, s);
+    }
     /* a head gathered in the cork (the handler ran within the connection's read) leaves
      * now: sendfile writes past the sock, so nothing of the answer may wait in it */
     if ((sock->flags & LOOM_SOCK_CORKED) && !sock->tls && loom_sock_uncork(sock) < 0)
@@ -590,21 +667,34 @@ static const luaL_Reg sender_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg file_methods[] = {
+    {"sender", file_sender},
+    {"close", file_close},
+    {NULL, NULL},
+};
+
 static const luaL_Reg static_funcs[] = {
     {"static_load", l_static_load},
     {"static_open", l_static_open},
     {NULL, NULL},
 };
 
-int loom_open_http_static(lua_State *L) {
-    luaL_newmetatable(L, SENDER_MT);
-    luaL_newlib(L, sender_methods);
+/* A metatable `name` with methods, and close as __gc and __close. */
+static void new_type(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close) {
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index"); /* mt.__index = methods */
-    lua_pushcfunction(L, sender_close);
+    lua_pushcfunction(L, close);
     lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, sender_close);
+    lua_pushcfunction(L, close);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
+}
+
+int loom_open_http_static(lua_State *L) {
+    new_type(L, SENDER_MT, sender_methods, sender_close);
+    new_type(L, FILE_MT, file_methods, file_close);
     luaL_setfuncs(L, static_funcs, 0);
     return 0;
 }
