@@ -11,15 +11,17 @@
  *
  * The writer: one per host, shared by its servers so lines stay whole and in order. Lines
  * gather in memory and go out every FLUSH_MS, or at once past FLUSH_BYTES, through
- * uv_fs_write on descriptor 1, one write at a time. uv_fs_write runs in libuv's thread pool,
- * so a pipe nobody reads blocks a pool thread, never the loop; a stdout that stays full
- * makes the buffer grow to OUT_MAX, past which lines are dropped and counted. Making stdout
- * non-blocking instead (uv_pipe_open) would change the descriptor the process shares with
+ * uv_fs_write on descriptor 1, one write at a time, each of whole lines and at most
+ * PIPE_BUF bytes (so that workers sharing a pipe do not mix their lines). uv_fs_write runs in
+ * libuv's thread pool, so a pipe nobody reads blocks a pool thread, never the loop; a stdout that
+ * stays full makes the buffer grow to OUT_MAX, past which lines are dropped and counted. Making
+ * stdout non-blocking instead (uv_pipe_open) would change the descriptor the process shares with
  * Lua's io.stdout and with the parent shell. At host teardown the writer writes what is left
  * and teardown waits for it (the write counts as a handle), so a graceful exit loses nothing.
  *
  * Knows nothing of routing; the Prometheus text is made in lua/loom/metrics.lua.
  */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,8 +210,26 @@ static void out_fail(alog_out_t *w, int err) {
 
 static void on_written(uv_fs_t *req);
 
+/* How much of what is left to write goes in the next write: whole lines of at most
+ * PIPE_BUF bytes (a longer line alone). POSIX: "Write requests of {PIPE_BUF} bytes or less
+ * shall not be interleaved with data from other processes doing writes on the same pipe",
+ * so the lines of workers sharing a stdout pipe never mix. */
+static size_t piece(const char *p, size_t left) {
+    if (left <= PIPE_BUF)
+        return left;
+    size_t cut = PIPE_BUF;
+    while (cut > 0 && p[cut - 1] != '\n')
+        cut--;
+    if (cut == 0) {
+        const char *nl = memchr(p, '\n', left);
+        cut = nl ? (size_t)(nl - p) + 1 : left;
+    }
+    return cut;
+}
+
 static void out_submit(alog_out_t *w) {
-    uv_buf_t b = uv_buf_init(w->wbuf + w->woff, (unsigned)(w->wlen - w->woff));
+    const char *p = w->wbuf + w->woff;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)piece(p, w->wlen - w->woff));
     w->req.data = w;
     int rc = uv_fs_write(w->host->loop, &w->req, 1, &b, 1, -1, on_written);
     if (rc < 0) {
@@ -248,7 +268,7 @@ static void on_written(uv_fs_t *req) {
         out_fail(w, r < 0 ? (int)r : UV_EIO);
     } else {
         w->woff += (size_t)r;
-        if (w->woff < w->wlen) { /* a short write (a signal): the rest, in order */
+        if (w->woff < w->wlen) { /* the next piece, or the rest of a short write */
             out_submit(w);
             return;
         }
