@@ -161,7 +161,7 @@ static fuzz_verdict_t fuzz_parse(const char *wire, size_t len, const size_t *spl
     m.on_headers = fuzz_on_headers;
     m.on_body = fuzz_on_body;
     m.on_complete = fuzz_on_complete;
-    m.strict_lines = (uint8_t)strict;
+    m.strict_lines = strict != 0;
     fuzz_verdict_t v = {0, 0, 0};
     size_t at = 0;
     for (int i = 0; i <= nsplits && !v.failed; i++) {

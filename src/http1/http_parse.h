@@ -54,15 +54,16 @@ struct loom_http_msg {
     uint32_t max_header;    /* bytes of target and header fields allowed, trailers included */
     uint32_t header_bytes;  /* counted so far for this message */
     uint8_t part;           /* which element the data callbacks are extending */
-    uint8_t in_trailers;
     uint8_t host_count;
-    uint8_t strict_lines; /* loom_http_execute checks line endings (set by the server) */
-    uint8_t lines;        /* where that check is in the current head (LINES_* bits) */
-    uint8_t te;           /* what the Transfer-Encoding fields said (TE_* bits in http_parse.c) */
-    uint8_t trailers;     /* loom_http_execute: the trailer section has just begun */
-    uint8_t ended;        /* on_message_complete ran in this loom_http_execute call */
-    uint16_t fail;        /* status a limit or check chose: 400, 414, 431, 501 (0: parser's own) */
-    const char *why;      /* short reason, for the log */
+    uint8_t lines; /* where that check is in the current head (LINES_* bits) */
+    uint8_t te;    /* what the Transfer-Encoding fields said (TE_* bits in http_parse.c) */
+    /* one bit each, so that fail fits the same 8 bytes (a server connection embeds this) */
+    uint8_t in_trailers : 1;
+    uint8_t strict_lines : 1; /* loom_http_execute checks line endings (set by the server) */
+    uint8_t trailers : 1;     /* loom_http_execute: the trailer section has just begun */
+    uint8_t ended : 1;        /* on_message_complete ran in this loom_http_execute call */
+    uint16_t fail;   /* status a limit or check chose: 400, 414, 431, 501 (0: parser's own) */
+    const char *why; /* short reason, for the log */
     void *owner;
     /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
     int (*on_headers)(loom_http_msg_t *m);

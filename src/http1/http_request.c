@@ -170,7 +170,7 @@ static int body_failed(loom_conn_t *c) {
 static int body_ready(loom_conn_t *c, int want) {
     if (c->msg_done || body_failed(c))
         return 1;
-    return want == WANT_CHUNK && c->body_len > 0;
+    return want == WANT_CHUNK && loom_conn_body_len(c) > 0;
 }
 
 void loom_conn_body_event(loom_conn_t *c) {
@@ -193,18 +193,18 @@ static int push_body_error(lua_State *L, loom_conn_t *c) {
 
 /* Pushes what a finished body wait gives. */
 static int push_body(lua_State *L, loom_conn_t *c, int want) {
-    if (c->fail_status || (body_failed(c) && !(want == WANT_CHUNK && c->body_len > 0)))
+    if (c->fail_status || (body_failed(c) && !(want == WANT_CHUNK && loom_conn_body_len(c) > 0)))
         return push_body_error(L, c);
     if (want == WANT_WHOLE) {
-        lua_pushlstring(L, c->body ? c->body : "", c->body_len);
+        lua_pushlstring(L, c->body ? c->body->data : "", loom_conn_body_len(c));
         return 1;
     }
-    if (c->body_len == 0) { /* the end */
+    if (loom_conn_body_len(c) == 0) { /* the end */
         lua_pushnil(L);
         return 1;
     }
-    lua_pushlstring(L, c->body, c->body_len);
-    c->body_len = 0;
+    lua_pushlstring(L, c->body->data, c->body->len);
+    c->body->len = 0;
     loom_conn_start_reading(c);
     return 1;
 }

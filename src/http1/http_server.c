@@ -486,20 +486,22 @@ static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
         m->why = "body over max_body";
         return HPE_USER;
     }
-    if (c->body_len + len > c->body_cap) {
-        size_t cap = c->body_cap ? c->body_cap * 2 : 16384;
-        while (cap < c->body_len + len)
+    size_t have = loom_conn_body_len(c), cap0 = c->body ? c->body->cap : 0;
+    if (have + len > cap0) {
+        size_t cap = cap0 ? cap0 * 2 : 16384;
+        while (cap < have + len)
             cap *= 2;
-        char *n = realloc(c->body, cap);
+        loom_body_t *n = realloc(c->body, sizeof *n + cap);
         if (!n) {
             m->fail = 500;
             return HPE_USER;
         }
+        n->len = have;
+        n->cap = cap;
         c->body = n;
-        c->body_cap = cap;
     }
-    memcpy(c->body + c->body_len, at, len);
-    c->body_len += len;
+    memcpy(c->body->data + have, at, len);
+    c->body->len = have + len;
     loom_conn_body_event(c);
     return 0;
 }
@@ -527,18 +529,17 @@ static void next_request(loom_conn_t *c) {
     c->body_wanted = 0;
     c->fail_status = 0;
     c->fault_status = 0;
-    c->body_len = 0;
-    if (c->body_cap > 64 * 1024) {
+    if (c->body && c->body->cap > 64 * 1024) {
         free(c->body);
         c->body = NULL;
-        c->body_cap = 0;
+    } else if (c->body) {
+        c->body->len = 0;
     }
     if (c->in_len == 0) {
         /* an idle connection holds no body buffer: 1000 of them that once took an upload
          * held 40 MB; a new one costs a malloc per body, little beside reading it */
         free(c->body);
         c->body = NULL;
-        c->body_cap = 0;
         loom_http_msg_release(&c->msg);
         if (c->in_cap > 16 * 1024) {
             free(c->in);
@@ -683,7 +684,7 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
         feed(c, data, (size_t)nread, 0);
     if (was_idle && c->state == C_HEAD && c->tlist == TL_IDLE)
         tl_add(c, TL_HEAD);
-    if (c->chunk_mode && c->body_len >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
+    if (c->chunk_mode && loom_conn_body_len(c) >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
         stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* Answer now rather than after every other connection's read of this loop turn: the
      * scheduler runs the handler in its protected drain, as it would in the check phase.

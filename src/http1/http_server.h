@@ -20,6 +20,12 @@ typedef struct loom_server loom_server_t;
 typedef struct loom_conn loom_conn_t;
 typedef struct loom_reqbox loom_reqbox_t;
 typedef struct loom_ipcount loom_ipcount_t;
+
+/* A request body gathered for its handler (allocated when the first bytes come). */
+typedef struct {
+    size_t len, cap;
+    char data[];
+} loom_body_t;
 typedef struct loom_obs loom_obs_t; /* access log and metrics (access_log.h) */
 
 /* A connection's place in one of the server's timeout lists. Each list has one fixed
@@ -56,20 +62,19 @@ struct loom_conn {
     uint64_t out_left;       /* if out_sized: body bytes the answer still owes */
     char *in;                /* unparsed bytes: pipelined requests, or a body not asked for yet */
     uint32_t in_len, in_cap; /* at most max_buffered plus one read */
-    char *body;              /* request body gathered for the handler */
-    size_t body_len, body_cap;
-    uint64_t body_seen;    /* body bytes parsed for this request (limit) */
-    uint64_t sent;         /* response bytes, for the access log */
-    uint64_t t0;           /* uv_hrtime when the request head arrived (access log, metrics) */
-    loom_task_t *task;     /* the handler, while it runs */
-    loom_task_t *waiter;   /* a task parked on the body or on a streaming write */
-    loom_reqbox_t *box;    /* the Lua request object of the current request */
-    loom_ipcount_t *ip;    /* its peer address's count (max_conns_per_ip), or NULL */
-    uint32_t nreq;         /* requests finished on this connection (tells one from the next) */
-    uint32_t head_sent;    /* bytes of the answer's head: sent less these is its body */
-    uint16_t status;       /* response status, for the access log */
-    uint16_t fail_status;  /* the body broke (413, 400): the answer becomes this, and closes */
-    uint16_t fault_status; /* core.req_fault: a handler that raises is answered this, closing */
+    loom_body_t *body;       /* request body gathered for the handler, or NULL */
+    uint64_t body_seen;      /* body bytes parsed for this request (limit) */
+    uint64_t sent;           /* response bytes, for the access log */
+    uint64_t t0;             /* uv_hrtime when the request head arrived (access log, metrics) */
+    loom_task_t *task;       /* the handler, while it runs */
+    loom_task_t *waiter;     /* a task parked on the body or on a streaming write */
+    loom_reqbox_t *box;      /* the Lua request object of the current request */
+    loom_ipcount_t *ip;      /* its peer address's count (max_conns_per_ip), or NULL */
+    uint32_t nreq;           /* requests finished on this connection (tells one from the next) */
+    uint32_t head_sent;      /* bytes of the answer's head: sent less these is its body */
+    uint16_t status;         /* response status, for the access log */
+    uint16_t fail_status;    /* the body broke (413, 400): the answer becomes this, and closes */
+    uint16_t fault_status;   /* core.req_fault: a handler that raises is answered this, closing */
     uint8_t tlist;
     uint8_t state;
     uint8_t resp;      /* R_* */
@@ -148,6 +153,11 @@ struct loom_reqbox {
 };
 
 #define REQBOX_MT "loom.request"
+
+/* Bytes of the request body gathered and not yet taken by the handler. */
+static inline size_t loom_conn_body_len(const loom_conn_t *c) {
+    return c->body ? c->body->len : 0;
+}
 
 /* http_server.c */
 void loom_conn_close(loom_conn_t *c);
