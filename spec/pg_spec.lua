@@ -116,6 +116,26 @@ describe("loom.pg", function()
         end)
     end)
 
+    it("refuses a text parameter with a NUL byte instead of sending it cut", function()
+        -- libpq sends text parameters as C strings: "a\0b" would arrive as "a"
+        run(function()
+            local db = loom.pg(srv:opts { max = 1 })
+            assert(db:query("create table if not exists nul1 (t text)"))
+            assert(db:query("truncate nul1"))
+            local rows, err = db:query("insert into nul1 values ($1)", "a\0b")
+            assert.is_nil(rows)
+            assert.equal('pg: 22021 invalid byte sequence for encoding "UTF8": 0x00 (parameter $1; send bytes as bytea)', err)
+            local res
+            res, err = db:pipeline { { "select 1 as one" }, { "insert into nul1 values ($1)", "x\0" } }
+            assert.is_nil(res)
+            assert.matches("^pg: 22021 .* in entry 2$", err)
+            assert.same({}, (assert(db:query("select t from nul1"))))  -- nothing was sent
+            -- bytea takes the byte as it is
+            assert.equal("a\0b", assert(db:query("select $1::bytea as b", "a\0b"))[1].b)
+            db:close()
+        end)
+    end)
+
     it("round-trips floats exactly, and special values", function()
         run(function()
             local db = loom.pg(srv:opts())
@@ -237,6 +257,10 @@ describe("loom.pg", function()
             assert.error_matches(function() loom.pg("mysql://x") end, "postgresql:// URL")
             local db = loom.pg(srv:opts())
             assert.error_matches(function() db:query(1) end, "bad argument #1 to 'query'")
+            assert.error_matches(function() db:query("select 1\0; drop table t") end,
+                "bad argument #1 to 'query' %(SQL text with a NUL byte%)")
+            assert.error_matches(function() db:pipeline { { "select 1\0" } } end,
+                "entry 1: SQL text with a NUL byte")
             assert.error_matches(function() db:query("select $1::int", {}) end,
                 "cannot send a table")
             assert.error_matches(function() db:query("select $1::int, $2::int", 1) end,

@@ -14,7 +14,7 @@ local pg_connect, spawn, now = core.pg_connect, core.spawn, core.now
 local null = core.null
 local type, select, tostring, setmetatable, error, pcall = type, select, tostring,
     setmetatable, error, pcall
-local mtype, format, pack, unpack = math.type, string.format, table.pack, table.unpack
+local mtype, format, pack, unpack, find = math.type, string.format, table.pack, table.unpack, string.find
 
 local M = { null = null }
 
@@ -202,8 +202,13 @@ local function fmt_float(v)
     return format("%.17g", v)
 end
 
+-- What a text parameter with a NUL byte gives: libpq sends text parameters as C strings,
+-- so the value would arrive cut at the NUL (PostgreSQL's text cannot hold one anyway).
+local NUL_PARAM = 'pg: 22021 invalid byte sequence for encoding "UTF8": 0x00 (parameter $%d; send bytes as bytea)'
+
 -- Encodes the n parameters by the types the server reports: a string for bytea goes in
--- binary (byte exact); tables for json/jsonb as JSON; nil or loom.null as NULL.
+-- binary (byte exact); tables for json/jsonb as JSON; nil or loom.null as NULL. Returns
+-- nil, err for a text value holding a NUL byte (nothing is sent).
 local function encode(fname, lvl, types, n, ...)
     if n ~= #types then
         error(format("%s: the statement takes %d parameter(s), got %d", fname, #types, n), lvl)
@@ -223,6 +228,7 @@ local function encode(fname, lvl, types, n, ...)
             if not j then error(fname .. ": json parameters need lua-cjson", lvl) end
             params[i] = j.encode(v)
         elseif tv == "string" then
+            if find(v, "\0", 1, true) then return nil, format(NUL_PARAM, i) end
             params[i] = v
         elseif tv == "number" then
             params[i] = mtype(v) == "integer" and format("%d", v) or fmt_float(v)
@@ -310,6 +316,7 @@ local function exec_stmt(pool, c, fname, sql, retry, n, ...)
     end
     -- levels: encode, exec_stmt, run, db:query or tx:query, the caller
     local params, bin = encode(fname, 5, st.types, n, ...)
+    if not params then return nil, bin end
     local res, err = c:batch({ { "exec", st.name, params, bin } }, pool.timeout, null, json_decode)
     if not res then return nil, err end
     local r = res[1]
@@ -372,6 +379,7 @@ end
 function Pool:query(sql, ...)
     check_pool(self, "query")
     args.check(sql, "string", "query", 1)
+    if find(sql, "\0", 1, true) then args.fail("query", 1, "SQL text with a NUL byte", 1) end
     local c, err = acquire(self)
     if not c then return nil, err end
     local _ <close> = setmetatable({ self, c }, guard_mt)
@@ -391,6 +399,9 @@ function Pool:pipeline(list)
     for i, q in ipairs(list) do
         if type(q) ~= "table" or type(q[1]) ~= "string" then
             args.fail("pipeline", 1, "entry " .. i .. ": {sql, ...} expected", 1)
+        end
+        if find(q[1], "\0", 1, true) then
+            args.fail("pipeline", 1, "entry " .. i .. ": SQL text with a NUL byte", 1)
         end
         sqls[i] = q[1]
     end
@@ -413,6 +424,7 @@ function Pool:pipeline(list)
             end
             local params, bin = encode("pipeline", 3, st.types, #st.types,
                 unpack(q, 2, #st.types + 1))
+            if not params then return nil, bin .. " in entry " .. i end
             ops[#ops + 1] = { "exec", st.name, params, bin }
             where[#ops] = i
         else
@@ -438,6 +450,7 @@ Tx.__name = "loom.pg.tx"
 function Tx:query(sql, ...)
     if getmetatable(self) ~= Tx then args.fail("query", 1, "loom.pg.tx expected", 1) end
     args.check(sql, "string", "query", 1)
+    if find(sql, "\0", 1, true) then args.fail("query", 1, "SQL text with a NUL byte", 1) end
     if not self.conn then error("query: the transaction is over", 2) end
     local rows, err = run(self.pool, self.conn, "query", sql, select("#", ...), ...)
     return rows, err
