@@ -7,8 +7,10 @@ Accept-Encoding: gzip, from
     loom       loom.app{ compress = { level = L } }             (bench/compress/loom_app.lua)
     nginx+lua  nginx 1 worker, content_by_lua_block + cjson, `gzip on; gzip_comp_level L`
 
-and, to show what compress costs the answers it does not code, GET /hello (13 bytes, under
-min_size) from loom with compress on and off. Each server runs pinned to CPU 0 and wrk
+the same answer without Accept-Encoding from both (so what the coding itself adds shows
+apart from the JSON encoding: LuaJIT's cjson in nginx, Lua 5.4's in loom), and, to show
+what compress costs the answers it does not code, GET /hello (13 bytes, under min_size)
+from loom with compress on and off. Each server runs pinned to CPU 0 and wrk
 (-t1 -cCONNS) to CPU 1; rounds are interleaved, medians printed with the server's CPU time
 per request (its process group). Every answer is checked first (gzip coded, decodes to the
 JSON). The ratios are loom's over nginx+lua's, from the same run.
@@ -98,6 +100,9 @@ def main():
         return ["nginx", "-e", "stderr", "-p", d, "-c", "nginx.conf"]
 
     cases = []  # (label, argv, port, path, gzip)
+    # the same answer uncoded (no Accept-Encoding): what coding adds is the difference
+    cases.append(("nginx+lua identity", nginx(1, 18411), 18411, "/json20k", False))
+    cases.append(("loom identity", [LOOM, os.path.join(HERE, "loom_app.lua"), "18412", "0"], 18412, "/json20k", False))
     for lv in levels:
         cases.append(("nginx+lua gzip %d" % lv, nginx(lv, 18411), 18411, "/json20k", True))
         cases.append(("loom compress %d" % lv, [LOOM, os.path.join(HERE, "loom_app.lua"), "18412", str(lv)], 18412, "/json20k", True))
@@ -115,7 +120,7 @@ def main():
                 broken[label] = "did not start"
                 continue
             try:
-                if path == "/json20k":
+                if path == "/json20k" and gz:
                     why = check(port, want)
                     if why:
                         broken[label] = why
@@ -155,6 +160,13 @@ def main():
         n, l = med.get("nginx+lua gzip %d" % lv), med.get("loom compress %d" % lv)
         if n and l:
             print("level %d: loom/nginx+lua req/s %.2fx, server CPU per request %.2fx" % (lv, l[0] / n[0], l[1] / n[1]))
+    ni, li = med.get("nginx+lua identity"), med.get("loom identity")
+    if ni and li:
+        print("identity (no coding): loom/nginx+lua req/s %.2fx, server CPU per request %.2fx" % (li[0] / ni[0], li[1] / ni[1]))
+        for lv in levels:
+            n, l = med.get("nginx+lua gzip %d" % lv), med.get("loom compress %d" % lv)
+            if n and l:
+                print("level %d: CPU per request the coding adds: loom %.1f us, nginx %.1f us" % (lv, l[1] - li[1], n[1] - ni[1]))
     off, on = med.get("loom hello, compress off"), med.get("loom hello, compress on")
     if off and on:
         print("hello (not coded): compress on/off req/s %.2fx, CPU per request %.2fx" % (on[0] / off[0], on[1] / off[1]))
