@@ -32,8 +32,12 @@ typedef struct {
 
 typedef struct {
     size_t got, outstanding, max_outstanding;
+    size_t left; /* of a big answer, still to write */
     int consumes, upload;
 } req_t;
+
+#define BIG_ANSWER (4 * 1024 * 1024)
+static int writable_calls, big_done;
 
 static uv_loop_t *loop;
 static uv_tcp_t listener;
@@ -62,6 +66,28 @@ static void answer(loom_h2_stream_t *st, const char *body) {
     CHECK(loom_h2_write(st, "x", 1, 0) == -1); /* after the last byte */
 }
 
+/* Writes the rest of a big answer until the stream holds more than its high-water mark;
+ * on_writable brings it back. */
+static void pump(loom_h2_stream_t *st) {
+    static char piece[16 * 1024];
+    req_t *r = loom_h2_stream_data(st);
+    memset(piece, 'z', sizeof piece);
+    while (r->left > 0) {
+        size_t n = r->left < sizeof piece ? r->left : sizeof piece;
+        int64_t queued = loom_h2_write(st, piece, n, n == r->left);
+        CHECK(queued >= 0);
+        r->left -= n;
+        CHECK(queued <= LOOM_H2_STREAM_HIGH_WATER + (int64_t)sizeof piece);
+        if (queued >= LOOM_H2_STREAM_HIGH_WATER)
+            return;
+    }
+}
+
+static void on_writable(loom_h2_stream_t *st) {
+    writable_calls++;
+    pump(st);
+}
+
 static void on_bye_timer(uv_timer_t *t) {
     (void)t;
     if (held_bye)
@@ -78,6 +104,13 @@ static void on_request(loom_h2_stream_t *st, const loom_h2_head_t *head) {
         CHECK(head->headers[i].namelen > 0 && head->headers[i].name[0] != ':');
     if (span_is(head->path, "/upload")) {
         r->upload = 1;
+    } else if (span_is(head->path, "/big")) {
+        char len[24];
+        snprintf(len, sizeof len, "%d", BIG_ANSWER);
+        loom_h2_header_t h[] = {{"content-length", len, 14, strlen(len)}};
+        CHECK(loom_h2_respond(st, 200, h, 1, 0) == 0);
+        r->left = BIG_ANSWER;
+        pump(st);
     } else if (span_is(head->path, "/hold")) {
         /* never answered: the connection's end resets it */
     } else if (span_is(head->path, "/bye")) {
@@ -129,7 +162,9 @@ static void on_reset(loom_h2_stream_t *st, uint32_t code) {
 }
 
 static void on_close(loom_h2_stream_t *st) {
+    req_t *r = loom_h2_stream_data(st);
     closes++;
+    big_done += r->left == 0 && r->consumes == 0 && r->got == 0;
     free(loom_h2_stream_data(st));
 }
 
@@ -141,8 +176,8 @@ static void on_closed(loom_h2_session_t *s) {
     free(c);
 }
 
-static const loom_h2_callbacks_t cbs = {on_request, on_data, on_end,   on_reset,
-                                        on_close,   NULL,    on_closed};
+static const loom_h2_callbacks_t cbs = {on_request, on_data,     on_end,   on_reset,
+                                        on_close,   on_writable, on_closed};
 
 /* The accept hooks: the sock is the h2 session's from the start (prior knowledge). */
 static void noop_alloc(loom_sock_t *s, size_t hint, uv_buf_t *b) {
@@ -320,6 +355,26 @@ static const char *raw_client =
     "    print('goaway: %r body %r' % (seen, body))\n"
     "    ok = seen[0] == (7, 0, 0) and (1, 1, 0) in seen and (0, 1, 1) in seen\n"
     "    sys.exit(0 if ok and body == b'hello' and all(f[1] != 3 for f in seen) else 1)\n"
+    "if mode == 'pingflood':\n"
+    "    s.sendall(frame(1, 0x5, 1, head(b'/')))\n"
+    "    for t, fl, sid, p in frames():\n"
+    "        if t == 0 and fl & 1:\n"
+    "            break\n"
+    "    s.settimeout(3)  # the server stops reading: the pings back up\n"
+    "    chunk, sent = frame(6, 0, 0, b'12345678') * 1000, 0\n"
+    "    try:\n"
+    "        while sent < 3000:\n"
+    "            s.sendall(chunk)\n"
+    "            sent += 1\n"
+    "    except socket.timeout:\n"
+    "        print('pingflood: blocked after %d pings' % (sent * 1000))\n"
+    "        sys.exit(0)\n"
+    "    except (BrokenPipeError, ConnectionResetError):\n"
+    "        code, last = goaway()\n"
+    "        print('pingflood: closed after %d pings, GOAWAY %s' % (sent * 1000, code))\n"
+    "        sys.exit(0 if code == 11 else 1)\n"
+    "    print('pingflood: 3000000 pings taken and never read back')\n"
+    "    sys.exit(1)\n"
     "if mode == 'tls':\n"
     "    s.sendall(b''.join(frame(1, 0x5, sid, head(b'/')) for sid in (1, 3, 5)))\n"
     "    bodies = {}\n"
@@ -398,6 +453,33 @@ static void test_slow_upload(void) {
     CHECK(upload_max_outstanding <= opts.window); /* one window held at most */
     CHECK(upload_consumes >= (int)(sizeof big / opts.window) - 1);
     settle();
+}
+
+/* A 4 MiB answer written as the stream drains (on_writable), to curl and to nghttp with a
+ * 16 KiB stream window (so the data provider waits on the peer's WINDOW_UPDATEs). */
+static void test_big_answer(void) {
+    char big_url[64];
+    snprintf(big_url, sizeof big_url, "http://127.0.0.1:%d/big", port);
+    char *curl[] = {"curl",      "-sS", "--http2-prior-knowledge",       "-o",
+                    "/dev/null", "-w",  "%{http_code} %{size_download}", big_url,
+                    NULL};
+    char *nghttp[] = {"nghttp", "-n", "-s", "-w", "14", big_url, NULL};
+    int before = big_done, wbefore = writable_calls;
+    CHECK(run_peer(curl, out, sizeof out) == 0);
+    CHECK(strcmp(out, "200 4194304") == 0);
+    CHECK(run_peer(nghttp, out, sizeof out) == 0);
+    settle();
+    CHECK(big_done == before + 2);
+    CHECK(writable_calls - wbefore >= 2 * (BIG_ANSWER / LOOM_H2_STREAM_HIGH_WATER) - 2);
+}
+
+/* A client that sends PINGs and never reads the ACKs: the server stops reading once its
+ * write queue passes the high-water mark (or nghttp2 calls it a flood: GOAWAY), so what it
+ * holds stays bounded while the client's sends back up. */
+static void test_ping_flood(void) {
+    CHECK(raw("pingflood") == 0);
+    settle();
+    printf("%s", out);
 }
 
 static void test_header_too_big(void) {
@@ -540,11 +622,13 @@ int main(void) {
     test_curl();
     test_h2load();
     test_slow_upload();
+    test_big_answer();
     test_header_too_big();
     test_rapid_reset();
     test_continuation_flood();
     test_refused();
     test_graceful_goaway();
+    test_ping_flood();
     test_tls();
 
     CHECK(conns_open == 0);
