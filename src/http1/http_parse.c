@@ -169,6 +169,7 @@ static int on_message_begin(llhttp_t *p) {
     m->in_trailers = 0;
     m->host_count = 0;
     m->te = 0;
+    m->has_expect = 0;
     return 0;
 }
 
@@ -443,6 +444,8 @@ static int on_value_complete(llhttp_t *p) {
             return fail(m, 400, "invalid Host header");
     } else if (s->name_len == 17 && memcmp(name, "transfer-encoding", 17) == 0) {
         te_codings(m, value, s->value_len);
+    } else if (s->name_len == 6 && memcmp(name, "expect", 6) == 0) {
+        m->has_expect = 1;
     }
     h->nhdrs++;
     return 0;

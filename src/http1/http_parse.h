@@ -62,6 +62,7 @@ struct loom_http_msg {
     uint8_t strict_lines : 1; /* loom_http_execute checks line endings (set by the server) */
     uint8_t trailers : 1;     /* loom_http_execute: the trailer section has just begun */
     uint8_t ended : 1;        /* on_message_complete ran in this loom_http_execute call */
+    uint8_t has_expect : 1;   /* the head has an Expect field (the server looks no further) */
     uint16_t fail;   /* status a limit or check chose: 400, 414, 431, 501 (0: parser's own) */
     const char *why; /* short reason, for the log */
     void *owner;

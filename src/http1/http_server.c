@@ -449,7 +449,9 @@ static int on_headers(loom_http_msg_t *m) {
         m->why = "body over max_body";
         return HPE_USER;
     }
-    c->keepalive = (uint8_t)llhttp_should_keep_alive(p);
+    /* llhttp_should_keep_alive, for a request (which never needs the connection's end) */
+    c->keepalive = p->http_minor == 0 ? (p->flags & F_CONNECTION_KEEP_ALIVE) != 0
+                                      : !(p->flags & F_CONNECTION_CLOSE);
     uint8_t method = llhttp_get_method(p);
     c->is_head = method == HTTP_HEAD;
     /* A CONNECT answered 2xx is a tunnel to a client (or a proxy in front) that will send
@@ -458,7 +460,7 @@ static int on_headers(loom_http_msg_t *m) {
         c->keepalive = 0;
     /* RFC 9110 10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0
      * request MUST ignore that expectation." */
-    int ei = c->http10 ? -1 : loom_head_find(m->head, "expect", 6);
+    int ei = c->http10 || !m->has_expect ? -1 : loom_head_find(m->head, "expect", 6);
     c->expect = ei >= 0 && loom_head_has_token(m->head, ei, "100-continue");
     c->msg_done = 0;
     c->body_seen = 0;
