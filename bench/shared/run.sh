@@ -25,7 +25,8 @@ for r in $(seq 1 "$ROUNDS"); do
     nginx -p "$tmp/ngx/" -c nginx.conf -e "$tmp/ngx/logs/error.log" &
     ngx=$!
     for _ in $(seq 1 600); do
-        [ "$(grep -c 'INCR ' "$tmp/ngx/logs/error.log")" -ge 2 ] && break
+        c=$(grep -c 'INCR ' "$tmp/ngx/logs/error.log" 2>/dev/null || true)
+        [ "${c:-0}" -ge 2 ] && break
         sleep 0.1
     done
     kill -QUIT "$ngx"; wait "$ngx" || true
