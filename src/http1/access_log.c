@@ -22,7 +22,6 @@
  * Knows nothing of routing; the Prometheus text is made in lua/loom/metrics.lua.
  */
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +46,7 @@ typedef struct {
     int bad; /* out of memory: the line is dropped */
 } sb_t;
 
-static int sb_reserve(sb_t *b, size_t n) {
+static inline int sb_reserve(sb_t *b, size_t n) {
     if (b->bad)
         return 0;
     if (b->len + n <= b->cap)
@@ -65,7 +64,7 @@ static int sb_reserve(sb_t *b, size_t n) {
     return 1;
 }
 
-static void sb_put(sb_t *b, const char *s, size_t n) {
+static inline void sb_put(sb_t *b, const char *s, size_t n) {
     if (sb_reserve(b, n)) {
         memcpy(b->p + b->len, s, n);
         b->len += n;
@@ -76,34 +75,63 @@ static void sb_str(sb_t *b, const char *s) {
     sb_put(b, s, strlen(s));
 }
 
-static void sb_fmt(sb_t *b, const char *fmt, ...) {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+/* v in decimal (printf would cost more than the rest of a line). */
+static void sb_u64(sb_t *b, uint64_t v) {
+    char tmp[20];
+    int i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sb_put(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+/* v, zero-padded to `digits` digits. */
+static void sb_padded(sb_t *b, uint64_t v, int digits) {
+    char tmp[20];
+    for (int i = digits - 1; i >= 0; i--) {
+        tmp[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    sb_put(b, tmp, (size_t)digits);
+}
+
+/* ns nanoseconds as seconds with 6 decimals ("0.000123"). */
+static void sb_secs(sb_t *b, uint64_t ns) {
+    uint64_t us = ns / 1000;
+    sb_u64(b, us / 1000000);
+    sb_put(b, ".", 1);
+    sb_padded(b, us % 1000000, 6);
 }
 
 static const char hex[] = "0123456789ABCDEF";
 
 /* n bytes of s as nginx writes a log field: '"', '\\', control bytes and bytes from 0x7f as
  * \xHH, so a client's bytes cannot end the field or the line. At most max bytes out. */
+static int log_plain(unsigned char ch) {
+    return ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
+}
+
 static void sb_escape_log(sb_t *b, const char *s, size_t n, size_t max) {
     size_t start = b->len;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
-            if (b->len - start + 1 > max)
-                break;
-            sb_put(b, (const char *)&ch, 1);
-        } else {
-            if (b->len - start + 4 > max)
-                break;
-            char e[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
-            sb_put(b, e, 4);
+    for (size_t i = 0; i < n;) {
+        size_t run = i;
+        while (run < n && log_plain((unsigned char)s[run]))
+            run++;
+        if (run > i) { /* the bytes that need nothing, in one copy */
+            size_t room = max - (b->len - start);
+            size_t k = run - i < room ? run - i : room;
+            sb_put(b, s + i, k);
+            if (k < run - i)
+                return;
+            i = run;
+            continue;
         }
+        unsigned char ch = (unsigned char)s[i++];
+        if (b->len - start + 4 > max)
+            return;
+        char e[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
+        sb_put(b, e, 4);
     }
 }
 
@@ -146,6 +174,15 @@ static void sb_json_string(sb_t *b, const char *s, size_t n, size_t max) {
     for (size_t i = 0; i < n;) {
         if (b->len - start > max)
             break;
+        size_t run = i, room = max + 1 - (b->len - start);
+        while (run < n && run - i < room && u[run] >= 0x20 && u[run] < 0x7f && u[run] != '"' &&
+               u[run] != '\\')
+            run++;
+        if (run > i) {
+            sb_put(b, s + i, run - i);
+            i = run;
+            continue;
+        }
         unsigned char ch = u[i];
         if (ch == '"' || ch == '\\') {
             char e[2] = {'\\', (char)ch};
@@ -209,6 +246,7 @@ static void out_fail(alog_out_t *w, int err) {
 }
 
 static void on_written(uv_fs_t *req);
+static void on_flush_timer(uv_timer_t *t);
 
 /* How much of what is left to write goes in the next write: whole lines of at most
  * PIPE_BUF bytes (a longer line alone). POSIX: "Write requests of {PIPE_BUF} bytes or less
@@ -277,7 +315,11 @@ static void on_written(uv_fs_t *req) {
                     (unsigned long long)w->dropped);
             w->dropped = 0;
         }
-        out_flush(w); /* what came meanwhile */
+        /* what came meanwhile goes with the next batch, unless it is one already */
+        if (w->len >= FLUSH_BYTES || w->closing)
+            out_flush(w);
+        else if (w->len && !w->failed)
+            uv_timer_start(&w->timer, on_flush_timer, FLUSH_MS, 0);
     }
     out_free_if_done(w);
 }
@@ -390,11 +432,35 @@ static void header_value(loom_head_t *h, const char *name, const char **v, size_
     *len = i < 0 ? 0 : h->hdrs[i].value_len;
 }
 
+/* The peer's address as text ("-" when unknown). An IPv4 address is written here: libuv's
+ * uv_ip_name goes through snprintf, which cost more than the rest of the line. */
+static void peer_ip(loom_conn_t *c, char *out, size_t cap) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->sock.h.tcp, (struct sockaddr *)&ss, &len) != 0) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    if (ss.ss_family != AF_INET) {
+        uv_ip_name((struct sockaddr *)&ss, out, cap);
+        return;
+    }
+    const unsigned char *a = (const unsigned char *)&((struct sockaddr_in *)&ss)->sin_addr;
+    char *o = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *o++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *o++ = (char)('0' + v / 10 % 10);
+        *o++ = (char)('0' + v % 10);
+        *o++ = i < 3 ? '.' : '\0';
+    }
+}
+
 static void get_fields(loom_conn_t *c, fields_t *f) {
     loom_head_t *h = c->msg.head;
-    int port, v6;
-    if (loom_addr_peer(&c->sock.h.tcp, f->ip, sizeof f->ip, &port, &v6) != 0)
-        snprintf(f->ip, sizeof f->ip, "-");
+    peer_ip(c, f->ip, sizeof f->ip);
     f->method = llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser));
     f->target = h->data + h->url;
     f->target_len = h->url_len;
@@ -420,7 +486,15 @@ static void line_combined(alog_out_t *w, loom_conn_t *c, uint64_t body) {
     sb_str(b, f.method);
     sb_put(b, " ", 1);
     sb_escape_log(b, f.target, f.target_len, TARGET_MAX);
-    sb_fmt(b, " HTTP/%d.%d\" %d %llu \"", f.vmajor, f.vminor, c->status, (unsigned long long)body);
+    sb_put(b, " HTTP/", 6);
+    sb_u64(b, (uint64_t)f.vmajor);
+    sb_put(b, ".", 1);
+    sb_u64(b, (uint64_t)f.vminor);
+    sb_put(b, "\" ", 2);
+    sb_u64(b, c->status);
+    sb_put(b, " ", 1);
+    sb_u64(b, body);
+    sb_put(b, " \"", 2);
     if (f.ref)
         sb_escape_log(b, f.ref, f.ref_len, FIELD_MAX);
     else
@@ -455,11 +529,23 @@ static void line_json(alog_out_t *w, loom_conn_t *c, uint64_t body, uint64_t ns)
     b->bad = 0;
     sb_str(b, "{\"time\":\"");
     sb_str(b, w->iso_time);
-    sb_fmt(b, ".%03dZ\",\"remote\":\"%s\",\"method\":", (int)(ts.tv_nsec / 1000000), f.ip);
+    sb_put(b, ".", 1);
+    sb_padded(b, (uint64_t)ts.tv_nsec / 1000000, 3);
+    sb_str(b, "Z\",\"remote\":\"");
+    sb_str(b, f.ip);
+    sb_str(b, "\",\"method\":");
     sb_json_string(b, f.method, strlen(f.method), FIELD_MAX);
     json_field(b, ",\"path\":", f.target, f.target_len, TARGET_MAX);
-    sb_fmt(b, ",\"protocol\":\"HTTP/%d.%d\",\"status\":%d,\"bytes\":%llu,\"duration\":%.6f",
-           f.vmajor, f.vminor, c->status, (unsigned long long)body, (double)ns / 1e9);
+    sb_str(b, ",\"protocol\":\"HTTP/");
+    sb_u64(b, (uint64_t)f.vmajor);
+    sb_put(b, ".", 1);
+    sb_u64(b, (uint64_t)f.vminor);
+    sb_str(b, "\",\"status\":");
+    sb_u64(b, c->status);
+    sb_str(b, ",\"bytes\":");
+    sb_u64(b, body);
+    sb_str(b, ",\"duration\":");
+    sb_secs(b, ns);
     json_field(b, ",\"referer\":", f.ref, f.ref_len, FIELD_MAX);
     json_field(b, ",\"ua\":", f.ua, f.ua_len, FIELD_MAX);
     sb_put(b, "}\n", 2);
