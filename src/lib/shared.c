@@ -624,9 +624,9 @@ static int l_get(lua_State *L) {
     }
     head_t *e = cell(d->m, i);
     value_t v = {.type = e->type, .i = e->num.i, .d = e->num.d, .len = e->vlen};
-    char *copy = NULL;
+    char small[512], *copy = NULL; /* the value, copied out before unlocking */
     if (v.type == T_STR && v.len > 0) {
-        copy = malloc(v.len);
+        copy = v.len <= sizeof small ? small : malloc(v.len);
         if (copy)
             entry_read(d->m, e, e->klen, copy, v.len);
     }
@@ -636,7 +636,8 @@ static int l_get(lua_State *L) {
         if (v.len > 0 && !copy)
             return luaL_error(L, "out of memory");
         lua_pushlstring(L, copy ? copy : "", v.len);
-        free(copy);
+        if (copy != small)
+            free(copy);
         break;
     case T_INT:
         lua_pushinteger(L, v.i);
