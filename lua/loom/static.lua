@@ -17,9 +17,9 @@ local sync = require "loom.sync"
 
 local M = {}
 
--- The file answers M.prepare made, with what to send: {path, first, last, e (the cache
--- entry), sem (open files), mount, enc, ctype, vary}
-local prepared = setmetatable({}, { __mode = "k" })
+-- A file answer M.prepare made holds what to send in its field _static: {path, first, last,
+-- e (the cache entry), sem (open files), mount, enc, ctype, vary} (a field rather than a
+-- weak table: weak keys cost the collector on every request).
 
 local TYPES = {
     html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
@@ -133,11 +133,11 @@ local cache, entries, bytes, files = {}, 0, 0, 0
 -- An entry: {type = "file" | "directory" | "other" | "none", size, mtime, mtime_ns, ino,
 -- data (the contents, for a small file), file (the open file, for a larger one), etag,
 -- lm (Last-Modified), checked (when)}.
-local function entry_of(st, data, file, t)
+local function entry_of(path, st, data, file, t)
     if not st then return { type = "none", checked = t } end
     return { type = st.type, size = st.size, mtime = st.mtime, mtime_ns = st.mtime_ns, ino = st.ino,
         data = data, file = file, etag = ('"%x-%x"'):format(st.size, st.mtime), lm = http_date(st.mtime),
-        checked = t }
+        ctype = content_type(path), checked = t }
 end
 
 -- Whether a stat st still describes entry e.
@@ -187,7 +187,7 @@ local function info(path)
         if same(e, st) then return e end
     end
     local st, data, file = static_load(path, M.SMALL, files < M.MAX_FILES)
-    local ne = entry_of(st, data, file, t)
+    local ne = entry_of(path, st, data, file, t)
     if cache[path] == e then
         remember(path, e, ne)
     end -- else another request put a newer entry meanwhile: this one's file goes with it (gc)
@@ -232,7 +232,7 @@ local function prepare_file(req, path, e, status, headers, mount, enc, ctype, va
     if vary and h.vary == nil then h.vary = "Accept-Encoding" end
     h["etag"] = h["etag"] or etag
     h["last-modified"] = h["last-modified"] or e.lm
-    h["content-type"] = h["content-type"] or ctype or content_type(path)
+    h["content-type"] = h["content-type"] or ctype or e.ctype
     h["accept-ranges"] = "bytes"
     local size = e.size
     if status == 200 and not_modified(req, etag, e.mtime) then
@@ -255,7 +255,7 @@ local function prepare_file(req, path, e, status, headers, mount, enc, ctype, va
         default_sem = default_sem or semaphore(1024)
         sem = default_sem
     end
-    prepared[out] = { path = path, first = first, last = last, e = e, sem = sem, mount = mount,
+    out._static = { path = path, first = first, last = last, e = e, sem = sem, mount = mount,
         enc = enc, ctype = ctype, vary = vary }
     return out
 end
@@ -272,7 +272,7 @@ end
 
 -- Whether res is a file answer M.prepare made (and its file is still the one prepared).
 function M.is_prepared(res)
-    local p = prepared[res]
+    local p = rawget(res, "_static")
     return p ~= nil and p.path == res.file
 end
 
@@ -337,10 +337,10 @@ end
 -- status, headers, body for an answer from memory (a small file), or a plain answer to send
 -- instead (the file went in the meantime).
 function M.stream(req, res, headers, again)
-    local p = prepared[res]
+    local p = rawget(res, "_static")
     if not M.is_prepared(res) then
         local fresh = M.prepare(req, res)
-        p = prepared[fresh]
+        p = rawget(fresh, "_static")
         if not p then return fresh end
         res, headers = fresh, fresh.headers
     end
@@ -356,7 +356,7 @@ function M.stream(req, res, headers, again)
     forget(p.path)
     local fresh = prepare_file(req, p.path, info(p.path), status == 206 and 200 or status, nil,
         p.mount, p.enc, p.ctype, p.vary)
-    if not prepared[fresh] then return fresh end
+    if not rawget(fresh, "_static") then return fresh end
     return M.stream(req, fresh, merged(headers, fresh), true)
 end
 
@@ -396,7 +396,13 @@ end
 -- The answer for rel (a decoded path below dir): a file answer to send, a 301 for a
 -- directory without its slash ("/x/" serves x/index.html), or a plain 404.
 local function lookup(req, dir, rel, mount)
-    local path = safe_join(dir, rel)
+    local paths = mount.paths -- rel -> its path below dir (or false), remembered
+    local path = paths[rel]
+    if path == nil then
+        path = safe_join(dir, rel) or false
+        if mount.npaths >= M.MAX_ENTRIES then mount.paths, mount.npaths = {}, 0 end
+        mount.paths[rel], mount.npaths = path, mount.npaths + 1
+    end
     if not path then return plain(404, "Not Found") end
     local e = info(path)
     if e.type == "directory" then
@@ -420,7 +426,8 @@ end
 -- The options of app:static, checked by app.lua: {precompressed, max_open_files}.
 local function mount_of(opts)
     opts = opts or {}
-    return { precompressed = opts.precompressed == true, sem = semaphore(opts.max_open_files or 1024) }
+    return { precompressed = opts.precompressed == true, sem = semaphore(opts.max_open_files or 1024),
+        paths = {}, npaths = 0 }
 end
 
 -- A GET handler serving dir, routed at prefix/{path*}.

@@ -426,7 +426,7 @@ static int send_build(lua_State *L, void *ud, int reason) {
     s->w = NULL;
     loom_conn_t *c = sender_conn(L, 2);
     release_waiter(c, s->task);
-    if (!w->done) { /* woken by the connection's end while the job runs */
+    if (!w->done) { /* only work_done wakes it; kept for safety */
         s->w = w;
         sender_abandon(s);
         return loom_fail(L, "closed", "the client has gone");
@@ -596,10 +596,9 @@ static int sender_send(lua_State *L) {
     if (rc < 0)
         return loom_fail_uv(L, "fs", rc, NULL);
     s->w = w;
-    /* the writer slot: req:write from another task refuses, and the connection's end wakes
-     * this task (send_build then lets the job finish alone) */
-    c->waiter = t;
-    c->waiting_body = 0;
+    /* not in the connection's writer slot: a queue that drains meanwhile (HTTPS) would wake
+     * the task before its job is done; the job is short (sendfile never waits on the
+     * socket), and send_build finds the connection gone if it went */
     return loom_park(L, t, -1, send_build, send_abort, s);
 }
 
