@@ -72,12 +72,24 @@ local function the_app(opts)
             ["content-range"] = "bytes 0-4399/9000" } }
     end)
     app:get("/etag", function(req)
-        local inm = req.headers["if-none-match"]
-        if inm == '"v1"' or inm == 'W/"v1"' then return { status = 304, headers = { etag = '"v1"' } } end
+        for tag in (req.headers["if-none-match"] or ""):gmatch("[^,]+") do -- a list (RFC 9110 13.1.2)
+            tag = tag:match("^%s*(.-)%s*$")
+            if tag == '"v1"' or tag == 'W/"v1"' then
+                return { status = 304, headers = { etag = '"v1"' } }
+            end
+        end
         return { text = TEXT, headers = { etag = '"v1"', vary = "Cookie" } }
     end)
     app:get("/weak", function() return { text = TEXT, headers = { etag = 'W/"w2"' } } end)
     app:get("/seen", function(req) return { text = req.headers["if-none-match"] or "none" } end)
+    -- a body the handler coded itself, with its own suffixed tag (as app:static's .br siblings)
+    app:get("/pre", function(req)
+        local h = { etag = '"p1-br"', ["content-type"] = "text/plain", ["content-encoding"] = "br" }
+        if (req.headers["if-none-match"] or ""):find('"p1-br"', 1, true) then
+            return { status = 304, headers = h }
+        end
+        return { body = "pretend br", headers = h }
+    end)
     return app
 end
 
@@ -182,14 +194,20 @@ describe("compress: ETags", function()
         end)
     end)
 
-    it("answers 304 to the coded copy's tag: the handler sees the identity tag", function()
+    it("answers 304 to the coded copy's tag: the handler sees the identity tag too", function()
         with_client(the_app(), function(client)
             local res = get(client, "/etag", "gzip", { ["if-none-match"] = '"v1-gzip"' })
             assert.equal(304, res.status)
             assert.equal('"v1-gzip"', res.headers["etag"])
             assert.equal("", res.body)
-            assert.equal('"a", W/"b"', get(client, "/seen", "gzip",
-                { ["if-none-match"] = '"a-gzip", W/"b-br"' }).body)
+            -- the handler sees each coded tag and its identity tag
+            assert.equal('"a-gzip", W/"b-br", "c", "a", W/"b"', get(client, "/seen", "gzip",
+                { ["if-none-match"] = '"a-gzip", W/"b-br", "c"' }).body)
+            assert.equal('"x"', get(client, "/seen", "gzip", { ["if-none-match"] = '"x"' }).body)
+            -- a handler's own suffixed tag still matches, and its 304 keeps the tag
+            res = get(client, "/pre", "br", { ["if-none-match"] = '"p1-br"' })
+            assert.equal(304, res.status)
+            assert.equal('"p1-br"', res.headers["etag"])
             res = get(client, "/etag", "gzip", { ["if-none-match"] = '"v0-gzip"' }) -- stale
             assert.equal(200, res.status)
             assert.equal("gzip", res.headers["content-encoding"])

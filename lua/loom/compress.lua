@@ -8,9 +8,9 @@
 --   - an answer that could be coded gets Vary: Accept-Encoding, coded or not (a cache
 --     must not give the gzip body to a client that did not ask for it);
 --   - a coded answer's ETag gets a suffix inside the quotes ("x" -> "x-gzip", W/"x" ->
---     W/"x-br"), and the suffix is taken off If-None-Match and If-Match before a handler
---     reads them, so its own check against the identity ETag still answers 304; the 304 then
---     carries the suffixed ETag the client sent;
+--     W/"x-br"), and If-None-Match and If-Match get the identity tag of each suffixed one
+--     added before a handler reads them, so its own check against the identity ETag still
+--     answers 304; the 304 then carries the suffixed ETag the client sent;
 --   - streamed answers (req:stream, SSE) are coded too, flushed at each write.
 -- app.lua calls it only when the app compresses: an app without compress pays nothing.
 local core = require "loom.core"
@@ -206,20 +206,32 @@ end
 
 -- Conditional requests -----------------------------------------------------------------
 
--- Called on the request's header table as it is made (request.lua): takes the coding suffix
--- off the tags of If-None-Match and If-Match, so the handler compares them with its own
--- (identity) ETag, and remembers the coding of the client's copy for the 304.
-function M.strip_conditionals(req, h)
+-- Called on the request's header table as it is made (request.lua): each tag of
+-- If-None-Match and If-Match with a coding suffix ("v1-gzip") gets its identity tag ("v1")
+-- added after the list, so a handler that compares the list with its own (identity) ETag
+-- finds it, while one that tags its coded files itself (app:static's precompressed
+-- siblings) still finds the suffixed one; the coding of the client's copy is remembered
+-- for the 304.
+function M.widen_conditionals(req, h)
     for _, name in ipairs({ "if-none-match", "if-match" }) do
         local v = h[name]
         if v and (v:find('-gzip"', 1, true) or v:find('-br"', 1, true)) then
-            local seen
-            v = v:gsub('%-(%w+)"', function(c)
-                if c == "gzip" or c == "br" then
+            local seen, have, add = nil, {}, {}
+            for tag in v:gmatch("[^,]+") do
+                tag = tag:match("^%s*(.-)%s*$")
+                have[tag] = true
+                local base, c = tag:match('^(.*)%-(%w+)"$')
+                if base and (c == "gzip" or c == "br") then
                     seen = seen or c
-                    return '"'
+                    add[#add + 1] = base .. '"'
                 end
-            end)
+            end
+            for _, tag in ipairs(add) do
+                if not have[tag] then
+                    have[tag] = true
+                    v = v .. ", " .. tag
+                end
+            end
             h[name] = v
             if seen and name == "if-none-match" then rawset(req, "_inm_coding", seen) end
         end
@@ -249,7 +261,9 @@ function M.answer(cfg, req, status, headers, body)
         local coding = rawget(req, "_inm_coding")
         if coding and headers then
             local ek, ev = hget(headers, "etag")
-            if ev ~= nil then
+            -- the handler's identity tag matched: the client's copy is the coded one (a tag
+            -- already suffixed, a precompressed file's, stays as it is)
+            if type(ev) == "string" and not ev:find("%-" .. coding .. '"$') then
                 headers = with_vary(headers)
                 headers[ek] = coded_etag(ev, coding)
             end

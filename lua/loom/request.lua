@@ -32,7 +32,7 @@ function lazy.headers(req)
     local h = req_headers(req._box)
     if rawget(req, "_compress") then
         compress = compress or require "loom.compress"
-        compress.strip_conditionals(req, h)
+        compress.widen_conditionals(req, h)
     end
     return setmetatable(h, headers_mt)
 end
