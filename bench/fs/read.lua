@@ -1,5 +1,5 @@
 -- bench/fs/read.lua FILE [CHUNK]: reads FILE with loom.fs: whole (fs.read) without CHUNK,
--- else streaming with f:read(CHUNK) in a loop. Run by bench/fs/run.sh.
+-- else streaming with f:read(CHUNK) in a loop. Run by bench/fs/run.py.
 local loom = require "loom"
 local path, chunk = arg[1], tonumber(arg[2])
 local n = 0
