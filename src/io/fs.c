@@ -156,24 +156,26 @@ static int push_read(lua_State *L, fsreq_t *r) {
     return 1;
 }
 
-static const char *type_name(const uv_stat_t *st) {
-    return S_ISREG(st->st_mode)   ? "file"
-           : S_ISDIR(st->st_mode) ? "directory"
-           : S_ISLNK(st->st_mode) ? "link"
-                                  : "other";
+static const char *type_name(uint64_t mode) {
+    return S_ISREG(mode) ? "file" : S_ISDIR(mode) ? "directory" : S_ISLNK(mode) ? "link" : "other";
+}
+
+static void push_stat_fields(lua_State *L, uint64_t mode, int64_t size, double mtime) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, type_name(mode));
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, (lua_Integer)size);
+    lua_setfield(L, -2, "size");
+    lua_pushnumber(L, mtime);
+    lua_setfield(L, -2, "mtime");
+    lua_pushinteger(L, (lua_Integer)(mode & 07777));
+    lua_setfield(L, -2, "mode");
 }
 
 static int push_stat(lua_State *L, fsreq_t *r) {
     const uv_stat_t *st = &r->req.statbuf;
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, type_name(st));
-    lua_setfield(L, -2, "type");
-    lua_pushinteger(L, (lua_Integer)st->st_size);
-    lua_setfield(L, -2, "size");
-    lua_pushnumber(L, (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9);
-    lua_setfield(L, -2, "mtime");
-    lua_pushinteger(L, (lua_Integer)(st->st_mode & 07777));
-    lua_setfield(L, -2, "mode");
+    push_stat_fields(L, st->st_mode, (int64_t)st->st_size,
+                     (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9);
     return 1;
 }
 
@@ -197,11 +199,19 @@ static int l_fs_stat(lua_State *L) {
     return fs_start(L, r, uv_fs_stat(r->host->loop, &r->req, path, on_fs), path);
 }
 
-/* core.fs_fstat(fd) -> as fs_stat */
+/* core.fs_fstat(fd) -> as fs_stat. In place: fstat of an open file reads the inode the
+ * kernel already holds and never waits on a disk (fs.read calls it before each read). */
 static int l_fs_fstat(lua_State *L) {
     int fd = (int)luaL_checkinteger(L, 1);
-    fsreq_t *r = fsreq_new(L, 0, push_stat);
-    return fs_start(L, r, uv_fs_fstat(r->host->loop, &r->req, fd, on_fs), "fd");
+    loom_task_self(L, "fs"); /* as the other operations: inside a task */
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        return loom_fail(L, "fs", "%s %s (fd)", uv_err_name(-e), uv_strerror(-e));
+    }
+    push_stat_fields(L, st.st_mode, (int64_t)st.st_size,
+                     (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec / 1e9);
+    return 1;
 }
 
 /* core.fs_mkdir(path [, mode]) -> true | nil, err */
