@@ -10,13 +10,16 @@ app:post("/upload", function(req)
     for chunk in req:chunks() do len = len + #chunk end
     return tostring(len)
 end)
--- the file part saved to disk with part:save, answered with its size
+-- the file part saved to disk with part:save, answered with its size; each upload goes to a
+-- new file (the name's previous file removed first: 64 names in turn, so the disk does not fill)
 app:post("/multipart", function(req)
     local size = 0
     for part in req:parts() do
         if part.filename then
             n = n % 64 + 1
-            size = assert(part:save(("%s/loom-%d.bin"):format(dir, n)))
+            local path = ("%s/loom-%d.bin"):format(dir, n)
+            loom.fs.remove(path)
+            size = assert(part:save(path))
         end
     end
     return tostring(size)

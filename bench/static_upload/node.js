@@ -39,10 +39,14 @@ function multipart(req, res) {
   bb.on('file', (name, file) => {
     n = n % 64 + 1;
     pending++;
-    const out = fs.createWriteStream(path.join(dir, 'node-' + n + '.bin'));
-    file.on('data', (d) => { size += d.length; });
-    out.on('close', () => { pending--; done(); });
-    file.pipe(out);
+    const p = path.join(dir, 'node-' + n + '.bin');
+    file.pause();
+    fs.unlink(p, () => { // each upload to a new file, as loom.lua does
+      const out = fs.createWriteStream(p);
+      file.on('data', (d) => { size += d.length; });
+      out.on('close', () => { pending--; done(); });
+      file.pipe(out);
+    });
   });
   bb.on('close', () => { ended = true; done(); });
   req.pipe(bb);

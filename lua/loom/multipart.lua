@@ -60,50 +60,24 @@ end
 
 -- part:save(path) -> bytes written | nil, err (the file could not be opened or written; the
 -- rest of the part is then skipped). path is the caller's, never part.filename. The file is
--- opened, written and closed on libuv's thread pool (loom.fs, src/io/fs.c), never on the
--- loop: the body's pieces are gathered up to SAVE_BATCH bytes and written in one job each,
--- so memory stays at about one batch whatever the part's size.
-local SAVE_BATCH = 256 * 1024
-local fs_open, fs_write, fs_close, fs_close_now = core.fs_open, core.fs_write, core.fs_close, core.fs_close_now
-
--- Writes data whole at the file's position: nil, err on failure.
-local function write_all(fd, data)
-    local off = 0
-    while off < #data do
-        local n, err = fs_write(fd, off == 0 and data or data:sub(off + 1))
-        if not n then return nil, err end
-        off = off + n
-    end
-    return true
-end
+-- opened, written and closed on libuv's thread pool, never on the loop (core.mp_save,
+-- src/http1/multipart_lua.c): the body's pieces are gathered in 256 KiB batches, each written
+-- in one job, so memory stays at about one batch whatever the part's size.
+local mp_save = core.mp_save
 
 function Part:save(path)
     args.check(path, "string", "save", 1)
     if self._taken then error("save: the part's body was already read or skipped", 2) end
-    local fd, err = fs_open(path, "w")
-    if not fd then return nil, err end
-    -- closed at once when a read raises (the body broke, the task was cancelled)
-    local guard <close> = setmetatable({}, { __close = function()
-        if fd then fs_close_now(fd) end
-    end })
-    local buf, nbuf, held, n = {}, 0, 0, 0
+    local sv, err = mp_save(path)
+    if not sv then return nil, err end
+    local _ <close> = sv -- the file closed at once when a read raises
+    local n = 0
     for s in self:chunks() do
-        nbuf, held, n = nbuf + 1, held + #s, n + #s
-        buf[nbuf] = s
-        if held >= SAVE_BATCH then
-            local ok, werr = write_all(fd, nbuf == 1 and buf[1] or concat(buf, "", 1, nbuf))
-            if not ok then return nil, werr end
-            for i = nbuf, 1, -1 do buf[i] = nil end
-            nbuf, held = 0, 0
-        end
-    end
-    if nbuf > 0 then
-        local ok, werr = write_all(fd, nbuf == 1 and buf[1] or concat(buf, "", 1, nbuf))
+        local ok, werr = sv:write(s)
         if not ok then return nil, werr end
+        n = n + #s
     end
-    local f = fd
-    fd = nil
-    local ok, cerr = fs_close(f)
+    local ok, cerr = sv:close()
     if not ok then return nil, cerr end
     return n
 end

@@ -14,12 +14,20 @@
  *                              | 4, pos                                    the close delimiter
  *                              | false, err, status                        a malformed body
  *     parser:finish() -> true | false, err, status          at the body's end
+ *     core.mp_save(path) -> saver | nil, err                 part:save's file, on the pool
+ *     saver:write(s) -> true | nil, err;  saver:close() -> true | nil, err
  *
  * pos counts the bytes of piece already used (0 at first); a call goes on from there.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <lauxlib.h>
 #include "multipart.h"
+#include "host.h"
+#include "fail.h"
 
 #define MP_MT "loom.multipart_parser"
 
@@ -139,7 +147,10 @@ static int l_mp_next(lua_State *L) {
         case LOOM_MP_DATA:
             lua_pushinteger(L, EV_DATA);
             lua_pushinteger(L, (lua_Integer)at);
-            lua_pushlstring(L, ev.data, ev.len);
+            if (ev.data == p && ev.len == len)
+                lua_pushvalue(L, 2); /* the whole piece is body: the same string, no copy */
+            else
+                lua_pushlstring(L, ev.data, ev.len);
             return 3;
         case LOOM_MP_PART_END:
         case LOOM_MP_END:
@@ -170,6 +181,247 @@ static int l_mp_gc(lua_State *L) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- part:save's file */
+
+/* part:save writes through a saver: the part's pieces are copied into a buffer of its own
+ * (one copy, rather than a concatenation and then fs_write's copy), and each SAVE_BATCH
+ * bytes go to the file in one thread-pool job; the last job writes the rest and closes the
+ * file. A job owns its buffer, and when the task stops waiting (cancelled) also the
+ * descriptor: it closes the file itself once done, so the number is never closed while a
+ * write may still use it. */
+#define SAVER_MT "loom.multipart_saver"
+#define SAVE_BATCH (256 * 1024)
+
+enum { SV_OPEN, SV_WRITE, SV_CLOSE };
+
+typedef struct {
+    uv_work_t req;
+    loom_t *host;
+    loom_task_t *task; /* NULL once the task let go */
+    int op, done, fd, own_fd;
+    int err; /* a libuv error, or 0 */
+    char *buf;
+    size_t len;
+    char path[];
+} sjob_t;
+
+typedef struct {
+    int fd; /* -1 once closed */
+    char *buf;
+    size_t len;
+    sjob_t *job; /* in flight, or NULL */
+} saver_t;
+
+static void sjob_run(uv_work_t *req) {
+    sjob_t *j = (sjob_t *)req;
+    if (j->op == SV_OPEN) {
+        j->fd = open(j->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (j->fd < 0)
+            j->err = uv_translate_sys_error(errno);
+        return;
+    }
+    for (size_t off = 0; off < j->len;) {
+        ssize_t n = write(j->fd, j->buf + off, j->len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            j->err = uv_translate_sys_error(errno);
+            break;
+        }
+        off += (size_t)n;
+    }
+    if (j->op == SV_CLOSE) { /* an abandoned write's descriptor is closed on the loop */
+        if (close(j->fd) != 0 && !j->err)
+            j->err = uv_translate_sys_error(errno);
+        j->fd = -1;
+    }
+}
+
+static void sjob_free(sjob_t *j) {
+    if (j->own_fd && j->fd >= 0)
+        close(j->fd);
+    free(j->buf);
+    free(j);
+}
+
+static void sjob_done(uv_work_t *req, int status) {
+    sjob_t *j = (sjob_t *)req;
+    loom_handle_closed(j->host);
+    j->done = 1;
+    if (status == UV_ECANCELED && !j->err)
+        j->err = UV_ECANCELED;
+    if (!j->task) {
+        sjob_free(j);
+        return;
+    }
+    loom_wake(j->task);
+}
+
+static int sjob_build(lua_State *L, void *ud, int reason) {
+    saver_t *sv = ud;
+    sjob_t *j = sv->job;
+    (void)reason;
+    sv->job = NULL;
+    int err = j->err, op = j->op;
+    if (op == SV_OPEN && !err)
+        sv->fd = j->fd;
+    if (op == SV_CLOSE)
+        sv->fd = -1; /* closed by the job */
+    j->fd = -1;
+    j->own_fd = 0;
+    if (err) {
+        int n = loom_fail(L, "fs", "%s %s (%s)", uv_err_name(err), uv_strerror(err),
+                          op == SV_OPEN ? j->path : "write");
+        sjob_free(j);
+        return n;
+    }
+    sjob_free(j);
+    if (op == SV_OPEN) {
+        lua_settop(L, 1);
+        return 1; /* the saver */
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void sjob_abort(void *ud) {
+    saver_t *sv = ud;
+    sjob_t *j = sv->job;
+    sv->job = NULL;
+    j->task = NULL;
+    if (j->op != SV_OPEN && sv->fd >= 0) { /* the job may still write: it closes the file */
+        j->own_fd = 1;
+        sv->fd = -1;
+    }
+    if (j->done)
+        sjob_free(j);
+    else
+        uv_cancel((uv_req_t *)&j->req); /* fails once it runs: sjob_done frees it then */
+}
+
+/* Starts job j for the saver at index 1 and parks until it is done. */
+static int sjob_start(lua_State *L, saver_t *sv, sjob_t *j) {
+    loom_task_t *t = loom_task_self(L, "save");
+    j->host = loom_host(L);
+    j->task = t;
+    j->req.data = j;
+    int rc = uv_queue_work(j->host->loop, &j->req, sjob_run, sjob_done);
+    if (rc < 0) {
+        if (j->op == SV_CLOSE && sv->fd >= 0) { /* the file is closed either way */
+            close(sv->fd);
+            sv->fd = -1;
+        }
+        sjob_free(j);
+        return loom_fail(L, "fs", "%s %s (save)", uv_err_name(rc), uv_strerror(rc));
+    }
+    loom_handle_opened(j->host); /* teardown waits for the pool as for a handle */
+    sv->job = j;
+    lua_settop(L, 1);
+    return loom_park(L, t, -1, sjob_build, sjob_abort, sv);
+}
+
+static sjob_t *sjob_new(lua_State *L, int op, const char *path) {
+    size_t plen = path ? strlen(path) + 1 : 1;
+    sjob_t *j = calloc(1, sizeof *j + plen);
+    if (!j)
+        luaL_error(L, "out of memory");
+    j->op = op;
+    j->fd = -1;
+    j->own_fd = op == SV_OPEN; /* what it opens is its own until the build takes it */
+    if (path)
+        memcpy(j->path, path, plen);
+    return j;
+}
+
+static saver_t *check_saver(lua_State *L) {
+    saver_t *sv = luaL_checkudata(L, 1, SAVER_MT);
+    if (sv->job)
+        luaL_error(L, "save: the file is busy (another task writes it)");
+    return sv;
+}
+
+/* core.mp_save(path) -> saver | nil, "fs: ..." (the file created or truncated, mode 0644) */
+static int l_mp_save(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    sjob_t *j = sjob_new(L, SV_OPEN, path); /* the path copied before it may go */
+    saver_t *sv = lua_newuserdatauv(L, sizeof *sv, 0);
+    memset(sv, 0, sizeof *sv);
+    sv->fd = -1;
+    luaL_setmetatable(L, SAVER_MT);
+    lua_replace(L, 1);
+    return sjob_start(L, sv, j);
+}
+
+/* Hands the gathered bytes to job j (which then owns them). */
+static void give_buffer(saver_t *sv, sjob_t *j) {
+    j->buf = sv->buf;
+    j->len = sv->len;
+    j->fd = sv->fd;
+    sv->buf = NULL;
+    sv->len = 0;
+}
+
+/* saver:write(s) -> true | nil, err: s gathered; a full batch written (thread pool) */
+static int l_saver_write(lua_State *L) {
+    saver_t *sv = check_saver(L);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n);
+    if (sv->fd < 0)
+        return luaL_error(L, "save: the file is closed");
+    if (!sv->buf) {
+        sv->buf = malloc(SAVE_BATCH + (n > SAVE_BATCH ? n : 0));
+        if (!sv->buf)
+            return luaL_error(L, "out of memory");
+        sv->len = 0;
+    }
+    if (sv->len + n > SAVE_BATCH) { /* room for s: a buffer as large as it takes */
+        char *nb = realloc(sv->buf, sv->len + n);
+        if (!nb)
+            return luaL_error(L, "out of memory");
+        sv->buf = nb;
+    }
+    memcpy(sv->buf + sv->len, s, n);
+    sv->len += n;
+    if (sv->len < SAVE_BATCH) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    sjob_t *j = sjob_new(L, SV_WRITE, NULL);
+    give_buffer(sv, j);
+    return sjob_start(L, sv, j);
+}
+
+/* saver:close() -> true | nil, err: the rest written and the file closed, in one job */
+static int l_saver_close(lua_State *L) {
+    saver_t *sv = check_saver(L);
+    if (sv->fd < 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    sjob_t *j = sjob_new(L, SV_CLOSE, NULL);
+    give_buffer(sv, j);
+    return sjob_start(L, sv, j);
+}
+
+/* __gc / __close: a saver let go without close() (its task raised): the file is closed at
+ * once, unless a job still writes it (that job closes it). */
+static int l_saver_gc(lua_State *L) {
+    saver_t *sv = luaL_checkudata(L, 1, SAVER_MT);
+    if (!sv->job && sv->fd >= 0) {
+        close(sv->fd);
+        sv->fd = -1;
+    }
+    free(sv->buf);
+    sv->buf = NULL;
+    return 0;
+}
+
+static const luaL_Reg saver_methods[] = {
+    {"write", l_saver_write},
+    {"close", l_saver_close},
+    {NULL, NULL},
+};
+
 static const luaL_Reg mp_methods[] = {
     {"next", l_mp_next},
     {"finish", l_mp_finish},
@@ -180,6 +432,7 @@ static const luaL_Reg mp_methods[] = {
 static const luaL_Reg mp_funcs[] = {
     {"mp_boundary", l_mp_boundary},
     {"mp_new", l_mp_new},
+    {"mp_save", l_mp_save},
     {NULL, NULL},
 };
 
@@ -190,6 +443,14 @@ int loom_open_multipart(lua_State *L) {
     lua_pushcfunction(L, l_mp_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_mp_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, SAVER_MT);
+    luaL_newlib(L, saver_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_saver_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_saver_gc);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
     luaL_setfuncs(L, mp_funcs, 0);
