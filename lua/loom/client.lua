@@ -30,14 +30,14 @@ local REQUEST_OPTS = {
     json = "any", form = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", redirects = { "boolean", "number" }, max_body = "number",
     stream = "boolean", tls = "table", decode = "boolean", retry = { "table", "boolean" },
-    progress = "function", multipart = "table",
+    progress = "function", multipart = "table", unix = "string",
 }
 local SESSION_OPTS = {
     base_url = "string", headers = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", max_per_host = "number", idle_timeout = "number",
     cookies = "boolean", tls = "table", redirects = { "boolean", "number" }, max_body = "number",
     proxy = { "string", "boolean", "table" }, decode = "boolean", trace = "table",
-    retry = { "table", "boolean" },
+    retry = { "table", "boolean" }, unix = "string",
 }
 local TLS_OPTS = { verify = "boolean", ca_file = "string", cert = "string", key = "string",
     server_name = "string" }
@@ -529,7 +529,11 @@ local function key_of(sess, req, u)
         if not conf then return nil, tkey or "tls: configuration failed" end
         key = key .. "|" .. tkey
     end
-    if u.proxy then key = key .. "|via " .. u.proxy.host .. ":" .. u.proxy.port end
+    if req.unix then
+        key = key .. "|unix " .. req.unix -- a pool of its own: no proxy, the socket's peer
+    elseif u.proxy then
+        key = key .. "|via " .. u.proxy.host .. ":" .. u.proxy.port
+    end
     return key, conf, server_name
 end
 
@@ -558,9 +562,24 @@ local function upload(x, fn, tc, length)
     return x:finish()
 end
 
+-- A connection to the unix socket req.unix (with TLS for https), within the connect timeout.
+local function dial_unix(req, u, conf, server_name)
+    local timeout = req.connect_timeout
+    if req.deadline then
+        local left = math.max(req.deadline - now(), 0)
+        if not timeout or left < timeout then timeout = left end
+    end
+    local deadline = timeout and now() + timeout
+    local st, err = core.pipe_connect(req.unix, timeout)
+    if st and u.scheme == "https" then
+        return core.tls_wrap(st, server_name or u.host, conf, deadline and math.max(deadline - now(), 0))
+    end
+    return st, err
+end
+
 -- One request on the wire: x, status, reason, raw, version | nil, err, retryable
 local function send(sess, req, u, head, fresh, tc)
-    if u.proxy and u.proxy.invalid then return nil, "connect: " .. u.proxy.invalid end
+    if u.proxy and u.proxy.invalid and not req.unix then return nil, "connect: " .. u.proxy.invalid end
     local key, conf, server_name = key_of(sess, req, u)
     if not key then return nil, conf end
     local body = req.body
@@ -571,8 +590,13 @@ local function send(sess, req, u, head, fresh, tc)
     local x, a, b, c, d = http_request(sess.pool, key, head, body, flags, req.max_body,
         req.connect_timeout, req.read_timeout, req.deadline)
     if x and a == false then
-        local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
-            timeout = req.connect_timeout, deadline = req.deadline, on = tc and tc.on })
+        local st, err
+        if req.unix then
+            st, err = dial_unix(req, u, conf, server_name)
+        else
+            st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
+                timeout = req.connect_timeout, deadline = req.deadline, on = tc and tc.on })
+        end
         if not st then
             x:close()
             return nil, err
@@ -635,6 +659,7 @@ local function make_req(sess, method, opts, fname)
         max_body = pick("max_body", MAX_BODY),
         stream = opts.stream,
         decode = pick("decode", true),
+        unix = pick("unix", nil),
     }
     local timeout = pick("timeout", false)
     req.deadline = timeout and now() + timeout or nil
@@ -1055,7 +1080,7 @@ local function new_session(opts, fname, keep_cookies_default)
         base_url = opts.base_url, headers = headers, timeout = opts.timeout,
         connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
         redirects = opts.redirects, max_body = opts.max_body, decode = opts.decode,
-        tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil,
+        tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil, unix = opts.unix,
         proxy = proxy_settings(opts.proxy, fname), urls = {}, nurls = 0,
         trace = opts.trace, retry = retry_policy(opts.retry, fname, 1), mw = nil,
     }, Session)

@@ -17,6 +17,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <uv.h>
 #include "io/sock.h"
 #include "tls.h"
@@ -31,6 +33,7 @@ typedef struct {
     size_t ngot;
     int allocs, inputs, eof, rerr, drained, drained_status, progress, closed, shut, shut_status;
     int wrong_buffer; /* input data outside buf */
+    int handshakes;   /* input(s, 0, NULL): a client handshake is done */
 } owner_t;
 
 static owner_t own, tsrv, tcli;
@@ -48,6 +51,11 @@ static void h_alloc(loom_sock_t *s, size_t hint, uv_buf_t *b) {
 static void h_input(loom_sock_t *s, ssize_t nread, const char *data) {
     owner_t *o = loom_sock_owner(s);
     o->inputs++;
+    if (nread == 0) {
+        CHECK(data == NULL);
+        o->handshakes++;
+        return;
+    }
     if (nread == UV_EOF) {
         o->eof++;
         loom_sock_read_stop(s);
@@ -262,6 +270,8 @@ static void test_tls(uv_loop_t *loop, int port) {
     while (!loom_sock_tls_ready(&tcli.sock) && !tcli.rerr)
         uv_run(loop, UV_RUN_ONCE);
     CHECK(loom_sock_tls_ready(&tcli.sock) && tcli.rerr == 0);
+    /* the client that started the handshake is told it is done, once; the server is not */
+    CHECK(tcli.handshakes == 1 && tsrv.handshakes == 0);
     /* corked records leave together at uncork; plaintext arrives in the owner's buffer */
     uv_buf_t a = uv_buf_init((char *)"ping ", 5), b = uv_buf_init((char *)"over TLS", 8);
     loom_sock_cork(&tcli.sock);
@@ -290,6 +300,51 @@ static void test_tls(uv_loop_t *loop, int port) {
     CHECK(tsrv.shut == 1);
     loom_tls_conf_unref(sconf);
     loom_tls_conf_unref(cconf);
+}
+
+static void on_unix_connection(uv_stream_t *server, int status) {
+    (void)server;
+    (void)status; /* the probe of the live one: left in the backlog */
+}
+
+/* loom_sock_bind_unix: a stale socket file is replaced, a live one refused, a file of
+ * another kind left alone; the mode is set; loom_sock_unlink_unix removes only its file. */
+static void test_unix(uv_loop_t *loop) {
+    char dir[] = "/tmp/loom-test-sock-XXXXXX", path[64], plain[64];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/s.sock", dir);
+    snprintf(plain, sizeof plain, "%s/plain", dir);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0); /* bound, never listening, closed: stale */
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    close(fd);
+    uv_pipe_t a, b, c;
+    unsigned long ino = 0, ino2 = 0;
+    uv_pipe_init(loop, &a, 0);
+    uv_pipe_init(loop, &b, 0);
+    uv_pipe_init(loop, &c, 0);
+    CHECK(loom_sock_bind_unix(&a, path, 0600, &ino) == 0 && ino != 0);
+    CHECK(uv_listen((uv_stream_t *)&a, 8, on_unix_connection) == 0);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+    CHECK(loom_sock_bind_unix(&b, path, 0, &ino2) == UV_EADDRINUSE); /* a live one */
+    FILE *f = fopen(plain, "w");
+    CHECK(f != NULL);
+    if (f)
+        fclose(f);
+    CHECK(loom_sock_bind_unix(&c, plain, 0, &ino2) == UV_EEXIST);
+    CHECK(access(plain, F_OK) == 0);
+    loom_sock_unlink_unix(path, ino + 1); /* not its file: stays */
+    CHECK(access(path, F_OK) == 0);
+    loom_sock_unlink_unix(path, ino);
+    CHECK(access(path, F_OK) != 0);
+    uv_close((uv_handle_t *)&a, NULL);
+    uv_close((uv_handle_t *)&b, NULL);
+    uv_close((uv_handle_t *)&c, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    unlink(plain);
+    rmdir(dir);
 }
 
 int main(void) {
@@ -321,6 +376,7 @@ int main(void) {
     rmdir(tmpdir);
     uv_close((uv_handle_t *)&listener, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
+    test_unix(&loop);
     CHECK(uv_loop_close(&loop) == 0);
     return CHECK_SUMMARY();
 }

@@ -308,14 +308,8 @@ static int l_resp_parse(lua_State *L) {
  * (open, not ended, nothing unread), false otherwise. */
 static int l_resp_idle(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
-    int idle = lua_toboolean(L, 2);
-    if (s->state == ST_OPEN) {
-        if (idle)
-            uv_unref((uv_handle_t *)&s->tcp);
-        else
-            uv_ref((uv_handle_t *)&s->tcp);
-    }
-    lua_pushboolean(L, s->state == ST_OPEN && !s->eof && !s->rerr && s->pos == s->len);
+    loom_stream_ref(s, !lua_toboolean(L, 2));
+    lua_pushboolean(L, loom_stream_healthy(s));
     return 1;
 }
 

@@ -99,8 +99,7 @@ hc_host_t *hc_host_get(hc_pool_t *p, const char *key, size_t len) {
 /* ---------------------------------------------------------------- connections */
 
 static int healthy(hc_conn_t *c) {
-    loom_stream_t *s = c->s;
-    return s && s->state == ST_OPEN && !s->eof && !s->rerr && !s->werr && s->pos == s->len;
+    return c->s && loom_stream_healthy(c->s);
 }
 
 hc_conn_t *hc_take_idle(hc_host_t *h) {
@@ -112,7 +111,7 @@ hc_conn_t *hc_take_idle(hc_host_t *h) {
         h->active++;
         c->state = CS_BUSY;
         if (healthy(c)) {
-            uv_ref((uv_handle_t *)&c->s->tcp);
+            loom_stream_ref(c->s, 1);
             h->reused++;
             return c;
         }
@@ -218,7 +217,7 @@ static void conn_release(hc_conn_t *c) {
     c->deadline = uv_now(p->host->loop) + ms;
     list_push(&h->idle, c);
     h->nidle++;
-    uv_unref((uv_handle_t *)&c->s->tcp);
+    loom_stream_ref(c->s, 0);
     loom_stream_read_start(c->s); /* to see the server close it */
     arm_timer(p);
 }
@@ -467,7 +466,7 @@ void hc_conn_abandon(hc_conn_t *c, double drain_s) {
     list_remove(&p->busy, c);
     c->deadline = uv_now(p->host->loop) + (uint64_t)(drain_s * 1000);
     list_push(&p->draining, c);
-    uv_unref((uv_handle_t *)&c->s->tcp);
+    loom_stream_ref(c->s, 0);
     loom_stream_read_start(c->s);
     arm_timer(p);
 }

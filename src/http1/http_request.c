@@ -362,10 +362,9 @@ static int req_write(lua_State *L) {
 /* ---------------------------------------------------------------- upgrades */
 
 /* core.req_upgrade(box, headers) -> stream | nil, err. Answers 101 with the headers and
- * hands the socket over to a stream (a duplicate descriptor, with any bytes that followed
- * the request head, and on HTTPS the TLS session taken from the sock); the HTTP connection
- * is closed without a word. Until streams sit on loom_sock too (issue 12, steps C and D),
- * the descriptor is duplicated; then the sock itself moves (loom_sock_handover). */
+ * hands the connection's sock over to a stream (loom_stream_adopt): the bytes that followed
+ * the request head and, on HTTPS, the TLS session go along. The connection leaves the
+ * server; its struct stays as the sock's shell until the stream closes it. */
 static int req_upgrade(lua_State *L) {
     loom_conn_t *c = live_conn(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -375,32 +374,15 @@ static int req_upgrade(lua_State *L) {
     const char *head = loom_conn_head_101(c, L, 2, &hlen);
     if (!head)
         return luaL_error(L, "upgrade: invalid header name or value");
-    uv_os_fd_t fd;
-    int rc = uv_fileno(&c->sock.h.handle, &fd);
-    int nfd = rc == 0 ? dup(fd) : -1;
-    if (nfd < 0)
+    loom_stream_t *s = loom_stream_adopt(L, c->srv->host, &c->sock, c->in, c->in_len);
+    if (!s)
         return loom_fail(L, "closed", "cannot take over the connection");
-    loom_stream_t *s = loom_stream_new(c->srv->host);
-    if (!s || uv_tcp_open(&s->tcp, nfd) != 0) {
-        close(nfd);
-        if (s)
-            loom_stream_close(s);
-        return loom_fail(L, "closed", "cannot take over the connection");
-    }
-    loom_stream_push(L, s);
-    loom_stream_set_peer(s);
-    if (c->in_len && loom_stream_reserve(s, c->in_len) == 0) {
-        memcpy(s->buf + s->len, c->in, c->in_len);
-        s->len += c->in_len;
-        c->in_len = 0;
-    }
-    if (c->sock.tls) /* a descriptor carries no TLS state: the session itself moves over */
-        loom_stream_tls_adopt(s, loom_sock_tls_detach(&c->sock));
-    uv_buf_t buf = uv_buf_init((char *)head, (unsigned)hlen);
-    rc = loom_stream_send(s, &buf, 1);
+    c->in_len = 0;
     c->resp = R_DONE;
     c->keepalive = 0;
-    loom_conn_close(c); /* its descriptor closes; the socket lives on in the stream */
+    loom_conn_leave(c);
+    uv_buf_t buf = uv_buf_init((char *)head, (unsigned)hlen);
+    int rc = loom_stream_send(s, &buf, 1);
     if (rc < 0) {
         loom_stream_close(s);
         return loom_fail_uv(L, "closed", rc, NULL);

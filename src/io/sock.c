@@ -5,7 +5,11 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include "sock.h"
 #include "tls.h"
 
@@ -298,6 +302,12 @@ static void tls_input(loom_sock_t *s, const char *data, size_t n) {
         }
         if (rc != LOOM_TLS_OK)
             return;
+        if (s->flags & LOOM_SOCK_HS_NEWS) {
+            s->flags &= (uint8_t)~LOOM_SOCK_HS_NEWS;
+            s->hooks->input(s, 0, NULL); /* the client's handshake is done */
+            if (!still_tls(s, t))
+                return;
+        }
     }
     tls_decrypt(s);
 }
@@ -347,6 +357,7 @@ int loom_sock_tls_start(loom_sock_t *s, struct loom_tls_conf *conf, const char *
 }
 
 int loom_sock_tls_handshake(loom_sock_t *s) {
+    s->flags |= LOOM_SOCK_HS_NEWS;
     int rc = loom_tls_handshake(s->tls);
     int wrc = tls_flush(s);
     return rc == LOOM_TLS_ERR ? UV_EPROTO : wrc;
@@ -360,6 +371,14 @@ struct loom_tls *loom_sock_tls_detach(loom_sock_t *s) {
     struct loom_tls *t = s->tls;
     s->tls = NULL;
     return t;
+}
+
+void loom_sock_tls_attach(loom_sock_t *s, struct loom_tls *t) {
+    s->tls = t;
+}
+
+const char *loom_sock_tls_error(const loom_sock_t *s) {
+    return s->tls ? loom_tls_error(s->tls) : NULL;
 }
 
 /* ---------------------------------------------------------------- ends */
@@ -424,4 +443,51 @@ int loom_sock_pending_reset(loom_sock_t *s) {
     if (uv_fileno(&s->h.handle, &fd) != 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         return 0;
     return err ? uv_translate_sys_error(err) : 0;
+}
+
+/* ---------------------------------------------------------------- unix socket files */
+
+/* Whether something accepts on the socket file at path: 1, 0 (refused: stale), or an error. */
+static int unix_live(const char *path) {
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa.sun_path)
+        return UV_ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa); /* local: no wait */
+    int err = errno;
+    close(fd);
+    if (rc == 0)
+        return 1;
+    return err == ECONNREFUSED ? 0 : uv_translate_sys_error(err);
+}
+
+int loom_sock_bind_unix(uv_pipe_t *p, const char *path, int mode, unsigned long *ino) {
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return UV_EEXIST;
+        int live = unix_live(path);
+        if (live != 0)
+            return live > 0 ? UV_EADDRINUSE : live;
+        if (unlink(path) != 0 && errno != ENOENT)
+            return uv_translate_sys_error(errno);
+    }
+    int rc = uv_pipe_bind(p, path);
+    if (rc != 0)
+        return rc;
+    if (mode > 0 && chmod(path, (mode_t)mode) != 0)
+        return uv_translate_sys_error(errno);
+    *ino = stat(path, &st) == 0 ? (unsigned long)st.st_ino : 0;
+    return 0;
+}
+
+void loom_sock_unlink_unix(const char *path, unsigned long ino) {
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && (unsigned long)st.st_ino == ino)
+        unlink(path);
 }

@@ -28,7 +28,9 @@ typedef struct {
     /* Where the next read lands (ciphertext on TLS, copied out at once, then plaintext). */
     void (*alloc)(loom_sock_t *s, size_t hint, uv_buf_t *buf);
     /* Plaintext bytes (nread > 0, in the space alloc gave), or the end of the peer's data
-     * (UV_EOF: a FIN, or a TLS close_notify) or a failure (< 0; UV_EPROTO for TLS). */
+     * (UV_EOF: a FIN, or a TLS close_notify) or a failure (< 0; UV_EPROTO for TLS). nread 0
+     * (data NULL) only for an owner that started a client handshake (loom_sock_tls_handshake):
+     * the handshake is done, whether or not bytes follow. */
     void (*input)(loom_sock_t *s, ssize_t nread, const char *data);
     /* The write queue emptied (status 0), or a queued write failed (status < 0). */
     void (*drained)(loom_sock_t *s, int status);
@@ -64,9 +66,10 @@ struct loom_sock {
 enum {
     LOOM_SOCK_READING = 1,
     LOOM_SOCK_CORKED = 2,
-    LOOM_SOCK_SHUT = 4,    /* uv_shutdown was called */
-    LOOM_SOCK_CLOSING = 8, /* uv_close was called */
-    LOOM_SOCK_CLOSED = 16, /* its callback ran */
+    LOOM_SOCK_SHUT = 4,     /* uv_shutdown was called */
+    LOOM_SOCK_CLOSING = 8,  /* uv_close was called */
+    LOOM_SOCK_CLOSED = 16,  /* its callback ran */
+    LOOM_SOCK_HS_NEWS = 32, /* a client handshake runs: its end is told as input(s, 0, NULL) */
 };
 
 /* Queued bytes past which an owner should stop producing (wait for `drained`). */
@@ -99,8 +102,21 @@ int loom_sock_tls_handshake(loom_sock_t *s);
 int loom_sock_tls_ready(const loom_sock_t *s);
 /* Takes the session away from s (for an owner that moves it elsewhere); NULL if none. */
 struct loom_tls *loom_sock_tls_detach(loom_sock_t *s);
+/* Gives s a session made elsewhere (loom_tls_new with the caller's error message). */
+void loom_sock_tls_attach(loom_sock_t *s, struct loom_tls *t);
+/* The session's "what went wrong", for "tls: ..." messages; NULL without a session. */
+const char *loom_sock_tls_error(const loom_sock_t *s);
 
 int loom_sock_read_start(loom_sock_t *s);
+/* Whether the handle keeps the loop alive (an idle pooled connection does not). */
+static inline void loom_sock_ref(loom_sock_t *s, int ref) {
+    if (!(s->flags & LOOM_SOCK_CLOSING)) {
+        if (ref)
+            uv_ref(&s->h.handle);
+        else
+            uv_unref(&s->h.handle);
+    }
+}
 void loom_sock_read_stop(loom_sock_t *s);
 static inline int loom_sock_reading(const loom_sock_t *s) {
     return s->flags & LOOM_SOCK_READING;
@@ -138,6 +154,14 @@ static inline int loom_sock_closing(const loom_sock_t *s) {
 static inline int loom_sock_closed(const loom_sock_t *s) {
     return s->flags & LOOM_SOCK_CLOSED;
 }
+
+/* A listening unix-domain socket's file: binds p at path, where a stale socket file (nobody
+ * accepts on it: a server that died) is replaced, while a live one gives UV_EADDRINUSE and
+ * a file of another kind UV_EEXIST; mode > 0 is then set on the file (chmod). 0 or a libuv
+ * error; *ino: the file's inode, for loom_sock_unlink_unix. */
+int loom_sock_bind_unix(uv_pipe_t *p, const char *path, int mode, unsigned long *ino);
+/* Removes the socket file at path when it is still the one loom_sock_bind_unix made. */
+void loom_sock_unlink_unix(const char *path, unsigned long ino);
 
 /* A reset the kernel recorded (SO_ERROR) as a libuv error, or 0: an EOF after an RST is a
  * failure, not an end. */

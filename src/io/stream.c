@@ -1,22 +1,26 @@
 /*
- * stream.c - TCP byte streams for tasks and the raw TCP listener (loom.listen).
+ * stream.c - byte streams for tasks over a loom_sock (TCP, unix-domain sockets, pipes) and
+ * the raw listener (loom.listen).
  *
  * Reads are pulled: the socket is read while a reader waits or while less than HIGH_WATER
- * bytes sit unread, so a slow consumer stops the peer through TCP flow control. A write
- * first tries uv_try_write; what the kernel does not take is copied and queued, and the
- * writer waits for it; a write that finds bytes still queued by a writer that gave up waits
- * for them first, so at most one write's bytes are ever held. The handle is a heap struct;
- * the Lua box points to it; the struct is freed when both the box and libuv have let go.
- * Knows nothing of HTTP.
+ * bytes sit unread, so a slow consumer stops the peer through flow control. A write goes
+ * to the sock (sock.c: a try-write, the rest copied and queued, through TLS when the sock
+ * has a session) and the writer waits until the queue is out; a write that finds bytes
+ * still queued by a writer that gave up waits for them first, so at most one write's bytes
+ * are ever held. The stream is a heap struct with its sock inside (or an adopted sock
+ * inside its old owner); the Lua box points to it; it is freed when both the box and libuv
+ * have let go. Knows no protocol: a framed read takes its parser from the layer above.
  */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <lauxlib.h>
 #include "stream.h"
 #include "addr.h"
-#include "websocket.h"
+#include "tls.h"
 #include "fail.h"
 
 #define LISTENER_MT "loom.listener"
@@ -24,7 +28,9 @@
 #define READ_CHUNK (64 * 1024)
 #define MAX_LINE (64 * 1024)
 
-enum { RD_ANY, RD_N, RD_LINE, RD_ALL, RD_WSFRAME, RD_FRAMED };
+enum { RD_ANY, RD_N, RD_LINE, RD_ALL, RD_FRAMED };
+
+static const loom_sock_hooks_t stream_hooks;
 
 /* ---------------------------------------------------------------- lifetime */
 
@@ -32,29 +38,44 @@ static void stream_res_close(loom_res_t *r) {
     loom_stream_close((loom_stream_t *)r);
 }
 
-loom_stream_t *loom_stream_new(loom_t *h) {
+/* A stream around s->own, made a TCP socket or a pipe by init (an adopted sock needs none). */
+static loom_stream_t *stream_alloc(loom_t *h, int pipe) {
     loom_stream_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->host = h;
     s->timeout = -1;
-    uv_tcp_init(h->loop, &s->tcp);
-    s->tcp.data = s;
+    s->sock = &s->own;
+    if (pipe)
+        loom_sock_init_pipe(&s->own, h->loop, &stream_hooks, s);
+    else
+        loom_sock_init_tcp(&s->own, h->loop, &stream_hooks, s);
     loom_handle_opened(h);
     loom_res_add(h, &s->res, stream_res_close);
     return s;
 }
 
+loom_stream_t *loom_stream_new(loom_t *h) {
+    return stream_alloc(h, 0);
+}
+
 static void stream_free(loom_stream_t *s) {
-    loom_stream_tls_free(s);
     free(s->buf);
     free(s);
 }
 
-static void on_stream_closed(uv_handle_t *handle) {
-    loom_stream_t *s = handle->data;
+/* The sock's closed hook. An adopted sock goes back to its old owner, whose struct holds
+ * it: that owner's own closed hook frees it (and counts the handle closed). */
+static void on_sock_closed(loom_sock_t *sock) {
+    loom_stream_t *s = loom_sock_owner(sock);
     s->state = ST_CLOSED;
-    loom_handle_closed(s->host);
+    if (s->back_hooks) {
+        loom_sock_handover(sock, s->back_hooks, s->back_owner);
+        s->sock = NULL;
+        sock->hooks->closed(sock);
+    } else {
+        loom_handle_closed(s->host);
+    }
     if (!s->boxed)
         stream_free(s);
 }
@@ -73,7 +94,7 @@ void loom_stream_close(loom_stream_t *s) {
         loom_wake(s->connector);
     if (s->on_event)
         s->on_event(s);
-    uv_close((uv_handle_t *)&s->tcp, on_stream_closed);
+    loom_sock_close(s->sock);
 }
 
 static int stream_gc(lua_State *L) {
@@ -86,7 +107,7 @@ static int stream_gc(lua_State *L) {
     if (s->state == ST_CLOSED) {
         stream_free(s);
     } else {
-        loom_stream_close(s); /* frees in on_stream_closed */
+        loom_stream_close(s); /* frees in on_sock_closed */
     }
     return 0;
 }
@@ -119,8 +140,53 @@ loom_stream_t *loom_stream_check(lua_State *L, int idx) {
 void loom_stream_set_peer(loom_stream_t *s) {
     char ip[48];
     int port, v6;
-    loom_addr_peer(&s->tcp, ip, sizeof ip, &port, &v6);
+    if (!loom_sock_is_tcp(s->sock)) {
+        snprintf(s->peer, sizeof s->peer, "unix");
+        return;
+    }
+    loom_addr_peer(&s->sock->h.tcp, ip, sizeof ip, &port, &v6);
     snprintf(s->peer, sizeof s->peer, v6 ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
+loom_stream_t *loom_stream_adopt(lua_State *L, loom_t *h, loom_sock_t *sock, const char *data,
+                                 size_t len) {
+    loom_stream_t *s = calloc(1, sizeof *s);
+    if (!s || (len && !(s->buf = malloc(len)))) {
+        free(s);
+        return NULL;
+    }
+    if (len)
+        memcpy(s->buf, data, len);
+    s->len = s->cap = len;
+    s->host = h;
+    s->timeout = -1;
+    s->sock = sock;
+    s->back_hooks = sock->hooks;
+    s->back_owner = loom_sock_owner(sock);
+    loom_sock_handover(sock, &stream_hooks, s);
+    loom_sock_uncork(sock); /* what the old owner gathered goes before the stream's bytes */
+    loom_res_add(h, &s->res, stream_res_close);
+    loom_stream_push(L, s);
+    loom_stream_set_peer(s);
+    return s;
+}
+
+/* ---------------------------------------------------------------- pipes (loom.process) */
+
+loom_stream_t *loom_stream_new_pipe(lua_State *L, loom_t *h) {
+    loom_stream_t *s = stream_alloc(h, 1);
+    if (s)
+        loom_stream_push(L, s);
+    return s;
+}
+
+uv_stream_t *loom_stream_uv(loom_stream_t *st) {
+    return &st->sock->h.stream;
+}
+
+void loom_stream_opened(loom_stream_t *st) {
+    if (!st->peer[0])
+        snprintf(st->peer, sizeof st->peer, "pipe");
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -151,12 +217,6 @@ static int read_ready(const loom_stream_t *s) {
     case RD_LINE:
         return (unread(s) > 0 && memchr(s->buf + s->pos, '\n', unread(s)) != NULL) ||
                line_too_long(s, NULL);
-    case RD_WSFRAME: {
-        loom_ws_frame_t f;
-        if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
-            return 0;
-        return loom_ws_header_error(&f) || f.length > s->rwant || unread(s) >= f.header + f.length;
-    }
     case RD_FRAMED:
         return s->frame(NULL, s->frame_ud, s->buf + s->pos, unread(s), NULL);
     default:
@@ -185,16 +245,14 @@ int loom_stream_reserve(loom_stream_t *s, size_t n) {
     return 0;
 }
 
-static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
-    loom_stream_t *s = handle->data;
+/* The sock's alloc hook: bytes land at the end of the buffer (on TLS the ciphertext too,
+ * copied into the session at once, then the plaintext decrypted there). */
+static void on_alloc(loom_sock_t *sock, size_t hint, uv_buf_t *buf) {
+    loom_stream_t *s = loom_sock_owner(sock);
     (void)hint;
-    if (s->tls) {
-        loom_stream_tls_alloc(s, buf); /* ciphertext lands in the TLS session */
-        return;
-    }
     if (loom_stream_reserve(s, READ_CHUNK) != 0) {
         buf->base = NULL;
-        buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
+        buf->len = 0; /* libuv reports UV_ENOBUFS */
         return;
     }
     buf->base = s->buf + s->len;
@@ -202,42 +260,25 @@ static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
 }
 
 static void stop_reading(loom_stream_t *s) {
-    if (s->reading) {
-        uv_read_stop((uv_stream_t *)&s->tcp);
-        s->reading = 0;
-    }
+    loom_sock_read_stop(s->sock);
 }
 
-/* The error an RST left on the socket, or 0. libuv may report a reset as the end of the
- * stream: when epoll says POLLHUP and its last read was a short one, uv__stream_io reports
- * UV_EOF "iff ... uv__read() reported a partial read" without reading again, and the read
- * that would have failed with ECONNRESET never happens. The error is still pending on the
- * socket (SO_ERROR), so a reset is not taken for the peer's orderly end - which would pass
- * off a body that runs until the close, cut by the reset, as whole. */
-static int pending_reset(loom_stream_t *s) {
-    uv_os_fd_t fd;
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) != 0 ||
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-        return 0;
-    return err ? uv_translate_sys_error(err) : 0;
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-    loom_stream_t *s = stream->data;
-    (void)buf;
+/* The sock's input hook: plaintext at buf + len, the end, a failure, or (nread 0) a client
+ * handshake done. libuv may report a reset as the end of the stream: when epoll says
+ * POLLHUP and its last read was a short one, uv__stream_io reports UV_EOF "iff ...
+ * uv__read() reported a partial read" without reading again, and the read that would have
+ * failed with ECONNRESET never happens. The error is still pending on the socket
+ * (loom_sock_pending_reset), so a reset is not taken for the peer's orderly end - which
+ * would pass off a body that runs until the close, cut by the reset, as whole. */
+static void on_input(loom_sock_t *sock, ssize_t nread, const char *data) {
+    loom_stream_t *s = loom_sock_owner(sock);
+    (void)data; /* == buf + len: where on_alloc put it */
     if (nread > 0) {
-        if (s->tls)
-            loom_stream_tls_input(s, (size_t)nread); /* decrypts into buf */
-        else
-            s->len += (size_t)nread;
+        s->len += (size_t)nread;
         if (!s->reader && !s->on_event && unread(s) >= HIGH_WATER)
             stop_reading(s);
     } else if (nread < 0) {
-        int err = nread == UV_EOF ? pending_reset(s) : (int)nread;
-        if (!err && nread == UV_EOF && s->tls)
-            err = loom_stream_tls_end(s); /* a FIN that cuts a TLS record short */
+        int err = nread == UV_EOF ? loom_sock_pending_reset(sock) : (int)nread;
         if (err)
             s->rerr = err;
         else
@@ -250,6 +291,29 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         loom_wake(s->reader);
 }
 
+/* The sock's write queue emptied (status 0) or a queued write failed: the writer goes on. */
+static void on_drained(loom_sock_t *sock, int status) {
+    loom_stream_t *s = loom_sock_owner(sock);
+    if (status < 0 && !s->werr)
+        s->werr = status;
+    if (s->writer)
+        loom_wake(s->writer);
+}
+
+/* A queued piece went out and more wait: a failure among them ends the wait now. */
+static void on_progress(loom_sock_t *sock) {
+    loom_stream_t *s = loom_sock_owner(sock);
+    if (loom_sock_error(sock) && !s->werr) {
+        s->werr = loom_sock_error(sock);
+        if (s->writer)
+            loom_wake(s->writer);
+    }
+}
+
+static const loom_sock_hooks_t stream_hooks = {
+    on_alloc, on_input, on_drained, on_progress, on_sock_closed,
+};
+
 static void start_reading(loom_stream_t *s);
 
 void loom_stream_read_start(loom_stream_t *s) {
@@ -261,13 +325,30 @@ void loom_stream_read_stop(loom_stream_t *s) {
 }
 
 static void start_reading(loom_stream_t *s) {
-    if (!s->reading && !s->eof && !s->rerr && s->state == ST_OPEN) {
-        int rc = uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
-        if (rc == 0)
-            s->reading = 1;
-        else
+    if (!loom_sock_reading(s->sock) && !s->eof && !s->rerr && s->state == ST_OPEN) {
+        int rc = loom_sock_read_start(s->sock);
+        if (rc != 0)
             s->rerr = rc;
     }
+}
+
+size_t loom_stream_queued(const loom_stream_t *s) {
+    return s->state == ST_OPEN ? loom_sock_queued(s->sock) : 0;
+}
+
+void loom_stream_ref(loom_stream_t *s, int ref) {
+    if (s->state == ST_OPEN)
+        loom_sock_ref(s->sock, ref);
+}
+
+int loom_stream_healthy(const loom_stream_t *s) {
+    return s->state == ST_OPEN && !s->eof && !s->rerr && !s->werr && s->pos == s->len;
+}
+
+const char *loom_stream_tls_error(const loom_stream_t *s) {
+    if (s->state != ST_OPEN || (s->rerr != UV_EPROTO && s->werr != UV_EPROTO))
+        return NULL;
+    return loom_sock_tls_error(s->sock);
 }
 
 static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
@@ -293,39 +374,6 @@ static int end_of_stream(lua_State *L, loom_stream_t *s) {
     return loom_fail(L, "closed", "end of stream");
 }
 
-/* Pushes fin, rsv, opcode, masked, payload (unmasked) of the frame at buf + pos; or nil,
- * "http: ..." for a header RFC 6455 refuses whatever follows (a control frame over 125
- * bytes, a length with its top bit set), nil, "limit: ..." for a payload over rwant bytes,
- * both without waiting for the payload. */
-static int push_frame(lua_State *L, loom_stream_t *s) {
-    loom_ws_frame_t f;
-    if (!loom_ws_parse_header((const unsigned char *)s->buf + s->pos, unread(s), &f))
-        return end_of_stream(L, s);
-    const char *bad = loom_ws_header_error(&f);
-    if (bad)
-        return loom_fail(L, "http", "%s", bad);
-    if (f.length > s->rwant)
-        return loom_fail(L, "limit", "frame larger than %I bytes", (lua_Integer)s->rwant);
-    if (unread(s) < f.header + f.length)
-        return end_of_stream(L, s);
-    const char *src = s->buf + s->pos + f.header;
-    lua_pushboolean(L, f.fin);
-    lua_pushinteger(L, f.rsv);
-    lua_pushinteger(L, f.opcode);
-    lua_pushboolean(L, f.masked);
-    luaL_Buffer b;
-    char *dst = luaL_buffinitsize(L, &b, (size_t)f.length);
-    if (f.masked)
-        loom_ws_unmask(dst, src, (size_t)f.length, f.key, 0);
-    else
-        memcpy(dst, src, (size_t)f.length);
-    luaL_pushresultsize(&b, (size_t)f.length);
-    s->pos += f.header + (size_t)f.length;
-    if (s->pos == s->len)
-        s->pos = s->len = 0;
-    return 5;
-}
-
 /* A framed read's result: what s->frame pushes for the frame at buf + pos, or why the
  * stream ended before a whole one. */
 static int push_framed(lua_State *L, loom_stream_t *s) {
@@ -341,8 +389,6 @@ static int push_framed(lua_State *L, loom_stream_t *s) {
 
 /* Pushes what the finished read gives: data, or nil and why. */
 static int push_read(lua_State *L, loom_stream_t *s) {
-    if (s->rmode == RD_WSFRAME && s->state == ST_OPEN)
-        return push_frame(L, s);
     if (s->rmode == RD_FRAMED && s->state == ST_OPEN)
         return push_framed(L, s);
     size_t n = unread(s);
@@ -434,13 +480,6 @@ static int stream_read(lua_State *L) {
     return do_read(L, s, RD_N, (size_t)n, "read");
 }
 
-/* core.ws_read_frame(stream, max) -> fin, rsv, opcode, masked, payload | nil, err */
-static int l_ws_read_frame(lua_State *L) {
-    loom_stream_t *s = loom_stream_check(L, 1);
-    lua_Integer max = luaL_checkinteger(L, 2);
-    return do_read(L, s, RD_WSFRAME, (size_t)(max > 0 ? max : 0), "receive");
-}
-
 int loom_stream_read_framed(lua_State *L, loom_stream_t *s, loom_frame_fn fn, void *ud,
                             const char *fname) {
     if (s->reader)
@@ -455,24 +494,6 @@ static int stream_read_line(lua_State *L) {
 }
 
 /* ---------------------------------------------------------------- writing */
-
-typedef struct {
-    uv_write_t req;
-    loom_stream_t *s;
-    size_t len;
-    char data[];
-} wreq_t;
-
-static void on_write(uv_write_t *req, int status) {
-    wreq_t *w = (wreq_t *)req;
-    loom_stream_t *s = w->s;
-    free(w);
-    s->pending_writes--;
-    if (status < 0 && status != UV_ECANCELED && !s->werr)
-        s->werr = status;
-    if (s->writer && (s->pending_writes == 0 || s->werr))
-        loom_wake(s->writer);
-}
 
 /* A writer woke: pushes nil, err and returns 2 when its wait ended in a failure, else 0. */
 static int writer_failed(lua_State *L, loom_stream_t *s, int reason) {
@@ -498,59 +519,17 @@ static void write_abort(void *ud) {
     ((loom_stream_t *)ud)->writer = NULL;
 }
 
-/* Queues bufs[i..] (first `skip` bytes of bufs[i] already sent) as one copied request. */
-static int queue_rest(loom_stream_t *s, uv_buf_t *bufs, int nbufs, size_t sent) {
-    size_t total = 0;
-    for (int i = 0; i < nbufs; i++)
-        total += bufs[i].len;
-    wreq_t *w = malloc(sizeof *w + total - sent);
-    if (!w)
-        return UV_ENOMEM;
-    size_t off = 0, skip = sent;
-    for (int i = 0; i < nbufs; i++) {
-        size_t n = bufs[i].len;
-        if (skip >= n) {
-            skip -= n;
-            continue;
-        }
-        memcpy(w->data + off, bufs[i].base + skip, n - skip);
-        off += n - skip;
-        skip = 0;
-    }
-    w->s = s;
-    w->len = off;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
-    int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        free(w);
-        return rc;
-    }
-    s->pending_writes++;
-    return 0;
-}
-
-int loom_stream_send_raw(loom_stream_t *s, uv_buf_t *bufs, int n) {
-    size_t total = 0, sent = 0;
-    for (int i = 0; i < n; i++)
-        total += bufs[i].len;
-    if (s->pending_writes == 0) {
-        int rc = uv_try_write((uv_stream_t *)&s->tcp, bufs, (unsigned)n);
-        if (rc < 0 && rc != UV_EAGAIN)
-            return rc;
-        sent = rc > 0 ? (size_t)rc : 0;
-        if (sent == total)
-            return 0;
-    }
-    int rc = queue_rest(s, bufs, n, sent);
-    return rc < 0 ? rc : 1;
-}
-
 int loom_stream_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
     if (s->state != ST_OPEN)
         return UV_EPIPE;
     if (s->werr)
         return s->werr;
-    return s->tls ? loom_stream_tls_send(s, bufs, n) : loom_stream_send_raw(s, bufs, n);
+    int rc = loom_sock_write(s->sock, bufs, n);
+    if (rc < 0) {
+        s->werr = rc;
+        return rc;
+    }
+    return loom_sock_pending(s->sock) > 0;
 }
 
 /* Sends the strings at stack indices 2.. and waits until the kernel has them all. */
@@ -598,7 +577,7 @@ static int stream_write(lua_State *L) {
         return loom_fail(L, "closed", "stream is closed");
     if (s->werr)
         return loom_fail(L, "closed", "%s", uv_strerror(s->werr));
-    if (s->pending_writes > 0) {
+    if (loom_sock_pending(s->sock) > 0) {
         /* A writer that gave up (a timeout, a cancel) left its bytes queued; they still go
          * out, in order. Ours wait until they have, so writes that keep giving up to a peer
          * that reads nothing cannot pile up in memory: at most one write's bytes are held. */
@@ -617,22 +596,15 @@ static int stream_close_l(lua_State *L) {
     return 0;
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-    (void)status;
-    free(req);
-}
-
-/* st:shutdown(): no more writes from here; the peer reads the end of the stream. */
+/* st:shutdown(): no more writes from here; the peer reads the end of the stream (after a
+ * TLS close_notify on TLS, and after what is still queued). */
 static int stream_shutdown(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
     if (s->state != ST_OPEN)
         return loom_fail(L, "closed", "stream is closed");
-    uv_shutdown_t *req = malloc(sizeof *req);
-    int rc = req ? uv_shutdown(req, (uv_stream_t *)&s->tcp, on_shutdown) : UV_ENOMEM;
-    if (rc < 0) {
-        free(req);
+    int rc = loom_sock_shutdown(s->sock, NULL);
+    if (rc < 0)
         return loom_fail_uv(L, "closed", rc, s->peer);
-    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -674,9 +646,7 @@ static int stream_tostring(lua_State *L) {
  * libuv holds in the stream's write queue): for specs that check writes stay bounded. */
 static int l_stream_queued(lua_State *L) {
     loom_stream_t *s = loom_stream_check(L, 1);
-    lua_pushinteger(L, s->state == ST_OPEN
-                           ? (lua_Integer)uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp)
-                           : 0);
+    lua_pushinteger(L, (lua_Integer)loom_stream_queued(s));
     return 1;
 }
 
@@ -705,8 +675,9 @@ static int connect_build(lua_State *L, void *ud, int reason) {
         loom_stream_close(s);
         return loom_fail_uv(L, "connect", err, s->peer);
     }
-    uv_tcp_nodelay(&s->tcp, 1);
-    lua_pushvalue(L, 4); /* the box, left there by tcp_connect */
+    if (loom_sock_is_tcp(s->sock))
+        uv_tcp_nodelay(&s->sock->h.tcp, 1);
+    lua_pushvalue(L, 4); /* the box, left there by tcp_connect or pipe_connect */
     return 1;
 }
 
@@ -735,7 +706,7 @@ static int l_tcp_connect(lua_State *L) {
     loom_stream_push(L, s); /* index 4: connect_build returns it */
     snprintf(s->peer, sizeof s->peer, strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, (int)port);
     s->creq.data = s;
-    int rc = uv_tcp_connect(&s->creq, &s->tcp, (struct sockaddr *)&ss, on_connect);
+    int rc = uv_tcp_connect(&s->creq, &s->sock->h.tcp, (struct sockaddr *)&ss, on_connect);
     if (rc < 0) {
         loom_stream_close(s);
         return loom_fail_uv(L, "connect", rc, s->peer);
@@ -744,17 +715,121 @@ static int l_tcp_connect(lua_State *L) {
     return loom_park(L, t, timeout, connect_build, connect_abort, s);
 }
 
+/* core.pipe_connect(path, timeout) -> stream | nil, err: a unix-domain socket. */
+static int l_pipe_connect(lua_State *L) {
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    double timeout = luaL_optnumber(L, 2, -1);
+    loom_task_t *t = loom_task_self(L, "connect");
+    luaL_argcheck(L, len > 0 && len < sizeof(((struct sockaddr_un *)0)->sun_path), 1,
+                  "path empty or too long for a unix socket");
+    loom_stream_t *s = stream_alloc(loom_host(L), 1);
+    if (!s)
+        return loom_fail(L, "connect", "out of memory");
+    lua_settop(L, 3);
+    loom_stream_push(L, s); /* index 4: connect_build returns it */
+    snprintf(s->peer, sizeof s->peer, "%s", path);
+    s->creq.data = s;
+    uv_pipe_connect(&s->creq, &s->sock->h.pipe, path, on_connect); /* fails in on_connect */
+    s->connector = t;
+    return loom_park(L, t, timeout, connect_build, connect_abort, s);
+}
+
+/* ---------------------------------------------------------------- TLS on a stream */
+
+/* Read events while the handshake runs: wake the task once it is done or has failed. */
+static void on_handshake_event(loom_stream_t *s) {
+    if (s->connector &&
+        (loom_sock_tls_ready(s->sock) || s->eof || s->rerr || s->werr || s->state != ST_OPEN))
+        loom_wake(s->connector);
+}
+
+static int wrap_build(lua_State *L, void *ud, int reason) {
+    loom_stream_t *s = ud;
+    s->connector = NULL;
+    s->on_event = NULL;
+    const char *name = lua_tostring(L, 2);
+    if (reason == LOOM_WAKE_TIMEOUT) {
+        loom_stream_close(s);
+        return loom_fail(L, "timeout", "TLS handshake with %s (%s)", name, s->peer);
+    }
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream closed during the TLS handshake");
+    if (!loom_sock_tls_ready(s->sock)) {
+        const char *why = loom_stream_tls_error(s);
+        if (!why)
+            why = s->eof ? "connection closed during the handshake"
+                         : uv_strerror(s->rerr ? s->rerr : s->werr);
+        lua_pushfstring(L, "%s (%s)", why, name);
+        loom_stream_close(s);
+        return loom_fail(L, "tls", "%s", lua_tostring(L, -1));
+    }
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
+static void wrap_abort(void *ud) {
+    loom_stream_t *s = ud;
+    s->connector = NULL;
+    s->on_event = NULL;
+}
+
+/* core.tls_wrap(stream, name, config | opts [, timeout]) -> stream | nil, err
+ * Starts TLS as a client on a connected stream and waits for the handshake. `name` is what
+ * the certificate must show (opts.server_name overrides it) and what SNI sends. */
+static int l_tls_wrap(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    double timeout = luaL_optnumber(L, 4, -1);
+    loom_task_t *t = loom_task_self(L, "tls_wrap");
+    if (lua_istable(L, 3)) {
+        name = loom_opt_string(L, 3, "server_name", name);
+        lua_pushstring(L, name);
+        lua_replace(L, 2);
+        if (loom_tls_conf_push(L, 3) == 2)
+            return 2;
+        lua_replace(L, 3);
+    }
+    loom_tls_conf_t *c = loom_tls_conf_check(L, 3);
+    lua_settop(L, 3);
+    if (s->state == ST_OPEN && s->sock->tls)
+        return luaL_argerror(L, 1, "stream already has TLS");
+    if (s->state != ST_OPEN)
+        return loom_fail(L, "closed", "stream is closed");
+    char err[256];
+    loom_tls_t *tls = loom_tls_new(c, name, err, sizeof err);
+    if (!tls)
+        return loom_fail(L, "tls", "%s", err);
+    loom_sock_tls_attach(s->sock, tls);
+    int rc = loom_sock_tls_handshake(s->sock); /* the ClientHello */
+    if (rc < 0) {
+        loom_stream_close(s);
+        return loom_fail_uv(L, "tls", rc, s->peer);
+    }
+    s->on_event = on_handshake_event;
+    s->connector = t;
+    loom_stream_read_start(s);
+    return loom_park(L, t, timeout, wrap_build, wrap_abort, s);
+}
+
 /* ---------------------------------------------------------------- listener */
 
 typedef struct loom_listener {
     loom_res_t res;
     loom_t *host;
-    uv_tcp_t tcp;
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
     int state;
     int boxed;
     int handler_ref; /* the Lua function each connection's task runs */
     int pending;     /* accepted connections whose task is not spawned yet */
     int port;
+    unsigned long ino; /* a unix socket's file, removed on close if it is still this one */
+    char *path;
 } loom_listener_t;
 
 typedef struct {
@@ -764,8 +839,10 @@ typedef struct {
 } accept_job_t;
 
 static void listener_free_if_done(loom_listener_t *ln) {
-    if (ln->state == ST_CLOSED && !ln->boxed && ln->pending == 0)
+    if (ln->state == ST_CLOSED && !ln->boxed && ln->pending == 0) {
+        free(ln->path);
         free(ln);
+    }
 }
 
 static void on_listener_closed(uv_handle_t *handle) {
@@ -784,7 +861,9 @@ static void listener_close(loom_listener_t *ln, lua_State *L) {
         luaL_unref(L, LUA_REGISTRYINDEX, ln->handler_ref);
         ln->handler_ref = LUA_NOREF;
     }
-    uv_close((uv_handle_t *)&ln->tcp, on_listener_closed);
+    if (ln->path && ln->ino)
+        loom_sock_unlink_unix(ln->path, ln->ino);
+    uv_close(&ln->h.handle, on_listener_closed);
 }
 
 static void listener_res_close(loom_res_t *r) {
@@ -815,15 +894,17 @@ static void on_connection(uv_stream_t *server, int status) {
     loom_listener_t *ln = server->data;
     if (status < 0 || ln->state != ST_OPEN)
         return;
-    loom_stream_t *s = loom_stream_new(ln->host);
+    int tcp = server->type == UV_TCP;
+    loom_stream_t *s = stream_alloc(ln->host, !tcp);
     accept_job_t *aj = s ? malloc(sizeof *aj) : NULL;
-    if (!aj || uv_accept(server, (uv_stream_t *)&s->tcp) != 0) {
+    if (!aj || uv_accept(server, &s->sock->h.stream) != 0) {
         free(aj);
         if (s)
             loom_stream_close(s);
         return;
     }
-    uv_tcp_nodelay(&s->tcp, 1);
+    if (tcp)
+        uv_tcp_nodelay(&s->sock->h.tcp, 1);
     loom_stream_set_peer(s);
     memset(&aj->job, 0, sizeof aj->job);
     aj->job.run = run_accept;
@@ -860,8 +941,12 @@ static int listener_close_l(lua_State *L) {
 static int listener_index(lua_State *L) {
     loom_listener_t *ln = check_listener(L, 1);
     const char *k = luaL_checkstring(L, 2);
-    if (strcmp(k, "port") == 0 && ln) {
+    if (strcmp(k, "port") == 0 && ln && !ln->path) {
         lua_pushinteger(L, ln->port);
+        return 1;
+    }
+    if (strcmp(k, "path") == 0 && ln && ln->path) {
+        lua_pushstring(L, ln->path);
         return 1;
     }
     if (strcmp(k, "close") == 0) {
@@ -871,44 +956,83 @@ static int listener_index(lua_State *L) {
     return 0;
 }
 
-/* core.tcp_listen(host, port, handler, backlog) -> listener | nil, err */
-static int l_tcp_listen(lua_State *L) {
-    const char *host = luaL_checkstring(L, 1);
-    lua_Integer port = luaL_checkinteger(L, 2);
-    luaL_checktype(L, 3, LUA_TFUNCTION);
-    int backlog = (int)luaL_optinteger(L, 4, 511);
+/* A new listener with its box pushed, its handle initialised (TCP or a pipe). */
+static loom_listener_t *listener_new(lua_State *L, int pipe) {
     loom_t *h = loom_host(L);
-    struct sockaddr_storage ss;
-    luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
-    if (loom_addr_parse(host, (int)port, &ss) != 0)
-        return loom_fail(L, "listen", "invalid address (%s)", host);
     loom_listener_t *ln = calloc(1, sizeof *ln);
     if (!ln)
-        return loom_fail(L, "listen", "out of memory");
+        return NULL;
     ln->host = h;
     ln->handler_ref = LUA_NOREF;
-    uv_tcp_init(h->loop, &ln->tcp);
-    ln->tcp.data = ln;
+    if (pipe)
+        uv_pipe_init(h->loop, &ln->h.pipe, 0);
+    else
+        uv_tcp_init(h->loop, &ln->h.tcp);
+    ln->h.handle.data = ln;
     loom_handle_opened(h);
     loom_res_add(h, &ln->res, listener_res_close);
     loom_listener_t **box = lua_newuserdatauv(L, sizeof *box, 0);
     *box = ln;
     ln->boxed = 1;
     luaL_setmetatable(L, LISTENER_MT);
-    unsigned flags = ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
-    int rc = uv_tcp_bind(&ln->tcp, (struct sockaddr *)&ss, flags);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&ln->tcp, backlog, on_connection);
+    return ln;
+}
+
+/* Listening went well (rc 0): the handler is kept; else the listener closes and nil, err. */
+static int listen_result(lua_State *L, loom_listener_t *ln, int rc, const char *where) {
     if (rc < 0) {
         listener_close(ln, L);
-        char ctx[80];
-        snprintf(ctx, sizeof ctx, "%s:%d", host, (int)port);
-        return loom_fail_uv(L, "listen", rc, ctx);
+        return loom_fail_uv(L, "listen", rc, where);
     }
-    ln->port = loom_addr_local_port(&ln->tcp);
     lua_pushvalue(L, 3);
     ln->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 1;
+}
+
+/* core.tcp_listen(host, port, handler, backlog) -> listener | nil, err */
+static int l_tcp_listen(lua_State *L) {
+    const char *host = luaL_checkstring(L, 1);
+    lua_Integer port = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    int backlog = (int)luaL_optinteger(L, 4, 511);
+    struct sockaddr_storage ss;
+    luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+    if (loom_addr_parse(host, (int)port, &ss) != 0)
+        return loom_fail(L, "listen", "invalid address (%s)", host);
+    loom_listener_t *ln = listener_new(L, 0);
+    if (!ln)
+        return loom_fail(L, "listen", "out of memory");
+    unsigned flags = ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    int rc = uv_tcp_bind(&ln->h.tcp, (struct sockaddr *)&ss, flags);
+    if (rc == 0)
+        rc = uv_listen(&ln->h.stream, backlog, on_connection);
+    char ctx[80];
+    snprintf(ctx, sizeof ctx, "%s:%d", host, (int)port);
+    if (rc == 0)
+        ln->port = loom_addr_local_port(&ln->h.tcp);
+    return listen_result(L, ln, rc, ctx);
+}
+
+/* core.pipe_listen(path, handler, backlog, mode) -> listener | nil, err: a unix-domain
+ * socket at path (a stale socket file is replaced; the file goes when the listener closes). */
+static int l_pipe_listen(lua_State *L) {
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    int backlog = (int)luaL_optinteger(L, 3, 511);
+    int mode = (int)luaL_optinteger(L, 4, 0);
+    luaL_argcheck(L, len > 0 && len < sizeof(((struct sockaddr_un *)0)->sun_path), 1,
+                  "path empty or too long for a unix socket");
+    lua_settop(L, 2);
+    lua_pushnil(L);
+    lua_insert(L, 1); /* nil path handler: the handler at 3, as listen_result wants */
+    loom_listener_t *ln = listener_new(L, 1);
+    if (!ln || !(ln->path = strdup(path)))
+        return loom_fail(L, "listen", "out of memory");
+    int rc = loom_sock_bind_unix(&ln->h.pipe, path, mode, &ln->ino);
+    if (rc == 0)
+        rc = uv_listen(&ln->h.stream, backlog, on_connection);
+    return listen_result(L, ln, rc, path);
 }
 
 /* ---------------------------------------------------------------- registration */
@@ -936,8 +1060,10 @@ static const luaL_Reg listener_meta[] = {
 
 static const luaL_Reg stream_funcs[] = {
     {"tcp_connect", l_tcp_connect},
-    {"ws_read_frame", l_ws_read_frame},
+    {"pipe_connect", l_pipe_connect},
+    {"tls_wrap", l_tls_wrap},
     {"tcp_listen", l_tcp_listen},
+    {"pipe_listen", l_pipe_listen},
     {"stream_queued", l_stream_queued},
     {NULL, NULL},
 };

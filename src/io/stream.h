@@ -1,13 +1,17 @@
 /*
- * stream.h - TCP byte streams for tasks: buffered reads (any, n bytes, line, all), writes
- * that wait under backpressure, one idempotent close. The HTTP client and websockets stand
- * on this; TLS slots in below the read buffer (plaintext is what sits in `buf`).
+ * stream.h - byte streams for tasks over a loom_sock (TCP, unix-domain sockets, pipes):
+ * buffered reads (any, n bytes, line, all, or framed by a parser the protocol above gives),
+ * writes that wait under backpressure, half-close, one idempotent close. The sock does the
+ * writing, the TLS pump and the closing; the stream keeps the plaintext that has arrived
+ * (`buf`) and the tasks that wait. The HTTP client, websockets, loom.redis and loom.process
+ * stand on this; it knows no protocol.
  */
 #ifndef LOOM_STREAM_H
 #define LOOM_STREAM_H
 
 #include <stddef.h>
 #include "host.h"
+#include "sock.h"
 
 #define STREAM_MT "loom.stream"
 
@@ -26,16 +30,14 @@ typedef int (*loom_frame_fn)(lua_State *L, void *ud, const char *buf, size_t len
 struct loom_stream {
     loom_res_t res;
     loom_t *host;
-    uv_tcp_t tcp;
+    loom_sock_t *sock; /* &own, or the sock an upgrade handed over (inside its old owner) */
     uv_connect_t creq;
     int state;
-    int boxed;   /* a Lua box still points here */
-    int eof;     /* the peer finished sending */
-    int rerr;    /* read error (libuv code), 0 if none */
-    int werr;    /* write error (libuv code), 0 if none */
-    int cerr;    /* connect result */
-    int reading; /* uv_read_start is active */
-    int pending_writes;
+    int boxed; /* a Lua box still points here */
+    int eof;   /* the peer finished sending */
+    int rerr;  /* read error (libuv code), 0 if none */
+    int werr;  /* write error (libuv code), 0 if none */
+    int cerr;  /* connect result */
     char *buf; /* unread bytes are buf[pos, len) */
     size_t pos, len, cap;
     loom_task_t *reader, *writer, *connector;
@@ -43,13 +45,16 @@ struct loom_stream {
     size_t rwant;
     loom_frame_fn frame; /* the parser of a framed read, and its state */
     void *frame_ud;
-    double timeout;       /* seconds for each read and write; < 0 for none */
-    char peer[64];        /* "ip:port", for messages */
-    struct loom_tls *tls; /* TLS below the buffer (src/io/stream_tls.c), or NULL */
+    double timeout; /* seconds for each read and write; < 0 for none */
+    char peer[112]; /* "ip:port", a unix socket's path or "pipe", for messages */
     /* A C owner instead of reading tasks (the HTTP client, a TLS handshake): called after
      * every read event and when the stream starts closing. */
     void (*on_event)(loom_stream_t *s);
     void *owner;
+    /* An adopted sock goes back to its old owner, closed: these hooks get its `closed`. */
+    const loom_sock_hooks_t *back_hooks;
+    void *back_owner;
+    loom_sock_t own;
 };
 
 /* Allocates a stream around an initialised-but-unconnected TCP handle. */
@@ -71,28 +76,50 @@ void loom_stream_read_start(loom_stream_t *s);
 int loom_stream_read_framed(lua_State *L, loom_stream_t *s, loom_frame_fn fn, void *ud,
                             const char *fname);
 void loom_stream_read_stop(loom_stream_t *s);
-/* Sends bufs, through TLS when the stream has it: 0 when the kernel took everything, 1 when
- * the rest is queued (pending_writes; on completion s->writer is woken), or a libuv error. */
+/* Sends bufs (through TLS when the sock has it): 0 when the kernel took everything, 1 when
+ * the rest is queued in the sock (s->writer is woken once it is out, or a write failed), or
+ * a libuv error. */
 int loom_stream_send(loom_stream_t *s, uv_buf_t *bufs, int n);
-/* The same below TLS: bytes go to the socket as they are. */
-int loom_stream_send_raw(loom_stream_t *s, uv_buf_t *bufs, int n);
-
-/* stream_tls.c */
-void loom_stream_tls_alloc(loom_stream_t *s, uv_buf_t *buf);
-void loom_stream_tls_input(loom_stream_t *s, size_t n);
-int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n);
-/* The socket ended under TLS: 0, or UV_EPROTO when that cut a record short (the "tls: ..."
- * detail then says so). */
-int loom_stream_tls_end(loom_stream_t *s);
-void loom_stream_tls_free(loom_stream_t *s);
-/* Takes over a session that another owner (the HTTP server, on an upgrade) ran on this
- * socket; records it had received but not decrypted join the buffer. */
-void loom_stream_tls_adopt(loom_stream_t *s, struct loom_tls *t);
+/* Bytes written that the kernel has not taken yet (0 once closed). */
+size_t loom_stream_queued(const loom_stream_t *s);
+/* Whether the stream keeps the loop alive (a pooled idle connection does not). */
+void loom_stream_ref(loom_stream_t *s, int ref);
+/* Open, not ended, no failure, nothing unread: fit for another request. */
+int loom_stream_healthy(const loom_stream_t *s);
 /* "tls: ..." detail of a failed TLS stream, or NULL when TLS is not what failed. */
-const char *loom_stream_tls_error(loom_stream_t *s);
+const char *loom_stream_tls_error(const loom_stream_t *s);
+
+/* An upgrade: a new stream (its box pushed) takes over `sock`, a live socket another owner
+ * (the HTTP server's connection) embeds, with its TLS session, its queued writes and the
+ * `len` bytes at `data` that arrived after the request (they are read first). The sock's
+ * hooks are swapped (loom_sock_handover); when the stream closes it, the old owner gets it
+ * back for its `closed` hook, so that owner's struct must stay allocated until then. NULL
+ * when out of memory (nothing pushed, the sock untouched). */
+loom_stream_t *loom_stream_adopt(lua_State *L, loom_t *h, loom_sock_t *sock, const char *data,
+                                 size_t len);
+
+/* For loom.process (src/io/process.c): a stream on a pipe to a child's stdin, stdout or
+ * stderr.
+ *   loom_stream_new_pipe pushes the stream's box (a loom.stream like any other) and returns
+ *     the stream, its uv_pipe_t initialised but not open; NULL (nothing pushed) when out of
+ *     memory.
+ *   loom_stream_uv gives the handle for uv_stdio_container_t.data.stream (flags
+ *     UV_CREATE_PIPE | UV_READABLE_PIPE or UV_WRITABLE_PIPE, as the child sees it).
+ *   loom_stream_opened: uv_spawn succeeded, the pipe is open: reads and writes may start.
+ *   If uv_spawn failed, loom_stream_close(st) discards it (then pop or drop the box).
+ * Such a stream ends as a socket does: the child closing its end is the end of the stream
+ * (nil, "closed: end of stream"), a write to a child that closed its stdin fails with
+ * nil, "closed: broken pipe (pipe)". */
+loom_stream_t *loom_stream_new_pipe(lua_State *L, loom_t *h);
+uv_stream_t *loom_stream_uv(loom_stream_t *st);
+void loom_stream_opened(loom_stream_t *st);
+
+/* tls_config.c: core.tls_config (a shared, cached configuration) */
 int loom_open_tls(lua_State *L);
 /* The configuration inside a core.tls_config object at idx (raises otherwise). */
 struct loom_tls_conf *loom_tls_conf_check(lua_State *L, int idx);
+/* Pushes the configuration for the settings table at idx (cached): 1, or 2 with nil, err. */
+int loom_tls_conf_push(lua_State *L, int idx);
 
 int loom_open_stream(lua_State *L);
 int loom_open_dns(lua_State *L);

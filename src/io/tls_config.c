@@ -1,9 +1,8 @@
 /*
- * stream_tls.c - TLS under loom's byte streams: ciphertext read from the socket goes through
- * a tls.c session into the stream's plaintext buffer, and writes are encrypted before they
- * reach the socket, so readers, the HTTP client and loom.connect see plaintext only.
- * The Lua side: core.tls_config (a shared, cached configuration) and core.tls_wrap (the
- * client handshake on a connected stream). Knows nothing of HTTP.
+ * tls_config.c - core.tls_config: the Lua object of a tls.c configuration (trust anchors,
+ * own certificates chosen by SNI, verification), cached by its settings while it is alive,
+ * since loading the system CA bundle costs milliseconds. The sessions run in the sock's TLS
+ * pump (sock.c); a stream's client handshake is core.tls_wrap (stream.c). Knows no HTTP.
  */
 #include <string.h>
 #include <lauxlib.h>
@@ -12,108 +11,8 @@
 #include "fail.h"
 
 #define CONF_MT "loom.tls_config"
-#define TLS_READ_CHUNK (64 * 1024)
 
 static const char CACHE_KEY = 'c'; /* registry[&CACHE_KEY] = {settings key = config}, weak */
-
-/* ---------------------------------------------------------------- the stream's hooks */
-
-void loom_stream_tls_alloc(loom_stream_t *s, uv_buf_t *buf) {
-    char *base;
-    size_t len;
-    if (loom_tls_inbuf(s->tls, TLS_READ_CHUNK, &base, &len) != 0) {
-        buf->base = NULL; /* libuv reports UV_ENOBUFS */
-        buf->len = 0;
-        return;
-    }
-    buf->base = base;
-    buf->len = len;
-}
-
-/* Writes out what the TLS session produced (handshake messages, records, alerts). The
- * stream copies what the kernel does not take at once, so the session's buffer empties. */
-static int flush(loom_stream_t *s) {
-    const char *p;
-    size_t n = loom_tls_pending(s->tls, &p);
-    if (n == 0)
-        return 0;
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    int rc = loom_stream_send_raw(s, &b, 1);
-    loom_tls_sent(s->tls, n);
-    if (rc < 0 && !s->werr)
-        s->werr = rc;
-    return rc;
-}
-
-static void decrypt(loom_stream_t *s) {
-    for (;;) {
-        size_t got;
-        if (loom_stream_reserve(s, 16 * 1024) != 0) {
-            s->rerr = UV_ENOMEM;
-            break;
-        }
-        int rc = loom_tls_read(s->tls, s->buf + s->len, s->cap - s->len, &got);
-        if (rc == LOOM_TLS_OK) {
-            s->len += got;
-            continue;
-        }
-        if (rc == LOOM_TLS_EOF)
-            s->eof = 1;
-        else if (rc == LOOM_TLS_ERR)
-            s->rerr = UV_EPROTO;
-        break;
-    }
-    flush(s);
-}
-
-void loom_stream_tls_input(loom_stream_t *s, size_t n) {
-    loom_tls_received(s->tls, n);
-    if (!loom_tls_handshake_done(s->tls)) {
-        int rc = loom_tls_handshake(s->tls);
-        flush(s);
-        if (rc == LOOM_TLS_ERR)
-            s->rerr = UV_EPROTO;
-        if (rc != LOOM_TLS_OK)
-            return;
-    }
-    decrypt(s);
-}
-
-int loom_stream_tls_end(loom_stream_t *s) {
-    return loom_tls_transport_end(s->tls) == LOOM_TLS_ERR ? UV_EPROTO : 0;
-}
-
-int loom_stream_tls_send(loom_stream_t *s, uv_buf_t *bufs, int n) {
-    if (!loom_tls_handshake_done(s->tls))
-        return UV_ENOTCONN;
-    for (int i = 0; i < n; i++)
-        if (loom_tls_write(s->tls, bufs[i].base, bufs[i].len) != LOOM_TLS_OK) {
-            s->werr = UV_EPROTO;
-            return UV_EPROTO;
-        }
-    const char *p;
-    size_t len = loom_tls_pending(s->tls, &p);
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
-    int rc = loom_stream_send_raw(s, &b, 1);
-    loom_tls_sent(s->tls, len);
-    return rc;
-}
-
-void loom_stream_tls_adopt(loom_stream_t *s, loom_tls_t *t) {
-    s->tls = t;
-    decrypt(s);
-}
-
-void loom_stream_tls_free(loom_stream_t *s) {
-    loom_tls_free(s->tls);
-    s->tls = NULL;
-}
-
-const char *loom_stream_tls_error(loom_stream_t *s) {
-    if (!s->tls || (s->rerr != UV_EPROTO && s->werr != UV_EPROTO))
-        return NULL;
-    return loom_tls_error(s->tls);
-}
 
 /* ---------------------------------------------------------------- configurations */
 
@@ -266,85 +165,8 @@ static int l_tls_config(lua_State *L) {
     return push_conf(L, 1);
 }
 
-/* ---------------------------------------------------------------- the handshake */
-
-/* Read events while the handshake runs: wake the task once it is done or has failed. */
-static void on_handshake_event(loom_stream_t *s) {
-    if (s->connector &&
-        (loom_tls_handshake_done(s->tls) || s->eof || s->rerr || s->werr || s->state != ST_OPEN))
-        loom_wake(s->connector);
-}
-
-static int wrap_build(lua_State *L, void *ud, int reason) {
-    loom_stream_t *s = ud;
-    s->connector = NULL;
-    s->on_event = NULL;
-    const char *name = lua_tostring(L, 2);
-    if (reason == LOOM_WAKE_TIMEOUT) {
-        loom_stream_close(s);
-        return loom_fail(L, "timeout", "TLS handshake with %s (%s)", name, s->peer);
-    }
-    if (s->state != ST_OPEN)
-        return loom_fail(L, "closed", "stream closed during the TLS handshake");
-    if (!loom_tls_handshake_done(s->tls)) {
-        const char *why = loom_stream_tls_error(s);
-        if (!why)
-            why = s->eof ? "connection closed during the handshake"
-                         : uv_strerror(s->rerr ? s->rerr : s->werr);
-        lua_pushfstring(L, "%s (%s)", why, name);
-        loom_stream_close(s);
-        return loom_fail(L, "tls", "%s", lua_tostring(L, -1));
-    }
-    lua_pushvalue(L, 1);
-    return 1;
-}
-
-static void wrap_abort(void *ud) {
-    loom_stream_t *s = ud;
-    s->connector = NULL;
-    s->on_event = NULL;
-}
-
-/* core.tls_wrap(stream, name, config | opts [, timeout]) -> stream | nil, err
- * Starts TLS as a client on a connected stream and waits for the handshake. `name` is what
- * the certificate must show (opts.server_name overrides it) and what SNI sends. */
-static int l_tls_wrap(lua_State *L) {
-    loom_stream_t *s = loom_stream_check(L, 1);
-    const char *name = luaL_checkstring(L, 2);
-    double timeout = luaL_optnumber(L, 4, -1);
-    loom_task_t *t = loom_task_self(L, "tls_wrap");
-    if (lua_istable(L, 3)) {
-        name = loom_opt_string(L, 3, "server_name", name);
-        lua_pushstring(L, name);
-        lua_replace(L, 2);
-        if (push_conf(L, 3) == 2)
-            return 2;
-        lua_replace(L, 3);
-    }
-    loom_tls_conf_t *c = check_conf(L, 3);
-    lua_settop(L, 3);
-    if (s->tls)
-        return luaL_argerror(L, 1, "stream already has TLS");
-    if (s->state != ST_OPEN)
-        return loom_fail(L, "closed", "stream is closed");
-    char err[256];
-    s->tls = loom_tls_new(c, name, err, sizeof err);
-    if (!s->tls)
-        return loom_fail(L, "tls", "%s", err);
-    loom_tls_handshake(s->tls); /* the ClientHello */
-    if (flush(s) < 0) {
-        loom_stream_close(s);
-        return loom_fail_uv(L, "tls", s->werr, s->peer);
-    }
-    s->on_event = on_handshake_event;
-    s->connector = t;
-    loom_stream_read_start(s);
-    return loom_park(L, t, timeout, wrap_build, wrap_abort, s);
-}
-
 static const luaL_Reg tls_funcs[] = {
     {"tls_config", l_tls_config},
-    {"tls_wrap", l_tls_wrap},
     {NULL, NULL},
 };
 
@@ -369,4 +191,8 @@ int loom_open_tls(lua_State *L) {
 /* For other C files: the configuration in a core.tls_config box. */
 loom_tls_conf_t *loom_tls_conf_check(lua_State *L, int idx) {
     return check_conf(L, idx);
+}
+
+int loom_tls_conf_push(lua_State *L, int idx) {
+    return push_conf(L, idx);
 }

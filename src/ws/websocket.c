@@ -1,7 +1,8 @@
 /*
- * websocket.c - the RFC 6455 frame codec (header parsing, masking, encoding) and the
- * Sec-WebSocket-Accept computation (SHA-1 and base64 from mbedTLS). Pure functions; the
- * protocol state (fragments, control frames, close handshake) is in lua/loom/websocket.lua.
+ * websocket.c - the RFC 6455 frame codec (header parsing, masking, encoding), reading frames
+ * off a stream (a framed read: the stream knows no websocket), and the Sec-WebSocket-Accept
+ * computation (SHA-1 and base64 from mbedTLS). The protocol state (fragments, control
+ * frames, close handshake) is in lua/loom/websocket.lua.
  */
 #include <string.h>
 #include <lauxlib.h>
@@ -157,13 +158,61 @@ static int l_push(lua_State *L) {
     int rc = loom_stream_send(s, &b, 1);
     if (rc < 0)
         return loom_fail_uv(L, "closed", rc, s->peer);
-    lua_pushinteger(L, (lua_Integer)uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp));
+    lua_pushinteger(L, (lua_Integer)loom_stream_queued(s));
     return 1;
 }
 
+/* ---------------------------------------------------------------- reading frames */
+
+/* A frame read's parser (loom_stream_read_framed); ud carries the payload cap. Without L:
+ * whether a whole frame is there, or a header that is refused whatever follows. With L:
+ * pushes fin, rsv, opcode, masked, payload (unmasked) of the frame at buf; or nil,
+ * "http: ..." for a header RFC 6455 refuses (a control frame over 125 bytes, a length with
+ * its top bit set), nil, "limit: ..." for a payload over the cap, both without waiting for
+ * the payload; -1 when the stream ended before a whole frame. */
+static int ws_frame_fn(lua_State *L, void *ud, const char *buf, size_t len, size_t *used) {
+    uint64_t max = (uint64_t)(uintptr_t)ud;
+    loom_ws_frame_t f;
+    if (!loom_ws_parse_header((const unsigned char *)buf, len, &f))
+        return L ? -1 : 0;
+    const char *bad = loom_ws_header_error(&f);
+    if (!L)
+        return bad || f.length > max || len - f.header >= f.length;
+    *used = 0;
+    if (bad)
+        return loom_fail(L, "http", "%s", bad);
+    if (f.length > max)
+        return loom_fail(L, "limit", "frame larger than %I bytes", (lua_Integer)max);
+    if (len - f.header < f.length)
+        return -1;
+    const char *src = buf + f.header;
+    lua_pushboolean(L, f.fin);
+    lua_pushinteger(L, f.rsv);
+    lua_pushinteger(L, f.opcode);
+    lua_pushboolean(L, f.masked);
+    luaL_Buffer b;
+    char *dst = luaL_buffinitsize(L, &b, (size_t)f.length);
+    if (f.masked)
+        loom_ws_unmask(dst, src, (size_t)f.length, f.key, 0);
+    else
+        memcpy(dst, src, (size_t)f.length);
+    luaL_pushresultsize(&b, (size_t)f.length);
+    *used = f.header + (size_t)f.length;
+    return 5;
+}
+
+/* core.ws_read_frame(stream, max) -> fin, rsv, opcode, masked, payload | nil, err: a framed
+ * read of the stream; the cap travels as the parser's state (no allocation per frame). */
+static int l_read_frame(lua_State *L) {
+    loom_stream_t *s = loom_stream_check(L, 1);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    uintptr_t cap = max > 0 ? (uintptr_t)max : 0;
+    return loom_stream_read_framed(L, s, ws_frame_fn, (void *)cap, "receive");
+}
+
 static const luaL_Reg ws_funcs[] = {
-    {"ws_push", l_push}, {"ws_frame", l_frame}, {"ws_accept", l_accept},
-    {"ws_key", l_key},   {NULL, NULL},
+    {"ws_push", l_push}, {"ws_frame", l_frame},           {"ws_accept", l_accept},
+    {"ws_key", l_key},   {"ws_read_frame", l_read_frame}, {NULL, NULL},
 };
 
 int loom_open_websocket(lua_State *L) {

@@ -1,7 +1,7 @@
 /*
  * websocket.h - the RFC 6455 frame codec: sizing a frame in a buffer, unmasking, encoding,
- * and the handshake's accept key. Knows no sockets; the stream reads frames with it
- * (stream.c, RD_WSFRAME) and lua/loom/websocket.lua speaks the protocol.
+ * and the handshake's accept key. core.ws_read_frame reads frames off a stream with it (a
+ * framed read, loom_stream_read_framed) and lua/loom/websocket.lua speaks the protocol.
  */
 #ifndef LOOM_WEBSOCKET_H
 #define LOOM_WEBSOCKET_H
