@@ -173,6 +173,25 @@ describe("compress: negotiation", function()
         end)
     end)
 
+    it("codes what middleware hands on, and keeps an answer's compress = false through it", function()
+        local app = the_app()
+        app:use(function(req, next)
+            local res = next(req)
+            res.headers = res.headers or {}
+            res.headers["x-mw"] = "seen"
+            return res
+        end)
+        with_client(app, function(client)
+            local res = get(client, "/json", "gzip")
+            assert.equal("gzip", res.headers["content-encoding"])
+            assert.equal("seen", res.headers["x-mw"])
+            res = get(client, "/off", "gzip")
+            assert.is_nil(res.headers["content-encoding"])
+            assert.equal("seen", res.headers["x-mw"])
+            assert.equal(TEXT, res.body)
+        end)
+    end)
+
     it("rejects a bad compress option naming it", function()
         assert.error_matches(function() loom.app{ compress = "yes" } end, "option 'compress'")
         assert.error_matches(function() loom.app{ compress = { level = 10 } } end, "option 'compress': level")
