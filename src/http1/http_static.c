@@ -578,7 +578,8 @@ static int sender_send(lua_State *L) {
     if (op == OP_SEND) {
         uv_os_fd_t fd;
         w->count = s->left;
-        w->sockfd = uv_fileno(&sock->h.handle, &fd) == 0 ? dup(fd) : -1;
+        /* close-on-exec: a process spawned meanwhile must not keep the connection open */
+        w->sockfd = uv_fileno(&sock->h.handle, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
         if (w->sockfd < 0) {
             free(w);
             return loom_fail(L, "closed", "cannot reach the connection's socket");
