@@ -34,7 +34,7 @@ with tempfile.TemporaryDirectory() as tmp:
         "cat > /dev/null": ["sh", "-c", f"cat '{big}' > /dev/null"],
         "loom start-up only": [a.loom, empty],
         "loom.fs.read(path)": [a.loom, "bench/fs/read.lua", big],
-        "loom.fs.open + f:read() (1 MiB)": [a.loom, "bench/fs/read.lua", big, "1048576"],
+        "loom.fs.open + f:read(1048576)": [a.loom, "bench/fs/read.lua", big, "1048576"],
         "loom.fs.open + f:read(131072)": [a.loom, "bench/fs/read.lua", big, "131072"],
     }
     best = {k: (1e9, 1e9) for k in runs}

@@ -42,6 +42,7 @@ local loom = {
     secure_headers = function(...) return require("loom.secure_headers")(...) end,
     every = runtime.every,
     fs = runtime.fs,
+    process = runtime.process,
     signal = runtime.signal,
     udp = runtime.udp,
     shared = runtime.shared,

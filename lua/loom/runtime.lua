@@ -1,6 +1,7 @@
 -- loom.runtime: the batteries beside HTTP: loom.every (a periodic task), loom.fs (files on
--- libuv's thread pool, src/io/fs.c), loom.signal (src/io/signal.c), loom.udp (src/io/udp.c, names
--- resolved here through loom.resolver) and loom.shared (src/lib/shared.c). Each wait parks the
+-- libuv's thread pool, src/io/fs.c), loom.process (src/io/process.c), loom.signal
+-- (src/io/signal.c), loom.udp (src/io/udp.c, names resolved here through loom.resolver) and
+-- loom.shared (src/lib/shared.c). Each wait parks the
 -- calling task and cancels cleanly: what the C side started is finished or freed there.
 local core = require "loom.core"
 local resolver = require "loom.resolver"
@@ -284,6 +285,66 @@ end
 -- loom.udp() -> socket: bind, send, receive([timeout]) -> data, ip, port, getsockname,
 -- dropped() (datagrams dropped while the queue was full), close
 M.udp = core.udp_new
+
+-- ---------------------------------------------------------------- loom.process
+
+local STDIO = { pipe = true, inherit = true, ignore = true }
+local STDIO_KEYS = { stdin = true, stdout = true, stderr = true }
+
+-- loom.process{ "cmd", "arg", ..., cwd = dir, env = { NAME = "value" }, stdin = "pipe",
+-- stdout = "pipe", stderr = "pipe" } -> process | nil, "process: ENOENT ... (cmd)".
+-- cmd is looked up in PATH when it has no slash. env replaces the whole environment.
+-- Each of stdin, stdout, stderr is "inherit" (the default), "ignore" (/dev/null) or "pipe":
+-- then p.stdin (written), p.stdout, p.stderr (read) are streams. p.pid, p:wait() -> exit
+-- status, signal name or nil; p:kill([signal name = "SIGTERM"]) -> true | nil, err.
+function M.process(t)
+    if type(t) ~= "table" then argerror(1, "process", "table expected, got " .. type(t)) end
+    local cmd = t[1]
+    if type(cmd) ~= "string" or cmd == "" then
+        argerror(1, "process", "command (t[1]) expected, got " .. tostring(cmd))
+    end
+    local args = {}
+    for i = 2, #t do
+        local a = t[i]
+        if type(a) ~= "string" and type(a) ~= "number" then
+            argerror(1, "process", ("argument t[%d]: string expected, got %s"):format(i, type(a)))
+        end
+        args[i - 1] = tostring(a)
+    end
+    local env
+    if t.env ~= nil then
+        if type(t.env) ~= "table" then
+            argerror(1, "process", "option 'env': table expected, got " .. type(t.env))
+        end
+        env = {}
+        for k, v in pairs(t.env) do
+            if type(k) ~= "string" or k == "" or k:find("=", 1, true)
+                or (type(v) ~= "string" and type(v) ~= "number") then
+                argerror(1, "process", "option 'env': NAME = \"value\" pairs expected, got "
+                    .. tostring(k) .. " = " .. tostring(v))
+            end
+            env[#env + 1] = k .. "=" .. v
+        end
+        table.sort(env)
+    end
+    for _, name in ipairs({ "stdin", "stdout", "stderr" }) do
+        local v = t[name]
+        if v ~= nil and not STDIO[v] then
+            argerror(1, "process", ("option '%s': \"pipe\", \"inherit\" or \"ignore\" expected, got %s")
+                :format(name, tostring(v)))
+        end
+    end
+    if t.cwd ~= nil and type(t.cwd) ~= "string" then
+        argerror(1, "process", "option 'cwd': string expected, got " .. type(t.cwd))
+    end
+    for k in pairs(t) do
+        if type(k) ~= "number" and k ~= "env" and k ~= "cwd" and not STDIO_KEYS[k] then
+            argerror(1, "process", "unknown option '" .. tostring(k) .. "'")
+        end
+    end
+    return core.process_spawn(cmd, args, env,
+        { cwd = t.cwd, stdin = t.stdin, stdout = t.stdout, stderr = t.stderr })
+end
 
 -- ---------------------------------------------------------------- loom.shared
 

@@ -1,8 +1,15 @@
 /*
- * process.c - child processes for tasks, through uv_spawn: start one with inherited stdio,
- * wait for it (parks), signal it. The supervisor of `workers = N` stands on this.
- * Knows nothing of HTTP.
+ * process.c - child processes for tasks, through uv_spawn: start one (each of stdin, stdout
+ * and stderr inherited, /dev/null, or a pipe that is a loom.stream like a socket's, from
+ * src/io/stream.c), wait for it (parks), signal it. loom.process (lua/loom/runtime.lua)
+ * and the supervisor of `workers = N` stand on this. Knows nothing of HTTP.
+ *
+ * The process box holds the pipe streams as user values, so they live at least as long as
+ * it does; each is closed on its own (close, <close> or collection). Collecting the box
+ * stops watching the child, which goes on.
  */
+#define _GNU_SOURCE /* F_SETPIPE_SZ */
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -13,6 +20,7 @@
 #include <lauxlib.h>
 #include "host.h"
 #include "fail.h"
+#include "stream.h"
 
 #define PROCESS_MT "loom.process"
 
@@ -65,8 +73,12 @@ static const struct {
     const char *name;
     int num;
 } signames[] = {
-    {"SIGTERM", SIGTERM}, {"SIGINT", SIGINT},   {"SIGKILL", SIGKILL}, {"SIGHUP", SIGHUP},
-    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT}, {NULL, 0}};
+    {"SIGTERM", SIGTERM}, {"SIGINT", SIGINT},     {"SIGKILL", SIGKILL}, {"SIGHUP", SIGHUP},
+    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2},   {"SIGQUIT", SIGQUIT}, {"SIGPIPE", SIGPIPE},
+    {"SIGALRM", SIGALRM}, {"SIGABRT", SIGABRT},   {"SIGSEGV", SIGSEGV}, {"SIGBUS", SIGBUS},
+    {"SIGFPE", SIGFPE},   {"SIGILL", SIGILL},     {"SIGSTOP", SIGSTOP}, {"SIGCONT", SIGCONT},
+    {"SIGTSTP", SIGTSTP}, {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD}, {"SIGTTIN", SIGTTIN},
+    {"SIGTTOU", SIGTTOU}, {"SIGXCPU", SIGXCPU},   {"SIGXFSZ", SIGXFSZ}, {NULL, 0}};
 
 static const char *signame(int num) {
     for (int i = 0; signames[i].name; i++)
@@ -92,49 +104,157 @@ static char **string_array(lua_State *L, int idx, const char *first) {
     return v;
 }
 
-/* core.process_spawn(file, args, env) -> process | nil, err. stdio is inherited; `env`
- * (an array of "K=V") replaces the environment when given. */
+enum { IO_INHERIT, IO_IGNORE, IO_PIPE };
+
+/* The stdio modes and the cwd of the options table at idx (nil: all inherited). */
+static const char *stdio_options(lua_State *L, int idx, int modes[3]) {
+    static const char *const names[] = {"stdin", "stdout", "stderr"};
+    static const char *const values[] = {"inherit", "ignore", "pipe", NULL};
+    for (int i = 0; i < 3; i++)
+        modes[i] = IO_INHERIT;
+    if (lua_isnoneornil(L, idx))
+        return NULL;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    for (int i = 0; i < 3; i++) {
+        lua_getfield(L, idx, names[i]);
+        if (!lua_isnil(L, -1)) {
+            const char *v = lua_tostring(L, -1);
+            int k = 0;
+            while (v && values[k] && strcmp(values[k], v) != 0)
+                k++;
+            if (!v || !values[k])
+                loom_opt_error(L, idx, names[i], "\"pipe\", \"inherit\" or \"ignore\"");
+            modes[i] = k;
+        }
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, idx, "cwd");
+    const char *cwd = NULL;
+    if (!lua_isnil(L, -1) && !(cwd = lua_tostring(L, -1)))
+        loom_opt_error(L, idx, "cwd", "string");
+    lua_pop(L, 1); /* the options table keeps the string alive */
+    return cwd;
+}
+
+/* Pipe capacity asked for (the kernel's default is 64 KiB): fewer wake-ups for a child that
+ * writes a lot. Kept modest: past the per-user soft limit (pipe-user-pages-soft) the kernel
+ * gives every new pipe of that user one page. */
+#define PIPE_BYTES (256 * 1024)
+
+/* A pipe for stdio[i] of a child: the child's end (blocking, as programs expect) in
+ * *child_fd, the other opened in the stream's handle. 0 or a libuv error. libuv's own
+ * UV_CREATE_PIPE would make a unix socket pair, which carries bulk data at half a pipe's
+ * speed or less. */
+static int open_pipe(loom_stream_t *st, int i, uv_file *child_fd) {
+    uv_file fds[2];
+    int rc = uv_pipe(fds, i == 0 ? 0 : UV_NONBLOCK_PIPE, i == 0 ? UV_NONBLOCK_PIPE : 0);
+    if (rc != 0)
+        return rc;
+#ifdef F_SETPIPE_SZ
+    (void)fcntl(fds[0], F_SETPIPE_SZ, PIPE_BYTES); /* best effort */
+#endif
+    uv_file mine = i == 0 ? fds[1] : fds[0];
+    *child_fd = i == 0 ? fds[0] : fds[1];
+    rc = uv_pipe_open((uv_pipe_t *)loom_stream_uv(st), mine);
+    if (rc != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        *child_fd = -1;
+    }
+    return rc;
+}
+
+/* The close callback of a handle uv_spawn initialised and then failed to start. */
+static void on_failed_closed(uv_handle_t *h) {
+    proc_t *p = h->data;
+    loom_handle_closed(p->host);
+    free(p);
+}
+
+/* core.process_spawn(file, args [, env [, opts]]) -> process | nil, "process: ENOENT ...".
+ * `env` (an array of "K=V") replaces the environment when given; opts: stdin, stdout,
+ * stderr ("inherit", the default, "ignore" or "pipe": then proc.stdin... is a stream),
+ * cwd. */
 static int l_spawn(lua_State *L) {
     const char *file = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     loom_t *h = loom_host(L);
+    int modes[3];
+    const char *cwd = stdio_options(L, 4, modes);
     char **argv = string_array(L, 2, file);
     char **env = lua_istable(L, 3) ? string_array(L, 3, NULL) : NULL;
+    proc_t **box = lua_newuserdatauv(L, sizeof *box, 3);
+    *box = NULL;
+    luaL_setmetatable(L, PROCESS_MT);
+    int boxidx = lua_gettop(L);
     proc_t *p = calloc(1, sizeof *p);
     if (!p)
-        return loom_fail(L, "closed", "out of memory");
+        return loom_fail(L, "process", "out of memory");
+    loom_stream_t *pipes[3] = {NULL, NULL, NULL};
+    uv_file child_fds[3] = {-1, -1, -1};
     uv_stdio_container_t stdio[3];
     for (int i = 0; i < 3; i++) {
-        stdio[i].flags = UV_INHERIT_FD;
-        stdio[i].data.fd = i;
+        if (modes[i] == IO_PIPE) {
+            pipes[i] = loom_stream_new_pipe(L, h);
+            int rc = pipes[i] ? open_pipe(pipes[i], i, &child_fds[i]) : UV_ENOMEM;
+            if (rc != 0) {
+                for (int k = 0; k <= i; k++) {
+                    if (pipes[k])
+                        loom_stream_close(pipes[k]);
+                    if (child_fds[k] >= 0)
+                        close(child_fds[k]);
+                }
+                free(p);
+                return loom_fail(L, "process", "%s %s (pipe)", uv_err_name(rc), uv_strerror(rc));
+            }
+            lua_setiuservalue(L, boxidx, i + 1);
+            stdio[i].flags = UV_INHERIT_FD;
+            stdio[i].data.fd = child_fds[i];
+        } else if (modes[i] == IO_IGNORE) {
+            stdio[i].flags = UV_IGNORE;
+        } else {
+            stdio[i].flags = UV_INHERIT_FD;
+            stdio[i].data.fd = i;
+        }
     }
     uv_process_options_t o;
     memset(&o, 0, sizeof o);
     o.file = file;
     o.args = argv;
     o.env = env;
+    o.cwd = cwd;
     o.exit_cb = on_exit_cb;
     o.stdio = stdio;
     o.stdio_count = 3;
     p->host = h;
     p->proc.data = p;
     int rc = uv_spawn(h->loop, &p->proc, &o);
-    if (rc != 0) {
-        free(p);
-        return loom_fail_uv(L, "closed", rc, file);
-    }
     loom_handle_opened(h);
+    for (int i = 0; i < 3; i++)
+        if (child_fds[i] >= 0)
+            close(child_fds[i]); /* the child has its copy (or never will) */
+    if (rc != 0) {
+        for (int i = 0; i < 3; i++)
+            if (pipes[i])
+                loom_stream_close(pipes[i]);
+        uv_close((uv_handle_t *)&p->proc, on_failed_closed); /* libuv: close even then */
+        return loom_fail(L, "process", "%s %s (%s)", uv_err_name(rc), uv_strerror(rc), file);
+    }
+    for (int i = 0; i < 3; i++)
+        if (pipes[i])
+            loom_stream_opened(pipes[i]);
     loom_res_add(h, &p->res, proc_res_close);
     p->pid = p->proc.pid;
-    proc_t **box = lua_newuserdatauv(L, sizeof *box, 0);
     *box = p;
     p->boxed = 1;
-    luaL_setmetatable(L, PROCESS_MT);
+    lua_pushvalue(L, boxidx);
     return 1;
 }
 
 static proc_t *check_proc(lua_State *L) {
     proc_t **box = luaL_checkudata(L, 1, PROCESS_MT);
+    if (!*box)
+        luaL_argerror(L, 1, "process never started");
     return *box;
 }
 
@@ -193,6 +313,12 @@ static int proc_index(lua_State *L) {
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "pid") == 0)
         lua_pushinteger(L, p->pid);
+    else if (strcmp(k, "stdin") == 0)
+        lua_getiuservalue(L, 1, 1);
+    else if (strcmp(k, "stdout") == 0)
+        lua_getiuservalue(L, 1, 2);
+    else if (strcmp(k, "stderr") == 0)
+        lua_getiuservalue(L, 1, 3);
     else if (strcmp(k, "wait") == 0)
         lua_pushcfunction(L, proc_wait);
     else if (strcmp(k, "kill") == 0)
