@@ -132,6 +132,25 @@ describe("loom.process", function()
         end)
     end)
 
+    it("leaves the loop clean after a program that could not start (a loom host exits quietly)", function()
+        run(function()
+            local dir = tmpdir()
+            local script = dir .. "/s.lua"
+            local f = assert(io.open(script, "w"))
+            f:write('print(loom.process{ "/nonexistent/bin/x", stdout = "pipe" })\n')
+            f:close()
+            local p = assert(loom.process{ os.getenv("LOOM_BIN") or "build/loom", script,
+                stdout = "pipe", stderr = "pipe" })
+            local out, err = p.stdout:read("a"), p.stderr:read("a")
+            assert.same({ 0 }, { p:wait() })
+            p.stdout:close()
+            p.stderr:close()
+            os.execute("rm -rf " .. dir)
+            assert.equal("nil\tprocess: ENOENT no such file or directory (/nonexistent/bin/x)\n", out)
+            assert.equal("", err) -- not "loom: internal error: the loop still has open handles"
+        end)
+    end)
+
     it("runs in cwd with env replacing the environment", function()
         run(function()
             local dir = tmpdir()
