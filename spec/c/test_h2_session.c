@@ -4,13 +4,14 @@
  * loom_h2_session) answers "hello" per request; the peers run as child processes while the
  * server's loop runs: nghttp -nv and curl --http2-prior-knowledge (one request each),
  * h2load -n 1000 -c 4 -m 10 (all 200), a 1 MiB upload read slowly (the window opens only as
- * the test consumes: never more than one window held), a head over max_header (431), and
- * raw-socket clients in python3 (the script below): a rapid reset (HEADERS + RST_STREAM
- * pairs: GOAWAY ENHANCE_YOUR_CALM), a CONTINUATION flood (GOAWAY ENHANCE_YOUR_CALM after a
- * few frames; the connection ends long before the flood is sent), streams past max_streams
- * (REFUSED_STREAM), and a graceful GOAWAY (NO_ERROR, the stream in flight still answered, a
- * later stream ignored). Every handle is closed at the end (uv_loop_close == 0); under the
- * sanitizer build ASan checks the rest.
+ * the test consumes: never more than one window held), a 4 MiB answer written as the stream
+ * drains, a head over max_header (431), and raw-socket clients in python3 (the script
+ * below): a rapid reset (HEADERS + RST_STREAM pairs: GOAWAY ENHANCE_YOUR_CALM), a
+ * CONTINUATION flood (GOAWAY ENHANCE_YOUR_CALM after a few frames, the rest dropped: the
+ * server's memory does not grow), streams past max_streams (REFUSED_STREAM), a graceful
+ * GOAWAY (NO_ERROR, the stream in flight still answered, a later stream ignored), a PING
+ * flood that never reads its ACKs, and three requests over TLS. Every handle is closed at
+ * the end (uv_loop_close == 0); under the sanitizer build ASan checks the rest.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/resource.h>
 #include <uv.h>
 #include "http2/h2_session.h"
 #include "io/sock.h"
@@ -331,7 +333,7 @@ static const char *raw_client =
     "    sent = send_all(chunk, 200)\n"
     "    code, last = goaway()\n"
     "    print('continuation: %d of 200000 frames sent, GOAWAY %s' % (sent * 1000, code))\n"
-    "    sys.exit(0 if code == 11 and sent < 200 else 1)\n"
+    "    sys.exit(0 if code == 11 else 1)\n"
     "if mode == 'refuse':\n"
     "    s.sendall(b''.join(frame(1, 0x4, sid, head(b'/hold')) for sid in (1, 3, 5)))\n"
     "    for t, fl, sid, p in frames():\n"
@@ -360,21 +362,21 @@ static const char *raw_client =
     "    for t, fl, sid, p in frames():\n"
     "        if t == 0 and fl & 1:\n"
     "            break\n"
-    "    s.settimeout(3)  # the server stops reading: the pings back up\n"
+    "    s.settimeout(3)  # a server that stops reading backs the pings up\n"
     "    chunk, sent = frame(6, 0, 0, b'12345678') * 1000, 0\n"
     "    try:\n"
-    "        while sent < 3000:\n"
+    "        while sent < 300:\n"
     "            s.sendall(chunk)\n"
     "            sent += 1\n"
     "    except socket.timeout:\n"
     "        print('pingflood: blocked after %d pings' % (sent * 1000))\n"
     "        sys.exit(0)\n"
     "    except (BrokenPipeError, ConnectionResetError):\n"
-    "        code, last = goaway()\n"
-    "        print('pingflood: closed after %d pings, GOAWAY %s' % (sent * 1000, code))\n"
-    "        sys.exit(0 if code == 11 else 1)\n"
-    "    print('pingflood: 3000000 pings taken and never read back')\n"
-    "    sys.exit(1)\n"
+    "        pass\n"
+    "    s.settimeout(20)  # a hang guard: the GOAWAY is on its way long before\n"
+    "    code, last = goaway()\n"
+    "    print('pingflood: %d pings sent, GOAWAY %s' % (sent * 1000, code))\n"
+    "    sys.exit(0 if code == 11 else 1)\n"
     "if mode == 'tls':\n"
     "    s.sendall(b''.join(frame(1, 0x5, sid, head(b'/')) for sid in (1, 3, 5)))\n"
     "    bodies = {}\n"
@@ -517,12 +519,23 @@ static void test_rapid_reset(void) {
     printf("%s", out);
 }
 
+/* The server's peak memory (KiB). */
+static long maxrss(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/* 23 MB of CONTINUATION frames: GOAWAY after max_continuations of them; the rest is read
+ * and dropped while the connection lingers, so the server's memory does not grow with it. */
 static void test_continuation_flood(void) {
     int before = requests;
+    long rss = maxrss();
     CHECK(raw("continuation") == 0);
     settle();
     CHECK(last_goaway == LOOM_H2_ENHANCE_YOUR_CALM);
     CHECK(requests == before);
+    CHECK(maxrss() - rss < 8 * 1024);
     printf("%s", out);
 }
 

@@ -17,6 +17,7 @@
 #define FLUSH_MAX (256 * 1024)
 #define OWN_RBUF (16 * 1024)
 #define INLINE_FIELDS 12
+#define LINGER_MS 2000 /* as the HTTP/1 engine's lingering close */
 
 enum {
     ST_REQUESTED = 1 << 0, /* on_request ran: the layer has it */
@@ -80,12 +81,13 @@ struct loom_h2_session {
     uint32_t flags;        /* S_* */
     uint32_t fatal;        /* the GOAWAY code a defence chose before failing a callback */
     int64_t goaway;        /* the code of the GOAWAY we sent, or -1 */
-    int handles;           /* ours still open: the sock and the prepare handle */
+    int handles;           /* ours still open: the sock, the prepare handle, the timer */
     uint32_t block_frames; /* CONTINUATION frames of the header block being read */
     uint64_t block_bytes;  /* its payload bytes so far */
     bucket_t rst, junk;
     uv_prepare_t prepare;
-    char own_rbuf[]; /* when o.rbuf is NULL */
+    uv_timer_t linger; /* after our last frame: the most we read on, waiting for the peer */
+    char own_rbuf[];   /* when o.rbuf is NULL */
 };
 
 static void schedule(loom_h2_session_t *s);
@@ -627,21 +629,29 @@ static void notify_writable(loom_h2_session_t *s) {
     }
 }
 
-static void on_shut(loom_sock_t *sock, int status) {
-    (void)status;
-    close_now(loom_sock_owner(sock));
+static void on_linger_end(uv_timer_t *t) {
+    close_now(t->data);
 }
 
-/* nghttp2 has nothing more to read or write (GOAWAY sent or received, and no stream left):
- * half-close after the last frame, then close. */
+/* nghttp2 has nothing more to read or write (GOAWAY sent or received, and no stream left, or
+ * a fatal error's GOAWAY): half-close after the last frame, and read on (dropping what comes)
+ * until the peer closes too or LINGER_MS pass. Closing at once would make the kernel answer
+ * bytes still arriving with an RST, which can destroy the GOAWAY before the peer reads it. */
 static void shut(loom_h2_session_t *s) {
     if (s->flags & (S_SHUT | S_CLOSING))
         return;
     s->flags |= S_SHUT;
     if (!s->sock)
         return;
-    if (loom_sock_shutdown(s->sock, on_shut) != 0)
+    if (loom_sock_shutdown(s->sock, NULL) != 0) {
         close_now(s);
+        return;
+    }
+    if (s->flags & S_READ_PAUSED) { /* nothing more is made: reading only looks for the end */
+        s->flags &= ~(uint32_t)S_READ_PAUSED;
+        loom_sock_read_start(s->sock);
+    }
+    uv_timer_start(&s->linger, on_linger_end, LINGER_MS, 0);
 }
 
 /* Gathers what nghttp2 has to send into corked writes of up to FLUSH_MAX, while the sock's
@@ -790,7 +800,7 @@ static void h_drained(loom_sock_t *sock, int status) {
     }
     if (s->flags & S_READ_PAUSED) {
         s->flags &= ~(uint32_t)S_READ_PAUSED;
-        if (!(s->flags & (S_SHUT | S_CLOSING)))
+        if (!(s->flags & S_CLOSING))
             loom_sock_read_start(sock);
     }
     schedule(s);
@@ -807,7 +817,7 @@ static void h_closed(loom_sock_t *sock) {
     handle_gone(loom_sock_owner(sock));
 }
 
-static void on_prepare_closed(uv_handle_t *h) {
+static void on_handle_closed(uv_handle_t *h) {
     handle_gone(h->data);
 }
 
@@ -819,7 +829,8 @@ static void close_now(loom_h2_session_t *s) {
     s->flags |= S_CLOSING;
     if (!s->sock)
         return;
-    uv_close((uv_handle_t *)&s->prepare, on_prepare_closed);
+    uv_close((uv_handle_t *)&s->prepare, on_handle_closed);
+    uv_close((uv_handle_t *)&s->linger, on_handle_closed);
     loom_sock_close(s->sock);
 }
 
@@ -935,8 +946,9 @@ loom_h2_session_t *loom_h2_session_new(loom_sock_t *sock, const loom_h2_opts_t *
     }
     if (sock) {
         uv_prepare_init(sock->h.handle.loop, &s->prepare);
-        s->prepare.data = s;
-        s->handles = 2;
+        uv_timer_init(sock->h.handle.loop, &s->linger);
+        s->prepare.data = s->linger.data = s;
+        s->handles = 3;
         loom_sock_handover(sock, &h2_hooks, s);
         if (loom_sock_read_start(sock) != 0)
             close_now(s);
