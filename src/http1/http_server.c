@@ -18,7 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <lauxlib.h>
 #include "http_server.h"
@@ -1027,8 +1026,8 @@ static void server_close(loom_server_t *srv, uint64_t grace_ms) {
     if (srv->listening) {
         srv->listening = 0;
         uv_close(&srv->lst.handle, on_server_handle_closed);
-        if (srv->path)
-            unlink(srv->path); /* a unix socket's file goes with its listener */
+        if (srv->path) /* a unix socket's file goes with its listener (if still ours) */
+            loom_sock_unlink_unix(srv->path, srv->path_ino);
     }
     uv_ref((uv_handle_t *)&srv->timer); /* the grace period keeps the loop */
     arm_timer(srv);
@@ -1157,41 +1156,19 @@ static int bind_listen(loom_server_t *srv, const char *host, int port, int reuse
     return rc;
 }
 
-/* A unix socket's file at path that nothing listens on any more (a server that died): 1.
- * A live one (a connect goes through, or would wait in its backlog) or anything that is
- * not a socket is someone's: 0. */
-static int stale_socket(const char *path) {
-    struct stat st;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode))
-        return 0;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    int stale = connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno == ECONNREFUSED;
-    close(fd);
-    return stale;
-}
-
-/* Listens on a unix-domain socket at path: a stale file is replaced, a live one is
- * EADDRINUSE; mode (>= 0) is applied to the file before it listens. */
+/* Listens on a unix-domain socket at path (sock.c: a stale file replaced, a live one
+ * UV_EADDRINUSE, a file of another kind UV_EEXIST; mode > 0 set on it before it listens). */
 static int bind_unix(loom_server_t *srv, const char *path, int mode, int backlog) {
     if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
         return UV_ENAMETOOLONG; /* libuv would bind a truncated path */
-    if (stale_socket(path))
-        unlink(path);
-    int rc = uv_pipe_bind(&srv->lst.pipe, path);
+    int rc = loom_sock_bind_unix(&srv->lst.pipe, path, mode, &srv->path_ino);
     if (rc != 0)
         return rc;
-    if (mode >= 0 && chmod(path, (mode_t)mode) != 0)
-        rc = uv_translate_sys_error(errno);
-    if (rc == 0)
-        rc = uv_listen(&srv->lst.stream, backlog, on_connection);
+    rc = uv_listen(&srv->lst.stream, backlog, on_connection);
     if (rc == 0 && !(srv->path = strdup(path)))
         rc = UV_ENOMEM;
     if (rc != 0)
-        unlink(path); /* bound here, so ours */
+        loom_sock_unlink_unix(path, srv->path_ino); /* bound here, so ours */
     return rc;
 }
 

@@ -105,6 +105,7 @@ struct loom_server {
         uv_pipe_t pipe;
     } lst;
     char *path;                /* the unix socket's file (removed at close), or NULL for TCP */
+    unsigned long path_ino;    /* its inode: another file put there later is left alone */
     uint32_t max_per_ip;       /* max_conns_per_ip: open connections from one address (0: any) */
     loom_ipcount_t **ip_table; /* their counts, by address (IP_BUCKETS lists), when capped */
     uv_timer_t timer;
