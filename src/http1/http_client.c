@@ -17,11 +17,11 @@
 #define DRAIN_MAX (64 * 1024)
 #define BODY_HIGH_WATER (256 * 1024)
 
-static void arm_timer(hc_pool_t *p);
+static void arm_timer(loom_client_pool_t *p);
 
 /* ---------------------------------------------------------------- lists */
 
-static void list_remove(hc_conn_t **head, hc_conn_t *c) {
+static void list_remove(loom_client_conn_t **head, loom_client_conn_t *c) {
     if (c->prev)
         c->prev->next = c->next;
     else if (*head == c)
@@ -31,7 +31,7 @@ static void list_remove(hc_conn_t **head, hc_conn_t *c) {
     c->prev = c->next = NULL;
 }
 
-static void list_push(hc_conn_t **head, hc_conn_t *c) {
+static void list_push(loom_client_conn_t **head, loom_client_conn_t *c) {
     c->prev = NULL;
     c->next = *head;
     if (*head)
@@ -39,7 +39,7 @@ static void list_push(hc_conn_t **head, hc_conn_t *c) {
     *head = c;
 }
 
-void hc_wait_add(hc_host_t *h, hc_x_t *x) {
+void loom_client_wait_add(loom_client_host_t *h, loom_client_x_t *x) {
     x->wnext = NULL;
     x->wprev = h->wtail;
     if (h->wtail)
@@ -50,8 +50,8 @@ void hc_wait_add(hc_host_t *h, hc_x_t *x) {
     x->queued = 1;
 }
 
-void hc_wait_remove(hc_x_t *x) {
-    hc_host_t *h = x->host;
+void loom_client_wait_remove(loom_client_x_t *x) {
+    loom_client_host_t *h = x->host;
     if (!x->queued)
         return;
     if (x->wprev)
@@ -66,17 +66,17 @@ void hc_wait_remove(hc_x_t *x) {
     x->queued = 0;
 }
 
-static hc_x_t *wait_pop(hc_host_t *h) {
-    hc_x_t *x = h->whead;
+static loom_client_x_t *wait_pop(loom_client_host_t *h) {
+    loom_client_x_t *x = h->whead;
     if (x)
-        hc_wait_remove(x);
+        loom_client_wait_remove(x);
     return x;
 }
 
 /* ---------------------------------------------------------------- hosts */
 
-hc_host_t *hc_host_get(hc_pool_t *p, const char *key, size_t len) {
-    hc_host_t *h;
+loom_client_host_t *loom_client_host_get(loom_client_pool_t *p, const char *key, size_t len) {
+    loom_client_host_t *h;
     for (h = p->hosts; h; h = h->next)
         if (h->keylen == len && memcmp(h->key, key, len) == 0)
             return h;
@@ -98,12 +98,12 @@ hc_host_t *hc_host_get(hc_pool_t *p, const char *key, size_t len) {
 
 /* ---------------------------------------------------------------- connections */
 
-static int healthy(hc_conn_t *c) {
+static int healthy(loom_client_conn_t *c) {
     return c->s && loom_stream_healthy(c->s);
 }
 
-hc_conn_t *hc_take_idle(hc_host_t *h) {
-    hc_conn_t *c;
+loom_client_conn_t *loom_client_take_idle(loom_client_host_t *h) {
+    loom_client_conn_t *c;
     while ((c = h->idle) != NULL) {
         list_remove(&h->idle, c);
         list_push(&h->pool->busy, c);
@@ -115,12 +115,12 @@ hc_conn_t *hc_take_idle(hc_host_t *h) {
             h->reused++;
             return c;
         }
-        hc_conn_close(c);
+        loom_client_conn_close(c);
     }
     return NULL;
 }
 
-static void conn_free_if_done(hc_conn_t *c) {
+static void conn_free_if_done(loom_client_conn_t *c) {
     if (!c->s && !c->x) {
         loom_http_msg_release(&c->msg);
         free(c);
@@ -128,23 +128,23 @@ static void conn_free_if_done(hc_conn_t *c) {
 }
 
 /* A slot came free: the next waiter gets it, to make its own connection. */
-static void slot_freed(hc_host_t *h) {
-    hc_x_t *x = h->pool->closed ? NULL : wait_pop(h);
+static void slot_freed(loom_client_host_t *h) {
+    loom_client_x_t *x = h->pool->closed ? NULL : wait_pop(h);
     if (!x)
         return;
     h->active++;
     x->slot = 1;
-    hc_x_event(x);
+    loom_client_x_event(x);
 }
 
-void hc_slot_release(hc_host_t *h) {
+void loom_client_slot_release(loom_client_host_t *h) {
     h->active--;
     slot_freed(h);
 }
 
 /* Unlinks c from whatever holds it; its stream is closed or closing. */
-static void conn_detach(hc_conn_t *c) {
-    hc_host_t *h = c->host;
+static void conn_detach(loom_client_conn_t *c) {
+    loom_client_host_t *h = c->host;
     int was = c->state;
     c->state = CS_DEAD;
     if (was == CS_IDLE) {
@@ -157,22 +157,22 @@ static void conn_detach(hc_conn_t *c) {
         list_remove(&h->pool->busy, c);
         h->active--;
     }
-    hc_x_t *x = c->x;
+    loom_client_x_t *x = c->x;
     if (x) {
         c->x = NULL;
         x->c = NULL;
         if (x->phase < X_DONE) {
-            hc_x_fail(x, "closed", "connection closed before the response %s (%.*s)",
-                      x->got_bytes ? "ended" : "began", h->origin_len, h->key);
+            loom_client_x_fail(x, "closed", "connection closed before the response %s (%.*s)",
+                               x->got_bytes ? "ended" : "began", h->origin_len, h->key);
             x->retryable = x->reused && !x->got_bytes;
         } else
-            hc_x_event(x);
+            loom_client_x_event(x);
     }
     if (was == CS_BUSY || was == CS_DRAIN)
         slot_freed(h);
 }
 
-void hc_conn_close(hc_conn_t *c) {
+void loom_client_conn_close(loom_client_conn_t *c) {
     loom_stream_t *s = c->s;
     if (c->state == CS_DEAD)
         return;
@@ -187,25 +187,25 @@ void hc_conn_close(hc_conn_t *c) {
 }
 
 /* Back to the pool: to the first waiter, or idle until a request or its expiry. */
-static void conn_release(hc_conn_t *c) {
-    hc_host_t *h = c->host;
-    hc_pool_t *p = h->pool;
+static void conn_release(loom_client_conn_t *c) {
+    loom_client_host_t *h = c->host;
+    loom_client_pool_t *p = h->pool;
     if (!p->closed && h->whead && (h->whead->flags & HX_FRESH)) {
         /* The first waiter is a retry after a stale connection: it must go out on a new
          * one, which is all it may retry on. This one closes; its slot goes to the waiter. */
-        hc_conn_close(c);
+        loom_client_conn_close(c);
         return;
     }
-    hc_x_t *x = p->closed ? NULL : wait_pop(h);
+    loom_client_x_t *x = p->closed ? NULL : wait_pop(h);
     if (x) {
         x->reused = 1;
         h->reused++;
-        hc_conn_begin(c, x);
-        hc_x_event(x);
+        loom_client_conn_begin(c, x);
+        loom_client_x_event(x);
         return;
     }
     if (p->closed || p->idle_ms == 0) {
-        hc_conn_close(c);
+        loom_client_conn_close(c);
         return;
     }
     h->active--;
@@ -224,7 +224,7 @@ static void conn_release(hc_conn_t *c) {
 
 /* ---------------------------------------------------------------- parsing */
 
-static hc_conn_t *conn_of(loom_http_msg_t *m) {
+static loom_client_conn_t *conn_of(loom_http_msg_t *m) {
     return m->owner;
 }
 
@@ -260,8 +260,8 @@ static int coding_of(const loom_head_t *hd) {
 }
 
 static int on_headers(loom_http_msg_t *m) {
-    hc_conn_t *c = conn_of(m);
-    hc_x_t *x = c->x;
+    loom_client_conn_t *c = conn_of(m);
+    loom_client_x_t *x = c->x;
     int status = m->parser.status_code;
     if (!x || (status >= 100 && status < 200 && status != 101))
         return 1; /* an interim response, without a body: the real one follows */
@@ -281,14 +281,14 @@ static int on_headers(loom_http_msg_t *m) {
 }
 
 static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
-    hc_conn_t *c = conn_of(m);
+    loom_client_conn_t *c = conn_of(m);
     if (!c->x)
         return 0; /* draining: nobody wants it */
-    return hc_x_body(c->x, at, len) == 0 ? 0 : -1;
+    return loom_client_x_body(c->x, at, len) == 0 ? 0 : -1;
 }
 
 static int on_complete(loom_http_msg_t *m) {
-    hc_conn_t *c = conn_of(m);
+    loom_client_conn_t *c = conn_of(m);
     int status = m->parser.status_code;
     if (c->x && c->x->phase < X_HEAD && status >= 100 && status < 200)
         return 0; /* the end of an interim response */
@@ -297,7 +297,7 @@ static int on_complete(loom_http_msg_t *m) {
     return HPE_PAUSED; /* nothing after it belongs to us */
 }
 
-void hc_conn_begin(hc_conn_t *c, hc_x_t *x) {
+void loom_client_conn_begin(loom_client_conn_t *c, loom_client_x_t *x) {
     c->x = x;
     x->c = c;
     c->msg_done = 0;
@@ -308,14 +308,14 @@ void hc_conn_begin(hc_conn_t *c, hc_x_t *x) {
 }
 
 /* The response ended: the connection goes back to the pool or is closed. */
-static void message_done(hc_conn_t *c) {
-    hc_x_t *x = c->x;
+static void message_done(loom_client_conn_t *c) {
+    loom_client_x_t *x = c->x;
     /* an answer that came before the whole upload was sent leaves the request cut short */
     int keep = c->keep && healthy(c) && (!x || x->req_done);
     if (x && x->z && x->phase != X_FAILED && loom_inflate_finish(x->z) != 0) {
         /* the framing ended but the compressed stream did not: never a short body as whole */
-        hc_x_fail(x, "http", "%s (%.*s)", loom_inflate_error(x->z), c->host->origin_len,
-                  c->host->key);
+        loom_client_x_fail(x, "http", "%s (%.*s)", loom_inflate_error(x->z), c->host->origin_len,
+                           c->host->key);
         keep = 0;
     }
     if (x) {
@@ -332,30 +332,31 @@ static void message_done(hc_conn_t *c) {
     if (keep)
         conn_release(c);
     else
-        hc_conn_close(c);
+        loom_client_conn_close(c);
     if (x)
-        hc_x_event(x);
+        loom_client_x_event(x);
 }
 
-static void parse_error(hc_conn_t *c, llhttp_errno_t err) {
-    hc_x_t *x = c->x;
+static void parse_error(loom_client_conn_t *c, llhttp_errno_t err) {
+    loom_client_x_t *x = c->x;
     if (x && x->phase != X_FAILED) {
         if (c->msg.fail == 414 || c->msg.fail == 431)
-            hc_x_fail(x, "limit", "response head over %u bytes", (unsigned)c->msg.max_header);
+            loom_client_x_fail(x, "limit", "response head over %u bytes",
+                               (unsigned)c->msg.max_header);
         else if (c->msg.fail) /* a check of http_parse.c: it says which */
-            hc_x_fail(x, "http", "malformed response: %s (%.*s)", c->msg.why, c->host->origin_len,
-                      c->host->key);
+            loom_client_x_fail(x, "http", "malformed response: %s (%.*s)", c->msg.why,
+                               c->host->origin_len, c->host->key);
         else if (err == HPE_USER && x->ekind)
             ; /* the body callback has said why */
         else
-            hc_x_fail(x, "http", "malformed response: %s (%.*s)", llhttp_errno_name(err),
-                      c->host->origin_len, c->host->key);
+            loom_client_x_fail(x, "http", "malformed response: %s (%.*s)", llhttp_errno_name(err),
+                               c->host->origin_len, c->host->key);
     }
-    hc_conn_close(c);
+    loom_client_conn_close(c);
 }
 
 /* The peer is gone: a body that runs until the close ends here; anything else broke. */
-static void peer_gone(hc_conn_t *c) {
+static void peer_gone(loom_client_conn_t *c) {
     loom_stream_t *s = c->s;
     /* llhttp_finish ends a body that runs until the close (our on_complete pauses, so it
      * may return HPE_PAUSED rather than HPE_OK) */
@@ -364,22 +365,22 @@ static void peer_gone(hc_conn_t *c) {
         message_done(c);
         return;
     }
-    hc_x_t *x = c->x;
+    loom_client_x_t *x = c->x;
     if (x && x->phase < X_DONE) {
         const char *why = loom_stream_tls_error(s);
         int err = s->rerr ? s->rerr : s->werr;
         if (why)
-            hc_x_fail(x, "tls", "%s (%.*s)", why, c->host->origin_len, c->host->key);
+            loom_client_x_fail(x, "tls", "%s (%.*s)", why, c->host->origin_len, c->host->key);
         else
-            hc_x_fail(x, "closed", "%s before the response %s (%.*s)",
-                      err ? uv_strerror(err) : "connection closed",
-                      x->got_bytes ? "ended" : "began", c->host->origin_len, c->host->key);
+            loom_client_x_fail(x, "closed", "%s before the response %s (%.*s)",
+                               err ? uv_strerror(err) : "connection closed",
+                               x->got_bytes ? "ended" : "began", c->host->origin_len, c->host->key);
         x->retryable = x->reused && !x->got_bytes;
     }
-    hc_conn_close(c);
+    loom_client_conn_close(c);
 }
 
-void hc_conn_parse(hc_conn_t *c) {
+void loom_client_conn_parse(loom_client_conn_t *c) {
     loom_stream_t *s = c->s;
     size_t n = s->len - s->pos;
     if (n > 0 && !c->msg_done) {
@@ -404,17 +405,17 @@ void hc_conn_parse(hc_conn_t *c) {
         peer_gone(c);
         return;
     }
-    hc_x_t *x = c->x;
+    loom_client_x_t *x = c->x;
     if (x) {
         if ((x->blen - x->bpos) >= BODY_HIGH_WATER && x->wait != W_BODY)
             loom_stream_read_stop(s); /* the reader catches up first (backpressure) */
-        hc_x_event(x);
+        loom_client_x_event(x);
     }
 }
 
 /* Read events and closes of a pooled stream. */
 static void on_stream_event(loom_stream_t *s) {
-    hc_conn_t *c = s->owner;
+    loom_client_conn_t *c = s->owner;
     if (s->state != ST_OPEN) { /* closed under us (teardown) */
         c->s = NULL;
         s->on_event = NULL;
@@ -424,14 +425,14 @@ static void on_stream_event(loom_stream_t *s) {
         return;
     }
     if (c->state == CS_IDLE) { /* the server closed it, or sent what nobody asked for */
-        hc_conn_close(c);
+        loom_client_conn_close(c);
         return;
     }
-    hc_conn_parse(c);
+    loom_client_conn_parse(c);
 }
 
-hc_conn_t *hc_conn_new(hc_host_t *h, loom_stream_t *s) {
-    hc_conn_t *c = calloc(1, sizeof *c);
+loom_client_conn_t *loom_client_conn_new(loom_client_host_t *h, loom_stream_t *s) {
+    loom_client_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->host = h;
@@ -451,14 +452,14 @@ hc_conn_t *hc_conn_new(hc_host_t *h, loom_stream_t *s) {
     return c;
 }
 
-void hc_conn_abandon(hc_conn_t *c, double drain_s) {
-    hc_pool_t *p = c->host->pool;
+void loom_client_conn_abandon(loom_client_conn_t *c, double drain_s) {
+    loom_client_pool_t *p = c->host->pool;
     llhttp_t *parser = &c->msg.parser;
     c->x = NULL;
     int small = !(parser->flags & F_CHUNKED) && (parser->flags & F_CONTENT_LENGTH) &&
                 parser->content_length <= DRAIN_MAX;
     if (p->closed || !small || !healthy(c) || drain_s <= 0) {
-        hc_conn_close(c);
+        loom_client_conn_close(c);
         return;
     }
     /* the rest is read and dropped in the background, unreferenced, within drain_s */
@@ -473,11 +474,11 @@ void hc_conn_abandon(hc_conn_t *c, double drain_s) {
 
 /* ---------------------------------------------------------------- expiry */
 
-static void expire_list(hc_conn_t *c, uint64_t now, uint64_t *next) {
+static void expire_list(loom_client_conn_t *c, uint64_t now, uint64_t *next) {
     while (c) {
-        hc_conn_t *n = c->next;
+        loom_client_conn_t *n = c->next;
         if (c->deadline <= now)
-            hc_conn_close(c);
+            loom_client_conn_close(c);
         else if (c->deadline < *next)
             *next = c->deadline;
         c = n;
@@ -485,25 +486,25 @@ static void expire_list(hc_conn_t *c, uint64_t now, uint64_t *next) {
 }
 
 static void on_timer(uv_timer_t *t) {
-    hc_pool_t *p = t->data;
+    loom_client_pool_t *p = t->data;
     uint64_t now = uv_now(p->host->loop), next = UINT64_MAX;
-    for (hc_host_t *h = p->hosts; h; h = h->next)
+    for (loom_client_host_t *h = p->hosts; h; h = h->next)
         expire_list(h->idle, now, &next);
     expire_list(p->draining, now, &next);
     if (next != UINT64_MAX)
         uv_timer_start(&p->timer, on_timer, next - now, 0);
 }
 
-static void arm_timer(hc_pool_t *p) {
+static void arm_timer(loom_client_pool_t *p) {
     if (!p->timer_open || p->closed)
         return;
     uint64_t due = uv_timer_get_due_in(&p->timer);
     uint64_t now = uv_now(p->host->loop), next = UINT64_MAX;
-    for (hc_host_t *h = p->hosts; h; h = h->next)
-        for (hc_conn_t *c = h->idle; c; c = c->next)
+    for (loom_client_host_t *h = p->hosts; h; h = h->next)
+        for (loom_client_conn_t *c = h->idle; c; c = c->next)
             if (c->deadline < next)
                 next = c->deadline;
-    for (hc_conn_t *c = p->draining; c; c = c->next)
+    for (loom_client_conn_t *c = p->draining; c; c = c->next)
         if (c->deadline < next)
             next = c->deadline;
     if (next == UINT64_MAX)
@@ -515,11 +516,11 @@ static void arm_timer(hc_pool_t *p) {
 
 /* ---------------------------------------------------------------- pool lifetime */
 
-static void pool_free_if_done(hc_pool_t *p) {
+static void pool_free_if_done(loom_client_pool_t *p) {
     if (p->boxed || p->xrefs > 0 || p->timer_open)
         return;
     while (p->hosts) {
-        hc_host_t *h = p->hosts;
+        loom_client_host_t *h = p->hosts;
         p->hosts = h->next;
         free(h->key);
         free(h);
@@ -529,52 +530,52 @@ static void pool_free_if_done(hc_pool_t *p) {
 }
 
 static void on_timer_closed(uv_handle_t *handle) {
-    hc_pool_t *p = handle->data;
+    loom_client_pool_t *p = handle->data;
     p->timer_open = 0;
     loom_handle_closed(p->host);
     pool_free_if_done(p);
 }
 
-static void close_host_conns(hc_host_t *h) {
+static void close_host_conns(loom_client_host_t *h) {
     while (h->idle)
-        hc_conn_close(h->idle);
-    hc_x_t *x;
+        loom_client_conn_close(h->idle);
+    loom_client_x_t *x;
     while ((x = wait_pop(h)) != NULL)
-        hc_x_fail(x, "closed", "session closed");
+        loom_client_x_fail(x, "closed", "session closed");
 }
 
 /* Closes every connection; exchanges in progress fail with `closed`. */
-static void pool_close(hc_pool_t *p) {
+static void pool_close(loom_client_pool_t *p) {
     if (p->closed)
         return;
     p->closed = 1;
     loom_res_remove(&p->res);
-    for (hc_host_t *h = p->hosts; h; h = h->next)
+    for (loom_client_host_t *h = p->hosts; h; h = h->next)
         close_host_conns(h);
     while (p->draining)
-        hc_conn_close(p->draining);
+        loom_client_conn_close(p->draining);
     while (p->busy) {
         if (p->busy->x)
-            hc_x_fail(p->busy->x, "closed", "session closed");
-        hc_conn_close(p->busy);
+            loom_client_x_fail(p->busy->x, "closed", "session closed");
+        loom_client_conn_close(p->busy);
     }
     if (p->timer_open)
         uv_close((uv_handle_t *)&p->timer, on_timer_closed);
 }
 
 static void pool_res_close(loom_res_t *r) {
-    pool_close((hc_pool_t *)r);
+    pool_close((loom_client_pool_t *)r);
 }
 
-void hc_pool_unref(hc_pool_t *p) {
+void loom_client_pool_unref(loom_client_pool_t *p) {
     p->xrefs--;
     pool_free_if_done(p);
 }
 
 /* ---------------------------------------------------------------- Lua API */
 
-hc_pool_t *hc_pool_check(lua_State *L, int idx) {
-    hc_pool_t **box = luaL_checkudata(L, idx, HC_POOL_MT);
+loom_client_pool_t *loom_client_pool_check(lua_State *L, int idx) {
+    loom_client_pool_t **box = luaL_checkudata(L, idx, LOOM_CLIENT_POOL_MT);
     if (!*box)
         luaL_argerror(L, idx, "session has been collected");
     return *box;
@@ -586,10 +587,10 @@ static int l_http_pool(lua_State *L) {
     int max = (int)loom_opt_integer(L, 1, "max_per_host", 10);
     double idle = loom_opt_number(L, 1, "idle_timeout", 30);
     luaL_argcheck(L, max > 0, 1, "option 'max_per_host': must be positive");
-    hc_pool_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+    loom_client_pool_t **box = lua_newuserdatauv(L, sizeof *box, 0);
     *box = NULL;
-    luaL_setmetatable(L, HC_POOL_MT);
-    hc_pool_t *p = calloc(1, sizeof *p);
+    luaL_setmetatable(L, LOOM_CLIENT_POOL_MT);
+    loom_client_pool_t *p = calloc(1, sizeof *p);
     if (!p)
         return luaL_error(L, "out of memory");
     p->host = host;
@@ -608,8 +609,8 @@ static int l_http_pool(lua_State *L) {
 }
 
 static int pool_gc(lua_State *L) {
-    hc_pool_t **box = luaL_checkudata(L, 1, HC_POOL_MT);
-    hc_pool_t *p = *box;
+    loom_client_pool_t **box = luaL_checkudata(L, 1, LOOM_CLIENT_POOL_MT);
+    loom_client_pool_t *p = *box;
     if (!p)
         return 0;
     *box = NULL;
@@ -620,7 +621,7 @@ static int pool_gc(lua_State *L) {
 }
 
 static int pool_close_l(lua_State *L) {
-    hc_pool_t **box = luaL_checkudata(L, 1, HC_POOL_MT);
+    loom_client_pool_t **box = luaL_checkudata(L, 1, LOOM_CLIENT_POOL_MT);
     if (*box)
         pool_close(*box);
     return 0;
@@ -630,7 +631,7 @@ typedef struct {
     lua_Integer idle, active, opened, reused;
 } pool_counts_t;
 
-static void add_counts(pool_counts_t *n, const hc_host_t *h) {
+static void add_counts(pool_counts_t *n, const loom_client_host_t *h) {
     n->idle += h->nidle;
     n->active += h->active;
     n->opened += (lua_Integer)h->opened;
@@ -644,11 +645,11 @@ static void set_count(lua_State *L, const char *name, lua_Integer v) {
 
 /* pool:stats([key]) -> {idle, active, opened, reused}: counts over one key or all. */
 static int pool_stats(lua_State *L) {
-    hc_pool_t *p = hc_pool_check(L, 1);
+    loom_client_pool_t *p = loom_client_pool_check(L, 1);
     size_t len;
     const char *key = luaL_optlstring(L, 2, NULL, &len);
     pool_counts_t n = {0, 0, 0, 0};
-    for (hc_host_t *h = p->hosts; h; h = h->next)
+    for (loom_client_host_t *h = p->hosts; h; h = h->next)
         if (!key || (h->keylen == len && memcmp(h->key, key, len) == 0))
             add_counts(&n, h);
     lua_createtable(L, 0, 4);
@@ -677,7 +678,7 @@ static const luaL_Reg client_funcs[] = {
 };
 
 int loom_open_http_client(lua_State *L) {
-    luaL_newmetatable(L, HC_POOL_MT);
+    luaL_newmetatable(L, LOOM_CLIENT_POOL_MT);
     luaL_setfuncs(L, pool_meta, 0);
     luaL_newlib(L, pool_methods);
     lua_setfield(L, -2, "__index"); /* mt.__index = methods */

@@ -12,29 +12,29 @@
 #include "http_parse.h"
 #include "inflate.h"
 
-#define HC_POOL_MT "loom.http_pool"
-#define HC_X_MT "loom.http_exchange"
+#define LOOM_CLIENT_POOL_MT "loom.http_pool"
+#define LOOM_CLIENT_X_MT "loom.http_exchange"
 
-typedef struct hc_pool hc_pool_t;
-typedef struct hc_host hc_host_t;
-typedef struct hc_conn hc_conn_t;
-typedef struct hc_x hc_x_t;
+typedef struct loom_client_pool loom_client_pool_t;
+typedef struct loom_client_host loom_client_host_t;
+typedef struct loom_client_conn loom_client_conn_t;
+typedef struct loom_client_x loom_client_x_t;
 
 /* One pool key: scheme, host, port, TLS settings and proxy (made by Lua). */
-struct hc_host {
-    hc_host_t *next;
-    hc_pool_t *pool;
+struct loom_client_host {
+    loom_client_host_t *next;
+    loom_client_pool_t *pool;
     char *key;
     size_t keylen;
-    int origin_len;  /* key[0, origin_len) is "scheme://host:port", for messages */
-    hc_conn_t *idle; /* most recently used first */
+    int origin_len;           /* key[0, origin_len) is "scheme://host:port", for messages */
+    loom_client_conn_t *idle; /* most recently used first */
     int nidle;
-    int active;            /* connections in use, plus slots granted for connections being made */
-    hc_x_t *whead, *wtail; /* exchanges waiting for a connection or a slot, in order */
+    int active; /* connections in use, plus slots granted for connections being made */
+    loom_client_x_t *whead, *wtail; /* exchanges waiting for a connection or a slot, in order */
     unsigned long opened, reused;
 };
 
-struct hc_pool {
+struct loom_client_pool {
     loom_res_t res;
     loom_t *host;
     uv_timer_t timer; /* idle expiry and drains; unreferenced: it never keeps the loop */
@@ -44,20 +44,20 @@ struct hc_pool {
     int closed;
     int max_per_host;
     uint64_t idle_ms;
-    hc_host_t *hosts;
-    hc_conn_t *busy;     /* connections in use */
-    hc_conn_t *draining; /* unread bodies read and dropped in the background */
+    loom_client_host_t *hosts;
+    loom_client_conn_t *busy;     /* connections in use */
+    loom_client_conn_t *draining; /* unread bodies read and dropped in the background */
     loom_head_pool_t heads;
 };
 
 enum { CS_IDLE, CS_BUSY, CS_DRAIN, CS_DEAD };
 
-struct hc_conn {
-    hc_conn_t *prev, *next; /* in its host's idle list, or the pool's busy or drain list */
-    hc_host_t *host;
+struct loom_client_conn {
+    loom_client_conn_t *prev, *next; /* in its host's idle list, or the pool's busy or drain list */
+    loom_client_host_t *host;
     loom_stream_t *s; /* NULL once closed */
     loom_http_msg_t msg;
-    hc_x_t *x; /* the exchange in progress */
+    loom_client_x_t *x; /* the exchange in progress */
     int state;
     int msg_done;
     int keep;          /* the response allows another request */
@@ -79,13 +79,13 @@ enum { HX_SIZED = 32 };
 enum { X_NEW, X_SENT, X_HEAD, X_DONE, X_FAILED, X_CLOSED };
 enum { W_NONE, W_SLOT, W_HEAD, W_BODY, W_WRITE };
 
-struct hc_x {
-    hc_pool_t *pool;
-    hc_host_t *host;
-    hc_conn_t *c;
+struct loom_client_x {
+    loom_client_pool_t *pool;
+    loom_client_host_t *host;
+    loom_client_conn_t *c;
     loom_task_t *waiter;
-    int wait;              /* W_*: what the waiter waits for */
-    hc_x_t *wnext, *wprev; /* in the host's waiting list */
+    int wait;                       /* W_*: what the waiter waits for */
+    loom_client_x_t *wnext, *wprev; /* in the host's waiting list */
     int queued;
     int slot; /* holds a slot: Lua must bring a new connection */
     int flags;
@@ -112,32 +112,32 @@ struct hc_x {
 };
 
 /* http_client.c */
-hc_pool_t *hc_pool_check(lua_State *L, int idx);
-hc_host_t *hc_host_get(hc_pool_t *p, const char *key, size_t len);
+loom_client_pool_t *loom_client_pool_check(lua_State *L, int idx);
+loom_client_host_t *loom_client_host_get(loom_client_pool_t *p, const char *key, size_t len);
 /* Takes a healthy idle connection for x, or returns NULL. */
-hc_conn_t *hc_take_idle(hc_host_t *h);
+loom_client_conn_t *loom_client_take_idle(loom_client_host_t *h);
 /* A new connection around a stream Lua connected, already counted in host->active. */
-hc_conn_t *hc_conn_new(hc_host_t *h, loom_stream_t *s);
+loom_client_conn_t *loom_client_conn_new(loom_client_host_t *h, loom_stream_t *s);
 /* Prepares the parser for the next response on c, for exchange x. */
-void hc_conn_begin(hc_conn_t *c, hc_x_t *x);
+void loom_client_conn_begin(loom_client_conn_t *c, loom_client_x_t *x);
 /* Closes c (and frees its slot for a waiter). */
-void hc_conn_close(hc_conn_t *c);
+void loom_client_conn_close(loom_client_conn_t *c);
 /* The exchange lets go of its unfinished response: drain it if little is left, or close. */
-void hc_conn_abandon(hc_conn_t *c, double drain_s);
+void loom_client_conn_abandon(loom_client_conn_t *c, double drain_s);
 /* Gives back a slot that was granted but not used. */
-void hc_slot_release(hc_host_t *h);
-void hc_wait_add(hc_host_t *h, hc_x_t *x);
-void hc_wait_remove(hc_x_t *x);
+void loom_client_slot_release(loom_client_host_t *h);
+void loom_client_wait_add(loom_client_host_t *h, loom_client_x_t *x);
+void loom_client_wait_remove(loom_client_x_t *x);
 /* Parses what the connection's stream holds. */
-void hc_conn_parse(hc_conn_t *c);
-void hc_pool_unref(hc_pool_t *p);
+void loom_client_conn_parse(loom_client_conn_t *c);
+void loom_client_pool_unref(loom_client_pool_t *p);
 int loom_open_http_client(lua_State *L);
 
 /* http_exchange.c */
 /* Progress on x: wakes its task when what it waits for has come. */
-void hc_x_event(hc_x_t *x);
-void hc_x_fail(hc_x_t *x, const char *kind, const char *fmt, ...);
-int hc_x_body(hc_x_t *x, const char *at, size_t len);
+void loom_client_x_event(loom_client_x_t *x);
+void loom_client_x_fail(loom_client_x_t *x, const char *kind, const char *fmt, ...);
+int loom_client_x_body(loom_client_x_t *x, const char *at, size_t len);
 int loom_open_http_exchange(lua_State *L);
 
 #endif

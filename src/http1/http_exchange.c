@@ -21,7 +21,7 @@ static void x_abort(void *ud);
 
 /* ---------------------------------------------------------------- state changes */
 
-void hc_x_fail(hc_x_t *x, const char *kind, const char *fmt, ...) {
+void loom_client_x_fail(loom_client_x_t *x, const char *kind, const char *fmt, ...) {
     va_list ap;
     if (x->phase == X_FAILED)
         return;
@@ -30,10 +30,10 @@ void hc_x_fail(hc_x_t *x, const char *kind, const char *fmt, ...) {
     va_end(ap);
     x->ekind = kind;
     x->phase = X_FAILED;
-    hc_x_event(x);
+    loom_client_x_event(x);
 }
 
-void hc_x_event(hc_x_t *x) {
+void loom_client_x_event(loom_client_x_t *x) {
     if (!x->waiter)
         return;
     int ready;
@@ -55,7 +55,7 @@ void hc_x_event(hc_x_t *x) {
         loom_wake(x->waiter);
 }
 
-static int grow_body(hc_x_t *x, size_t need) {
+static int grow_body(loom_client_x_t *x, size_t need) {
     size_t cap = x->bcap * 2;
     while (cap < need)
         cap *= 2;
@@ -69,21 +69,21 @@ static int grow_body(hc_x_t *x, size_t need) {
     return 0;
 }
 
-static void free_body(hc_x_t *x) {
+static void free_body(loom_client_x_t *x) {
     if (x->body != x->inl)
         free(x->body);
     x->body = NULL;
     x->bpos = x->blen = x->bcap = 0;
 }
 
-static int append(hc_x_t *x, const char *p, size_t n) {
+static int append(loom_client_x_t *x, const char *p, size_t n) {
     /* max_body bounds the body kept whole; with stream = true only what res:text() gathers
      * (pieces are read ahead up to a high-water mark, so a download of any size streams) */
     int counted = !(x->flags & HX_STREAM) || x->whole;
     uint64_t held = !(x->flags & HX_STREAM) ? x->total : x->blen - x->bpos;
     if (counted && held + n > x->max_body) {
-        hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
-                  (unsigned long long)x->max_body);
+        loom_client_x_fail(x, "limit", "response body over %llu bytes (max_body)",
+                           (unsigned long long)x->max_body);
         return -1;
     }
     x->total += n;
@@ -94,7 +94,7 @@ static int append(hc_x_t *x, const char *p, size_t n) {
         x->bcap = sizeof x->inl;
     }
     if (x->blen + n > x->bcap && grow_body(x, x->blen + n) != 0) {
-        hc_x_fail(x, "limit", "out of memory for the response body");
+        loom_client_x_fail(x, "limit", "out of memory for the response body");
         return -1;
     }
     memcpy(x->body + x->blen, p, n);
@@ -103,30 +103,30 @@ static int append(hc_x_t *x, const char *p, size_t n) {
 }
 
 static int inflate_sink(void *ud, const char *p, size_t n) {
-    hc_x_t *x = ud;
+    loom_client_x_t *x = ud;
     /* a stream reads ahead a piece at a time, but one piece of a coded body may decode to
      * any size (a br bomb): what is held unread stays under max_body there too */
     if ((x->flags & HX_STREAM) && x->blen - x->bpos + n > x->max_body) {
-        hc_x_fail(x, "limit", "decoded response body over %llu bytes unread (max_body)",
-                  (unsigned long long)x->max_body);
+        loom_client_x_fail(x, "limit", "decoded response body over %llu bytes unread (max_body)",
+                           (unsigned long long)x->max_body);
         return -1;
     }
     return append(x, p, n);
 }
 
-int hc_x_body(hc_x_t *x, const char *at, size_t len) {
+int loom_client_x_body(loom_client_x_t *x, const char *at, size_t len) {
     if (!x->z)
         return append(x, at, len);
     int rc = loom_inflate_feed(x->z, at, len, inflate_sink, x);
     if (rc == -1)
-        hc_x_fail(x, "http", "undecodable compressed body: %s (%.*s)", loom_inflate_error(x->z),
-                  x->host->origin_len, x->host->key);
+        loom_client_x_fail(x, "http", "undecodable compressed body: %s (%.*s)",
+                           loom_inflate_error(x->z), x->host->origin_len, x->host->key);
     return rc;
 }
 
 /* ---------------------------------------------------------------- results */
 
-static int push_fail(lua_State *L, hc_x_t *x) {
+static int push_fail(lua_State *L, loom_client_x_t *x) {
     lua_pushnil(L);
     if (x->phase == X_FAILED)
         lua_pushfstring(L, "%s: %s", x->ekind, x->emsg);
@@ -149,7 +149,7 @@ static void push_raw(lua_State *L, const loom_head_t *hd) {
 }
 
 /* x status reason raw version, with x at index 1. */
-static int push_head(lua_State *L, hc_x_t *x) {
+static int push_head(lua_State *L, loom_client_x_t *x) {
     if (x->phase == X_FAILED || x->phase == X_CLOSED || !x->head)
         return push_fail(L, x);
     loom_head_t *hd = x->head;
@@ -169,7 +169,7 @@ static int push_head(lua_State *L, hc_x_t *x) {
 /* ---------------------------------------------------------------- waits */
 
 /* The timeout of the next wait: `base` (< 0: none), cut by what is left of the total. */
-static double wait_time(hc_x_t *x, double base) {
+static double wait_time(loom_client_x_t *x, double base) {
     x->by_total = 0;
     if (x->deadline >= 0) {
         double left = x->deadline - loom_sched_now();
@@ -183,7 +183,7 @@ static double wait_time(hc_x_t *x, double base) {
     return base;
 }
 
-static int park(lua_State *L, hc_x_t *x, int what, double base) {
+static int park(lua_State *L, loom_client_x_t *x, int what, double base) {
     loom_task_t *t = loom_task_self(L, "fetch");
     if (x->waiter && x->waiter != t)
         return luaL_error(L, "another task is already reading this response");
@@ -192,7 +192,7 @@ static int park(lua_State *L, hc_x_t *x, int what, double base) {
     return loom_park(L, t, wait_time(x, base), x_build, x_abort, x);
 }
 
-static int wait_head(lua_State *L, hc_x_t *x) {
+static int wait_head(lua_State *L, loom_client_x_t *x) {
     if (x->phase >= X_HEAD)
         return push_head(L, x);
     return park(L, x, W_HEAD, x->read_timeout);
@@ -201,8 +201,8 @@ static int wait_head(lua_State *L, hc_x_t *x) {
 /* Writes the request (head and body at stack indices hi and bi, or else the ones kept in
  * x's uservalues) on x's connection, then waits for the head (or, for an upload, returns
  * x, true to let Lua write the body). */
-static int send_request(lua_State *L, hc_x_t *x, int hi, int bi) {
-    hc_conn_t *c = x->c;
+static int send_request(lua_State *L, loom_client_x_t *x, int hi, int bi) {
+    loom_client_conn_t *c = x->c;
     uv_buf_t bufs[2];
     size_t len;
     int n = 1;
@@ -224,10 +224,10 @@ static int send_request(lua_State *L, hc_x_t *x, int hi, int bi) {
     lua_settop(L, 1);
     if (rc < 0) {
         const char *why = loom_stream_tls_error(c->s);
-        hc_x_fail(x, why ? "tls" : "closed", "%s (%.*s)", why ? why : uv_strerror(rc),
-                  x->host->origin_len, x->host->key);
+        loom_client_x_fail(x, why ? "tls" : "closed", "%s (%.*s)", why ? why : uv_strerror(rc),
+                           x->host->origin_len, x->host->key);
         x->retryable = x->reused;
-        hc_conn_close(c);
+        loom_client_conn_close(c);
         return push_fail(L, x);
     }
     x->phase = X_SENT;
@@ -239,7 +239,7 @@ static int send_request(lua_State *L, hc_x_t *x, int hi, int bi) {
     return wait_head(L, x);
 }
 
-static int after_slot(lua_State *L, hc_x_t *x) {
+static int after_slot(lua_State *L, loom_client_x_t *x) {
     if (x->phase == X_FAILED)
         return push_fail(L, x);
     if (x->c)
@@ -252,7 +252,7 @@ static int after_slot(lua_State *L, hc_x_t *x) {
     return park(L, x, W_SLOT, x->wait_timeout); /* woken early: keep waiting */
 }
 
-static int take_body(lua_State *L, hc_x_t *x) {
+static int take_body(lua_State *L, loom_client_x_t *x) {
     lua_pushlstring(L, x->body + x->bpos, x->blen - x->bpos);
     x->bpos = x->blen = 0;
     if (x->bcap > 256 * 1024) /* a big response's buffer goes with it */
@@ -260,7 +260,7 @@ static int take_body(lua_State *L, hc_x_t *x) {
     return 1;
 }
 
-static int read_all_step(lua_State *L, hc_x_t *x) {
+static int read_all_step(lua_State *L, loom_client_x_t *x) {
     if (x->phase == X_FAILED || x->phase == X_CLOSED)
         return push_fail(L, x);
     if (x->phase == X_DONE)
@@ -271,7 +271,7 @@ static int read_all_step(lua_State *L, hc_x_t *x) {
     return park(L, x, W_BODY, x->read_timeout);
 }
 
-static int read_step(lua_State *L, hc_x_t *x) {
+static int read_step(lua_State *L, loom_client_x_t *x) {
     if (x->blen > x->bpos) {
         take_body(L, x);
         if (x->c && x->c->s)
@@ -288,14 +288,14 @@ static int read_step(lua_State *L, hc_x_t *x) {
     return park(L, x, W_BODY, x->read_timeout);
 }
 
-static int after_write(lua_State *L, hc_x_t *x) {
-    hc_conn_t *c = x->c;
+static int after_write(lua_State *L, loom_client_x_t *x) {
+    loom_client_conn_t *c = x->c;
     if (x->phase == X_FAILED || x->phase == X_CLOSED)
         return push_fail(L, x);
     if (!c || !c->s || c->s->werr) {
-        hc_x_fail(x, "closed", "%s while sending the body (%.*s)",
-                  c && c->s && c->s->werr ? uv_strerror(c->s->werr) : "connection closed",
-                  x->host->origin_len, x->host->key);
+        loom_client_x_fail(x, "closed", "%s while sending the body (%.*s)",
+                           c && c->s && c->s->werr ? uv_strerror(c->s->werr) : "connection closed",
+                           x->host->origin_len, x->host->key);
         return push_fail(L, x);
     }
     lua_pushboolean(L, 1);
@@ -316,7 +316,7 @@ static const char *waiting_for(int what) {
 }
 
 /* A wait ran out: x_abort has already let the connection go. */
-static int timed_out(lua_State *L, hc_x_t *x, int what, double base) {
+static int timed_out(lua_State *L, loom_client_x_t *x, int what, double base) {
     x->ekind = "timeout";
     x->phase = X_FAILED;
     x->retryable = 0;
@@ -330,7 +330,7 @@ static int timed_out(lua_State *L, hc_x_t *x, int what, double base) {
 }
 
 static int x_build(lua_State *L, void *ud, int reason) {
-    hc_x_t *x = ud;
+    loom_client_x_t *x = ud;
     int what = x->wait;
     x->waiter = NULL;
     x->wait = W_NONE;
@@ -352,22 +352,22 @@ static int x_build(lua_State *L, void *ud, int reason) {
 
 /* Timeout or cancel: the exchange cannot go on, so its connection is closed. */
 static void x_abort(void *ud) {
-    hc_x_t *x = ud;
+    loom_client_x_t *x = ud;
     x->waiter = NULL;
-    hc_wait_remove(x);
+    loom_client_wait_remove(x);
     if (x->wait == W_WRITE && x->c && x->c->s)
         x->c->s->writer = NULL;
     if (x->c && x->phase < X_DONE)
-        hc_conn_close(x->c);
+        loom_client_conn_close(x->c);
 }
 
 /* ---------------------------------------------------------------- Lua API */
 
-static hc_x_t *check_x(lua_State *L, int idx) {
-    return luaL_checkudata(L, idx, HC_X_MT);
+static loom_client_x_t *check_x(lua_State *L, int idx) {
+    return luaL_checkudata(L, idx, LOOM_CLIENT_X_MT);
 }
 
-static void read_timeouts(lua_State *L, hc_x_t *x, int first) {
+static void read_timeouts(lua_State *L, loom_client_x_t *x, int first) {
     x->wait_timeout = luaL_optnumber(L, first, -1);
     x->read_timeout = luaL_optnumber(L, first + 1, -1);
     x->deadline = luaL_optnumber(L, first + 2, -1);
@@ -380,7 +380,7 @@ static void read_timeouts(lua_State *L, hc_x_t *x, int first) {
  *   -> x, true    (HX_UPLOAD) the head is sent: x:write the body, then x:finish
  *   -> nil, err, retryable */
 static int l_http_request(lua_State *L) {
-    hc_pool_t *p = hc_pool_check(L, 1);
+    loom_client_pool_t *p = loom_client_pool_check(L, 1);
     size_t klen;
     const char *key = luaL_checklstring(L, 2, &klen);
     luaL_checktype(L, 3, LUA_TSTRING);
@@ -389,12 +389,12 @@ static int l_http_request(lua_State *L) {
     loom_task_self(L, "fetch"); /* before anything is sent: raises outside a task */
     if (p->closed)
         return loom_fail(L, "closed", "session closed");
-    hc_host_t *h = hc_host_get(p, key, klen);
+    loom_client_host_t *h = loom_client_host_get(p, key, klen);
     if (!h)
         return luaL_error(L, "out of memory");
-    hc_x_t *x = lua_newuserdatauv(L, sizeof *x, 3);
-    memset(x, 0, offsetof(hc_x_t, emsg));
-    luaL_setmetatable(L, HC_X_MT);
+    loom_client_x_t *x = lua_newuserdatauv(L, sizeof *x, 3);
+    memset(x, 0, offsetof(loom_client_x_t, emsg));
+    luaL_setmetatable(L, LOOM_CLIENT_X_MT);
     x->pool = p;
     p->xrefs++;
     x->host = h;
@@ -404,10 +404,10 @@ static int l_http_request(lua_State *L) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1); /* the pool outlives its exchanges */
     lua_replace(L, 1);           /* x pool? key head body ... */
-    hc_conn_t *c = (flags & HX_FRESH) ? NULL : hc_take_idle(h);
+    loom_client_conn_t *c = (flags & HX_FRESH) ? NULL : loom_client_take_idle(h);
     if (c) { /* the fast path: a kept-alive connection, the request goes out now */
         x->reused = 1;
-        hc_conn_begin(c, x);
+        loom_client_conn_begin(c, x);
         return send_request(L, x, 3, 4);
     }
     lua_pushvalue(L, 3); /* kept for when a connection comes */
@@ -421,36 +421,36 @@ static int l_http_request(lua_State *L) {
         lua_pushboolean(L, 0);
         return 2;
     }
-    hc_wait_add(h, x);
+    loom_client_wait_add(h, x);
     return park(L, x, W_SLOT, x->wait_timeout);
 }
 
 /* x:attach(stream) -> as core.http_request: the new connection for x's slot. */
 static int x_attach(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     luaL_argcheck(L, x->slot, 1, "exchange holds no slot");
     loom_stream_t *s = loom_stream_detach(L, 2);
     if (!s)
         return loom_fail(L, "closed", "connection closed");
-    hc_conn_t *c = x->pool->closed ? NULL : hc_conn_new(x->host, s);
+    loom_client_conn_t *c = x->pool->closed ? NULL : loom_client_conn_new(x->host, s);
     if (!c) {
         loom_stream_close(s);
         return loom_fail(L, "closed", x->pool->closed ? "session closed" : "out of memory");
     }
     x->slot = 0; /* the slot is the connection's now */
-    hc_conn_begin(c, x);
+    loom_client_conn_begin(c, x);
     return send_request(L, x, 0, 0);
 }
 
 /* x:read_all() -> the rest of the body | nil, err */
 static int x_read_all(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     x->whole = 1;
     if ((x->flags & HX_STREAM) && x->blen - x->bpos > x->max_body) {
-        hc_x_fail(x, "limit", "response body over %llu bytes (max_body)",
-                  (unsigned long long)x->max_body);
+        loom_client_x_fail(x, "limit", "response body over %llu bytes (max_body)",
+                           (unsigned long long)x->max_body);
         if (x->c)
-            hc_conn_close(x->c);
+            loom_client_conn_close(x->c);
     }
     lua_settop(L, 1);
     lua_pushboolean(L, 1); /* index 2: x_build tells read_all from read by it */
@@ -459,13 +459,13 @@ static int x_read_all(lua_State *L) {
 
 /* x:read() -> the next piece of the body | nil at its end | nil, err */
 static int x_read(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     lua_settop(L, 1);
     lua_pushboolean(L, 0);
     return read_step(L, x);
 }
 
-static int send_chunk(lua_State *L, hc_x_t *x, const char *p, size_t n, int last) {
+static int send_chunk(lua_State *L, loom_client_x_t *x, const char *p, size_t n, int last) {
     char pre[24];
     uv_buf_t bufs[3];
     int nb = 0;
@@ -506,7 +506,7 @@ static int send_chunk(lua_State *L, hc_x_t *x, const char *p, size_t n, int last
 
 /* x:write(data) -> true | nil, err: one chunk of an upload; waits while the peer is slow. */
 static int x_write(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
     return send_chunk(L, x, p, n, 0);
@@ -514,7 +514,7 @@ static int x_write(lua_State *L) {
 
 /* x:finish() -> as core.http_request, once the upload's last chunk is out. */
 static int x_finish(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     lua_settop(L, 1);
     if (send_chunk(L, x, NULL, 0, 1) != 1 || !lua_toboolean(L, -1))
         return 3; /* nil, err, retryable */
@@ -523,21 +523,21 @@ static int x_finish(lua_State *L) {
 }
 
 /* Lets go of everything; an unread body is drained (if small) within `drain` seconds. */
-static void x_close(hc_x_t *x, double drain) {
+static void x_close(loom_client_x_t *x, double drain) {
     if (x->phase == X_CLOSED)
         return;
-    hc_wait_remove(x);
+    loom_client_wait_remove(x);
     if (x->slot) {
         x->slot = 0;
-        hc_slot_release(x->host);
+        loom_client_slot_release(x->host);
     }
-    hc_conn_t *c = x->c;
+    loom_client_conn_t *c = x->c;
     if (c) {
         x->c = NULL;
         if (x->phase == X_HEAD && !x->waiter)
-            hc_conn_abandon(c, drain);
+            loom_client_conn_abandon(c, drain);
         else
-            hc_conn_close(c);
+            loom_client_conn_close(c);
     }
     free_body(x);
     loom_inflate_free(x->z);
@@ -552,24 +552,24 @@ static void x_close(hc_x_t *x, double drain) {
 
 /* x:close([drain_seconds = 2]) */
 static int x_close_l(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     x_close(x, luaL_optnumber(L, 2, 2));
     return 0;
 }
 
 static int x_gc(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     if (!x->pool)
         return 0;
     x_close(x, 2);
-    hc_pool_unref(x->pool);
+    loom_client_pool_unref(x->pool);
     x->pool = NULL;
     return 0;
 }
 
 /* x:done() -> whether the whole response is in (x:read_all returns at once) */
 static int x_done(lua_State *L) {
-    hc_x_t *x = check_x(L, 1);
+    loom_client_x_t *x = check_x(L, 1);
     lua_pushboolean(L, x->phase == X_DONE);
     return 1;
 }
@@ -591,7 +591,7 @@ static const luaL_Reg x_funcs[] = {
 };
 
 int loom_open_http_exchange(lua_State *L) {
-    luaL_newmetatable(L, HC_X_MT);
+    luaL_newmetatable(L, LOOM_CLIENT_X_MT);
     luaL_setfuncs(L, x_meta, 0);
     luaL_newlib(L, x_methods);
     lua_setfield(L, -2, "__index"); /* mt.__index = methods */
