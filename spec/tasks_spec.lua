@@ -325,6 +325,48 @@ describe("loom.sleep", function()
         end)
     end)
 
+    -- loom.now() counts ns; the timers count whole ms of the loop's cached clock. A sleep
+    -- that starts at any point inside a ms must still not end before its time (it woke up to
+    -- 1.5 ms early when the timeout was rounded to the nearest ms from the cached clock). A
+    -- spin of a varying fraction of a ms before each sleep starts them at every phase. A
+    -- lower bound only: a loaded machine makes them late, never early. 1e-9: the rounding of
+    -- two doubles near the clock's value (about 1e-12 s), far below a ms.
+    it("never ends before its time by loom.now(), at any phase of the ms", function()
+        run(function()
+            local early = {}
+            local n = 0
+            for i = 1, 240 do
+                local spin_until = loom.now() + (i * 0.000137) % 0.001
+                while loom.now() < spin_until do end
+                local d = ({ 0.0001, 0.0004, 0.0005, 0.0009, 0.001, 0.0012, 0.0015, 0.002, 0.0025, 0.003 })[i % 10 + 1]
+                local t0 = loom.now()
+                loom.sleep(d)
+                local took = loom.now() - t0
+                n = n + 1
+                if took < d - 1e-9 then early[#early + 1] = ("sleep(%g) took %.6f s"):format(d, took) end
+            end
+            assert.equal(240, n)
+            assert.same({}, early)
+        end)
+    end)
+
+    it("a loom.timeout's time is a lower bound by loom.now() too", function()
+        run(function()
+            local early = {}
+            for i = 1, 60 do
+                local spin_until = loom.now() + (i * 0.000211) % 0.001
+                while loom.now() < spin_until do end
+                local d = ({ 0.0005, 0.001, 0.0015, 0.002 })[i % 4 + 1]
+                local t0 = loom.now()
+                local r = pack(loom.timeout(d, function() loom.sleep(60) end))
+                local took = loom.now() - t0
+                assert.same({ n = 2, nil, "timeout" }, r)
+                if took < d - 1e-9 then early[#early + 1] = ("timeout(%g) took %.6f s"):format(d, took) end
+            end
+            assert.same({}, early)
+        end)
+    end)
+
     it("treats negative and NaN as 0", function()
         run(function()
             local t0 = loom.now()

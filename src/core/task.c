@@ -7,6 +7,7 @@
  * idle and check handles, inside one protected call per drain.
  * Knows nothing of streams or HTTP.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,13 +162,22 @@ static int heap_add(loom_t *h, loom_task_t *t, double timeout_s) {
         s->heap = heap;
         s->capheap = cap;
     }
-    /* The loop's cached time may be stale after a long stretch of Lua; refresh it so a
-     * deadline is counted from now. */
-    uv_update_time(h->loop);
-    double ms = timeout_s * 1000.0 + 0.5;
-    if (ms > 1e12)
-        ms = 1e12; /* about 30 years: effectively never, and no overflow */
-    t->deadline = uv_now(h->loop) + (uint64_t)ms;
+    if (timeout_s > 0) {
+        /* Never before its time as loom.now() (uv_hrtime) counts it: the deadline is the
+         * first whole ms of loop time at or after now + timeout in ns. The loop's time is
+         * the same clock cut down to whole ms (or its coarse version, which lags it), so
+         * the timer firing at that ms means loom.now() has passed the end. Rounding to the
+         * nearest ms from the loop's cached time woke up to 1.5 ms early. */
+        double ns = ceil(timeout_s * 1e9);
+        if (ns > 1e18)
+            ns = 1e18; /* about 30 years: effectively never, and no overflow */
+        t->deadline = (uv_hrtime() + (uint64_t)ns + 999999) / 1000000;
+    } else {
+        /* Due at once (loom.sleep(0)): the next turn of the loop, after I/O callbacks. The
+         * loop's cached time may be stale after a long stretch of Lua; refresh it. */
+        uv_update_time(h->loop);
+        t->deadline = uv_now(h->loop);
+    }
     t->heap_seq = s->heap_seq++;
     heap_set(s, s->nheap++, t);
     sift_up(s, s->nheap - 1);
