@@ -128,6 +128,44 @@ describe("access_log: combined", function()
     end
 end)
 
+describe("access_log: a stdout nobody reads", function()
+    -- The log goes into a pipe whose reader takes the "listening on" line and then reads
+    -- nothing: the kernel's pipe buffer (64 KiB) fills after some 700 lines. The old log
+    -- (printf and fflush) blocked the whole server there; now lines wait in memory.
+    it("never blocks the server", function()
+        local port_path, pid_path, done_path = os.tmpname(), os.tmpname(), os.tmpname()
+        local err_path = os.tmpname()
+        os.remove(done_path)
+        local _ <close> = run.defer(function()
+            for _, f in ipairs({ port_path, pid_path, done_path, err_path }) do os.remove(f) end
+        end)
+        run(function()
+            local cmd = ("%s %s true %s 2>%s | { IFS= read -r line; printf '%%s\\n' \"$line\" >%s; "
+                .. "n=0; while [ ! -e %s ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n + 1)); done; }")
+                :format(LOOM_BIN, FIXTURE, pid_path, err_path, port_path, done_path)
+            local p = assert(core.process_spawn("/bin/sh", { "-c", cmd }))
+            local pid
+            local _ <close> = run.defer(function() -- on failure (it may run outside the task)
+                io.open(done_path, "w"):close() -- the reader goes
+                if pid then os.execute("kill -KILL " .. pid) end
+            end)
+            local port
+            wait_until(function()
+                port = tonumber(read_file(port_path):match("^listening on http://127%.0%.0%.1:(%d+)"))
+                pid = read_file(pid_path):match("^(%d+)")
+                return port and pid
+            end, "the fixture's port", function() return "; its stderr: " .. read_file(err_path) end)
+            for _ = 1, 30 do pipelined(port, 100) end -- 3000 lines, some 270 KB
+            assert(core.process_spawn("/bin/kill", { "-TERM", pid })):wait()
+            io.open(done_path, "w"):close()
+            assert.equal(0, p:wait())
+            pid = nil
+        end, { timeout = 30 })
+        -- the lines that could not go were let go once the reader left, and that was said
+        assert.matches("loom: access log: writing to stdout failed", read_file(err_path), nil, true)
+    end)
+end)
+
 -- Each line parsed by Python's json (strict: valid JSON in valid UTF-8), handed back as
 -- one ASCII JSON array.
 local function parse_json_lines(text)

@@ -19,7 +19,10 @@ pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "$
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
 one() {
     local name=$1 port=$2; shift 2
-    pin 0 "$@" >/dev/null 2>&1 & local pid=$!
+    # taskset execs the server, so $! is the server's own pid (a function run in the
+    # background would be a subshell, and killing it would leave the server running)
+    if command -v taskset >/dev/null; then taskset -c 0 "$@" >/dev/null 2>&1 & else "$@" >/dev/null 2>&1 & fi
+    local pid=$!
     wait_port "$port"
     printf '%-6s ' "$name"
     pin 1 node "$here/client.js" "$port" "$conns" "$count" "$size" || true
