@@ -184,6 +184,42 @@ describe("unix sockets: loom.listen{ path }", function()
         end)
     end)
 
+    it("loom.socket.tcp connects to \"unix:/path\" and pools it by that name", function()
+        run(function()
+            local dir = tmpdir()
+            local path = dir .. "/co.sock"
+            local served = 0
+            local ln <close> = assert(loom.listen{ path = path, handler = function(st)
+                served = served + 1
+                while true do
+                    local line = st:read_line()
+                    if not line then break end
+                    st:write(line:upper() .. "\n")
+                end
+                st:close()
+            end })
+            for i = 1, 2 do
+                local sock = loom.socket.tcp()
+                assert.equal(1, sock:connect("unix:" .. path))
+                assert.equal(i - 1, sock:getreusedtimes())
+                assert(sock:send("hi\n"))
+                assert.equal("HI", sock:receive())
+                assert.equal(1, sock:setkeepalive())
+            end
+            assert.equal(1, served) -- the second connect took the pooled one
+            local last = loom.socket.tcp()
+            assert.equal(1, last:connect("unix:" .. path))
+            assert.equal(2, last:getreusedtimes())
+            last:close() -- the server's handler sees the end
+            local sock = loom.socket.tcp()
+            local ok, err = sock:connect("unix:" .. dir .. "/none.sock")
+            assert.is_nil(ok)
+            assert.matches("no such file", err)
+            assert.has_error(function() sock:connect("localhost") end, "bad argument #2 to 'connect' (port expected)")
+            os.execute("rm -rf " .. dir)
+        end)
+    end)
+
     it("a stream on a unix socket ends and breaks as a TCP one does", function()
         run(function()
             local dir = tmpdir()

@@ -75,23 +75,22 @@ function Sock:settimeouts(c, s, r)
 end
 
 -- sock:connect(host, port [, {pool = name, pool_size, backlog}]) -> 1 | nil, err. An idle
--- connection of the same pool (setkeepalive) is taken first.
+-- connection of the same pool (setkeepalive) is taken first. sock:connect("unix:/path"
+-- [, opts]): a unix-domain socket, as OpenResty's.
 function Sock:connect(host, port, opts)
     check(self, "connect")
     if type(host) ~= "string" then
         error("bad argument #1 to 'connect' (string expected, got " .. type(host) .. ")", 2)
     end
     if type(port) == "table" and opts == nil then opts, port = port, nil end
-    if port == nil then
-        if find(host, "^unix:") then return nil, "unix domain sockets are not supported by loom.socket" end
-        error("bad argument #2 to 'connect' (port expected)", 2)
-    end
-    port = net.check_port(port, "connect", 2)
+    local path = port == nil and find(host, "^unix:") and host:sub(6) -- "unix:/run/x.sock"
+    if port == nil and not path then error("bad argument #2 to 'connect' (port expected)", 2) end
+    if not path then port = net.check_port(port, "connect", 2) end
     if opts ~= nil and type(opts) ~= "table" then
         error("bad argument #3 to 'connect' (table expected, got " .. type(opts) .. ")", 2)
     end
     if self.st then drop(self) end
-    local name = opts and opts.pool or (host .. ":" .. port)
+    local name = opts and opts.pool or (path and host or host .. ":" .. port)
     self.pool = name
     local idle = pools[name]
     local t = now()
@@ -105,9 +104,14 @@ function Sock:connect(host, port, opts)
         end
         e.st:close()
     end
-    local st, err = net.connect(host, port, { timeout = self.ct })
+    local st, err
+    if path then
+        st, err = net.connect{ path = path, timeout = self.ct }
+    else
+        st, err = net.connect(host, port, { timeout = self.ct })
+    end
     if not st then return nil, bare(err) end
-    self.st, self.reused, self.host = st, 0, host
+    self.st, self.reused, self.host = st, 0, path and "localhost" or host
     self.buf, self.pos = "", 1
     return 1
 end
