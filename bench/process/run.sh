@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/process/run.sh: loom.process reading 1 GiB from a child's stdout (dd if=/dev/zero
 # bs=1M), beside a shell pipe into cat (the kernel's ceiling), ROUNDS (default 3) times.
-# loom reads with st:read(65536) and with st:read() (what has arrived, up to 256 KiB). Prints
+# loom reads with st:read(65536) and with st:read() (what has arrived). Prints
 # GB/s of wall time, the CPU seconds of each side (the reader and dd together), and loom's
 # RSS at the start and at its highest while reading.
 set -euo pipefail

@@ -8,8 +8,6 @@
  * it does; each is closed on its own (close, <close> or collection). Collecting the box
  * stops watching the child, which goes on.
  */
-#define _GNU_SOURCE /* F_SETPIPE_SZ */
-#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -136,23 +134,16 @@ static const char *stdio_options(lua_State *L, int idx, int modes[3]) {
     return cwd;
 }
 
-/* Pipe capacity asked for (the kernel's default is 64 KiB): fewer wake-ups for a child that
- * writes a lot. Kept modest: past the per-user soft limit (pipe-user-pages-soft) the kernel
- * gives every new pipe of that user one page. */
-#define PIPE_BYTES (256 * 1024)
-
 /* A pipe for stdio[i] of a child: the child's end (blocking, as programs expect) in
  * *child_fd, the other opened in the stream's handle. 0 or a libuv error. libuv's own
- * UV_CREATE_PIPE would make a unix socket pair, which carries bulk data at half a pipe's
- * speed or less. */
+ * UV_CREATE_PIPE would make a unix socket pair, which carried a flood at a fifth of a
+ * pipe's rate (bench/process). The kernel's 64 KiB pipe is kept: with deeper ones (256 KiB)
+ * st:read() returned larger strings, mapped afresh, at twice the CPU. */
 static int open_pipe(loom_stream_t *st, int i, uv_file *child_fd) {
     uv_file fds[2];
     int rc = uv_pipe(fds, i == 0 ? 0 : UV_NONBLOCK_PIPE, i == 0 ? UV_NONBLOCK_PIPE : 0);
     if (rc != 0)
         return rc;
-#ifdef F_SETPIPE_SZ
-    (void)fcntl(fds[0], F_SETPIPE_SZ, PIPE_BYTES); /* best effort */
-#endif
     uv_file mine = i == 0 ? fds[1] : fds[0];
     *child_fd = i == 0 ? fds[0] : fds[1];
     rc = uv_pipe_open((uv_pipe_t *)loom_stream_uv(st), mine);
