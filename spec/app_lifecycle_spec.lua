@@ -2,7 +2,9 @@
 -- hooks, cancels the process's remaining tasks and returns, so one signal ends the process.
 -- The app (spec/fixtures/app_lifecycle.lua) runs in the host (LOOM_BIN) as a child process;
 -- it tells the spec over TCP when it serves and when its slow handler began, and writes
--- what happened, in order, to a notes file.
+-- what happened, in order, to a notes file. The slow handler ends only after it has seen
+-- the SIGTERM itself, so a drain test cannot pass without a request in flight, however
+-- slow the machine.
 local loom = require "loom"
 local core = require "loom.core"
 local run = require "support.run"
@@ -96,7 +98,7 @@ describe("app:run after SIGTERM", function()
             assert.is_true(ok, resp)
             assert.matches("^HTTP/1.1 200", resp)
             assert.same({ 0, nil }, { c.wait() })
-            assert.same({ "main slow finished", "main after run true" }, lines_of(slurp(c.notes)), slurp(c.log))
+            assert.same({ "main slow saw SIGTERM", "main slow finished", "main after run true" }, lines_of(slurp(c.notes)), slurp(c.log))
         end, { timeout = 60 })
     end)
 
@@ -122,6 +124,7 @@ describe("app:run after SIGTERM", function()
             assert.same({ 0, nil }, { c.wait() }, slurp(c.log))
             assert.same({
                 "main startup true",
+                "main slow saw SIGTERM",
                 "main slow finished",
                 "main shutdown hook true true",
                 "main second hook",
@@ -181,6 +184,7 @@ describe("app:run after SIGTERM", function()
             for _, l in ipairs(lines_of(slurp(c.notes))) do count[l] = (count[l] or 0) + 1 end
             assert.same({
                 ["worker startup true"] = 2,
+                ["worker slow saw SIGTERM"] = 1, -- /slow was in flight when the signal came
                 ["worker slow finished"] = 1,
                 ["worker shutdown hook true true"] = 1, -- the worker that served /slow
                 ["worker shutdown hook true false"] = 1,
