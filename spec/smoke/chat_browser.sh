@@ -17,13 +17,21 @@ skip() {
 [[ -x /usr/bin/chromium ]] || skip "no /usr/bin/chromium (scripts/deps.sh installs Debian's chromium)"
 command -v node >/dev/null 2>&1 || skip "no node"
 npm_dir=$LOOM_BUILD/npm
-if [[ ! -f $npm_dir/node_modules/playwright-core/package.json ]]; then
+# smoke/chat_browser and smoke/webapp_browser share this npm dir and ctest may run them at
+# once: the first installs while the other waits on the lock, and the stamp is written only
+# after a whole install (a half-done one, killed by the timeout, is never taken for done).
+mkdir -p "$npm_dir"
+exec 9>"$npm_dir/.lock"
+flock -w 120 9 || skip "another test held $npm_dir/.lock (an npm install) for 120 s"
+if [[ ! -f $npm_dir/.installed-$PLAYWRIGHT ]]; then
     command -v npm >/dev/null 2>&1 || skip "no npm to install $PLAYWRIGHT"
     if ! timeout 40 npm install --prefix "$npm_dir" --no-audit --no-fund --loglevel=error \
         "$PLAYWRIGHT" >"$SMOKE_TMP/npm.log" 2>&1; then
         skip "npm could not install $PLAYWRIGHT (offline?): $(grep -m 1 -i error "$SMOKE_TMP/npm.log" || tail -n 1 "$SMOKE_TMP/npm.log")"
     fi
+    touch "$npm_dir/.installed-$PLAYWRIGHT"
 fi
+exec 9>&- # the lock: not held by the server and browser started below
 
 port=$(free_port)
 start_server "$LOOM" "$LOOM_SRC/examples/chat/server.lua" "$port"
