@@ -328,7 +328,8 @@ local function send_file(req, p, status, headers, again)
     -- nil, err: the client went, or the file shrank (the answer is then short of its
     -- Content-Length, and the engine closes the connection after it)
     local box = req._box
-    local ok = f:send(box, first, count, M.NOWAIT)
+    local ok, err = f:send(box, first, count, M.NOWAIT)
+    if ok == nil and err == "other" then return write_through(out, f, first, count) end
     while ok == false do ok = f:send(box) end
 end
 

@@ -519,10 +519,16 @@ static int cached_write(loom_conn_t *c, sender_t *s) {
 
 /* sender:send(box, first, count [, nowait]) on the first call, sender:send(box) after: moves
  * the next piece of the body -> true once it is all out, false for more (call again), nil,
- * err. nowait: a body up to this size (at most 64 KiB) whose pages are cached is read on the
- * loop (cached_write) rather than sent from the thread pool. */
+ * err ("other": the request is not an HTTP/1 one, whose connection this file knows; the
+ * caller writes the body itself). nowait: a body up to this size (at most 64 KiB) whose pages are
+ * cached is read on the loop (cached_write) rather than sent from the thread pool. */
 static int sender_send(lua_State *L) {
     sender_t *s = check_sender(L);
+    if (!luaL_testudata(L, 2, REQBOX_MT)) { /* not an HTTP/1 request: its own writes */
+        lua_pushnil(L);
+        lua_pushliteral(L, "other");
+        return 2;
+    }
     loom_conn_t *c = sender_conn(L, 2);
     if (!lua_isnoneornil(L, 3)) {
         lua_Integer first = luaL_checkinteger(L, 3), count = luaL_checkinteger(L, 4);
