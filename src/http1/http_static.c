@@ -520,8 +520,8 @@ static int cached_write(loom_conn_t *c, sender_t *s) {
 /* sender:send(box, first, count [, nowait]) on the first call, sender:send(box) after: moves
  * the next piece of the body -> true once it is all out, false for more (call again), nil,
  * err ("other": the request is not an HTTP/1 one, whose connection this file knows; the
- * caller writes the body itself). nowait: a body up to this size (at most 64 KiB) whose pages are
- * cached is read on the loop (cached_write) rather than sent from the thread pool. */
+ * caller writes the body itself). nowait: a body up to this size (at most 64 KiB) whose
+ * pages are cached is read on the loop (cached_write) rather than sent from the pool. */
 static int sender_send(lua_State *L) {
     sender_t *s = check_sender(L);
     if (!luaL_testudata(L, 2, REQBOX_MT)) { /* not an HTTP/1 request: its own writes */
