@@ -283,7 +283,10 @@ static const char *raw_client =
     "    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
     "    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE\n"
     "    s = ctx.wrap_socket(s, server_hostname='localhost')\n"
-    "s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + frame(4, 0, 0))\n"
+    "if mode == 'badpreface':\n"
+    "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+    "else:\n"
+    "    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + frame(4, 0, 0))\n"
     "def frames():\n"
     "    buf = b''\n"
     "    while True:\n"
@@ -312,6 +315,10 @@ static const char *raw_client =
     "    except (BrokenPipeError, ConnectionResetError):\n"
     "        pass\n"
     "    return sent\n"
+    "if mode == 'badpreface':\n"
+    "    code, last = goaway()\n"
+    "    print('badpreface: GOAWAY %s last %s' % (code, last))\n"
+    "    sys.exit(0 if code == 1 and last == 0 else 1)\n"
     "if mode == 'rapid':\n"
     "    pairs = [frame(1, 0x5, 2 * i + 1, head(b'/')) + frame(3, 0, 2 * i + 1, (8).to_bytes(4, "
     "'big'))\n"
@@ -506,6 +513,15 @@ static void test_header_too_big(void) {
     settle();
 }
 
+/* HTTP/1.1 bytes where the preface belongs: GOAWAY PROTOCOL_ERROR, nothing reaches the layer. */
+static void test_bad_preface(void) {
+    int before = requests;
+    CHECK(raw("badpreface") == 0);
+    settle();
+    CHECK(last_goaway == LOOM_H2_PROTOCOL_ERROR);
+    CHECK(requests == before);
+}
+
 static void test_rapid_reset(void) {
     int before = requests;
     uint64_t t0 = uv_hrtime();
@@ -637,6 +653,7 @@ int main(void) {
     test_slow_upload();
     test_big_answer();
     test_header_too_big();
+    test_bad_preface();
     test_rapid_reset();
     test_continuation_flood();
     test_refused();
