@@ -6,7 +6,8 @@
  * h2load -n 1000 -c 4 -m 10 (all 200), a 1 MiB upload read slowly (the window opens only as
  * the test consumes: never more than one window held), a 4 MiB answer written as the stream
  * drains, a head over max_header (431), and raw-socket clients in python3 (the script
- * below): a rapid reset (HEADERS + RST_STREAM pairs: GOAWAY ENHANCE_YOUR_CALM), a
+ * below): HTTP/1.1 bytes instead of the preface (GOAWAY PROTOCOL_ERROR), a rapid reset
+ * (HEADERS + RST_STREAM pairs: GOAWAY ENHANCE_YOUR_CALM), a
  * CONTINUATION flood (GOAWAY ENHANCE_YOUR_CALM after a few frames, the rest dropped: the
  * server's memory does not grow), streams past max_streams (REFUSED_STREAM), a graceful
  * GOAWAY (NO_ERROR, the stream in flight still answered, a later stream ignored), a PING
