@@ -308,6 +308,7 @@ static void on_written(uv_fs_t *req) {
         w->woff += (size_t)r;
         if (w->woff < w->wlen) { /* the next piece, or the rest of a short write */
             out_submit(w);
+            out_free_if_done(w); /* when that failed at teardown */
             return;
         }
         if (w->dropped) {
