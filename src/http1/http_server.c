@@ -679,6 +679,7 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_server_t *srv = c->srv;
     loom_t *h = srv->host;
     srv->reading = c; /* answers given from here to the end of this turn may be corked */
+    srv->cork_bytes = 0;
     if (c->parse_paused)
         keep_in(c, data, (size_t)nread);
     else
