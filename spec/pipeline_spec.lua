@@ -19,6 +19,7 @@ local function app_under_test(gate)
         local out = assert(req:stream{ headers = { ["content-length"] = #req.params.i } })
         assert(out:write(req.params.i))
     end)
+    app:get("/big/{i}", function(req) return string.rep(req.params.i, 200 * 1024) end)
     app:get("/slow/{i}", function(req)
         gate.entered:set()
         gate.open:wait()
@@ -80,6 +81,26 @@ describe("pipelined answers", function()
             for i = 3, 5 do
                 local res = assert(r:response())
                 assert.equal(tostring(i), res.body)
+            end
+        end, { timeout = 30 })
+    end)
+
+    it("an answer bigger than the cork in the middle of a pipeline keeps the order", function()
+        run(function()
+            local srv <close> = assert(app_under_test({}):listen{ host = "127.0.0.1", port = 0 })
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            local r = testing.reader(st)
+            local paths = { "/n/1", "/big/2", "/n/3", "/big/4", "/n/5" }
+            local wire = {}
+            for i, p in ipairs(paths) do
+                wire[i] = "GET " .. p .. " HTTP/1.1\r\nHost: x\r\n\r\n"
+            end
+            assert(st:write(table.concat(wire)))
+            for i, p in ipairs(paths) do
+                local res = assert(r:response())
+                local want = p:find("big", 1, true) and string.rep(tostring(i), 200 * 1024) or tostring(i)
+                assert.equal(#want, #res.body)
+                assert(res.body == want, "answer " .. i .. " is not " .. p .. "'s")
             end
         end, { timeout = 30 })
     end)
