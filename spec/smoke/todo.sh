@@ -21,6 +21,17 @@ redis_out=$(bash "$LOOM_SRC/spec/support/redis_server.sh" start 2>"$SMOKE_TMP/re
 redis_dir=$(sed -n 's/^dir=//p' <<<"$redis_out")
 on_exit bash "$LOOM_SRC/spec/support/redis_server.sh" stop "$redis_dir"
 redis_port=$(sed -n 's/^port=//p' <<<"$redis_out")
+# Both servers detach (pg_ctl, --daemonize): when ctest kills this test at its timeout, the
+# EXIT trap never runs. A watcher in a session of its own then stops them, and the loom
+# instances listed in $pids (after a normal end the trap has done it all: the watcher finds
+# no directories and no file).
+pids=$(mktemp "${TMPDIR:-/tmp}/loom-smoke-todo-pids.XXXXXX")
+on_exit rm -f "$pids"
+setsid bash -c 'tail --pid="$1" -f /dev/null
+    [[ -f $6 ]] && kill $(cat "$6") 2>/dev/null; rm -f "$6"
+    bash "$2" stop "$3"; bash "$4" stop "$5"' _ $$ \
+    "$LOOM_SRC/spec/support/pg_server.sh" "$pg_dir" \
+    "$LOOM_SRC/spec/support/redis_server.sh" "$redis_dir" "$pids" </dev/null >/dev/null 2>&1 &
 
 export DATABASE_URL="postgresql://loom:loom-secret@127.0.0.1:$pg_port/loom"
 export REDIS_URL="redis://127.0.0.1:$redis_port/0"
@@ -34,6 +45,7 @@ pid1=$LOOM_SERVER_PID
 port2=$(free_port)
 start_server "$LOOM" "$app" "$port2"
 pid2=$LOOM_SERVER_PID
+echo "$pid1 $pid2" >"$pids"
 wait_port "$port2" 30
 LOOM_SERVER_PID=$pid1 wait_port "$port1" 30
 
@@ -140,6 +152,7 @@ stop_server "$pid1"
 ((LOOM_SERVER_STATUS == 0)) || fail "instance 1 exited with $LOOM_SERVER_STATUS after SIGTERM"
 start_server "$LOOM" "$app" "$port1"
 pid1=$LOOM_SERVER_PID
+echo "$pid1 $pid2" >"$pids"
 wait_port "$port1" 30
 req GET "$port1" /me 200
 has '"name":"ann"'
