@@ -97,9 +97,16 @@ static int l_deflate(lua_State *L) {
         total += n;
     } while (z->zs.avail_out == 0);
     if (final) {
-        /* Z_SYNC_FLUSH ends with an empty stored block: 00 00 ff ff (RFC 7692 7.2.1) */
+        /* Z_SYNC_FLUSH ends with an empty stored block: 00 00 ff ff (RFC 7692 7.2.1). With
+         * nothing to flush (an empty last part after a part already flushed, or an empty
+         * message after another) zlib writes nothing; the peer appends 00 00 ff ff to what
+         * it gets, which alone starts a stored block it cannot finish, and the next message
+         * is garbage to it. 0x00 is the empty message's form (7.2.3.6): with the tail, an
+         * empty stored block. (fuzz_ws_deflate found it.) */
         if (total >= 4)
             luaL_buffsub(&b, 4);
+        else if (total == 0)
+            luaL_addchar(&b, 0);
         if (z->no_context)
             deflateReset(&z->zs);
     }
