@@ -61,6 +61,7 @@ describe("app:listen{ path }: a unix-domain socket", function()
             local path = dir .. "/app.sock"
             local srv <close> = assert(app_under_test():listen{ path = path, mode = "0600" })
             assert.equal(path, srv.path)
+            assert.is_nil(srv.port)
             assert.equal("600", mode_of(path))
             local out = dir .. "/curl.out"
             assert.equal(0, peer("/usr/bin/curl", { "-sS", "--unix-socket", path, "-o", out,

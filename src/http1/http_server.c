@@ -1109,7 +1109,10 @@ static int server_index(lua_State *L) {
     loom_server_t *srv = check_server(L, 1);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "port") == 0) {
-        lua_pushinteger(L, srv ? srv->port : 0);
+        if (srv && srv->path)
+            lua_pushnil(L); /* a unix socket: srv.path (as loom.listen's) */
+        else
+            lua_pushinteger(L, srv ? srv->port : 0);
     } else if (strcmp(k, "close") == 0) {
         lua_pushcfunction(L, server_close_l);
     } else if (strcmp(k, "path") == 0) {
