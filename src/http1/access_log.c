@@ -438,6 +438,10 @@ static void header_value(loom_head_t *h, const char *name, const char **v, size_
 static void peer_ip(loom_conn_t *c, char *out, size_t cap) {
     struct sockaddr_storage ss;
     int len = sizeof ss;
+    if (!loom_sock_is_tcp(&c->sock)) { /* app:listen{ path }: req.remote's "unix:" */
+        snprintf(out, cap, "unix:");
+        return;
+    }
     if (uv_tcp_getpeername(&c->sock.h.tcp, (struct sockaddr *)&ss, &len) != 0) {
         snprintf(out, cap, "-");
         return;
