@@ -59,7 +59,9 @@ describe("app:listen{ path }: a unix-domain socket", function()
     it("serves curl --unix-socket and a Python client; req.remote is 'unix:'; mode is applied", function()
         run(function()
             local path = dir .. "/app.sock"
-            local srv <close> = assert(app_under_test():listen{ path = path, mode = "0600" })
+            local logged = {}
+            local srv <close> = assert(app_under_test():listen{ path = path, mode = "0600",
+                access_log = function(entry) logged[#logged + 1] = entry.remote end })
             assert.equal(path, srv.path)
             assert.is_nil(srv.port)
             assert.equal("600", mode_of(path))
@@ -71,6 +73,9 @@ describe("app:listen{ path }: a unix-domain socket", function()
             assert.equal(0, peer("/usr/bin/python3", { here .. "/fixtures/unix_client.py", path, out }),
                 "the Python client failed")
             assert.equal("unix: nil\nx=1\n", slurp(out))
+            -- the access log names the peer as req.remote does
+            timing.poll(function() return #logged >= 3 end, 0.2, "three access log entries")
+            assert.same({ "unix:", "unix:", "unix:" }, logged)
         end, { timeout = 30 })
     end)
 
