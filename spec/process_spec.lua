@@ -213,6 +213,20 @@ describe("loom.process", function()
         end)
     end)
 
+    it("reaps a child whose process object was collected before it exited", function()
+        local timing = require "support.timing"
+        run(function()
+            local p = assert(loom.process{ "sh", "-c", "read x", stdin = "pipe" })
+            local pid, stdin = p.pid, p.stdin
+            p = nil
+            collectgarbage()
+            collectgarbage()
+            stdin:close() -- the child reads the end of its input and exits
+            -- a child nobody reaps stays a zombie ("Z") until this process ends
+            timing.poll(function() return proc_state(pid) == nil end, 0.2, "child reaped")
+        end)
+    end)
+
     it("raises on misuse, naming the argument or option", function()
         run(function()
             assert.has_error(function() loom.process("echo") end,

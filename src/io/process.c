@@ -6,7 +6,7 @@
  *
  * The process box holds the pipe streams as user values, so they live at least as long as
  * it does; each is closed on its own (close, <close> or collection). Collecting the box
- * stops watching the child, which goes on.
+ * leaves the child running; it is still reaped when it exits.
  */
 #include <signal.h>
 #include <unistd.h>
@@ -326,9 +326,15 @@ static int proc_gc(lua_State *L) {
         return 0;
     *box = NULL;
     p->boxed = 0;
-    /* the child goes on; we only stop watching it */
-    proc_close(p);
-    proc_free_if_done(p);
+    if (p->exited) {
+        proc_close(p);
+        proc_free_if_done(p);
+        return 0;
+    }
+    /* the child goes on; the handle stays until it exits (on_exit_cb closes it), because
+     * libuv reaps only the children it still has a handle for: closed now, the child would
+     * stay a zombie. Unreferenced, it keeps the loop running no longer than before. */
+    uv_unref((uv_handle_t *)&p->proc);
     return 0;
 }
 
