@@ -475,15 +475,20 @@ static void get_fields(loom_conn_t *c, fields_t *f) {
     f->vminor = llhttp_get_http_minor(&c->msg.parser);
 }
 
+/* The start of a line: the request's fields, the clock, the scratch line emptied. */
+static sb_t *line_start(alog_out_t *w, loom_conn_t *c, fields_t *f, struct timespec *ts) {
+    get_fields(c, f);
+    out_clock(w, ts);
+    w->line.len = 0;
+    w->line.bad = 0;
+    return &w->line;
+}
+
 /* host - - [time] "METHOD target HTTP/x.y" status body-bytes "referer" "user-agent" */
 static void line_combined(alog_out_t *w, loom_conn_t *c, uint64_t body) {
     fields_t f;
     struct timespec ts;
-    sb_t *b = &w->line;
-    get_fields(c, &f);
-    out_clock(w, &ts);
-    b->len = 0;
-    b->bad = 0;
+    sb_t *b = line_start(w, c, &f, &ts);
     sb_str(b, f.ip);
     sb_str(b, " - - [");
     sb_str(b, w->clf_time);
@@ -527,11 +532,7 @@ static void json_field(sb_t *b, const char *name, const char *v, size_t len, siz
 static void line_json(alog_out_t *w, loom_conn_t *c, uint64_t body, uint64_t ns) {
     fields_t f;
     struct timespec ts;
-    sb_t *b = &w->line;
-    get_fields(c, &f);
-    out_clock(w, &ts);
-    b->len = 0;
-    b->bad = 0;
+    sb_t *b = line_start(w, c, &f, &ts);
     sb_str(b, "{\"time\":\"");
     sb_str(b, w->iso_time);
     sb_put(b, ".", 1);
