@@ -364,6 +364,29 @@ static int file_sender(lua_State *L) {
     return 1;
 }
 
+/* file:cached(offset, n) -> the n bytes at offset, read on the loop with preadv2(RWF_NOWAIT)
+ * (cached_write says why that never waits for the disk), or nil when they are not all in
+ * the page cache (or the file is shorter, or closed). n at most 64 KiB. For a whole answer
+ * of a small range: head and body then leave in one write. */
+static int file_cached(lua_State *L) {
+    file_t *f = check_file(L);
+    lua_Integer off = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, off >= 0, 2, "non-negative offset expected");
+    luaL_argcheck(L, n >= 0 && n <= NOWAIT_LIMIT, 3, "0 to 65536 bytes expected");
+    if (f->fd < 0)
+        return 0;
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, (size_t)n);
+    struct iovec iov = {p, (size_t)n};
+    ssize_t got = n > 0 ? preadv2(f->fd, &iov, 1, (off_t)off, RWF_NOWAIT) : 0;
+    luaL_pushresultsize(&b, got == n ? (size_t)n : 0);
+    if (got != n) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------------- senders */
 
 static void sender_close_fd(sender_t *s) {
@@ -675,6 +698,7 @@ static const luaL_Reg sender_methods[] = {
 
 static const luaL_Reg file_methods[] = {
     {"sender", file_sender},
+    {"cached", file_cached},
     {"close", file_close},
     {NULL, NULL},
 };
