@@ -520,6 +520,7 @@ describe("app: the request", function()
         app:post("/r/{id}", function(req)
             seen[#seen + 1] = {
                 method = req.method, path = req.path, query = req.query, id = req.params.id,
+                query_all = req.query_all,
                 version = req.version, remote = req.remote, remote_port = req.remote_port,
                 ua = req.headers["user-agent"], UA = req.headers["User-Agent"], multi = req.headers["x-multi"],
                 cookie = req.headers.cookie,
@@ -535,6 +536,7 @@ describe("app: the request", function()
             assert.equal("POST", s.method)
             assert.equal("/r/5", s.path)
             assert.same({ a = "3", b = "two words", flag = "" }, s.query)
+            assert.same({ a = { "1", "3" }, b = { "two words" }, flag = { "" } }, s.query_all)
             assert.equal("5", s.id)
             assert.equal("1.1", s.version)
             assert.equal("127.0.0.1", s.remote)
@@ -548,6 +550,19 @@ describe("app: the request", function()
             local other <close> = testing.client(srv.port)
             assert(other:post("/r/6", { body = "" }))
             assert.are_not.equal(s.remote_port, seen[2].remote_port)
+        end)
+    end)
+
+    it("gives req.query_all after the handler returned, when it read req.query", function()
+        local app = loom.app()
+        local saved
+        app:get("/q", function(req)
+            saved = req
+            return { json = req.query }
+        end)
+        with_app(app, function(client)
+            assert.same({ x = "1", y = "", ["a b"] = "c+d" }, get(client, "/q?x=2&x=%31&=z&&y&a+b=c%2Bd"):json())
+            assert.same({ x = { "2", "1" }, y = { "" }, ["a b"] = { "c+d" } }, saved.query_all)
         end)
     end)
 

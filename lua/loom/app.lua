@@ -199,6 +199,12 @@ local emit
 function emit(req, res)
     if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
     if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
+    if type(res) == "table" and res.json ~= nil and res.headers == nil and res.cookies == nil
+        and res.body == nil and res.text == nil and res.html == nil and res.file == nil
+        and not res.streamed then -- the commonest table ({json = v}): what normalize makes
+        local headers = request.with_extra(req, { ["content-type"] = "application/json" })
+        return res.status or 200, headers, json.encode(res.json)
+    end
     res = normalize(res, req, true)
     local headers = request.with_extra(req, res.headers)
     if res.cookies ~= nil then -- Set-Cookie lines, Secure by default over TLS

@@ -47,16 +47,33 @@ function lazy.tls() return false end
 -- calling next): added to every answer, req:stream's included; the answer's own win
 function lazy.response_headers() return {} end
 
+-- The query string of the target ("" when it has none); a fragment never reaches a server
+-- (the parser refuses "#"), but is cut all the same.
+local find, sub, gmatch = string.find, string.sub, string.gmatch
+local function query_string(req)
+    local t = req.target
+    local i = find(t, "?", 1, true)
+    if not i then return "" end
+    local q = sub(t, i + 1)
+    local h = find(q, "#", 1, true)
+    return h and sub(q, 1, h - 1) or q
+end
+
+-- req.query is url.parse_query's first table only: query_all (every value of each key) is
+-- made when asked for.
+local decode_component = url.decode_component
 function lazy.query(req)
-    local q = req.target:match("%?([^#]*)")
-    local last, all = url.parse_query(q)
-    rawset(req, "query_all", all)
+    local last = {}
+    for k, v in gmatch(query_string(req), "([^&=]*)=?([^&]*)") do
+        k = decode_component(k)
+        if k ~= "" then last[k] = decode_component(v) end
+    end
     return last
 end
 
 function lazy.query_all(req)
-    local _ = req.query
-    return rawget(req, "query_all")
+    local _, all = url.parse_query(query_string(req))
+    return all
 end
 
 function lazy.remote(req)

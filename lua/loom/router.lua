@@ -141,8 +141,9 @@ function Router:match(method, path)
     local t = self.exact[method]
     local h = t and t[path]
     if h then return h end
-    local first = match(path, "^/([^/]*)")
-    if not first then return nil, {} end -- "*", "host:443": no path to route
+    if byte(path, 1) ~= 47 then return nil, {} end -- "*", "host:443": no path to route
+    local slash = find(path, "/", 2, true)
+    local first = sub(path, 2, (slash or 0) - 1)
     local params
     h, params = find_route(self, method, path, first)
     if h then return h, params end

@@ -13,8 +13,11 @@ function M.decode(s)
     return (s:gsub("%%(%x%x)", hex_to_char))
 end
 
--- Decodes a form or query component: '+' is a space.
+-- Decodes a form or query component: '+' is a space. Most components have neither '%'
+-- nor '+': one find, no gsub.
+local find = string.find
 function M.decode_component(s)
+    if not find(s, "[%%+]") then return s end
     return M.decode((s:gsub("+", " ")))
 end
 
@@ -30,9 +33,9 @@ end
 function M.parse_query(s)
     local last, all = {}, {}
     if not s or s == "" then return last, all end
-    for pair in s:gmatch("[^&]+") do
-        local k, v = pair:match("^([^=]*)=?(.*)$")
-        k, v = M.decode_component(k), M.decode_component(v)
+    local decode = M.decode_component
+    for k, v in s:gmatch("([^&=]*)=?([^&]*)") do
+        k, v = decode(k), decode(v)
         if k ~= "" then
             last[k] = v
             local list = all[k]
