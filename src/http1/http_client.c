@@ -276,6 +276,8 @@ static int on_headers(loom_http_msg_t *m) {
         if (coding && !(x->z = loom_inflate_new(coding)))
             return -1;
     }
+    if (!x->z && (m->parser.flags & F_CONTENT_LENGTH))
+        x->expect = m->parser.content_length;
     /* 1: "the response has no body", whatever its Content-Length says (RFC 9112 6.3) */
     return (x->flags & HX_HEAD) || status == 204 || status == 304 ? 1 : 0;
 }

@@ -101,6 +101,7 @@ struct loom_client_x {
     size_t blen, bpos, bcap;
     uint64_t total; /* decoded body bytes so far */
     uint64_t max_body;
+    uint64_t expect; /* the body's Content-Length, when it is kept as it comes (not decoded) */
     loom_inflate_t *z;
     double read_timeout; /* < 0: none */
     double wait_timeout;

@@ -57,6 +57,9 @@ void loom_client_x_event(loom_client_x_t *x) {
 
 static int grow_body(loom_client_x_t *x, size_t need) {
     size_t cap = x->bcap * 2;
+    /* a whole body of known length gets its buffer at once: no copies as pieces come */
+    if (!(x->flags & HX_STREAM) && x->expect >= need && x->expect <= x->max_body && x->expect > cap)
+        cap = (size_t)x->expect;
     while (cap < need)
         cap *= 2;
     char *nb = x->body == x->inl ? malloc(cap) : realloc(x->body, cap);

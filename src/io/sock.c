@@ -17,6 +17,7 @@
  * progress to a waiting writer. */
 #define WRITE_PIECE (256 * 1024)
 #define CORK_MIN 4096
+#define TLS_DIRECT (16 * 1024) /* the largest TLS record's plaintext */
 /* The plain read and write (every request's) stay a few instructions and a tail call: what
  * they leave to a helper must not be inlined into them. */
 #define OUT_OF_LINE __attribute__((noinline))
@@ -247,9 +248,27 @@ int loom_sock_uncork(loom_sock_t *s) {
 
 /* ---------------------------------------------------------------- reading */
 
+/* On TLS the ciphertext is read straight into the session's input buffer (no copy), with
+ * room for at least a whole record: a session that only ever sees small requests keeps
+ * the 16 KiB buffer it has anyway. */
+OUT_OF_LINE static void tls_alloc(loom_sock_t *s, uv_buf_t *buf) {
+    char *base;
+    size_t len;
+    if (loom_tls_inbuf(s->tls, TLS_DIRECT, &base, &len) != 0) {
+        buf->base = NULL; /* libuv reports UV_ENOBUFS */
+        buf->len = 0;
+        return;
+    }
+    buf->base = base;
+    buf->len = len;
+}
+
 static void on_alloc(uv_handle_t *handle, size_t hint, uv_buf_t *buf) {
     loom_sock_t *s = (loom_sock_t *)handle;
-    s->hooks->alloc(s, hint, buf);
+    if (s->tls)
+        tls_alloc(s, buf);
+    else
+        s->hooks->alloc(s, hint, buf);
 }
 
 /* Whether s still reads through session t: the owner may have closed it, or taken the
@@ -291,7 +310,8 @@ static void tls_input(loom_sock_t *s, const char *data, size_t n) {
         s->hooks->input(s, UV_ENOMEM, NULL);
         return;
     }
-    memcpy(base, data, n);
+    if (base != data) /* read elsewhere: the session came after the read began */
+        memcpy(base, data, n);
     loom_tls_received(t, n);
     if (!loom_tls_handshake_done(t)) {
         int rc = loom_tls_handshake(t);

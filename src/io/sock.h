@@ -25,7 +25,8 @@ struct loom_tls_conf;
 /* What the owner is told. Every hook runs from a libuv callback; none may free the owner
  * but `closed`. */
 typedef struct {
-    /* Where the next read lands (ciphertext on TLS, copied out at once, then plaintext). */
+    /* Where the next read lands (on TLS: the plaintext decrypted; the ciphertext is read
+     * into the session's own buffer). */
     void (*alloc)(loom_sock_t *s, size_t hint, uv_buf_t *buf);
     /* Plaintext bytes (nread > 0, in the space alloc gave), or the end of the peer's data
      * (UV_EOF: a FIN, or a TLS close_notify) or a failure (< 0; UV_EPROTO for TLS). nread 0
