@@ -441,7 +441,11 @@ describe("loom.redis", function()
             assert.equal(1, r:rpush("cq", "item"))
             loom.sleep(0.05)
             assert.equal(1, r:llen("cq")) -- the cancelled BLPOPs' connections are gone
-            assert.equal("1", tostring(r.nopen))
+            -- (RPUSH and LLEN went on the shared connection: no pooled one is open)
+            assert.equal(0, r.nopen)
+            local admin = loom.redis(opts())
+            assert.equal(1, clients(admin, 8))
+            admin:close()
             r:close()
         end)
     end)
@@ -478,6 +482,264 @@ describe("loom.redis", function()
             for i = 1, 5 do assert(tasks[i]:join()) end
             assert.same({ 1, 2, 3, 4, 5 }, got)
             one:close()
+            admin:close()
+        end)
+    end)
+
+    -- Automatic pipelining: the plain commands of every task share one connection.
+
+    it("shares one connection between 100 tasks, each getting its own replies", function()
+        run(function()
+            local admin = loom.redis(opts())
+            local r = loom.redis(opts { db = 11 })
+            assert(r:flushdb())
+            local tasks = {}
+            for i = 1, 100 do
+                tasks[i] = loom.spawn(function()
+                    local key, val = "mk" .. i, "value " .. i .. (" "):rep(i % 7)
+                    assert.same({ ok = "OK" }, r:set(key, val))
+                    local got = {}
+                    for j = 1, 5 do got[j] = r:get(key) end
+                    local n = r:incrby("mn" .. i, i)
+                    local _, err = r:incr(key) -- an error reply amid the others' replies
+                    local batch = assert(r:pipeline(function(p)
+                        p:get(key)
+                        p:incr(key)
+                        p:incrby("mn" .. i, 1)
+                    end))
+                    return val, got, n, err, batch
+                end)
+            end
+            for i = 1, 100 do
+                local ok, val, got, n, err, batch = tasks[i]:join()
+                assert(ok, val)
+                assert.same({ val, val, val, val, val }, got)
+                assert.equal(i, n)
+                assert.equal("redis: ERR value is not an integer or out of range", err)
+                assert.same({ val, { err = "redis: ERR value is not an integer or out of range" }, i + 1 }, batch)
+            end
+            -- every command went on one connection: the server sees one client on db 11
+            assert.equal(1, clients(admin, 11))
+            assert.equal(0, r.nopen)
+            r:close()
+            admin:close()
+        end)
+    end)
+
+    it("sends the commands of one turn in one write, each reply to its own task", function()
+        run(function()
+            local reads, got = 0, nil
+            local ln = fake(function(st)
+                st:settimeout(2)
+                local buf = ""
+                while select(2, buf:gsub("%*%d+\r\n", "")) < 5 do
+                    local data = st:read()
+                    if not data then break end
+                    reads = reads + 1
+                    buf = buf .. data
+                end
+                got = buf
+                -- an error reply in the middle of the batch
+                st:write("$1\r\na\r\n-ERR boom\r\n:3\r\n$-1\r\n+OK\r\n")
+            end)
+            local r = loom.redis { port = ln.port }
+            local tasks = {
+                loom.spawn(function() return r:get("a") end),
+                loom.spawn(function() return r:incr("b") end),
+                loom.spawn(function() return r:call("INCR", "c") end),
+                loom.spawn(function() return r:get("d") end),
+                loom.spawn(function() return r:set("e", "x") end),
+            }
+            local want = { { "a" }, { nil, "redis: ERR boom" }, { 3 }, { loom.null }, { { ok = "OK" } } }
+            for i, t in ipairs(tasks) do
+                assert.same({ true, table.unpack(want[i], 1, 2) }, { t:join() })
+            end
+            assert.equal(1, reads) -- the five commands came in one read
+            assert.equal("*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$4\r\nINCR\r\n$1\r\nb\r\n"
+                .. "*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n*2\r\n$3\r\nGET\r\n$1\r\nd\r\n"
+                .. "*3\r\n$3\r\nSET\r\n$1\r\ne\r\n$1\r\nx\r\n", got)
+            r:close()
+            ln:close()
+        end)
+    end)
+
+    it("a task cancelled while its command waits to be sent leaves the others' replies in place", function()
+        run(function()
+            local admin = loom.redis(opts())
+            local r = loom.redis(opts { db = 12 })
+            assert(r:mset("ka", "A", "kb", "B", "kc", "C", "kd", "D"))
+            local a = loom.spawn(function() return r:get("ka") end)
+            local b = loom.spawn(function() return r:get("kb") end)
+            local c = loom.spawn(function() return r:get("kc") end)
+            loom.sleep(0) -- a, b and c queue their commands; none is sent yet
+            b:cancel()
+            assert.same({ true, "A" }, { a:join() })
+            assert.same({ false, "cancelled" }, { b:join() })
+            assert.same({ true, "C" }, { c:join() })
+            assert.equal("D", r:get("kd"))
+            assert.equal(1, clients(admin, 12)) -- the connection was kept: it is in step
+            r:close()
+            admin:close()
+        end)
+    end)
+
+    it("a task cancelled while its reply is owed: the reply is dropped, the others' are theirs", function()
+        run(function()
+            local have, go = loom.event(), loom.event()
+            local conns = 0
+            local ln = fake(function(st)
+                conns = conns + 1
+                st:settimeout(2)
+                local buf = ""
+                while select(2, buf:gsub("%*%d+\r\n", "")) < 3 do
+                    local data = st:read()
+                    if not data then break end
+                    buf = buf .. data
+                end
+                have:set()
+                go:wait()
+                st:write("$1\r\nA\r\n$1\r\nB\r\n$1\r\nC\r\n")
+                assert(st:read())
+                st:write("$1\r\nD\r\n")
+            end)
+            local r = loom.redis { port = ln.port }
+            local a = loom.spawn(function() return r:get("ka") end)
+            local b = loom.spawn(function() return r:get("kb") end)
+            local c = loom.spawn(function() return r:get("kc") end)
+            have:wait() -- the server has the three commands
+            b:cancel()
+            assert.same({ false, "cancelled" }, { b:join() })
+            go:set()
+            assert.same({ true, "A" }, { a:join() })
+            assert.same({ true, "C" }, { c:join() })
+            assert.equal("D", r:get("kd")) -- B's reply was read and dropped
+            assert.equal(1, conns)
+            r:close()
+            ln:close()
+        end)
+    end)
+
+    it("a connection lost mid-batch fails every waiter with closed:, the next command reconnects", function()
+        run(function()
+            local conns = 0
+            local ln = fake(function(st)
+                conns = conns + 1
+                if conns == 1 then -- ten commands in, three replies out, then it goes
+                    st:settimeout(2)
+                    local buf = ""
+                    while select(2, buf:gsub("%*%d+\r\n", "")) < 10 do
+                        local data = st:read()
+                        if not data then break end
+                        buf = buf .. data
+                    end
+                    st:write(":1\r\n:2\r\n:3\r\n")
+                    st:close()
+                else
+                    assert(st:read())
+                    st:write("+back\r\n")
+                end
+            end)
+            local r = loom.redis { port = ln.port }
+            local tasks = {}
+            for i = 1, 10 do tasks[i] = loom.spawn(function() return r:incr("n") end) end
+            for i = 1, 10 do
+                local ok, v, err = tasks[i]:join()
+                assert.is_true(ok)
+                if i <= 3 then
+                    assert.equal(i, v)
+                else
+                    assert.is_nil(v)
+                    assert.matches("^closed: ", err)
+                end
+            end
+            assert.same({ ok = "back" }, r:ping())
+            assert.equal(2, conns)
+            r:close()
+            ln:close()
+        end)
+    end)
+
+    it("a server killed with commands owed fails every waiter with closed:", function()
+        local own = redis_server.start()
+        local ok, e = pcall(run, function()
+            local r = loom.redis { port = own.port }
+            local admin = loom.redis { port = own.port }
+            assert(r:ping())
+            assert(admin:client("pause", 10000)) -- the server holds the GETs below
+            local tasks = {}
+            for i = 1, 50 do tasks[i] = loom.spawn(function() return r:get("k" .. i) end) end
+            repeat loom.sleep(0.01) until r.mux.nout == 0 and not r.mux.writing -- they are sent
+            os.execute("kill -9 " .. own.pid)
+            for i = 1, 50 do
+                local tok, v, err = tasks[i]:join()
+                assert.is_true(tok)
+                assert.is_nil(v)
+                assert.matches("^closed: ", err)
+            end
+            local v, err = r:ping() -- a new connection: refused (or reset by the dying server)
+            assert.is_nil(v)
+            assert.is_truthy(err:find("^connect") or err:find("^closed"), err)
+            r:close()
+            admin:close()
+        end)
+        redis_server.stop(own)
+        assert(ok, e)
+    end)
+
+    it("blocking commands and transactions take a connection of their own beside the shared one", function()
+        run(function()
+            local admin = loom.redis(opts())
+            local r = loom.redis(opts { db = 13 })
+            assert(r:del("bq", "bn"))
+            local blocked = loom.spawn(function() return r:blpop("bq", 5) end)
+            while not assert(admin:client("list")):find("cmd=blpop", 1, true) do loom.sleep(0.01) end
+            local tasks = {}
+            for i = 1, 20 do tasks[i] = loom.spawn(function() return r:incr("bn") end) end
+            for i = 1, 20 do assert(tasks[i]:join()) end
+            assert.equal("20", r:get("bn"))
+            assert.is_false(blocked:done()) -- still blocked: the INCRs did not wait behind it
+            assert.equal(2, clients(admin, 13)) -- the BLPOP's connection and the shared one
+            assert.equal(1, r:rpush("bq", "x"))
+            assert.same({ true, { "bq", "x" } }, { blocked:join() })
+            -- MULTI ... EXEC in a pipeline: on a pooled connection, the shared one untouched
+            local res = assert(r:pipeline(function(p)
+                p:multi()
+                p:incr("bn")
+                p:call("incr", "bn")
+                p:exec()
+            end))
+            assert.same({ { ok = "OK" }, { ok = "QUEUED" }, { ok = "QUEUED" }, { 21, 22 } }, res)
+            assert.equal("22", r:get("bn"))
+            -- an XREAD with BLOCK too
+            local reader = loom.spawn(function() return r:xread("BLOCK", 5000, "STREAMS", "bs", "$") end)
+            while not assert(admin:client("list")):find("cmd=xread", 1, true) do loom.sleep(0.01) end
+            assert(r:xadd("bs", "*", "f", "v"))
+            local rok, got = reader:join()
+            assert.is_true(rok)
+            assert.equal("bs", got[1][1])
+            assert.same({ "f", "v" }, got[1][2][1][2])
+            r:close()
+            admin:close()
+        end)
+    end)
+
+    it("auto_pipeline = false (in the options or a second table) keeps a connection per command", function()
+        run(function()
+            local admin = loom.redis(opts())
+            local r = loom.redis(url(14), { auto_pipeline = false, max = 3 })
+            local tasks = {}
+            for i = 1, 12 do tasks[i] = loom.spawn(function() return r:blpop("none" .. i, 0.05) end) end
+            for i = 1, 12 do assert(tasks[i]:join()) end
+            for i = 1, 12 do tasks[i] = loom.spawn(function() return r:get("k") end) end
+            for i = 1, 12 do assert(tasks[i]:join()) end
+            assert.equal(3, r.nopen)
+            assert.equal(3, clients(admin, 14))
+            r:close()
+            assert.is_false(loom.redis(opts { auto_pipeline = false }).mux)
+            assert.has_error(function() loom.redis(url(), { auto_pipeline = 1 }) end,
+                "bad argument #2 to 'redis' (option 'auto_pipeline': boolean expected, got number)")
+            assert.has_error(function() loom.redis(url(), 5) end,
+                "bad argument #2 to 'redis' (options table expected, got number)")
             admin:close()
         end)
     end)

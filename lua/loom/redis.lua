@@ -1,9 +1,13 @@
 -- loom.redis: a Redis client (RESP2) on loom streams. Replies are parsed in C straight from
 -- the stream's buffer (src/db/resp.c through a framed read); commands go out as arrays of bulk
--- strings (core.resp_command), never as text built from the values. A pool of connections
--- (loom.pool: max, waiters served in order), AUTH and SELECT on connect, pipelines, pub/sub on a
--- connection of its own, per-command timeouts, and cancellation: a connection that still
--- owes a reply is closed, never handed out again. See docs/databases.md.
+-- strings (core.resp_command), never as text built from the values. Plain commands of all
+-- tasks share one connection (automatic pipelining, as ioredis does): the commands queued
+-- during one turn of the scheduler leave in one write, and a reader task hands the replies
+-- out in order, each to the task that sent its command. Commands that block or change the
+-- connection's state (BLPOP, MULTI, SELECT, CLIENT, ...) take a connection of their own from a
+-- pool (loom.pool: max, waiters served in order), where a connection that still owes a reply
+-- is closed, never handed out again. AUTH and SELECT on connect, pipelines, pub/sub on a
+-- connection of its own, per-command timeouts, cancellation. See docs/databases.md.
 local core = require "loom.core"
 local args = require "loom.args"
 local net = require "loom.net"
@@ -12,17 +16,53 @@ local connpool = require "loom.pool"
 
 local resp_read, resp_command, resp_reader, resp_idle = core.resp_read, core.resp_command, core.resp_reader,
     core.resp_idle
-local now = core.now
+local now, spawn, ticket, park, wake = core.now, core.spawn, core.ticket, core.park, core.wake
 local null = core.null
 local format, mtype, concat, select, type = string.format, math.type, table.concat, select, type
+local upper, pcall = string.upper, pcall
 
 local M = { null = null }
 
 local OPTIONS = {
     host = "string", port = "number", username = "string", password = "string", db = "number",
     max = "number", connect_timeout = "number", timeout = "number", tls = "table",
-    max_bulk = "number", max_elements = "number", max_depth = "number",
+    max_bulk = "number", max_elements = "number", max_depth = "number", auto_pipeline = "boolean",
 }
+
+-- Commands that block or change the state of their connection: never on the shared one.
+-- (XREAD and XREADGROUP only with BLOCK: see dedicated.)
+local DEDICATED = {}
+for w in ([[SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE MULTI EXEC
+    DISCARD WATCH UNWATCH BLPOP BRPOP BRPOPLPUSH BLMOVE BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT
+    WAITAOF SELECT AUTH HELLO CLIENT MONITOR RESET QUIT SHUTDOWN SYNC PSYNC REPLCONF READONLY
+    READWRITE ASKING]]):gmatch("%S+") do
+    DEDICATED[w] = true
+end
+DEDICATED.XREAD, DEDICATED.XREADGROUP = "block", "block"
+
+-- Whether command `cmd` (upper case) with arguments ... needs a connection of its own.
+local function dedicated(cmd, ...)
+    local d = DEDICATED[cmd]
+    if d ~= "block" then return d == true end
+    for i = 1, select("#", ...) do
+        local a = select(i, ...)
+        if type(a) == "string" and #a == 5 and upper(a) == "BLOCK" then return true end
+    end
+    return false
+end
+
+-- The upper-case names of the names r:call was given (a few distinct names in practice;
+-- forgotten when there are too many).
+local call_names, ncall_names = {}, 0
+local function upper_name(name)
+    local u = call_names[name]
+    if not u then
+        if ncall_names >= 1000 then call_names, ncall_names = {}, 0 end
+        u = upper(name)
+        call_names[name], ncall_names = u, ncall_names + 1
+    end
+    return u
+end
 
 local function fail(msg, level) args.fail("redis", 1, msg, (level or 1) + 1) end
 
@@ -60,23 +100,24 @@ local function parse_url(s)
     return o
 end
 
-local function check_options(o)
+local function check_options(o, argn)
+    local function bad(msg) args.fail("redis", argn, msg, 4) end
     for k, v in pairs(o) do
         local t = OPTIONS[k]
-        if not t then fail("unknown option '" .. tostring(k) .. "'", 3) end
-        if type(v) ~= t then fail(format("option '%s': %s expected, got %s", k, t, type(v)), 3) end
+        if not t then bad("unknown option '" .. tostring(k) .. "'") end
+        if type(v) ~= t then bad(format("option '%s': %s expected, got %s", k, t, type(v))) end
     end
     for _, k in ipairs { "max", "max_bulk", "max_elements", "max_depth", "db" } do
         if o[k] ~= nil and (mtype(o[k]) ~= "integer" or o[k] < (k == "db" and 0 or 1)) then
-            fail(format("option '%s': %s integer expected", k, k == "db" and "non-negative" or "positive"), 3)
+            bad(format("option '%s': %s integer expected", k, k == "db" and "non-negative" or "positive"))
         end
     end
-    if o.max_depth and o.max_depth > 64 then fail("option 'max_depth': at most 64", 3) end
+    if o.max_depth and o.max_depth > 64 then bad("option 'max_depth': at most 64") end
     for _, k in ipairs { "connect_timeout", "timeout" } do
-        if o[k] and o[k] < 0 then fail("option '" .. k .. "': non-negative number expected", 3) end
+        if o[k] and o[k] < 0 then bad("option '" .. k .. "': non-negative number expected") end
     end
     if o.port and (mtype(o.port) ~= "integer" or o.port < 1 or o.port > 65535) then
-        fail("option 'port': integer 1-65535 expected", 3)
+        bad("option 'port': integer 1-65535 expected")
     end
 end
 
@@ -214,6 +255,190 @@ local function check_pool(self, fname)
     end
 end
 
+-- ---------------------------------------------------------------- the shared connection
+
+-- The connection the plain commands of every task share (ioredis's model). A command is
+-- queued (its encoded bytes in `out`, its waiter's ticket in the FIFO `q`) and its task
+-- parks; the writer task, started on the next turn of the scheduler, sends everything queued
+-- by then in one write (opening the connection first when there is none), and the reader
+-- task reads the replies in order and wakes each waiter with its own. A waiter that gave
+-- up (a timeout, a cancellation) keeps its place in `q`: its reply is read and dropped
+-- (core.wake refuses a stale ticket), so the replies of the others never shift. A failed
+-- connection (closed, a protocol error, the reader's timeout) fails every waiter and is
+-- dropped; the next command opens a new one. With nothing owed the connection is idle as
+-- a pooled one is (core.resp_idle: it keeps nothing alive, and its close is noticed).
+--
+--   q[i], q[-i]   the waiter's task and ticket serial, for head <= i <= tail
+--   qn[i]         the number of replies of an r:pipeline batch (nil: one reply)
+local Mux = {}
+Mux.__index = Mux
+
+local function new_mux(o)
+    return setmetatable({
+        opts = o, c = nil, q = {}, qn = {}, head = 1, tail = 0,
+        out = {}, nout = 0, writing = false, closed = false,
+        host = o.host or "127.0.0.1", port = o.port or 6379,
+    }, Mux)
+end
+
+-- The error a waiter other than the first gets when the connection fails.
+local function lost(err)
+    if err and err:find("^closed: ") then return err end
+    return "closed: the connection failed (" .. tostring(err) .. ")"
+end
+
+-- Connection `c` failed with `err` (c == nil: it could not be opened): every waiter gets
+-- an error (the first `err` itself, the others closed:), and what was not sent is dropped.
+function Mux:fail(c, err)
+    if c then
+        if self.c ~= c then return end -- failed already: its waiters were told
+        self.c = nil
+        c:close()
+    end
+    local q, qn = self.q, self.qn
+    local first = true
+    for i = self.head, self.tail do
+        local t, serial = q[i], q[-i]
+        q[i], q[-i], qn[i] = nil, nil, nil
+        if wake(t, serial, nil, first and err or lost(err)) then first = false end
+    end
+    self.head, self.tail = 1, 0
+    local out = self.out
+    for i = 1, self.nout do out[i] = nil end
+    self.nout = 0
+end
+
+-- The reader of connection c: while replies are owed, reads one and wakes its waiter.
+local function read_replies(m, c)
+    local st, rd, q, qn = c.st, c.reader, m.q, m.qn
+    local batch, nbatch
+    while m.c == c and m.head <= m.tail do
+        local v, err, fatal = resp_read(st, rd)
+        if m.c ~= c then break end -- failed meanwhile (its waiters were told)
+        if v == nil and (fatal or not err or not err:find("^redis: ")) then
+            m:fail(c, err or "closed: connection lost")
+            break
+        end
+        local i = m.head
+        local n = qn[i]
+        if n then -- an r:pipeline batch: its replies gathered, error replies as {err = ...}
+            if not batch then batch, nbatch = {}, 0 end
+            nbatch = nbatch + 1
+            batch[nbatch] = v == nil and { err = err } or v
+            if nbatch == n then
+                wake(q[i], q[-i], batch)
+                batch = nil
+                q[i], q[-i], qn[i] = nil, nil, nil
+                m.head = i + 1
+            end
+        else
+            wake(q[i], q[-i], v, err)
+            q[i], q[-i] = nil, nil
+            m.head = i + 1
+        end
+    end
+    c.reading = false
+    if m.c == c and m.head > m.tail then
+        m.head, m.tail = 1, 0
+        if m.closed then
+            m.c = nil
+            c:close()
+        else
+            resp_idle(st, true) -- nothing owed: idle, keeping nothing alive
+        end
+    end
+end
+
+local function reader(m, c)
+    local ok, err = pcall(read_replies, m, c)
+    if not ok then -- cancelled (an app's shutdown cancels every task): the waiters are told
+        c.reading = false
+        m:fail(c, "closed: " .. tostring(err))
+    end
+end
+
+-- The writer: sends what was queued (everything of one turn in one write), opening the
+-- connection first when there is none; starts the connection's reader.
+local function write_queued(m)
+    while m.nout > 0 do
+        local c = m.c
+        if not c then
+            local err
+            if m.closed then
+                c, err = nil, select(2, connpool.closed_err())
+            else
+                c, err = open(m.opts)
+            end
+            if not c then
+                m:fail(nil, err)
+                break
+            end
+            if m.closed or m.nout == 0 then -- closed, or every waiter failed, while connecting
+                c:close()
+                if m.nout > 0 then m:fail(nil, select(2, connpool.closed_err())) end
+                break
+            end
+            m.c = c
+        end
+        local out, n = m.out, m.nout
+        local data = n == 1 and out[1] or concat(out, "", 1, n)
+        for i = 1, n do out[i] = nil end
+        m.nout = 0
+        if not c.reading then
+            c.reading = true
+            spawn(reader, m, c)
+        end
+        local ok, err = c.st:write(data)
+        if not ok then m:fail(c, err) end
+    end
+end
+
+local function writer(m)
+    local ok, err = pcall(write_queued, m)
+    m.writing = false
+    if not ok then m:fail(m.c, "closed: " .. tostring(err)) end
+end
+
+-- Sends one encoded command (or an r:pipeline batch of n) on the shared connection and
+-- waits for its reply: reply | nil, err (a batch: {reply | {err = ...}, ...} | nil, err).
+function Mux:send(payload, n)
+    local tail = self.tail
+    if tail < self.head then -- nothing owed: take the idle connection back
+        local c = self.c
+        if c and not c.reading and not resp_idle(c.st, false) then -- the server closed it
+            self.c = nil
+            c:close()
+        end
+    end
+    tail = tail + 1
+    self.tail = tail
+    local q = self.q
+    q[tail], q[-tail] = ticket()
+    if n then self.qn[tail] = n end
+    local nout = self.nout + 1
+    self.out[nout] = payload
+    self.nout = nout
+    if not self.writing then
+        self.writing = true
+        spawn(writer, self)
+    end
+    local timeout = self.opts.timeout
+    local ok, v, err = park(timeout)
+    if ok then return v, err end
+    -- its reply, when it comes, is dropped (the ticket is stale)
+    return nil, format("timeout: no reply from %s:%d in %gs", self.host, self.port, timeout)
+end
+
+-- r:close(): the shared connection closes now when it owes nothing, else once it does not.
+function Mux:close()
+    self.closed = true
+    local c = self.c
+    if c and self.head > self.tail and not c.reading then
+        self.c = nil
+        c:close()
+    end
+end
+
 -- One encoded command on a pooled connection -> reply | nil, err
 local function exec(self, payload)
     local c, err = acquire(self)
@@ -222,13 +447,25 @@ local function exec(self, payload)
     return c:roundtrip(payload, 1, true)
 end
 
+-- One command `cmd` (upper case; `payload` its encoding): on the shared connection, or on a
+-- pooled one when it blocks or changes the connection's state (or auto_pipeline is off).
+local function command(self, payload, cmd, ...)
+    local m = self.mux
+    if m and not dedicated(cmd, ...) then
+        if self.closed then return connpool.closed_err() end
+        return m:send(payload)
+    end
+    return exec(self, payload)
+end
+
 -- r:call(name, ...) -> reply | nil, err
 local function call(self, ...)
     check_pool(self, "call")
-    if type((...)) ~= "string" then
-        args.fail("call", 1, "command name (string) expected, got " .. type((...)), 1)
+    local name = ...
+    if type(name) ~= "string" then
+        args.fail("call", 1, "command name (string) expected, got " .. type(name), 1)
     end
-    return exec(self, resp_command("call", 1, ...))
+    return command(self, resp_command("call", 1, ...), upper_name(name), select(2, ...))
 end
 
 -- r:pipeline(function(p) p:incr("a"); p:get("b") end) -> {reply | {err = "redis: ..."}, ...}
@@ -236,10 +473,15 @@ end
 local function pipeline(self, fn)
     check_pool(self, "pipeline")
     if type(fn) ~= "function" then args.fail("pipeline", 1, "function expected, got " .. type(fn), 1) end
-    local p = setmetatable({ n = 0, cmds = {}, done = false }, Pipe)
+    local p = setmetatable({ n = 0, cmds = {}, done = false, dedicated = false }, Pipe)
     fn(p)
     p.done = true
     if p.n == 0 then return {} end
+    local m = self.mux
+    if m and not p.dedicated then -- the batch goes whole, its replies come back in a row
+        if self.closed then return connpool.closed_err() end
+        return m:send(concat(p.cmds, "", 1, p.n), p.n)
+    end
     local c, err = acquire(self)
     if not c then return nil, err end
     local _ <close> = setmetatable({ self, c }, guard_mt)
@@ -330,6 +572,7 @@ Sub.__close = Sub.close
 local function close(self)
     check_pool(self, "close")
     conns.close(self)
+    if self.mux then self.mux:close() end
 end
 
 -- The store of loom.cookie_session{ store = r }: "loom:session:<id>" keys, SET EX ttl.
@@ -367,9 +610,16 @@ Pool.__index = function(_, name)
     local f = commands[name]
     if not f then
         local cmd = name:upper()
-        f = function(self, ...)
-            check_pool(self, name)
-            return exec(self, resp_command(name, 0, cmd, ...))
+        if DEDICATED[cmd] == true then
+            f = function(self, ...)
+                check_pool(self, name)
+                return exec(self, resp_command(name, 0, cmd, ...))
+            end
+        else
+            f = function(self, ...)
+                check_pool(self, name)
+                return command(self, resp_command(name, 0, cmd, ...), cmd, ...)
+            end
         end
         commands[name] = f
     end
@@ -381,30 +631,36 @@ Pool.__tostring = function(self) return format("loom.redis (%d open, %d idle)", 
 Pool.__session_store = function(self) return setmetatable({ r = self }, Store) end
 
 local pipe_commands = setmetatable({}, { __mode = "v" })
-local function pipe_add(p, fname, first, ...)
+-- (a batch with a command that blocks or changes the connection's state goes on a
+-- connection of its own: a MULTI ... EXEC, a SELECT)
+local function pipe_add(p, fname, first, cmd, ...)
     if p.done then error("pipeline: the pipeline function has returned", 3) end
     local n = p.n + 1
     p.cmds[n] = resp_command(fname, first, ...)
     p.n = n
+    if not p.dedicated and dedicated(cmd, select(2, ...)) then p.dedicated = true end
     return p
+end
+local function pipe_call(p, ...)
+    local name = ...
+    return pipe_add(p, "call", 1, type(name) == "string" and upper_name(name) or "", ...)
 end
 Pipe.__name = "loom.redis.pipeline"
 Pipe.__index = function(_, name)
-    if name == "call" then
-        return function(p, ...) return pipe_add(p, "call", 1, ...) end
-    end
+    if name == "call" then return pipe_call end
     if type(name) ~= "string" then return nil end
     local f = pipe_commands[name]
     if not f then
         local cmd = name:upper()
-        f = function(p, ...) return pipe_add(p, name, 0, cmd, ...) end
+        f = function(p, ...) return pipe_add(p, name, 0, cmd, cmd, ...) end
         pipe_commands[name] = f
     end
     return f
 end
 
--- loom.redis(url | opts) -> pool. Lazy: nothing connects before the first command.
-function M.new(spec)
+-- loom.redis(url | opts [, opts]) -> pool. Lazy: nothing connects before the first command.
+-- The options of a second table go over those of the URL (or the first table).
+function M.new(spec, more)
     local o
     if type(spec) == "string" then
         o = parse_url(spec)
@@ -416,8 +672,15 @@ function M.new(spec)
     else
         args.fail("redis", 1, "URL string or options table expected, got " .. type(spec), 1)
     end
-    check_options(o)
-    return setmetatable(connpool.init({ opts = o }, o.max or 10), Pool)
+    check_options(o, 1)
+    if more ~= nil then
+        if type(more) ~= "table" then args.fail("redis", 2, "options table expected, got " .. type(more), 1) end
+        check_options(more, 2)
+        for k, v in pairs(more) do o[k] = v end
+    end
+    local p = connpool.init({ opts = o }, o.max or 10)
+    p.mux = o.auto_pipeline ~= false and new_mux(o) -- (false: set, so not a command name)
+    return setmetatable(p, Pool)
 end
 
 M.Store = Store
