@@ -5,7 +5,10 @@ TechEmpower's shapes against a real PostgreSQL 15 (world: 10 000 rows; fortune: 
 /db (one random row as JSON), /queries?n=20, /fortunes (sorted, HTML-escaped into a page);
 and a Redis GET. Peers, each written as its users write it (bench/db/*_app.*):
 
-    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (pool of REDIS_POOL)
+    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (its GETs share one
+               connection: automatic pipelining)
+    loom-pool  loom with loom.redis{ auto_pipeline = false }: a pooled connection per GET in flight
+               (pool of REDIS_POOL), as loom.redis was before automatic pipelining; Redis GET only
     node       Node `pg` (Pool of POOL) and `ioredis` (one multiplexed connection), from npm
     aiohttp    aiohttp + asyncpg (pool of POOL), Debian's python3-aiohttp and python3-asyncpg
     nginx      nginx + lua-nginx-module + lua-resty-redis (Debian's lua-nginx-redis), keepalive
@@ -25,6 +28,7 @@ flight" asks; PostgreSQL pools are POOL (--pool 16) for every peer.
 
 Usage: bench/db/run.py [--rounds 3] [--secs 5] [--warmup 3] [--conns 50] [--pool 16] [--only loom,node]
        [--shapes db,queries,fortunes,redis]
+The Redis GET alone: --shapes redis --only loom,loom-pool,node,nginx,redis-benchmark
 Environment: LOOM_BUILD (default build/): the loom host is LOOM_BUILD/loom, npm packages go to
 LOOM_BUILD/npm. Needs postgresql-15, redis-server, wrk, nginx with the Lua module,
 lua-nginx-redis, node, python3-aiohttp, python3-asyncpg (scripts/deps.sh --bench).
@@ -199,6 +203,8 @@ def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
         "loom": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url, str(pool),
                                 str(redis_pool)],
                  ["db", "queries", "fortunes", "redis"]),
+        "loom-pool": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url,
+                                     str(pool), str(redis_pool), "pool"], ["redis"]),
         "node": (lambda port: ["node", os.path.join(HERE, "node_app.js"), str(port), pg_url, redis_url,
                                str(pool), NPM], ["db", "queries", "fortunes", "redis"]),
         "aiohttp": (lambda port: ["/usr/bin/python3", os.path.join(HERE, "aiohttp_app.py"), str(port), pg_url,
@@ -207,7 +213,7 @@ def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
     }
 
 
-LABELS = {"loom": "loom", "node": "Node pg / ioredis", "aiohttp": "aiohttp + asyncpg",
+LABELS = {"loom": "loom", "loom-pool": "loom, auto_pipeline = false (before)", "node": "Node pg / ioredis", "aiohttp": "aiohttp + asyncpg",
           "nginx": "nginx + lua-resty-redis", "redis-benchmark": "redis-benchmark (ceiling)"}
 
 
@@ -231,7 +237,7 @@ def main():
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--pool", type=int, default=16)
     ap.add_argument("--redis-pool", type=int, default=0, help="default: --conns")
-    ap.add_argument("--only", default="loom,node,aiohttp,nginx,redis-benchmark")
+    ap.add_argument("--only", default="loom,loom-pool,node,aiohttp,nginx,redis-benchmark")
     ap.add_argument("--shapes", default="db,queries,fortunes,redis")
     a = ap.parse_args()
     only = a.only.split(",")
