@@ -45,7 +45,9 @@ static void push_path(lua_State *L, const char *url, size_t len) {
 int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     loom_server_t *srv = c->srv;
     loom_head_t *h = c->msg.head;
-    lua_createtable(L, 0, 3);
+    /* room for 8 fields: method, path and _box, and what a route with parameters adds
+     * (params, target, query): one table, never rehashed on the way */
+    lua_createtable(L, 0, 8);
     if (srv->reqmt_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, srv->reqmt_ref);
         lua_setmetatable(L, -2);
