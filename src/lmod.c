@@ -11,6 +11,7 @@
 #include "stream.h"
 #include "http_server.h"
 #include "http_client.h"
+#include "h2_client.h"
 #include "websocket.h"
 #include "crypto.h"
 #include "compress.h"
@@ -47,6 +48,7 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_tls(L);
     loom_open_http_server(L);
     loom_open_http_client(L);
+    loom_open_h2_client(L);
     loom_open_fs(L);
     loom_open_signal(L);
     loom_open_udp(L);

@@ -9,6 +9,7 @@ local json = require "loom.json"
 local url = require "loom.url"
 local cookies = require "loom.cookies"
 local dial = require "loom.dial"
+local sync = require "loom.sync"
 
 local M = {}
 
@@ -30,14 +31,14 @@ local REQUEST_OPTS = {
     json = "any", form = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", redirects = { "boolean", "number" }, max_body = "number",
     stream = "boolean", tls = "table", decode = "boolean", retry = { "table", "boolean" },
-    progress = "function", multipart = "table", unix = "string",
+    progress = "function", multipart = "table", unix = "string", http2 = { "boolean", "string" },
 }
 local SESSION_OPTS = {
     base_url = "string", headers = "table", timeout = "timeout", connect_timeout = "timeout",
     read_timeout = "timeout", max_per_host = "number", idle_timeout = "number",
     cookies = "boolean", tls = "table", redirects = { "boolean", "number" }, max_body = "number",
     proxy = { "string", "boolean", "table" }, decode = "boolean", trace = "table",
-    retry = { "table", "boolean" }, unix = "string",
+    retry = { "table", "boolean" }, unix = "string", http2 = { "boolean", "string" },
 }
 local TLS_OPTS = { verify = "boolean", ca_file = "string", cert = "string", key = "string",
     server_name = "string" }
@@ -261,7 +262,7 @@ local Response = {}
 Response.__name = "loom.response"
 
 -- The TLS configuration and its pool-key part for a request's settings.
-local function tls_for(sess, topts)
+local function tls_for(sess, topts, alpn)
     local t = sess.tls
     if topts then
         t = {}
@@ -272,12 +273,13 @@ local function tls_for(sess, topts)
     local verify = t.verify ~= false
     local k = format("%s|%s|%s|%s|%s", verify and 1 or 0, t.ca_file or "", t.cert or "", t.key or "",
         t.server_name or "")
-    local conf = sess.tlsconfs[k]
+    local ck = alpn and k .. "|" .. alpn or k -- the pool key does not change with ALPN
+    local conf = sess.tlsconfs[ck]
     if not conf then
         local err
-        conf, err = tls_config{ verify = verify, ca_file = t.ca_file, cert = t.cert, key = t.key }
+        conf, err = tls_config{ verify = verify, ca_file = t.ca_file, cert = t.cert, key = t.key, alpn = alpn }
         if not conf then return nil, err end
-        sess.tlsconfs[k] = conf
+        sess.tlsconfs[ck] = conf
     end
     return conf, k, t.server_name
 end
@@ -521,11 +523,11 @@ local function backoff(p, n, res)
 end
 
 -- The pool key of u: origin, TLS settings, proxy.
-local function key_of(sess, req, u)
+local function key_of(sess, req, u, alpn)
     local key = u.origin
     local conf, tkey, server_name
     if u.scheme == "https" then
-        conf, tkey, server_name = tls_for(sess, req.tls)
+        conf, tkey, server_name = tls_for(sess, req.tls, alpn)
         if not conf then return nil, tkey or "tls: configuration failed" end
         key = key .. "|" .. tkey
     end
@@ -577,9 +579,154 @@ local function dial_unix(req, u, conf, server_name)
     return st, err
 end
 
+-- HTTP/2 ----------------------------------------------------------------------------
+-- sess.h2[key] = { conns = {conn, ...}, connecting = event }: the h2 connections of an
+-- origin (src/http2/h2_client.c), apart from the HTTP/1 pool; sess.h1only[key]: the server
+-- answered ALPN with http/1.1 (or none), so that origin goes the HTTP/1 way from then on.
+
+-- The fields of an HTTP/2 request from the HTTP/1 head build_head made (one place builds
+-- the headers: cookies, auth, body headers): pseudo-headers first, no Host (:authority),
+-- no Accept-Encoding (the h2 path does not decode yet), no connection-specific fields.
+local H2_DROP = { host = true, connection = true, ["keep-alive"] = true, ["transfer-encoding"] = true,
+    upgrade = true, ["proxy-connection"] = true, ["accept-encoding"] = true, te = true }
+local function h2_fields(req, u, head)
+    local f = { ":method", req.method, ":scheme", u.scheme, ":authority", u.hostport, ":path", u.target }
+    local n = #f
+    for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+        local lname = lower(name)
+        if not H2_DROP[lname] then
+            f[n + 1], f[n + 2] = lname, value
+            n = n + 2
+        end
+    end
+    return f
+end
+
+-- The body of an h2 response as the HTTP/1 exchange offers it to Response (read_all, read,
+-- close, done), max_body counted here.
+local H2X = {}
+H2X.__index = H2X
+function H2X:read()
+    local piece, err = self.rq:read()
+    if piece then
+        self.total = self.total + #piece
+        if self.total > self.max_body and not self.stream then
+            return nil, format("limit: response body over %d bytes (max_body)", self.max_body)
+        end
+    end
+    return piece, err
+end
+function H2X:read_all()
+    local parts, n = {}, 0
+    while true do
+        local piece, err = self.rq:read()
+        if not piece then
+            if err then return nil, err end
+            break
+        end
+        n = n + #piece
+        if n > self.max_body then
+            self.rq:close()
+            return nil, format("limit: response body over %d bytes (max_body)", self.max_body)
+        end
+        parts[#parts + 1] = piece
+    end
+    return concat(parts)
+end
+function H2X:close() self.rq:close() end
+function H2X:done() return self.rq:done() end
+
+-- An h2 connection to u with a free stream, or a new one: conn | nil, err | false, stream
+-- (the server chose HTTP/1.1: the connected stream goes to the HTTP/1 pool).
+local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
+    local pools = sess.h2
+    if not pools then pools = {}; sess.h2 = pools end
+    local pool = pools[key]
+    if not pool then pool = { conns = {} }; pools[key] = pool end
+    while true do
+        local conns = pool.conns
+        for i = #conns, 1, -1 do
+            local cap = conns[i]:capacity()
+            if cap < 0 then table.remove(conns, i)
+            elseif cap > 0 and not fresh then return conns[i] end
+        end
+        if not pool.connecting then break end
+        pool.connecting:wait() -- one connection is made at a time: its streams are shared
+        fresh = false
+    end
+    local ev = sync.event()
+    pool.connecting = ev
+    local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
+        timeout = req.connect_timeout, deadline = req.deadline, on = tc and tc.on })
+    local conn
+    if st then
+        if u.scheme == "https" and core.tls_alpn(st) ~= "h2" then
+            sess.h1only = sess.h1only or {}
+            sess.h1only[key] = true
+            pool.connecting = nil
+            ev:set()
+            return false, st
+        end
+        conn, err = core.h2_session(st)
+        if conn then pool.conns[#pool.conns + 1] = conn end
+    end
+    pool.connecting = nil
+    ev:set()
+    return conn, err
+end
+
+-- One request over HTTP/2: x, status, reason, raw, version | nil, err, retryable, or
+-- false, stream when the server speaks HTTP/1.1 only.
+local function h2_send(sess, req, u, head, fresh, tc)
+    local key, conf, server_name = key_of(sess, req, u, "h2,http/1.1")
+    if not key then return nil, conf end
+    local conn, err = h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
+    if conn == false then return false, err end
+    if not conn then return nil, err end
+    local body = req.body
+    local rq, rerr, retry = conn:request(h2_fields(req, u, head),
+        type(body) == "function" and true or (type(body) == "string" and body ~= "" and body) or nil,
+        req.read_timeout)
+    if not rq then return nil, rerr, retry end
+    if type(body) == "function" then
+        local sent, length = 0, req.body_length
+        while true do
+            local chunk = body()
+            if chunk == nil then break end
+            if type(chunk) ~= "string" then
+                rq:close()
+                error("body function returned a " .. type(chunk) .. " (string or nil expected)", 0)
+            end
+            if chunk ~= "" then
+                local ok, werr = rq:write(chunk)
+                if not ok then return nil, werr end
+                sent = sent + #chunk
+                if tc then progress(tc, sent, length) end
+            end
+        end
+        local ok, ferr = rq:finish()
+        if not ok then return nil, ferr end
+    end
+    local status, raw, hretry = rq:head()
+    if not status then
+        rq:close()
+        return nil, raw, hretry
+    end
+    local x = setmetatable({ rq = rq, total = 0, max_body = req.max_body, stream = req.stream }, H2X)
+    return x, status, "", raw, "2"
+end
+
 -- One request on the wire: x, status, reason, raw, version | nil, err, retryable
 local function send(sess, req, u, head, fresh, tc)
     if u.proxy and u.proxy.invalid and not req.unix then return nil, "connect: " .. u.proxy.invalid end
+    local h2 = req.http2
+    local h1st -- a stream the h2 path connected, for HTTP/1.1 (the server chose it in ALPN)
+    if h2 and not req.unix and not u.proxy and (u.scheme == "https" or h2 == "prior_knowledge")
+        and not (sess.h1only and sess.h1only[key_of(sess, req, u)]) then
+        local x, a, b, c, d = h2_send(sess, req, u, head, fresh, tc)
+        if x ~= false then return x, a, b, c, d end
+        h1st = a
+    end
     local key, conf, server_name = key_of(sess, req, u)
     if not key then return nil, conf end
     local body = req.body
@@ -587,11 +734,15 @@ local function send(sess, req, u, head, fresh, tc)
     if type(body) == "function" then
         flags, body = flags | F_UPLOAD | (req.body_length and F_SIZED or 0), nil
     end
+    if h1st then flags = flags | F_FRESH end
     local x, a, b, c, d = http_request(sess.pool, key, head, body, flags, req.max_body,
         req.connect_timeout, req.read_timeout, req.deadline)
+    if h1st and not (x and a == false) then h1st:close() end
     if x and a == false then
         local st, err
-        if req.unix then
+        if h1st then
+            st = h1st
+        elseif req.unix then
             st, err = dial_unix(req, u, conf, server_name)
         else
             st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
@@ -638,6 +789,10 @@ end
 
 local function check_limits(fname, opts)
     if opts.max_body and opts.max_body < 0 then args.fail(fname, 2, "option 'max_body': must not be negative", 2) end
+    local h2 = opts.http2
+    if type(h2) == "string" and h2 ~= "prior_knowledge" then
+        args.fail(fname, 2, "option 'http2': true, false or \"prior_knowledge\" expected", 2)
+    end
     local r = opts.redirects
     if type(r) == "number" and (r < 0 or math.type(r) ~= "integer") then
         args.fail(fname, 2, "option 'redirects': true, false or a non-negative integer expected", 2)
@@ -660,6 +815,7 @@ local function make_req(sess, method, opts, fname)
         stream = opts.stream,
         decode = pick("decode", true),
         unix = pick("unix", nil),
+        http2 = pick("http2", false),
     }
     local timeout = pick("timeout", false)
     req.deadline = timeout and now() + timeout or nil
@@ -1081,6 +1237,7 @@ local function new_session(opts, fname, keep_cookies_default)
         connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
         redirects = opts.redirects, max_body = opts.max_body, decode = opts.decode,
         tls = opts.tls, tlsconfs = {}, jar = keep and cookies.new() or nil, unix = opts.unix,
+        http2 = opts.http2,
         proxy = proxy_settings(opts.proxy, fname), urls = {}, nurls = 0,
         trace = opts.trace, retry = retry_policy(opts.retry, fname, 1), mw = nil,
     }, Session)

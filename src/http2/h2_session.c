@@ -81,6 +81,7 @@ struct loom_h2_session {
     uint32_t flags;        /* S_* */
     uint32_t fatal;        /* the GOAWAY code a defence chose before failing a callback */
     int64_t goaway;        /* the code of the GOAWAY we sent, or -1 */
+    int peer_goaway;       /* the peer sent GOAWAY: no new streams */
     int handles;           /* ours still open: the sock, the prepare handle, the timer */
     uint32_t block_frames; /* CONTINUATION frames of the header block being read */
     uint64_t block_bytes;  /* its payload bytes so far */
@@ -228,6 +229,8 @@ static loom_h2_span_t *pseudo_slot(loom_h2_stream_t *st, const char *name, size_
         return &st->head.authority;
     if (len == 7 && memcmp(name, ":scheme", 7) == 0)
         return &st->head.scheme;
+    if (len == 7 && memcmp(name, ":status", 7) == 0)
+        return &st->head.status;
     return NULL; /* :protocol (extended CONNECT) is not offered */
 }
 
@@ -305,6 +308,16 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     loom_h2_session_t *s = ud;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
+    if (s->o.client) { /* the stream is ours since loom_h2_request */
+        loom_h2_stream_t *st = stream_of(s, frame->hd.stream_id);
+        if (st && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+            release_head(st); /* a 1xx head before: the final one replaces it */
+            st->head_bytes = 0;
+        } else if (st) {
+            st->flags |= ST_TRAILERS;
+        }
+        return 0;
+    }
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         loom_h2_stream_t *st = stream_of(s, frame->hd.stream_id);
         if (st)
@@ -358,8 +371,10 @@ static void got_head(loom_h2_session_t *s, loom_h2_stream_t *st) {
         respond(st, 431, &len0, 1, 1);
         return;
     }
-    st->flags |= ST_REQUESTED;
-    s->requested++;
+    if (!s->o.client) { /* a client's stream is the layer's since loom_h2_request */
+        st->flags |= ST_REQUESTED;
+        s->requested++;
+    }
     st->head.headers = st->fields;
     st->head.nheaders = st->nfields;
     st->head.bytes = st->head_bytes;
@@ -374,8 +389,18 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     case NGHTTP2_HEADERS:
         if (!st)
             break;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
             got_head(s, st);
+        } else if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE && s->o.client) {
+            if (st->flags & ST_TOO_BIG) {
+                loom_h2_reset(st, NGHTTP2_CANCEL);
+                break;
+            }
+            if (st->head.status.len == 3 && st->head.status.p[0] == '1' &&
+                !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+                break; /* 1xx: the final head follows */
+            got_head(s, st);
+        }
         st->flags &= ~(uint32_t)ST_TRAILERS;
         if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !(st->flags & ST_IN_END))
             got_end(s, st);
@@ -389,6 +414,9 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
          * counts against max_streams, so resets count against a rate of their own */
         if (bucket_take(&s->rst, s->o.rst_burst, s->o.rst_rate) != 0)
             return calm(s, NGHTTP2_ENHANCE_YOUR_CALM);
+        break;
+    case NGHTTP2_GOAWAY:
+        s->peer_goaway = 1;
         break;
     default:
         break;
@@ -431,7 +459,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
         st->flags |= ST_SENT_END;
         /* RFC 9113 8.1: after a whole answer the server may ask the client to stop
          * sending the request body with RST_STREAM (NO_ERROR) */
-        if (!(st->flags & ST_IN_END)) {
+        if (!(st->flags & ST_IN_END) && !s->o.client) {
             st->flags |= ST_APP_RESET;
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
         }
@@ -452,7 +480,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
         nghttp2_session_consume_connection(ng, st->unconsumed);
     if (st->flags & ST_REQUESTED) {
         s->requested--;
-        if (st->flags & ST_SENT_END) {
+        if (s->o.client ? (st->flags & ST_IN_END) && code == NGHTTP2_NO_ERROR
+                        : (st->flags & ST_SENT_END)) {
             if (s->cb->on_close)
                 s->cb->on_close(st);
         } else {
@@ -898,13 +927,15 @@ static int start(loom_h2_session_t *s) {
     nghttp2_option *opt = make_options(&s->o);
     int rc = -1;
     if (cbs && opt)
-        rc = nghttp2_session_server_new2(&s->ng, cbs, s, opt);
+        rc = s->o.client ? nghttp2_session_client_new2(&s->ng, cbs, s, opt)
+                         : nghttp2_session_server_new2(&s->ng, cbs, s, opt);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     if (rc != 0)
         return -1;
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->o.max_streams},
+        {s->o.client ? NGHTTP2_SETTINGS_ENABLE_PUSH : NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+         s->o.client ? 0 : s->o.max_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->o.window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->o.max_header},
         {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, s->o.header_table},
@@ -991,4 +1022,59 @@ size_t loom_h2_session_streams(const loom_h2_session_t *s) {
 }
 int64_t loom_h2_session_goaway_code(const loom_h2_session_t *s) {
     return s->goaway;
+}
+
+/* ---------------------------------------------------------------- client sessions */
+
+uint32_t loom_h2_session_peer_max_streams(const loom_h2_session_t *s) {
+    return s->ng
+               ? nghttp2_session_get_remote_settings(s->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+               : 0;
+}
+
+int loom_h2_session_draining(const loom_h2_session_t *s) {
+    return s->peer_goaway || s->goaway >= 0 ||
+           (s->flags & (S_FATAL | S_SHUT | S_CLOSING | S_FREED)) || !s->ng;
+}
+
+loom_h2_stream_t *loom_h2_request(loom_h2_session_t *s, const loom_h2_header_t *h, size_t n,
+                                  int body, void *data) {
+    if (!s->o.client || loom_h2_session_draining(s))
+        return NULL;
+    size_t names = 0;
+    for (size_t i = 0; i < n; i++)
+        names += h[i].namelen;
+    nghttp2_nv *nv = malloc(n * sizeof *nv + names + 1);
+    loom_h2_stream_t *st = nv ? stream_new(s, 0) : NULL;
+    if (!st) {
+        free(nv);
+        return NULL;
+    }
+    char *lower = (char *)(nv + n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (connection_specific(h[i].name, h[i].namelen) ||
+            (h[i].namelen == 4 && strncasecmp(h[i].name, "host", 4) == 0))
+            continue; /* HTTP/2 has none; :authority is the host */
+        for (size_t j = 0; j < h[i].namelen; j++) {
+            char c = h[i].name[j];
+            lower[j] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+        }
+        nv[k++] = (nghttp2_nv){(uint8_t *)lower, (uint8_t *)h[i].value, h[i].namelen, h[i].valuelen,
+                               NGHTTP2_NV_FLAG_NONE};
+        lower += h[i].namelen;
+    }
+    nghttp2_data_provider prd = {.source = {.ptr = st}, .read_callback = read_body};
+    int32_t id = nghttp2_submit_request(s->ng, NULL, nv, k, body ? &prd : NULL, st);
+    free(nv);
+    if (id < 0) {
+        stream_free(st);
+        return NULL;
+    }
+    st->id = id;
+    st->data = data;
+    st->flags |= ST_REQUESTED | ST_RESPONDED | (body ? ST_BODY : ST_OUT_LAST);
+    s->requested++;
+    schedule(s);
+    return st;
 }

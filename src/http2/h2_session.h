@@ -53,6 +53,7 @@ typedef struct {
  * ends (on_reset or on_close). */
 typedef struct {
     loom_h2_span_t method, path, authority, scheme;
+    loom_h2_span_t status;           /* a client session's response head: ":status" */
     const loom_h2_header_t *headers; /* the regular fields, in arrival order */
     size_t nheaders;
     size_t bytes; /* the header list size as RFC 9113 6.5.2 counts it */
@@ -94,6 +95,8 @@ typedef struct {
     uint32_t junk_burst;        /* empty DATA/HEADERS/CONTINUATION, PRIORITY, SETTINGS */
     uint32_t junk_rate;         /*   frames: the same kind of bucket (1000, 100) */
     uint32_t max_outbound_ack;  /* SETTINGS/PING ACKs queued unsent: past it, a flood (1000) */
+    int client;                 /* 1: a client session (loom_h2_request; on_request is the
+                                   response head, on_end its END_STREAM) */
     char *rbuf;                 /* where reads land (shared by the owner's connections), */
     size_t rbuf_len;            /*   or NULL: the session's own 16 KiB */
 } loom_h2_opts_t;
@@ -122,6 +125,19 @@ loom_sock_t *loom_h2_session_sock(const loom_h2_session_t *s);
 size_t loom_h2_session_streams(const loom_h2_session_t *s);
 /* The code of the GOAWAY this side sent (or is sending), or -1 if none. */
 int64_t loom_h2_session_goaway_code(const loom_h2_session_t *s);
+
+/* Client sessions: a request on a new stream. h[0..n) are the fields, pseudo-headers
+ * (":method", ":scheme", ":authority", ":path") first; names are lowercased here and
+ * connection-specific fields dropped. body: a body follows with loom_h2_write (its last
+ * call ends the stream). data: the stream's. NULL when the session takes no more streams
+ * (GOAWAY, closing) or out of memory. The stream is the layer's from here until exactly one
+ * of on_close (the whole response came) / on_reset. */
+loom_h2_stream_t *loom_h2_request(loom_h2_session_t *s, const loom_h2_header_t *h, size_t n,
+                                  int body, void *data);
+/* The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited: UINT32_MAX). */
+uint32_t loom_h2_session_peer_max_streams(const loom_h2_session_t *s);
+/* 1 once the session takes no new streams: the peer's GOAWAY, our own, or closing. */
+int loom_h2_session_draining(const loom_h2_session_t *s);
 
 /* 1 if data starts with the client preface, 0 if it cannot, -1 if too short to tell. */
 int loom_h2_is_preface(const char *data, size_t len);

@@ -45,6 +45,8 @@ struct loom_tls_conf {
     mbedtls_x509_crt ca;
     own_cert_t *own; /* own[0] is the default */
     int nown;
+    char *alpn_buf;    /* the ALPN names, NUL-separated */
+    const char **alpn; /* NULL-terminated, into alpn_buf: mbedTLS keeps the pointer */
 };
 
 struct loom_tls {
@@ -279,6 +281,35 @@ static const int server_suites[] = {
 };
 #endif
 
+/* The comma-separated list, copied: mbedTLS keeps the array, so the conf owns it. */
+static int set_alpn(loom_tls_conf_t *c, const char *list, char *err, size_t n) {
+    size_t len = strlen(list), count = 1;
+    for (size_t i = 0; i < len; i++)
+        count += list[i] == ',';
+    c->alpn_buf = malloc(len + 1);
+    c->alpn = calloc(count + 1, sizeof *c->alpn);
+    if (!c->alpn_buf || !c->alpn) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    memcpy(c->alpn_buf, list, len + 1);
+    size_t k = 0;
+    for (char *p = c->alpn_buf, *comma; p; p = comma ? comma + 1 : NULL) {
+        comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        if (*p)
+            c->alpn[k++] = p;
+    }
+    c->alpn[k] = NULL;
+    int rc = mbedtls_ssl_conf_alpn_protocols(&c->conf, c->alpn);
+    if (rc != 0) {
+        set_err(err, n, "ALPN", rc);
+        return -1;
+    }
+    return 0;
+}
+
 static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, size_t n) {
     static const char pers[] = "loom";
     int rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
@@ -310,6 +341,8 @@ static int setup_conf(loom_tls_conf_t *c, const loom_tls_opts_t *o, char *err, s
         if (load_ca(c, o, err, n) != 0)
             return -1;
     }
+    if (o->alpn && o->alpn[0] && set_alpn(c, o->alpn, err, n) != 0)
+        return -1;
     return load_own(c, o, err, n);
 }
 
@@ -357,6 +390,8 @@ void loom_tls_conf_unref(loom_tls_conf_t *c) {
         free(c->own[i].names);
     }
     free(c->own);
+    free(c->alpn);
+    free(c->alpn_buf);
     mbedtls_ctr_drbg_free(&c->drbg);
     mbedtls_entropy_free(&c->entropy);
     free(c);
@@ -595,6 +630,10 @@ void loom_tls_sent(loom_tls_t *t, size_t n) {
     }
     memmove(t->out, t->out + n, t->out_len - n);
     t->out_len -= n;
+}
+
+const char *loom_tls_alpn(const loom_tls_t *t) {
+    return t->done ? mbedtls_ssl_get_alpn_protocol(&t->ssl) : NULL;
 }
 
 const char *loom_tls_error(const loom_tls_t *t) {

@@ -30,6 +30,9 @@ typedef struct {
      * (or none was sent). Used instead of cert and key when ncerts > 0. */
     const loom_tls_cert_t *certs;
     int ncerts;
+    /* ALPN protocols offered, most wanted first, comma-separated ("h2,http/1.1"); NULL or
+     * "": none. Copied into the configuration. */
+    const char *alpn;
 } loom_tls_opts_t;
 
 /* Results of the session calls. */
@@ -70,5 +73,7 @@ void loom_tls_sent(loom_tls_t *t, size_t n);
 
 /* What went wrong, for "tls: ..." messages. */
 const char *loom_tls_error(const loom_tls_t *t);
+/* The protocol ALPN chose once the handshake is done ("h2", "http/1.1"), or NULL. */
+const char *loom_tls_alpn(const loom_tls_t *t);
 
 #endif

@@ -39,8 +39,9 @@ static loom_tls_conf_t *check_conf(lua_State *L, int idx) {
 static void push_key(lua_State *L, const loom_tls_opts_t *o) {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    lua_pushfstring(L, "%d|%s|%s|%s|%d", o->verify, o->ca_file ? o->ca_file : "",
-                    o->cert ? o->cert : "", o->key ? o->key : "", o->server);
+    lua_pushfstring(L, "%d|%s|%s|%s|%d|%s", o->verify, o->ca_file ? o->ca_file : "",
+                    o->cert ? o->cert : "", o->key ? o->key : "", o->server,
+                    o->alpn ? o->alpn : "");
     luaL_addvalue(&b);
     for (int i = 0; i < o->ncerts; i++) {
         lua_pushfstring(L, "|%s|%s|", o->certs[i].cert ? o->certs[i].cert : "",
@@ -122,6 +123,7 @@ static void read_opts(lua_State *L, int idx, loom_tls_opts_t *o) {
     o->cert = loom_opt_string(L, idx, "cert", NULL);
     o->key = loom_opt_string(L, idx, "key", NULL);
     o->server = loom_opt_boolean(L, idx, "server", 0);
+    o->alpn = loom_opt_string(L, idx, "alpn", NULL); /* "h2,http/1.1" */
     read_certs(L, idx, o);
 }
 

@@ -1,0 +1,52 @@
+// spec/support/h2_node_server.js PORT MODE [CERT KEY]: Node's http2 module as a peer of the
+// loom client (spec/h2_client_spec.lua). MODE "h2c": createServer (prior knowledge only);
+// "tls": createSecureServer offering h2 (allowHTTP1 false); "tls1": HTTP/1.1 only.
+const http2 = require('http2');
+const https = require('https');
+const fs = require('fs');
+const [port, mode, cert, key] = process.argv.slice(2);
+let sessions = 0;
+function handler(req, res) {
+  const u = new URL(req.url, 'http://x');
+  if (u.pathname === '/sessions') return res.end(String(sessions));
+  if (u.pathname === '/echo') {
+    const parts = [];
+    req.on('data', (c) => parts.push(c));
+    req.on('end', () => {
+      const b = Buffer.concat(parts);
+      res.setHeader('x-method', req.method);
+      res.setHeader('x-version', req.httpVersion);
+      res.end(b);
+    });
+    return;
+  }
+  if (u.pathname === '/big') {
+    const n = Number(u.searchParams.get('n'));
+    const chunk = Buffer.alloc(16384, 'x');
+    let left = n;
+    const pump = () => {
+      while (left > 0) {
+        const c = left >= chunk.length ? chunk : chunk.subarray(0, left);
+        left -= c.length;
+        if (!res.write(c)) return res.once('drain', pump);
+      }
+      res.end();
+    };
+    return pump();
+  }
+  if (u.pathname === '/goaway') {
+    res.end('bye');
+    req.stream.session.goaway(0);
+    return;
+  }
+  if (u.pathname === '/slow') return setTimeout(() => res.end('slow ' + req.httpVersion), 200);
+  res.setHeader('x-version', req.httpVersion);
+  res.end('hello ' + req.httpVersion);
+}
+let server;
+if (mode === 'h2c') server = http2.createServer({ settings: { maxConcurrentStreams: 100 } }, handler);
+else if (mode === 'tls') server = http2.createSecureServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler);
+else server = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler);
+server.on('session', () => { sessions++; });
+server.on('secureConnection', () => { if (mode === 'tls1') sessions++; });
+server.listen(Number(port), '127.0.0.1');
