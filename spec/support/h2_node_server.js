@@ -1,11 +1,15 @@
 // spec/support/h2_node_server.js PORT MODE [CERT KEY]: Node's http2 module as a peer of the
 // loom client (spec/h2_client_spec.lua). MODE "h2c": createServer (prior knowledge only);
-// "tls": createSecureServer offering h2 (allowHTTP1 false); "tls1": HTTP/1.1 only.
+// "h2c2": the same with SETTINGS_MAX_CONCURRENT_STREAMS 2; "tls": createSecureServer
+// offering h2 (allowHTTP1 false); "tls1": HTTP/1.1 only. /sessions: connections so far.
+// /arm: the next /slow sends GOAWAY naming its own stream as the last, so the streams
+// the client opened after it are refused (the client retries them on a new connection).
 const http2 = require('http2');
 const https = require('https');
 const fs = require('fs');
 const [port, mode, cert, key] = process.argv.slice(2);
 let sessions = 0;
+let armed = false;
 function handler(req, res) {
   const u = new URL(req.url, 'http://x');
   if (u.pathname === '/sessions') return res.end(String(sessions));
@@ -39,12 +43,21 @@ function handler(req, res) {
     req.stream.session.goaway(0);
     return;
   }
+  if (u.pathname === '/arm') {
+    armed = true;
+    return res.end('armed');
+  }
+  if (u.pathname === '/slow' && armed) {
+    armed = false;
+    req.stream.session.goaway(0, req.stream.id);
+  }
   if (u.pathname === '/slow') return setTimeout(() => res.end('slow ' + req.httpVersion), 200);
   res.setHeader('x-version', req.httpVersion);
   res.end('hello ' + req.httpVersion);
 }
 let server;
 if (mode === 'h2c') server = http2.createServer({ settings: { maxConcurrentStreams: 100 } }, handler);
+else if (mode === 'h2c2') server = http2.createServer({ settings: { maxConcurrentStreams: 2 } }, handler);
 else if (mode === 'tls') server = http2.createSecureServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler);
 else server = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, handler);
 server.on('session', () => { sessions++; });
