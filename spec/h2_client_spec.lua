@@ -1,6 +1,7 @@
 -- The HTTP/2 client (src/http2/h2_client.c, lua/loom/client.lua "http2") against real
--- peers: Node's http2 module over TLS (ALPN h2) and by prior knowledge (h2c), and a Node
--- https server that speaks HTTP/1.1 only (the ALPN fallback). Certificates are made by
+-- peers: Node's http2 module over TLS (ALPN h2) and by prior knowledge (h2c), a Node
+-- https server that speaks HTTP/1.1 only (the ALPN fallback), and nginx with
+-- `listen ... ssl http2` in its own prefix directory. Certificates are made by
 -- openssl at test time (spec/support/make_certs.sh).
 local loom = require "loom"
 local run = require "support.run"
@@ -178,5 +179,73 @@ describe("fetch over HTTP/2", function()
         local ok, err = pcall(loom.fetch, "http://127.0.0.1:1/", { http2 = "yes" })
         assert.is_false(ok)
         assert.matches("http2", err)
+    end)
+end)
+
+-- nginx with HTTP/2 on TLS, daemonized in its own prefix directory, stopped by its PID.
+local NGINX_CONF = [[
+worker_processes 1;
+daemon on;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path tmp;
+    server {
+        listen 127.0.0.1:%d ssl http2;
+        ssl_certificate %s/a.pem;
+        ssl_certificate_key %s/a.key;
+        location = /hello { default_type text/plain; return 200 "nginx $server_protocol $request_method"; }
+        location = /conn { default_type text/plain; return 200 "$connection"; }
+    }
+}
+]]
+
+describe("fetch over HTTP/2 from nginx", function()
+    local ng, port
+    setup(function()
+        ng = util.tmpdir()
+        port = util.free_port()
+        assert(os.execute("mkdir -p " .. ng .. "/logs " .. ng .. "/tmp"))
+        local f = assert(io.open(ng .. "/nginx.conf", "w"))
+        f:write(NGINX_CONF:format(port, dir, dir))
+        f:close()
+        local p = io.popen("nginx -p " .. ng .. " -c nginx.conf 2>&1")
+        local out = p:read("a")
+        p:close()
+        assert(os.execute("test -s " .. ng .. "/logs/nginx.pid"),
+            "nginx did not start (is nginx installed? scripts/deps.sh): " .. out)
+    end)
+    teardown(function()
+        if not ng then return end
+        os.execute("kill $(cat " .. ng .. "/logs/nginx.pid) 2>/dev/null")
+        os.execute("rm -rf '" .. ng .. "'")
+    end)
+
+    it("GETs and HEADs over h2, many concurrent fetches on one nginx connection", function()
+        run(function()
+            local s = loom.session{ http2 = true, tls = { ca_file = dir .. "/ca.pem" } }
+            local base = "https://localhost:" .. port
+            local res = assert(s:get(base .. "/hello"))
+            assert.are.equal("2", res.version)
+            assert.are.equal("nginx HTTP/2.0 GET", res:text())
+            res = assert(s:head(base .. "/hello"))
+            assert.are.equal(200, res.status)
+            assert.are.equal("", res:text())
+            local ts = {}
+            for i = 1, 50 do
+                ts[i] = loom.spawn(function() return assert(s:get(base .. "/conn")):text() end)
+            end
+            local seen = {}
+            for i = 1, 50 do
+                local ok, c = ts[i]:join()
+                assert.is_true(ok)
+                seen[c] = true
+            end
+            local n = 0
+            for _ in pairs(seen) do n = n + 1 end
+            assert.are.equal(1, n) -- nginx's $connection: one serial number for all 50
+        end)
     end)
 end)
