@@ -678,15 +678,22 @@ end
 -- One request over HTTP/2: x, status, reason, raw, version | nil, err, retryable, or
 -- false, stream when the server speaks HTTP/1.1 only.
 local function h2_send(sess, req, u, head, fresh, tc)
+    if sess.closed then return nil, "closed: session closed" end
     local key, conf, server_name = key_of(sess, req, u, "h2,http/1.1")
     if not key then return nil, conf end
     local conn, err = h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
     if conn == false then return false, err end
     if not conn then return nil, err end
     local body = req.body
+    -- each wait gets read_timeout, bounded by what is left of the total timeout
+    local wait = req.read_timeout
+    if req.deadline then
+        local left = math.max(req.deadline - now(), 0)
+        if not wait or left < wait then wait = left end
+    end
     local rq, rerr, retry = conn:request(h2_fields(req, u, head),
         type(body) == "function" and true or (type(body) == "string" and body ~= "" and body) or nil,
-        req.read_timeout)
+        wait)
     if not rq then return nil, rerr, retry end
     if type(body) == "function" then
         local sent, length = 0, req.body_length
@@ -1287,6 +1294,11 @@ end
 -- s:close(): closes every pooled connection; requests in flight fail with `closed`.
 function Session:close()
     self.pool:close()
+    self.closed = true
+    for _, pool in pairs(self.h2 or {}) do
+        for _, conn in ipairs(pool.conns) do conn:close(true) end
+        pool.conns = {}
+    end
 end
 
 Session.__close = Session.close

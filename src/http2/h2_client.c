@@ -9,7 +9,7 @@
  *       fields {name, value, ...} with the pseudo-headers first; body: a string (sent
  *       whole), true (rq:write / rq:finish follow) or nil (none)
  *   conn:capacity() -> streams it may still open (-1 when draining or closed)
- *   conn:close()
+ *   conn:close([now])
  *   rq:head() -> status, {name, value, ...} | nil, err, retryable
  *   rq:read() -> piece | nil (the end) | nil, err
  *   rq:write(s) / rq:finish() -> true | nil, err
@@ -309,10 +309,15 @@ static int conn_capacity(lua_State *L) {
     return 1;
 }
 
+/* conn:close([now]): GOAWAY, the streams in flight finish; now: closed at once, they fail */
 static int conn_close(lua_State *L) {
     h2c_t *c = check_conn(L, 1);
-    if (c && c->s)
-        loom_h2_goaway(c->s, LOOM_H2_NO_ERROR);
+    if (c && c->s) {
+        if (lua_toboolean(L, 2))
+            loom_h2_session_close(c->s);
+        else
+            loom_h2_goaway(c->s, LOOM_H2_NO_ERROR);
+    }
     return 0;
 }
 
