@@ -82,6 +82,15 @@ describe("fetch over HTTP/2", function()
         end)
     end)
 
+    it("follows redirects and keeps cookies on h2", function()
+        run(function()
+            local s = loom.session{ http2 = "prior_knowledge" }
+            local res = assert(s:get("http://127.0.0.1:" .. h2c_port .. "/redir"))
+            assert.are.equal("2", res.version)
+            assert.are.equal("cookie k=v1", res:text())
+        end)
+    end)
+
     it("falls back to HTTP/1.1 when the server does not offer h2", function()
         run(function()
             local res = assert(loom.fetch("https://localhost:" .. h1_port .. "/hi", { http2 = true, tls = tls() }))

@@ -696,23 +696,11 @@ local function h2_send(sess, req, u, head, fresh, tc)
         wait)
     if not rq then return nil, rerr, retry end
     if type(body) == "function" then
-        local sent, length = 0, req.body_length
-        while true do
-            local chunk = body()
-            if chunk == nil then break end
-            if type(chunk) ~= "string" then
-                rq:close()
-                error("body function returned a " .. type(chunk) .. " (string or nil expected)", 0)
-            end
-            if chunk ~= "" then
-                local ok, werr = rq:write(chunk)
-                if not ok then return nil, werr end
-                sent = sent + #chunk
-                if tc then progress(tc, sent, length) end
-            end
+        local ok, uerr = upload(rq, body, tc, req.body_length) -- rq:write / rq:finish
+        if not ok then
+            rq:close()
+            return nil, uerr
         end
-        local ok, ferr = rq:finish()
-        if not ok then return nil, ferr end
     end
     local status, raw, hretry = rq:head()
     if not status then

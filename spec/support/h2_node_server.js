@@ -43,6 +43,11 @@ function handler(req, res) {
     req.stream.session.goaway(0);
     return;
   }
+  if (u.pathname === '/redir') {
+    res.writeHead(302, { location: '/cookie', 'set-cookie': 'k=v1; Path=/' });
+    return res.end();
+  }
+  if (u.pathname === '/cookie') return res.end('cookie ' + (req.headers.cookie || 'none'));
   if (u.pathname === '/arm') {
     armed = true;
     return res.end('armed');
