@@ -502,7 +502,8 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     (void)ud;
     if (n > length)
         n = length;
-    memcpy(buf, st->out + st->off, n);
+    if (n > 0) /* out is NULL when nothing was ever queued (an empty last write) */
+        memcpy(buf, st->out + st->off, n);
     st->off += n;
     if (st->off == st->len) {
         st->off = st->len = 0;
