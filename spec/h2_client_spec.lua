@@ -61,7 +61,9 @@ describe("fetch over HTTP/2", function()
 
     it("shares one connection between concurrent fetches of a session", function()
         run(function()
-            local s = loom.session{ http2 = true, tls = tls() }
+            local reused = 0
+            local s = loom.session{ http2 = true, tls = tls(),
+                trace = { on_reuse = function() reused = reused + 1 end } }
             local base = "https://localhost:" .. tls_port
             local before = tonumber(assert(loom.fetch(base .. "/sessions", { http2 = true, tls = tls() })):text())
             local ts = {}
@@ -78,6 +80,7 @@ describe("fetch over HTTP/2", function()
                 assert.are.equal("slow 2.0", body)
             end
             local after = assert(s:get(base .. "/sessions")):text()
+            assert.are.equal(40, reused) -- on_reuse: all but the request that connected
             assert.are.equal(before + 1, tonumber(after)) -- the 40 and this one: one session
         end)
     end)

@@ -648,7 +648,10 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
         for i = #conns, 1, -1 do
             local cap = conns[i]:capacity()
             if cap < 0 then table.remove(conns, i)
-            elseif cap > 0 and not fresh then return conns[i] end
+            elseif cap > 0 and not fresh then
+                if tc then emit(tc, "on_reuse", { key = key }) end
+                return conns[i]
+            end
         end
         if not pool.connecting then break end
         pool.connecting:wait() -- one connection is made at a time: its streams are shared
