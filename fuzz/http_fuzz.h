@@ -28,6 +28,12 @@ typedef struct {
     int idle;        /* a message ended and the head may go back to the pool */
 } fuzz_seen_t;
 
+/* A message and what its hooks saw (loom_http_owner gives the struct, seen first). */
+typedef struct {
+    fuzz_seen_t seen;
+    loom_http_msg_t m;
+} fuzz_msg_t;
+
 /* A request head that reached on_headers passed every check of http_parse.c: a target
  * without control bytes or "#", an absolute-form target with a valid authority and no
  * userinfo, a valid Host, and any Transfer-Encoding field (an empty one too) only in an
@@ -65,7 +71,7 @@ static void fuzz_check_head(const loom_http_msg_t *m) {
     FUZZ_CHECK(h->len <= h->cap);
     FUZZ_CHECK((size_t)h->url + h->url_len <= h->len);
     FUZZ_CHECK(h->nhdrs >= 0 && h->nhdrs <= LOOM_MAX_HEADERS && h->nhdrs <= h->caphdrs);
-    FUZZ_CHECK(m->header_bytes <= m->max_header);
+    FUZZ_CHECK(m->header_bytes <= m->conf->max_header);
     for (int i = 0; i < h->nhdrs; i++) {
         const loom_hspan_t *s = &h->hdrs[i];
         FUZZ_CHECK((size_t)s->name + s->name_len <= h->len);
@@ -90,21 +96,21 @@ static void fuzz_check_head(const loom_http_msg_t *m) {
 }
 
 static int fuzz_on_headers(loom_http_msg_t *m) {
-    fuzz_seen_t *seen = m->owner;
+    fuzz_seen_t *seen = loom_http_owner(m); /* first member of its fuzz_msg_t */
     fuzz_check_head(m);
     seen->heads++;
     return HPE_PAUSED; /* as the server does: the body waits for the handler */
 }
 
 static int fuzz_on_body(loom_http_msg_t *m, const char *at, size_t len) {
-    fuzz_seen_t *seen = m->owner;
+    fuzz_seen_t *seen = loom_http_owner(m); /* first member of its fuzz_msg_t */
     FUZZ_CHECK(at != NULL || len == 0);
     seen->body += len;
     return 0;
 }
 
 static int fuzz_on_complete(loom_http_msg_t *m) {
-    fuzz_seen_t *seen = m->owner;
+    fuzz_seen_t *seen = loom_http_owner(m); /* first member of its fuzz_msg_t */
     seen->ends++;
     seen->idle = 1;
     return HPE_PAUSED;
@@ -153,28 +159,27 @@ typedef struct {
 static fuzz_verdict_t fuzz_parse(const char *wire, size_t len, const size_t *splits, int nsplits,
                                  llhttp_type_t type, int strict) {
     loom_head_pool_t pool = {.max = 1};
-    loom_http_msg_t m;
-    fuzz_seen_t seen = {0, 0, 0, 0, 0};
-    loom_http_msg_init(&m, type, &pool);
-    m.owner = &seen;
-    m.max_header = FUZZ_MAX_HEADER;
-    m.on_headers = fuzz_on_headers;
-    m.on_body = fuzz_on_body;
-    m.on_complete = fuzz_on_complete;
-    m.strict_lines = strict != 0;
+    fuzz_msg_t fm = {.seen = {0, 0, 0, 0, 0}};
+    const loom_http_conf_t conf = {.on_headers = fuzz_on_headers,
+                                   .on_body = fuzz_on_body,
+                                   .on_complete = fuzz_on_complete,
+                                   .max_header = FUZZ_MAX_HEADER,
+                                   .owner_off = offsetof(fuzz_msg_t, m),
+                                   .strict_lines = strict != 0};
+    loom_http_msg_init(&fm.m, type, &pool, &conf);
     fuzz_verdict_t v = {0, 0, 0};
     size_t at = 0;
     for (int i = 0; i <= nsplits && !v.failed; i++) {
         size_t to = i < nsplits ? splits[i] : len;
-        v.failed = fuzz_feed(&m, &seen, wire + at, to - at) != 0;
+        v.failed = fuzz_feed(&fm.m, &fm.seen, wire + at, to - at) != 0;
         at = to;
     }
     if (!v.failed)
-        (void)llhttp_finish(&m.parser); /* the peer closed: a body read to the close ends */
-    FUZZ_CHECK(seen.ends <= seen.heads);
-    v.heads = seen.heads;
-    v.ends = seen.ends;
-    loom_http_msg_release(&m);
+        (void)llhttp_finish(&fm.m.parser); /* the peer closed: a body read to the close ends */
+    FUZZ_CHECK(fm.seen.ends <= fm.seen.heads);
+    v.heads = fm.seen.heads;
+    v.ends = fm.seen.ends;
+    loom_http_msg_release(&fm.m);
     loom_head_pool_free(&pool);
     return v;
 }

@@ -128,21 +128,22 @@ typedef struct {
     int headers_done;
 } seen_t;
 
+static seen_t seen; /* of the message run is parsing */
+
 static int on_headers(loom_http_msg_t *m) {
-    ((seen_t *)m->owner)->headers_done = 1;
+    (void)m;
+    seen.headers_done = 1;
     return HPE_PAUSED;
 }
 
 /* Feeds the wire in pieces of `step` bytes (0: whole); returns 1 when the head completed. */
 static int run(const char *wire, size_t len, size_t step, loom_http_msg_t *m,
                loom_head_pool_t *pool, uint32_t max_header) {
-    static seen_t seen;
+    static loom_http_conf_t conf; /* outlives m: the caller reads m's head after run */
+    conf = (loom_http_conf_t){
+        .on_headers = on_headers, .max_header = max_header, .strict_lines = 1 /* as the server */};
     memset(&seen, 0, sizeof seen);
-    loom_http_msg_init(m, HTTP_REQUEST, pool);
-    m->owner = &seen;
-    m->on_headers = on_headers;
-    m->strict_lines = 1; /* as the server parses */
-    m->max_header = max_header;
+    loom_http_msg_init(m, HTTP_REQUEST, pool, &conf);
     size_t off = 0;
     while (off < len) {
         size_t n = step && len - off > step ? step : len - off;

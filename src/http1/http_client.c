@@ -225,7 +225,7 @@ static void conn_release(loom_client_conn_t *c) {
 /* ---------------------------------------------------------------- parsing */
 
 static loom_client_conn_t *conn_of(loom_http_msg_t *m) {
-    return m->owner;
+    return loom_http_owner(m);
 }
 
 /* "Keep-Alive: timeout=5, max=100": the server closes after that many idle seconds, so we
@@ -344,7 +344,7 @@ static void parse_error(loom_client_conn_t *c, llhttp_errno_t err) {
     if (x && x->phase != X_FAILED) {
         if (c->msg.fail == 414 || c->msg.fail == 431)
             loom_client_x_fail(x, "limit", "response head over %u bytes",
-                               (unsigned)c->msg.max_header);
+                               (unsigned)c->msg.conf->max_header);
         else if (c->msg.fail) /* a check of http_parse.c: it says which */
             loom_client_x_fail(x, "http", "malformed response: %s (%.*s)", c->msg.why,
                                c->host->origin_len, c->host->key);
@@ -441,12 +441,12 @@ loom_client_conn_t *loom_client_conn_new(loom_client_host_t *h, loom_stream_t *s
     c->s = s;
     c->state = CS_BUSY;
     list_push(&h->pool->busy, c);
-    loom_http_msg_init(&c->msg, HTTP_RESPONSE, &h->pool->heads);
-    c->msg.owner = c;
-    c->msg.max_header = 64 * 1024;
-    c->msg.on_headers = on_headers;
-    c->msg.on_body = on_body;
-    c->msg.on_complete = on_complete;
+    static const loom_http_conf_t conf = {.on_headers = on_headers,
+                                          .on_body = on_body,
+                                          .on_complete = on_complete,
+                                          .max_header = 64 * 1024,
+                                          .owner_off = offsetof(loom_client_conn_t, msg)};
+    loom_http_msg_init(&c->msg, HTTP_RESPONSE, &h->pool->heads, &conf);
     s->owner = c;
     s->on_event = on_stream_event;
     h->opened++;

@@ -149,8 +149,9 @@ static int grow_spans(loom_head_t *h) {
 /* Counts head bytes cumulatively: a head that trickles in over many reads is limited as a
  * whole. The target alone over the limit is 414, anything else 431. */
 static int count(loom_http_msg_t *m, size_t len) {
-    m->header_bytes += (uint32_t)(len > m->max_header ? m->max_header + 1 : len);
-    if (m->header_bytes > m->max_header)
+    uint32_t max = m->conf->max_header;
+    m->header_bytes += (uint32_t)(len > max ? max + 1 : len);
+    if (m->header_bytes > max)
         return fail(m, m->part == PART_URL && m->head && m->head->nhdrs == 0 ? 414 : 431,
                     "request head too large");
     return 0;
@@ -490,14 +491,14 @@ static int on_headers_complete(llhttp_t *p) {
     m->in_trailers = 1;
     if (m->te && check_te(m))
         return HPE_USER;
-    return m->on_headers ? m->on_headers(m) : 0;
+    return m->conf->on_headers ? m->conf->on_headers(m) : 0;
 }
 
 /* The last chunk's size line has been read: the trailer section starts at the current
  * position, and loom_http_execute checks its lines as it checks a head's. */
 static int on_chunk_header(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
-    if (!m->strict_lines || p->content_length != 0)
+    if (!m->conf->strict_lines || p->content_length != 0)
         return 0;
     m->trailers = 1;
     return HPE_PAUSED;
@@ -505,14 +506,14 @@ static int on_chunk_header(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     loom_http_msg_t *m = msg_of(p);
-    return m->on_body ? m->on_body(m, at, len) : 0;
+    return m->conf->on_body ? m->conf->on_body(m, at, len) : 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
     loom_http_msg_t *m = msg_of(p);
     m->ended = 1;
     m->lines = LINES_BOL; /* the next bytes start the next head */
-    return m->on_complete ? m->on_complete(m) : 0;
+    return m->conf->on_complete ? m->conf->on_complete(m) : 0;
 }
 
 /* ---------------------------------------------------------------- line structure */
@@ -621,7 +622,7 @@ static int check_head(loom_http_msg_t *m, const char *data, size_t len) {
 }
 
 llhttp_errno_t loom_http_execute(loom_http_msg_t *m, const char *data, size_t len) {
-    if (!m->strict_lines)
+    if (!m->conf->strict_lines)
         return llhttp_execute(&m->parser, data, len);
     if (!(m->lines & LINES_DONE) && check_head(m, data, len))
         return HPE_USER;
@@ -673,12 +674,13 @@ static const llhttp_settings_t settings = {
     .on_chunk_header = on_chunk_header,
 };
 
-void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool) {
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool,
+                        const loom_http_conf_t *conf) {
     memset(m, 0, sizeof *m);
     llhttp_init(&m->parser, type, &settings);
     m->parser.data = m;
     m->pool = pool;
-    m->max_header = 16 * 1024;
+    m->conf = conf;
     m->lines = LINES_BOL;
 }
 

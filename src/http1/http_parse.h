@@ -47,33 +47,46 @@ typedef struct {
 enum { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
 
 typedef struct loom_http_msg loom_http_msg_t;
+/* What every message of one owner shares, pointed to once from each (a server connection
+ * embeds a message: 10 000 idle ones are what they cost). */
+typedef struct {
+    /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
+    int (*on_headers)(loom_http_msg_t *m);
+    int (*on_body)(loom_http_msg_t *m, const char *at, size_t len);
+    int (*on_complete)(loom_http_msg_t *m);
+    uint32_t max_header;  /* bytes of target and header fields allowed, trailers included */
+    uint32_t owner_off;   /* offsetof(owner's struct, its message): loom_http_owner */
+    uint8_t strict_lines; /* loom_http_execute checks line endings (the server's) */
+} loom_http_conf_t;
+
 struct loom_http_msg {
     llhttp_t parser;        /* parser.data points back here */
     loom_head_t *head;      /* storage while a message is in progress */
     loom_head_pool_t *pool; /* where released heads go (owned by the server or client) */
-    uint32_t max_header;    /* bytes of target and header fields allowed, trailers included */
-    uint32_t header_bytes;  /* counted so far for this message */
-    uint8_t part;           /* which element the data callbacks are extending */
+    const loom_http_conf_t *conf;
+    uint32_t header_bytes; /* counted so far for this message */
+    uint8_t part;          /* which element the data callbacks are extending */
     uint8_t host_count;
     uint8_t lines; /* where that check is in the current head (LINES_* bits) */
     uint8_t te;    /* what the Transfer-Encoding fields said (TE_* bits in http_parse.c) */
     /* one bit each, so that fail fits the same 8 bytes (a server connection embeds this) */
     uint8_t in_trailers : 1;
-    uint8_t strict_lines : 1; /* loom_http_execute checks line endings (set by the server) */
-    uint8_t trailers : 1;     /* loom_http_execute: the trailer section has just begun */
-    uint8_t ended : 1;        /* on_message_complete ran in this loom_http_execute call */
-    uint8_t has_expect : 1;   /* the head has an Expect field (the server looks no further) */
+    uint8_t trailers : 1;   /* loom_http_execute: the trailer section has just begun */
+    uint8_t ended : 1;      /* on_message_complete ran in this loom_http_execute call */
+    uint8_t has_expect : 1; /* the head has an Expect field (the server looks no further) */
     uint16_t fail;   /* status a limit or check chose: 400, 414, 431, 501 (0: parser's own) */
     const char *why; /* short reason, for the log */
-    void *owner;
-    /* Hooks: return 0, or HPE_PAUSED to stop llhttp_execute after this event, or -1. */
-    int (*on_headers)(loom_http_msg_t *m);
-    int (*on_body)(loom_http_msg_t *m, const char *at, size_t len);
-    int (*on_complete)(loom_http_msg_t *m);
 };
 
-void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool);
-/* llhttp_execute, with m->strict_lines, after checking the line structure llhttp 8 lets
+/* The struct m is embedded in (conf->owner_off bytes before it). */
+static inline void *loom_http_owner(const loom_http_msg_t *m) {
+    return (char *)m - m->conf->owner_off;
+}
+
+/* conf outlives m (a static table, or the owner's server or pool). */
+void loom_http_msg_init(loom_http_msg_t *m, llhttp_type_t type, loom_head_pool_t *pool,
+                        const loom_http_conf_t *conf);
+/* llhttp_execute, with conf->strict_lines, after checking the line structure llhttp 8 lets
  * through: every line of a head and of a chunked body's trailers ends in CRLF (no bare LF,
  * no lone CR), and no line after the first starts with whitespace (obs-fold, which llhttp 8
  * unfolds) or a colon (an empty field name). Returns llhttp's result, or HPE_USER with

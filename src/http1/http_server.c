@@ -191,7 +191,7 @@ static void on_conn_closed(loom_sock_t *s) {
     loom_server_t *srv = c->srv;
     loom_handle_closed(srv->host);
     server_maybe_done(srv);
-    if (!c->task && !c->job.queued)
+    if (!c->task && !c->queued)
         conn_release(c);
 }
 
@@ -427,8 +427,28 @@ static int bodiless(llhttp_t *p) {
     return llhttp_get_method(p) != HTTP_CONNECT;
 }
 
+/* 10 000 idle keep-alive connections cost these bytes each (plus the kernel's and libuv's
+ * share): glibc's malloc takes them in 16-byte steps, 608 with its own 8 (bench/README.md,
+ * Issue 12). A field added here should be one every connection needs. */
+_Static_assert(sizeof(loom_conn_t) <= 600, "loom_conn_t grew past 600 bytes");
+
+/* The handler of c's request starts from the scheduler, after those queued before it. */
+static void queue_handler(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    if (c->queued)
+        return;
+    c->queued = 1;
+    c->rq_next = NULL;
+    if (srv->rq_tail)
+        srv->rq_tail->rq_next = c;
+    else
+        srv->rq_head = c;
+    srv->rq_tail = c;
+    loom_sched_defer(srv->host, &srv->run_job);
+}
+
 static int on_headers(loom_http_msg_t *m) {
-    loom_conn_t *c = m->owner;
+    loom_conn_t *c = loom_http_owner(m);
     loom_server_t *srv = c->srv;
     llhttp_t *p = &m->parser;
     tl_remove(c);
@@ -467,7 +487,7 @@ static int on_headers(loom_http_msg_t *m) {
     c->status = 0;
     c->sent = 0;
     c->state = C_HANDLER;
-    loom_sched_defer(srv->host, &c->job);
+    queue_handler(c);
     /* The body waits, unparsed, until the handler asks for it. A request without one parses
      * on to its end (on_complete pauses there), which saves resuming the parser for it. */
     if (bodiless(p))
@@ -476,7 +496,7 @@ static int on_headers(loom_http_msg_t *m) {
 }
 
 static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
-    loom_conn_t *c = m->owner;
+    loom_conn_t *c = loom_http_owner(m);
     c->body_seen += len;
     if (c->discard)
         return 0;
@@ -508,7 +528,7 @@ static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
 }
 
 static int on_complete(loom_http_msg_t *m) {
-    loom_conn_t *c = m->owner;
+    loom_conn_t *c = loom_http_owner(m);
     c->msg_done = 1;
     if (!c->discard)
         loom_conn_body_event(c);
@@ -694,7 +714,7 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
      * whose handler job is queued behind the drain's count: drain again while it is, so a
      * read of N requests is answered in this turn, not one request per loop turn. */
     loom_sched_drain(h);
-    while (c->job.queued && c->state == C_HANDLER && !h->sched.draining && !h->closing &&
+    while (c->queued && c->state == C_HANDLER && !h->sched.draining && !h->closing &&
            !h->exit_request)
         loom_sched_drain(h);
     srv->reading = NULL;
@@ -737,8 +757,7 @@ static const loom_sock_hooks_t conn_hooks = {
 /* ---------------------------------------------------------------- handler tasks */
 
 /* In the scheduler: start the handler task for the request whose head just completed. */
-static void run_handler(loom_t *h, loom_job_t *job) {
-    loom_conn_t *c = (loom_conn_t *)((char *)job - offsetof(loom_conn_t, job));
+static void run_handler(loom_t *h, loom_conn_t *c) {
     loom_server_t *srv = c->srv;
     lua_State *L = h->sched.L;
     if (c->state != C_HANDLER) {
@@ -759,6 +778,30 @@ static void run_handler(loom_t *h, loom_job_t *job) {
      * is this loop turn's time still. One that answered at once needed no deadline. */
     if (c->task == t && c->state == C_HANDLER && c->resp == R_NONE && srv->tl[TL_HANDLER].ms)
         tl_add(c, TL_HANDLER);
+}
+
+/* The server's job: starts the handlers of the connections queued before it began, in
+ * order (those queued meanwhile, a pipelined request's next one, wait for the next drain,
+ * as a job queued while the scheduler drains does). */
+static void run_handlers(loom_t *h, loom_job_t *job) {
+    loom_server_t *srv = (loom_server_t *)((char *)job - offsetof(loom_server_t, run_job));
+    loom_conn_t *c = srv->rq_head, *last = srv->rq_tail;
+    srv->rq_head = srv->rq_tail = NULL;
+    while (c) {
+        loom_conn_t *next = c->rq_next;
+        c->rq_next = NULL;
+        c->queued = 0;
+        run_handler(h, c);
+        c = next;
+        if (c && (h->exit_request || h->closing)) { /* the drain would stop here: keep them */
+            last->rq_next = srv->rq_head;
+            if (!srv->rq_head)
+                srv->rq_tail = last;
+            srv->rq_head = c;
+            loom_sched_defer(h, &srv->run_job);
+            break;
+        }
+    }
 }
 
 /* A handler that raised the "closed: ..." its body read gave (req:chunks() raises) after
@@ -931,14 +974,7 @@ static void accept_conn(loom_server_t *srv) {
     }
     if (!srv->path)
         uv_tcp_nodelay(&c->sock.h.tcp, 1);
-    loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads);
-    c->msg.owner = c;
-    c->msg.strict_lines = 1;
-    c->msg.max_header = srv->max_header;
-    c->msg.on_headers = on_headers;
-    c->msg.on_body = on_body;
-    c->msg.on_complete = on_complete;
-    c->job.run = run_handler;
+    loom_http_msg_init(&c->msg, HTTP_REQUEST, &srv->heads, &srv->parse);
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -966,7 +1002,7 @@ static void accept_conn(loom_server_t *srv) {
 
 static void server_free_if_done(loom_server_t *srv) {
     /* at teardown a queued done_job never runs (the queue is not drained again) */
-    int job_pending = srv->done_job.queued && !srv->host->closing;
+    int job_pending = (srv->done_job.queued || srv->run_job.queued) && !srv->host->closing;
     if (srv->handles == 0 && !srv->boxed && srv->live == 0 && !job_pending) {
         spare_close(srv);
         ip_table_free(srv);
@@ -1182,6 +1218,7 @@ static loom_server_t *server_new(lua_State *L, loom_t *h, int unix_socket) {
         luaL_error(L, "out of memory");
     srv->host = h;
     srv->spare_fd = -1;
+    srv->run_job.run = run_handlers;
     srv->heads.max = 256;
     srv->entry_ref = srv->boxmt_ref = srv->self_ref = LUA_NOREF;
     srv->reqmt_ref = srv->methods_ref = LUA_NOREF;
@@ -1224,6 +1261,12 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->tl[TL_LINGER].ms = LINGER_MS;
     srv->tl[TL_HANDLER].ms = secs_to_ms(loom_opt_number(L, o, "handler_timeout", 60));
     srv->max_buffered = 64 * 1024 + srv->max_header;
+    srv->parse = (loom_http_conf_t){.on_headers = on_headers,
+                                    .on_body = on_body,
+                                    .on_complete = on_complete,
+                                    .max_header = srv->max_header,
+                                    .owner_off = offsetof(loom_conn_t, msg),
+                                    .strict_lines = 1};
     srv->obs = loom_obs_open(L, o, srv->host);
     double body = loom_opt_number(L, o, "body_timeout", 60);
     double send = loom_opt_number(L, o, "send_timeout", 60);

@@ -55,7 +55,7 @@ struct loom_conn {
     loom_sock_t sock; /* first; sock.h.handle.data = this */
     loom_server_t *srv;
     loom_http_msg_t msg;
-    loom_job_t job;             /* starts the handler in the scheduler */
+    loom_conn_t *rq_next;       /* in the server's queue of handlers to start (queued) */
     loom_conn_t *prev, *next;   /* every connection of the server */
     loom_conn_t *tprev, *tnext; /* the timeout list it is in */
     uint64_t deadline;
@@ -72,16 +72,17 @@ struct loom_conn {
     loom_ipcount_t *ip;      /* its peer address's count (max_conns_per_ip), or NULL */
     uint32_t nreq;           /* requests finished on this connection (tells one from the next) */
     uint32_t head_sent;      /* bytes of the answer's head: sent less these is its body */
-    uint16_t status;         /* response status, for the access log */
-    uint16_t fail_status;    /* the body broke (413, 400): the answer becomes this, and closes */
-    uint16_t fault_status;   /* core.req_fault: a handler that raises is answered this, closing */
-    uint8_t tlist;
-    uint8_t state;
-    uint8_t resp;      /* R_* */
-    uint8_t keepalive; /* the request allows another after it */
-    uint8_t msg_done;  /* on_message_complete seen for the current request */
-    uint8_t is_head;   /* HEAD request: no body in the answer */
-    /* the rest one bit each: 10 000 idle connections are what they cost */
+    /* the rest in bits: 10 000 idle connections are what they cost (statuses are 100-999) */
+    unsigned status : 10;      /* response status, for the access log */
+    unsigned fail_status : 10; /* the body broke (413, 400): the answer becomes this, and closes */
+    unsigned
+        fault_status : 10;  /* core.req_fault: a handler that raises is answered this, closing */
+    unsigned tlist : 3;     /* TL_* */
+    unsigned state : 3;     /* C_* */
+    unsigned resp : 2;      /* R_* */
+    unsigned keepalive : 1; /* the request allows another after it */
+    unsigned msg_done : 1;  /* on_message_complete seen for the current request */
+    unsigned is_head : 1;   /* HEAD request: no body in the answer */
     unsigned http10 : 1;
     unsigned expect : 1;       /* Expect: 100-continue not yet answered */
     unsigned parse_paused : 1; /* llhttp is paused; `in` holds the bytes after the pause */
@@ -93,6 +94,7 @@ struct loom_conn {
     unsigned waiting_body : 1; /* `waiter` waits for the body (else for writes to drain) */
     unsigned chunked_out : 1;  /* streaming response uses chunked encoding */
     unsigned out_sized : 1;    /* the streamed answer has a length (Content-Length, or no body) */
+    unsigned queued : 1;       /* in the server's handler queue (rq_next) */
 };
 
 struct loom_server {
@@ -120,17 +122,22 @@ struct loom_server {
     int live;            /* connection structs not yet freed: the server outlives them */
     int self_ref;        /* anchors the Lua box while the server is up */
     loom_job_t done_job; /* drops the Lua references once everything is closed */
-    int entry_ref;       /* Lua function(req, box, method, path) -> response */
-    int boxmt_ref;       /* metatable of request boxes (REQBOX_MT) */
-    int reqmt_ref;       /* metatable of request tables (opts.request_mt), or LUA_NOREF */
-    int methods_ref;     /* {[llhttp method number] = name}: interned once, not per request */
-    loom_obs_t *obs;     /* access log and request counters, or NULL (access_log.c) */
+    /* Connections whose request head just completed, in order: one scheduler job starts
+     * their handlers (a job in each connection would cost every idle one its bytes). */
+    loom_job_t run_job;
+    loom_conn_t *rq_head, *rq_tail;
+    int entry_ref;   /* Lua function(req, box, method, path) -> response */
+    int boxmt_ref;   /* metatable of request boxes (REQBOX_MT) */
+    int reqmt_ref;   /* metatable of request tables (opts.request_mt), or LUA_NOREF */
+    int methods_ref; /* {[llhttp method number] = name}: interned once, not per request */
+    loom_obs_t *obs; /* access log and request counters, or NULL (access_log.c) */
     loom_conn_t *conns;
     int nconns;
     loom_tlist_t tl[TL_COUNT];
     uint64_t grace_at, settle_at; /* while closing: force-close, close idle ones */
     uint64_t accept_retry_at;     /* an accepted connection waits for memory until then */
     uint32_t max_header;
+    loom_http_conf_t parse; /* what every connection's parser shares */
     uint64_t max_body;
     size_t max_buffered;  /* unparsed bytes kept before reads stop (pipelining cap) */
     double body_timeout;  /* seconds a body read may wait for the next bytes (< 0: no limit) */
