@@ -12,7 +12,7 @@ packages=(build-essential cmake pkg-config lua5.4 liblua5.4-dev libuv1-dev node-
           libmbedtls-dev zlib1g-dev libbrotli-dev lua-cjson lua-busted luarocks curl openssl python3 publicsuffix
           python3-requests python3-brotli python3-prometheus-client valgrind clang clang-format libclang-rt-14-dev
           python3-websockets chromium nodejs libnghttp2-dev nghttp2-client
-          postgresql-15 libpq-dev redis-server lua-nginx-redis)
+          postgresql-15 libpq-dev redis-server lua-nginx-redis nginx)
 bench_packages=(wrk nginx libnginx-mod-http-lua nodejs python3-aiohttp python3-asyncpg)
 commands=(cc cmake pkg-config lua5.4 busted luarocks curl openssl python3)
 
