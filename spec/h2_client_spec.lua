@@ -94,6 +94,24 @@ describe("fetch over HTTP/2", function()
         end)
     end)
 
+    it("decodes gzip bodies, whole and streamed, with max_body on the decoded size", function()
+        run(function()
+            local base = "http://127.0.0.1:" .. h2c_port
+            local res = assert(loom.fetch(base .. "/gzip?n=100000", { http2 = "prior_knowledge" }))
+            assert.matches("gzip", res.headers["x-accept-encoding"])
+            assert.are.equal(string.rep("z", 100000), res:text())
+            res = assert(loom.fetch(base .. "/gzip?n=300000", { http2 = "prior_knowledge", stream = true }))
+            local n = 0
+            for piece in res:chunks() do n = n + #piece end
+            assert.are.equal(300000, n)
+            local _, err = loom.fetch(base .. "/gzip?n=100000", { http2 = "prior_knowledge", max_body = 50000 })
+            assert.matches("^limit: response body over 50000 bytes", err)
+            res = assert(loom.fetch(base .. "/gzip?n=1000", { http2 = "prior_knowledge", decode = false }))
+            assert.are.equal("none", res.headers["x-accept-encoding"])
+            assert.are_not.equal(string.rep("z", 1000), res:text())
+        end)
+    end)
+
     it("falls back to HTTP/1.1 when the server does not offer h2", function()
         run(function()
             local res = assert(loom.fetch("https://localhost:" .. h1_port .. "/hi", { http2 = true, tls = tls() }))

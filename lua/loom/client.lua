@@ -586,9 +586,9 @@ end
 
 -- The fields of an HTTP/2 request from the HTTP/1 head build_head made (one place builds
 -- the headers: cookies, auth, body headers): pseudo-headers first, no Host (:authority),
--- no Accept-Encoding (the h2 path does not decode yet), no connection-specific fields.
+-- no connection-specific fields.
 local H2_DROP = { host = true, connection = true, ["keep-alive"] = true, ["transfer-encoding"] = true,
-    upgrade = true, ["proxy-connection"] = true, ["accept-encoding"] = true, te = true }
+    upgrade = true, ["proxy-connection"] = true, te = true }
 local function h2_fields(req, u, head)
     local f = { ":method", req.method, ":scheme", u.scheme, ":authority", u.hostport, ":path", u.target }
     local n = #f
@@ -603,25 +603,46 @@ local function h2_fields(req, u, head)
 end
 
 -- The body of an h2 response as the HTTP/1 exchange offers it to Response (read_all, read,
--- close, done), max_body counted here.
+-- close, done), decoded (gzip, deflate, br: core.body_decoder) and max_body counted here.
 local H2X = {}
 H2X.__index = H2X
-function H2X:read()
+-- The next decoded piece ("" when a coded piece decoded to nothing) | nil at the end | nil, err
+local function h2_piece(self, cap)
     local piece, err = self.rq:read()
-    if piece then
-        self.total = self.total + #piece
-        if self.total > self.max_body and not self.stream then
-            return nil, format("limit: response body over %d bytes (max_body)", self.max_body)
+    local d = self.decoder
+    if not d then return piece, err end
+    if piece then return d:feed(piece, cap) end
+    if err then return nil, err end
+    local ok, ferr = d:finish()
+    if not ok then return nil, ferr end
+    return nil
+end
+function H2X:read()
+    while true do
+        local piece, err = h2_piece(self, self.max_body)
+        if piece == "" then goto again end
+        if piece then
+            self.total = self.total + #piece
+            if self.total > self.max_body and not self.stream then
+                return nil, format("limit: response body over %d bytes (max_body)", self.max_body)
+            end
         end
+        do return piece, err end
+        ::again::
     end
-    return piece, err
 end
 function H2X:read_all()
     local parts, n = {}, 0
     while true do
-        local piece, err = self.rq:read()
+        local piece, err = h2_piece(self, self.max_body - n + 1)
         if not piece then
-            if err then return nil, err end
+            if err then
+                self.rq:close()
+                if err:find("^limit") then
+                    return nil, format("limit: response body over %d bytes (max_body)", self.max_body)
+                end
+                return nil, err
+            end
             break
         end
         n = n + #piece
@@ -711,6 +732,14 @@ local function h2_send(sess, req, u, head, fresh, tc)
         return nil, raw, hretry
     end
     local x = setmetatable({ rq = rq, total = 0, max_body = req.max_body, stream = req.stream }, H2X)
+    if req.decode and req.method ~= "HEAD" then
+        for i = 1, #raw, 2 do
+            if raw[i] == "content-encoding" then
+                x.decoder = core.body_decoder(lower(raw[i + 1]):match("^%s*(.-)%s*$"))
+                break
+            end
+        end
+    end
     return x, status, "", raw, "2"
 end
 

@@ -48,6 +48,12 @@ function handler(req, res) {
     return res.end();
   }
   if (u.pathname === '/cookie') return res.end('cookie ' + (req.headers.cookie || 'none'));
+  if (u.pathname === '/gzip') {
+    const body = require('zlib').gzipSync(Buffer.from('z'.repeat(Number(u.searchParams.get('n') || 1000))));
+    res.setHeader('content-encoding', 'gzip');
+    res.setHeader('x-accept-encoding', req.headers['accept-encoding'] || 'none');
+    return res.end(body);
+  }
   if (u.pathname === '/arm') {
     armed = true;
     return res.end('armed');

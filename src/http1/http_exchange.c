@@ -588,12 +588,103 @@ static const luaL_Reg x_meta[] = {
     {NULL, NULL},
 };
 
+/* ---------------------------------------------------------------- body decoders */
+
+/* core.body_decoder(coding) -> d | nil: a decoder of a response body's Content-Encoding
+ * ("gzip", "x-gzip", "deflate", "br" when built with it), for the bodies that do not come
+ * through an exchange (HTTP/2: lua/loom/client.lua). d:feed(bytes, cap) -> decoded | nil,
+ * err ("limit: ..." past cap bytes from this one feed: a decompression bomb stops there);
+ * d:finish() -> true | nil, err (a truncated stream). */
+#define DECODER_MT "loom.body_decoder"
+
+typedef struct {
+    loom_inflate_t *z;
+    luaL_Buffer *b;
+    size_t got, cap;
+} decoder_t;
+
+static int decoder_sink(void *ud, const char *p, size_t n) {
+    decoder_t *d = ud;
+    if (d->got + n > d->cap)
+        return 1;
+    d->got += n;
+    luaL_addlstring(d->b, p, n);
+    return 0;
+}
+
+static int l_body_decoder(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    int coding = 0;
+    if (strcmp(name, "gzip") == 0 || strcmp(name, "x-gzip") == 0)
+        coding = LOOM_CODING_GZIP;
+    else if (strcmp(name, "deflate") == 0)
+        coding = LOOM_CODING_DEFLATE;
+    else if (strcmp(name, "br") == 0 && loom_inflate_has_br())
+        coding = LOOM_CODING_BR;
+    if (!coding)
+        return 0;
+    decoder_t *d = lua_newuserdatauv(L, sizeof *d, 0);
+    memset(d, 0, sizeof *d);
+    luaL_setmetatable(L, DECODER_MT);
+    d->z = loom_inflate_new(coding);
+    if (!d->z)
+        return luaL_error(L, "out of memory");
+    return 1;
+}
+
+static int decoder_feed(lua_State *L) {
+    decoder_t *d = luaL_checkudata(L, 1, DECODER_MT);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    lua_Integer cap = luaL_checkinteger(L, 3);
+    if (!d->z)
+        return loom_fail(L, "http", "decoder closed");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    d->b = &b;
+    d->got = 0;
+    d->cap = cap > 0 ? (size_t)cap : 0;
+    int rc = loom_inflate_feed(d->z, p, n, decoder_sink, d);
+    if (rc == -2)
+        return loom_fail(L, "limit", "decoded response body over %d bytes (max_body)", (int)cap);
+    if (rc != 0)
+        return loom_fail(L, "http", "%s", loom_inflate_error(d->z));
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int decoder_finish(lua_State *L) {
+    decoder_t *d = luaL_checkudata(L, 1, DECODER_MT);
+    if (d->z && loom_inflate_finish(d->z) != 0)
+        return loom_fail(L, "http", "%s", loom_inflate_error(d->z));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int decoder_gc(lua_State *L) {
+    decoder_t *d = luaL_checkudata(L, 1, DECODER_MT);
+    loom_inflate_free(d->z);
+    d->z = NULL;
+    return 0;
+}
+
 static const luaL_Reg x_funcs[] = {
     {"http_request", l_http_request},
+    {"body_decoder", l_body_decoder},
     {NULL, NULL},
 };
 
 int loom_open_http_exchange(lua_State *L) {
+    luaL_newmetatable(L, DECODER_MT);
+    lua_pushcfunction(L, decoder_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, decoder_feed);
+    lua_setfield(L, -2, "feed");
+    lua_pushcfunction(L, decoder_finish);
+    lua_setfield(L, -2, "finish");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
     luaL_newmetatable(L, LOOM_CLIENT_X_MT);
     luaL_setfuncs(L, x_meta, 0);
     luaL_newlib(L, x_methods);
