@@ -117,6 +117,22 @@ describe("fetch over HTTP/2", function()
             local res = assert(loom.fetch("https://localhost:" .. h1_port .. "/hi", { http2 = true, tls = tls() }))
             assert.are.equal("1.1", res.version)
             assert.are.equal("hello 1.1", res:text())
+            -- concurrent first requests of a session: one learns the server's choice, the
+            -- others go HTTP/1.1 on connections of their own
+            local s = loom.session{ http2 = true, tls = tls() }
+            local ts = {}
+            for i = 1, 8 do
+                ts[i] = loom.spawn(function()
+                    local r = assert(s:get("https://localhost:" .. h1_port .. "/slow"))
+                    return r.version, r:text()
+                end)
+            end
+            for i = 1, 8 do
+                local ok, v, body = ts[i]:join()
+                assert.is_true(ok)
+                assert.are.equal("1.1", v)
+                assert.are.equal("slow 1.1", body)
+            end
         end)
     end)
 

@@ -677,6 +677,8 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
         if not pool.connecting then break end
         pool.connecting:wait() -- one connection is made at a time: its streams are shared
         fresh = false
+        -- that connection found an HTTP/1.1 server: this request goes the HTTP/1 way too
+        if sess.h1only and sess.h1only[key] then return false end
     end
     local ev = sync.event()
     pool.connecting = ev
