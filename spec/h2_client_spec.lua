@@ -269,6 +269,20 @@ describe("fetch over HTTP/2 from nginx", function()
         os.execute("rm -rf '" .. ng .. "'")
     end)
 
+    it("speaks h2 to https by default; http2 = false forces HTTP/1.1", function()
+        run(function()
+            local url = "https://localhost:" .. port .. "/hello"
+            local res = assert(loom.fetch(url, { tls = { ca_file = dir .. "/ca.pem" } }))
+            assert.are.equal("2", res.version)
+            assert.are.equal("nginx HTTP/2.0 GET", res:text())
+            res = assert(loom.fetch(url, { http2 = false, tls = { ca_file = dir .. "/ca.pem" } }))
+            assert.are.equal("1.1", res.version)
+            assert.are.equal("nginx HTTP/1.1 GET", res:text())
+            res = assert(loom.session{ http2 = false, tls = { ca_file = dir .. "/ca.pem" } }:get(url))
+            assert.are.equal("1.1", res.version)
+        end)
+    end)
+
     it("GETs and HEADs over h2, many concurrent fetches on one nginx connection", function()
         run(function()
             local s = loom.session{ http2 = true, tls = { ca_file = dir .. "/ca.pem" } }

@@ -745,13 +745,22 @@ local function h2_send(sess, req, u, head, fresh, tc)
     return x, status, "", raw, "2"
 end
 
+-- Whether u's origin chose HTTP/1.1 in ALPN; a yes is remembered in u (cached per URL)
+-- unless the request has TLS settings of its own.
+local function h1_only(sess, req, u)
+    if u.h1only and not req.tls then return true end
+    local v = sess.h1only[key_of(sess, req, u)]
+    if v and not req.tls then u.h1only = true end
+    return v
+end
+
 -- One request on the wire: x, status, reason, raw, version | nil, err, retryable
 local function send(sess, req, u, head, fresh, tc)
     if u.proxy and u.proxy.invalid and not req.unix then return nil, "connect: " .. u.proxy.invalid end
     local h2 = req.http2
     local h1st -- a stream the h2 path connected, for HTTP/1.1 (the server chose it in ALPN)
     if h2 and not req.unix and not u.proxy and (u.scheme == "https" or h2 == "prior_knowledge")
-        and not (sess.h1only and sess.h1only[key_of(sess, req, u)]) then
+        and not (sess.h1only and h1_only(sess, req, u)) then
         local x, a, b, c, d = h2_send(sess, req, u, head, fresh, tc)
         if x ~= false then return x, a, b, c, d end
         h1st = a
@@ -844,7 +853,7 @@ local function make_req(sess, method, opts, fname)
         stream = opts.stream,
         decode = pick("decode", true),
         unix = pick("unix", nil),
-        http2 = pick("http2", false),
+        http2 = pick("http2", true),
     }
     local timeout = pick("timeout", false)
     req.deadline = timeout and now() + timeout or nil
