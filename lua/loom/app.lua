@@ -327,7 +327,7 @@ function App:_entry(tls)
     if #mw > 0 and self.error_handler then chain = guarded(self, chain) end
     local plain = #mw == 0 and not self.error_handler and #self.fallthrough == 0
     local exact = plain and self.router.exact or {}
-    local type = type
+    local type, rawget = type, rawget
     local form_limits = self.form_limits
     local cz = self.compress
     if cz then -- the same, with the answer through the coder (lua/loom/compress.lua)

@@ -522,9 +522,8 @@ loom_task_t *loom_spawn(lua_State *L, int nargs) {
     return t;
 }
 
-loom_task_t *loom_spawn_internal(lua_State *L, int nargs, void (*on_done)(loom_t *, loom_task_t *),
-                                 void *ud) {
-    loom_t *h = loom_host(L);
+loom_task_t *loom_spawn_internal(loom_t *h, lua_State *L, int nargs,
+                                 void (*on_done)(loom_t *, loom_task_t *), void *ud) {
     loom_sched_t *s = &h->sched;
     loom_task_t *t = s->pool;
     if (t) {

@@ -122,9 +122,10 @@ void loom_task_cancel(loom_task_t *t);
 loom_task_t *loom_spawn(lua_State *L, int nargs);
 
 /* As loom_spawn, but takes a recycled task when there is one, does not queue it and pushes
- * nothing: for internal tasks that the caller starts with loom_task_run_now. */
-loom_task_t *loom_spawn_internal(lua_State *L, int nargs, void (*on_done)(loom_t *, loom_task_t *),
-                                 void *ud);
+ * nothing: for internal tasks that the caller starts with loom_task_run_now. h is L's host
+ * (passed: looking it up in the registry cost a tenth of a hello-world request's engine). */
+loom_task_t *loom_spawn_internal(loom_t *h, lua_State *L, int nargs,
+                                 void (*on_done)(loom_t *, loom_task_t *), void *ud);
 
 /* Resumes a task at once (to start a main task up to its first suspension). */
 void loom_task_run_now(loom_t *h, loom_task_t *t);

@@ -771,7 +771,7 @@ static void run_handler(loom_t *h, loom_conn_t *c) {
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
     int nargs = loom_conn_push_request(L, c);
-    loom_task_t *t = loom_spawn_internal(L, nargs, on_handler_done, c);
+    loom_task_t *t = loom_spawn_internal(h, L, nargs, on_handler_done, c);
     c->task = t;
     loom_task_run_now(h, t);
     /* Still running (it waits for something): handler_timeout counts from its start, which
