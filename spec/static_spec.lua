@@ -2,7 +2,9 @@
 -- Accept-Encoding (met by raw requests, curl --compressed and Python), max_open_files (a
 -- request past it waits, it does not fail), a client that stops reading a large file while
 -- others are served, HTTPS bodies through the socket layer, and the stat cache (a file
--- changed under it is sent as it is now). spec/app_spec.lua and spec/server_hardening_spec.lua
+-- changed under it is sent as it is now), and connections closed in the middle of a sendfile
+-- while others arrive (the socket's descriptor stays the closed connection's until the job is
+-- done: loom_sock_hold). spec/app_spec.lua and spec/server_hardening_spec.lua
 -- hold the rest (types, ETag/304, ranges, a file that shrinks as it is sent).
 local loom = require "loom"
 local core = require "loom.core"
@@ -63,6 +65,15 @@ local function request(st, r, method, path, headers)
     local res, err = loom.timeout(GUARD, function() return r:response(method) end)
     assert(res, "no response: " .. tostring(err))
     return res
+end
+
+-- Waits (polling, within GUARD seconds) until cond() holds.
+local function wait_until(cond, what)
+    local deadline = loom.now() + GUARD
+    while not cond() do
+        if loom.now() > deadline then error("timed out waiting for " .. what, 2) end
+        loom.sleep(0.005)
+    end
 end
 
 local function serve(app, body, opts)
@@ -254,6 +265,86 @@ describe("app:static: large files off the loop", function()
             assert.equal(200, res.status)
             assert.is_true(res.body == big:sub(1, 131072), "the second file arrived altered")
         end, { timeout = 60 })
+    end)
+
+    it("connections closed in the middle of a sendfile while others arrive: each answer is its own", function()
+        -- Readers take big.bin steadily from a server (its body goes by sendfile in the
+        -- thread pool, kept busy by clients that read), and that server is closed at once
+        -- (srv:close(0)): it closes those connections while jobs write to their descriptors.
+        -- Meanwhile askers open new connections to a second server, which would get those
+        -- descriptor numbers if they were freed under a job; two requests on each must get
+        -- exactly their own file, and a reader only bytes of big.bin in order. Then no
+        -- connection or handle is left (and under ASan, no memory).
+        local ROUNDS, READERS, ASKERS, NFILES, SIZE = 8, 4, 3, 8, 200000 -- over NOWAIT
+        local files = {}
+        for k = 1, NFILES do
+            files[k] = (("<%05d>"):format(k)):rep(SIZE // 7 + 1):sub(1, SIZE)
+            put(("%s/u%d.bin"):format(dir, k), files[k])
+        end
+        local a = loom.app()
+        a:static("/s", dir)
+        run(function()
+            local other = assert(a:listen{ host = "127.0.0.1", port = 0 })
+            local _ <close> = run.defer(function() other:close(0) end)
+            local base = core.stats().handles
+            local stop, asked = false, 0
+            local function asker(w)
+                local n = 0
+                while not stop do
+                    n = n + 1
+                    local k = (w * 7 + n) % NFILES + 1
+                    local sb, rb = open(other)
+                    for _ = 1, 2 do
+                        local res = request(sb, rb, "GET", ("/s/u%d.bin"):format(k))
+                        assert.equal(200, res.status)
+                        assert.equal(tostring(SIZE), res.headers["content-length"])
+                        assert.is_true(res.body == files[k], "an answer with bytes not its own")
+                    end
+                    sb:close()
+                    asked = asked + 1
+                end
+                return true
+            end
+            local got = 0
+            local function reader(srv)
+                local sa, ra = open(srv)
+                local _ <close> = sa
+                assert(sa:write("GET /s/big.bin HTTP/1.1\r\nHost: t\r\n\r\n"))
+                assert.equal("HTTP/1.1 200 OK", assert(loom.timeout(GUARD, function() return ra:line() end)))
+                repeat until assert(ra:line()) == ""
+                local off = 0
+                while true do
+                    local piece = loom.timeout(GUARD, function() return ra:bytes(16384) end)
+                    if not piece then break end
+                    assert.is_true(piece == big:sub(off + 1, off + #piece), "the file arrived altered")
+                    off = off + #piece
+                    got = got + #piece
+                end
+                assert.is_true(off < #big, "the close came after the whole file")
+                return true
+            end
+            local askers = {}
+            for w = 1, ASKERS do askers[w] = loom.spawn(asker, w) end
+            for _ = 1, ROUNDS do
+                local srv = assert(a:listen{ host = "127.0.0.1", port = 0 })
+                local readers = {}
+                got = 0
+                for i = 1, READERS do readers[i] = loom.spawn(reader, srv) end
+                wait_until(function() return got >= READERS * (1 << 20) end, "the readers to read")
+                srv:close(0)
+                for i = 1, READERS do assert(readers[i]:join()) end
+                srv:wait()
+            end
+            stop = true
+            for w = 1, ASKERS do
+                local ok, err = askers[w]:join()
+                assert(ok, err)
+            end
+            assert.is_true(asked >= ASKERS)
+            wait_until(function() return other.connections == 0 end, "the connections to close")
+            wait_until(function() return core.stats().handles == base end, "the handles to be released")
+        end, { timeout = 120 })
+        for k = 1, NFILES do os.remove(("%s/u%d.bin"):format(dir, k)) end
     end)
 
     it("a file changed under the cache is sent as it is now; a removed one is 404", function()

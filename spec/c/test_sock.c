@@ -5,9 +5,11 @@
  * buffer; a write larger than the kernel takes is queued and drained; corked writes leave
  * nothing until uncork, which sends them in one segment; a half-close lets the peer see the
  * end while the sock still reads; close runs the closed hook once, and every handle is
- * closed at the end (uv_loop_close == 0). Then two socks of the same loop talk TLS (a
- * throwaway certificate from the openssl command): the handshake, corked records, plaintext
- * in owner buffers, and a half-close that the peer reads as the end (close_notify).
+ * closed at the end (uv_loop_close == 0). A held sock (loom_sock_hold: a thread-pool job
+ * uses its descriptor) closed by its owner stops reading and writing at once but keeps its
+ * descriptor open until the last release, and only then runs `closed`. Then two socks of the same
+ * loop talk TLS (a throwaway certificate from the openssl command): the handshake, corked records,
+ * plaintext in owner buffers, and a half-close that the peer reads as the end (close_notify).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,7 +38,7 @@ typedef struct {
     int handshakes;   /* input(s, 0, NULL): a client handshake is done */
 } owner_t;
 
-static owner_t own, tsrv, tcli;
+static owner_t own, tsrv, tcli, held;
 static owner_t *accept_into = &own;
 static uv_tcp_t listener;
 static int accepted;
@@ -221,6 +223,49 @@ static void test_close(uv_loop_t *loop) {
     CHECK(own.closed == 1 && loom_sock_closed(&own.sock));
 }
 
+/* A close while held waits for the last release: the descriptor stays open and usable
+ * (as a sendfile job of the pool would use it), reading stops, writes fail, and `closed`
+ * comes only after the release (uv_close then). */
+static void test_hold_close(uv_loop_t *loop, int port) {
+    uv_buf_t b = uv_buf_init((char *)"x", 1);
+    char in[16];
+    uv_os_fd_t sfd;
+    accept_into = &held;
+    accepted = 0;
+    int fd = connect_peer(port);
+    run_until(loop, &accepted);
+    CHECK(loom_sock_read_start(&held.sock) == 0);
+    CHECK(uv_fileno(&held.sock.h.handle, &sfd) == 0);
+    CHECK(loom_sock_hold(&held.sock) == 0);
+    CHECK(loom_sock_hold(&held.sock) == 0); /* two jobs */
+    loom_sock_close(&held.sock);
+    loom_sock_close(&held.sock); /* idempotent */
+    CHECK(loom_sock_closing(&held.sock) && !loom_sock_closed(&held.sock));
+    CHECK(!loom_sock_reading(&held.sock));
+    CHECK(loom_sock_write(&held.sock, &b, 1) == UV_ECANCELED);
+    CHECK(loom_sock_hold(&held.sock) == UV_EBADF); /* no new job on a closing sock */
+    CHECK(send(fd, "late", 4, 0) == 4);            /* nobody reads it any more */
+    for (int i = 0; i < 5; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    CHECK(held.closed == 0 && held.inputs == 0);
+    /* the job's descriptor is still this connection's */
+    CHECK(fcntl(sfd, F_GETFD) != -1);
+    CHECK(send(sfd, "job", 3, 0) == 3);
+    CHECK(recv(fd, in, sizeof in, 0) == 3 && memcmp(in, "job", 3) == 0);
+    loom_sock_release(&held.sock);
+    for (int i = 0; i < 5; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+    CHECK(held.closed == 0); /* one job still holds it */
+    CHECK(peek_read(fd, in, sizeof in) == -1);
+    loom_sock_release(&held.sock);
+    CHECK(held.closed == 0); /* from uv_close's callback, not before */
+    run_until(loop, &held.closed);
+    CHECK(held.closed == 1 && loom_sock_closed(&held.sock) && held.inputs == 0);
+    CHECK(recv(fd, in, sizeof in, 0) <= 0); /* the peer sees the end (a FIN, or a reset) */
+    close(fd);
+    accept_into = &own;
+}
+
 /* ---------------------------------------------------------------- TLS */
 
 static char tmpdir[] = "/tmp/test_sock.XXXXXX";
@@ -367,6 +412,7 @@ int main(void) {
     test_half_close(&loop, fd);
     test_close(&loop);
     close(fd);
+    test_hold_close(&loop, ntohs(((struct sockaddr_in *)&bound)->sin_port));
     if (make_cert() == 0)
         test_tls(&loop, ntohs(((struct sockaddr_in *)&bound)->sin_port));
     else

@@ -8,10 +8,11 @@
  * core.static_open(path) opens a file and fstats it in one job, and returns a sender; once
  * the handler has sent the head (req:stream with the Content-Length), sender:send(box) moves
  * the body:
- *   - plain HTTP, the sock's write queue empty: sendfile(2) in the thread pool, on a
- *     duplicate of the socket's descriptor (a close of the connection meanwhile cannot
- *     hand the number to another socket), nonblocking as the socket is, so a slow client
- *     stops it with EAGAIN rather than holding a pool thread;
+ *   - plain HTTP, the sock's write queue empty: sendfile(2) in the thread pool, on the
+ *     socket's own descriptor, which the job holds (loom_sock_hold: a close of the
+ *     connection meanwhile waits for the job, so the number cannot go to another socket),
+ *     nonblocking as the socket is, so a slow client stops it with EAGAIN rather than
+ *     holding a pool thread;
  *   - after EAGAIN: a chunk read in the thread pool and written through the sock's write
  *     queue (loom_conn_write), then a wait for the queue to drain before the next sendfile,
  *     so no byte of the file overtakes a queued one;
@@ -51,9 +52,10 @@ typedef struct {
     loom_t *host;
     loom_task_t *task; /* NULL once the task let go */
     int op, done;
-    int fd;     /* the file (opened by OP_LOAD / OP_OPEN, else the sender's) */
-    int own_fd; /* fd was opened here and not yet handed on */
-    int sockfd; /* OP_SEND: the socket's duplicate, closed on the loop */
+    int fd;            /* the file (opened by OP_LOAD / OP_OPEN, else the sender's) */
+    int own_fd;        /* fd was opened here and not yet handed on */
+    int sockfd;        /* OP_SEND: the socket's descriptor (of sock) */
+    loom_sock_t *sock; /* OP_SEND: held while the job runs, released on the loop */
     int64_t off;
     size_t count; /* bytes wanted (send, read), or the most OP_LOAD reads */
     int64_t max;  /* OP_LOAD: read files up to this size (< 0: stat only) */
@@ -200,8 +202,9 @@ static void work_done(uv_work_t *req, int status) {
     w->done = 1;
     if (status == UV_ECANCELED && !w->err)
         w->err = UV_ECANCELED;
-    if (w->sockfd >= 0) {
-        close(w->sockfd);
+    if (w->sock) { /* a close meanwhile happens now; the owner is freed only later */
+        loom_sock_release(w->sock);
+        w->sock = NULL;
         w->sockfd = -1;
     }
     if (!w->task) {
@@ -229,8 +232,8 @@ static work_t *work_new(lua_State *L, int op, const char *path) {
 static int work_start(work_t *w) {
     int rc = uv_queue_work(w->host->loop, &w->req, work_run, work_done);
     if (rc < 0) {
-        if (w->sockfd >= 0)
-            close(w->sockfd);
+        if (w->sock)
+            loom_sock_release(w->sock);
         free(w->buf);
         free(w);
         return rc;
@@ -607,12 +610,12 @@ static int sender_send(lua_State *L) {
     if (op == OP_SEND) {
         uv_os_fd_t fd;
         w->count = s->left;
-        /* close-on-exec: a process spawned meanwhile must not keep the connection open */
-        w->sockfd = uv_fileno(&sock->h.handle, &fd) == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-        if (w->sockfd < 0) {
+        if (uv_fileno(&sock->h.handle, &fd) != 0 || loom_sock_hold(sock) != 0) {
             free(w);
             return loom_fail(L, "closed", "cannot reach the connection's socket");
         }
+        w->sock = sock;
+        w->sockfd = fd;
     } else {
         size_t chunk = plain ? FALLBACK_CHUNK : TLS_CHUNK;
         w->count = s->left < chunk ? (size_t)s->left : chunk;

@@ -41,6 +41,7 @@ static void sock_fields(loom_sock_t *s, const loom_sock_hooks_t *hooks, void *ow
     s->pending = 0;
     s->err = 0;
     s->flags = 0;
+    s->holds = 0;
 }
 
 int loom_sock_init_tcp(loom_sock_t *s, uv_loop_t *loop, const loom_sock_hooks_t *hooks,
@@ -451,8 +452,29 @@ static void on_close(uv_handle_t *handle) {
 void loom_sock_close(loom_sock_t *s) {
     if (s->flags & LOOM_SOCK_CLOSING)
         return;
+    if (s->holds > 0) {
+        loom_sock_read_stop(s); /* uv_close would stop it; no input may come meanwhile */
+        s->flags |= LOOM_SOCK_CLOSING | LOOM_SOCK_DEFERRED;
+        return;
+    }
     s->flags |= LOOM_SOCK_CLOSING;
     s->flags &= (uint8_t)~LOOM_SOCK_READING;
+    uv_close(&s->h.handle, on_close);
+}
+
+int loom_sock_hold(loom_sock_t *s) {
+    if (s->flags & LOOM_SOCK_CLOSING)
+        return UV_EBADF;
+    if (s->holds == UINT8_MAX)
+        return UV_EBUSY;
+    s->holds++;
+    return 0;
+}
+
+void loom_sock_release(loom_sock_t *s) {
+    if (--s->holds > 0 || !(s->flags & LOOM_SOCK_DEFERRED))
+        return;
+    s->flags &= (uint8_t)~LOOM_SOCK_DEFERRED;
     uv_close(&s->h.handle, on_close);
 }
 

@@ -62,15 +62,17 @@ struct loom_sock {
     uint32_t pending;       /* queued write pieces not yet completed */
     int16_t err;            /* the first write failure (a libuv error), sticky */
     uint8_t flags;          /* LOOM_SOCK_* */
+    uint8_t holds;          /* thread-pool jobs using the descriptor (loom_sock_hold) */
 };
 
 enum {
     LOOM_SOCK_READING = 1,
     LOOM_SOCK_CORKED = 2,
-    LOOM_SOCK_SHUT = 4,     /* uv_shutdown was called */
-    LOOM_SOCK_CLOSING = 8,  /* uv_close was called */
-    LOOM_SOCK_CLOSED = 16,  /* its callback ran */
-    LOOM_SOCK_HS_NEWS = 32, /* a client handshake runs: its end is told as input(s, 0, NULL) */
+    LOOM_SOCK_SHUT = 4,      /* uv_shutdown was called */
+    LOOM_SOCK_CLOSING = 8,   /* closed by its owner (uv_close called, or DEFERRED) */
+    LOOM_SOCK_CLOSED = 16,   /* its callback ran */
+    LOOM_SOCK_HS_NEWS = 32,  /* a client handshake runs: its end is told as input(s, 0, NULL) */
+    LOOM_SOCK_DEFERRED = 64, /* closed while held: uv_close waits for the last release */
 };
 
 /* Queued bytes past which an owner should stop producing (wait for `drained`). */
@@ -147,8 +149,16 @@ static inline int loom_sock_over_high_water(const loom_sock_t *s) {
 /* Half-close after what is queued: a TLS close_notify, then a FIN (uv_shutdown "waits for
  * pending write requests to complete"). 0 or a libuv error. */
 int loom_sock_shutdown(loom_sock_t *s, loom_sock_shut_cb done);
-/* Closes; idempotent. The `closed` hook comes from uv_close's callback. */
+/* Closes; idempotent. The `closed` hook comes from uv_close's callback. On a held sock
+ * the close is pending: reading stops and writes fail at once (the owner sees a closing
+ * sock as usual), and uv_close runs at the last release, so `closed` comes later. */
 void loom_sock_close(loom_sock_t *s);
+/* A thread-pool job uses the sock's descriptor (uv_fileno) meanwhile: the descriptor stays
+ * open, so its number cannot go to another socket under the job. 0, or UV_EBADF on a
+ * closing sock (UV_EBUSY past 255 holds). Each hold is released on the loop, once the job is done.
+ */
+int loom_sock_hold(loom_sock_t *s);
+void loom_sock_release(loom_sock_t *s);
 static inline int loom_sock_closing(const loom_sock_t *s) {
     return s->flags & LOOM_SOCK_CLOSING;
 }
