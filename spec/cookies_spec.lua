@@ -27,6 +27,20 @@ local function stored(jar, name)
 end
 
 describe("cookies.store", function()
+    it("ignores a Domain that is an address other than the host's", function()
+        -- fuzz_cookies: a name that ends in ".10.0.0.1" kept a host-only cookie whose domain
+        -- was the address, not the host
+        local to = { scheme = "http", host = "10.0.10.0.0.1", path = "/" }
+        local jar = store_for(to, "a=1; Domain=10.0.0.1", "b=2")
+        assert.is_nil(stored(jar, "a"))
+        assert.equal("b=2", jar:header(to))
+        local ip = { scheme = "http", host = "10.0.0.1", path = "/" }
+        jar = store_for(ip, "a=1; Domain=10.0.0.1")
+        assert.equal("10.0.0.1", stored(jar, "a").domain)
+        assert.is_true(stored(jar, "a").host_only)
+        assert.equal("a=1", jar:header(ip))
+    end)
+
     it("takes long runs of blanks in linear time", function()
         -- "^%s*([^=]-)%s*=%s*(.-)%s*$" backtracked: cubic in a run of blanks without "="
         -- ("a=b;" and 2000 spaces took 11 s), quadratic with one

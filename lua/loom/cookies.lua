@@ -250,6 +250,9 @@ local function parse(value, u, now)
             end
             c.domain, c.host_only = d, false
             if is_ip(d) then
+                -- an address covers only itself: "10.0.10.0.0.1" (a name, not an address)
+                -- ends in ".10.0.0.1" but is not under it (fuzz_cookies)
+                if d ~= u.host then return nil end
                 c.host_only = true
             else
                 -- 5.3 step 5: a public suffix is ignored, but when it is the host itself,
