@@ -103,3 +103,19 @@ double loom_opt_timeout(lua_State *L, int arg, const char *name, double def) {
     lua_pop(L, 1);
     return v;
 }
+
+void loom_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close) {
+    luaL_newmetatable(L, name);
+    if (methods) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+    }
+    if (close) {
+        lua_pushcfunction(L, close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+}

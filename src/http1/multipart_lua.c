@@ -437,22 +437,8 @@ static const luaL_Reg mp_funcs[] = {
 };
 
 int loom_open_multipart(lua_State *L) {
-    luaL_newmetatable(L, MP_MT);
-    luaL_newlib(L, mp_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_mp_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_mp_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, SAVER_MT);
-    luaL_newlib(L, saver_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_saver_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_saver_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
+    loom_new_class(L, MP_MT, mp_methods, l_mp_gc);
+    loom_new_class(L, SAVER_MT, saver_methods, l_saver_gc);
     luaL_setfuncs(L, mp_funcs, 0);
     return 0;
 }

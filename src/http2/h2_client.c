@@ -566,14 +566,7 @@ int loom_open_h2_client(lua_State *L) {
     luaL_newlib(L, conn_methods);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    luaL_newmetatable(L, RQ_MT);
-    lua_pushcfunction(L, rq_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, rq_close);
-    lua_setfield(L, -2, "__close");
-    luaL_newlib(L, rq_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    loom_new_class(L, RQ_MT, rq_methods, rq_close);
     luaL_setfuncs(L, funcs, 0);
     return 0;
 }
