@@ -186,7 +186,7 @@ describe("the loom host", function()
         it("loom.exit in a task ends the process at once, whatever else is waiting", function()
             local r = host({ "%s" }, [[
                 loom.spawn(function() loom.sleep(0.05) io.write("exiting\n") loom.exit(4) end)
-                loom.spawn(function() loom.sleep(5) print("too late") end)
+                loom.spawn(function() loom.sleep(60) print("too late") end) -- far past the guard
                 local srv = loom.listen{ host = "127.0.0.1", port = 0, handler = print }
             ]])
             assert.equal(4, r.code)

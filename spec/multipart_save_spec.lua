@@ -45,10 +45,11 @@ describe("part:save", function()
         app:get("/ok", function() return "ok" end)
         run(function()
             local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0 })
-            -- the FIFO's reader comes only after 4 s (a blocking open of the FIFO for writing
-            -- would hold the whole loop until then); it leaves a mark as it comes
+            -- the FIFO's reader comes only after 8 s, past the hang guard of what follows (a
+            -- blocking open of the FIFO for writing would hold the whole loop until then); it
+            -- leaves a mark as it comes
             local reader = assert(core.process_spawn("/bin/sh",
-                { "-c", ("sleep 4; : > %s; cat %s > %s"):format(mark, fifo, out) }))
+                { "-c", ("sleep 8; : > %s; cat %s > %s"):format(mark, fifo, out) }))
             local body = multipart("XyZ", "ten bytes!")
             local st1 = assert(loom.connect("127.0.0.1", srv.port))
             local _ <close> = st1
