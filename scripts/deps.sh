@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# scripts/deps.sh [--bench]: install what loom needs to build and test.
+# scripts/deps.sh [--bench] [--stress]: install what loom needs to build and test.
 #
 # On Debian/Ubuntu, installs with apt-get only the packages dpkg does not
 # have (as root, or through sudo), running `apt-get update` first only when
-# something is missing. --bench adds what bench/run.sh drives. Elsewhere,
+# something is missing. --bench adds what bench/run.sh drives, --stress what
+# scripts/stress_suite.sh loads the machine with. Elsewhere,
 # prints the list and succeeds if the commands loom needs are present.
 # Prints one line on success.
 set -euo pipefail
@@ -23,6 +24,7 @@ command -v npm >/dev/null 2>&1 || packages+=(npm)
 for a in "$@"; do
     case $a in
         --bench) packages+=("${bench_packages[@]}"); commands+=(wrk nginx node) ;;
+        --stress) packages+=(stress-ng); commands+=(stress-ng) ;;
         -h|--help) sed -n '2,9s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "deps.sh: unknown option $a" >&2; exit 2 ;;
     esac
