@@ -3,7 +3,9 @@
 -- reason when it cannot). Types both ways, NULL, bytea, floats, json, affected counts,
 -- errors and the connection afterwards, the pool's bound and order, transactions,
 -- cancellation and timeouts on the server, pipelines, LISTEN/NOTIFY, a backend killed
--- mid-query, connect failures and password auth.
+-- mid-query, connect failures and password auth. Where a case is about the pool (its bound,
+-- its order, a cancel sent to the server) it sets auto_pipeline = false; the shared
+-- connection of automatic pipelining has spec/pg_auto_spec.lua.
 local loom = require "loom"
 local core = require "loom.core"
 local run = require "support.run"
@@ -211,7 +213,7 @@ describe("loom.pg", function()
         run(function()
             -- connect_timeout also bounds the holder's own connect: 1 s leaves a loaded
             -- sanitizer build room to connect, and the wait starts once it holds the connection
-            local db = loom.pg(srv:opts { max = 1, connect_timeout = 1 })
+            local db = loom.pg(srv:opts { max = 1, connect_timeout = 1, auto_pipeline = false })
             local gate, holding = loom.event(), loom.event()
             local holder = loom.spawn(function()
                 return db:transaction(function(tx)
@@ -281,7 +283,7 @@ describe("loom.pg", function()
 
     it("never opens more than max connections; waiters are served in order", function()
         run(function()
-            local db = loom.pg(srv:opts { max = 3, application_name = "maxed" })
+            local db = loom.pg(srv:opts { max = 3, application_name = "maxed", auto_pipeline = false })
             local probe = loom.pg(srv:opts())
             local seen, tasks = 0, {}
             for i = 1, 8 do
@@ -297,7 +299,7 @@ describe("loom.pg", function()
             db:close()
 
             -- order: one connection held in a transaction; five waiters queue behind it
-            local one = loom.pg(srv:opts { max = 1 })
+            local one = loom.pg(srv:opts { max = 1, auto_pipeline = false })
             local order, gate = {}, loom.event()
             local holder = loom.spawn(function()
                 return one:transaction(function(tx)
@@ -402,7 +404,7 @@ describe("loom.pg", function()
 
     it("cancels a query on the server when the task is cancelled or times out", function()
         run(function()
-            local db = loom.pg(srv:opts { max = 1, application_name = "cancelme" })
+            local db = loom.pg(srv:opts { max = 1, application_name = "cancelme", auto_pipeline = false })
             local probe = loom.pg(srv:opts())
             local pid = assert(db:query("select pg_backend_pid() as p"))[1].p
             local t0 = loom.now()
@@ -420,7 +422,7 @@ describe("loom.pg", function()
             assert.equal(0, active[1].n)
 
             -- the per-query timeout option
-            local slow = loom.pg(srv:opts { max = 1, timeout = 0.2 })
+            local slow = loom.pg(srv:opts { max = 1, timeout = 0.2, auto_pipeline = false })
             local rows, err = slow:query("select pg_sleep(60)")
             assert.is_nil(rows)
             assert.matches("^timeout: ", err)
@@ -438,7 +440,7 @@ describe("loom.pg", function()
         -- (on its own), a late cancel would hit the next query on it. The postmaster is
         -- stopped (SIGSTOP) so that the cancel stays in flight while the first query ends.
         run(function()
-            local db = loom.pg(srv:opts { max = 1, application_name = "latecancel" })
+            local db = loom.pg(srv:opts { max = 1, application_name = "latecancel", auto_pipeline = false })
             local probe = loom.pg(srv:opts { max = 1 })
             assert(db:query("select 1"))
             assert(probe:query("select 1")) -- both connected before the postmaster stops
@@ -671,7 +673,7 @@ describe("loom.pg", function()
                 held[#held + 1] = st
                 st:read()
             end })
-            local db = loom.pg(srv:opts { port = mute.port, max = 1, connect_timeout = 0.3 })
+            local db = loom.pg(srv:opts { port = mute.port, max = 1, connect_timeout = 0.3, auto_pipeline = false })
             local t = loom.spawn(function() return db:query("select 1") end)
             assert.is_true(eventually(function() return #held == 1 end)) -- it is connecting
             t:cancel()

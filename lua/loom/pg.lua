@@ -3,7 +3,11 @@
 -- what a pool decides: connection strings, how a connection opens and when it is fit to
 -- reuse (the pool and its waiters are loom.pool's), the statement cache, parameter
 -- encoding by the types the server reports, transactions, pipelines and LISTEN.
--- docs/databases.md is the user's page.
+-- Plain db:query calls of every task share one connection (automatic pipelining, as the
+-- redis client does): each query goes out as soon as it is made, with a sync point of its
+-- own (its own implicit transaction: one failing cannot abort or roll back another's), the
+-- socket corked so that what one turn of the scheduler sends leaves together, and the
+-- results come back in order to the task of each. docs/databases.md is the user's page.
 local core = require "loom.core"
 local args = require "loom.args"
 local resolver = require "loom.resolver"
@@ -11,10 +15,12 @@ local url = require "loom.url"
 local connpool = require "loom.pool"
 
 local pg_connect, spawn, now = core.pg_connect, core.spawn, core.now
+local ticket, park, wake = core.ticket, core.park, core.wake
 local null = core.null
 local type, select, tostring, setmetatable, error, pcall = type, select, tostring,
     setmetatable, error, pcall
-local mtype, format, pack, unpack, find = math.type, string.format, table.pack, table.unpack, string.find
+local mtype, format, pack, unpack, find, lower = math.type, string.format, table.pack, table.unpack,
+    string.find, string.lower
 
 local M = { null = null }
 
@@ -39,6 +45,7 @@ local OPTIONS = {
     database = "string", sslmode = "string", sslrootcert = "string", sslcert = "string",
     sslkey = "string", application_name = "string", gssencmode = "string", max = "number",
     connect_timeout = "number", idle_timeout = "number", timeout = "number",
+    auto_pipeline = "boolean",
 }
 -- URL query keys taken as options (libpq's names; dbname and the timeouts too)
 local URL_KEYS = {
@@ -46,6 +53,7 @@ local URL_KEYS = {
     application_name = "application_name", gssencmode = "gssencmode", host = "host", port = "port", user = "user",
     password = "password", dbname = "database", connect_timeout = "connect_timeout",
     idle_timeout = "idle_timeout", timeout = "timeout", max = "max",
+    auto_pipeline = "auto_pipeline",
 }
 local NUMERIC = { port = true, max = true, connect_timeout = true, idle_timeout = true,
     timeout = true }
@@ -84,6 +92,11 @@ local function parse_url(s)
             local n = tonumber(v)
             if not n then args.fail("pg", 1, "URL parameter '" .. k .. "': number expected", 2) end
             v = n
+        elseif name == "auto_pipeline" then
+            if v ~= "true" and v ~= "false" then
+                args.fail("pg", 1, "URL parameter 'auto_pipeline': true or false expected", 2)
+            end
+            v = v == "true"
         end
         o[name] = v
     end
@@ -303,16 +316,51 @@ local function prepare(pool, c, sqls)
     return failed
 end
 
+-- Prepares `sql` on the shared connection c once, however many tasks want it at the same
+-- time: the first prepares, the others wait for it. -> true | nil, err
+local function prepare_shared(pool, c, cache, sql)
+    local pending = cache.pending
+    if not pending then
+        pending = {}
+        cache.pending = pending
+    end
+    local w = pending[sql]
+    if w then
+        w[#w + 1], w[#w + 2] = ticket()
+        local ok, err = park(pool.timeout >= 0 and pool.timeout or nil)
+        if not ok then return nil, format("timeout: query ran longer than %g s", pool.timeout) end
+        if cache.map[sql] then return true end
+        return nil, err or "pg: prepare failed"
+    end
+    w = {}
+    pending[sql] = w
+    local ok, failed, err = pcall(prepare, pool, c, { sql })
+    pending[sql] = nil
+    if ok and failed then err = failed[sql] end
+    for i = 1, #w, 2 do wake(w[i], w[i + 1], err) end
+    if not ok then error(failed, 0) end -- cancelled
+    if not failed then return nil, err end
+    if err then return nil, err end
+    return true
+end
+
 -- Runs one statement on c: rows | nil, err. `retry`: prepare again once when the
 -- statement's result type changed.
 local function exec_stmt(pool, c, fname, sql, retry, n, ...)
     local cache = cache_of(pool, c)
     local st = cache.map[sql]
+    local shared = pool.mux and pool.mux.c == c
     if not st then
-        local failed, err = prepare(pool, c, { sql })
-        if not failed then return nil, err end
-        if failed[sql] then return nil, failed[sql] end
+        if shared then
+            local ok, err = prepare_shared(pool, c, cache, sql)
+            if not ok then return nil, err end
+        else
+            local failed, err = prepare(pool, c, { sql })
+            if not failed then return nil, err end
+            if failed[sql] then return nil, failed[sql] end
+        end
         st = cache.map[sql]
+        if not st then return nil, "pg: statement evicted" end
     end
     -- levels: encode, exec_stmt, run, db:query or tx:query, the caller
     local params, bin = encode(fname, 5, st.types, n, ...)
@@ -327,7 +375,7 @@ local function exec_stmt(pool, c, fname, sql, retry, n, ...)
             cache.map[sql] = nil
             cache.stale[#cache.stale + 1] = st.name
             local _, tx = c:status()
-            if tx == "idle" and retry then
+            if (tx == "idle" or shared) and retry then
                 return exec_stmt(pool, c, fname, sql, false, n, ...)
             end
         end
@@ -339,6 +387,79 @@ end
 local function run(pool, c, fname, sql, n, ...)
     local rows, err = exec_stmt(pool, c, fname, sql, true, n, ...) -- not a tail call: see encode's level
     return rows, err
+end
+
+-- ---------------------------------------------------------------- the shared connection
+
+-- Statements that change the state of their connection, or need a transaction of their own,
+-- would change it for every task on the shared connection: they take a pooled one. Keyed by
+-- the first word of the SQL; SQL that starts with a comment goes there too.
+local DEDICATED = {}
+for w in ([[begin start commit end rollback abort savepoint release prepare set reset listen
+    unlisten notify declare fetch move close lock discard copy call load]]):gmatch("%S+") do
+    DEDICATED[w] = true
+end
+local routes, nroutes = {}, 0 -- sql -> true (dedicated) | false (shared), a bounded memo
+
+local function dedicated(sql)
+    local d = routes[sql]
+    if d == nil then
+        local word = sql:match("^%s*(%a+)")
+        d = not word or DEDICATED[lower(word)] == true
+        if nroutes >= 1000 then routes, nroutes = {}, 0 end
+        routes[sql], nroutes = d, nroutes + 1
+    end
+    return d
+end
+
+-- The shared connection of `pool`, opened by the first task that needs it (the others wait
+-- for that one) -> c | nil, err. A connection the server closed while idle is noticed (the
+-- probe reads the socket) and replaced.
+local function shared_conn(pool)
+    local m = pool.mux
+    local c = m.c
+    if c then
+        if c:status(true) ~= "closed" then return c end
+        m.c = nil
+        pool.stmts[c] = nil
+    end
+    if pool.closed then return connpool.closed_err() end
+    local budget = pool.opts.connect_timeout or 10
+    if m.opening then
+        local w = m.waiters
+        w[#w + 1], w[#w + 2] = ticket()
+        local ok, c2, err = park(budget)
+        if not ok then return nil, format("timeout: connecting to the database took over %g s", budget) end
+        return c2, err
+    end
+    m.opening = true
+    local ok, err
+    ok, c, err = pcall(open, pool)
+    m.opening = false
+    local w = m.waiters
+    m.waiters = {}
+    if ok and c then
+        c:share()
+        c:idle(pool.idle_timeout)
+        if pool.closed then
+            c:close()
+            c, err = connpool.closed_err()
+        else
+            m.c = c
+        end
+    end
+    for i = 1, #w, 2 do wake(w[i], w[i + 1], ok and c or nil, ok and err or "closed: " .. tostring(c)) end
+    if not ok then error(c, 0) end -- cancelled while connecting
+    return c, err
+end
+
+-- Closes the shared connection once nothing is in flight on it (db:close).
+local function close_shared(pool)
+    local c = pool.mux and pool.mux.c
+    if c and c:status() ~= "busy" then
+        pool.mux.c = nil
+        c:close()
+    end
 end
 
 -- ---------------------------------------------------------------- the pool
@@ -366,6 +487,8 @@ function M.new(spec)
         idle_timeout = o.idle_timeout or 60,
         timeout = o.timeout or -1,
         stmts = setmetatable({}, { __mode = "k" }),
+        -- the shared connection (automatic pipelining): c, and the tasks waiting for it to open
+        mux = o.auto_pipeline ~= false and { c = nil, opening = false, waiters = {} },
     }, o.max or 10), Pool)
 end
 
@@ -380,6 +503,14 @@ function Pool:query(sql, ...)
     check_pool(self, "query")
     args.check(sql, "string", "query", 1)
     if find(sql, "\0", 1, true) then args.fail("query", 1, "SQL text with a NUL byte", 1) end
+    if self.mux and not dedicated(sql) then
+        local c, err = shared_conn(self)
+        if not c then return nil, err end
+        local rows
+        rows, err = run(self, c, "query", sql, select("#", ...), ...)
+        if self.closed then close_shared(self) end
+        return rows, err
+    end
     local c, err = acquire(self)
     if not c then return nil, err end
     local _ <close> = setmetatable({ self, c }, guard_mt)
@@ -557,6 +688,7 @@ end
 function Pool:close()
     check_pool(self, "close")
     conns.close(self)
+    close_shared(self)
 end
 
 function Pool:__tostring()

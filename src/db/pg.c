@@ -15,6 +15,8 @@
  * pipeline's sync arrives (conn:wait_idle waits for that).
  */
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +137,23 @@ enum {
 enum { C_CONNECTING, C_IDLE, C_BUSY, C_CLOSED };
 
 typedef struct pgconn pgconn_t;
+typedef struct pgbatch pgbatch_t;
+
+/* One batch of ops and its sync: in the connection's FIFO while in flight (a shared
+ * connection has many, one per waiting task), then on its `done` list until its task has
+ * built the results. */
+struct pgbatch {
+    pgbatch_t *next;          /* in flight: the next batch sent */
+    pgbatch_t *dprev, *dnext; /* done, not yet built */
+    pgconn_t *c;
+    loom_task_t *task;
+    int nops;
+    int op;       /* the op whose results are being read */
+    int got;      /* op `op` has had a result */
+    int orphaned; /* the waiter went away (timeout, cancellation): drop the results */
+    int failed;   /* the connection failed before the sync: c->err says why */
+    PGresult *results[];
+};
 
 typedef struct {
     uv_poll_t poll;
@@ -158,38 +177,76 @@ struct pgconn {
     int refs;         /* the box, open handles, the cancel in flight */
     int has_timer;    /* idle timer initialised */
     int cancelling;   /* a PQcancel runs on the thread pool */
-    int orphaned;     /* the batch's waiter went away: drop its results */
     int listening;    /* a task waits for a notification */
     int idle_wait;    /* a task waits in wait_idle: for the batch's end and the cancel's */
     PGnotify *notify; /* one taken from libpq for the listener, not yet handed over */
     loom_task_t *task;
-    uv_timer_t timer; /* closes the connection after idle_timeout unused */
-    /* the batch in flight */
-    int nops;
-    int op;  /* the op whose results are being read */
-    int got; /* op `op` has had a result */
-    PGresult **results;
+    uv_timer_t timer;       /* closes the connection after idle_timeout unused */
+    uint64_t idle_ms;       /* the last conn:idle: a shared connection rearms it when it drains */
+    pgbatch_t *head, *tail; /* batches in flight, in the order sent */
+    pgbatch_t *done;        /* batches whose sync came, waiting for their task to build */
+    /* Shared (automatic pipelining): batches of many tasks in flight at once; a waiter that
+     * goes away leaves its batch to finish (no cancel: it would hit another's query). What
+     * one loop turn sends leaves in one TCP segment: the socket is corked from the first
+     * batch until the loop's prepare phase (PQpipelineSync flushes each sync by itself). */
+    int shared;
+    int corked;   /* TCP_CORK is on, `prep` started */
+    int no_cork;  /* the socket refused TCP_CORK (a unix socket) */
+    int has_prep; /* `prep` initialised */
+    uv_prepare_t prep;
     char *err; /* "closed: ..." or "connect: ...": the connection failed */
 };
 
 /* ---------------------------------------------------------------- lifetime */
+
+static void batch_free(pgbatch_t *b) {
+    for (int i = 0; i < b->nops; i++)
+        if (b->results[i])
+            pq.PQclear(b->results[i]);
+    free(b);
+}
+
+static void done_unlink(pgbatch_t *b) {
+    pgconn_t *c = b->c;
+    if (b->dprev)
+        b->dprev->dnext = b->dnext;
+    else
+        c->done = b->dnext;
+    if (b->dnext)
+        b->dnext->dprev = b->dprev;
+    b->dprev = b->dnext = NULL;
+}
+
+/* The batch's sync came, or the connection failed: its task builds the results (or the
+ * error) when it runs; a batch whose waiter went away is dropped now. */
+static void batch_finish(pgbatch_t *b) {
+    pgconn_t *c = b->c;
+    if (b->orphaned || !b->task) {
+        batch_free(b);
+        return;
+    }
+    b->dprev = NULL;
+    b->dnext = c->done;
+    if (c->done)
+        c->done->dprev = b;
+    c->done = b;
+    loom_task_t *t = b->task;
+    b->task = NULL;
+    loom_wake(t);
+}
 
 static void unref_conn(pgconn_t *c) {
     if (--c->refs > 0)
         return;
     if (c->notify)
         pq.PQfreemem(c->notify);
-    free(c->results);
+    while (c->done) { /* tasks that never ran again (the host went down) */
+        pgbatch_t *b = c->done;
+        done_unlink(b);
+        batch_free(b);
+    }
     free(c->err);
     free(c);
-}
-
-static void clear_results(pgconn_t *c) {
-    for (int i = 0; i < c->nops && c->results; i++) {
-        if (c->results[i])
-            pq.PQclear(c->results[i]);
-        c->results[i] = NULL;
-    }
 }
 
 static void on_poll_closed(uv_handle_t *h) {
@@ -236,6 +293,12 @@ static void on_timer_closed(uv_handle_t *h) {
     unref_conn(c);
 }
 
+static void on_prep_closed(uv_handle_t *h) {
+    pgconn_t *c = h->data;
+    loom_handle_closed(c->host);
+    unref_conn(c);
+}
+
 /* Closes the connection (idempotent): wakes its waiter, which finds c->err. The poll handle
  * is closed before PQfinish closes the socket it watches. */
 static void conn_close(pgconn_t *c, const char *kind, const char *msg) {
@@ -249,10 +312,22 @@ static void conn_close(pgconn_t *c, const char *kind, const char *msg) {
         c->has_timer = 0;
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     }
+    if (c->has_prep) {
+        c->has_prep = 0;
+        c->corked = 0;
+        uv_close((uv_handle_t *)&c->prep, on_prep_closed);
+    }
     if (c->pg) {
         pq.PQfinish(c->pg);
         c->pg = NULL;
     }
+    while (c->head) { /* every batch in flight fails */
+        pgbatch_t *b = c->head;
+        c->head = b->next;
+        b->failed = 1;
+        batch_finish(b);
+    }
+    c->tail = NULL;
     if (c->task) {
         loom_task_t *t = c->task;
         c->task = NULL;
@@ -267,6 +342,7 @@ static void res_close(loom_res_t *r) {
 /* ---------------------------------------------------------------- polling */
 
 static void on_poll(uv_poll_t *p, int status, int events);
+static void on_idle_timer(uv_timer_t *tm);
 
 /* Idle connections never keep the process alive; a waiter or a batch in flight does. */
 static void set_ref(pgconn_t *c) {
@@ -360,26 +436,33 @@ static void connect_step(pgconn_t *c) {
         fail_uv(c, rc);
 }
 
-/* The batch is over (its sync came): wake its waiter, or drop its results. A wait_idle
- * waiter is woken once the cancel sent for the batch is through too (cancel_after): a
- * cancel still on its way would hit the connection's next query. */
+/* The first batch is over (its sync came): wake its waiter, or drop its results. When
+ * none is left, a wait_idle waiter is woken once the cancel sent for the batch is through
+ * too (cancel_after): a cancel still on its way would hit the connection's next query. */
 static void batch_done(pgconn_t *c) {
-    c->state = C_IDLE;
-    if (c->orphaned) {
-        c->orphaned = 0;
-        clear_results(c);
-    }
-    if (c->idle_wait && c->cancelling)
+    pgbatch_t *b = c->head;
+    c->head = b->next;
+    if (!c->head)
+        c->tail = NULL;
+    batch_finish(b);
+    if (c->head)
         return;
+    c->state = C_IDLE;
+    if (c->shared && c->has_timer && c->idle_ms)
+        uv_timer_start(&c->timer, on_idle_timer, c->idle_ms, 0);
+    if (c->idle_wait && c->cancelling) {
+        set_ref(c);
+        return;
+    }
     wake_waiter(c);
 }
 
-static void keep_result(pgconn_t *c, PGresult *r) {
-    if (c->op >= c->nops) { /* more than was sent: cannot happen; drop it */
+static void keep_result(pgbatch_t *b, PGresult *r) {
+    if (b->op >= b->nops) { /* more than was sent: cannot happen; drop it */
         pq.PQclear(r);
         return;
     }
-    PGresult **slot = &c->results[c->op];
+    PGresult **slot = &b->results[b->op];
     ExecStatusType st = pq.PQresultStatus(r);
     if (*slot && (pq.PQresultStatus(*slot) == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED)) {
         pq.PQclear(r); /* the first error of an op is what it reports */
@@ -393,7 +476,7 @@ static void keep_result(pgconn_t *c, PGresult *r) {
 /* Reads what has come: results of the batch in order, each op's ended by a NULL, the whole
  * batch by PGRES_PIPELINE_SYNC. */
 static void read_results(pgconn_t *c) {
-    while (c->state == C_BUSY && !pq.PQisBusy(c->pg)) {
+    while (c->state == C_BUSY && c->head && !pq.PQisBusy(c->pg)) {
         PGresult *r = pq.PQgetResult(c->pg);
         if (pq.PQstatus(c->pg) == CONNECTION_BAD) {
             if (r)
@@ -401,20 +484,21 @@ static void read_results(pgconn_t *c) {
             conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return;
         }
+        pgbatch_t *b = c->head;
         if (!r) {
-            if (!c->got)
+            if (!b->got)
                 break; /* nothing for the next op yet (cannot happen: each has a result) */
-            c->op++;
-            c->got = 0;
+            b->op++;
+            b->got = 0;
             continue;
         }
         if (pq.PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
             pq.PQclear(r);
-            batch_done(c);
-            return;
+            batch_done(c); /* the next batch's results may be here too */
+            continue;
         }
-        c->got = 1;
-        keep_result(c, r);
+        b->got = 1;
+        keep_result(b, r);
     }
 }
 
@@ -777,22 +861,25 @@ static void push_pg_error(lua_State *L, PGresult *r) {
 }
 
 /* Stack: conn ops timeout null decode. Pushes {result per op}: rows, true (prepare), {param
- * type oids} (describe), or the error message (a string). */
+ * type oids} (describe), or the error message (a string). On a timeout the batch is not
+ * touched: batch_abort left it to the connection, which may have freed it since. */
 static int batch_build(lua_State *L, void *ud, int reason) {
-    pgconn_t *c = ud;
-    c->task = NULL;
+    pgbatch_t *b = ud;
     if (reason == LOOM_WAKE_TIMEOUT)
         return loom_fail(L, "timeout", "query ran longer than %f s", lua_tonumber(L, 3));
-    if (c->state == C_CLOSED) {
-        clear_results(c);
+    pgconn_t *c = b->c;
+    if (b->failed) {
+        done_unlink(b);
+        batch_free(b);
         lua_pushnil(L);
         lua_pushstring(L, c->err ? c->err : "closed: connection closed");
         return 2;
     }
     int null = 4, decode = lua_isfunction(L, 5) ? 5 : 0;
-    lua_createtable(L, c->nops, 0);
-    for (int i = 0; i < c->nops; i++) {
-        PGresult *r = c->results[i];
+    /* b stays on the done list while Lua runs (a raise leaves it to the connection's end) */
+    lua_createtable(L, b->nops, 0);
+    for (int i = 0; i < b->nops; i++) {
+        PGresult *r = b->results[i];
         if (!r) {
             lua_pushliteral(L, "pg: no result");
         } else {
@@ -826,17 +913,52 @@ static int batch_build(lua_State *L, void *ud, int reason) {
         }
         lua_rawseti(L, -2, i + 1);
     }
-    clear_results(c);
+    done_unlink(b);
+    batch_free(b);
     return 1;
 }
 
+/* The waiter went away while its batch was in flight: the batch runs to its sync and its
+ * results are dropped. A dedicated connection asks the server to cancel it; a shared one
+ * cannot (the cancel would hit whichever query runs when it arrives, maybe another task's). */
 static void batch_abort(void *ud) {
-    pgconn_t *c = ud;
-    c->task = NULL;
-    if (c->state == C_BUSY) {
-        c->orphaned = 1;
-        start_cancel(c);
+    pgbatch_t *b = ud;
+    b->task = NULL;
+    b->orphaned = 1;
+    if (!b->c->shared)
+        start_cancel(b->c);
+}
+
+static void on_prep(uv_prepare_t *p) {
+    pgconn_t *c = p->data;
+    int off = 0;
+    uv_prepare_stop(p);
+    c->corked = 0;
+    if (c->pg && pq.PQsocket(c->pg) >= 0)
+        setsockopt(pq.PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+    set_ref(c);
+}
+
+/* Corks a shared connection's socket until the loop's prepare phase: the batches of every
+ * task of this turn leave together. */
+static void cork(pgconn_t *c) {
+    int on = 1;
+    if (c->corked || c->no_cork)
+        return;
+    if (setsockopt(pq.PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) {
+        c->no_cork = 1;
+        return;
     }
+    if (!c->has_prep) {
+        uv_prepare_init(c->host->loop, &c->prep);
+        c->prep.data = c;
+        c->has_prep = 1;
+        c->refs++;
+        loom_handle_opened(c->host);
+        uv_unref((uv_handle_t *)&c->prep);
+    }
+    uv_prepare_start(&c->prep, on_prep);
+    c->corked = 1;
 }
 
 static int no_conn(lua_State *L, pgconn_t *c) {
@@ -856,46 +978,64 @@ static int l_batch(lua_State *L) {
     loom_task_t *t = loom_task_self(L, "pg query");
     if (c->state == C_CLOSED)
         return no_conn(L, c);
-    if (c->state != C_IDLE || c->task)
+    if (c->task || !(c->state == C_IDLE || (c->state == C_BUSY && c->shared)))
         return luaL_error(L, "pg: the connection is busy");
     int n = (int)lua_rawlen(L, 2);
     luaL_argcheck(L, n >= 1 && n <= MAX_OPS, 2, "1 to 10000 ops expected");
-    PGresult **rs = realloc(c->results, n * sizeof *rs);
-    if (!rs)
+    /* the ops are checked before anything is sent: a bad one raises with the pipeline clean */
+    for (int i = 1; i <= n; i++) {
+        if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
+            return luaL_error(L, "pg batch: op %d: table expected", i);
+        lua_pop(L, 1);
+    }
+    pgbatch_t *b = calloc(1, sizeof *b + n * sizeof b->results[0]);
+    if (!b)
         return luaL_error(L, "out of memory");
-    c->results = rs;
-    memset(rs, 0, n * sizeof *rs);
-    c->nops = n;
-    c->op = 0;
-    c->got = 0;
-    c->orphaned = 0;
+    b->c = c;
+    b->nops = n;
     if (c->has_timer)
         uv_timer_stop(&c->timer);
+    if (c->shared)
+        cork(c);
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 2, i + 1);
         if (!send_op(L, c, i)) {
+            free(b);
             conn_close(c, "closed", pq.PQerrorMessage(c->pg));
             return no_conn(L, c);
         }
         /* send_op popped the op */
     }
     if (!pq.PQpipelineSync(c->pg)) {
+        free(b);
         conn_close(c, "closed", pq.PQerrorMessage(c->pg));
         return no_conn(L, c);
     }
+    if (c->tail)
+        c->tail->next = b;
+    else
+        c->head = b;
+    c->tail = b;
     c->state = C_BUSY;
-    c->task = t;
+    b->task = t;
     int f = pq.PQflush(c->pg);
     int rc = f < 0 ? UV_EPIPE : watch(c, f ? UV_READABLE | UV_WRITABLE : UV_READABLE, 0);
     if (rc < 0) {
-        c->task = NULL;
+        b->task = NULL; /* dropped by conn_close, with the others in flight */
         if (f < 0)
             conn_close(c, "closed", pq.PQerrorMessage(c->pg));
         else
             fail_uv(c, rc);
         return no_conn(L, c);
     }
-    return loom_park(L, t, timeout, batch_build, batch_abort, c);
+    return loom_park(L, t, timeout, batch_build, batch_abort, b);
+}
+
+/* conn:share(): many batches may be in flight at once (automatic pipelining); see pgconn. */
+static int l_share(lua_State *L) {
+    pgconn_t *c = check_conn(L);
+    c->shared = 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- waiting */
@@ -1011,6 +1151,7 @@ static void on_idle_timer(uv_timer_t *tm) {
 static int l_idle(lua_State *L) {
     pgconn_t *c = check_conn(L);
     double secs = luaL_checknumber(L, 2);
+    c->idle_ms = (uint64_t)(secs * 1000);
     if (c->state != C_IDLE)
         return 0;
     if (!c->has_timer) {
@@ -1100,6 +1241,7 @@ static int l_tostring(lua_State *L) {
 
 static const luaL_Reg conn_methods[] = {
     {"batch", l_batch},
+    {"share", l_share},
     {"wait_idle", l_wait_idle},
     {"notification", l_notification},
     {"idle", l_idle},
