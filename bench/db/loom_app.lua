@@ -1,7 +1,8 @@
 -- bench/db/loom_app.lua PORT DATABASE_URL REDIS_URL POOL REDIS_POOL [pool]: TechEmpower's database shapes
--- and a Redis GET, as a loom user writes them (bench/db/run.py starts it pinned to one core). The GETs
--- share one connection (loom.redis's automatic pipelining); with "pool" last, auto_pipeline = false
--- gives each GET in flight a pooled connection of its own (REDIS_POOL of them), as before.
+-- and a Redis GET, as a loom user writes them (bench/db/run.py starts it pinned to one core). The
+-- queries of /db and /fortunes share one connection (loom.pg's automatic pipelining), as the GETs do
+-- (loom.redis's); with "pool" last, auto_pipeline = false for both gives each query in flight a pooled
+-- connection of its own (POOL of them) and each GET one (REDIS_POOL of them), as before.
 --   /db         one random row of world (10 000 rows) as JSON
 --   /queries?n= n random rows (1..500), one db:pipeline round trip
 --   /fortunes   the fortune table plus one row, sorted by message, HTML-escaped into a page
@@ -11,7 +12,7 @@ local pool = tonumber(arg[4]) or 16
 local redis_pool = tonumber(arg[5]) or 50
 local auto_pipeline = arg[6] ~= "pool"
 
-local db = loom.pg(db_url .. "?max=" .. pool)
+local db = loom.pg(db_url .. "?max=" .. pool .. "&auto_pipeline=" .. tostring(auto_pipeline))
 local r = loom.redis{ host = redis_url:match("//([^:/]+)"),
     port = tonumber(redis_url:match(":(%d+)/?%d*$")), max = redis_pool, auto_pipeline = auto_pipeline }
 local random, concat, sort = math.random, table.concat, table.sort

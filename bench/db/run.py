@@ -5,10 +5,12 @@ TechEmpower's shapes against a real PostgreSQL 15 (world: 10 000 rows; fortune: 
 /db (one random row as JSON), /queries?n=20, /fortunes (sorted, HTML-escaped into a page);
 and a Redis GET. Peers, each written as its users write it (bench/db/*_app.*):
 
-    loom       loom.pg (pool of POOL, /queries in one db:pipeline), loom.redis (its GETs share one
+    loom       loom.pg (its plain queries share one connection: automatic pipelining; /queries in
+               one db:pipeline on a pooled connection, pool of POOL), loom.redis (its GETs share one
                connection: automatic pipelining)
-    loom-pool  loom with loom.redis{ auto_pipeline = false }: a pooled connection per GET in flight
-               (pool of REDIS_POOL), as loom.redis was before automatic pipelining; Redis GET only
+    loom-pool  loom with auto_pipeline = false for both: a pooled connection per query in flight
+               (pool of POOL) and per GET in flight (pool of REDIS_POOL), as loom.pg and
+               loom.redis were before automatic pipelining
     node       Node `pg` (Pool of POOL) and `ioredis` (one multiplexed connection), from npm
     aiohttp    aiohttp + asyncpg (pool of POOL), Debian's python3-aiohttp and python3-asyncpg
     nginx      nginx + lua-nginx-module + lua-resty-redis (Debian's lua-nginx-redis), keepalive
@@ -204,7 +206,7 @@ def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
                                 str(redis_pool)],
                  ["db", "queries", "fortunes", "redis"]),
         "loom-pool": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url,
-                                     str(pool), str(redis_pool), "pool"], ["redis"]),
+                                     str(pool), str(redis_pool), "pool"], ["db", "queries", "fortunes", "redis"]),
         "node": (lambda port: ["node", os.path.join(HERE, "node_app.js"), str(port), pg_url, redis_url,
                                str(pool), NPM], ["db", "queries", "fortunes", "redis"]),
         "aiohttp": (lambda port: ["/usr/bin/python3", os.path.join(HERE, "aiohttp_app.py"), str(port), pg_url,
