@@ -46,6 +46,43 @@ local child = [[
         for _ = 1, 1000 do assert(d:incr("f", 0.5, 0)) end
     elseif mode == "die_locked" then
         d:_crash("locked"); d:get("n")
+    elseif mode == "stress_incr" or mode == "stress_fill" then
+        local s = assert(loom.shared("sh_stress", 1 << 16))
+        local keys = { "c1", "c2", "c3", "c4" }
+        local deadline = os.time() + 30
+        while not s:get("ready") do assert(os.time() < deadline, "the filler never started") end
+        if mode == "stress_incr" then
+            for i = 1, 200000 do
+                assert(s:incr(keys[i % 4 + 1], 1, 0))
+                if i % 16 == 0 then s:incr("tmp", 1) end -- present or not, int or float
+            end
+        else
+            -- values that check themselves: "f<j>:<j>:" then a pattern made from j
+            local function value(j)
+                return ("%d:"):format(j) .. string.rep(string.char(65 + j % 26), 40 + j % 200)
+            end
+            local function check(k)
+                local v = s:get(k)
+                if v then
+                    local j = assert(tonumber(v:match("^(%d+):")), v)
+                    assert(v == value(j), "entry " .. k .. " was overwritten: " .. v)
+                end
+            end
+            local j = 0
+            while not s:get("stop") do
+                assert(os.time() < deadline, "the incrementers never finished")
+                j = j + 1
+                assert(s:set("f" .. j % 300, value(j)))
+                check("f" .. (j * 7) % 300)
+                -- the counters and "ready" stay recently used: only the filler's keys go
+                for _, k in ipairs(keys) do s:get(k) end
+                s:get("ready")
+                local t = j % 24
+                if t == 0 then s:set("tmp", 0) elseif t == 8 then s:delete("tmp")
+                elseif t == 12 then s:set("tmp", 0.5) elseif t == 20 then s:delete("tmp") end
+            end
+            for k = 0, 299 do check("f" .. k) end
+        end
     end
 ]]
 
@@ -76,6 +113,30 @@ describe("loom.shared across processes", function()
             assert.equal("integer", math.type(d:get("n")))
             assert.equal(1500.0, d:get("f"))
         end, { timeout = 60 })
+    end)
+
+    -- Two processes increment four counters (lock-free once each knows their cells) and a
+    -- key that a third keeps deleting, re-making and turning float, while that third fills
+    -- the dict with strings so that entries are evicted and their cells reused all along:
+    -- no increment is lost, and none lands in a cell that meanwhile holds something else.
+    it("counts exactly while cells are freed, reused and evicted under the increments", function()
+        run(function()
+            local s = assert(loom.shared("sh_stress", 1 << 16))
+            local filler = spawn("stress_fill")
+            local p1, p2 = spawn("stress_incr"), spawn("stress_incr")
+            assert(s:set("ready", true))
+            assert.same({ 0 }, { p1:wait() })
+            assert.same({ 0 }, { p2:wait() })
+            assert(s:set("stop", true))
+            assert.same({ 0 }, { filler:wait() })
+            local total = 0
+            for _, k in ipairs({ "c1", "c2", "c3", "c4" }) do
+                assert.equal("integer", math.type(s:get(k)))
+                total = total + s:get(k)
+            end
+            assert.equal(400000, total)
+            assert.is_true(s:stats().evictions > 100, "the filler evicted entries")
+        end, { timeout = 90 })
     end)
 
     it("hands the lock of a holder killed in it to a process sleeping on it", function()

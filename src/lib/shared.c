@@ -12,8 +12,19 @@
  * Layout: a header, a bucket array, then fixed 64-byte cells, all addressed by index
  * (1-based, 0 = none), never by pointer. An entry is a head cell (key, type, TTL, LRU and
  * bucket links, a number inline) followed by continuation cells for the key and string
- * bytes that do not fit. One lock guards everything; no Lua call (which may raise) is made
- * while holding it.
+ * bytes that do not fit. One lock guards everything but one case; no Lua call (which may
+ * raise) is made while holding it.
+ *
+ * The case: d:incr of an integer by an integer, the counter and rate-limit hot path. A
+ * head's tag (state, type, sequence number) and its number sit in one 16-byte word changed
+ * by a 16-byte compare-and-swap. Each process remembers, per key, the cell and tag it last
+ * found (kcache_t); the next incr of that key adds with that compare-and-swap and no lock,
+ * no hash, no lookup. Whatever frees a cell, replaces an entry or turns it into a float
+ * changes the tag the same way (pair_set, under the lock), so a remembered cell that is no
+ * longer that entry fails the swap and the increment takes the lock. Those increments do
+ * not move their entry in the LRU list (that would write shared list links on every call);
+ * they mark it (`ref`), and eviction gives a marked entry a second chance: the order is an
+ * approximate LRU. Without a 16-byte compare-and-swap (not x86-64) every incr locks.
  *
  * The lock is one 32-bit word in the mapping: 0 when free, else the holder's pid (and a bit
  * saying someone sleeps on it). Taking a free lock is one compare-and-swap and releasing it
@@ -28,7 +39,8 @@
  * chain and its sequence number: everything else (buckets, LRU list, free list, counts) is rebuilt
  * from them by one scan (recover). So every update writes a new entry's cells fully before marking
  * it LIVE, marks a replacement LIVE before the old one dies (a duplicate is resolved by the higher
- * sequence number), and changes a number in place with one aligned 8-byte store.
+ * sequence number), and changes a number in place with one atomic store or swap. A lock-free
+ * increment is one atomic instruction: a crash leaves it done or not.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -51,7 +63,7 @@
 #include "fail.h"
 
 #define SHARED_MT "loom.shared"
-#define SH_MAGIC 0x4c4f4f4d53484432ull /* "LOOMSHD2" */
+#define SH_MAGIC 0x4c4f4f4d53484433ull /* "LOOMSHD3" */
 #define CELL 64
 #define HEAD_DATA 8
 #define CONT_DATA 52
@@ -60,21 +72,25 @@
 enum { C_FREE = 0, C_LIVE = 1, C_CONT = 2, C_BUILD = 3 };
 enum { T_STR = 1, T_INT, T_FLOAT, T_BOOL };
 
+/* A head cell. Its first 16 bytes, tag and number, change together by a 16-byte
+ * compare-and-swap (pair_cas), which is what lets d:incr add to a live number without the
+ * lock: the tag holds the cell's state (in byte 0, where a continuation or free cell keeps
+ * its state too), the entry's type and its sequence number, so a tag names one entry for
+ * the life of the mapping and a stale cached tag never matches another entry or cell. */
 typedef struct {
-    uint8_t state, type;
+    _Alignas(16) uint64_t tag; /* bytes: state, type, sequence number (48 bits) */
+    uint64_t num;              /* an integer's or a float's bits */
     uint16_t klen;
+    uint8_t ref; /* second chance: set by increments that skip the LRU list */
+    uint8_t pad0;
     uint32_t vlen;
-    uint32_t next; /* the chain of this entry's cells; the free list for free cells */
+    uint32_t next; /* the chain of this entry's cells */
     uint32_t hnext, lprev, lnext, hash, pad;
-    uint64_t seq;
     double expires; /* CLOCK_MONOTONIC seconds; 0: never */
-    union {
-        int64_t i;
-        double d;
-    } num;
     char data[HEAD_DATA];
 } head_t;
 
+/* A continuation cell, and the view of a free cell (the free list runs through `next`). */
 typedef struct {
     uint8_t state, pad[7];
     uint32_t next;
@@ -92,9 +108,25 @@ typedef struct {
     uint32_t count;
 } shm_t;
 
+/* A process's memory of where an integer lives: key -> head cell and tag. Checked by the
+ * key bytes here (never by the shared ones) and by the tag, which the 16-byte
+ * compare-and-swap compares with the cell's: a cell freed, reused or turned float since
+ * fails it, and the increment takes the lock. */
+#define KC_SLOTS 64
+#define KC_KEY 40
+typedef struct {
+    head_t *e;
+    uint64_t tag, last; /* last: the value this process last saw, the first guess */
+    double expires;
+    uint16_t klen; /* 0: empty */
+    char key[KC_KEY];
+} kcache_t;
+
 typedef struct {
     shm_t *m;
     size_t size;
+    double coarse_res; /* how far CLOCK_MONOTONIC_COARSE may lag CLOCK_MONOTONIC */
+    kcache_t cache[KC_SLOTS];
     uint32_t pid; /* this process's, the lock's owner mark */
     int crash;    /* test hook: 1 die holding the lock, 2 die in the middle of a set */
     char name[64];
@@ -111,6 +143,119 @@ static head_t *cell(shm_t *m, uint32_t i) {
     char *base = (char *)buckets(m) + (size_t)m->nbuckets * 4;
     base = (char *)(((uintptr_t)base + 63) & ~(uintptr_t)63);
     return (head_t *)(base + (size_t)(i - 1) * CELL);
+}
+
+/* ---------------------------------------------------------------- tags */
+
+static uint64_t tag_make(unsigned state, unsigned type, uint64_t seq) {
+    unsigned char b[8] = {(unsigned char)state, (unsigned char)type};
+    for (int k = 0; k < 6; k++)
+        b[2 + k] = (unsigned char)(seq >> (8 * k));
+    uint64_t t;
+    memcpy(&t, b, 8);
+    return t;
+}
+
+static unsigned tag_state(uint64_t t) {
+    unsigned char b[8];
+    memcpy(b, &t, 8);
+    return b[0];
+}
+
+static unsigned tag_type(uint64_t t) {
+    unsigned char b[8];
+    memcpy(b, &t, 8);
+    return b[1];
+}
+
+static uint64_t tag_seq(uint64_t t) {
+    unsigned char b[8];
+    memcpy(b, &t, 8);
+    uint64_t seq = 0;
+    for (int k = 5; k >= 0; k--)
+        seq = seq << 8 | b[2 + k];
+    return seq;
+}
+
+static uint64_t head_tag(const head_t *e) {
+    return __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE);
+}
+
+static unsigned cell_state(shm_t *m, uint32_t i) {
+    return tag_state(head_tag(cell(m, i))); /* byte 0 in every view of a cell */
+}
+
+static unsigned head_type(const head_t *e) {
+    return tag_type(head_tag(e));
+}
+
+/* The number's bits, read while lock-free increments may change them. */
+static uint64_t head_num(const head_t *e) {
+    return __atomic_load_n(&e->num, __ATOMIC_RELAXED);
+}
+
+/* Sets a cell's first word (its state, for a cell no increment can touch). */
+static void cell_set_state(shm_t *m, uint32_t i, unsigned state) {
+    __atomic_store_n(&cell(m, i)->tag, tag_make(state, 0, 0), __ATOMIC_RELEASE);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SH_FAST 1
+/* Compares the 16 bytes at p with *lo, *hi and, when equal, stores nlo, nhi: 1. Else 0,
+ * and *lo, *hi hold what p holds. A full barrier either way. */
+static int pair_cas(head_t *e, uint64_t *lo, uint64_t *hi, uint64_t nlo, uint64_t nhi) {
+    unsigned char ok;
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                         : "=q"(ok), "+m"(*(volatile unsigned __int128 *)(void *)e), "+a"(*lo),
+                           "+d"(*hi)
+                         : "b"(nlo), "c"(nhi)
+                         : "memory", "cc");
+    return ok;
+}
+#else
+#define SH_FAST 0
+/* Without a 16-byte compare-and-swap every change takes the lock (no lock-free path runs),
+ * so a plain update under it is exact. */
+static int pair_cas(head_t *e, uint64_t *lo, uint64_t *hi, uint64_t nlo, uint64_t nhi) {
+    if (e->tag != *lo || head_num(e) != *hi) {
+        *lo = e->tag, *hi = head_num(e);
+        return 0;
+    }
+    __atomic_store_n(&e->num, nhi, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->tag, nlo, __ATOMIC_RELEASE);
+    return 1;
+}
+#endif
+
+/* Sets a live head's tag and number at once (lock held; lock-free increments may race). */
+static void pair_set(head_t *e, uint64_t tag, uint64_t num) {
+    uint64_t lo = head_tag(e), hi = head_num(e);
+    while (!pair_cas(e, &lo, &hi, tag, num)) {
+    }
+}
+
+static uint64_t bits_of_int(int64_t v) {
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    return b;
+}
+
+static uint64_t bits_of_double(double v) {
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    return b;
+}
+
+static int64_t int_of_bits(uint64_t b) {
+    int64_t v;
+    memcpy(&v, &b, 8);
+    return v;
+}
+
+static double double_of_bits(uint64_t b) {
+    double v;
+    memcpy(&v, &b, 8);
+    return v;
 }
 
 static double mono_now(void) {
@@ -131,7 +276,16 @@ static uint32_t cells_for(size_t bytes) {
 }
 
 static size_t entry_bytes(const head_t *e) {
-    return e->klen + (e->type == T_STR ? e->vlen : 0);
+    return e->klen + (head_type(e) == T_STR ? e->vlen : 0);
+}
+
+static cont_t *cont(shm_t *m, uint32_t i) {
+    return (cont_t *)cell(m, i);
+}
+
+/* The link to the next cell of a chain: a head's own field, or a continuation's. */
+static uint32_t *next_of(shm_t *m, uint32_t i, int is_head) {
+    return is_head ? &cell(m, i)->next : &cont(m, i)->next;
 }
 
 /* Copies n bytes between buf and an entry's key+value area at byte offset off: into the
@@ -233,12 +387,12 @@ static void bucket_insert(shm_t *m, uint32_t i) {
     *b = i;
 }
 
+/* Frees the cells of the chain that starts with head i. */
 static void free_chain(shm_t *m, uint32_t i) {
-    while (i) {
-        head_t *c = cell(m, i);
-        uint32_t next = c->next;
-        c->state = C_FREE;
-        c->next = m->free_head;
+    for (int is_head = 1; i; is_head = 0) {
+        uint32_t next = *next_of(m, i, is_head);
+        cell_set_state(m, i, C_FREE);
+        cont(m, i)->next = m->free_head;
         m->free_head = i;
         m->nfree++;
         i = next;
@@ -248,7 +402,7 @@ static void free_chain(shm_t *m, uint32_t i) {
 /* Removes a live entry: dead first (a crash from here on loses only this entry). */
 static void entry_remove(shm_t *m, uint32_t i) {
     head_t *e = cell(m, i);
-    e->state = C_FREE;
+    pair_set(e, tag_make(C_FREE, 0, 0), 0); /* from here no increment lands on it */
     bucket_unlink(m, i);
     lru_unlink(m, i);
     m->count--;
@@ -258,7 +412,7 @@ static void entry_remove(shm_t *m, uint32_t i) {
 static uint32_t find(shm_t *m, const char *k, size_t klen, uint32_t h) {
     for (uint32_t i = buckets(m)[h & (m->nbuckets - 1)]; i; i = cell(m, i)->hnext) {
         head_t *e = cell(m, i);
-        if (e->state == C_LIVE && e->hash == h && key_equal(m, e, k, klen))
+        if (tag_state(head_tag(e)) == C_LIVE && e->hash == h && key_equal(m, e, k, klen))
             return i;
     }
     return 0;
@@ -283,16 +437,27 @@ static uint32_t lookup(shm_t *m, const char *k, size_t klen, uint32_t h, double 
 }
 
 /* Takes n cells off the free list as a chain (head in state BUILD), evicting the least
- * recently used entries (all but `keep`) until there are enough. 0 when it cannot. */
+ * recently used entries (all but `keep`) until there are enough. 0 when it cannot.
+ * Increments without the lock do not move their entry in the LRU list; they set its `ref`
+ * mark instead, and a marked entry at the tail gets a second chance: unmarked and moved
+ * to the front, once per mark. */
 static uint32_t alloc_chain(shm_t *m, uint32_t n, uint32_t keep) {
     if (n > m->ncells)
         return 0;
-    while (m->nfree < n) {
+    for (uint32_t chances = m->count; m->nfree < n;) {
         uint32_t victim = m->lru_tail;
         if (victim == keep && victim)
             victim = cell(m, victim)->lprev;
         if (!victim)
             return 0;
+        head_t *v = cell(m, victim);
+        if (chances > 0 && __atomic_load_n(&v->ref, __ATOMIC_RELAXED)) {
+            chances--;
+            __atomic_store_n(&v->ref, 0, __ATOMIC_RELAXED);
+            lru_unlink(m, victim);
+            lru_push_front(m, victim);
+            continue;
+        }
         entry_remove(m, victim);
         m->evictions++;
     }
@@ -300,12 +465,14 @@ static uint32_t alloc_chain(shm_t *m, uint32_t n, uint32_t keep) {
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = m->free_head;
         head_t *c = cell(m, i);
-        m->free_head = c->next;
+        m->free_head = cont(m, i)->next;
         m->nfree--;
-        c->next = 0;
-        c->state = k == 0 ? C_BUILD : C_CONT;
+        cell_set_state(m, i, k == 0 ? C_BUILD : C_CONT);
+        *next_of(m, i, k == 0) = 0;
+        if (k == 0)
+            c->ref = 0;
         if (prev)
-            cell(m, prev)->next = i;
+            *next_of(m, prev, prev == first) = i;
         else
             first = i;
         prev = i;
@@ -317,7 +484,7 @@ static uint32_t alloc_chain(shm_t *m, uint32_t n, uint32_t keep) {
 
 /* Sets the mark of the first `count` cells of the chain at i. */
 static void mark_chain(shm_t *m, uint8_t *mark, uint32_t i, uint32_t count, uint8_t v) {
-    for (uint32_t k = 0; k < count && i; k++, i = cell(m, i)->next)
+    for (uint32_t k = 0; k < count && i; k++, i = *next_of(m, i, k == 1))
         mark[i] = v;
 }
 
@@ -328,8 +495,8 @@ static uint32_t claim_chain(shm_t *m, uint8_t *mark, uint32_t i, uint32_t want, 
     uint32_t got = 1;
     mark[i] = 2;
     *ok = 0;
-    for (uint32_t j = cell(m, i)->next; j; j = cell(m, j)->next) {
-        if (j > m->ncells || mark[j] || cell(m, j)->state != C_CONT || got >= want)
+    for (uint32_t j = cell(m, i)->next; j; j = cont(m, j)->next) {
+        if (j > m->ncells || mark[j] || cell_state(m, j) != C_CONT || got >= want)
             return got;
         mark[j] = 2;
         got++;
@@ -349,14 +516,14 @@ static void recover(shm_t *m) {
     char *kb = malloc(65536);
     for (uint32_t i = 1; mark && kb && i <= n; i++) {
         head_t *e = cell(m, i);
-        if (e->state != C_LIVE)
+        if (tag_state(head_tag(e)) != C_LIVE)
             continue; /* cells nobody claims are freed below */
         uint32_t want = cells_for(entry_bytes(e));
         int ok;
         uint32_t got = claim_chain(m, mark, i, want, &ok);
         if (!ok) {
             mark_chain(m, mark, i, got, 0);
-            e->state = C_FREE;
+            pair_set(e, tag_make(C_FREE, 0, 0), 0);
             continue;
         }
         size_t klen = e->klen;
@@ -364,20 +531,20 @@ static void recover(shm_t *m) {
         uint32_t old = find(m, kb, klen, e->hash);
         if (old) {
             head_t *o = cell(m, old);
-            if (o->seq > e->seq) {
+            if (tag_seq(head_tag(o)) > tag_seq(head_tag(e))) {
                 mark_chain(m, mark, i, want, 0);
-                e->state = C_FREE;
+                pair_set(e, tag_make(C_FREE, 0, 0), 0);
                 continue;
             }
-            o->state = C_FREE;
+            pair_set(o, tag_make(C_FREE, 0, 0), 0);
             bucket_unlink(m, old);
             lru_unlink(m, old);
             m->count--;
             mark_chain(m, mark, old, cells_for(entry_bytes(o)), 0);
         }
         mark_chain(m, mark, i, want, 1);
-        if (e->seq > maxseq)
-            maxseq = e->seq;
+        if (tag_seq(head_tag(e)) > maxseq)
+            maxseq = tag_seq(head_tag(e));
         e->hnext = e->lprev = e->lnext = 0;
         bucket_insert(m, i);
         lru_push_front(m, i);
@@ -390,9 +557,11 @@ static void recover(shm_t *m) {
     for (uint32_t i = n; i >= 1; i--) {
         if (mark && kb && mark[i])
             continue;
-        head_t *c = cell(m, i);
-        c->state = C_FREE;
-        c->next = m->free_head;
+        if (cell_state(m, i) == C_LIVE)
+            pair_set(cell(m, i), tag_make(C_FREE, 0, 0), 0);
+        else
+            cell_set_state(m, i, C_FREE);
+        cont(m, i)->next = m->free_head;
         m->free_head = i;
         m->nfree++;
     }
@@ -521,39 +690,36 @@ static void check_value(lua_State *L, int idx, value_t *v) {
     }
 }
 
-/* Writes a new entry for k (replacing a live one). 0, or -1 when it cannot fit. */
-static int store(dict_t *d, const char *k, size_t klen, uint32_t h, const value_t *v,
-                 double expires) {
+/* Writes a new entry for k (replacing a live one): its cell, or 0 when it cannot fit. */
+static uint32_t store(dict_t *d, const char *k, size_t klen, uint32_t h, const value_t *v,
+                      double expires) {
     shm_t *m = d->m;
     size_t bytes = klen + (v->type == T_STR ? v->len : 0);
     uint32_t old = find(m, k, klen, h);
     uint32_t i = alloc_chain(m, cells_for(bytes), old);
     if (!i)
-        return -1;
+        return 0;
     head_t *e = cell(m, i);
-    e->type = (uint8_t)v->type;
     e->klen = (uint16_t)klen;
     e->vlen = (uint32_t)(v->type == T_STR ? v->len : 0);
     e->hash = h;
     e->expires = expires;
-    if (v->type == T_FLOAT)
-        e->num.d = v->d;
-    else
-        e->num.i = v->i;
+    __atomic_store_n(&e->num, v->type == T_FLOAT ? bits_of_double(v->d) : bits_of_int(v->i),
+                     __ATOMIC_RELAXED);
     entry_write(m, e, 0, k, klen);
     if (v->type == T_STR)
         entry_write(m, e, klen, v->s, v->len);
     old = find(m, k, klen, h); /* eviction may have taken it */
-    e->seq = ++m->seq;
+    uint64_t seq = ++m->seq;
     bucket_insert(m, i);
     lru_push_front(m, i);
     m->count++;
-    e->state = C_LIVE;
+    __atomic_store_n(&e->tag, tag_make(C_LIVE, (unsigned)v->type, seq), __ATOMIC_RELEASE);
     if (d->crash == 2 && old)
         raise(SIGKILL); /* test hook: both entries live, the lists half done */
     if (old)
         entry_remove(m, old);
-    return 0;
+    return i;
 }
 
 /* ---------------------------------------------------------------- Lua */
@@ -623,7 +789,11 @@ static int l_get(lua_State *L) {
         return 1;
     }
     head_t *e = cell(d->m, i);
-    value_t v = {.type = e->type, .i = e->num.i, .d = e->num.d, .len = e->vlen};
+    uint64_t bits = head_num(e);
+    value_t v = {.type = (int)head_type(e),
+                 .i = int_of_bits(bits),
+                 .d = double_of_bits(bits),
+                 .len = e->vlen};
     char small[512], *copy = NULL; /* the value, copied out before unlocking */
     if (v.type == T_STR && v.len > 0) {
         copy = v.len <= sizeof small ? small : malloc(v.len);
@@ -675,9 +845,9 @@ static int set_or_add(lua_State *L, int add) {
         lua_pushliteral(L, "exists");
         return 2;
     }
-    int rc = store(d, k, klen, h, &v, expires);
+    uint32_t rc = store(d, k, klen, h, &v, expires);
     dict_unlock(d);
-    if (rc < 0)
+    if (!rc)
         return fail_full(L, d, klen + v.len);
     lua_pushboolean(L, 1);
     return 1;
@@ -693,20 +863,90 @@ static int l_add(lua_State *L) {
     return set_or_add(L, 1);
 }
 
-/* Adds n to the live entry i and unlocks; pushes the new value, or nil, "not a number". */
-static int incr_entry(lua_State *L, dict_t *d, uint32_t i, int n_int, lua_Integer ni, double nd) {
+static kcache_t *kc_slot(dict_t *d, const char *k) {
+    uintptr_t p = (uintptr_t)k; /* Lua's short strings are interned: one key, one address */
+    return &d->cache[((p >> 4) ^ (p >> 10)) & (KC_SLOTS - 1)];
+}
+
+static void kc_fill(dict_t *d, const char *k, size_t klen, head_t *e, uint64_t last) {
+    if (!SH_FAST || klen > KC_KEY)
+        return;
+    kcache_t *c = kc_slot(d, k);
+    c->e = e;
+    c->tag = head_tag(e);
+    c->last = last;
+    c->expires = e->expires;
+    c->klen = (uint16_t)klen;
+    memcpy(c->key, k, klen);
+}
+
+/* Whether an entry expiring at `expires` (> 0) is surely alive, by the coarse clock: no
+ * system call and no time-stamp counter read; when in doubt the lock and the precise
+ * clock decide. */
+static int alive_coarse(const dict_t *d, double expires) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + d->coarse_res < expires;
+}
+
+/* d:incr of an integer by an integer without the lock, when this process knows the key's
+ * cell: one 16-byte compare-and-swap (usually; a guess of the value that another process
+ * made stale costs one more). 1 with *out set, else 0 (the caller takes the lock). */
+static int incr_fast(dict_t *d, const char *k, size_t klen, lua_Integer ni, int64_t *out) {
+    kcache_t *c = kc_slot(d, k);
+    if (c->klen != klen)
+        return 0;
+    for (size_t j = 0; j < klen; j++) /* keys are short: no call */
+        if (c->key[j] != k[j])
+            return 0;
+    if (c->expires > 0 && !alive_coarse(d, c->expires))
+        return 0;
+    head_t *e = c->e;
+    uint64_t lo = c->tag, hi = c->last, want;
+    for (;;) {
+        want = (uint64_t)int_of_bits(hi) + (uint64_t)ni;
+        if (pair_cas(e, &lo, &hi, c->tag, want))
+            break;
+        if (lo != c->tag)
+            return 0; /* not the entry it was: freed, replaced, made a float */
+    }
+    if (!__atomic_load_n(&e->ref, __ATOMIC_RELAXED))
+        __atomic_store_n(&e->ref, 1, __ATOMIC_RELAXED);
+    c->last = want;
+    *out = int_of_bits(want);
+    return 1;
+}
+
+/* Adds n to the live entry i and unlocks; pushes the new value, or nil, "not a number".
+ * Lock-free increments of integers may race with this, so an integer changes by
+ * compare-and-swap; a float never does (only under the lock). */
+static int incr_entry(lua_State *L, dict_t *d, const char *k, size_t klen, uint32_t i, int n_int,
+                      lua_Integer ni, double nd) {
     head_t *e = cell(d->m, i);
-    if (e->type == T_INT && n_int) {
-        int64_t now = (int64_t)((uint64_t)e->num.i + (uint64_t)ni);
-        e->num.i = now;
+    uint64_t tag = head_tag(e), hi = head_num(e);
+    unsigned type = tag_type(tag);
+    if (type == T_INT && n_int) {
+        uint64_t lo = tag, want;
+        do
+            want = (uint64_t)int_of_bits(hi) + (uint64_t)ni;
+        while (!pair_cas(e, &lo, &hi, tag, want));
+        kc_fill(d, k, klen, e, want);
         dict_unlock(d);
-        lua_pushinteger(L, (lua_Integer)now);
+        lua_pushinteger(L, (lua_Integer)int_of_bits(want));
         return 1;
     }
-    if (e->type == T_INT || e->type == T_FLOAT) {
-        double now = (e->type == T_INT ? (double)e->num.i : e->num.d) + nd;
-        e->num.d = now;
-        e->type = T_FLOAT;
+    if (type == T_INT) { /* becomes a float: a new tag, so cached integer tags fail */
+        uint64_t lo = tag, want, ftag = tag_make(C_LIVE, T_FLOAT, tag_seq(tag));
+        do
+            want = bits_of_double((double)int_of_bits(hi) + nd);
+        while (!pair_cas(e, &lo, &hi, ftag, want));
+        dict_unlock(d);
+        lua_pushnumber(L, double_of_bits(want));
+        return 1;
+    }
+    if (type == T_FLOAT) {
+        double now = double_of_bits(hi) + nd;
+        __atomic_store_n(&e->num, bits_of_double(now), __ATOMIC_RELAXED);
         dict_unlock(d);
         lua_pushnumber(L, now);
         return 1;
@@ -733,11 +973,16 @@ static int l_incr(lua_State *L) {
     if (init_type != LUA_TNUMBER && init_type > LUA_TNIL)
         luaL_checknumber(L, 4); /* raises, unless a numeric string */
     double ttl = top >= 5 ? check_ttl_arg(L, 5) : 0;
+    int64_t now;
+    if (SH_FAST && n_int && incr_fast(d, k, klen, ni, &now)) {
+        lua_pushinteger(L, (lua_Integer)now);
+        return 1;
+    }
     uint32_t h = hash_key(k, klen);
     dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, 0);
     if (i)
-        return incr_entry(L, d, i, n_int, ni, nd);
+        return incr_entry(L, d, k, klen, i, n_int, ni, nd);
     dict_unlock(d);
     if (init_type <= LUA_TNIL) {
         lua_pushnil(L);
@@ -754,10 +999,12 @@ static int l_incr(lua_State *L) {
     dict_lock(d);
     i = lookup(d->m, k, klen, h, 0); /* another process may have made it meanwhile */
     if (i)
-        return incr_entry(L, d, i, n_int, ni, nd);
-    int rc = store(d, k, klen, h, &v, expires);
+        return incr_entry(L, d, k, klen, i, n_int, ni, nd);
+    i = store(d, k, klen, h, &v, expires);
+    if (i && v.type == T_INT)
+        kc_fill(d, k, klen, cell(d->m, i), (uint64_t)v.i);
     dict_unlock(d);
-    if (rc < 0)
+    if (!i)
         return fail_full(L, d, klen);
     if (v.type == T_INT)
         lua_pushinteger(L, v.i);
@@ -822,7 +1069,8 @@ static int l_gcra(lua_State *L) {
     double now = mono_now();
     dict_lock(d);
     uint32_t i = lookup(d->m, k, klen, h, now);
-    double tat = i && cell(d->m, i)->type == T_FLOAT ? cell(d->m, i)->num.d : now;
+    int is_float = i && head_type(cell(d->m, i)) == T_FLOAT; /* floats change only locked */
+    double tat = is_float ? double_of_bits(head_num(cell(d->m, i))) : now;
     if (tat < now)
         tat = now;
     double next = tat + T;
@@ -832,13 +1080,13 @@ static int l_gcra(lua_State *L) {
         lua_pushnumber(L, next - tau - now);
         return 2;
     }
-    if (i && cell(d->m, i)->type == T_FLOAT) {
+    if (is_float) {
         head_t *e = cell(d->m, i);
-        e->expires = next;
-        e->num.d = next;
+        e->expires = next; /* later: a process's cached expiry errs on the early side */
+        __atomic_store_n(&e->num, bits_of_double(next), __ATOMIC_RELAXED);
     } else {
         value_t v = {.type = T_FLOAT, .d = next};
-        if (store(d, k, klen, h, &v, next) < 0) {
+        if (!store(d, k, klen, h, &v, next)) {
             dict_unlock(d);
             return fail_full(L, d, klen);
         }
@@ -878,9 +1126,8 @@ static void init_mapping(shm_t *m, size_t size) {
     m->nbuckets = nb;
     m->ncells = (uint32_t)((room - (size_t)nb * 4) / CELL);
     for (uint32_t i = m->ncells; i >= 1; i--) {
-        head_t *c = cell(m, i);
-        c->state = C_FREE;
-        c->next = m->free_head;
+        cell_set_state(m, i, C_FREE);
+        cont(m, i)->next = m->free_head;
         m->free_head = i;
     }
     m->nfree = m->ncells;
@@ -956,6 +1203,11 @@ static int l_shared_open(lua_State *L) {
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
     d->pid = (uint32_t)getpid();
+    struct timespec res;
+    /* a tick, twice, and a millisecond: the coarse clock lags by less than a tick */
+    d->coarse_res = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0
+                        ? 2 * ((double)res.tv_sec + (double)res.tv_nsec / 1e9) + 0.001
+                        : 1e9;
     set_metatable(L, d);
     d->m = attach(var, &d->size);
     if (d->m)
