@@ -232,6 +232,33 @@ describe("loom.pg automatic pipelining", function()
         end)
     end)
 
+    it("opens the shared connection once; a cancelled opener leaves it to a waiter", function()
+        run(function()
+            local held = {}
+            local mute = assert(loom.listen { host = "127.0.0.1", port = 0, handler = function(st)
+                held[#held + 1] = st
+                st:read()
+            end })
+            local db = loom.pg(srv:opts { port = mute.port, connect_timeout = 0.3 })
+            local opener = loom.spawn(function() return db:query("select 1") end)
+            local waiter = loom.spawn(function() return db:query("select 2") end)
+            assert.is_true(eventually(function() return #held == 1 end)) -- one connect only
+            loom.sleep(0.05)
+            assert.equal(1, #held)
+            opener:cancel()
+            assert.is_false((opener:join()))
+            -- the waiter connects in its turn (and times out connecting, to a mute server)
+            local ok, rows, err = waiter:join()
+            assert.is_true(ok)
+            assert.is_nil(rows)
+            assert.equal("timeout: connecting to the database", err)
+            assert.equal(2, #held)
+            db:close()
+            mute:close()
+            for _, st in ipairs(held) do st:close() end
+        end)
+    end)
+
     it("closes the shared connection when idle, and after idle_timeout", function()
         run(function()
             local db = loom.pg(srv:opts { idle_timeout = 0.1, application_name = "autoidle" })

@@ -415,7 +415,8 @@ end
 -- The shared connection of `pool`, opened by the first task that needs it (the others wait
 -- for that one) -> c | nil, err. A connection the server closed while idle is noticed (the
 -- probe reads the socket) and replaced.
-local function shared_conn(pool)
+local shared_conn
+shared_conn = function(pool)
     local m = pool.mux
     local c = m.c
     if c then
@@ -430,6 +431,7 @@ local function shared_conn(pool)
         w[#w + 1], w[#w + 2] = ticket()
         local ok, c2, err = park(budget)
         if not ok then return nil, format("timeout: connecting to the database took over %g s", budget) end
+        if c2 == nil and err == nil then return shared_conn(pool) end -- the opener was cancelled
         return c2, err
     end
     m.opening = true
@@ -448,8 +450,10 @@ local function shared_conn(pool)
             m.c = c
         end
     end
-    for i = 1, #w, 2 do wake(w[i], w[i + 1], ok and c or nil, ok and err or "closed: " .. tostring(c)) end
-    if not ok then error(c, 0) end -- cancelled while connecting
+    for i = 1, #w, 2 do
+        if ok then wake(w[i], w[i + 1], c or false, err) else wake(w[i], w[i + 1]) end
+    end
+    if not ok then error(c, 0) end -- cancelled while connecting: a waiter opens it instead
     return c, err
 end
 
