@@ -37,7 +37,7 @@ return function(opts)
         local err
         dict, err = runtime.shared("loom_limit", 1 << 20)
         if not dict then error("limit: " .. tostring(err), 2) end
-    elseif type(dict) ~= "userdata" or not dict._gcra then
+    elseif type(dict) ~= "table" or not dict._gcra then
         error("bad argument #1 to 'limit' (option 'dict': loom.shared dict expected)", 2)
     end
     instances = instances + 1

@@ -108,22 +108,24 @@ typedef struct {
     uint32_t count;
 } shm_t;
 
-/* A process's memory of where an integer lives: key -> head cell and tag. Checked by the
- * key bytes here (never by the shared ones) and by the tag, which the 16-byte
- * compare-and-swap compares with the cell's: a cell freed, reused or turned float since
- * fails it, and the increment takes the lock. */
+/* A process's memory of where an integer lives: key -> head cell and tag. The key is known
+ * by the address of its bytes in a Lua string that the dict's box keeps alive (a table in
+ * its user value, one string per slot), so an equal address is that same string: short
+ * strings (up to 40 bytes) are interned, one per content, so every d:incr("hits", ...)
+ * passes the same one. The tag is checked by the 16-byte compare-and-swap against the
+ * cell's: a cell freed, reused or turned float since fails it, and the increment locks. */
 #define KC_SLOTS 64
-#define KC_KEY 40
+#define KC_KEY 40 /* LUAI_MAXSHORTLEN: longer strings are not interned */
 typedef struct {
+    const char *k; /* NULL: empty */
     head_t *e;
     uint64_t tag, last; /* last: the value this process last saw, the first guess */
     double expires;
-    uint16_t klen; /* 0: empty */
-    char key[KC_KEY];
 } kcache_t;
 
 typedef struct {
     shm_t *m;
+    const void *self; /* the dict's table */
     size_t size;
     double coarse_res; /* how far CLOCK_MONOTONIC_COARSE may lag CLOCK_MONOTONIC */
     kcache_t cache[KC_SLOTS];
@@ -724,24 +726,26 @@ static uint32_t store(dict_t *d, const char *k, size_t klen, uint32_t h, const v
 
 /* ---------------------------------------------------------------- Lua */
 
-static char dicts_key; /* registry: a weak-keyed set of every dict box */
+static char dicts_key; /* registry: dict table -> its box (the dict_t), weak-keyed */
 
-/* The dict at argument 1. Each dict has its own methods, closures holding its address as
- * upvalue 1, so the usual call d:m(...) costs one comparison; a dict's method called on
- * another dict (d1.get(d2, k)) takes the slow way through the registry set. */
+/* A dict is a table holding its own methods (closures whose upvalue 1 is the box, the
+ * userdata with the dict_t), so `d:incr(...)` finds the method in the table itself: Lua
+ * 5.4 goes through no metatable, which is a tenth of what a call costs. The usual call,
+ * a dict's method on that dict, costs one comparison; a dict's method called on another
+ * (d1.get(d2, k)) takes the slow way through the registry. */
 static dict_t *check_dict_slow(lua_State *L) {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &dicts_key);
     lua_pushvalue(L, 1);
-    int ok = lua_rawget(L, -2) == LUA_TBOOLEAN;
+    dict_t *d = lua_rawget(L, -2) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
     lua_pop(L, 2);
-    if (!ok)
+    if (!d)
         luaL_typeerror(L, 1, SHARED_MT);
-    return lua_touserdata(L, 1);
+    return d;
 }
 
 static dict_t *check_dict(lua_State *L) {
     dict_t *d = lua_touserdata(L, lua_upvalueindex(1));
-    return lua_touserdata(L, 1) == d ? d : check_dict_slow(L);
+    return lua_topointer(L, 1) == d->self ? d : check_dict_slow(L);
 }
 
 static const char *check_key(lua_State *L, size_t *len) {
@@ -868,16 +872,30 @@ static kcache_t *kc_slot(dict_t *d, const char *k) {
     return &d->cache[((p >> 4) ^ (p >> 10)) & (KC_SLOTS - 1)];
 }
 
-static void kc_fill(dict_t *d, const char *k, size_t klen, head_t *e, uint64_t last) {
+/* Notes (lock held) where the integer entry e of key k is; kc_pin completes it. */
+static kcache_t *kc_fill(dict_t *d, const char *k, size_t klen, head_t *e, uint64_t last) {
     if (!SH_FAST || klen > KC_KEY)
-        return;
+        return NULL;
     kcache_t *c = kc_slot(d, k);
+    c->k = NULL; /* until its string is kept */
     c->e = e;
     c->tag = head_tag(e);
     c->last = last;
     c->expires = e->expires;
-    c->klen = (uint16_t)klen;
-    memcpy(c->key, k, klen);
+    return c;
+}
+
+/* Keeps the key string (argument 2) alive in the box's slot table, then makes slot c
+ * usable (lock not held: the table may grow, which may raise). Only for a dict's own
+ * method: another dict's box is not at hand. */
+static void kc_pin(lua_State *L, dict_t *d, kcache_t *c, const char *k) {
+    if (!c || d != lua_touserdata(L, lua_upvalueindex(1)))
+        return;
+    lua_getiuservalue(L, lua_upvalueindex(1), 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, (lua_Integer)(c - d->cache) + 1);
+    lua_pop(L, 1);
+    c->k = k;
 }
 
 /* Whether an entry expiring at `expires` (> 0) is surely alive, by the coarse clock: no
@@ -892,13 +910,10 @@ static int alive_coarse(const dict_t *d, double expires) {
 /* d:incr of an integer by an integer without the lock, when this process knows the key's
  * cell: one 16-byte compare-and-swap (usually; a guess of the value that another process
  * made stale costs one more). 1 with *out set, else 0 (the caller takes the lock). */
-static int incr_fast(dict_t *d, const char *k, size_t klen, lua_Integer ni, int64_t *out) {
+static int incr_fast(dict_t *d, const char *k, lua_Integer ni, int64_t *out) {
     kcache_t *c = kc_slot(d, k);
-    if (c->klen != klen)
+    if (c->k != k)
         return 0;
-    for (size_t j = 0; j < klen; j++) /* keys are short: no call */
-        if (c->key[j] != k[j])
-            return 0;
     if (c->expires > 0 && !alive_coarse(d, c->expires))
         return 0;
     head_t *e = c->e;
@@ -930,8 +945,9 @@ static int incr_entry(lua_State *L, dict_t *d, const char *k, size_t klen, uint3
         do
             want = (uint64_t)int_of_bits(hi) + (uint64_t)ni;
         while (!pair_cas(e, &lo, &hi, tag, want));
-        kc_fill(d, k, klen, e, want);
+        kcache_t *c = kc_fill(d, k, klen, e, want);
         dict_unlock(d);
+        kc_pin(L, d, c, k);
         lua_pushinteger(L, (lua_Integer)int_of_bits(want));
         return 1;
     }
@@ -974,7 +990,7 @@ static int l_incr(lua_State *L) {
         luaL_checknumber(L, 4); /* raises, unless a numeric string */
     double ttl = top >= 5 ? check_ttl_arg(L, 5) : 0;
     int64_t now;
-    if (SH_FAST && n_int && incr_fast(d, k, klen, ni, &now)) {
+    if (SH_FAST && n_int && incr_fast(d, k, ni, &now)) {
         lua_pushinteger(L, (lua_Integer)now);
         return 1;
     }
@@ -1001,11 +1017,11 @@ static int l_incr(lua_State *L) {
     if (i)
         return incr_entry(L, d, k, klen, i, n_int, ni, nd);
     i = store(d, k, klen, h, &v, expires);
-    if (i && v.type == T_INT)
-        kc_fill(d, k, klen, cell(d->m, i), (uint64_t)v.i);
+    kcache_t *c = i && v.type == T_INT ? kc_fill(d, k, klen, cell(d->m, i), (uint64_t)v.i) : NULL;
     dict_unlock(d);
     if (!i)
         return fail_full(L, d, klen);
+    kc_pin(L, d, c, k);
     if (v.type == T_INT)
         lua_pushinteger(L, v.i);
     else
@@ -1107,7 +1123,7 @@ static int l_crash(lua_State *L) {
 }
 
 static int l_gc(lua_State *L) {
-    dict_t *d = check_dict(L);
+    dict_t *d = lua_touserdata(L, 1);
     if (d->m) {
         munmap(d->m, d->size);
         d->m = NULL;
@@ -1164,25 +1180,32 @@ static const luaL_Reg dict_methods[] = {
     {"_crash", l_crash},  {NULL, NULL},
 };
 
-/* Gives the new box at the top (dict d) its own metatable, whose methods hold d's address,
- * and enters it in the registry set of dicts. */
-static void set_metatable(lua_State *L, dict_t *d) {
-    lua_createtable(L, 0, 3);
-    lua_pushliteral(L, SHARED_MT);
-    lua_setfield(L, -2, "__name");
-    luaL_newlibtable(L, dict_methods);
-    lua_pushlightuserdata(L, d);
-    luaL_setfuncs(L, dict_methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pushlightuserdata(L, d);
-    lua_pushcclosure(L, l_gc, 1);
+/* Replaces the new box at the top (dict d) by the dict's table: its methods, a metatable
+ * naming it, and an entry in the registry. The box unmaps the memory when collected, which
+ * is once the table and every method taken from it are. */
+static void make_table(lua_State *L, dict_t *d) {
+    lua_createtable(L, KC_SLOTS, 0); /* the strings of the cached keys */
+    lua_setiuservalue(L, -2, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
+    luaL_newlibtable(L, dict_methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, dict_methods, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, SHARED_MT);
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, SHARED_MT);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    d->self = lua_topointer(L, -1);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &dicts_key);
     lua_pushvalue(L, -2);
-    lua_pushboolean(L, 1);
+    lua_pushvalue(L, -4);
     lua_rawset(L, -3);
     lua_pop(L, 1);
+    lua_remove(L, -2);
 }
 
 /* core.shared_open(name, size) -> dict | nil, err */
@@ -1199,7 +1222,7 @@ static int l_shared_open(lua_State *L) {
                   "size from 16384 bytes expected");
     char var[80];
     snprintf(var, sizeof var, "LOOM_SHARED_%s", name);
-    dict_t *d = lua_newuserdatauv(L, sizeof *d, 0);
+    dict_t *d = lua_newuserdatauv(L, sizeof *d, 1);
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
     d->pid = (uint32_t)getpid();
@@ -1208,7 +1231,7 @@ static int l_shared_open(lua_State *L) {
     d->coarse_res = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0
                         ? 2 * ((double)res.tv_sec + (double)res.tv_nsec / 1e9) + 0.001
                         : 1e9;
-    set_metatable(L, d);
+    make_table(L, d);
     d->m = attach(var, &d->size);
     if (d->m)
         return 1;
