@@ -170,6 +170,45 @@ describe("loom.shared across processes", function()
     end)
 end)
 
+describe("loom.shared increments a process has seen before", function()
+    -- The second d:incr of a key takes the lock-free path: these check that it gives way to
+    -- whatever changed the key meanwhile, and that eviction still sees the key in use.
+    it("follow deletes, sets, floats and ttls, and keep a key in use from eviction", function()
+        run(function()
+            local d = assert(loom.shared("sh_spec_fast", 16384))
+            assert.equal(1, d:incr("x", 1, 0))
+            assert.equal(2, d:incr("x", 1, 0))
+            assert(d:delete("x"))
+            assert.same({ nil, "not found" }, { d:incr("x", 1) })
+            assert(d:set("x", 10))
+            assert.equal(11, d:incr("x", 1))
+            assert.equal(11.5, d:incr("x", 0.5))
+            assert.equal(12.5, d:incr("x", 1))
+            assert.equal("float", math.type(d:get("x")))
+            assert(d:set("x", "text"))
+            assert.same({ nil, "not a number" }, { d:incr("x", 1) })
+            -- a ttl of 0.3 s: increments do not extend it, and after it the key starts over
+            assert.equal(1, d:incr("t", 1, 0, 0.3))
+            assert.equal(2, d:incr("t", 1, 0, 0.3))
+            loom.sleep(0.4)
+            assert.equal(1, d:incr("t", 1, 0, 0.3))
+            -- fill the dict several times over while "hot" is only ever incremented
+            local v = ("x"):rep(100)
+            assert.equal(1, d:incr("hot", 1, 0))
+            local n = 1
+            for i = 1, 3 * d:stats().cells do
+                assert(d:set("k" .. i, v))
+                if i % 10 == 0 then
+                    n = n + 1
+                    assert.equal(n, d:incr("hot", 1, 0))
+                end
+            end
+            assert.is_true(d:stats().evictions > d:stats().cells)
+            assert.equal(n, d:get("hot"))
+        end)
+    end)
+end)
+
 describe("loom.shared methods", function()
     -- (called as methods, a:incr(k, ...), Lua numbers the arguments after self from 1)
     it("raise on misuse naming the argument, and serve any dict given as self", function()
