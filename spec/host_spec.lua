@@ -90,7 +90,7 @@ describe("the loom host", function()
     it("-v prints the version", function()
         local r = host({ "-v" })
         assert.equal(0, r.code)
-        assert.matches("^loom %d+%.%d+%.%d+ %(Lua 5%.4%.%d+, libuv %d+%.%d+%.%d+, llhttp %d+%.%d+%.%d+, mbed TLS %d+%.%d+%.%d+%)\n$", r.out)
+        assert.matches("^loom %d+%.%d+%.%d+ %(Lua 5%.4%.%d+, libuv %d+%.%d+%.%d+, llhttp %d+%.%d+%.%d+, mbed TLS %d+%.%d+%.%d+, nghttp2 %d+%.%d+%.%d+%)\n$", r.out)
         assert.equal(loom.version, r.out:match("^loom (%S+)"))
     end)
 

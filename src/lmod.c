@@ -2,6 +2,7 @@
  * lmod.c - luaopen_loom_core: the C half of the Lua module, one loom_open_<area> per file.
  * In the host the state already has a host; under stock lua the first require creates one.
  */
+#include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <lauxlib.h>
 #include <llhttp.h>
@@ -28,12 +29,12 @@ int loom_open_multipart(lua_State *L);
 int loom_open_http_static(lua_State *L);
 
 const char *loom_libs_version(void) {
-    static char buf[128];
+    static char buf[192];
     char tls[18];
     mbedtls_version_get_string(tls);
-    snprintf(buf, sizeof buf, "%s, libuv %s, llhttp %d.%d.%d, mbed TLS %s", LUA_RELEASE,
+    snprintf(buf, sizeof buf, "%s, libuv %s, llhttp %d.%d.%d, mbed TLS %s, nghttp2 %s", LUA_RELEASE,
              uv_version_string(), LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH,
-             tls);
+             tls, nghttp2_version(0)->version_str);
     return buf;
 }
 

@@ -14,18 +14,19 @@ App.__index = App
 App.__name = "loom.app"
 
 local LIMITS = { "max_body", "max_header", "header_timeout", "keepalive_timeout", "body_timeout", "send_timeout",
-    "handler_timeout" }
+    "handler_timeout", "max_streams" }
 local APP_OPTS, LISTEN_OPTS, RUN_OPTS = {}, {}, { workers = true, grace = true, cancel_tasks = true }
 for _, k in ipairs(LIMITS) do APP_OPTS[k] = true end
 APP_OPTS.max_parts, APP_OPTS.max_part_header = true, true -- req:parts() and req:form(), in Lua
 APP_OPTS.compress = true -- lua/loom/compress.lua
 for _, k in ipairs({ "host", "port", "backlog", "reuseport", "access_log", "tls", "path", "mode",
-    "max_conns_per_ip" }) do
+    "max_conns_per_ip", "http2" }) do
     LISTEN_OPTS[k], RUN_OPTS[k] = true, true
 end
 
 -- loom.app{ max_body = 1 MiB, max_header = 16 KiB, header_timeout = 30, keepalive_timeout = 75,
---           body_timeout = 60, send_timeout = 60, handler_timeout = 60 (0 or false: none) }
+--           body_timeout = 60, send_timeout = 60, handler_timeout = 60 (0 or false: none),
+--           max_streams = 100 (concurrent streams of an HTTP/2 connection) }
 local function new(opts)
     opts = args.known(args.opts(opts, "app", 1), APP_OPTS, "app", 1)
     local app = setmetatable({ router = router.new(), middleware = {}, limits = {}, fallthrough = {},
@@ -37,6 +38,9 @@ local function new(opts)
         else
             v = args.opt(opts, k, "number", nil, "app", 1)
             if v and v < 0 then args.fail("app", 1, "option '" .. k .. "': must not be negative") end
+            if v and k == "max_streams" and (math.type(v) ~= "integer" or v < 1 or v > 0x7fffffff) then
+                args.fail("app", 1, "option 'max_streams': positive integer expected")
+            end
         end
         app.limits[k] = v
     end
@@ -441,7 +445,7 @@ local TLS_SHAPE = "option 'tls': {cert = file, key = file [, names]} or a list o
 -- The server's TLS configuration from app:listen's `tls` option: one {cert, key} pair, or
 -- a list of pairs chosen by the client's SNI among their `names` (default: the names in
 -- the certificate), the first pair when no name matches. -> config | nil, "tls: ..."
-local function tls_config(tls)
+local function tls_config(tls, http2)
     if type(tls) ~= "table" then args.fail("listen", 1, TLS_SHAPE, 2) end
     local pairs_ = tls[1] ~= nil and tls or { tls }
     local certs = {}
@@ -456,11 +460,14 @@ local function tls_config(tls)
         end
         certs[i] = { cert = p.cert, key = p.key, names = names }
     end
-    return core.tls_config{ server = true, certs = certs }
+    -- ALPN: h2 first unless http2 = false (the engine hands "h2" connections to HTTP/2)
+    return core.tls_config{ server = true, certs = certs, alpn = http2 and "h2,http/1.1" or nil }
 end
 
 -- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls, path, mode,
---             max_conns_per_ip } -> server | nil, err
+--             max_conns_per_ip, http2 } -> server | nil, err
+-- http2: with tls, ALPN offers h2 beside http/1.1 unless it is false; without tls, true
+-- serves h2c by prior knowledge beside HTTP/1.1 on the same port (docs/http2.md)
 -- access_log: false (default), true or "combined", "json", or a function(entry) (docs/server.md)
 function App:listen(opts)
     opts = args.known(args.opts(opts, "listen", 1), LISTEN_OPTS, "listen", 1)
@@ -490,11 +497,14 @@ function App:listen(opts)
     o.reuseport = args.opt(opts, "reuseport", "boolean", nil, "listen", 1)
     o.access_log = require("loom.metrics").access_log_opt(opts.access_log, "listen", 1)
     o.metrics = self.metrics_path ~= nil
+    local http2 = args.opt(opts, "http2", "boolean", nil, "listen", 1)
     if opts.tls ~= nil then
+        http2 = http2 ~= false
         local err
-        o.tls, err = tls_config(opts.tls)
+        o.tls, err = tls_config(opts.tls, http2)
         if not o.tls then return nil, err end
     end
+    o.http2 = http2 == true
     for _, k in ipairs(LIMITS) do o[k] = self.limits[k] end
     o.request_mt = request.mt
     local srv, err = core.http_listen(self:_entry(o.tls ~= nil), o)

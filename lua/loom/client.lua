@@ -670,6 +670,7 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
             local cap = conns[i]:capacity()
             if cap < 0 then table.remove(conns, i)
             elseif cap > 0 and not fresh then
+                sess.h2_reused = (sess.h2_reused or 0) + 1
                 if tc then emit(tc, "on_reuse", { key = key }) end
                 return conns[i]
             end
@@ -694,7 +695,10 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
             return false, st
         end
         conn, err = core.h2_session(st)
-        if conn then pool.conns[#pool.conns + 1] = conn end
+        if conn then
+            pool.conns[#pool.conns + 1] = conn
+            sess.h2_opened = (sess.h2_opened or 0) + 1
+        end
     end
     pool.connecting = nil
     ev:set()
@@ -1339,9 +1343,15 @@ function Session:cookie_jar()
     return self.jar
 end
 
--- s:stats() -> {idle, active, opened, reused}: the pool's connections.
+-- s:stats() -> {idle, active, opened, reused}: the pool's connections (opened and reused
+-- count HTTP/2 connections and the streams that reused one too).
 function Session:stats()
-    return self.pool:stats()
+    local st = self.pool:stats()
+    if self.h2_opened then
+        st.opened = st.opened + self.h2_opened
+        st.reused = st.reused + (self.h2_reused or 0)
+    end
+    return st
 end
 
 function Session:__tostring()

@@ -435,14 +435,14 @@ static void header_value(loom_head_t *h, const char *name, const char **v, size_
 
 /* The peer's address as text ("-" when unknown). An IPv4 address is written here: libuv's
  * uv_ip_name goes through snprintf, which cost more than the rest of the line. */
-static void peer_ip(loom_conn_t *c, char *out, size_t cap) {
+static void peer_ip(loom_sock_t *sock, char *out, size_t cap) {
     struct sockaddr_storage ss;
     int len = sizeof ss;
-    if (!loom_sock_is_tcp(&c->sock)) { /* app:listen{ path }: req.remote's "unix:" */
+    if (!loom_sock_is_tcp(sock)) { /* app:listen{ path }: req.remote's "unix:" */
         snprintf(out, cap, "unix:");
         return;
     }
-    if (uv_tcp_getpeername(&c->sock.h.tcp, (struct sockaddr *)&ss, &len) != 0) {
+    if (uv_tcp_getpeername(&sock->h.tcp, (struct sockaddr *)&ss, &len) != 0) {
         snprintf(out, cap, "-");
         return;
     }
@@ -465,7 +465,7 @@ static void peer_ip(loom_conn_t *c, char *out, size_t cap) {
 
 static void get_fields(loom_conn_t *c, fields_t *f) {
     loom_head_t *h = c->msg.head;
-    peer_ip(c, f->ip, sizeof f->ip);
+    peer_ip(&c->sock, f->ip, sizeof f->ip);
     f->method = llhttp_method_name((llhttp_method_t)llhttp_get_method(&c->msg.parser));
     f->target = h->data + h->url;
     f->target_len = h->url_len;
@@ -476,8 +476,7 @@ static void get_fields(loom_conn_t *c, fields_t *f) {
 }
 
 /* The start of a line: the request's fields, the clock, the scratch line emptied. */
-static sb_t *line_start(alog_out_t *w, loom_conn_t *c, fields_t *f, struct timespec *ts) {
-    get_fields(c, f);
+static sb_t *line_start(alog_out_t *w, struct timespec *ts) {
     out_clock(w, ts);
     w->line.len = 0;
     w->line.bad = 0;
@@ -485,33 +484,32 @@ static sb_t *line_start(alog_out_t *w, loom_conn_t *c, fields_t *f, struct times
 }
 
 /* host - - [time] "METHOD target HTTP/x.y" status body-bytes "referer" "user-agent" */
-static void line_combined(alog_out_t *w, loom_conn_t *c, uint64_t body) {
-    fields_t f;
+static void line_combined(alog_out_t *w, const fields_t *f, unsigned status, uint64_t body) {
     struct timespec ts;
-    sb_t *b = line_start(w, c, &f, &ts);
-    sb_str(b, f.ip);
+    sb_t *b = line_start(w, &ts);
+    sb_str(b, f->ip);
     sb_str(b, " - - [");
     sb_str(b, w->clf_time);
     sb_str(b, "] \"");
-    sb_str(b, f.method);
+    sb_str(b, f->method);
     sb_put(b, " ", 1);
-    sb_escape_log(b, f.target, f.target_len, TARGET_MAX);
+    sb_escape_log(b, f->target, f->target_len, TARGET_MAX);
     sb_put(b, " HTTP/", 6);
-    sb_u64(b, (uint64_t)f.vmajor);
+    sb_u64(b, (uint64_t)f->vmajor);
     sb_put(b, ".", 1);
-    sb_u64(b, (uint64_t)f.vminor);
+    sb_u64(b, (uint64_t)f->vminor);
     sb_put(b, "\" ", 2);
-    sb_u64(b, c->status);
+    sb_u64(b, status);
     sb_put(b, " ", 1);
     sb_u64(b, body);
     sb_put(b, " \"", 2);
-    if (f.ref)
-        sb_escape_log(b, f.ref, f.ref_len, FIELD_MAX);
+    if (f->ref)
+        sb_escape_log(b, f->ref, f->ref_len, FIELD_MAX);
     else
         sb_put(b, "-", 1);
     sb_put(b, "\" \"", 3);
-    if (f.ua)
-        sb_escape_log(b, f.ua, f.ua_len, FIELD_MAX);
+    if (f->ua)
+        sb_escape_log(b, f->ua, f->ua_len, FIELD_MAX);
     else
         sb_put(b, "-", 1);
     sb_put(b, "\"\n", 2);
@@ -529,31 +527,31 @@ static void json_field(sb_t *b, const char *name, const char *v, size_t len, siz
 
 /* {"time":"...Z","remote":"...","method":"GET","path":"/x","protocol":"HTTP/1.1",
  *  "status":200,"bytes":13,"duration":0.000123,"referer":null,"ua":"curl/7.88.1"} */
-static void line_json(alog_out_t *w, loom_conn_t *c, uint64_t body, uint64_t ns) {
-    fields_t f;
+static void line_json(alog_out_t *w, const fields_t *f, unsigned status, uint64_t body,
+                      uint64_t ns) {
     struct timespec ts;
-    sb_t *b = line_start(w, c, &f, &ts);
+    sb_t *b = line_start(w, &ts);
     sb_str(b, "{\"time\":\"");
     sb_str(b, w->iso_time);
     sb_put(b, ".", 1);
     sb_padded(b, (uint64_t)ts.tv_nsec / 1000000, 3);
     sb_str(b, "Z\",\"remote\":\"");
-    sb_str(b, f.ip);
+    sb_str(b, f->ip);
     sb_str(b, "\",\"method\":");
-    sb_json_string(b, f.method, strlen(f.method), FIELD_MAX);
-    json_field(b, ",\"path\":", f.target, f.target_len, TARGET_MAX);
+    sb_json_string(b, f->method, strlen(f->method), FIELD_MAX);
+    json_field(b, ",\"path\":", f->target, f->target_len, TARGET_MAX);
     sb_str(b, ",\"protocol\":\"HTTP/");
-    sb_u64(b, (uint64_t)f.vmajor);
+    sb_u64(b, (uint64_t)f->vmajor);
     sb_put(b, ".", 1);
-    sb_u64(b, (uint64_t)f.vminor);
+    sb_u64(b, (uint64_t)f->vminor);
     sb_str(b, "\",\"status\":");
-    sb_u64(b, c->status);
+    sb_u64(b, status);
     sb_str(b, ",\"bytes\":");
     sb_u64(b, body);
     sb_str(b, ",\"duration\":");
     sb_secs(b, ns);
-    json_field(b, ",\"referer\":", f.ref, f.ref_len, FIELD_MAX);
-    json_field(b, ",\"ua\":", f.ua, f.ua_len, FIELD_MAX);
+    json_field(b, ",\"referer\":", f->ref, f->ref_len, FIELD_MAX);
+    json_field(b, ",\"ua\":", f->ua, f->ua_len, FIELD_MAX);
     sb_put(b, "}\n", 2);
     if (!b->bad)
         out_append(w, b->p, b->len);
@@ -570,24 +568,22 @@ typedef struct {
     uint8_t vmajor, vminor, has_ua, has_ref;
 } rec_t;
 
-static void record(loom_obs_t *o, loom_conn_t *c, uint64_t body, uint64_t ns) {
-    fields_t f;
+static void record(loom_obs_t *o, const fields_t *f, unsigned status, uint64_t body, uint64_t ns) {
     struct timespec ts;
-    get_fields(c, &f);
     clock_gettime(CLOCK_REALTIME, &ts);
     rec_t r = {body,
                (double)ns / 1e9,
                (double)ts.tv_sec + ts.tv_nsec / 1e9,
-               (uint32_t)strlen(f.ip),
-               (uint32_t)strlen(f.method),
-               (uint32_t)f.target_len,
-               (uint32_t)f.ua_len,
-               (uint32_t)f.ref_len,
-               c->status,
-               (uint8_t)f.vmajor,
-               (uint8_t)f.vminor,
-               f.ua != NULL,
-               f.ref != NULL};
+               (uint32_t)strlen(f->ip),
+               (uint32_t)strlen(f->method),
+               (uint32_t)f->target_len,
+               (uint32_t)f->ua_len,
+               (uint32_t)f->ref_len,
+               status,
+               (uint8_t)f->vmajor,
+               (uint8_t)f->vminor,
+               f->ua != NULL,
+               f->ref != NULL};
     size_t n = sizeof r + r.remote_len + r.method_len + r.target_len + r.ua_len + r.ref_len;
     if (o->qlen + n > OUT_MAX)
         return; /* the function cannot keep up (it cannot: it runs in this loop) */
@@ -604,17 +600,17 @@ static void record(loom_obs_t *o, loom_conn_t *c, uint64_t body, uint64_t ns) {
     char *p = o->q + o->qlen;
     memcpy(p, &r, sizeof r);
     p += sizeof r;
-    memcpy(p, f.ip, r.remote_len);
+    memcpy(p, f->ip, r.remote_len);
     p += r.remote_len;
-    memcpy(p, f.method, r.method_len);
+    memcpy(p, f->method, r.method_len);
     p += r.method_len;
-    memcpy(p, f.target, r.target_len);
+    memcpy(p, f->target, r.target_len);
     p += r.target_len;
-    if (f.ua)
-        memcpy(p, f.ua, r.ua_len);
+    if (f->ua)
+        memcpy(p, f->ua, r.ua_len);
     p += r.ua_len;
-    if (f.ref)
-        memcpy(p, f.ref, r.ref_len);
+    if (f->ref)
+        memcpy(p, f->ref, r.ref_len);
     o->qlen += n;
     loom_sched_defer(o->host, &o->job);
 }
@@ -745,8 +741,8 @@ static loom_obs_slot_t *slot_of(loom_obs_t *o, uint32_t key) {
     return &o->slots[j];
 }
 
-static void count(loom_obs_t *o, loom_conn_t *c, uint64_t ns) {
-    uint32_t key = ((uint32_t)llhttp_get_method(&c->msg.parser) << 10 | (c->status & 1023)) + 1;
+static void count(loom_obs_t *o, unsigned method, unsigned status, uint64_t sent, uint64_t ns) {
+    uint32_t key = ((uint32_t)method << 10 | (status & 1023)) + 1;
     loom_obs_slot_t *s = slot_of(o, key);
     if (s)
         s->n++;
@@ -756,10 +752,19 @@ static void count(loom_obs_t *o, loom_conn_t *c, uint64_t ns) {
     o->buckets[i]++;
     o->count++;
     o->sum_ns += ns;
-    o->bytes_out += c->sent;
+    o->bytes_out += sent;
 }
 
 /* ---------------------------------------------------------------- the engine's hooks */
+
+static void emit(loom_obs_t *o, const fields_t *f, unsigned status, uint64_t body, uint64_t ns) {
+    if (o->format == LOOM_LOG_COMBINED)
+        line_combined(o->out, f, status, body);
+    else if (o->format == LOOM_LOG_JSON)
+        line_json(o->out, f, status, body, ns);
+    else if (o->format == LOOM_LOG_FUNCTION)
+        record(o, f, status, body, ns);
+}
 
 void loom_obs_request_end(loom_conn_t *c) {
     loom_obs_t *o = c->srv->obs;
@@ -769,13 +774,33 @@ void loom_obs_request_end(loom_conn_t *c) {
     uint64_t ns = c->t0 ? uv_hrtime() - c->t0 : 0;
     c->t0 = 0; /* a request refused before its head was whole has no start */
     if (o->metrics)
-        count(o, c, ns);
-    if (o->format == LOOM_LOG_COMBINED)
-        line_combined(o->out, c, body);
-    else if (o->format == LOOM_LOG_JSON)
-        line_json(o->out, c, body, ns);
-    else if (o->format == LOOM_LOG_FUNCTION)
-        record(o, c, body, ns);
+        count(o, llhttp_get_method(&c->msg.parser), c->status, c->sent, ns);
+    if (o->format == LOOM_LOG_OFF)
+        return;
+    fields_t f;
+    get_fields(c, &f);
+    emit(o, &f, c->status, body, ns);
+}
+
+void loom_obs_h2_end(loom_server_t *srv, loom_sock_t *sock, const loom_obs_h2_t *r) {
+    loom_obs_t *o = srv->obs;
+    uint64_t ns = r->t0 ? uv_hrtime() - r->t0 : 0;
+    char method[32];
+    snprintf(method, sizeof method, "%.*s", (int)r->method_len, r->method);
+    if (o->metrics) {
+        unsigned num = 0; /* llhttp's number for it, as HTTP/1 requests are counted */
+        for (unsigned i = 0; i < 64; i++)
+            if (strcmp(llhttp_method_name((llhttp_method_t)i), method) == 0) {
+                num = i;
+                break;
+            }
+        count(o, num, r->status, r->body, ns);
+    }
+    if (o->format == LOOM_LOG_OFF)
+        return;
+    fields_t f = {method, r->target, r->target_len, r->ua, r->ref, r->ua_len, r->ref_len, "", 2, 0};
+    peer_ip(sock, f.ip, sizeof f.ip);
+    emit(o, &f, r->status, r->body, ns);
 }
 
 static int bad_access_log(lua_State *L, int idx) {

@@ -59,6 +59,16 @@ void loom_obs_free(loom_obs_t *o);
  * Reads c->status, c->sent less c->head_sent (the body's bytes) and c->t0. */
 void loom_obs_request_end(loom_conn_t *c);
 
+/* An HTTP/2 stream's answer is complete (h2_server.c): what the log and counters need. */
+typedef struct {
+    const char *method, *target, *ua, *ref; /* ua, ref: NULL when absent */
+    size_t method_len, target_len, ua_len, ref_len;
+    unsigned status;
+    uint64_t body; /* the body's bytes (an HTTP/2 head is not counted) */
+    uint64_t t0;   /* uv_hrtime at the head, or 0 */
+} loom_obs_h2_t;
+void loom_obs_h2_end(loom_server_t *srv, loom_sock_t *sock, const loom_obs_h2_t *r);
+
 /* A request head has arrived: the duration counts from here. */
 static inline void loom_obs_request_start(loom_conn_t *c) {
     if (c->srv->obs)

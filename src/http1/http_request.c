@@ -56,6 +56,7 @@ int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     box->c = c;
     box->gone = 0;
     box->http10 = c->http10;
+    box->h2 = NULL;
     c->box = box;
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
     lua_setmetatable(L, -2);
@@ -76,25 +77,30 @@ void loom_conn_detach_request(loom_conn_t *c) {
         loom_wake(c->waiter);
 }
 
-static loom_conn_t *live_conn(lua_State *L, int idx) {
-    loom_reqbox_t *box = luaL_checkudata(L, idx, REQBOX_MT);
+static loom_conn_t *box_conn(lua_State *L, loom_reqbox_t *box) {
     if (!box->c)
         luaL_error(L, box->gone ? "the request's connection is closed"
                                 : "the request is finished (its handler has returned)");
     return box->c;
 }
 
+/* The request's box; an HTTP/2 stream's request goes to h2_server.c (the `return`). */
+#define BOX_OR_H2(L, box, op)                                                                      \
+    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);                                         \
+    if (box->h2)                                                                                   \
+    return loom_h2srv_req(L, box, op)
+
 /* The connection closed under a running handler (the client left, srv:close's grace ran
  * out): body reads and streaming writes report that as a failure, as they do when it
  * happens while they wait, so a streaming loop ends on its result instead of raising. */
-static int conn_gone(lua_State *L, int idx) {
-    loom_reqbox_t *box = luaL_checkudata(L, idx, REQBOX_MT);
+static int conn_gone(const loom_reqbox_t *box) {
     return !box->c && box->gone;
 }
 
 /* core.req_target(box) -> the request target as sent, e.g. "/a%20b?x=1" */
 static int req_target(lua_State *L) {
-    loom_head_t *h = live_conn(L, 1)->msg.head;
+    BOX_OR_H2(L, box, LOOM_H2OP_TARGET);
+    loom_head_t *h = box_conn(L, box)->msg.head;
     lua_pushlstring(L, h->data + h->url, h->url_len);
     return 1;
 }
@@ -104,7 +110,8 @@ static int req_target(lua_State *L) {
  * MUST ignore the received Host header field (if any) and instead use the host information
  * of the request-target" (the parser has checked both). */
 static int req_headers(lua_State *L) {
-    loom_head_t *h = live_conn(L, 1)->msg.head;
+    BOX_OR_H2(L, box, LOOM_H2OP_HEADERS);
+    loom_head_t *h = box_conn(L, box)->msg.head;
     size_t at, alen;
     lua_createtable(L, 0, h->nhdrs);
     for (int i = 0; i < h->nhdrs; i++) {
@@ -132,7 +139,7 @@ static int req_headers(lua_State *L) {
 /* core.req_closing(box) -> true once the server has begun to close (srv:close), or the
  * request is over; a long-running handler (a stream) polls it to end in good order */
 static int req_closing(lua_State *L) {
-    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
+    BOX_OR_H2(L, box, LOOM_H2OP_CLOSING);
     lua_pushboolean(L, !box->c || box->c->srv->closing);
     return 1;
 }
@@ -140,14 +147,15 @@ static int req_closing(lua_State *L) {
 /* core.req_version(box) -> "1.0" | "1.1"; also once the request is finished */
 static int req_version(lua_State *L) {
     loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
-    lua_pushstring(L, box->http10 ? "1.0" : "1.1");
+    lua_pushstring(L, box->http10 == 2 ? "2" : box->http10 ? "1.0" : "1.1");
     return 1;
 }
 
 /* core.req_peer(box) -> ip, port; "unix:" (as nginx's $remote_addr) for a unix-domain
  * peer, which has no address worth the name */
 static int req_peer(lua_State *L) {
-    loom_conn_t *c = live_conn(L, 1);
+    BOX_OR_H2(L, box, LOOM_H2OP_PEER);
+    loom_conn_t *c = box_conn(L, box);
     char ip[64];
     int port, v6;
     if (!loom_sock_is_tcp(&c->sock)) {
@@ -233,11 +241,10 @@ static void body_abort(void *ud) {
         box->c->waiter = NULL;
 }
 
-static int read_body(lua_State *L, int want, const char *fname) {
-    if (conn_gone(L, 1))
+static int read_body(lua_State *L, loom_reqbox_t *box, int want, const char *fname) {
+    if (conn_gone(box))
         return loom_fail(L, "closed", "the connection is closed");
-    loom_conn_t *c = live_conn(L, 1);
-    loom_reqbox_t *box = lua_touserdata(L, 1);
+    loom_conn_t *c = box_conn(L, box);
     if (c->waiter)
         return luaL_error(L, "%s: another task is already reading this request's body", fname);
     if (want == WANT_WHOLE && c->chunk_mode)
@@ -259,21 +266,24 @@ static int read_body(lua_State *L, int want, const char *fname) {
 
 /* core.req_body(box) -> the whole body | nil, err */
 static int req_body(lua_State *L) {
-    return read_body(L, WANT_WHOLE, "text");
+    BOX_OR_H2(L, box, LOOM_H2OP_BODY);
+    return read_body(L, box, WANT_WHOLE, "text");
 }
 
 /* core.req_chunk(box) -> the next piece of the body, nil at its end | nil, err */
 static int req_chunk(lua_State *L) {
-    return read_body(L, WANT_CHUNK, "chunks");
+    BOX_OR_H2(L, box, LOOM_H2OP_CHUNK);
+    return read_body(L, box, WANT_CHUNK, "chunks");
 }
 
 /* ---------------------------------------------------------------- streaming responses */
 
 /* core.req_stream(box, status, headers) -> true | nil, err */
 static int req_stream(lua_State *L) {
-    if (conn_gone(L, 1))
+    BOX_OR_H2(L, box, LOOM_H2OP_STREAM);
+    if (conn_gone(box))
         return loom_fail(L, "closed", "the client has gone");
-    loom_conn_t *c = live_conn(L, 1);
+    loom_conn_t *c = box_conn(L, box);
     lua_Integer status = luaL_checkinteger(L, 2);
     /* a 1xx is interim: sent as the answer, the client would wait for another */
     luaL_argcheck(L, status >= 200 && status <= 999, 2, "invalid status (200 to 999)");
@@ -310,12 +320,12 @@ static int write_build(lua_State *L, void *ud, int reason) {
 
 /* core.req_write(box, data) -> true once the kernel has it | nil, err */
 static int req_write(lua_State *L) {
-    if (conn_gone(L, 1))
+    BOX_OR_H2(L, box, LOOM_H2OP_WRITE);
+    if (conn_gone(box))
         return loom_fail(L, "closed", "the client has gone");
-    loom_conn_t *c = live_conn(L, 1);
+    loom_conn_t *c = box_conn(L, box);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    loom_reqbox_t *box = lua_touserdata(L, 1);
     if (c->resp != R_STREAM)
         return luaL_error(L, "write: no streaming response was started (use req:stream)");
     if (c->waiter)
@@ -368,7 +378,8 @@ static int req_write(lua_State *L) {
  * the request head and, on HTTPS, the TLS session go along. The connection leaves the
  * server; its struct stays as the sock's shell until the stream closes it. */
 static int req_upgrade(lua_State *L) {
-    loom_conn_t *c = live_conn(L, 1);
+    BOX_OR_H2(L, box, LOOM_H2OP_UPGRADE);
+    loom_conn_t *c = box_conn(L, box);
     luaL_checktype(L, 2, LUA_TTABLE);
     if (c->resp != R_NONE)
         return luaL_error(L, "upgrade: the response has already started");
@@ -397,7 +408,7 @@ static int req_upgrade(lua_State *L) {
  * answered `status` with the error's text instead of 500, and the connection closes. A
  * handler that catches the error answers as it likes. */
 static int req_fault(lua_State *L) {
-    loom_reqbox_t *box = luaL_checkudata(L, 1, REQBOX_MT);
+    BOX_OR_H2(L, box, LOOM_H2OP_FAULT);
     lua_Integer status = luaL_checkinteger(L, 2);
     luaL_argcheck(L, status >= 400 && status <= 599, 2, "a 4xx or 5xx status expected");
     if (box->c) /* a request already over has no answer left to choose */

@@ -169,8 +169,7 @@ static void hb_uint(hb_t *b, unsigned long long v) {
     hb_put(b, tmp + n, sizeof tmp - n);
 }
 
-static void put_date(hb_t *b) {
-    loom_server_t *srv = b->srv;
+static void date_refresh(loom_server_t *srv) {
     uint64_t sec = uv_now(srv->host->loop) / 1000;
     if (sec != srv->date_sec || srv->date_len == 0) {
         time_t now = time(NULL);
@@ -180,7 +179,17 @@ static void put_date(hb_t *b) {
             strftime(srv->date, sizeof srv->date, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
         srv->date_sec = sec;
     }
-    hb_put(b, srv->date, srv->date_len);
+}
+
+static void put_date(hb_t *b) {
+    date_refresh(b->srv);
+    hb_put(b, b->srv->date, b->srv->date_len);
+}
+
+const char *loom_server_date(loom_server_t *srv, size_t *len) {
+    date_refresh(srv);
+    *len = srv->date_len > 8 ? srv->date_len - 8 : 0; /* without "Date: " and the CRLF */
+    return srv->date + 6;
 }
 
 static void status_line(hb_t *b, int status) {
@@ -216,6 +225,14 @@ static int safe_value(const char *s, size_t n) {
             return 0;
     }
     return 1;
+}
+
+int loom_http_is_token(const char *s, size_t n) {
+    return is_token(s, n);
+}
+
+int loom_http_safe_value(const char *s, size_t n) {
+    return safe_value(s, n);
 }
 
 enum { H_CT = 1, H_CL = 2, H_CONN_CLOSE = 4, H_TE = 8, H_DATE = 16 };

@@ -26,6 +26,7 @@
 #include "stream.h" /* loom_tls_conf_check: the core.tls_config object */
 #include "tls.h"
 #include "fail.h"
+#include "h2_session.h"
 
 #define SERVER_MT "loom.server"
 #define LINGER_MS 2000
@@ -185,6 +186,15 @@ static void conn_release(loom_conn_t *c) {
     server_free_if_done(srv);
 }
 
+void loom_conn_release(loom_conn_t *c) {
+    conn_release(c);
+}
+
+void loom_conn_sock_gone(loom_conn_t *c) {
+    loom_handle_closed(c->srv->host);
+    server_maybe_done(c->srv);
+}
+
 /* The sock's closed hook: its handle is closed (the TLS session freed with it). */
 static void on_conn_closed(loom_sock_t *s) {
     loom_conn_t *c = loom_sock_owner(s);
@@ -290,6 +300,11 @@ static void ip_table_free(loom_server_t *srv) {
 void loom_conn_close(loom_conn_t *c) {
     if (c->state == C_CLOSING)
         return;
+    if (c->state == C_H2) { /* the session owns the sock: it says goodbye its own way */
+        loom_conn_leave(c);
+        loom_h2srv_close(c);
+        return;
+    }
     loom_conn_leave(c);
     loom_conn_uncork(c); /* answers gathered this turn still go (a pipeline ending in EOF) */
     loom_sock_close(&c->sock);
@@ -663,6 +678,36 @@ static void on_alloc(loom_sock_t *s, size_t hint, uv_buf_t *buf) {
     buf->len = sizeof c->srv->rbuf;
 }
 
+/* The first bytes of a connection on a listener with http2: ALPN "h2" (TLS), or the h2c
+ * preface (plain TCP), hands the connection to an HTTP/2 session. A preface cut short waits
+ * in `in` for the rest (llhttp would answer "PRI * HTTP/2.0" with 400). Returns 1 when the
+ * bytes were taken (handed over, or kept waiting), 2 when `in` holds them for HTTP/1, 0 to
+ * go on as HTTP/1 with them. */
+static int h2_sniff(loom_conn_t *c, const char *data, size_t n) {
+    if (c->sock.tls) {
+        const char *p = loom_tls_alpn(c->sock.tls);
+        if (!p || strcmp(p, "h2") != 0)
+            return 0;
+        loom_h2srv_start(c, data, n);
+        return 1;
+    }
+    if (c->in_len == 0) {
+        int p = loom_h2_is_preface(data, n);
+        if (p == 1)
+            loom_h2srv_start(c, data, n);
+        else if (p < 0)
+            keep_in(c, data, n);
+        return p != 0;
+    }
+    keep_in(c, data, n);
+    if (c->state == C_CLOSING)
+        return 1;
+    int p = loom_h2_is_preface(c->in, c->in_len);
+    if (p == 1)
+        loom_h2srv_start(c, c->in, c->in_len);
+    return p == 0 ? 2 : 1;
+}
+
 /* The sock's input hook: plaintext bytes (decrypted on HTTPS), or the end or a failure. */
 static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_conn_t *c = loom_sock_owner(s);
@@ -689,6 +734,12 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_obs_input(c, (size_t)nread);
     if (c->state == C_LINGER)
         return;
+    int from_in = 0;
+    if (c->srv->h2 && c->nreq == 0 && c->state == C_HEAD && !c->partial) {
+        from_in = h2_sniff(c, data, (size_t)nread);
+        if (from_in == 1)
+            return;
+    }
     /* the header deadline counts from the first byte: set below, after the parse, for a
      * head that did not come whole in this read (the usual one needs no deadline) */
     int was_idle = c->state == C_IDLE;
@@ -702,6 +753,8 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     srv->cork_bytes = 0;
     if (c->parse_paused)
         keep_in(c, data, (size_t)nread);
+    else if (from_in)
+        feed(c, c->in, c->in_len, 1);
     else
         feed(c, data, (size_t)nread, 0);
     if (was_idle && c->state == C_HEAD && c->tlist == TL_IDLE)
@@ -1066,6 +1119,12 @@ static void server_close(loom_server_t *srv, uint64_t grace_ms) {
         if (srv->path) /* a unix socket's file goes with its listener (if still ours) */
             loom_sock_unlink_unix(srv->path, srv->path_ino);
     }
+    if (srv->h2) /* HTTP/2 connections hear GOAWAY at once; their streams finish */
+        for (loom_conn_t *c = srv->conns, *next; c; c = next) {
+            next = c->next;
+            if (c->state == C_H2)
+                loom_h2srv_goaway(c);
+        }
     uv_ref((uv_handle_t *)&srv->timer); /* the grace period keeps the loop */
     arm_timer(srv);
     server_maybe_done(srv);
@@ -1274,6 +1333,20 @@ static void read_limits(lua_State *L, int o, loom_server_t *srv) {
     srv->send_timeout = secs_for_park(send);
     srv->tl[TL_DRAIN].ms = secs_to_ms(body);
     srv->tl[TL_SEND].ms = secs_to_ms(send);
+    srv->h2 = loom_opt_boolean(L, o, "http2", 0);
+    lua_Integer ms = loom_opt_integer(L, o, "max_streams", 100);
+    if (ms < 1 || ms > INT32_MAX)
+        luaL_argerror(L, o, "option 'max_streams': a positive integer expected");
+    srv->max_streams = (uint32_t)ms;
+}
+
+void loom_conn_h2_idle(loom_conn_t *c, int on) {
+    if (c->state != C_H2)
+        return;
+    if (on)
+        tl_add(c, TL_IDLE);
+    else
+        tl_remove(c);
 }
 
 /* The core.tls_config object in option `tls` of the options table at idx, referenced for

@@ -47,6 +47,7 @@ enum {
     C_IDLE,    /* kept alive, no request in progress */
     C_LINGER,  /* answered and shut down; reading until the peer closes */
     C_CLOSING, /* uv_close called */
+    C_H2,      /* handed to an HTTP/2 session (h2_server.c): the struct is the sock's shell */
 };
 
 enum { R_NONE, R_STREAM, R_DONE };
@@ -142,6 +143,8 @@ struct loom_server {
     size_t max_buffered;  /* unparsed bytes kept before reads stop (pipelining cap) */
     double body_timeout;  /* seconds a body read may wait for the next bytes (< 0: no limit) */
     double send_timeout;  /* seconds a streaming write may wait for the client (< 0: none) */
+    int h2;               /* a connection's first bytes may start HTTP/2 (h2c or ALPN "h2") */
+    uint32_t max_streams; /* concurrent streams of an HTTP/2 connection */
     loom_conn_t *reading; /* the connection whose read is being handled (on_input), or NULL */
     size_t cork_bytes;    /* bytes gathered in its cork so far */
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
@@ -155,9 +158,10 @@ struct loom_server {
 };
 
 struct loom_reqbox {
-    loom_conn_t *c; /* NULL once the request is finished */
-    int gone;       /* it finished because its connection closed under the handler */
-    int http10;     /* kept past the request's end: req.version is read lazily */
+    loom_conn_t *c;        /* NULL once the request is finished */
+    int gone;              /* it finished because its connection closed under the handler */
+    int http10;            /* kept past the request's end: req.version is read lazily; 2: HTTP/2 */
+    struct loom_h2req *h2; /* an HTTP/2 stream's request (h2_server.c) while it lasts */
 };
 
 #define REQBOX_MT "loom.request"
@@ -178,6 +182,12 @@ void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
 void loom_conn_resume_parse(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
+/* HTTP/2 (h2_server.c): the session of c closed its sock (the engine's accounting of it);
+ * the struct is freed with loom_conn_release once nothing refers to it. */
+void loom_conn_sock_gone(loom_conn_t *c);
+void loom_conn_release(loom_conn_t *c);
+/* An HTTP/2 connection with no stream open waits keepalive_timeout (on: 1), else nothing. */
+void loom_conn_h2_idle(loom_conn_t *c, int on);
 
 /* http_response.c */
 /* Gathers this connection's answers until loom_conn_uncork, if its read is being handled
@@ -211,6 +221,11 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);
+/* RFC 9110 token (a header name); a field value without CR, LF, NUL or other controls. */
+int loom_http_is_token(const char *s, size_t n);
+int loom_http_safe_value(const char *s, size_t n);
+/* The Date value of this second ("Sun, 06 Nov 1994 08:49:37 GMT"), cached. */
+const char *loom_server_date(loom_server_t *srv, size_t *len);
 /* The request target, escaped as nginx writes a log field ('"', '\\', control bytes and
  * bytes from 0x7f as \xHH), for a log line ("" when there is no head). */
 const char *loom_conn_log_target(loom_conn_t *c, char *out, size_t cap);
@@ -224,5 +239,29 @@ void loom_conn_body_event(loom_conn_t *c);
 int loom_open_http_request(lua_State *L);
 
 int loom_open_http_server(lua_State *L);
+
+/* h2_server.c: HTTP/2 on the server's connections (src/http2/h2_session.c below it) */
+/* Hands c over to a new HTTP/2 session, with data (what c read so far) fed to it; closes
+ * c when that fails. */
+void loom_h2srv_start(loom_conn_t *c, const char *data, size_t len);
+/* srv:close: GOAWAY (NO_ERROR) on c, whose streams in flight finish. */
+void loom_h2srv_goaway(loom_conn_t *c);
+/* c left the server's list (loom_conn_leave): with no stream open, GOAWAY and the session
+ * ends; else the session closes now (its streams reset). */
+void loom_h2srv_close(loom_conn_t *c);
+/* The core.req_* functions for a box whose request is an HTTP/2 stream's. */
+enum {
+    LOOM_H2OP_TARGET,
+    LOOM_H2OP_HEADERS,
+    LOOM_H2OP_PEER,
+    LOOM_H2OP_CLOSING,
+    LOOM_H2OP_BODY,
+    LOOM_H2OP_CHUNK,
+    LOOM_H2OP_STREAM,
+    LOOM_H2OP_WRITE,
+    LOOM_H2OP_UPGRADE,
+    LOOM_H2OP_FAULT,
+};
+int loom_h2srv_req(lua_State *L, loom_reqbox_t *box, int op);
 
 #endif

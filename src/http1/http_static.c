@@ -550,7 +550,8 @@ static int cached_write(loom_conn_t *c, sender_t *s) {
  * pages are cached is read on the loop (cached_write) rather than sent from the pool. */
 static int sender_send(lua_State *L) {
     sender_t *s = check_sender(L);
-    if (!luaL_testudata(L, 2, REQBOX_MT)) { /* not an HTTP/1 request: its own writes */
+    const loom_reqbox_t *rb = luaL_testudata(L, 2, REQBOX_MT);
+    if (!rb || rb->http10 == 2) { /* not an HTTP/1 request (HTTP/2): its own writes */
         lua_pushnil(L);
         lua_pushliteral(L, "other");
         return 2;

@@ -197,6 +197,16 @@ static void on_reset(loom_h2_stream_t *st, uint32_t code) {
         return;
     char msg[64];
     snprintf(msg, sizeof msg, "%u", code);
+    const char *tls =
+        code == LOOM_H2_CANCEL ? loom_h2_session_failure(loom_h2_stream_session(st)) : NULL;
+    if (tls && r->phase < R_DONE) { /* the connection broke: say how, as HTTP/1 does */
+        char m[sizeof r->emsg];
+        snprintf(m, sizeof m, "%s (https://%s)", tls, r->c ? r->c->peer : "the server");
+        rq_fail(r, "tls", 0, "%s", m);
+        stream_gone(r);
+        rq_event(r);
+        return;
+    }
     /* REFUSED_STREAM, or a stream the peer never took (GOAWAY, the connection's end, code
      * CANCEL here) before any answer: nothing was processed, so it may go again */
     int retry = r->phase == R_WAIT && (code == LOOM_H2_REFUSED_STREAM || code == LOOM_H2_CANCEL ||

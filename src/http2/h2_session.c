@@ -88,6 +88,7 @@ struct loom_h2_session {
     bucket_t rst, junk;
     uv_prepare_t prepare;
     uv_timer_t linger; /* after our last frame: the most we read on, waiting for the peer */
+    char failure[160]; /* why the connection failed under us (a TLS read error), or "" */
     char own_rbuf[];   /* when o.rbuf is NULL */
 };
 
@@ -816,6 +817,9 @@ static void h_alloc(loom_sock_t *sock, size_t hint, uv_buf_t *buf) {
 static void h_input(loom_sock_t *sock, ssize_t nread, const char *data) {
     loom_h2_session_t *s = loom_sock_owner(sock);
     if (nread < 0) { /* the end (HTTP/2 has no half-close of its own) or a failure */
+        const char *why = nread != UV_EOF ? loom_sock_tls_error(sock) : NULL;
+        if (why) /* the TLS session goes with the sock: the streams' ends may tell it */
+            snprintf(s->failure, sizeof s->failure, "%s", why);
         close_now(s);
         return;
     }
@@ -1021,6 +1025,10 @@ loom_sock_t *loom_h2_session_sock(const loom_h2_session_t *s) {
 size_t loom_h2_session_streams(const loom_h2_session_t *s) {
     return s->requested;
 }
+const char *loom_h2_session_failure(const loom_h2_session_t *s) {
+    return s->failure[0] ? s->failure : NULL;
+}
+
 int64_t loom_h2_session_goaway_code(const loom_h2_session_t *s) {
     return s->goaway;
 }

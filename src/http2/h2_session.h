@@ -123,6 +123,8 @@ void *loom_h2_session_data(const loom_h2_session_t *s);
 loom_sock_t *loom_h2_session_sock(const loom_h2_session_t *s);
 /* Open streams that reached on_request and have not ended. */
 size_t loom_h2_session_streams(const loom_h2_session_t *s);
+/* Why the connection failed under the session (a TLS read error's text), or NULL. */
+const char *loom_h2_session_failure(const loom_h2_session_t *s);
 /* The code of the GOAWAY this side sent (or is sending), or -1 if none. */
 int64_t loom_h2_session_goaway_code(const loom_h2_session_t *s);
 
