@@ -444,6 +444,32 @@ describe("HTTP/2 limits", function()
         end, { timeout = 30 })
     end)
 
+    it("answers 408 on the stream when the body stalls past body_timeout", function()
+        run(function()
+            local app = loom.app{ body_timeout = 0.2 }
+            local err
+            app:post("/echo", function(req)
+                local body
+                body, err = req:text()
+                return body or { status = 408, text = err }
+            end)
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0, http2 = true })
+            local st <close> = raw_connect(srv.port)
+            -- a POST whose body never comes: HEADERS without END_STREAM, 3 bytes of DATA
+            local block = "\x83\x86\x04\x05/echo\x01\x09localhost"
+            assert(st:write(frame(1, 0x4, 1, block) .. frame(0, 0, 1, "abc")))
+            local body, reset = "", nil
+            while not reset do
+                local f = assert(read_frame(st), "connection closed early")
+                if f.type == 0 and f.id == 1 then body = body .. f.payload end
+                if f.type == 3 and f.id == 1 then reset = string.unpack(">I4", f.payload) end
+            end
+            assert.matches("^timeout: request body %(no bytes for 0%.2 s%)", err)
+            assert.equal("Request Timeout", body) -- as on HTTP/1.1: the failed body decides
+            assert.equal(0, reset) -- NO_ERROR: the answer is whole, the rest is not wanted
+        end, { timeout = 30 })
+    end)
+
     it("bounds what a reader that takes nothing costs: writes park, then send_timeout", function()
         run(function()
             local app = loom.app{ send_timeout = 0.3 }

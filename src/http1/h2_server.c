@@ -881,10 +881,10 @@ static int body_build(lua_State *L, void *ud, int reason) {
     h2req_t *rq = ud;
     rq->waiter = NULL;
     rq->wait = W_NONE;
-    if (reason == LOOM_WAKE_TIMEOUT && rq->st) {
+    /* the answer (408 if the handler lets the failure through) ends the stream, and the
+     * session's RST_STREAM (NO_ERROR) after it tells the client to stop sending */
+    if (reason == LOOM_WAKE_TIMEOUT && rq->st)
         rq->fail_status = 408;
-        loom_h2_reset(rq->st, LOOM_H2_CANCEL); /* the rest of the body is not wanted */
-    }
     return push_body(L, rq, rq->chunk_mode ? WANT_CHUNK : WANT_WHOLE);
 }
 
