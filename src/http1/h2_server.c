@@ -770,6 +770,8 @@ void loom_h2srv_start(loom_conn_t *c, const char *data, size_t len) {
     c->in_len = c->in_cap = 0;
     loom_h2_session_feed(s, data, len);
     free(in);
+    if (srv->closing && c->state == C_H2) /* srv:close came before its first bytes */
+        loom_h2srv_goaway(c);
 }
 
 void loom_h2srv_goaway(loom_conn_t *c) {
