@@ -427,6 +427,26 @@ describe("HTTP/2 limits", function()
         end, { timeout = 30 })
     end)
 
+    it("says GOAWAY (NO_ERROR) to a connection left without a stream for keepalive_timeout", function()
+        run(function()
+            local app = app_under_test{ keepalive_timeout = 0.3 }
+            local srv <close> = assert(app:listen{ host = "127.0.0.1", port = 0, http2 = true })
+            local st <close> = raw_connect(srv.port)
+            assert(st:write(get_headers(1, "/n/1")))
+            local t0, goaway, answered = loom.now(), nil, false
+            while true do
+                local f = read_frame(st)
+                if not f then break end -- the server closed after its GOAWAY
+                if f.type == 0 and f.id == 1 and f.flags & 1 == 1 then answered = true end
+                if f.type == 7 then goaway = { string.unpack(">I4I4", f.payload) } end
+            end
+            assert.is_true(answered)
+            assert.same({ 1, 0 }, { goaway[1], goaway[2] }) -- last stream 1, NO_ERROR
+            assert.is_true(loom.now() - t0 >= 0.3)
+            assert.equal(0, srv.connections)
+        end, { timeout = 30 })
+    end)
+
     it("answers 503 on the stream at handler_timeout and serves the connection's other streams", function()
         need("nghttp")
         run(function()
