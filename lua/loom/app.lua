@@ -460,8 +460,9 @@ local function tls_config(tls, http2)
         end
         certs[i] = { cert = p.cert, key = p.key, names = names }
     end
-    -- ALPN: h2 first unless http2 = false (the engine hands "h2" connections to HTTP/2)
-    return core.tls_config{ server = true, certs = certs, alpn = http2 and "h2,http/1.1" or nil }
+    -- ALPN: h2 first unless http2 = false (the engine hands "h2" connections to HTTP/2);
+    -- http/1.0 too, as nginx offers: a client whose list meets none is refused the handshake
+    return core.tls_config{ server = true, certs = certs, alpn = http2 and "h2,http/1.1,http/1.0" or nil }
 end
 
 -- app:listen{ host = "0.0.0.0", port = 8080, reuseport, backlog, access_log, tls, path, mode,
