@@ -464,6 +464,27 @@ describe("HTTP/2 limits", function()
         end, { timeout = 30 })
     end)
 
+    it("answers Expect: 100-continue with a 100 HEADERS when the handler reads the body", function()
+        run(function()
+            local srv <close> = assert(app_under_test():listen{ host = "127.0.0.1", port = 0, http2 = true })
+            local st <close> = raw_connect(srv.port)
+            -- POST /echo with expect: 100-continue (HPACK: static name 35, literal value)
+            local block = "\x83\x86\x04\x05/echo\x01\x09localhost\x0f\x14\x0c100-continue"
+            assert(st:write(frame(1, 0x4, 1, block)))
+            local f
+            repeat f = assert(read_frame(st)) until f.type == 1 and f.id == 1
+            assert.equal(0, f.flags & 1) -- an interim head: no END_STREAM
+            assert(st:write(frame(0, 1, 1, "sent after the 100")))
+            local body, heads = "", 1
+            repeat
+                f = assert(read_frame(st))
+                if f.type == 1 and f.id == 1 then heads = heads + 1 end
+                if f.type == 0 and f.id == 1 then body = body .. f.payload end
+            until f.type == 0 and f.id == 1 and f.flags & 1 == 1
+            assert.same({ 2, "sent after the 100" }, { heads, body })
+        end, { timeout = 30 })
+    end)
+
     it("answers 408 on the stream when the body stalls past body_timeout", function()
         run(function()
             local app = loom.app{ body_timeout = 0.2 }

@@ -63,6 +63,7 @@ struct loom_h2req {
     unsigned is_head : 1;
     unsigned out_sized : 1; /* the streamed answer has a length */
     unsigned out_done : 1;  /* the answer's end was queued (or it had no body) */
+    unsigned expect : 1;    /* expect: 100-continue, not answered yet */
 };
 
 static size_t body_len(const h2req_t *rq) {
@@ -627,6 +628,10 @@ static void on_request(loom_h2_stream_t *st, const loom_h2_head_t *head) {
     if (srv->obs)
         rq->t0 = uv_hrtime();
     rq->is_head = head->method.len == 4 && memcmp(head->method.p, "HEAD", 4) == 0;
+    const char *ev = NULL;
+    size_t evl = 0;
+    find(head, "expect", &ev, &evl);
+    rq->expect = ev && evl == 12 && strncasecmp(ev, "100-continue", 12) == 0;
     if (too_long(head, srv->max_body)) {
         respond_simple(rq, 413, "Content Too Large");
         return;
@@ -902,6 +907,10 @@ static int op_body(lua_State *L, h2req_t *rq, int want, const char *fname) {
     if (want == WANT_WHOLE && rq->chunk_mode)
         return luaL_error(L, "%s: the body is being read with req:chunks()", fname);
     rq->chunk_mode = want == WANT_CHUNK;
+    if (rq->expect && rq->st && !rq->in_end && rq->resp == R_NONE) {
+        rq->expect = 0; /* the client waits for this before it sends the body */
+        loom_h2_informational(rq->st, 100);
+    }
     if (want == WANT_WHOLE && !rq->body_wanted) {
         rq->body_wanted = 1;
         if (rq->st && body_len(rq) > 0)

@@ -572,6 +572,21 @@ int loom_h2_respond(loom_h2_stream_t *st, int status, const loom_h2_header_t *h,
     return respond(st, status, h, n, end);
 }
 
+int loom_h2_informational(loom_h2_stream_t *st, int status) {
+    loom_h2_session_t *s = st->s;
+    if ((st->flags & (ST_RESPONDED | ST_APP_RESET)) || (s->flags & S_CLOSING) || status < 100 ||
+        status > 199 || s->o.client)
+        return -1;
+    char code[4];
+    snprintf(code, sizeof code, "%03d", status);
+    nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    /* a HEADERS without END_STREAM and no data provider: the final head follows */
+    if (nghttp2_submit_headers(s->ng, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL) < 0)
+        return -1;
+    schedule(s);
+    return 0;
+}
+
 static int out_append(loom_h2_stream_t *st, const char *data, size_t len) {
     if (st->off > 0 && st->len + len > st->cap) { /* slide what is left to the front */
         memmove(st->out, st->out + st->off, st->len - st->off);

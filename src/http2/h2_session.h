@@ -153,6 +153,9 @@ void loom_h2_stream_set_data(loom_h2_stream_t *st, void *data);
  * which HTTP/2 forbids, are dropped). end: no body follows (HEAD, 204, 304). Otherwise the
  * body comes with loom_h2_write. 0, or -1 (answered already, or out of memory). */
 int loom_h2_respond(loom_h2_stream_t *st, int status, const loom_h2_header_t *h, size_t n, int end);
+/* An interim answer (1xx, e.g. 100 Continue) before the final head. 0, or -1 (answered
+ * already, reset, a client session, or a status outside 100-199). */
+int loom_h2_informational(loom_h2_stream_t *st, int status);
 /* Queues body bytes (copied); last: the body ends with them. Returns the bytes the stream
  * now has queued (past LOOM_H2_STREAM_HIGH_WATER, wait for on_writable), or -1 (no head
  * yet, ended already, out of memory). */
