@@ -651,6 +651,8 @@ static void wake_body(h2req_t *rq) {
 
 static void on_data(loom_h2_stream_t *st, const char *data, size_t len) {
     h2req_t *rq = loom_h2_stream_data(st);
+    if (!rq) /* no memory for it at on_request: its reset is on the way */
+        return;
     loom_server_t *srv = rq->hc->srv;
     rq->body_seen += len;
     if (rq->fail_status || rq->resp == R_DONE)
@@ -684,6 +686,8 @@ static void on_data(loom_h2_stream_t *st, const char *data, size_t len) {
 
 static void on_end(loom_h2_stream_t *st) {
     h2req_t *rq = loom_h2_stream_data(st);
+    if (!rq)
+        return;
     rq->in_end = 1;
     wake_body(rq);
 }
