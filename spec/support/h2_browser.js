@@ -2,7 +2,8 @@
 // /usr/bin/chromium, driven by playwright-core) loads a page, its script and an SSE stream
 // from loom over HTTPS (spec/support/h2_browser_app.lua); the browser must report h2 as the
 // protocol of the page and of the script (Resource Timing's nextHopProtocol), the three
-// events must arrive, and the server must have seen version "2" for each path. The test
+// events must arrive, the server must have seen version "2" for each path, and a websocket
+// to the same origin (wss:, which the browser opens over HTTP/1.1) must echo. The test
 // CA is not installed: certificate errors are ignored. Exits 0 when all hold, else 1.
 "use strict";
 
@@ -29,14 +30,17 @@ async function main() {
     page.on("pageerror", (e) => problems.push(`the page raised: ${e.message}`));
     await page.goto(url, { timeout: TIMEOUT });
     await page.waitForFunction(() => window.events && window.events.length === 3, null, { timeout: TIMEOUT });
+    await page.waitForFunction(() => window.wsEcho !== undefined, null, { timeout: TIMEOUT });
     const got = await page.evaluate(() => ({
       events: window.events,
       asset: window.assetLoaded === true,
+      ws: window.wsEcho,
       nav: performance.getEntriesByType("navigation")[0].nextHopProtocol,
       script: performance.getEntriesByType("resource")
         .filter((e) => e.name.endsWith("/asset.js")).map((e) => e.nextHopProtocol)[0],
     }));
     check(got.asset, "the script did not run");
+    check(got.ws === "echo over wss", `the websocket answered ${got.ws}`);
     check(got.events.join("|") === "tick 1|tick 2|tick 3", `events: ${got.events.join("|")}`);
     check(got.nav === "h2", `the page came over ${got.nav}`);
     check(got.script === "h2", `the script came over ${got.script}`);
