@@ -238,6 +238,51 @@ describe("app:static: large files off the loop", function()
     end)
     teardown(function() os.execute("rm -rf " .. dir) end)
 
+    it("a cached file of 64 KiB is answered without a Lua string of its size; with compress, coded", function()
+        -- its body is read into a C buffer and written with the head (file:respond): 20
+        -- answers used to leave 20 strings of 64 KiB (and their 64 KiB buffers) to collect
+        local text = {}
+        for i = 1, 3000 do text[i] = ("line %05d of a text file\n"):format(i) end
+        text = table.concat(text):sub(1, 65536)
+        assert.equal(65536, #text)
+        put(dir .. "/k64.txt", text)
+        local a = loom.app()
+        a:static("/s", dir)
+        local z = loom.app{ compress = true }
+        z:static("/s", dir)
+        local out = dir .. "/k64.out"
+        serve(a, function(srv)
+            local url = ("http://127.0.0.1:%d/s/k64.txt"):format(srv.port)
+            sh(("curl -sf -o %s %s"):format(out, url)) -- the stat, the open, the pages cached
+            assert.is_true(read_file(out) == text, "the file arrived altered")
+            collectgarbage()
+            collectgarbage("stop")
+            local before = collectgarbage("count")
+            sh(("curl -sf '%s?[1-20]' > /dev/null"):format(url))
+            local grown = collectgarbage("count") - before
+            collectgarbage("restart")
+            assert.is_true(grown < 20 * 16, ("%.0f KiB of Lua memory for 20 answers"):format(grown))
+            local st, r = open(srv)
+            local _ <close> = st
+            local res = request(st, r, "GET", "/s/k64.txt", { Range = "bytes=65000-" })
+            assert.equal(206, res.status)
+            assert.equal("bytes 65000-65535/65536", res.headers["content-range"])
+            assert.is_true(res.body == text:sub(65001), "the range arrived altered")
+            assert.equal(304, request(st, r, "GET", "/s/k64.txt", { ["If-None-Match"] = res.headers.etag }).status)
+            res = request(st, r, "HEAD", "/s/k64.txt")
+            assert.equal("65536", res.headers["content-length"])
+            assert.equal("", res.body)
+        end)
+        serve(z, function(srv)
+            local url = ("http://127.0.0.1:%d/s/k64.txt"):format(srv.port)
+            for _ = 1, 2 do -- the first from a thread-pool job, the second from cached pages
+                sh(("curl -sf --compressed -H 'Accept-Encoding: gzip' -D %s.h -o %s %s"):format(out, out, url))
+                assert.is_true(read_file(out) == text, "the coded file decoded altered")
+                assert.truthy(read_file(out .. ".h"):lower():find("content-encoding: gzip", 1, true))
+            end
+        end)
+    end)
+
     it("a client that stops reading holds one file; past max_open_files requests wait, then are served", function()
         local a = loom.app()
         a:static("/s", dir, { max_open_files = 1 })

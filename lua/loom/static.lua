@@ -299,15 +299,19 @@ end
 -- Sends the body of prepared answer p from disk, through a sender of its own (a duplicate
 -- descriptor of the file the cache keeps open, else of one opened for it), holding one of
 -- its mount's open files. Returns "body", contents for a range of at most NOWAIT bytes of a
--- kept file whose pages are cached (sent by emit, with the head, in one write); "changed"
--- when the file opened is not the one p was prepared from; a plain answer (404); nothing
--- once the body is sent.
+-- kept file whose pages are cached (sent by emit, with the head, in one write; or sent
+-- here: nothing); "changed" when the file opened is not the one p was prepared from; a
+-- plain answer (404); nothing once the body is sent.
 local function send_file(req, p, status, headers, again)
     local file, first, count = p.e.file, p.first, p.last - p.first + 1
     if file and count <= M.NOWAIT and req.method ~= "HEAD" then
         -- a small range whose pages are cached: read on the loop (never waiting for the
-        -- disk), and sent with the head in one write as a whole answer
-        local body = file:cached(first, count)
+        -- disk), and sent with the head in one write as a whole answer: on HTTP/1 without a
+        -- coder, by the engine from a C buffer (no 64 KiB string of garbage per answer)
+        local sent
+        if not rawget(req, "_compress") then sent = file:respond(req._box, status, headers, first, count) end
+        if sent then return end
+        local body = sent == nil and file:cached(first, count)
         if body then return "body", body end
     end
     local sem = p.sem

@@ -532,6 +532,19 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres) {
     send_whole(c, &b, status, flags, body ? body : "", blen);
 }
 
+int loom_conn_respond_body(loom_conn_t *c, lua_State *L, int status, int hidx, const char *body,
+                           size_t blen) {
+    hb_t b = {c->srv, 0, 0, NULL};
+    if (c->fail_status || c->resp != R_NONE || status < 200 || status > 999)
+        return -1; /* left to loom_conn_respond_results, which answers or logs these */
+    status_line(&b, status);
+    int flags = put_headers(&b, L, hidx, NULL);
+    if (b.bad)
+        return -1;
+    send_whole(c, &b, status, flags, body, blen);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- streaming */
 
 int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, const char **why) {

@@ -208,6 +208,12 @@ static inline void loom_conn_uncork(loom_conn_t *c) {
 int loom_conn_write(loom_conn_t *c, uv_buf_t *bufs, int nbufs);
 /* Writes a complete response from a handler's results on L (the task's stack). */
 void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
+/* Writes a complete response, as a handler's status, headers (table at hidx of L) and body
+ * would be, with a body held in C (app:static's cached pages: no Lua string). -1, with
+ * nothing sent, when the request failed or is answered, or the status or a header is
+ * invalid: loom_conn_respond_results deals with those. */
+int loom_conn_respond_body(loom_conn_t *c, lua_State *L, int status, int hidx, const char *body,
+                           size_t blen);
 /* Writes a complete response with a plain-text body; closes the connection after it when
  * `close` is set. */
 void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close);

@@ -390,6 +390,38 @@ static int file_cached(lua_State *L) {
     return 1;
 }
 
+/* file:respond(box, status, headers, offset, n) -> true once the whole answer is written:
+ * status and headers as a handler's, the n bytes at offset as its body, read on the loop
+ * with preadv2(RWF_NOWAIT) into a buffer on the C stack and written with the head in one
+ * write (as file:cached's string would be, without a 64 KiB string to allocate, copy and
+ * collect per answer); false when they are not all in the page cache (or the file is
+ * shorter); nil when box is not an HTTP/1 request's, or its answer cannot be given so
+ * (begun, failed, the connection going, the file closed, an invalid header): file:cached
+ * then, and the engine's own checks. n at most 64 KiB. */
+static int file_respond(lua_State *L) {
+    file_t *f = check_file(L);
+    lua_Integer status = luaL_checkinteger(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_Integer off = luaL_checkinteger(L, 5), n = luaL_checkinteger(L, 6);
+    luaL_argcheck(L, off >= 0, 5, "non-negative offset expected");
+    luaL_argcheck(L, n >= 0 && n <= NOWAIT_LIMIT, 6, "0 to 65536 bytes expected");
+    loom_reqbox_t *box = luaL_testudata(L, 2, REQBOX_MT);
+    loom_conn_t *c = box ? box->c : NULL;
+    if (!c || c->state == C_CLOSING || f->fd < 0)
+        return 0;
+    char buf[NOWAIT_LIMIT];
+    struct iovec iov = {buf, (size_t)n};
+    ssize_t got = n > 0 ? preadv2(f->fd, &iov, 1, (off_t)off, RWF_NOWAIT) : 0;
+    if (got != n) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (loom_conn_respond_body(c, L, (int)status, 4, buf, (size_t)n) != 0)
+        return 0;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- senders */
 
 static void sender_close_fd(sender_t *s) {
@@ -703,6 +735,7 @@ static const luaL_Reg sender_methods[] = {
 static const luaL_Reg file_methods[] = {
     {"sender", file_sender},
     {"cached", file_cached},
+    {"respond", file_respond},
     {"close", file_close},
     {NULL, NULL},
 };
