@@ -413,12 +413,18 @@ describe("loom.redis", function()
     it("times a command out and closes its connection (the late reply never reaches another)", function()
         run(function()
             local r = loom.redis(opts { max = 1, timeout = 0.2, db = 7 })
+            local admin = loom.redis(opts())
             assert(r:del("tq"))
             local t0 = loom.now()
             local v, err = r:blpop("tq", 5)
             timing.within(loom.now() - t0, 0.19, 0.2, "timeout")
             assert.is_nil(v)
             assert.matches("^timeout", err)
+            -- the server drops the BLPOP's connection when it reads its FIN, which a loaded
+            -- machine can put after the RPUSH below (the item then goes to the dead client):
+            -- wait until only the shared connection is left on db 7
+            timing.poll(function() return clients(admin, 7) == 1 end, 0.1, "one client left on db 7")
+            admin:close()
             assert.equal(1, r:rpush("tq", "item"))
             loom.sleep(0.05)
             assert.equal(1, r:llen("tq")) -- no BLPOP of a kept connection took it
@@ -438,16 +444,17 @@ describe("loom.redis", function()
             loom.sleep(0.02)
             t:cancel()
             assert.is_false((t:join()))
-            assert.equal(1, r:rpush("cq", "item"))
-            loom.sleep(0.05)
-            assert.equal(1, r:llen("cq")) -- the cancelled BLPOPs' connections are gone
-            -- (RPUSH and LLEN went on the shared connection: no pooled one is open)
-            assert.equal(0, r.nopen)
+            -- the cancelled BLPOPs' connections are closed: the server drops them when it
+            -- reads their FIN (on a loaded machine, maybe after a command sent later on
+            -- another connection), within the hang guard; then only the shared one is left
             local admin = loom.redis(opts())
-            -- the server drops the closed ones when it gets to their FIN: on a loaded
-            -- machine that can take a while, and they must go within the hang guard
             timing.poll(function() return clients(admin, 8) == 1 end, 0.1, "one client left on db 8")
             admin:close()
+            assert.equal(1, r:rpush("cq", "item"))
+            loom.sleep(0.05)
+            assert.equal(1, r:llen("cq")) -- no cancelled BLPOP took it
+            -- (RPUSH and LLEN went on the shared connection: no pooled one is open)
+            assert.equal(0, r.nopen)
             r:close()
         end)
     end)
