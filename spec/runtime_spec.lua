@@ -469,6 +469,19 @@ describe("loom.shared and loom.limit across workers", function()
         end
     end)
 
+    -- A killed worker is started again by the supervisor; until its new process listens, a
+    -- connection can find no listener at all (when the other worker was the one killed
+    -- before). The next test needs every request answered: wait for both workers to answer.
+    it("has both workers answering again after the deaths", function()
+        local seen, deadline = {}, os.time() + 30 -- a hang guard
+        repeat
+            local status, body = curl(port, "/get?k=a")
+            if status == 200 then seen[body:match("^%S+")] = true end
+            if not (seen["1"] and seen["2"]) then os.execute("sleep 0.05") end
+        until (seen["1"] and seen["2"]) or os.time() > deadline
+        assert.is_true(seen["1"] and seen["2"], "both workers answer")
+    end)
+
     it("limits a key across workers: burst passes, then 429 with Retry-After", function()
         local ok, limited, seen = 0, 0, {}
         for _ = 1, 12 do
