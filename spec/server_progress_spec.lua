@@ -10,14 +10,14 @@ end
 describe("server progress timeouts", function()
     it("serves a body that trickles in slower than body_timeout in total", function()
         run(function()
-            local app = loom.app{ body_timeout = 0.8 }
+            local app = loom.app{ body_timeout = 1.2 }
             app:post("/", function(req) return assert(req:text()) end)
             local srv <close> = start(app)
             local st <close> = assert(loom.connect("127.0.0.1", srv.port))
-            st:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
-            -- 12 x 0.1 s: past body_timeout in all, never 0.8 s idle (0.7 s of room in each
+            st:write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n")
+            -- 15 x 0.1 s: past body_timeout in all, never 1.2 s idle (1.1 s of room in each
             -- gap for a loaded machine)
-            for _ = 1, 12 do
+            for _ = 1, 15 do
                 loom.sleep(0.1)
                 assert(st:write("a"))
             end

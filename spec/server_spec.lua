@@ -452,12 +452,12 @@ describe("server: timeouts", function()
     end)
 
     it("keeps a connection whose requests come faster than keepalive_timeout", function()
-        -- 6 requests 0.25 s apart: 1.5 s in all, past keepalive_timeout (1 s), with 0.75 s of
+        -- 10 requests 0.25 s apart: 2.5 s in all, past keepalive_timeout (2 s), with 1.75 s of
         -- room in each gap for a loaded machine
-        serve(echo_app{ keepalive_timeout = 1 }, function(srv)
+        serve(echo_app{ keepalive_timeout = 2 }, function(srv)
             local st, r = open(srv)
             local _ <close> = st
-            for _ = 1, 6 do
+            for _ = 1, 10 do
                 assert(st:write(GET))
                 assert.equal(200, assert(r:response()).status)
                 loom.sleep(0.25)
