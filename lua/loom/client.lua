@@ -9,11 +9,11 @@ local json = require "loom.json"
 local url = require "loom.url"
 local cookies = require "loom.cookies"
 local dial = require "loom.dial"
-local sync = require "loom.sync"
 
 local M = {}
 
 local http_request, http_pool, tls_config, now = core.http_request, core.http_pool, core.tls_config, core.now
+local park, ticket, wake = core.park, core.ticket, core.wake
 local type, pairs, ipairs, setmetatable, tostring = type, pairs, ipairs, setmetatable, tostring
 local format, lower, concat = string.format, string.lower, table.concat
 local error, pcall = error, pcall
@@ -565,8 +565,8 @@ local function upload(x, fn, tc, length)
 end
 
 -- A connection to the unix socket req.unix (with TLS for https), within the connect timeout.
-local function dial_unix(req, u, conf, server_name)
-    local timeout = req.connect_timeout
+local function dial_unix(req, u, conf, server_name, timeout)
+    timeout = timeout or req.connect_timeout
     if req.deadline then
         local left = math.max(req.deadline - now(), 0)
         if not timeout or left < timeout then timeout = left end
@@ -657,6 +657,30 @@ end
 function H2X:close() self.rq:close() end
 function H2X:done() return self.rq:done() end
 
+-- Waits, until cdl (the end of the request's own connect_timeout, and of its timeout),
+-- for the connection another task is making to the same origin: true | nil, err.
+-- pool.connecting is that task's list of waiters (tickets), woken when it is done.
+local function wait_connecting(pool, cdl, u)
+    local list = pool.connecting
+    local t, serial = ticket()
+    list[#list + 1] = t
+    list[#list + 1] = serial
+    if park(cdl and math.max(cdl - now(), 0)) then return true end
+    -- as the request's own connect would say (dial.connect)
+    return nil, format(u.host:find(":", 1, true) and "timeout: connect to [%s]:%d" or "timeout: connect to %s:%d",
+        u.host, u.port)
+end
+
+-- A new connection for the h2 path: through u.proxy's CONNECT tunnel (https), over the
+-- unix socket req.unix, or straight to the origin; TLS with the conf's ALPN.
+-- timeout: what is left of connect_timeout after a wait for another's connection, or nil.
+local function h2_dial(req, u, conf, server_name, tc, timeout)
+    timeout = timeout or req.connect_timeout
+    if req.unix then return dial_unix(req, u, conf, server_name, timeout) end
+    return dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
+        timeout = timeout, deadline = req.deadline, on = tc and tc.on })
+end
+
 -- An h2 connection to u with a free stream, or a new one: conn | nil, err | false, stream
 -- (the server chose HTTP/1.1: the connected stream goes to the HTTP/1 pool).
 local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
@@ -664,6 +688,7 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
     if not pools then pools = {}; sess.h2 = pools end
     local pool = pools[key]
     if not pool then pool = { conns = {} }; pools[key] = pool end
+    local cdl = false -- once it has waited: the end of its connect_timeout / timeout, or nil
     while true do
         local conns = pool.conns
         for i = #conns, 1, -1 do
@@ -676,32 +701,37 @@ local function h2_conn(sess, req, u, key, conf, server_name, fresh, tc)
             end
         end
         if not pool.connecting then break end
-        pool.connecting:wait() -- one connection is made at a time: its streams are shared
+        -- one connection is made at a time: its streams are shared
+        if cdl == false then
+            cdl = req.connect_timeout and now() + req.connect_timeout
+            if req.deadline and (not cdl or req.deadline < cdl) then cdl = req.deadline end
+        end
+        local ok, werr = wait_connecting(pool, cdl, u)
+        if not ok then return nil, werr end
         fresh = false
         -- that connection found an HTTP/1.1 server: this request goes the HTTP/1 way too
         if sess.h1only and sess.h1only[key] then return false end
     end
-    local ev = sync.event()
-    pool.connecting = ev
-    local st, err = dial.open(u, { tls = conf, server_name = server_name, proxy = u.proxy,
-        timeout = req.connect_timeout, deadline = req.deadline, on = tc and tc.on })
-    local conn
-    if st then
-        if u.scheme == "https" and core.tls_alpn(st) ~= "h2" then
-            sess.h1only = sess.h1only or {}
-            sess.h1only[key] = true
-            pool.connecting = nil
-            ev:set()
-            return false, st
-        end
-        conn, err = core.h2_session(st)
-        if conn then
-            pool.conns[#pool.conns + 1] = conn
-            sess.h2_opened = (sess.h2_opened or 0) + 1
-        end
+    local waiters = {}
+    pool.connecting = waiters
+    -- the waiters are woken however this task leaves (an error raised, cancelled too)
+    local _ <close> = setmetatable({}, { __close = function()
+        if pool.connecting == waiters then pool.connecting = nil end
+        for i = 1, #waiters, 2 do wake(waiters[i], waiters[i + 1]) end
+    end })
+    local st, err = h2_dial(req, u, conf, server_name, tc, cdl and math.max(cdl - now(), 0) or nil)
+    if not st then return nil, err end
+    if u.scheme == "https" and core.tls_alpn(st) ~= "h2" then
+        sess.h1only = sess.h1only or {}
+        sess.h1only[key] = true
+        return false, st
     end
-    pool.connecting = nil
-    ev:set()
+    local conn
+    conn, err = core.h2_session(st)
+    if conn then
+        pool.conns[#pool.conns + 1] = conn
+        sess.h2_opened = (sess.h2_opened or 0) + 1
+    end
     return conn, err
 end
 
@@ -750,11 +780,12 @@ local function h2_send(sess, req, u, head, fresh, tc)
 end
 
 -- Whether u's origin chose HTTP/1.1 in ALPN; a yes is remembered in u (cached per URL)
--- unless the request has TLS settings of its own.
+-- unless the request has TLS settings of its own or goes over a unix socket.
 local function h1_only(sess, req, u)
-    if u.h1only and not req.tls then return true end
+    local own = req.tls or req.unix -- a unix socket's peer is not the URL's
+    if u.h1only and not own then return true end
     local v = sess.h1only[key_of(sess, req, u)]
-    if v and not req.tls then u.h1only = true end
+    if v and not own then u.h1only = true end
     return v
 end
 
@@ -763,7 +794,9 @@ local function send(sess, req, u, head, fresh, tc)
     if u.proxy and u.proxy.invalid and not req.unix then return nil, "connect: " .. u.proxy.invalid end
     local h2 = req.http2
     local h1st -- a stream the h2 path connected, for HTTP/1.1 (the server chose it in ALPN)
-    if h2 and not req.unix and not u.proxy and (u.scheme == "https" or h2 == "prior_knowledge")
+    -- https goes h2 through a proxy's CONNECT tunnel too; http:// through a forward proxy
+    -- stays HTTP/1.1 (absolute-form, as curl and browsers send it). req.unix: no proxy.
+    if h2 and (u.scheme == "https" or h2 == "prior_knowledge" and (req.unix or not u.proxy))
         and not (sess.h1only and h1_only(sess, req, u)) then
         local x, a, b, c, d = h2_send(sess, req, u, head, fresh, tc)
         if x ~= false then return x, a, b, c, d end
