@@ -2,7 +2,8 @@
 -- https through an HTTP proxy's CONNECT tunnel (ALPN h2 inside it) to Node's http2 secure
 -- server and to loom's own TLS listener; over a unix socket to loom's listener with TLS
 -- (ALPN) and with h2c by prior knowledge; and a request waiting for another task's
--- connection to the same origin, bounded by its own connect_timeout. Certificates are made
+-- connection to the same origin, bounded by its own connect_timeout, and taking over when
+-- that other request is cancelled. Certificates are made
 -- by openssl at test time (spec/support/make_certs.sh).
 local loom = require "loom"
 local run = require "support.run"
@@ -187,5 +188,36 @@ describe("a request waiting for another's h2 connection", function()
             assert.is_true(took >= 2.9, "took " .. took)
             for _, st in ipairs(held) do st:close() end
         end, { timeout = 30 })
+    end)
+
+    it("takes over when the connecting request is cancelled", function()
+        run(function()
+            local held, accepted = {}, { loom.event(), loom.event() }
+            local ln <close> = assert(loom.listen{ host = "127.0.0.1", port = 0, handler = function(st)
+                held[#held + 1] = st
+                if accepted[#held] then accepted[#held]:set() end
+                repeat until not st:read()
+                st:close()
+            end })
+            local s <close> = loom.session{ tls = ca() }
+            local u = "https://127.0.0.1:" .. ln.port .. "/"
+            local t0 = loom.now()
+            local first = loom.spawn(function() return s:get(u, { connect_timeout = 20 }) end)
+            local second = loom.spawn(function()
+                local res, err = s:get(u, { connect_timeout = 1 })
+                return res, err, loom.now() - t0
+            end)
+            -- both ran before the accept: first connects, second waits for it
+            accepted[1]:wait()
+            first:cancel()
+            assert.same({ false, "cancelled" }, { first:join() })
+            accepted[2]:wait() -- second dials on its own, within what is left of its 1 s
+            local ok, res, err, took = second:join()
+            assert.is_true(ok)
+            assert.is_nil(res)
+            assert.matches("^timeout: ", err)
+            assert.is_true(took >= 0.99, "took " .. took)
+            for _, st in ipairs(held) do st:close() end
+        end, { timeout = 10 })
     end)
 end)
