@@ -61,7 +61,7 @@ int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     lua_setmetatable(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->methods_ref);
     lua_rawgeti(L, -1, llhttp_get_method(&c->msg.parser));
-    lua_remove(L, -2);
+    lua_replace(L, -2); /* a copy and a pop: cheaper than lua_remove's rotation */
     push_path(L, h->data + h->url, h->url_len);
     return 4;
 }
