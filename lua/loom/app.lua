@@ -200,8 +200,9 @@ end
 -- What the C engine takes: a string (200 text/plain), nothing (204, or a finished stream),
 -- or status, headers, body. Files are sent from here, after the middleware is done.
 local emit
+local req_plain = core.req_plain -- a string answer with no req.response_headers: as it is
 function emit(req, res)
-    if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
+    if req_plain(req, res) then return res end
     if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
     if type(res) == "table" and res.json ~= nil and res.headers == nil and res.cookies == nil
         and res.body == nil and res.text == nil and res.html == nil and res.file == nil
@@ -331,7 +332,7 @@ function App:_entry(tls)
     if #mw > 0 and self.error_handler then chain = guarded(self, chain) end
     local plain = #mw == 0 and not self.error_handler and #self.fallthrough == 0
     local exact = plain and self.router.exact or {}
-    local type, rawget = type, rawget
+    local type = type
     local form_limits = self.form_limits
     local cz = self.compress
     if cz then -- the same, with the answer through the coder (lua/loom/compress.lua)
@@ -356,7 +357,7 @@ function App:_entry(tls)
         -- an error goes on to the engine: a 500 and a log line, or when the body was found at
         -- fault (core.req_fault) that status and the error's text
         local res = (h or chain)(req)
-        if type(res) == "string" and rawget(req, "response_headers") == nil then return res end
+        if req_plain(req, res) then return res end
         return emit(req, res)
     end
 end

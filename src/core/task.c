@@ -47,6 +47,10 @@ void loom_sched_defer(loom_t *h, loom_job_t *job) {
     /* An active idle handle makes the loop poll without blocking, and its callback drains
      * jobs queued by timers in the same loop turn. */
     if (!s->idle_on && !h->closing) {
+        if (s->hold_idle) {
+            s->idle_owed = 1;
+            return;
+        }
         uv_idle_start(&s->idle, on_idle);
         s->idle_on = 1;
     }
@@ -89,6 +93,13 @@ void loom_sched_drain(loom_t *h) {
             lua_pop(L, 1);
         }
         s->draining = 0;
+    }
+    if (s->idle_owed) { /* what loom_sched_defer left to this drain (hold_idle) */
+        s->idle_owed = 0;
+        if (s->head && !s->idle_on && !h->closing && !h->exit_request) {
+            uv_idle_start(&s->idle, on_idle);
+            s->idle_on = 1;
+        }
     }
     if ((!s->head || h->closing || h->exit_request) && s->idle_on) {
         uv_idle_stop(&s->idle);
@@ -530,7 +541,8 @@ loom_task_t *loom_spawn_internal(loom_t *h, lua_State *L, int nargs,
         s->pool = t->pool_next;
         s->npool--;
         t->pool_next = NULL;
-        lua_xmove(L, t->co, nargs + 1);
+        if (L != t->co) /* else pushed there already (loom_spawn_thread) */
+            lua_xmove(L, t->co, nargs + 1);
         t->state = TASK_NEW;
         t->nargs = nargs;
         t->cancel = t->failed = t->observed = t->is_cancelled = 0;
@@ -544,6 +556,10 @@ loom_task_t *loom_spawn_internal(loom_t *h, lua_State *L, int nargs,
     t->on_done = on_done;
     t->done_ud = ud;
     return t;
+}
+
+lua_State *loom_spawn_thread(loom_t *h, lua_State *L) {
+    return h->sched.pool ? h->sched.pool->co : L;
 }
 
 /* ---------------------------------------------------------------- watchers */

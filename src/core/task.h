@@ -84,6 +84,10 @@ typedef struct loom_sched {
     uv_check_t check;
     uv_idle_t idle;
     int idle_on;
+    /* set by a caller that drains right after (the server around a read's parse): a job
+     * deferred meanwhile leaves the idle handle to that drain, which starts it only if the
+     * job is still queued (idle_owed), instead of a start and a stop per request */
+    int hold_idle, idle_owed;
     int draining;
     int stats_alive;   /* scratch for core.stats */
     loom_task_t *pool; /* finished internal tasks whose coroutines wait for reuse */
@@ -126,6 +130,10 @@ loom_task_t *loom_spawn(lua_State *L, int nargs);
  * (passed: looking it up in the registry cost a tenth of a hello-world request's engine). */
 loom_task_t *loom_spawn_internal(loom_t *h, lua_State *L, int nargs,
                                  void (*on_done)(loom_t *, loom_task_t *), void *ud);
+
+/* Where to push the function and arguments for loom_spawn_internal(h, thread, ...): the
+ * thread of the recycled task it will take, so they need not move, or L when there is none. */
+lua_State *loom_spawn_thread(loom_t *h, lua_State *L);
 
 /* Resumes a task at once (to start a main task up to its first suspension). */
 void loom_task_run_now(loom_t *h, loom_task_t *t);

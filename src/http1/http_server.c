@@ -751,12 +751,14 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_t *h = srv->host;
     srv->reading = c; /* answers given from here to the end of this turn may be corked */
     srv->cork_bytes = 0;
+    h->sched.hold_idle = 1; /* a handler queued by this parse starts in the drain below */
     if (c->parse_paused)
         keep_in(c, data, (size_t)nread);
     else if (from_in)
         feed(c, c->in, c->in_len, 1);
     else
         feed(c, data, (size_t)nread, 0);
+    h->sched.hold_idle = 0;
     if (was_idle && c->state == C_HEAD && c->tlist == TL_IDLE)
         tl_add(c, TL_HEAD);
     if (c->chunk_mode && loom_conn_body_len(c) >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
@@ -822,6 +824,7 @@ static void run_handler(loom_t *h, loom_conn_t *c) {
         loom_conn_respond_simple(c, 503, "Service Unavailable", 1);
         return;
     }
+    L = loom_spawn_thread(h, L); /* a recycled task's own: nothing to move */
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->entry_ref);
     int nargs = loom_conn_push_request(L, c);
     loom_task_t *t = loom_spawn_internal(h, L, nargs, on_handler_done, c);
