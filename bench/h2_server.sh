@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 N=${N:-100000}
 LOOM=${LOOM_BUILD:-build}/loom
+LOOM_BEFORE=${LOOM_BEFORE:-} # optional: another loom binary, measured as "before" beside them
+MODES=${MODES:-h2c tls}
 for t in h2load nginx node; do command -v $t >/dev/null || { echo "h2_server: no $t" >&2; exit 1; }; done
 tmp=$(mktemp -d)
 pids=()
@@ -33,11 +35,19 @@ run_set() { # $1: h2c | tls
     taskset -c 0 node bench/peers/node_h2.js 18403 "${certs[@]}" >"$tmp/node.log" 2>&1 &
     local node_pid=$!
     pids=("$loom_pid" "$nginx_pid" "$node_pid")
+    local before_pid="" before_peer=""
+    if [[ -n $LOOM_BEFORE ]]; then
+        taskset -c 0 "$LOOM_BEFORE" bench/h2_hello.lua 18404 "${certs[@]}" >"$tmp/before.log" 2>&1 &
+        before_pid=$!
+        pids+=("$before_pid")
+        wait_for 18404
+        before_peer=before:18404:$before_pid
+    fi
     wait_for 18401; wait_for 18402; wait_for 18403
     local worker
     worker=$(pgrep -P "$nginx_pid" | head -1)
     for r in $(seq "$ROUNDS"); do
-        for peer in loom:18401:$loom_pid nginx:18402:$worker node:18403:$node_pid; do
+        for peer in loom:18401:$loom_pid $before_peer nginx:18402:$worker node:18403:$node_pid; do
             IFS=: read -r name port pid <<<"$peer"
             local a b out
             a=$(cpu "$pid")
@@ -49,7 +59,6 @@ run_set() { # $1: h2c | tls
                 "$(echo "($b - $a) * 1000000 / $tick / $N" | bc -l)"
         done
     done
-    kill "$loom_pid" "$nginx_pid" "$node_pid"; wait "$loom_pid" "$nginx_pid" "$node_pid" 2>/dev/null || true
+    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 }
-run_set h2c
-run_set tls
+for m in $MODES; do run_set "$m"; done

@@ -163,10 +163,39 @@ static int tls_flush(loom_sock_t *s) {
     return rc;
 }
 
+static int cork_append(loom_sock_t *s, uv_buf_t *bufs, int nbufs);
+
+/* The plaintext a cork gathered on TLS becomes records (at most 16 KiB each) after the
+ * records already made: the order of the bytes is the order of the writes. */
+static int tls_seal_cork(loom_sock_t *s) {
+    loom_sock_cork_t *k = s->cork;
+    if (!k || k->len == 0)
+        return 0;
+    size_t n = k->len;
+    k->len = 0;
+    if (loom_tls_write(s->tls, k->data, n) != LOOM_TLS_OK) {
+        set_err(s, UV_EPROTO);
+        return s->err;
+    }
+    return 0;
+}
+
 static int tls_write(loom_sock_t *s, uv_buf_t *bufs, int nbufs) {
     if (!loom_tls_handshake_done(s->tls)) {
         set_err(s, UV_ENOTCONN); /* nothing can be said before the handshake */
         return s->err;
+    }
+    if (s->flags & LOOM_SOCK_CORKED) {
+        /* Small writes (an h2 session's frames, pipelined answers) gather as plaintext and
+         * leave as few full records: a record per write would cost the peer a decryption
+         * and 29 bytes each. A big one seals what was gathered and goes as it is. */
+        size_t total = 0, had = s->cork ? s->cork->len : 0;
+        for (int i = 0; i < nbufs; i++)
+            total += bufs[i].len;
+        if (had + total > TLS_DIRECT && tls_seal_cork(s) < 0)
+            return s->err;
+        if (total <= TLS_DIRECT)
+            return cork_append(s, bufs, nbufs);
     }
     for (int i = 0; i < nbufs; i++)
         if (loom_tls_write(s->tls, bufs[i].base, bufs[i].len) != LOOM_TLS_OK) {
@@ -236,6 +265,11 @@ int loom_sock_uncork(loom_sock_t *s) {
     if (!(s->flags & LOOM_SOCK_CORKED))
         return 0;
     s->flags &= (uint8_t)~LOOM_SOCK_CORKED;
+    if (s->tls && tls_seal_cork(s) < 0) {
+        s->cork = NULL;
+        free(k);
+        return s->err;
+    }
     s->cork = NULL;
     if (s->tls && !(s->flags & LOOM_SOCK_CLOSING))
         rc = tls_flush(s);
