@@ -107,3 +107,35 @@ describe("client join", function()
         end
     end)
 end)
+
+describe("req.query's parser (core.req_query)", function()
+    -- C parses req.query (src/http1/http_request.c); it must read a query string exactly as
+    -- url.parse_query's first table does, escapes, '+', empty keys and '#' included
+    local core = require "loom.core"
+    local function same(a, b)
+        for k, v in pairs(a) do if b[k] ~= v then return false end end
+        for k in pairs(b) do if a[k] == nil then return false end end
+        return true
+    end
+    it("agrees with url.parse_query on the target's query", function()
+        local cases = { "/", "/a?", "/a?x=1", "/a?x=1&y=2&x=3", "/?a+b=c+d%20e", "/?%41%4=%zz%%41",
+            "/?=x&&a&b=&c=d=e", "/?a=1#frag&b=2", "/?a=1&", "/?+=%2B", "/?%=%", "/?k=%4", "/?k=%41x",
+            "/p?a=%", "/?a%00b=1", "/?a=%e4%f6&b=%C3%A9", "/?%2=1&%%=2" }
+        local alphabet = "&=+%#?aF0z"
+        local rnd = 12345
+        for _ = 1, 3000 do -- a fixed pseudo-random walk: the same cases every run
+            local t = { "/x?" }
+            for _ = 1, 12 do
+                rnd = (rnd * 1103515245 + 12345) % 2147483648
+                local i = rnd % #alphabet + 1
+                t[#t + 1] = alphabet:sub(i, i)
+            end
+            cases[#cases + 1] = table.concat(t)
+        end
+        for _, target in ipairs(cases) do
+            local want = url.parse_query(target:match("%?([^#]*)") or "")
+            local got = core.req_query(target)
+            assert(same(want, got), "req_query differs for " .. target)
+        end
+    end)
+end)

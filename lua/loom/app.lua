@@ -199,16 +199,29 @@ end
 
 -- What the C engine takes: a string (200 text/plain), nothing (204, or a finished stream),
 -- or status, headers, body. Files are sent from here, after the middleware is done.
-local emit
+local emit, emit_other
 local req_plain = core.req_plain -- a string answer with no req.response_headers: as it is
+local rawget, with_extra, json_encode = rawget, request.with_extra, json.encode
+-- The head of a {json = v} answer with nothing to add, shared: it goes only to C (put_headers
+-- reads it); with req.response_headers, with_extra copies it; an app with compress gets
+-- its own table, which the coder may change.
+local JSON_HEADERS = { ["content-type"] = "application/json" }
 function emit(req, res)
-    if req_plain(req, res) then return res end
-    if rawget(req, "_streamed") then return end -- the head is out: nothing to change now
-    if type(res) == "table" and res.json ~= nil and res.headers == nil and res.cookies == nil
+    local plain, streamed, extra, tbl = req_plain(req, res)
+    if plain then return res end
+    return emit_other(req, res, false, streamed, extra, tbl)
+end
+-- emit for an answer req_plain has turned down, with what it found: req._streamed,
+-- req.response_headers, whether res is a table. shared: JSON_HEADERS may be answered (the
+-- app does not compress).
+function emit_other(req, res, shared, streamed, extra, tbl)
+    if streamed then return end -- the head is out: nothing to change now
+    if tbl and res.json ~= nil and res.headers == nil and res.cookies == nil
         and res.body == nil and res.text == nil and res.html == nil and res.file == nil
         and not res.streamed then -- the commonest table ({json = v}): what normalize makes
-        local headers = request.with_extra(req, { ["content-type"] = "application/json" })
-        return res.status or 200, headers, json.encode(res.json)
+        local headers = shared and JSON_HEADERS or { ["content-type"] = "application/json" }
+        if extra and next(extra) ~= nil then headers = with_extra(req, headers) end
+        return res.status or 200, headers, json_encode(res.json)
     end
     res = normalize(res, req, true)
     local headers = request.with_extra(req, res.headers)
@@ -294,7 +307,9 @@ local function dispatcher(app, wrap)
             local res = fall[i](req)
             if res ~= nil then return res end
         end
-        local h, params = r:match(req.method, req.path)
+        local method, path = req.method, req.path
+        local h, params = r:find(method, path)
+        if not h then h, params = r:match(method, path) end
         if not h then
             if #params > 0 then
                 local allow = table.concat(params, ", ")
@@ -303,7 +318,7 @@ local function dispatcher(app, wrap)
             if not_found then return normalize(not_found(req), req) end
             return plain_answer(404, "Not Found")
         end
-        if params and next(params) then req.params = params end
+        if params then req.params = params end -- nil or non-empty: no next() needed
         local res = h(req)
         if wrap then return normalize(res, req) end
         return res
@@ -357,8 +372,9 @@ function App:_entry(tls)
         -- an error goes on to the engine: a 500 and a log line, or when the body was found at
         -- fault (core.req_fault) that status and the error's text
         local res = (h or chain)(req)
-        if req_plain(req, res) then return res end
-        return emit(req, res)
+        local plain, streamed, extra, tbl = req_plain(req, res)
+        if plain then return res end
+        return emit_other(req, res, true, streamed, extra, tbl)
     end
 end
 

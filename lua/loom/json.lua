@@ -164,9 +164,10 @@ end
 
 -- loom.json.encode(v) -> string; raises on values JSON cannot hold.
 function M.encode(v)
-    local c = lib()
+    local c = cjson or lib()
     if not marked then
-        local text = call(c.encode, v)
+        local ok, text = pcall(c.encode, v) -- call's work, one Lua call fewer per answer
+        if not ok then error(text, 2) end
         if slashes and find(text, "\\/", 1, true) then text = unslash(text) end
         return text
     end

@@ -49,7 +49,7 @@ function lazy.response_headers() return {} end
 
 -- The query string of the target ("" when it has none); a fragment never reaches a server
 -- (the parser refuses "#"), but is cut all the same.
-local find, sub, gmatch = string.find, string.sub, string.gmatch
+local find, sub = string.find, string.sub
 local function query_string(req)
     local t = req.target
     local i = find(t, "?", 1, true)
@@ -59,17 +59,12 @@ local function query_string(req)
     return h and sub(q, 1, h - 1) or q
 end
 
--- req.query is url.parse_query's first table only: query_all (every value of each key) is
--- made when asked for.
-local decode_component = url.decode_component
-function lazy.query(req)
-    local last = {}
-    for k, v in gmatch(query_string(req), "([^&=]*)=?([^&]*)") do
-        k = decode_component(k)
-        if k ~= "" then last[k] = decode_component(v) end
-    end
-    return last
-end
+-- req.query is url.parse_query's first table only, made in C (core.req_query, one call):
+-- query_all (every value of each key) is made when asked for.
+local req_query = core.req_query
+-- (req.target when it has one, else the box's, which it keeps: req.query_all reads it);
+-- the C function itself, no Lua call around it
+lazy.query = req_query
 
 function lazy.query_all(req)
     local _, all = url.parse_query(query_string(req))
@@ -221,7 +216,7 @@ local mt = {
         local f = lazy[k]
         if f then
             local v = f(req)
-            rawset(req, k, v)
+            req[k] = v -- raw: the metatable has no __newindex
             return v
         end
     end,

@@ -9,6 +9,7 @@
  * connection that has moved on or been freed. Waits park with the box as their data.
  */
 #include <stdio.h>
+#include <ctype.h>
 #include <string.h>
 #include <lauxlib.h>
 #include "http_server.h"
@@ -416,17 +417,123 @@ static int req_fault(lua_State *L) {
     return 0;
 }
 
+static int hexval(char c) {
+    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+/* Pushes s[0, n) with url.decode_component's meaning: '+' is a space, "%XX" the byte XX,
+ * a malformed escape left as it is. One pass: a '+' never becomes part of an escape. */
+static void push_component(lua_State *L, const char *s, size_t n) {
+    size_t i = 0;
+    while (i < n && s[i] != '%' && s[i] != '+')
+        i++;
+    if (i == n) {
+        lua_pushlstring(L, s, n);
+        return;
+    }
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, n);
+    memcpy(out, s, i);
+    size_t o = i;
+    for (; i < n; i++) {
+        char ch = s[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+                   isxdigit((unsigned char)s[i + 2])) {
+            ch = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+            i += 2;
+        }
+        out[o++] = ch;
+    }
+    luaL_pushresultsize(&b, o);
+}
+
+/* core.req_query(target or req) -> {key = value}: req.query (lua/loom/request.lua), what
+ * url.parse_query's first table holds for the target's query string (after the first '?',
+ * cut at a '#'): pairs split on '&', a key up to the first '=', both decoded, an empty key
+ * skipped, a repeated one keeping its last value. In C: one call where Lua took a find, a
+ * sub, a gmatch closure and two finds a pair. */
+static int req_query(lua_State *L) {
+    size_t len;
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        /* the request: its target when it has one (set, or asked for before), else the
+         * box's, which it keeps (req.query_all reads it, after the handler maybe) */
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+        lua_pushvalue(L, lua_upvalueindex(1)); /* "target" */
+        if (lua_rawget(L, 1) != LUA_TSTRING) {
+            lua_pushvalue(L, lua_upvalueindex(2)); /* "_box" */
+            lua_rawget(L, 1);
+            loom_reqbox_t *box = luaL_checkudata(L, -1, REQBOX_MT);
+            lua_settop(L, 1);
+            if (box->h2) {
+                loom_h2srv_req(L, box, LOOM_H2OP_TARGET);
+            } else {
+                loom_head_t *h = box_conn(L, box)->msg.head;
+                lua_pushlstring(L, h->data + h->url, h->url_len);
+            }
+            lua_pushvalue(L, lua_upvalueindex(1));
+            lua_pushvalue(L, -2);
+            lua_rawset(L, 1);
+        }
+        lua_replace(L, 1);
+    }
+    const char *t = lua_tolstring(L, 1, &len);
+    const char *q = memchr(t, '?', len);
+    lua_createtable(L, 0, 2);
+    if (!q)
+        return 1;
+    q++;
+    const char *end = t + len, *hash = memchr(q, '#', (size_t)(end - q));
+    if (hash)
+        end = hash;
+    for (;;) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *seg_end = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(seg_end - q));
+        const char *k_end = eq ? eq : seg_end;
+        if (k_end > q) { /* a key decodes to "" only when it is "" */
+            push_component(L, q, (size_t)(k_end - q));
+            const char *v = eq ? eq + 1 : seg_end;
+            push_component(L, v, (size_t)(seg_end - v));
+            lua_rawset(L, -3);
+        }
+        if (!amp)
+            return 1;
+        q = amp + 1;
+    }
+}
+
 /* core.req_plain(req, res) -> true when res is an answer C sends as it is: a string, with
  * no req.response_headers to add. app.lua asks this once per request; one C call costs
- * less than type() and rawget() (the key is the upvalue: no string to intern). */
+ * less than type() and rawget() (the keys are upvalues: no string to intern). Otherwise
+ * false, req._streamed, req.response_headers and whether res is a table: what emit looks at
+ * next, without three more calls. */
 static int req_plain(lua_State *L) {
-    int plain = lua_type(L, 2) == LUA_TSTRING && lua_type(L, 1) == LUA_TTABLE;
+    int is_req = lua_type(L, 1) == LUA_TTABLE;
+    int plain = lua_type(L, 2) == LUA_TSTRING && is_req;
     if (plain) {
         lua_pushvalue(L, lua_upvalueindex(1));
         plain = lua_rawget(L, 1) == LUA_TNIL;
+        if (plain) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
     }
-    lua_pushboolean(L, plain);
-    return 1;
+    lua_settop(L, 2);
+    lua_pushboolean(L, 0);
+    if (!is_req) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+    } else {
+        lua_pushvalue(L, lua_upvalueindex(2));
+        lua_rawget(L, 1);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_rawget(L, 1);
+    }
+    lua_pushboolean(L, lua_type(L, 2) == LUA_TTABLE);
+    return 4;
 }
 
 static const luaL_Reg request_funcs[] = {
@@ -441,7 +548,12 @@ int loom_open_http_request(lua_State *L) {
     lua_pop(L, 1);
     luaL_setfuncs(L, request_funcs, 0);
     lua_pushliteral(L, "response_headers");
-    lua_pushcclosure(L, req_plain, 1);
+    lua_pushliteral(L, "_streamed");
+    lua_pushcclosure(L, req_plain, 2);
     lua_setfield(L, -2, "req_plain");
+    lua_pushliteral(L, "target");
+    lua_pushliteral(L, "_box");
+    lua_pushcclosure(L, req_query, 2);
+    lua_setfield(L, -2, "req_query");
     return 0;
 }
