@@ -202,10 +202,11 @@ end
 local emit, emit_other
 local req_plain = core.req_plain -- a string answer with no req.response_headers: as it is
 local rawget, with_extra, json_encode = rawget, request.with_extra, json.encode
--- The head of a {json = v} answer with nothing to add, shared: it goes only to C (put_headers
--- reads it); with req.response_headers, with_extra copies it; an app with compress gets
--- its own table, which the coder may change.
-local JSON_HEADERS = { ["content-type"] = "application/json" }
+-- The head of a {json = v} answer with nothing to add, shared: it goes only to C, which made
+-- it and writes its line without reading it (core.resp_json_head, src/http1/http_response.c);
+-- with req.response_headers, with_extra copies it; an app with compress gets its own
+-- table, which the coder may change.
+local JSON_HEADERS = core.resp_json_head()
 function emit(req, res)
     local plain, streamed, extra, tbl = req_plain(req, res)
     if plain then return res end

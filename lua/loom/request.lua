@@ -208,18 +208,11 @@ function Request:stream(opts)
     return setmetatable({ box = self._box, enc = enc }, Out)
 end
 
+-- A method, or a lazy field computed on first use and kept in the table (raw: the metatable
+-- has no __newindex). In C (core.req_index): no Lua call around req.query's own.
 local mt = {
     __name = "loom.request",
-    __index = function(req, k)
-        local m = Request[k]
-        if m ~= nil then return m end
-        local f = lazy[k]
-        if f then
-            local v = f(req)
-            req[k] = v -- raw: the metatable has no __newindex
-            return v
-        end
-    end,
+    __index = core.req_index(Request, lazy),
 }
 
 return { mt = mt, methods = Request, headers_mt = headers_mt, with_extra = with_extra }

@@ -465,7 +465,11 @@ static int req_query(lua_State *L) {
         if (lua_rawget(L, 1) != LUA_TSTRING) {
             lua_pushvalue(L, lua_upvalueindex(2)); /* "_box" */
             lua_rawget(L, 1);
-            loom_reqbox_t *box = luaL_checkudata(L, -1, REQBOX_MT);
+            /* the box's metatable kept as an upvalue: luaL_checkudata looks it up by name in
+             * the registry, ~360 instructions a request on this path */
+            loom_reqbox_t *box = lua_touserdata(L, -1);
+            if (!box || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(3)))
+                box = luaL_checkudata(L, 2, REQBOX_MT); /* raises, naming the box */
             lua_settop(L, 1);
             if (box->h2) {
                 loom_h2srv_req(L, box, LOOM_H2OP_TARGET);
@@ -543,9 +547,47 @@ static const luaL_Reg request_funcs[] = {
     {"req_version", req_version}, {"req_closing", req_closing}, {NULL, NULL},
 };
 
+/* After a lazy field's function returned: stores its value in the request, raw (the
+ * metatable has no __newindex), and answers it. */
+static int req_index_k(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* The request table's __index (lua/loom/request.lua; upvalues: the methods, the lazy
+ * fields' functions): a method, or a lazy field computed on first use and kept in the
+ * table. In C: req.query, req.params' absence and the rest cost no Lua call around them. */
+static int req_index(lua_State *L) {
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+        return 1;
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TNIL)
+        return 1;
+    lua_pushvalue(L, 1);
+    lua_callk(L, 1, 1, 0, req_index_k); /* a lazy field's function may wait */
+    return req_index_k(L, LUA_OK, 0);
+}
+
+/* core.req_index(methods, lazy) -> the request table's __index */
+static int req_index_new(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_pushcclosure(L, req_index, 2);
+    return 1;
+}
+
+int loom_resp_json_head(lua_State *L); /* http_response.c */
+
 int loom_open_http_request(lua_State *L) {
     luaL_newmetatable(L, REQBOX_MT);
-    lua_pop(L, 1);
+    lua_insert(L, -2);
     luaL_setfuncs(L, request_funcs, 0);
     lua_pushliteral(L, "response_headers");
     lua_pushliteral(L, "_streamed");
@@ -553,7 +595,13 @@ int loom_open_http_request(lua_State *L) {
     lua_setfield(L, -2, "req_plain");
     lua_pushliteral(L, "target");
     lua_pushliteral(L, "_box");
-    lua_pushcclosure(L, req_query, 2);
+    lua_pushvalue(L, -4); /* the box's metatable */
+    lua_pushcclosure(L, req_query, 3);
     lua_setfield(L, -2, "req_query");
+    lua_remove(L, -2);
+    lua_pushcfunction(L, req_index_new);
+    lua_setfield(L, -2, "req_index");
+    lua_pushcfunction(L, loom_resp_json_head);
+    lua_setfield(L, -2, "resp_json_head");
     return 0;
 }
