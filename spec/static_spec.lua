@@ -476,3 +476,61 @@ describe("app:static over HTTPS", function()
         end, { timeout = 30 })
     end)
 end)
+
+describe("app:static: a whole file without validators", function()
+    local dir
+    setup(function()
+        dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir))
+        put(dir .. "/hello.txt", "Hello, World!")
+    end)
+    teardown(function() os.execute("rm -rf " .. dir) end)
+
+    local function without_date(h)
+        local t = {}
+        for k, v in pairs(h) do if k ~= "date" then t[k] = v end end
+        return t
+    end
+
+    it("is told from the head in C (req.headers not made), with the head the full check gives", function()
+        local made = {}
+        local a = loom.app()
+        a:use(function(req, next)
+            if req.target == "/s/hello.txt?range" then req.headers.range = "bytes=0-4" end
+            local res = next()
+            made[#made + 1] = rawget(req, "headers") ~= nil
+            return res
+        end)
+        a:static("/s", dir)
+        serve(a, function(srv)
+            local st, r = open(srv)
+            local _ <close> = st
+            local fast = request(st, r, "GET", "/s/hello.txt")
+            assert.equal(200, fast.status)
+            assert.equal("Hello, World!", fast.body)
+            assert.is_false(made[1], "req.headers was made for a plain GET")
+            -- a validator that does not match: the answer through the full check, the same head
+            local full = request(st, r, "GET", "/s/hello.txt", { ["If-None-Match"] = '"other"' })
+            assert.equal(200, full.status)
+            assert.equal("Hello, World!", full.body)
+            assert.same(without_date(full.headers), without_date(fast.headers))
+            assert.same({ "text/plain; charset=utf-8", "13", "bytes" }, { fast.headers["content-type"],
+                fast.headers["content-length"], fast.headers["accept-ranges"] })
+            assert.truthy(fast.headers.etag and fast.headers["last-modified"])
+            local head = request(st, r, "HEAD", "/s/hello.txt")
+            assert.equal("", head.body)
+            assert.same(without_date(fast.headers), without_date(head.headers))
+            assert.equal(304, request(st, r, "GET", "/s/hello.txt", { ["If-None-Match"] = fast.headers.etag }).status)
+            assert.equal(304, request(st, r, "GET", "/s/hello.txt",
+                { ["If-Modified-Since"] = fast.headers["last-modified"] }).status)
+            local part = request(st, r, "GET", "/s/hello.txt", { Range = "bytes=7-" })
+            assert.equal(206, part.status)
+            assert.equal("World!", part.body)
+            -- a Range a middleware put in req.headers is seen
+            part = request(st, r, "GET", "/s/hello.txt?range")
+            assert.equal(206, part.status)
+            assert.equal("Hello", part.body)
+        end)
+    end)
+end)

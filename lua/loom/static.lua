@@ -127,7 +127,8 @@ M.MAX_FILES = 256         -- larger files kept open (their descriptors), in all
 M.NOWAIT = 64 * 1024      -- bodies up to this size are read on the loop when their pages are
                           -- cached (preadv2 RWF_NOWAIT: never waits for the disk); 0: never
 
-local now, static_load, static_open = core.now, core.static_load, core.static_open
+local now, static_load, static_open, static_plain = core.now, core.static_load, core.static_open,
+    core.static_plain
 local cache, entries, bytes, files = {}, 0, 0, 0
 
 -- An entry: {type = "file" | "directory" | "other" | "none", size, mtime, mtime_ns, ino,
@@ -137,7 +138,7 @@ local function entry_of(path, st, data, file, t)
     if not st then return { type = "none", checked = t } end
     return { type = st.type, size = st.size, mtime = st.mtime, mtime_ns = st.mtime_ns, ino = st.ino,
         data = data, file = file, etag = ('"%x-%x"'):format(st.size, st.mtime), lm = http_date(st.mtime),
-        ctype = content_type(path), checked = t }
+        clen = tostring(st.size), ctype = content_type(path), checked = t }
 end
 
 -- Whether a stat st still describes entry e.
@@ -222,6 +223,27 @@ end
 -- ctype the original's type; vary: the mount serves siblings (Vary: Accept-Encoding).
 local function prepare_file(req, path, e, status, headers, mount, enc, ctype, vary)
     if e.type ~= "file" then return plain(404, "Not Found") end
+    if status == 200 and not headers and not enc and not vary then
+        -- the commonest answer (a whole file, no validators to check): its head in one
+        -- table, and the sending state shared by the entry's answers (nothing changes it)
+        local rh = rawget(req, "headers") -- a middleware may have changed them: as they are
+        if (rh == nil and static_plain(req._box))
+            or (rh and not rh["if-none-match"] and not rh["if-modified-since"] and not rh.range) then
+            local p = e.whole
+            local sem = mount and mount.sem
+            if not sem then
+                default_sem = default_sem or semaphore(1024)
+                sem = default_sem
+            end
+            if not p or p.sem ~= sem or p.mount ~= mount then
+                p = { path = path, first = 0, last = e.size - 1, e = e, sem = sem, mount = mount }
+                e.whole = p
+            end
+            return { status = 200, file = path, _static = p, headers = { etag = e.etag,
+                ["last-modified"] = e.lm, ["content-type"] = ctype or e.ctype,
+                ["accept-ranges"] = "bytes", ["content-length"] = e.clen } }
+        end
+    end
     local h = {}
     if headers then for k, v in pairs(headers) do h[type(k) == "string" and k:lower() or k] = v end end
     local etag = e.etag

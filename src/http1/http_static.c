@@ -422,6 +422,27 @@ static int file_respond(lua_State *L) {
     return 1;
 }
 
+/* core.static_plain(box) -> true when box is an HTTP/1 request whose head holds no Range,
+ * If-None-Match or If-Modified-Since: a whole file answered as it is, told without making
+ * req.headers (a table of every header) for three fields that are seldom there; false
+ * otherwise (HTTP/2, a finished request: the caller then looks at req.headers). */
+static int l_static_plain(lua_State *L) {
+    loom_reqbox_t *box = luaL_testudata(L, 1, REQBOX_MT);
+    loom_conn_t *c = box && !box->h2 ? box->c : NULL;
+    const loom_head_t *h = c ? c->msg.head : NULL;
+    int plain = h != NULL;
+    for (int i = 0; plain && i < h->nhdrs; i++) {
+        const char *n = LOOM_HEAD_NAME(h, i);
+        size_t len = h->hdrs[i].name_len;
+        if ((len == 5 && memcmp(n, "range", 5) == 0) ||
+            (len == 13 && memcmp(n, "if-none-match", 13) == 0) ||
+            (len == 17 && memcmp(n, "if-modified-since", 17) == 0))
+            plain = 0;
+    }
+    lua_pushboolean(L, plain);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- senders */
 
 static void sender_close_fd(sender_t *s) {
@@ -743,6 +764,7 @@ static const luaL_Reg file_methods[] = {
 static const luaL_Reg static_funcs[] = {
     {"static_load", l_static_load},
     {"static_open", l_static_open},
+    {"static_plain", l_static_plain},
     {NULL, NULL},
 };
 
