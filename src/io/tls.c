@@ -542,7 +542,7 @@ static void verify_error(loom_tls_t *t) {
     char *nl = strchr(info, '\n'); /* one reason per line: the first says enough */
     if (nl)
         *nl = '\0';
-    snprintf(t->err, sizeof t->err, "certificate verify failed: %s",
+    snprintf(t->err, sizeof t->err, "certificate verify failed: %.160s",
              info[0] ? info : "unknown reason");
 }
 
