@@ -24,7 +24,6 @@
 #include <lauxlib.h>
 #include "http_server.h"
 #include "access_log.h"
-#include "addr.h"
 #include "fail.h"
 #include "h2_session.h"
 
@@ -201,21 +200,6 @@ static const char *value_of(lua_State *L, fields_t *f, size_t *vl) {
     return copy;
 }
 
-/* The content-length a stream states: an integer, or digits that fit 64 bits. */
-static int parse_length(const char *s, size_t n, uint64_t *out) {
-    uint64_t v = 0;
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d = (unsigned)(unsigned char)s[i] - '0';
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
-            return 0;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 1;
-}
-
 /* The fields of the table at idx (0: none). Framing is ours: transfer-encoding and
  * connection-specific fields are left out (the session drops the latter too); a stream's
  * content-length is checked and kept (stream), a whole answer's replaced by the body's. */
@@ -239,7 +223,7 @@ static void collect(lua_State *L, int idx, fields_t *f, int stream) {
         if (name_is(name, nl, "content-length")) {
             const char *v = value_of(L, f, &vl);
             f->has_cl = 1;
-            if (stream && (!v || !parse_length(v, vl, &f->cl)))
+            if (stream && (!v || !loom_http_parse_digits(v, vl, &f->cl)))
                 fail_field(f, "invalid content-length (digits only, below 2^64)");
             lua_pop(L, 1);
             continue;
@@ -425,13 +409,8 @@ static void log_handler_error(h2req_t *rq, loom_task_t *t) {
 
 static void respond_fault(h2req_t *rq, loom_task_t *t) {
     const char *e = lua_type(t->co, 2) == LUA_TSTRING ? lua_tostring(t->co, 2) : NULL;
-    const char *http = e ? strstr(e, "http: ") : NULL, *limit = e ? strstr(e, "limit: ") : NULL;
-    const char *msg = http && (!limit || http < limit) ? http : limit;
     char body[512];
-    if (msg)
-        snprintf(body, sizeof body, "%.*s", (int)strcspn(msg, "\n"), msg);
-    else
-        snprintf(body, sizeof body, "%s", loom_http_reason(rq->fault_status));
+    loom_http_fault_body(e, rq->fault_status, body, sizeof body);
     respond_simple(rq, rq->fault_status, body);
 }
 
@@ -599,7 +578,7 @@ static int too_long(const loom_h2_head_t *h, uint64_t max) {
         const loom_h2_header_t *f = &h->headers[i];
         uint64_t n;
         if (f->namelen == 14 && memcmp(f->name, "content-length", 14) == 0 &&
-            parse_length(f->value, f->valuelen, &n) && n > max)
+            loom_http_parse_digits(f->value, f->valuelen, &n) && n > max)
             return 1;
     }
     return 0;
@@ -838,18 +817,7 @@ static int op_headers(lua_State *L, h2req_t *rq) {
 }
 
 static int op_peer(lua_State *L, h2req_t *rq) {
-    loom_conn_t *c = rq->hc->c;
-    char ip[64];
-    int port, v6;
-    if (!loom_sock_is_tcp(&c->sock)) {
-        lua_pushliteral(L, "unix:");
-        return 1;
-    }
-    if (loom_addr_peer(&c->sock.h.tcp, ip, sizeof ip, &port, &v6) != 0)
-        return 0;
-    lua_pushstring(L, ip);
-    lua_pushinteger(L, port);
-    return 2;
+    return loom_conn_push_peer(L, rq->hc->c);
 }
 
 enum { WANT_WHOLE, WANT_CHUNK };

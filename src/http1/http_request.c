@@ -156,7 +156,10 @@ static int req_version(lua_State *L) {
  * peer, which has no address worth the name */
 static int req_peer(lua_State *L) {
     BOX_OR_H2(L, box, LOOM_H2OP_PEER);
-    loom_conn_t *c = box_conn(L, box);
+    return loom_conn_push_peer(L, box_conn(L, box));
+}
+
+int loom_conn_push_peer(lua_State *L, loom_conn_t *c) {
     char ip[64];
     int port, v6;
     if (!loom_sock_is_tcp(&c->sock)) {

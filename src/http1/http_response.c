@@ -25,6 +25,29 @@
 #include "access_log.h"
 #include "addr.h"
 
+int loom_http_parse_digits(const char *s, size_t n, uint64_t *out) {
+    uint64_t v = 0;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(unsigned char)s[i] - '0';
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return 0;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 1;
+}
+
+void loom_http_fault_body(const char *e, int status, char *body, size_t n) {
+    const char *http = e ? strstr(e, "http: ") : NULL, *limit = e ? strstr(e, "limit: ") : NULL;
+    const char *msg = http && (!limit || http < limit) ? http : limit;
+    if (msg)
+        snprintf(body, n, "%.*s", (int)strcspn(msg, "\n"), msg);
+    else
+        snprintf(body, n, "%s", loom_http_reason(status));
+}
+
 const char *loom_http_reason(int status) {
     switch (status) {
     case 100:
@@ -263,17 +286,7 @@ static int parse_length(lua_State *L, int idx, uint64_t *out) {
     }
     size_t n;
     const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
-    uint64_t v = 0;
-    if (!s || n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d = (unsigned)(unsigned char)s[i] - '0';
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
-            return 0;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 1;
+    return s && loom_http_parse_digits(s, n, out);
 }
 
 /* The head of a {json = v} answer with nothing added (app.lua's JSON_HEADERS): C makes the

@@ -912,13 +912,8 @@ static void respond_fault(loom_conn_t *c, loom_task_t *t) {
     /* co holds the error and its message with the traceback, made safely by the scheduler
      * whatever the error value is (an object with __tostring too) */
     const char *e = lua_type(t->co, 2) == LUA_TSTRING ? lua_tostring(t->co, 2) : NULL;
-    const char *http = e ? strstr(e, "http: ") : NULL, *limit = e ? strstr(e, "limit: ") : NULL;
-    const char *msg = http && (!limit || http < limit) ? http : limit;
     char body[512];
-    if (msg)
-        snprintf(body, sizeof body, "%.*s", (int)strcspn(msg, "\n"), msg);
-    else
-        snprintf(body, sizeof body, "%s", loom_http_reason(c->fault_status));
+    loom_http_fault_body(e, c->fault_status, body, sizeof body);
     loom_conn_respond_simple(c, c->fault_status, body, 1);
 }
 

@@ -227,6 +227,13 @@ const char *loom_conn_head_101(loom_conn_t *c, lua_State *L, int hidx, size_t *l
 /* Writes "HTTP/1.1 100 Continue" if the request expects it and it was not sent yet. */
 void loom_conn_send_continue(loom_conn_t *c);
 const char *loom_http_reason(int status);
+/* 1*DIGIT that fits in 64 bits (a Content-Length): 1 and *out, or 0. */
+int loom_http_parse_digits(const char *s, size_t n, uint64_t *out);
+/* The body of the answer to a handler that let a body fault through: the error's own
+ * "http: ..." or "limit: ..." text from e (its first line), else status's reason phrase. */
+void loom_http_fault_body(const char *e, int status, char *body, size_t n);
+/* Pushes the peer of c: ip, port (2), "unix:" (1), or nothing (0). */
+int loom_conn_push_peer(lua_State *L, loom_conn_t *c);
 /* RFC 9110 token (a header name); a field value without CR, LF, NUL or other controls. */
 int loom_http_is_token(const char *s, size_t n);
 int loom_http_safe_value(const char *s, size_t n);
