@@ -45,7 +45,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("puts the queries of many tasks on one connection, each result to its own task", function()
         run(function()
-            local db = loom.pg(srv:opts { max = 4, application_name = "auto" })
+            local db = loom.pg(srv:opts { auto_pipeline = true, max = 4, application_name = "auto" })
             local probe = loom.pg(srv:opts { auto_pipeline = false })
             local out = fan(200, function(i)
                 local a = assert(db:query("select $1::int as i, $2::text as s", i, "t" .. i))
@@ -68,7 +68,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("keeps an error to its own query: the others in flight succeed and stay committed", function()
         run(function()
-            local db = loom.pg(srv:opts())
+            local db = loom.pg(srv:opts { auto_pipeline = true })
             assert(db:query("create table if not exists auto_isol (i int primary key)"))
             assert(db:query("delete from auto_isol"))
             local out = fan(50, function(i)
@@ -107,7 +107,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("drops the result of a query that timed out or was cancelled, not another's", function()
         run(function()
-            local db = loom.pg(srv:opts { application_name = "autotime" })
+            local db = loom.pg(srv:opts { auto_pipeline = true, application_name = "autotime" })
             local probe = loom.pg(srv:opts { auto_pipeline = false })
             local SLEEP = "select pg_sleep($1::float8), $2::int as i"
             assert(db:query(SLEEP, 0, 0)) -- connected, the statements prepared
@@ -148,7 +148,7 @@ describe("loom.pg automatic pipelining", function()
             assert.same({ true, { { who = "after" } } }, { after:join() })
             assert.equal(7, select(2, gate:join())[1].seven)
             -- per-query timeout option on the shared connection
-            local slow = loom.pg(srv:opts { timeout = 0.1, application_name = "autotime" })
+            local slow = loom.pg(srv:opts { auto_pipeline = true, timeout = 0.1, application_name = "autotime" })
             local rows, err = slow:query("select pg_sleep(0.3)")
             assert.is_nil(rows)
             assert.matches("^timeout: ", err)
@@ -166,7 +166,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("fails every query in flight with closed: when the connection dies, then recovers", function()
         run(function()
-            local db = loom.pg(srv:opts { application_name = "autodie" })
+            local db = loom.pg(srv:opts { auto_pipeline = true, application_name = "autodie" })
             local probe = loom.pg(srv:opts { auto_pipeline = false })
             local pid = assert(db:query("select pg_backend_pid() as p"))[1].p
             local tasks = {}
@@ -192,7 +192,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("sends statements that change the connection's state on a pooled one", function()
         run(function()
-            local db = loom.pg(srv:opts { max = 2, application_name = "autostate" })
+            local db = loom.pg(srv:opts { auto_pipeline = true, max = 2, application_name = "autostate" })
             local shared_pid = assert(db:query("select pg_backend_pid() as p"))[1].p
             -- SET on the shared connection would change it for every task
             assert(db:query("set application_name = 'changed'"))
@@ -239,7 +239,7 @@ describe("loom.pg automatic pipelining", function()
                 held[#held + 1] = st
                 st:read()
             end })
-            local db = loom.pg(srv:opts { port = mute.port, connect_timeout = 0.3 })
+            local db = loom.pg(srv:opts { auto_pipeline = true, port = mute.port, connect_timeout = 0.3 })
             local opener = loom.spawn(function() return db:query("select 1") end)
             local waiter = loom.spawn(function() return db:query("select 2") end)
             assert.is_true(eventually(function() return #held == 1 end)) -- one connect only
@@ -261,7 +261,7 @@ describe("loom.pg automatic pipelining", function()
 
     it("closes the shared connection when idle, and after idle_timeout", function()
         run(function()
-            local db = loom.pg(srv:opts { idle_timeout = 0.1, application_name = "autoidle" })
+            local db = loom.pg(srv:opts { auto_pipeline = true, idle_timeout = 0.1, application_name = "autoidle" })
             local probe = loom.pg(srv:opts { auto_pipeline = false })
             assert(db:query("select 1"))
             assert.equal(0, require("loom.core").stats().alive) -- idle: keeps nothing alive

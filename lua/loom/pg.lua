@@ -492,7 +492,7 @@ function M.new(spec)
         timeout = o.timeout or -1,
         stmts = setmetatable({}, { __mode = "k" }),
         -- the shared connection (automatic pipelining): c, and the tasks waiting for it to open
-        mux = o.auto_pipeline ~= false and { c = nil, opening = false, waiters = {} },
+        mux = o.auto_pipeline == true and { c = nil, opening = false, waiters = {} },
     }, o.max or 10), Pool)
 end
 
