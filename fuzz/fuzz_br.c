@@ -8,7 +8,8 @@
  * (1..256), the rest the body (raw) or the payload (round trip).
  *
  * Raw mode (a build with brotli): the body is fed to the br decoder at once and in pieces;
- * both give the same bytes, status and end (unless the sink refused), the same bytes as
+ * both give the same status and end (unless the sink refused), one's bytes a prefix of the
+ * other's, the same bytes once the stream ended, and then the same bytes as
  * libbrotli's decoder called directly, and loom_inflate_finish says truncated exactly when
  * bytes came and the stream did not end. A sink that refuses past the limit stops the
  * decoding with -2 and is never called again.
@@ -111,7 +112,10 @@ static void raw_mode(const uint8_t *in, size_t n, size_t piece, size_t limit) {
     FUZZ_CHECK(common == 0 || memcmp(whole.b.p, pieces.b.p, common) == 0);
     if (a.rc != -2 && b.rc != -2) {
         FUZZ_CHECK(a.rc == b.rc && a.done == b.done && a.fin == b.fin);
-        FUZZ_CHECK(a.rc != 0 || same(&whole.b, &pieces.b));
+        /* Only an ended stream must give the same bytes: before its end libbrotli gives out
+         * what its ring buffer lets go, and how much that is depends on how the input came
+         * (a 17-byte truncated stream gives 16 KiB whole and 64 KiB byte by byte). */
+        FUZZ_CHECK(a.rc != 0 || !a.done || same(&whole.b, &pieces.b));
     }
     if (a.rc == 0 && a.done) {
         FUZZ_CHECK(reference(in, n, &ref) == 0);
