@@ -487,6 +487,12 @@ void loom_sock_close(loom_sock_t *s) {
     if (s->flags & LOOM_SOCK_CLOSING)
         return;
     if (s->holds > 0) {
+        /* A job writing to the descriptor (static sendfile) would otherwise go on until its
+         * file is out, seconds on a fast reader; after a shutdown its next write fails, so
+         * the close waits for one call of the job, not for the whole file. */
+        uv_os_fd_t fd;
+        if (uv_fileno(&s->h.handle, &fd) == 0)
+            shutdown(fd, SHUT_RDWR);
         loom_sock_read_stop(s); /* uv_close would stop it; no input may come meanwhile */
         s->flags |= LOOM_SOCK_CLOSING | LOOM_SOCK_DEFERRED;
         return;
