@@ -208,3 +208,68 @@ describe("app:metrics", function()
         assert.error_matches(function() app:metrics("metrics") end, "bad argument #1 to 'metrics' %(path must start with '/'%)")
     end)
 end)
+
+-- app:run{ workers = 2 } (spec/fixtures/metrics_workers.lua): a scrape reaches one worker
+-- and shows both workers' counts, never fewer than a scrape before it showed, also after a
+-- worker was killed and started again.
+describe("app:metrics across workers", function()
+    local util = require "support.client_util"
+    local LOOM = os.getenv("LOOM_BIN") or "build/loom"
+    local HERE = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
+    local port, pid
+    setup(function()
+        port = util.free_port()
+        pid = util.start_process(("exec %s %s/fixtures/metrics_workers.lua %d"):format(LOOM, HERE, port), port)
+    end)
+    teardown(function() util.stop_process(pid) end)
+
+    -- one request on a connection of its own (so SO_REUSEPORT spreads them over the workers)
+    local function get(path)
+        local res, err = loom.fetch(("http://127.0.0.1:%d%s"):format(port, path),
+            { headers = { connection = "close" }, timeout = GUARD })
+        if not res then return nil, err end
+        return res.status, res:text()
+    end
+
+    it("adds the workers' counts up, and a _total never goes down", function()
+        run(function()
+            local sent, seen, shown = 0, {}, {}
+            local function hit()
+                local status, body = get("/hit")
+                if status == 201 then
+                    sent = sent + 1
+                    seen[body] = true
+                end
+                return status
+            end
+            -- the count of /hit's answers in one scrape; every scrape is kept to check the order
+            local function scrape()
+                local status, text = get("/metrics")
+                assert.equal(200, status)
+                local samples = parse(text)
+                local n = value(samples, "loom_http_requests_total", { method = "GET", status = "201" }) or 0
+                shown[#shown + 1] = n
+                return n
+            end
+            for _ = 1, 40 do assert.equal(201, hit()) end
+            assert.is_true(seen["1"] and seen["2"], "both workers answered")
+            wait_until(function() return scrape() == 40 end, "a scrape to show all 40 answers")
+            -- both workers have written all they counted: kill the one that answers /pid
+            local _, wpid = get("/pid")
+            assert(tonumber(wpid), wpid)
+            os.execute("kill -KILL " .. wpid)
+            -- the supervisor starts it again; until then some connections find no listener
+            seen = {}
+            wait_until(function()
+                hit()
+                return seen["1"] and seen["2"]
+            end, "both workers to answer again")
+            for _ = 1, 10 do assert.equal(201, hit()) end
+            wait_until(function() return scrape() == sent end, "a scrape to show all " .. sent .. " answers")
+            for i = 2, #shown do
+                assert.is_true(shown[i] >= shown[i - 1], ("scrape %d showed %s after %s"):format(i, shown[i], shown[i - 1]))
+                assert.is_true(shown[i] <= sent, "more than were answered")
+            end
+        end, { timeout = 60 })
+    end)
+end)

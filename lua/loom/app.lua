@@ -207,6 +207,11 @@ local rawget, with_extra, json_encode = rawget, request.with_extra, json.encode
 -- with req.response_headers, with_extra copies it; an app with compress gets its own
 -- table, which the coder may change.
 local JSON_HEADERS = core.resp_json_head()
+-- Handed to req_plain by the entry of an app without compress: a {json = v} answer it can
+-- encode (src/lib/json.c: cjson's bytes for plain tables of strings, numbers and booleans)
+-- comes back as status, JSON_HEADERS and the text; the rest goes to emit_other as before.
+-- Not without lua-cjson (json.null unset), where {json = v} raises json.encode's error.
+local JSON_FAST = json.null ~= nil and JSON_HEADERS or nil
 function emit(req, res)
     local plain, streamed, extra, tbl = req_plain(req, res)
     if plain then return res end
@@ -373,8 +378,11 @@ function App:_entry(tls)
         -- an error goes on to the engine: a 500 and a log line, or when the body was found at
         -- fault (core.req_fault) that status and the error's text
         local res = (h or chain)(req)
-        local plain, streamed, extra, tbl = req_plain(req, res)
-        if plain then return res end
+        local plain, streamed, extra, tbl = req_plain(req, res, JSON_FAST)
+        if plain then
+            if plain == true then return res end
+            return plain, streamed, extra -- a {json = v} C encoded: status, JSON_HEADERS, body
+        end
         return emit_other(req, res, true, streamed, extra, tbl)
     end
 end
@@ -622,10 +630,13 @@ function App:run(opts)
         return srv
     end
     if workers > 1 then
+        local metrics = self.metrics_path and require("loom.metrics")
         return require("loom.workers").run({
             listen = run,
             shutdown = function(srv) shutdown(self, srv, grace, cancel) end,
             finish = function() if cancel then cancel_tasks(grace) end end,
+            prepare = metrics and metrics.prepare_workers,
+            started = metrics and function(i, n) return metrics.share_worker(self, i, n) end,
         }, workers, o, grace)
     end
     local srv = run()

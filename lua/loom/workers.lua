@@ -36,21 +36,25 @@ end
 
 -- The worker side: listen with SO_REUSEPORT and serve until told to stop, then shut down
 -- as app:run does in one process (hooks.shutdown).
-local function serve(hooks, opts)
+local function serve(hooks, n, opts)
     local ppid = tonumber(os.getenv("LOOM_SUPERVISOR"))
     if ppid then core.exit_with_parent(ppid) end
     opts.reuseport = true
     local srv = hooks.listen()
+    local unshare = hooks.started and hooks.started(tonumber(os.getenv("LOOM_WORKER")), n)
     core.wait_signal({ "SIGINT", "SIGTERM" })
     local absorber = absorb_signals()
+    if unshare then unshare() end -- before shutdown, which may wait for every task to end
     hooks.shutdown(srv)
     absorber:cancel()
     return srv
 end
 
--- hooks: listen() -> server, shutdown(srv) (a worker's), finish() (the supervisor's)
+-- hooks: listen() -> server, shutdown(srv) (a worker's), finish() (the supervisor's);
+-- optional: prepare() (the supervisor's, before it starts the workers), started(i, n) (a
+-- worker's, once it listens) -> nil or a function called when the worker is told to stop
 function M.run(hooks, n, opts)
-    if os.getenv("LOOM_WORKER") then return serve(hooks, opts) end
+    if os.getenv("LOOM_WORKER") then return serve(hooks, n, opts) end
     if not opts.port or opts.port == 0 then
         error("app:run: workers need a fixed port (port 0 would give each worker its own)", 3)
     end
@@ -59,6 +63,7 @@ function M.run(hooks, n, opts)
     local procs, stopping, tasks = {}, false, {}
     io.stdout:write(("listening on http://%s:%d (%d workers)\n"):format(opts.host or "0.0.0.0", opts.port, n))
     io.stdout:flush()
+    if hooks.prepare then hooks.prepare() end
     for i = 1, n do
         tasks[i] = core.spawn(function()
             while not stopping do
