@@ -16,6 +16,7 @@
 #include "websocket.h"
 #include "crypto.h"
 #include "compress.h"
+#include "json.h"
 
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
@@ -62,5 +63,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_http_static(L);
     loom_open_crypto(L);
     loom_open_compress(L);
+    loom_open_json(L);
     return 1;
 }

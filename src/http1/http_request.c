@@ -15,6 +15,7 @@
 #include "http_server.h"
 #include "addr.h"
 #include "fail.h"
+#include "json.h"
 #include "stream.h"
 #include <unistd.h>
 
@@ -512,23 +513,64 @@ static int req_query(lua_State *L) {
     }
 }
 
-/* core.req_plain(req, res) -> true when res is an answer C sends as it is: a string, with
- * no req.response_headers to add. app.lua asks this once per request; one C call costs
- * less than type() and rawget() (the keys are upvalues: no string to intern). Otherwise
- * false, req._streamed, req.response_headers and whether res is a table: what emit looks at
- * next, without three more calls. */
+/* A {json = v} answer (or {json = v, status = n}, n an integer) encoded here: the table has
+ * no metatable and no other key, and loom_json_small takes v. Pushes status, the head at
+ * index 3 and the JSON text, and returns 1; otherwise 0 and the stack as it was. What
+ * app.lua's emit_other would answer, without its field tests, json.encode's Lua call, the
+ * pcall and cjson's own set-up (about 2.5k instructions a request). */
+static int json_answer(lua_State *L) {
+    if (lua_getmetatable(L, 2))
+        return lua_pop(L, 1), 0;
+    int top = lua_gettop(L), json = 0, status = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (!json && lua_rawequal(L, -2, lua_upvalueindex(3))) {
+            json = lua_gettop(L);
+            lua_pushnil(L); /* the value stays below a copy of the key */
+            lua_copy(L, -3, -1);
+            continue;
+        }
+        if (status || !lua_rawequal(L, -2, lua_upvalueindex(4)) || !lua_isinteger(L, -1)) {
+            lua_settop(L, top);
+            return 0;
+        }
+        status = lua_gettop(L);
+        lua_pushnil(L);
+        lua_copy(L, -3, -1);
+    }
+    char buf[LOOM_JSON_SMALL];
+    size_t n = json ? loom_json_small(L, json, buf) : 0;
+    if (n == 0) {
+        lua_settop(L, top);
+        return 0;
+    }
+    if (status)
+        lua_pushvalue(L, status);
+    else
+        lua_pushinteger(L, 200);
+    lua_pushvalue(L, 3);
+    lua_pushlstring(L, buf, n);
+    return 1;
+}
+
+/* core.req_plain(req, res [, json_head]) -> true when res is an answer C sends as it is: a
+ * string, with no req.response_headers to add. app.lua asks this once per request; one C
+ * call costs less than type() and rawget() (the keys are upvalues: no string to intern).
+ * With json_head (the shared head of a JSON answer), a {json = v} table C can encode, with
+ * neither req._streamed nor req.response_headers: status, json_head and the JSON text.
+ * Otherwise false, req._streamed, req.response_headers and whether res is a table: what
+ * emit looks at next, without three more calls. */
 static int req_plain(lua_State *L) {
     int is_req = lua_type(L, 1) == LUA_TTABLE;
-    int plain = lua_type(L, 2) == LUA_TSTRING && is_req;
-    if (plain) {
+    int res_type = lua_type(L, 2);
+    if (res_type == LUA_TSTRING && is_req) {
         lua_pushvalue(L, lua_upvalueindex(1));
-        plain = lua_rawget(L, 1) == LUA_TNIL;
-        if (plain) {
+        if (lua_rawget(L, 1) == LUA_TNIL) {
             lua_pushboolean(L, 1);
             return 1;
         }
     }
-    lua_settop(L, 2);
+    lua_settop(L, 3);
     lua_pushboolean(L, 0);
     if (!is_req) {
         lua_pushnil(L);
@@ -538,8 +580,11 @@ static int req_plain(lua_State *L) {
         lua_rawget(L, 1);
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_rawget(L, 1);
+        if (res_type == LUA_TTABLE && lua_type(L, 3) == LUA_TTABLE && lua_isnil(L, -1) &&
+            lua_isnil(L, -2) && json_answer(L))
+            return 3;
     }
-    lua_pushboolean(L, lua_type(L, 2) == LUA_TTABLE);
+    lua_pushboolean(L, res_type == LUA_TTABLE);
     return 4;
 }
 
@@ -594,7 +639,9 @@ int loom_open_http_request(lua_State *L) {
     luaL_setfuncs(L, request_funcs, 0);
     lua_pushliteral(L, "response_headers");
     lua_pushliteral(L, "_streamed");
-    lua_pushcclosure(L, req_plain, 2);
+    lua_pushliteral(L, "json");
+    lua_pushliteral(L, "status");
+    lua_pushcclosure(L, req_plain, 4);
     lua_setfield(L, -2, "req_plain");
     lua_pushliteral(L, "target");
     lua_pushliteral(L, "_box");
