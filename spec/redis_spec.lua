@@ -535,6 +535,37 @@ describe("loom.redis", function()
         end)
     end)
 
+    it("a reply nobody asked for drops the shared connection; the next command gets a new one", function()
+        run(function()
+            local conns = 0
+            local ln, closed = fake(function(st)
+                conns = conns + 1
+                assert(st:read())
+                st:write("+first\r\n+stray\r\n") -- one reply too many: out of step
+            end)
+            local r = loom.redis { port = ln.port }
+            assert.same({ ok = "first" }, r:ping())
+            closed:wait() -- the client closed the connection the stray reply came on
+            assert.same({ ok = "first" }, r:ping())
+            assert.equal(2, conns)
+            r:close()
+            ln:close()
+        end)
+    end)
+
+    it("a pool collected with its shared connection open closes it", function()
+        run(function()
+            local ln, closed = fake("+PONG\r\n")
+            local r = loom.redis { port = ln.port }
+            assert.same({ ok = "PONG" }, r:ping())
+            r = nil
+            collectgarbage()
+            collectgarbage()
+            closed:wait()
+            ln:close()
+        end)
+    end)
+
     it("sends the commands of one turn in one write, each reply to its own task", function()
         run(function()
             local reads, got = 0, nil
@@ -677,7 +708,7 @@ describe("loom.redis", function()
             assert(admin:client("pause", 10000)) -- the server holds the GETs below
             local tasks = {}
             for i = 1, 50 do tasks[i] = loom.spawn(function() return r:get("k" .. i) end) end
-            repeat loom.sleep(0.01) until r.mux.nout == 0 and not r.mux.writing -- they are sent
+            repeat loom.sleep(0.01) until core.resp_mux_state(r.mux) == 0 -- they are sent
             os.execute("kill -9 " .. own.pid)
             for i = 1, 50 do
                 local tok, v, err = tasks[i]:join()

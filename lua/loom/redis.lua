@@ -1,8 +1,8 @@
 -- loom.redis: a Redis client (RESP2) on loom streams. Replies are parsed in C straight from
 -- the stream's buffer (src/db/resp.c through a framed read); commands go out as arrays of bulk
 -- strings (core.resp_command), never as text built from the values. Plain commands of all
--- tasks share one connection (automatic pipelining, as ioredis does): the commands queued
--- during one turn of the scheduler leave in one write, and a reader task hands the replies
+-- tasks share one connection (automatic pipelining, as ioredis does; src/db/resp_mux.c): the
+-- commands queued during one turn of the loop leave in one write, and the replies are handed
 -- out in order, each to the task that sent its command. Commands that block or change the
 -- connection's state (BLPOP, MULTI, SELECT, CLIENT, ...) take a connection of their own from a
 -- pool (loom.pool: max, waiters served in order), where a connection that still owes a reply
@@ -16,7 +16,9 @@ local connpool = require "loom.pool"
 
 local resp_read, resp_command, resp_reader, resp_idle = core.resp_read, core.resp_command, core.resp_reader,
     core.resp_idle
-local now, spawn, ticket, park, wake = core.now, core.spawn, core.ticket, core.park, core.wake
+local resp_mux_new, resp_mux_call, resp_mux_send = core.resp_mux_new, core.resp_mux_call, core.resp_mux_send
+local resp_mux_bind, resp_mux_fail, resp_mux_close = core.resp_mux_bind, core.resp_mux_fail, core.resp_mux_close
+local now = core.now
 local null = core.null
 local format, mtype, concat, select, type = string.format, math.type, table.concat, select, type
 local upper, pcall = string.upper, pcall
@@ -248,6 +250,7 @@ local guard_mt = { __close = function(g, err) release(g[1], g[2], err ~= nil) en
 
 local Pool = {}
 local Pipe = {}
+local muxes = setmetatable({}, { __mode = "k" }) -- pool -> its shared connection (C's)
 
 local function check_pool(self, fname)
     if getmetatable(self) ~= Pool then
@@ -257,186 +260,23 @@ end
 
 -- ---------------------------------------------------------------- the shared connection
 
--- The connection the plain commands of every task share (ioredis's model). A command is
--- queued (its encoded bytes in `out`, its waiter's ticket in the FIFO `q`) and its task
--- parks; the writer task, started on the next turn of the scheduler, sends everything queued
--- by then in one write (opening the connection first when there is none), and the reader
--- task reads the replies in order and wakes each waiter with its own. A waiter that gave
--- up (a timeout, a cancellation) keeps its place in `q`: its reply is read and dropped
--- (core.wake refuses a stale ticket), so the replies of the others never shift. A failed
--- connection (closed, a protocol error, the reader's timeout) fails every waiter and is
--- dropped; the next command opens a new one. With nothing owed the connection is idle as
--- a pooled one is (core.resp_idle: it keeps nothing alive, and its close is noticed).
---
---   q[i], q[-i]   the waiter's task and ticket serial, for head <= i <= tail
---   qn[i]         the number of replies of an r:pipeline batch (nil: one reply)
-local Mux = {}
-Mux.__index = Mux
-
+-- The connection the plain commands of every task share (ioredis's model) is C's
+-- (src/db/resp_mux.c): a command is encoded into the shared buffer and its task parks; what
+-- the turn queued leaves in one write in the loop's prepare phase, and the replies are
+-- handed out in order as they arrive. A waiter that gave up (a timeout, a cancellation)
+-- keeps its place: its reply is read and dropped. A failed connection (closed, a protocol
+-- error, the reader's timeout) fails every waiter and is dropped; the next command opens a
+-- new one, in a task running `connect` below. With nothing owed the connection is idle as a
+-- pooled one is (it keeps nothing alive, and its close is noticed).
 local function new_mux(o)
-    return setmetatable({
-        opts = o, c = nil, q = {}, qn = {}, head = 1, tail = 0,
-        out = {}, nout = 0, writing = false, closed = false,
-        host = o.host or "127.0.0.1", port = o.port or 6379,
-    }, Mux)
-end
-
--- The error a waiter other than the first gets when the connection fails.
-local function lost(err)
-    if err and err:find("^closed: ") then return err end
-    return "closed: the connection failed (" .. tostring(err) .. ")"
-end
-
--- Connection `c` failed with `err` (c == nil: it could not be opened): every waiter gets
--- an error (the first `err` itself, the others closed:), and what was not sent is dropped.
-function Mux:fail(c, err)
-    if c then
-        if self.c ~= c then return end -- failed already: its waiters were told
-        self.c = nil
-        c:close()
+    local function connect(m)
+        local ok, c, err = pcall(open, o)
+        if not ok then return resp_mux_fail(m, "closed: " .. tostring(c)) end
+        if not c then return resp_mux_fail(m, err) end
+        resp_mux_bind(m, c.st)
     end
-    local q, qn = self.q, self.qn
-    local first = true
-    for i = self.head, self.tail do
-        local t, serial = q[i], q[-i]
-        q[i], q[-i], qn[i] = nil, nil, nil
-        if wake(t, serial, nil, first and err or lost(err)) then first = false end
-    end
-    self.head, self.tail = 1, 0
-    local out = self.out
-    for i = 1, self.nout do out[i] = nil end
-    self.nout = 0
-end
-
--- The reader of connection c: while replies are owed, reads one and wakes its waiter.
-local function read_replies(m, c)
-    local st, rd, q, qn = c.st, c.reader, m.q, m.qn
-    local batch, nbatch
-    while m.c == c and m.head <= m.tail do
-        local v, err, fatal = resp_read(st, rd)
-        if m.c ~= c then break end -- failed meanwhile (its waiters were told)
-        if v == nil and (fatal or not err or not err:find("^redis: ")) then
-            m:fail(c, err or "closed: connection lost")
-            break
-        end
-        local i = m.head
-        local n = qn[i]
-        if n then -- an r:pipeline batch: its replies gathered, error replies as {err = ...}
-            if not batch then batch, nbatch = {}, 0 end
-            nbatch = nbatch + 1
-            batch[nbatch] = v == nil and { err = err } or v
-            if nbatch == n then
-                wake(q[i], q[-i], batch)
-                batch = nil
-                q[i], q[-i], qn[i] = nil, nil, nil
-                m.head = i + 1
-            end
-        else
-            wake(q[i], q[-i], v, err)
-            q[i], q[-i] = nil, nil
-            m.head = i + 1
-        end
-    end
-    c.reading = false
-    if m.c == c and m.head > m.tail then
-        m.head, m.tail = 1, 0
-        if m.closed then
-            m.c = nil
-            c:close()
-        else
-            resp_idle(st, true) -- nothing owed: idle, keeping nothing alive
-        end
-    end
-end
-
-local function reader(m, c)
-    local ok, err = pcall(read_replies, m, c)
-    if not ok then -- cancelled (an app's shutdown cancels every task): the waiters are told
-        c.reading = false
-        m:fail(c, "closed: " .. tostring(err))
-    end
-end
-
--- The writer: sends what was queued (everything of one turn in one write), opening the
--- connection first when there is none; starts the connection's reader.
-local function write_queued(m)
-    while m.nout > 0 do
-        local c = m.c
-        if not c then
-            local err
-            if m.closed then
-                c, err = nil, select(2, connpool.closed_err())
-            else
-                c, err = open(m.opts)
-            end
-            if not c then
-                m:fail(nil, err)
-                break
-            end
-            if m.closed or m.nout == 0 then -- closed, or every waiter failed, while connecting
-                c:close()
-                if m.nout > 0 then m:fail(nil, select(2, connpool.closed_err())) end
-                break
-            end
-            m.c = c
-        end
-        local out, n = m.out, m.nout
-        local data = n == 1 and out[1] or concat(out, "", 1, n)
-        for i = 1, n do out[i] = nil end
-        m.nout = 0
-        if not c.reading then
-            c.reading = true
-            spawn(reader, m, c)
-        end
-        local ok, err = c.st:write(data)
-        if not ok then m:fail(c, err) end
-    end
-end
-
-local function writer(m)
-    local ok, err = pcall(write_queued, m)
-    m.writing = false
-    if not ok then m:fail(m.c, "closed: " .. tostring(err)) end
-end
-
--- Sends one encoded command (or an r:pipeline batch of n) on the shared connection and
--- waits for its reply: reply | nil, err (a batch: {reply | {err = ...}, ...} | nil, err).
-function Mux:send(payload, n)
-    local tail = self.tail
-    if tail < self.head then -- nothing owed: take the idle connection back
-        local c = self.c
-        if c and not c.reading and not resp_idle(c.st, false) then -- the server closed it
-            self.c = nil
-            c:close()
-        end
-    end
-    tail = tail + 1
-    self.tail = tail
-    local q = self.q
-    q[tail], q[-tail] = ticket()
-    if n then self.qn[tail] = n end
-    local nout = self.nout + 1
-    self.out[nout] = payload
-    self.nout = nout
-    if not self.writing then
-        self.writing = true
-        spawn(writer, self)
-    end
-    local timeout = self.opts.timeout
-    local ok, v, err = park(timeout)
-    if ok then return v, err end
-    -- its reply, when it comes, is dropped (the ticket is stale)
-    return nil, format("timeout: no reply from %s:%d in %gs", self.host, self.port, timeout)
-end
-
--- r:close(): the shared connection closes now when it owes nothing, else once it does not.
-function Mux:close()
-    self.closed = true
-    local c = self.c
-    if c and self.head > self.tail and not c.reading then
-        self.c = nil
-        c:close()
-    end
+    return resp_mux_new(connect, format("%s:%d", o.host or "127.0.0.1", o.port or 6379), o.timeout or -1,
+        o.max_bulk or 512 * 1024 * 1024, o.max_elements or 16777216, o.max_depth or 32)
 end
 
 -- One encoded command on a pooled connection -> reply | nil, err
@@ -447,17 +287,6 @@ local function exec(self, payload)
     return c:roundtrip(payload, 1, true)
 end
 
--- One command `cmd` (upper case; `payload` its encoding): on the shared connection, or on a
--- pooled one when it blocks or changes the connection's state (or auto_pipeline is off).
-local function command(self, payload, cmd, ...)
-    local m = self.mux
-    if m and not dedicated(cmd, ...) then
-        if self.closed then return connpool.closed_err() end
-        return m:send(payload)
-    end
-    return exec(self, payload)
-end
-
 -- r:call(name, ...) -> reply | nil, err
 local function call(self, ...)
     check_pool(self, "call")
@@ -465,7 +294,11 @@ local function call(self, ...)
     if type(name) ~= "string" then
         args.fail("call", 1, "command name (string) expected, got " .. type(name), 1)
     end
-    return command(self, resp_command("call", 1, ...), upper_name(name), select(2, ...))
+    local m = muxes[self]
+    if m and not dedicated(upper_name(name), select(2, ...)) then
+        return resp_mux_call(m, "call", 1, ...)
+    end
+    return exec(self, resp_command("call", 1, ...))
 end
 
 -- r:pipeline(function(p) p:incr("a"); p:get("b") end) -> {reply | {err = "redis: ..."}, ...}
@@ -479,8 +312,7 @@ local function pipeline(self, fn)
     if p.n == 0 then return {} end
     local m = self.mux
     if m and not p.dedicated then -- the batch goes whole, its replies come back in a row
-        if self.closed then return connpool.closed_err() end
-        return m:send(concat(p.cmds, "", 1, p.n), p.n)
+        return resp_mux_send(m, concat(p.cmds, "", 1, p.n), p.n)
     end
     local c, err = acquire(self)
     if not c then return nil, err end
@@ -572,7 +404,7 @@ Sub.__close = Sub.close
 local function close(self)
     check_pool(self, "close")
     conns.close(self)
-    if self.mux then self.mux:close() end
+    if self.mux then resp_mux_close(self.mux) end
 end
 
 -- The store of loom.cookie_session{ store = r }: "loom:session:<id>" keys, SET EX ttl.
@@ -599,32 +431,48 @@ local METHODS = {
     psubscribe = function(self, ...) return subscribe(self, "PSUBSCRIBE", "psubscribe", ...) end,
 }
 
--- Any other name is the command of that name: r:hset(...) is r:call("HSET", ...); the
--- closures are made once per name.
-local commands = setmetatable({}, { __mode = "v" })
-Pool.__name = "loom.redis"
-Pool.__index = function(_, name)
-    local m = METHODS[name]
-    if m then return m end
-    if type(name) ~= "string" then return nil end
-    local f = commands[name]
-    if not f then
-        local cmd = name:upper()
-        if DEDICATED[cmd] == true then
-            f = function(self, ...)
-                check_pool(self, name)
-                return exec(self, resp_command(name, 0, cmd, ...))
-            end
-        else
-            f = function(self, ...)
-                check_pool(self, name)
-                return command(self, resp_command(name, 0, cmd, ...), cmd, ...)
-            end
+-- Any other name is the command of that name: r:hset(...) is r:call("HSET", ...). The
+-- closures are made once per name and kept in the table Pool.__index is (weak values: one
+-- that is no longer used goes), so r:get finds its closure without a call.
+local function command_closure(name)
+    local cmd = name:upper()
+    local d = DEDICATED[cmd]
+    if d == true then
+        return function(self, ...)
+            check_pool(self, name)
+            return exec(self, resp_command(name, 0, cmd, ...))
         end
-        commands[name] = f
+    elseif d then -- XREAD, XREADGROUP: shared unless with BLOCK
+        return function(self, ...)
+            local m = muxes[self]
+            if m and not dedicated(cmd, ...) then return resp_mux_call(m, name, 0, cmd, ...) end
+            check_pool(self, name)
+            return exec(self, resp_command(name, 0, cmd, ...))
+        end
     end
-    return f
+    -- the common case (GET, SET, HSET, ...): straight to the shared connection (muxes[self]
+    -- is nil for anything but a pool, which check_pool then refuses)
+    return function(self, ...)
+        local m = muxes[self]
+        if m then return resp_mux_call(m, name, 0, cmd, ...) end
+        check_pool(self, name)
+        return exec(self, resp_command(name, 0, cmd, ...))
+    end
 end
+
+Pool.__name = "loom.redis"
+Pool.__index = setmetatable({}, {
+    __mode = "v",
+    __index = function(methods, name)
+        local f = METHODS[name] -- (the weak table may have let go of a method)
+        if not f then
+            if type(name) ~= "string" then return nil end
+            f = command_closure(name)
+        end
+        methods[name] = f
+        return f
+    end,
+})
 Pool.__tostring = function(self) return format("loom.redis (%d open, %d idle)", self.nopen, #self.idle) end
 -- loom.cookie_session{ store = r } takes this adapter (keys "loom:session:<id>", SET EX):
 -- r:get/r:set are Redis's own commands, so the pool itself cannot be the store.
@@ -680,6 +528,7 @@ function M.new(spec, more)
     end
     local p = connpool.init({ opts = o }, o.max or 10)
     p.mux = o.auto_pipeline ~= false and new_mux(o) -- (false: set, so not a command name)
+    if p.mux then muxes[p] = p.mux end
     return setmetatable(p, Pool)
 end
 

@@ -4,6 +4,7 @@
  * commands encoded as arrays of bulk strings.
  */
 #include "resp.h"
+#include "resp_lua.h"
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,11 +198,18 @@ static void push_error_msg(lua_State *L, const loom_resp_token_t *t) {
     luaL_pushresult(&b);
 }
 
-/* Pushes the value at *p (a whole reply, already scanned) and moves *p past it. */
-static void push_value(lua_State *L, const char **p, const char *end, const reader_t *r) {
+void loom_resp_push_error(lua_State *L, const char *buf, size_t len,
+                          const loom_resp_limits_t *lim) {
     loom_resp_token_t t;
     char err[8];
-    int rc = loom_resp_token(*p, (size_t)(end - *p), &r->lim, &t, err, sizeof err);
+    loom_resp_token(buf, len, lim, &t, err, sizeof err); /* scanned whole before */
+    push_error_msg(L, &t);
+}
+
+void loom_resp_push(lua_State *L, const char **p, const char *end, const loom_resp_limits_t *lim) {
+    loom_resp_token_t t;
+    char err[8];
+    int rc = loom_resp_token(*p, (size_t)(end - *p), lim, &t, err, sizeof err);
     (void)rc; /* scanned whole before */
     *p += t.size;
     switch (t.type) {
@@ -234,7 +242,7 @@ static void push_value(lua_State *L, const char **p, const char *end, const read
     luaL_checkstack(L, 4, "reply nested too deep");
     lua_createtable(L, t.n > INT_MAX ? INT_MAX : (int)t.n, 0);
     for (long long i = 1; i <= t.n; i++) {
-        push_value(L, p, end, r);
+        loom_resp_push(L, p, end, lim);
         lua_rawseti(L, -2, (lua_Integer)i);
     }
 }
@@ -261,15 +269,12 @@ static int resp_frame(lua_State *L, void *ud, const char *buf, size_t len, size_
     r->rc = LOOM_RESP_MORE;
     *used = size;
     if (buf[0] == '-') { /* an error reply: nil, "redis: ERR ..." */
-        loom_resp_token_t t;
-        char err[8];
-        loom_resp_token(buf, len, &r->lim, &t, err, sizeof err);
         lua_pushnil(L);
-        push_error_msg(L, &t);
+        loom_resp_push_error(L, buf, size, &r->lim);
         return 2;
     }
     const char *p = buf;
-    push_value(L, &p, buf + size, r);
+    loom_resp_push(L, &p, buf + size, &r->lim);
     return 1;
 }
 
@@ -315,6 +320,89 @@ static int l_resp_idle(lua_State *L) {
 
 /* ---------------------------------------------------------------- Lua: commands */
 
+/* Writes v in decimal so that it ends at `end`; returns where it starts. */
+static char *put_decimal(char *end, unsigned long long v) {
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
+/* Makes room for n more bytes in out: 0, or -1 when out of memory. */
+static int out_reserve(loom_resp_out_t *out, size_t n) {
+    if (out->cap - out->len >= n)
+        return 0;
+    size_t cap = out->cap ? out->cap : 256;
+    while (cap - out->len < n)
+        cap *= 2;
+    char *p = realloc(out->p, cap);
+    if (!p)
+        return -1;
+    out->p = p;
+    out->cap = cap;
+    return 0;
+}
+
+/* Writes "<type><v>\r\n" at w (room for 23 bytes); returns the end. */
+static char *write_header(char *w, char type, size_t v) {
+    char tmp[24];
+    char *end = tmp + sizeof tmp;
+    char *start = put_decimal(end, v);
+    *w++ = type;
+    while (start < end)
+        *w++ = *start++;
+    *w++ = '\r';
+    *w++ = '\n';
+    return w;
+}
+
+int loom_resp_encode(lua_State *L, int from, int n, loom_resp_out_t *out) {
+    size_t start = out->len;
+    if (out_reserve(out, 23) != 0)
+        return -1;
+    out->len = (size_t)(write_header(out->p + out->len, '*', (size_t)n) - out->p);
+    for (int i = from; i < from + n; i++) {
+        size_t len;
+        const char *s;
+        char num[64];
+        switch (lua_type(L, i)) {
+        case LUA_TSTRING:
+            s = lua_tolstring(L, i, &len); /* a string: no conversion, raises nothing */
+            break;
+        case LUA_TNUMBER:
+            if (lua_isinteger(L, i)) {
+                lua_Integer v = lua_tointeger(L, i);
+                char *end = num + sizeof num;
+                char *d =
+                    put_decimal(end, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v);
+                if (v < 0)
+                    *--d = '-';
+                s = d;
+                len = (size_t)(end - d);
+            } else {
+                len = (size_t)snprintf(num, sizeof num, "%.17g", (double)lua_tonumber(L, i));
+                s = num;
+            }
+            break;
+        default:
+            out->len = start;
+            return i;
+        }
+        if (len > (size_t)-1 - 64 || out_reserve(out, len + 25) != 0) {
+            out->len = start;
+            return -1;
+        }
+        char *w = write_header(out->p + out->len, '$', len);
+        memcpy(w, s, len);
+        w += len;
+        *w++ = '\r';
+        *w++ = '\n';
+        out->len = (size_t)(w - out->p);
+    }
+    return 0;
+}
+
 /* core.resp_command(fname, first, ...) -> the RESP array of bulk strings for the values
  * after `first` (strings as they are, integers in decimal, floats as %.17g). A value of
  * another type raises "bad argument #(first + i - 1) to 'fname'". */
@@ -322,36 +410,30 @@ static int l_resp_command(lua_State *L) {
     const char *fname = luaL_checkstring(L, 1);
     lua_Integer first = luaL_checkinteger(L, 2);
     int n = lua_gettop(L) - 2;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    char tmp[64];
-    snprintf(tmp, sizeof tmp, "*%d\r\n", n);
-    luaL_addstring(&b, tmp);
-    for (int i = 3; i <= n + 2; i++) {
-        const char *s;
-        size_t len;
-        char num[64];
-        switch (lua_type(L, i)) {
-        case LUA_TSTRING:
-            s = lua_tolstring(L, i, &len);
-            break;
-        case LUA_TNUMBER:
-            if (lua_isinteger(L, i))
-                len = (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, i));
-            else
-                len = (size_t)snprintf(num, sizeof num, "%.17g", (double)lua_tonumber(L, i));
-            s = num;
-            break;
-        default:
-            return luaL_error(L, "bad argument #%d to '%s' (string or number expected, got %s)",
-                              (int)(first + i - 3), fname, luaL_typename(L, i));
-        }
-        snprintf(tmp, sizeof tmp, "$%zu\r\n", len);
-        luaL_addstring(&b, tmp);
-        luaL_addlstring(&b, s, len);
-        luaL_addlstring(&b, "\r\n", 2);
+    char stack[512];
+    loom_resp_out_t out = {stack, 0, sizeof stack};
+    /* a small command is built on the C stack, when it surely fits there (out_reserve's
+     * realloc must never see that buffer): a bulk's header and CRLF take at most 25 bytes, a
+     * number's text at most 24 */
+    size_t need = 32;
+    for (int i = 3; i <= n + 2 && need <= sizeof stack; i++) {
+        size_t len = 0;
+        if (lua_type(L, i) == LUA_TSTRING)
+            lua_tolstring(L, i, &len);
+        need += len + 64;
     }
-    luaL_pushresult(&b);
+    if (need > sizeof stack)
+        out = (loom_resp_out_t){NULL, 0, 0};
+    int rc = loom_resp_encode(L, 3, n, &out);
+    if (rc == 0)
+        lua_pushlstring(L, out.p, out.len);
+    if (out.p != stack)
+        free(out.p);
+    if (rc < 0)
+        return luaL_error(L, "not enough memory");
+    if (rc > 0)
+        return luaL_error(L, "bad argument #%d to '%s' (string or number expected, got %s)",
+                          (int)(first + rc - 3), fname, luaL_typename(L, rc));
     return 1;
 }
 
@@ -364,5 +446,5 @@ int loom_open_resp(lua_State *L) {
     luaL_newmetatable(L, READER_MT);
     lua_pop(L, 1);
     luaL_setfuncs(L, resp_funcs, 0);
-    return 0;
+    return loom_open_resp_mux(L);
 }

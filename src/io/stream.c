@@ -364,6 +364,18 @@ static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
     }
 }
 
+void loom_stream_consume(loom_stream_t *s, size_t n) {
+    s->pos += n;
+    if (s->pos == s->len) {
+        s->pos = s->len = 0;
+        if (s->cap > 4 * READ_CHUNK) { /* give back a buffer a burst grew */
+            free(s->buf);
+            s->buf = NULL;
+            s->cap = 0;
+        }
+    }
+}
+
 static int end_of_stream(lua_State *L, loom_stream_t *s) {
     if (s->state != ST_OPEN)
         return loom_fail(L, "closed", "stream is closed");

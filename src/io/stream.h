@@ -76,6 +76,9 @@ void loom_stream_read_start(loom_stream_t *s);
 int loom_stream_read_framed(lua_State *L, loom_stream_t *s, loom_frame_fn fn, void *ud,
                             const char *fname);
 void loom_stream_read_stop(loom_stream_t *s);
+/* For a C owner (on_event) that parses buf[pos, len) itself: drops the first n unread bytes
+ * (and a buffer a burst grew, once nothing is left unread). */
+void loom_stream_consume(loom_stream_t *s, size_t n);
 /* Sends bufs (through TLS when the sock has it): 0 when the kernel took everything, 1 when
  * the rest is queued in the sock (s->writer is woken once it is out, or a write failed), or
  * a libuv error. */
