@@ -18,24 +18,40 @@ and a Redis GET. Peers, each written as its users write it (bench/db/*_app.*):
     redis-benchmark  the Redis GET ceiling: redis-benchmark itself as the client, CONNS in flight
 
 Each server runs pinned to CPU 0; wrk (-t1 -cCONNS) and both databases run on CPU 1, so
-the server measured has its core to itself. For every round, every peer is started, its
-shapes are checked (a wrong answer drops the shape, with the reason) and then measured:
-a warm-up of WARMUP seconds on each of its shapes (Node's JIT and pg's
-connections need a few seconds), then for each shape 1 s more and SECS seconds of wrk; rounds are interleaved and medians printed, with the
-server's CPU time per request (its whole process group) and the database's (postgres or
-redis-server, on CPU 1). The ratios are loom's over each peer, from the same run.
+the server measured has its core to itself. The PostgreSQL shapes are measured first, with
+PostgreSQL up; it is then stopped, and the Redis GET is measured with only redis-server
+beside wrk on CPU 1 (an idle PostgreSQL costs little, but nothing of it should run while
+the figure that matters is how much of CPU 1 is left). For every round, every peer is
+started, its shapes are checked (a wrong answer drops the shape, with the reason) and then
+measured: a warm-up of WARMUP seconds on each of its shapes (Node's JIT and pg's
+connections need a few seconds), then for each shape 1 s more and SECS seconds of wrk;
+rounds are interleaved and medians printed.
+
+Each measurement records, besides req/s and p99: the server's CPU time per request (its
+whole process group, user and system), the database's (postgres or redis-server), wrk's,
+how busy CPU 0 and CPU 1 were (from /proc/stat: a server whose CPU 0 is not near 100% was
+held back by CPU 1, where wrk and the database run, so its req/s says little), and how much
+CPU other processes of the machine used meanwhile ("other", in % of one core: other
+sessions' builds and tests). Before each measurement the harness waits (at most --quiet-wait
+seconds) for other work to fall below --quiet %, and a measurement disturbed past it is taken
+again (at most --retries times); what it could not avoid is printed with the figures. The
+ratios are loom's over each peer, from the same run; the CPU per request ratio is the one
+to read on a busy machine.
+
+LOOM_BEFORE=path/to/loom adds the peer loom-before: the same app on another build (a
+before/after comparison in one run).
 
 REDIS_POOL is CONNS (--redis-pool): a command for each request in flight, as "50 tasks in
 flight" asks; PostgreSQL pools are POOL (--pool 16) for every peer.
 
 Usage: bench/db/run.py [--rounds 3] [--secs 5] [--warmup 3] [--conns 50] [--pool 16] [--only loom,node]
-       [--shapes db,queries,fortunes,redis]
+       [--shapes db,queries,fortunes,redis] [--quiet 10] [--quiet-wait 20] [--retries 1]
 The Redis GET alone: --shapes redis --only loom,loom-pool,node,nginx,redis-benchmark
 Environment: LOOM_BUILD (default build/): the loom host is LOOM_BUILD/loom, npm packages go to
 LOOM_BUILD/npm. Needs postgresql-15, redis-server, wrk, nginx with the Lua module,
 lua-nginx-redis, node, python3-aiohttp, python3-asyncpg (scripts/deps.sh --bench).
 """
-import argparse, json, os, re, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, resource, statistics, subprocess, sys, tempfile, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -44,6 +60,7 @@ from benchlib import start, stop  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("LOOM_BUILD", os.path.join(ROOT, "build")))
 LOOM = os.path.join(BUILD, "loom")
+LOOM_BEFORE = os.environ.get("LOOM_BEFORE")
 NPM = os.path.join(BUILD, "npm")
 NPM_PACKAGES = ["pg@8.23.1", "ioredis@5.11.1"]
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -125,8 +142,8 @@ def npm_install():
 
 
 def group_ticks(pgid):
-    """utime + stime of every process in process group pgid, in clock ticks."""
-    total = 0
+    """(utime, stime) of every process in process group pgid, in clock ticks."""
+    u = k = 0
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -135,8 +152,9 @@ def group_ticks(pgid):
         except OSError:
             continue
         if int(f[2]) == pgid:
-            total += int(f[11]) + int(f[12])
-    return total
+            u += int(f[11])
+            k += int(f[12])
+    return u, k
 
 
 def tree_ticks(root):
@@ -152,6 +170,86 @@ def tree_ticks(root):
         if int(d) == root or int(f[1]) == root:
             total += int(f[11]) + int(f[12])
     return total
+
+
+def proc_stats():
+    """{pid: (ppid, pgid, start time, user ticks, system ticks, kernel thread)} of every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()
+            out[int(d)] = (int(f[1]), int(f[2]), f[19], int(f[11]), int(f[12]), bool(int(f[6]) & 0x00200000))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def descendants(procs, roots):
+    """roots and every process under them."""
+    kids = {}
+    for pid, v in procs.items():
+        kids.setdefault(v[0], []).append(pid)
+    out, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(kids.get(pid, []))
+    return out
+
+
+def other_pct(p0, p1, ours, wall):
+    """% of one core that user processes not in `ours` (pids) used between two proc_stats():
+    other sessions' builds, tests and benchmarks."""
+    ticks = 0
+    for pid, v in p1.items():
+        if v[5] or pid in ours:
+            continue
+        b = p0.get(pid)
+        ticks += v[3] + v[4] - (b[3] + b[4] if b and b[2] == v[2] else 0)
+    return 100.0 * ticks / HZ / max(wall, 1e-3)
+
+
+def cpu_stat():
+    """{"cpuN": (busy ticks, total ticks)} from /proc/stat."""
+    out = {}
+    for line in open("/proc/stat"):
+        if re.match(r"cpu\d", line):
+            v = [int(x) for x in line.split()[1:]]
+            total = sum(v[:8])
+            out[line.split()[0]] = (total - v[3] - v[4], total)
+    return out
+
+
+def busy_pct(a, b, cpu):
+    (b0, t0), (b1, t1) = a[cpu], b[cpu]
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def ours(db_pids):
+    """This harness, its children (the server, wrk) and the databases."""
+    procs = proc_stats()
+    return descendants(procs, [os.getpid()] + list(db_pids))
+
+
+def wait_quiet(a, db_pids, budget):
+    """Waits until other work uses less than a.quiet % of a core (at most a.quiet_wait s now and
+    budget[0] s in the whole run); the seconds waited."""
+    t0 = time.time()
+    while True:
+        mine = ours(db_pids)
+        p0 = proc_stats()
+        time.sleep(0.5)
+        if other_pct(p0, proc_stats(), mine, 0.5) < a.quiet:
+            break
+        waited = time.time() - t0
+        if waited > a.quiet_wait or waited > budget[0]:
+            break
+    waited = time.time() - t0
+    budget[0] -= waited
+    return waited
 
 
 def check(shape, body):
@@ -174,9 +272,16 @@ def check(shape, body):
     return None if ok else "wrong answer: %r" % body[:300]
 
 
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def wrk(url, secs, conns):
+    c0 = children_cpu()
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--latency",
                           "--timeout", "5s", url], capture_output=True, text=True).stdout
+    wrk_s = children_cpu() - c0
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not m:
         return None
@@ -189,7 +294,7 @@ def wrk(url, secs, conns):
             errors += sum(int(x) for x in e.groups())
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(m.group(1)), "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
-            "errors": errors, "requests": reqs}
+            "errors": errors, "requests": reqs, "wrk_cpu": wrk_s * 1e6 / max(reqs, 1)}
 
 
 def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
@@ -205,6 +310,9 @@ def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
         "loom": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url, str(pool),
                                 str(redis_pool)],
                  ["db", "queries", "fortunes", "redis"]),
+        "loom-before": (lambda port: [LOOM_BEFORE, os.path.join(HERE, "loom_app.lua"), str(port), pg_url,
+                                       redis_url, str(pool), str(redis_pool)],
+                        ["db", "queries", "fortunes", "redis"]),
         "loom-pool": (lambda port: [LOOM, os.path.join(HERE, "loom_app.lua"), str(port), pg_url, redis_url,
                                      str(pool), str(redis_pool), "pool"], ["db", "queries", "fortunes", "redis"]),
         "node": (lambda port: ["node", os.path.join(HERE, "node_app.js"), str(port), pg_url, redis_url,
@@ -215,7 +323,7 @@ def peers(pg_url, redis_url, redis_port, pool, redis_pool, tmp):
     }
 
 
-LABELS = {"loom": "loom", "loom-pool": "loom, auto_pipeline = false (before)", "node": "Node pg / ioredis", "aiohttp": "aiohttp + asyncpg",
+LABELS = {"loom": "loom", "loom-before": "loom, the build before (LOOM_BEFORE)", "loom-pool": "loom, auto_pipeline = false (before)", "node": "Node pg / ioredis", "aiohttp": "aiohttp + asyncpg",
           "nginx": "nginx + lua-resty-redis", "redis-benchmark": "redis-benchmark (ceiling)"}
 
 
@@ -231,112 +339,99 @@ def redis_benchmark(port, conns, secs):
     return {"rps": float(f[1]), "p99": float(f[6]) if len(f) > 6 else 0.0, "errors": 0, "requests": 0}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--secs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--conns", type=int, default=50)
-    ap.add_argument("--pool", type=int, default=16)
-    ap.add_argument("--redis-pool", type=int, default=0, help="default: --conns")
-    ap.add_argument("--only", default="loom,loom-pool,node,aiohttp,nginx,redis-benchmark")
-    ap.add_argument("--shapes", default="db,queries,fortunes,redis")
-    a = ap.parse_args()
-    only = a.only.split(",")
-    shapes = a.shapes.split(",")
-    if not os.access(LOOM, os.X_OK):
-        sys.exit("bench/db: %s is missing (make build, or LOOM_BUILD=dir)" % LOOM)
-    if "node" in only:
-        npm_install()
-    load0 = os.getloadavg()
-    pg = rd = None
-    results = {}   # (peer, shape) -> [measurements]
-    broken = {}    # (peer, shape) -> reason
-    try:
-        pg = server_up("pg_server.sh")
-        populate(pg)
-        rd = server_up("redis_server.sh")
-        subprocess.run(["redis-cli", "-p", rd["port"], "set", "bench:greeting", GREETING], check=True,
-                       stdout=subprocess.DEVNULL)
-        pg_url = "postgresql://%s:%s@127.0.0.1:%s/%s" % (pg["user"], pg["password"], pg["port"], pg["database"])
-        redis_url = "redis://127.0.0.1:%s/0" % rd["port"]
-        pg_pid, redis_pid = int(pg["pid"]), int(rd["pid"])
-        with tempfile.TemporaryDirectory() as tmp:
-            table = peers(pg_url, redis_url, rd["port"], a.pool, a.redis_pool or a.conns, tmp)
-            for rnd in range(a.rounds):
-                for name in only:
-                    if name == "redis-benchmark":
-                        if "redis" in shapes:
-                            m = redis_benchmark(rd["port"], a.conns, a.secs)
-                            if m:
-                                results.setdefault((name, "redis"), []).append(m)
-                        continue
-                    cmd, its = table[name]
-                    its = [s for s in its if s in shapes and (name, s) not in broken]
-                    if not its:
-                        continue
-                    port = free_port()
-                    p = start(cmd(port), port)
-                    if not p:
-                        for s in its:
-                            broken[(name, s)] = "the server did not start"
-                        continue
-                    try:
-                        ok = []
-                        for s in its:
-                            url = "http://127.0.0.1:%d%s" % (port, SHAPES[s])
-                            try:
-                                body = urllib.request.urlopen(url, timeout=10).read()
-                                why = check(s, body)
-                            except Exception as e:  # noqa: BLE001
-                                why = str(e)
-                            if why:
-                                broken[(name, s)] = why
-                            else:
-                                ok.append(s)
-                        # every shape warmed before any is measured: pools filled, statements
-                        # prepared on every connection, the JIT's tiers (Node's /db ran at a
-                        # quarter of its speed for its first 6 s)
-                        for s in ok:
-                            wrk("http://127.0.0.1:%d%s" % (port, SHAPES[s]), a.warmup, a.conns)
-                        for s in ok:
-                            url = "http://127.0.0.1:%d%s" % (port, SHAPES[s])
-                            wrk(url, 1, a.conns)
-                            t0, d0 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
-                            m = wrk(url, a.secs, a.conns)
-                            t1, d1 = group_ticks(p.pid), tree_ticks(pg_pid) + tree_ticks(redis_pid)
-                            if not m:
-                                broken[(name, s)] = "wrk failed"
-                                continue
-                            n = m["requests"] or 1
-                            m["cpu"] = (t1 - t0) / HZ * 1e6 / n
-                            m["db_cpu"] = (d1 - d0) / HZ * 1e6 / n
-                            results.setdefault((name, s), []).append(m)
-                            print("round %d %-8s %-9s %9.0f req/s  p99 %6.2f ms  server %6.1f us/req  db %6.1f us/req%s"
-                                  % (rnd + 1, name, s, m["rps"], m["p99"], m["cpu"], m["db_cpu"],
-                                     "  ERRORS %d" % m["errors"] if m["errors"] else ""), flush=True)
-                    finally:
-                        stop(p)
-    finally:
-        server_down("redis_server.sh", rd)
-        server_down("pg_server.sh", pg)
-    load1 = os.getloadavg()
+def measure(a, p, url, db_pids, budget):
+    """One measured wrk run against server p (after 1 s of wrk more); None if wrk failed."""
+    wrk(url, 1, a.conns)
+    for attempt in range(1 + a.retries):
+        waited = wait_quiet(a, db_pids, budget)
+        mine = ours(db_pids)
+        p0, s0, w0 = proc_stats(), cpu_stat(), time.time()
+        t0, d0 = group_ticks(p.pid), sum(tree_ticks(x) for x in db_pids)
+        m = wrk(url, a.secs, a.conns)
+        t1, d1 = group_ticks(p.pid), sum(tree_ticks(x) for x in db_pids)
+        p1, s1, w1 = proc_stats(), cpu_stat(), time.time()
+        if not m:
+            return None
+        n = m["requests"] or 1
+        m["cpu_usr"] = (t1[0] - t0[0]) / HZ * 1e6 / n
+        m["cpu_sys"] = (t1[1] - t0[1]) / HZ * 1e6 / n
+        m["cpu"] = m["cpu_usr"] + m["cpu_sys"]
+        m["db_cpu"] = (d1 - d0) / HZ * 1e6 / n
+        m["cpu0"], m["cpu1"] = busy_pct(s0, s1, "cpu0"), busy_pct(s0, s1, "cpu1")
+        m["other"] = other_pct(p0, p1, mine, w1 - w0)
+        m["waited"] = waited
+        m["retried"] = attempt
+        if m["other"] < a.quiet or budget[0] <= 0:
+            break
+    return m
 
-    print()
-    print("bench/db: %d rounds of %d s (after %d s of warm-up), wrk -t1 -c%d, pools of %d (pg) and %d (redis); server on CPU 0,"
-          " wrk and the databases on CPU 1; load average %.1f before, %.1f after"
-          % (a.rounds, a.secs, a.warmup, a.conns, a.pool, a.redis_pool or a.conns, load0[0], load1[0]))
+
+def run_phase(a, only, shapes, table, db_pids, results, broken, budget):
+    """Interleaved rounds of `shapes` for every peer in `only`."""
+    for rnd in range(a.rounds):
+        for name in only:
+            if name == "redis-benchmark":
+                if "redis" in shapes:
+                    m = redis_benchmark(a.redis_port, a.conns, a.secs)
+                    if m:
+                        results.setdefault((name, "redis"), []).append(m)
+                continue
+            cmd, its = table[name]
+            its = [s for s in its if s in shapes and (name, s) not in broken]
+            if not its:
+                continue
+            port = free_port()
+            p = start(cmd(port), port)
+            if not p:
+                for s in its:
+                    broken[(name, s)] = "the server did not start"
+                continue
+            try:
+                ok = []
+                for s in its:
+                    url = "http://127.0.0.1:%d%s" % (port, SHAPES[s])
+                    try:
+                        body = urllib.request.urlopen(url, timeout=10).read()
+                        why = check(s, body)
+                    except Exception as e:  # noqa: BLE001
+                        why = str(e)
+                    if why:
+                        broken[(name, s)] = why
+                    else:
+                        ok.append(s)
+                # every shape warmed before any is measured: pools filled, statements
+                # prepared on every connection, the JIT's tiers (Node's /db ran at a
+                # quarter of its speed for its first 6 s)
+                for s in ok:
+                    wrk("http://127.0.0.1:%d%s" % (port, SHAPES[s]), a.warmup, a.conns)
+                for s in ok:
+                    m = measure(a, p, "http://127.0.0.1:%d%s" % (port, SHAPES[s]), db_pids, budget)
+                    if not m:
+                        broken[(name, s)] = "wrk failed"
+                        continue
+                    results.setdefault((name, s), []).append(m)
+                    print("round %d %-11s %-9s %9.0f req/s  p99 %6.2f ms  server %6.1f us/req (sys %4.1f)  db %5.1f"
+                          "  wrk %4.1f  cpu0 %3.0f%% cpu1 %3.0f%%  other %3.0f%%%s%s"
+                          % (rnd + 1, name, s, m["rps"], m["p99"], m["cpu"], m["cpu_sys"], m["db_cpu"],
+                             m["wrk_cpu"], m["cpu0"], m["cpu1"], m["other"],
+                             "  (taken again)" if m["retried"] else "",
+                             "  ERRORS %d" % m["errors"] if m["errors"] else ""), flush=True)
+            finally:
+                stop(p)
+
+
+def report(a, only, shapes, results, broken):
     for s in shapes:
         rows = [(name, results[(name, s)]) for name in only if (name, s) in results]
         if not rows:
             continue
         print()
         print("%s (%s)" % (s, SHAPES[s]))
-        print("| peer | req/s (median [min-max]) | p99 ms | server CPU us/req | db CPU us/req | loom req/s x"
-              " (per round) | loom CPU x |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        med = {name: {k: statistics.median(m.get(k, 0.0) for m in ms) for k in ("rps", "p99", "cpu", "db_cpu")}
-               for name, ms in rows}
+        print("| peer | req/s (median [min-max]) | p99 ms | server CPU us/req (sys) | db CPU us/req | wrk CPU us/req"
+              " | CPU0 / CPU1 busy % | other % (max) | loom req/s x (per round) | loom CPU x |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        keys = ("rps", "p99", "cpu", "cpu_sys", "db_cpu", "wrk_cpu", "cpu0", "cpu1", "other")
+        med = {name: {k: statistics.median(m.get(k, 0.0) for m in ms) for k in keys} for name, ms in rows}
         for name, ms in rows:
             md = med[name]
             rps = [m["rps"] for m in ms]
@@ -349,13 +444,87 @@ def main():
                 ratio += " (%s)" % ", ".join("%.2f" % x for x in per)
             cratio = "%.2f" % (lm["cpu"] / md["cpu"]) if lm and md["cpu"] and name != "redis-benchmark" else "-"
             errs = sum(m["errors"] for m in ms)
-            print("| %s | %s [%s-%s]%s | %.2f | %s | %s | %s | %s |" % (
+            bench = name == "redis-benchmark"
+            print("| %s | %s [%s-%s]%s | %.2f | %s | %s | %s | %s | %s | %s | %s |" % (
                 LABELS[name], format(round(md["rps"]), ","), format(round(min(rps)), ","),
                 format(round(max(rps)), ","), " (%d errors)" % errs if errs else "", md["p99"],
-                "%.1f" % md["cpu"] if md["cpu"] else "-", "%.1f" % md["db_cpu"] if md["db_cpu"] else "-",
+                "-" if bench else "%.1f (%.1f)" % (md["cpu"], md["cpu_sys"]),
+                "%.1f" % md["db_cpu"] if md["db_cpu"] else "-",
+                "-" if bench else "%.1f" % md["wrk_cpu"],
+                "-" if bench else "%.0f / %.0f" % (md["cpu0"], md["cpu1"]),
+                "-" if bench else "%.0f (%.0f)" % (md["other"], max(m["other"] for m in ms)),
                 ratio, cratio))
     for (name, s), why in sorted(broken.items()):
         print("NOT MEASURED: %s %s: %s" % (name, s, why))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--pool", type=int, default=16)
+    ap.add_argument("--redis-pool", type=int, default=0, help="default: --conns")
+    ap.add_argument("--only", default="loom,loom-pool,node,aiohttp,nginx,redis-benchmark")
+    ap.add_argument("--shapes", default="db,queries,fortunes,redis")
+    ap.add_argument("--quiet", type=float, default=10.0,
+                    help="%% of a core other processes may use before a measurement counts as disturbed")
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for quiet before each measurement")
+    ap.add_argument("--quiet-budget", type=float, default=120.0, help="seconds of such waiting in the whole run")
+    ap.add_argument("--retries", type=int, default=1, help="times a disturbed measurement is taken again")
+    a = ap.parse_args()
+    only = a.only.split(",")
+    if LOOM_BEFORE and "loom-before" not in only:
+        only.insert(1, "loom-before")
+    shapes = a.shapes.split(",")
+    if not os.access(LOOM, os.X_OK):
+        sys.exit("bench/db: %s is missing (make build, or LOOM_BUILD=dir)" % LOOM)
+    if "loom-before" in only and not (LOOM_BEFORE and os.access(LOOM_BEFORE, os.X_OK)):
+        sys.exit("bench/db: loom-before needs LOOM_BEFORE=path/to/loom")
+    if "node" in only:
+        npm_install()
+    load0 = os.getloadavg()
+    pg = rd = None
+    results = {}   # (peer, shape) -> [measurements]
+    broken = {}    # (peer, shape) -> reason
+    budget = [a.quiet_budget]
+    pg_shapes = [s for s in shapes if s != "redis"]
+    try:
+        rd = server_up("redis_server.sh")
+        subprocess.run(["redis-cli", "-p", rd["port"], "set", "bench:greeting", GREETING], check=True,
+                       stdout=subprocess.DEVNULL)
+        a.redis_port = rd["port"]
+        redis_url = "redis://127.0.0.1:%s/0" % rd["port"]
+        redis_pid = int(rd["pid"])
+        with tempfile.TemporaryDirectory() as tmp:
+            if pg_shapes:
+                pg = server_up("pg_server.sh")
+                populate(pg)
+                pg_url = "postgresql://%s:%s@127.0.0.1:%s/%s" % (pg["user"], pg["password"], pg["port"],
+                                                                 pg["database"])
+                table = peers(pg_url, redis_url, rd["port"], a.pool, a.redis_pool or a.conns, tmp)
+                run_phase(a, only, pg_shapes, table, [int(pg["pid"]), redis_pid], results, broken, budget)
+                server_down("pg_server.sh", pg)
+                pg = None
+            if "redis" in shapes:
+                # no PostgreSQL now: the servers' pools are lazy (Node's pg and loom.pg connect on
+                # their first query), so a URL to a closed port costs nothing
+                pg_url = "postgresql://bench:bench@127.0.0.1:%d/bench" % free_port()
+                table = peers(pg_url, redis_url, rd["port"], a.pool, a.redis_pool or a.conns, tmp)
+                run_phase(a, only, ["redis"], table, [redis_pid], results, broken, budget)
+    finally:
+        server_down("redis_server.sh", rd)
+        server_down("pg_server.sh", pg)
+    load1 = os.getloadavg()
+
+    print()
+    print("bench/db: %d rounds of %d s (after %d s of warm-up), wrk -t1 -c%d, pools of %d (pg) and %d (redis); server on CPU 0,"
+          " wrk and the databases on CPU 1 (PostgreSQL stopped for the Redis rounds); load average %.1f before, %.1f after;"
+          " %.0f s spent waiting for other work to stop"
+          % (a.rounds, a.secs, a.warmup, a.conns, a.pool, a.redis_pool or a.conns, load0[0], load1[0],
+             a.quiet_budget - budget[0]))
+    report(a, only, shapes, results, broken)
     return 1 if broken else 0
 
 
