@@ -446,4 +446,43 @@ describe("topics", function()
             srv:close()
         end, { timeout = 30 })
     end)
+
+    it("counts against max_queue what publish queues, not the subscriber's own ws:send going out", function()
+        run(function()
+            local app = loom.app()
+            local sending, ended = loom.queue(), loom.queue()
+            local server_ws
+            app:ws("/t", function(ws)
+                server_ws = ws
+                ws:subscribe("t")
+                -- 8 MiB: more than loopback takes in for a peer that reads nothing (3.75 MiB here)
+                loom.spawn(function() sending:put(true); ws:send(rep("s", 8 * MiB), "binary") end)
+                ended:put({ ws:receive() })
+            end, { max_queue = 64 * KiB, close_timeout = 5 })
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local st <close> = raw_client(srv.port, "/t")
+            sending:get()
+            assert.is_true(core.stream_queued(server_ws.st) > 64 * KiB, "the send is going out")
+            -- one publish at a time, each written behind the send before the next (the cork
+            -- task, spawned by the publish, runs before one spawned after it)
+            local msg = rep("p", 16 * KiB) -- 16 KiB + 4 bytes of header: three fit in 64 KiB
+            local counts = {}
+            for i = 1, 4 do
+                counts[i] = app:publish("t", msg)
+                loom.spawn(function() end):join()
+            end
+            assert.same({ 1, 1, 1, 0 }, counts)
+            local f = frame(st)
+            assert.same({ 2, 8 * MiB }, { f.op, #f.payload })
+            for _ = 1, 3 do
+                f = frame(st)
+                assert.is_true(f.op == 1 and f.payload == msg, "a published frame expected")
+            end
+            local c = frame(st)
+            assert.equal(1008, close_code(c))
+            send(st, 8, c.payload) -- answer the close
+            assert.same({ nil, "closed: 1008 slow subscriber" }, ended:get())
+            srv:close()
+        end, { timeout = 30 })
+    end)
 end)

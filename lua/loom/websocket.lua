@@ -23,6 +23,7 @@ local park, ticket, wake, now, spawn, sleep = core.park, core.ticket, core.wake,
 local within = tasks.timeout
 local concat, format, char, byte = table.concat, string.format, string.char, string.byte
 local utf8len, type, tostring, setmetatable = utf8.len, type, tostring, setmetatable
+local min, max = math.min, math.max
 
 local M = {}
 local WS = {}
@@ -96,7 +97,15 @@ local function wrap(st, client, opts, protocol, pmd)
         pmd = pmd,
         received = 0, -- frames read: liveness for the heartbeat
         max_queue = opts.max_queue or DEFAULT_MAX_QUEUE,
+        -- a frame of our own going out (write_own): its size, and the bytes pushed behind it
+        sending = 0,
+        behind = 0,
     }, WS)
+    -- the write lock's release, which also ends a write_own that a cancel cut short
+    self.unlock = setmetatable({}, { __close = function()
+        self.sending = 0
+        self.lock:release()
+    end })
     self.recv_guard = setmetatable({}, { __close = function() self.receiving = false end })
     if opts.heartbeat then start_heartbeat(self, opts.heartbeat) end
     return self
@@ -129,6 +138,34 @@ local function compressing(self, op, size)
     return self.pmd ~= nil and op <= OP_BINARY and size >= COMPRESS_MIN
 end
 
+-- Writes a frame of the websocket's own (ws:send, ws:close; the caller holds the lock),
+-- noting its size while it goes out: what publish queues is counted apart from it
+-- (published_waiting).
+local function write_own(self, frame)
+    self.sending, self.behind = #frame, 0
+    local ok, err = self.st:write(frame)
+    self.sending = 0
+    return ok, err
+end
+
+-- core.ws_push, counting what goes behind a frame of write_own still going out.
+local function push(self, bytes)
+    if self.sending > 0 then self.behind = self.behind + #bytes end
+    return ws_push(self.st, bytes)
+end
+
+-- What waits in the socket for the peer besides the rest of a frame of write_own still
+-- going out: published frames (and control frames), ahead of it and behind it. The queue
+-- goes out in order, so while any of that frame is left, the `behind` bytes pushed after
+-- it are all still there, and so is everything else when the whole frame is. (On TLS the
+-- queue holds records, a little more than the frames: the count is then a little high.)
+local function published_waiting(self)
+    local q = core.stream_queued(self.st)
+    local s = self.sending
+    if s == 0 then return q end
+    return min(q, max(self.behind, q - s))
+end
+
 -- Hands a control frame to the stream at once, right after what it already holds (never
 -- after a send still waiting to queue its bytes): true, or false when the stream holds
 -- more than CONTROL_QUEUE and CONTROL_BURST control frames went in since it did, or
@@ -140,7 +177,7 @@ local function push_control(self, op, payload)
         return false
     end
     self.controls = (self.controls or 0) + 1
-    local q, err = ws_push(self.st, ws_frame(op, payload, true, self.client))
+    local q, err = push(self, ws_frame(op, payload, true, self.client))
     if not q then return nil, err end
     return true
 end
@@ -151,7 +188,7 @@ local function flush_published(self)
     local list = self.published
     if not list then return end
     self.published = nil
-    ws_push(self.st, concat(list))
+    push(self, concat(list))
 end
 
 -- Writes one frame, holding the write lock so frames of concurrent senders never
@@ -159,20 +196,19 @@ end
 -- compressed inside the lock: with context takeover the peer inflates messages in the
 -- order they are on the wire, which is the order we deflate them in.
 local function send_frame(self, op, payload, fin)
-    local lock = self.lock
     local frame
     if not compressing(self, op, #payload) then frame = ws_frame(op, payload, fin, self.client) end
-    lock:acquire()
-    local _ <close> = lock.releaser
+    self.lock:acquire()
+    local _ <close> = self.unlock
     -- a send that waited for the lock while a close frame went out: nothing may follow it
     if self.sent_close and op ~= OP_CLOSE then return nil, "closing" end
     if self.out then flush_out(self) end -- frames published before this send go first
     if not frame then frame = ws_frame(op, deflater(self):deflate(payload, true), fin, self.client, true) end
     if op == OP_CLOSE then -- nothing may follow a close frame (RFC 6455 5.5.1), a pong owed neither
         self.pong = nil
-        return self.st:write(frame)
+        return write_own(self, frame)
     end
-    local ok, err = self.st:write(frame)
+    local ok, err = write_own(self, frame)
     if ok then return flush_pongs(self) end
     return ok, err
 end
@@ -184,9 +220,8 @@ local finish
 -- A message cut short by a cancel (loom.timeout) can be neither finished nor followed by
 -- another, so then the connection is dropped.
 local function send_fragments(self, op, parts)
-    local lock = self.lock
-    lock:acquire()
-    local _ <close> = lock.releaser
+    self.lock:acquire()
+    local _ <close> = self.unlock
     local ok, err = true, nil
     local n, begun, sent = #parts, 0, 0
     local _cut <close> = setmetatable({}, { __close = function(_, e)
@@ -203,7 +238,7 @@ local function send_fragments(self, op, parts)
         if self.sent_close then ok, err = nil, "closing"; break end -- a slow subscriber's close went out
         begun = i -- a write that waits has its bytes queued already: they will go out
         local part = d and d:deflate(parts[i], i == n) or parts[i]
-        ok, err = self.st:write(ws_frame(i == 1 and op or OP_CONT, part, i == n, self.client, d and i == 1))
+        ok, err = write_own(self, ws_frame(i == 1 and op or OP_CONT, part, i == n, self.client, d and i == 1))
         if ok then sent = i; ok, err = flush_pongs(self) end
         if not ok then break end
     end
@@ -595,7 +630,7 @@ local function drop_slow(self)
     if self.sent_close or self.closed then return end
     self.sent_close = true
     if not self.fragmenting then
-        ws_push(self.st, ws_frame(OP_CLOSE, close_payload(1008, "slow subscriber"), true, false))
+        push(self, ws_frame(OP_CLOSE, close_payload(1008, "slow subscriber"), true, false))
     end
     add_helper(self, function()
         sleep(self.close_timeout)
@@ -623,7 +658,7 @@ flush_out = function(self)
         list.bytes = (list.bytes or 0) + out.bytes
         return
     end
-    local ok, err = ws_push(self.st, #out == 1 and out[1] or concat(out))
+    local ok, err = push(self, #out == 1 and out[1] or concat(out))
     if not ok then finish(self, 1006, (err:gsub("^closed: ", ""))) end
 end
 
@@ -638,13 +673,15 @@ end
 
 -- Queues a published frame for one subscriber: true, or false when it was dropped
 -- because what waits for it (in the socket, in ws.out and after a fragmented message)
--- would pass max_queue.
+-- would pass max_queue. The rest of a ws:send still going out does not count: the sender
+-- waits for it, so it is bounded already, and how much of it the kernel has taken by now
+-- says nothing about a slow subscriber (published_waiting).
 local function deliver(self, frame)
     if self.closed or self.sent_close then return false end
     local out = self.out
     if not out then
         local published = self.published
-        out = { base = core.stream_queued(self.st) + (published and published.bytes or 0), bytes = 0 }
+        out = { base = published_waiting(self) + (published and published.bytes or 0), bytes = 0 }
         self.out = out
         corked[self] = true
         if not cork_task then cork_task = spawn(flush_corked) end
@@ -663,8 +700,8 @@ end
 -- app:publish(topic, msg [, kind]) -> receivers: the message to every websocket subscribed
 -- to topic, as one frame built once (uncompressed, whatever each connection agreed on)
 -- and queued for each socket without waiting (corked: written when the publisher next
--- waits). A subscriber that has more than max_queue
--- bytes (1 MiB) waiting is dropped (drop_slow); receivers counts those that got it.
+-- waits). A subscriber that has more than max_queue bytes (1 MiB) waiting besides its own
+-- send going out is dropped (drop_slow); receivers counts those that got it.
 function M.publish(app, topic, msg, kind)
     args.check(topic, "string", "publish", 1)
     args.check(msg, "string", "publish", 2)
