@@ -211,15 +211,15 @@ static int push_body(lua_State *L, loom_conn_t *c, int want) {
     if (c->fail_status || (body_failed(c) && !(want == WANT_CHUNK && loom_conn_body_len(c) > 0)))
         return push_body_error(L, c);
     if (want == WANT_WHOLE) {
-        lua_pushlstring(L, c->body ? c->body->data : "", loom_conn_body_len(c));
+        lua_pushlstring(L, loom_conn_body_data(c), loom_conn_body_len(c));
         return 1;
     }
     if (loom_conn_body_len(c) == 0) { /* the end */
         lua_pushnil(L);
         return 1;
     }
-    lua_pushlstring(L, c->body->data, c->body->len);
-    c->body->len = 0;
+    lua_pushlstring(L, loom_conn_body_data(c), loom_conn_body_len(c));
+    loom_conn_body_taken(c);
     loom_conn_start_reading(c);
     return 1;
 }
@@ -392,6 +392,7 @@ static int req_upgrade(lua_State *L) {
     const char *head = loom_conn_head_101(c, L, 2, &hlen);
     if (!head)
         return luaL_error(L, "upgrade: invalid header name or value");
+    loom_conn_keep_lent(c); /* the bytes after the head go along, from `in` */
     loom_stream_t *s = loom_stream_adopt(L, c->srv->host, &c->sock, c->in, c->in_len);
     if (!s)
         return loom_fail(L, "closed", "cannot take over the connection");

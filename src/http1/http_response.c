@@ -507,7 +507,7 @@ static void send_whole(loom_conn_t *c, hb_t *b, int status, int flags, const cha
     c->status = (uint16_t)status;
     c->resp = R_DONE;
     c->sent = 0;
-    if (c->in_len)
+    if (loom_conn_unparsed(c))
         loom_conn_cork(c); /* pipelined requests wait: their answers join this one */
     loom_conn_write(c, bufs, nbufs);
     loom_obs_request_end(c);

@@ -369,14 +369,50 @@ static void reject(loom_conn_t *c, llhttp_errno_t err) {
     loom_conn_respond_simple(c, status, loom_http_reason(status), 1);
 }
 
-/* Runs llhttp over data. On a pause, what follows the pause point is kept in `in`. */
-static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
+/* Where the bytes feed parses are: the read buffer (on_input's), `in`, or srv->lent. */
+enum { FROM_READ, FROM_IN, FROM_LENT };
+
+void loom_conn_keep_lent(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    if (srv->reading != c || srv->lent_len == 0)
+        return;
+    size_t n = srv->lent_len;
+    srv->lent_len = 0;
+    keep_in(c, srv->lent, n);
+}
+
+/* The bytes after a pause in what on_input read: left in rbuf while this is the connection
+ * being read (on_input keeps them when it ends), else copied to `in`. */
+static void lend(loom_conn_t *c, const char *at, size_t len) {
+    loom_server_t *srv = c->srv;
+    if (srv->reading == c && c->in_len == 0 && srv->lent_len == 0) {
+        srv->lent = at;
+        srv->lent_len = len;
+        return;
+    }
+    loom_conn_keep_lent(c); /* bytes lent before these go first */
+    keep_in(c, at, len);
+}
+
+/* All of data was parsed: nothing is left where it came from. */
+static void fed_all(loom_conn_t *c, int from) {
+    if (from == FROM_IN)
+        c->in_len = 0;
+    else if (from == FROM_LENT)
+        c->srv->lent_len = 0;
+}
+
+/* Runs llhttp over data. On a pause, what follows the pause point is kept in `in` (or left
+ * in rbuf: lend). Bytes in rbuf may be left there as the body's span too (on_body). */
+static void feed(loom_conn_t *c, const char *data, size_t len, int from) {
+    loom_server_t *srv = c->srv;
+    srv->parsing = from != FROM_IN && srv->reading == c ? c : NULL;
     llhttp_errno_t err = loom_http_execute(&c->msg, data, len);
+    srv->parsing = NULL;
     if (c->state == C_CLOSING)
         return;
     if (err == HPE_OK) {
-        if (from_in)
-            c->in_len = 0;
+        fed_all(c, from);
         return;
     }
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
@@ -389,24 +425,26 @@ static void feed(loom_conn_t *c, const char *data, size_t len, int from_in) {
              * need to invoke llhttp_resume_after_upgrade()"). The answer to a CONNECT closed
              * the connection (on_headers). */
             llhttp_resume_after_upgrade(&c->msg.parser);
-            feed(c, pos, rest, from_in);
+            feed(c, pos, rest, from);
             return;
         }
         c->parse_paused = 1;
-        if (from_in) {
+        if (from == FROM_IN) {
             if (rest)
                 memmove(c->in, pos, rest);
             c->in_len = (uint32_t)rest;
+        } else if (from == FROM_LENT) {
+            srv->lent = pos;
+            srv->lent_len = rest;
         } else if (rest) {
-            keep_in(c, pos, rest);
+            lend(c, pos, rest);
         }
         /* the body of an answered request was parsed away: carry on */
         if (c->state == C_HANDLER && c->msg_done && c->resp == R_DONE && !c->task)
             loom_conn_request_done(c);
         return;
     }
-    if (from_in)
-        c->in_len = 0;
+    fed_all(c, from);
     reject(c, err);
 }
 
@@ -425,8 +463,11 @@ void loom_conn_resume_parse(loom_conn_t *c) {
      * llhttp reports that end (on_message_complete) from an execute call that needs no
      * bytes; without it a body-less request would wait for the next one to finish. Not
      * when the parser paused at a message's end (on_complete), where nothing is left. */
-    if (c->in_len || !c->msg.ended)
-        feed(c, c->in_len ? c->in : "", c->in_len, 1);
+    loom_server_t *srv = c->srv;
+    if (srv->reading == c && srv->lent_len)
+        feed(c, srv->lent, srv->lent_len, FROM_LENT);
+    else if (c->in_len || !c->msg.ended)
+        feed(c, c->in_len ? c->in : "", c->in_len, FROM_IN);
     if (c->state != C_CLOSING && !c->eof)
         loom_conn_start_reading(c);
 }
@@ -510,34 +551,60 @@ static int on_headers(loom_http_msg_t *m) {
     return HPE_PAUSED;
 }
 
-static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
-    loom_conn_t *c = loom_http_owner(m);
-    c->body_seen += len;
-    if (c->discard)
-        return 0;
-    if (c->tlist == TL_HANDLER)
-        tl_add(c, TL_HANDLER); /* the body came on: handler_timeout counts from here */
-    if (c->body_seen > c->srv->max_body) {
-        m->fail = 413;
-        m->why = "body over max_body";
-        return HPE_USER;
-    }
-    size_t have = loom_conn_body_len(c), cap0 = c->body ? c->body->cap : 0;
+/* Appends to the body gathered for the handler: 0, or -1 without memory. */
+static int body_append(loom_conn_t *c, const char *at, size_t len) {
+    size_t have = c->body ? c->body->len : 0, cap0 = c->body ? c->body->cap : 0;
     if (have + len > cap0) {
         size_t cap = cap0 ? cap0 * 2 : 16384;
         while (cap < have + len)
             cap *= 2;
         loom_body_t *n = realloc(c->body, sizeof *n + cap);
-        if (!n) {
-            m->fail = 500;
-            return HPE_USER;
-        }
+        if (!n)
+            return -1;
         n->len = have;
         n->cap = cap;
         c->body = n;
     }
     memcpy(c->body->data + have, at, len);
     c->body->len = have + len;
+    return 0;
+}
+
+/* The body's span in rbuf goes to `body` (rbuf is about to be read into again, or more of
+ * the body comes after it): 0, or -1 without memory. */
+static int keep_span(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    size_t n = srv->span_len;
+    if (n == 0 || srv->reading != c)
+        return 0;
+    srv->span_len = 0;
+    return body_append(c, srv->span, n);
+}
+
+static int on_body(loom_http_msg_t *m, const char *at, size_t len) {
+    loom_conn_t *c = loom_http_owner(m);
+    loom_server_t *srv = c->srv;
+    c->body_seen += len;
+    if (c->discard)
+        return 0;
+    if (c->tlist == TL_HANDLER)
+        tl_add(c, TL_HANDLER); /* the body came on: handler_timeout counts from here */
+    if (c->body_seen > srv->max_body) {
+        m->fail = 413;
+        m->why = "body over max_body";
+        return HPE_USER;
+    }
+    if (srv->parsing == c && srv->span_len == 0 && (!c->body || c->body->len == 0)) {
+        /* bytes in rbuf, nothing gathered before them: the handler may take them from there */
+        srv->span = at;
+        srv->span_len = len;
+        loom_conn_body_event(c);
+        return 0;
+    }
+    if (keep_span(c) != 0 || body_append(c, at, len) != 0) {
+        m->fail = 500;
+        return HPE_USER;
+    }
     loom_conn_body_event(c);
     return 0;
 }
@@ -555,6 +622,8 @@ static int on_complete(loom_http_msg_t *m) {
 /* The request is answered and its message fully parsed: reset for the next one. */
 static void next_request(loom_conn_t *c) {
     loom_server_t *srv = c->srv;
+    if (srv->reading == c)
+        srv->span_len = 0; /* the finished request's body, not taken */
     c->nreq++;
     c->state = C_IDLE;
     c->resp = R_NONE;
@@ -571,7 +640,7 @@ static void next_request(loom_conn_t *c) {
     } else if (c->body) {
         c->body->len = 0;
     }
-    if (c->in_len == 0) {
+    if (loom_conn_unparsed(c) == 0) {
         /* an idle connection holds no body buffer: 1000 of them that once took an upload
          * held 40 MB; a new one costs a malloc per body, little beside reading it */
         free(c->body);
@@ -708,6 +777,21 @@ static int h2_sniff(loom_conn_t *c, const char *data, size_t n) {
     return p == 0 ? 2 : 1;
 }
 
+/* What the handler left in rbuf (on_input's end: the next read lands there) is copied out:
+ * the body's span to `body`, the unparsed bytes to `in`. */
+static void keep_borrowed(loom_conn_t *c) {
+    loom_server_t *srv = c->srv;
+    if (c->state == C_CLOSING) {
+        srv->span_len = srv->lent_len = 0;
+        return;
+    }
+    if (keep_span(c) != 0) {
+        c->msg.fail = 500; /* as when on_body finds no memory for it */
+        reject(c, HPE_USER);
+    }
+    loom_conn_keep_lent(c);
+}
+
 /* The sock's input hook: plaintext bytes (decrypted on HTTPS), or the end or a failure. */
 static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     loom_conn_t *c = loom_sock_owner(s);
@@ -755,14 +839,12 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     if (c->parse_paused)
         keep_in(c, data, (size_t)nread);
     else if (from_in)
-        feed(c, c->in, c->in_len, 1);
+        feed(c, c->in, c->in_len, FROM_IN);
     else
-        feed(c, data, (size_t)nread, 0);
+        feed(c, data, (size_t)nread, FROM_READ);
     h->sched.hold_idle = 0;
     if (was_idle && c->state == C_HEAD && c->tlist == TL_IDLE)
         tl_add(c, TL_HEAD);
-    if (c->chunk_mode && loom_conn_body_len(c) >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
-        stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* Answer now rather than after every other connection's read of this loop turn: the
      * scheduler runs the handler in its protected drain, as it would in the check phase.
      * A handler that finishes at once moves the connection to the next pipelined request,
@@ -772,7 +854,10 @@ static void on_input(loom_sock_t *s, ssize_t nread, const char *data) {
     while (c->queued && c->state == C_HANDLER && !h->sched.draining && !h->closing &&
            !h->exit_request)
         loom_sched_drain(h);
+    keep_borrowed(c);
     srv->reading = NULL;
+    if (c->chunk_mode && loom_conn_body_len(c) >= CHUNK_HIGH_WATER && c->state == C_HANDLER)
+        stop_reading(c); /* req:chunks() restarts reading as it takes the data */
     /* the answers gathered (loom_conn_cork) leave in one write, in order */
     loom_conn_uncork(c);
 }

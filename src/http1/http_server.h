@@ -147,6 +147,15 @@ struct loom_server {
     uint32_t max_streams; /* concurrent streams of an HTTP/2 connection */
     loom_conn_t *reading; /* the connection whose read is being handled (on_input), or NULL */
     size_t cork_bytes;    /* bytes gathered in its cork so far */
+    /* Bytes of `reading`'s read left where they landed, in rbuf, instead of being copied
+     * out: its handler, started in the same on_input, mostly takes them from there (a
+     * 64 KiB upload then costs one copy, into its Lua string, not three). on_input copies
+     * what is left to `in` and `body` before it returns, and rbuf is read into again. */
+    const char *lent;     /* unparsed bytes after a pause (else they go to `in`) */
+    size_t lent_len;      /* 0: none */
+    const char *span;     /* body bytes parsed for the handler (else they go to `body`), */
+    size_t span_len;      /*   only while `body` is empty: then they are all it has */
+    loom_conn_t *parsing; /* `reading`, while llhttp parses bytes in rbuf (not `in`) */
     struct loom_tls_conf *tls_conf; /* HTTPS: certificates for every connection, or NULL */
     loom_head_pool_t heads;         /* pool of head storage */
     char *hbuf;                     /* response heads are built here */
@@ -154,7 +163,9 @@ struct loom_server {
     uint64_t date_sec; /* loop second the Date value was made in */
     char date[40];     /* "Date: ...\r\n", cached once a second */
     size_t date_len;
-    char rbuf[64 * 1024]; /* every read lands here; what must stay is copied out */
+    /* Every read lands here; what must stay is copied out. 128 KiB: a 64 KiB upload and
+     * its head come in one read, not two (a syscall, a parse and a resume less). */
+    char rbuf[128 * 1024];
 };
 
 struct loom_reqbox {
@@ -166,9 +177,28 @@ struct loom_reqbox {
 
 #define REQBOX_MT "loom.request"
 
-/* Bytes of the request body gathered and not yet taken by the handler. */
+/* Bytes of the request body gathered and not yet taken by the handler: the span left in
+ * the read buffer (srv->span), else `body`. */
 static inline size_t loom_conn_body_len(const loom_conn_t *c) {
+    if (c->srv->span_len && c->srv->reading == c)
+        return c->srv->span_len;
     return c->body ? c->body->len : 0;
+}
+static inline const char *loom_conn_body_data(const loom_conn_t *c) {
+    if (c->srv->span_len && c->srv->reading == c)
+        return c->srv->span;
+    return c->body ? c->body->data : "";
+}
+/* The handler took what loom_conn_body_len counts. */
+static inline void loom_conn_body_taken(loom_conn_t *c) {
+    if (c->srv->span_len && c->srv->reading == c)
+        c->srv->span_len = 0;
+    else if (c->body)
+        c->body->len = 0;
+}
+/* Bytes received and not parsed yet: pipelined requests, or a body not asked for yet. */
+static inline size_t loom_conn_unparsed(const loom_conn_t *c) {
+    return c->in_len + (c->srv->reading == c ? c->srv->lent_len : 0);
 }
 
 /* http_server.c */
@@ -181,6 +211,9 @@ void loom_conn_leave(loom_conn_t *c);
 void loom_conn_request_done(loom_conn_t *c);
 /* Parses what `in` holds, after a pause is lifted (body wanted, or the next request). */
 void loom_conn_resume_parse(loom_conn_t *c);
+/* The unparsed bytes left in the read buffer (srv->lent) are copied to `in`, for whoever
+ * takes `in` as it is (req:upgrade). */
+void loom_conn_keep_lent(loom_conn_t *c);
 void loom_conn_start_reading(loom_conn_t *c);
 /* HTTP/2 (h2_server.c): the session of c closed its sock (the engine's accounting of it);
  * the struct is freed with loom_conn_release once nothing refers to it. */
