@@ -566,6 +566,31 @@ describe("app: the request", function()
         end)
     end)
 
+    it("keeps req.target past the handler when it read req.query, short target or long", function()
+        -- a target of up to 47 bytes is kept in the request's box, a longer one in the table
+        -- (src/http1/http_request.c); one whose query was not read is gone with the request
+        local app = loom.app()
+        local saved = {}
+        app:get("/q/{n}", function(req)
+            saved[req.params.n] = req
+            if req.params.n ~= "none" then return { json = req.query } end
+            return "none"
+        end)
+        local long = "/q/long?" .. string.rep("k", 40) .. "=v&x=1"
+        with_app(app, function(client)
+            assert.same({ a = "1" }, get(client, "/q/short?a=1"):json())
+            assert.same({ [string.rep("k", 40)] = "v", x = "1" }, get(client, long):json())
+            assert.equal("none", get(client, "/q/none?a=1").body)
+            assert.equal("/q/short?a=1", saved.short.target)
+            assert.same({ a = { "1" } }, saved.short.query_all)
+            assert.equal(long, saved.long.target)
+            assert.same({ x = { "1" }, [string.rep("k", 40)] = { "v" } }, saved.long.query_all)
+            local ok, err = pcall(function() return saved.none.target end)
+            assert.is_false(ok)
+            assert.matches("the request is finished", err)
+        end)
+    end)
+
     it("has an empty params table and query table when there are none", function()
         local app = loom.app()
         app:get("/", function(req) return { json = { p = next(req.params) == nil, q = next(req.query) == nil } } end)

@@ -148,6 +148,14 @@ describe("the small JSON encoder of {json = v} answers (core.json_small)", funct
         for _ = 1, 15 do deep = { deep } end
         assert.equal(json.encode(deep), small(deep))
         assert.equal(4094, #small(string.rep("x", 4092)))
+        for k = 4060, 4100 do -- the last bytes of the room, escapes included: all or nothing
+            for _, tail in ipairs({ "", "\1", '"', "\1\1\1", "\n\127" }) do
+                local v = { string.rep("x", k - 4100 + 4000), string.rep("y", 90) .. tail }
+                local got = small(v)
+                local want = json.encode(v)
+                if #want <= 4096 then assert.equal(want, got) else assert.is_nil(got) end
+            end
+        end
     end)
 
     it("answers {json = v} as json.encode(v) through the server, turned-down values included", function()

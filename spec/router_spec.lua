@@ -102,6 +102,27 @@ describe("router: the path as sent", function()
         assert.same({ nil, { "GET", "HEAD" } }, { route(r, "POST", "/late/7/q") })
     end)
 
+    it("keeps the order added across buckets when a method has many patterns", function()
+        -- past 16 patterns a method's are bucketed by first segment (lua/loom/router.lua),
+        -- each bucket matched in C (src/lib/route.c) with the wildcards in their place
+        local r = router.new()
+        r:add("GET", "/{a}/x", handler("wild first"))
+        for i = 1, 20 do r:add("GET", "/r" .. i .. "/{id}", handler("r" .. i)) end
+        r:add("GET", "/{a}/{b}/{c}", handler("wild three"))
+        r:add("GET", "/r3/{id}/{more*}", handler("r3 rest"))
+        assert.same({ "wild first", { a = "r5" } }, { route(r, "GET", "/r5/x") })
+        assert.same({ "r5", { id = "y" } }, { route(r, "GET", "/r5/y") })
+        assert.same({ "r20", { id = "a b" } }, { route(r, "GET", "/r20/a%20b") })
+        assert.same({ "wild three", { a = "r3", b = "1", c = "2" } }, { route(r, "GET", "/r3/1/2") })
+        assert.same({ "r3 rest", { id = "1", more = "2/3" } }, { route(r, "GET", "/r3/1/2/3") })
+        assert.same({ "wild three", { a = "zz", b = "1", c = "2" } }, { route(r, "GET", "/zz/1/2") })
+        assert.same({ nil, {} }, { route(r, "GET", "/zz/1") })
+        assert.same({ nil, {} }, { route(r, "GET", "*") })
+        r:add("GET", "/zz/{n}", handler("late")) -- added after matches were made
+        assert.same({ "late", { n = "1" } }, { route(r, "GET", "/zz/1") })
+        assert.same({ "r7", { id = "q" } }, { route(r, "GET", "/r7/q") })
+    end)
+
     it("raises on a pattern that does not start with '/' or has over 32 parameters", function()
         local r = router.new()
         assert.error_matches(function() r:add("GET", "users/{id}", handler()) end,
@@ -161,6 +182,38 @@ describe("router: over the wire", function()
         for _, path in ipairs { "/about/", "//abc", "/abc/", "/abc//" } do
             assert.equal(404, exchange(app, "GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n").status, path)
         end
+    end)
+
+    it("finds a pattern route in the entry as the dispatcher does: HEAD, 405, routes added later", function()
+        -- an app without middleware matches its patterns in the entry (app.lua), and leaves
+        -- what they do not take to the dispatcher
+        local app = loom.app()
+        app:get("/users/{id}", function(req) return "user " .. req.params.id end)
+        app:post("/users/{id}/{what*}", function(req) return req.params.what end)
+        app:any("/any/{x}", function(req) return "any " .. req.params.x end)
+        run(function()
+            local srv = assert(app:listen{ host = "127.0.0.1", port = 0 })
+            local _ <close> = run.defer(function() srv:close(0) end)
+            local st <close> = assert(loom.connect("127.0.0.1", srv.port))
+            local reader = testing.reader(st)
+            local function ask(wire)
+                assert(st:write(wire))
+                return assert(reader:response(wire:match("^%u+")))
+            end
+            assert.equal("user 7", ask("GET /users/7 HTTP/1.1\r\nHost: t\r\n\r\n").body)
+            local res = ask("HEAD /users/7 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert.equal(200, res.status)
+            assert.equal("6", res.headers["content-length"])
+            res = ask("DELETE /users/7 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert.equal(405, res.status)
+            assert.equal("GET, HEAD", res.headers.allow)
+            assert.equal("a/b", ask("POST /users/7/a/b HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").body)
+            assert.equal("any 1", ask("PUT /any/1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").body)
+            assert.equal(404, ask("GET /users/ HTTP/1.1\r\nHost: t\r\n\r\n").status)
+            app:get("/users/{id}/posts/{post}", function(req) return req.params.id .. ":" .. req.params.post end)
+            assert.equal("7:9", ask("GET /users/7/posts/9 HTTP/1.1\r\nHost: t\r\n\r\n").body)
+            assert.equal("user a b", ask("GET /users/a%20b HTTP/1.1\r\nHost: t\r\n\r\n").body)
+        end)
     end)
 
     it("answers OPTIONS * and CONNECT host:port with 404, not from a /{p*} route", function()

@@ -17,6 +17,7 @@
 #include "crypto.h"
 #include "compress.h"
 #include "json.h"
+#include "route.h"
 
 int luaopen_loom_core(lua_State *L);
 int loom_open_fs(lua_State *L);
@@ -64,5 +65,6 @@ int luaopen_loom_core(lua_State *L) {
     loom_open_crypto(L);
     loom_open_compress(L);
     loom_open_json(L);
+    loom_open_route(L);
     return 1;
 }

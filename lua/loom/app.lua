@@ -209,9 +209,9 @@ local rawget, with_extra, json_encode = rawget, request.with_extra, json.encode
 local JSON_HEADERS = core.resp_json_head()
 -- Handed to req_plain by the entry of an app without compress: a {json = v} answer it can
 -- encode (src/lib/json.c: cjson's bytes for plain tables of strings, numbers and booleans)
--- comes back as status, JSON_HEADERS and the text; the rest goes to emit_other as before.
+-- it sends itself on HTTP/1, with JSON_HEADERS' line; the rest goes to emit_other as before.
 -- Not without lua-cjson (json.null unset), where {json = v} raises json.encode's error.
-local JSON_FAST = json.null ~= nil and JSON_HEADERS or nil
+local JSON_FAST = json.null ~= nil
 function emit(req, res)
     local plain, streamed, extra, tbl = req_plain(req, res)
     if plain then return res end
@@ -351,8 +351,8 @@ function App:_entry(tls)
         end
     end
     if #mw > 0 and self.error_handler then chain = guarded(self, chain) end
-    local plain = #mw == 0 and not self.error_handler and #self.fallthrough == 0
-    local exact = plain and self.router.exact or {}
+    local direct = #mw == 0 and not self.error_handler and #self.fallthrough == 0
+    local exact = direct and self.router.exact or {}
     local type = type
     local form_limits = self.form_limits
     local cz = self.compress
@@ -369,6 +369,9 @@ function App:_entry(tls)
             return answer(cz, req, emit(req, res))
         end
     end
+    local router = self.router
+    -- router.sets[method]: method's patterns as one set (lua/loom/router.lua), once matched
+    local find_pattern, route_match, sets = router.find_pattern, core.route_match, router.sets
     return function(req, box, method, path)
         req.method, req.path, req._box = method, path, box
         if tls then req.tls = true end
@@ -377,12 +380,19 @@ function App:_entry(tls)
         local h = routes and routes[path]
         -- an error goes on to the engine: a 500 and a log line, or when the body was found at
         -- fault (core.req_fault) that status and the error's text
-        local res = (h or chain)(req)
-        local plain, streamed, extra, tbl = req_plain(req, res, JSON_FAST)
-        if plain then
-            if plain == true then return res end
-            return plain, streamed, extra -- a {json = v} C encoded: status, JSON_HEADERS, body
+        if not h and direct then -- a pattern route: the dispatcher's find, without its call
+            local set, params = sets[method], nil
+            if set then
+                h, params = route_match(set, path)
+            else
+                h, params = find_pattern(router, method, path)
+            end
+            if h then req.params = params end -- else the dispatcher's 404, 405, HEAD and "*"
         end
+        local res = (h or chain)(req)
+        -- JSON_FAST: a {json = v} answer C can encode is sent by req_plain itself (true)
+        local plain, streamed, extra, tbl = req_plain(req, res, JSON_FAST)
+        if plain then return res end
         return emit_other(req, res, true, streamed, extra, tbl)
     end
 end

@@ -2,27 +2,29 @@
 -- table lookup. A pattern is a path whose segments (the runs between slashes, empty ones
 -- included: "/a//b/" has the segments "a", "", "b" and "") are literal, "{name}" (one
 -- non-empty segment, bound to params.name) or a last "{name*}" (the rest of the path from
--- that segment on, slashes and all, possibly empty). Each pattern compiles to one anchored
--- Lua pattern ("/users/{id}" -> "^/users/([^/]+)$"), so a match is one string.match call;
--- a method with many patterns has them bucketed by their first segment. Parameters are
--- percent-decoded after matching (only those holding a '%'), so "%2F" never splits: each
--- route also has a plain pattern whose parameters exclude '%' ("^/users/([^/%%]+)$"), which
--- matches the commonest path alone, without a look for '%'. A path that does not start
--- with "/" (the "*" of OPTIONS *, the "host:port" of CONNECT) matches no route.
+-- that segment on, slashes and all, possibly empty). A method's patterns are matched in C
+-- (src/lib/route.c: core.route_set compiles a list of them, core.route_match walks the path
+-- once per route, in the order added); a method with many has them bucketed by their first
+-- segment, each bucket a set of its own. Parameters are percent-decoded after matching
+-- (only those holding a '%', as url.decode does), so "%2F" never splits. A path that does
+-- not start with "/" (the "*" of OPTIONS *, the "host:port" of CONNECT) matches no route.
 -- Knows nothing of requests or the server.
-local url = require "loom.url"
+local core = require "loom.core"
 
-local byte, find, gsub, match, sub = string.byte, string.find, string.gsub, string.match, string.sub
-local decode, next = url.decode, next
+local byte, find, match, sub = string.byte, string.find, string.match, string.sub
+local route_set, route_match = core.route_set, core.route_match
 
--- Lua's limit on captures in one pattern (LUA_MAXCAPTURES), hence on parameters.
+-- Lua's limit on captures in one pattern (LUA_MAXCAPTURES), the router's limit on parameters
+-- since it matched with Lua patterns; route.c keeps it.
 local MAX_PARAMS = 32
 
 local Router = {}
 Router.__index = Router
 
 local function new()
-    return setmetatable({ exact = {}, patterns = {}, methods = {} }, Router)
+    -- sets[method]: the set of method's patterns while they are one (see find_pattern), for
+    -- app.lua's entry to match with directly
+    return setmetatable({ exact = {}, patterns = {}, methods = {}, sets = {} }, Router)
 end
 
 -- Raises at the level of router:add's caller.
@@ -30,10 +32,11 @@ local function bad(pattern, why, level)
     error("bad route pattern '" .. pattern .. "': " .. why, level or 4)
 end
 
--- "/users/{id}/{rest*}" -> { pat = "^/users/([^/]+)/(.*)$", names = {"id", "rest"},
--- first = "users" (the first segment when it is literal, else false) }
+-- "/users/{id}/{rest*}" -> { segs = {"users", 1, 2}, names = {"id", "rest"},
+-- first = "users" (the first segment when it is literal, else false) }: a segment is its
+-- literal text, 1 for {name} or 2 for {name*} (what core.route_set reads).
 local function compile(pattern)
-    local out, plain, names, first = { "^" }, { "^" }, {}, nil
+    local segs, names, first = {}, {}, nil
     local pos, len = 2, #pattern
     while true do
         local slash = find(pattern, "/", pos, true)
@@ -42,23 +45,18 @@ local function compile(pattern)
         if name then
             if star == "*" and slash then bad(pattern, "{" .. name .. "*} must come last") end
             names[#names + 1] = name
-            out[#out + 1] = star == "*" and "/(.*)" or "/([^/]+)"
-            plain[#plain + 1] = star == "*" and "/([^%%]*)" or "/([^/%%]+)"
+            segs[#segs + 1] = star == "*" and 2 or 1
         elseif find(seg, "[{}]") then
             bad(pattern, "a segment is either {name}, {name*} or literal")
         else
-            out[#out + 1] = "/" .. gsub(seg, "%W", "%%%0")
-            plain[#plain + 1] = out[#out]
+            segs[#segs + 1] = seg
         end
         if first == nil then first = not name and seg end
         if not slash then break end
         pos = slash + 1
     end
     if #names > MAX_PARAMS then bad(pattern, "more than " .. MAX_PARAMS .. " parameters") end
-    out[#out + 1] = "$"
-    plain[#plain + 1] = "$"
-    return { pat = table.concat(out), plain = table.concat(plain), names = names, first = first,
-        n = #names, name1 = names[1] }
+    return { segs = segs, names = names, first = first }
 end
 
 -- A method's patterns bucketed by first segment: by_first[s] lists, in the order added,
@@ -96,73 +94,55 @@ function Router:add(method, pattern, handler)
     local p = self.patterns[method]
     if not p then p = { list = {} }; self.patterns[method] = p end
     p.list[#p.list + 1] = r
-    p.index = nil -- rebuilt on the next match
+    p.set, p.index, self.sets[method] = nil, nil, nil -- made again on the next match
 end
 
--- The params of route r for path by pattern pat (r.pat, or r.plain: no '%' in them), or nil
--- when it does not match.
-local function bind(r, path, pat)
-    local names = r.names
-    local n = #names
-    if n == 1 then
-        local a = match(path, pat)
-        if a then return { [names[1]] = a } end
-        return nil
-    elseif n == 2 then
-        local a, b = match(path, pat)
-        if not a then return nil end
-        return { [names[1]] = a, [names[2]] = b } -- in order: a repeated name keeps the last value
+-- Up to this many patterns, a method's are one set, tried in turn: a route that does not
+-- take the path costs a few instructions in C, less than finding the path's first segment
+-- (a string call) to pick a bucket. The answer is the same either way.
+local LINEAR = 16
+
+-- A bucket's set, made when first needed.
+local function bucket_set(sets, list)
+    local s = route_set(list)
+    sets[list] = s
+    return s
+end
+
+-- The handler and params of method's pattern route for path (its exact routes aside).
+local function find_pattern(self, method, path)
+    local p = self.patterns[method]
+    if not p then return nil end
+    local set = p.set
+    if not set then
+        local list = p.list
+        if #list <= LINEAR then
+            set = route_set(list)
+            p.set, self.sets[method] = set, set
+        else
+            local ix = p.index
+            if not ix then ix = index(list); ix.sets = {}; p.index = ix end
+            list = ix.by_first[match(path, "^/([^/]*)")] or ix.wild -- wild for "*", "host:443"
+            set = ix.sets[list] or bucket_set(ix.sets, list)
+        end
     end
-    local caps = { match(path, pat) }
-    if caps[1] == nil then return nil end
-    local params = {}
-    for i = 1, n do params[names[i]] = caps[i] end -- a repeated name keeps the last value
-    return params
+    return route_match(set, path)
 end
 
--- Up to this many patterns, a method's are tried in turn: cheaper than finding the path's
--- first segment (a string call) to pick a bucket. The answer is the same either way.
-local LINEAR = 4
-
--- The handler and params of method's route for path. Each route is tried first with its
--- plain pattern, whose parameters hold no '%' (so need no decoding): one call for the
--- commonest match; the full pattern only when the path holds a '%'.
+-- The handler and params of method's route for path.
 local function find_route(self, method, path)
     local t = self.exact[method]
     local h = t and t[path]
     if h then return h end
-    local p = self.patterns[method]
-    if not p then return nil end
-    local list = p.list
-    if #list > LINEAR then
-        local ix = p.index
-        if not ix then ix = index(list); p.index = ix end
-        list = ix.by_first[match(path, "^/([^/]*)")] or ix.wild -- nil for "*", "host:443"
-    end
-    local pct -- whether path holds a '%', found when first needed
-    for i = 1, #list do
-        local r = list[i]
-        if r.n == 1 then -- the commonest route, without bind's call
-            local a = match(path, r.plain)
-            if a then return r.handler, { [r.name1] = a } end
-        else
-            local params = bind(r, path, r.plain)
-            if params then return r.handler, params end
-        end
-        if pct == nil then pct = find(path, "%", 1, true) ~= nil end
-        if pct then
-            local params = bind(r, path, r.pat)
-            if params then
-                for k, v in next, params do params[k] = decode(v) end
-                return r.handler, params
-            end
-        end
-    end
+    return find_pattern(self, method, path)
 end
 
 -- router:find(method, path) -> handler, params | nil: the route of method itself (no HEAD
 -- fallback, no "*" routes, no allowed list): app.lua's first try, one call fewer than match.
 Router.find = find_route
+-- router:find_pattern(method, path) -> handler, params | nil: router:find without the look
+-- at exact routes, for a caller that has just made it (app.lua's entry).
+Router.find_pattern = find_pattern
 
 -- router:match(method, path) -> handler, params | nil, allowed (a list of methods that
 -- would match the path; empty when none does). params is nil for a route without
@@ -171,8 +151,8 @@ function Router:match(method, path)
     local t = self.exact[method]
     local h = t and t[path]
     if h then return h end
-    -- a path that does not start with "/" ("*", "host:443") matches no pattern (they all
-    -- start with "^/") and no exact route (they all start with "/"): no check needed
+    -- a path that does not start with "/" ("*", "host:443") matches no pattern (route_match
+    -- turns it down) and no exact route (they all start with "/"): no check needed
     local params
     h, params = find_route(self, method, path)
     if h then return h, params end

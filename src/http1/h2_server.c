@@ -469,6 +469,7 @@ static int push_request(lua_State *L, h2req_t *rq) {
     box->gone = 0;
     box->http10 = 2;
     box->h2 = rq;
+    box->tlen = 0;
     rq->box = box;
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
     lua_setmetatable(L, -2);

@@ -59,6 +59,7 @@ int loom_conn_push_request(lua_State *L, loom_conn_t *c) {
     box->gone = 0;
     box->http10 = c->http10;
     box->h2 = NULL;
+    box->tlen = 0;
     c->box = box;
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->boxmt_ref);
     lua_setmetatable(L, -2);
@@ -102,6 +103,10 @@ static int conn_gone(const loom_reqbox_t *box) {
 /* core.req_target(box) -> the request target as sent, e.g. "/a%20b?x=1" */
 static int req_target(lua_State *L) {
     BOX_OR_H2(L, box, LOOM_H2OP_TARGET);
+    if (!box->c && box->tlen) { /* over, but req.query kept it */
+        lua_pushlstring(L, box->target, box->tlen);
+        return 1;
+    }
     loom_head_t *h = box_conn(L, box)->msg.head;
     lua_pushlstring(L, h->data + h->url, h->url_len);
     return 1;
@@ -454,45 +459,54 @@ static void push_component(lua_State *L, const char *s, size_t n) {
     luaL_pushresultsize(&b, o);
 }
 
-/* core.req_query(target or req) -> {key = value}: req.query (lua/loom/request.lua), what
- * url.parse_query's first table holds for the target's query string (after the first '?',
- * cut at a '#'): pairs split on '&', a key up to the first '=', both decoded, an empty key
- * skipped, a repeated one keeping its last value. In C: one call where Lua took a find, a
- * sub, a gmatch closure and two finds a pair. */
-static int req_query(lua_State *L) {
-    size_t len;
-    if (lua_type(L, 1) != LUA_TSTRING) {
-        /* the request: its target when it has one (set, or asked for before), else the
-         * box's, which it keeps (req.query_all reads it, after the handler maybe) */
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_settop(L, 1);
-        lua_pushvalue(L, lua_upvalueindex(1)); /* "target" */
-        if (lua_rawget(L, 1) != LUA_TSTRING) {
-            lua_pushvalue(L, lua_upvalueindex(2)); /* "_box" */
-            lua_rawget(L, 1);
-            /* the box's metatable kept as an upvalue: luaL_checkudata looks it up by name in
-             * the registry, ~360 instructions a request on this path */
-            loom_reqbox_t *box = lua_touserdata(L, -1);
-            if (!box || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(3)))
-                box = luaL_checkudata(L, 2, REQBOX_MT); /* raises, naming the box */
-            lua_settop(L, 1);
-            if (box->h2) {
-                loom_h2srv_req(L, box, LOOM_H2OP_TARGET);
-            } else {
-                loom_head_t *h = box_conn(L, box)->msg.head;
-                lua_pushlstring(L, h->data + h->url, h->url_len);
-            }
-            lua_pushvalue(L, lua_upvalueindex(1));
-            lua_pushvalue(L, -2);
-            lua_rawset(L, 1);
+/* The target of the request table at index 1, for its query: req.target when it has one
+ * (set, or asked for before: left on the stack), else the box's. What req.query_all reads
+ * after the handler returned must stay: an HTTP/1 target of up to 47 bytes is copied into
+ * the box (req.target reads it there once the request is over), a longer one or HTTP/2's
+ * is pushed and stored as req.target. The keys "target" and "_box" and the box's
+ * metatable are at upvalues up_target, up_target + 1 and up_target + 2. */
+static const char *get_target(lua_State *L, int up_target, size_t *len) {
+    int up_box = up_target + 1, up_mt = up_target + 2;
+    lua_pushvalue(L, lua_upvalueindex(up_target));
+    if (lua_rawget(L, 1) == LUA_TSTRING)
+        return lua_tolstring(L, -1, len);
+    lua_pop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(up_box));
+    lua_rawget(L, 1);
+    /* the box's metatable kept as an upvalue: luaL_checkudata looks it up by name in the
+     * registry, ~360 instructions a request on this path */
+    int top = lua_gettop(L);
+    loom_reqbox_t *box = lua_touserdata(L, -1);
+    if (!box || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(up_mt)))
+        box = luaL_checkudata(L, top, REQBOX_MT); /* raises, naming the box */
+    lua_settop(L, top - 1);                       /* req._box keeps the box */
+    if (box->h2) {
+        loom_h2srv_req(L, box, LOOM_H2OP_TARGET);
+    } else {
+        loom_head_t *h = box_conn(L, box)->msg.head;
+        if (h->url_len <= sizeof box->target) { /* a copy costs less than a string */
+            memcpy(box->target, h->data + h->url, h->url_len);
+            box->tlen = (unsigned char)h->url_len;
+            *len = box->tlen;
+            return box->target;
         }
-        lua_replace(L, 1);
+        lua_pushlstring(L, h->data + h->url, h->url_len);
     }
-    const char *t = lua_tolstring(L, 1, &len);
+    lua_pushvalue(L, lua_upvalueindex(up_target));
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return lua_tolstring(L, -1, len);
+}
+
+/* Pushes {key = value} for the query of target t: what url.parse_query's first table holds
+ * for the query string (after the first '?', cut at a '#'): pairs split on '&', a key up
+ * to the first '=', both decoded, an empty key skipped, a repeated one keeping its last
+ * value. */
+static void push_query(lua_State *L, const char *t, size_t len) {
     const char *q = memchr(t, '?', len);
     lua_createtable(L, 0, 2);
     if (!q)
-        return 1;
+        return;
     q++;
     const char *end = t + len, *hash = memchr(q, '#', (size_t)(end - q));
     if (hash)
@@ -509,19 +523,53 @@ static int req_query(lua_State *L) {
             lua_rawset(L, -3);
         }
         if (!amp)
-            return 1;
+            return;
         q = amp + 1;
     }
 }
 
-/* A {json = v} answer (or {json = v, status = n}, n an integer) encoded here: the table has
- * no metatable and no other key, and loom_json_small takes v. Pushes status, the head at
- * index 3 and the JSON text, and returns 1; otherwise 0 and the stack as it was. What
- * app.lua's emit_other would answer, without its field tests, json.encode's Lua call, the
- * pcall and cjson's own set-up (about 2.5k instructions a request). */
+/* core.req_query(target or req) -> {key = value}: req.query (lua/loom/request.lua), the
+ * query of a target, or of a request's (get_target). In C: one call where Lua took a
+ * find, a sub, a gmatch closure and two finds a pair. */
+static int req_query(lua_State *L) {
+    size_t len;
+    const char *t;
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+        t = get_target(L, 1, &len);
+    } else {
+        t = lua_tolstring(L, 1, &len);
+    }
+    push_query(L, t, len);
+    return 1;
+}
+
+/* The connection of the request table at index 1 (its _box, known by the metatable kept as
+ * upvalue 6) when it is HTTP/1's and open, else NULL; the stack as it was. */
+static loom_conn_t *open_conn(lua_State *L) {
+    int top = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(5)); /* "_box" */
+    lua_rawget(L, 1);
+    loom_reqbox_t *box = lua_touserdata(L, -1);
+    if (!box || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(6)))
+        box = NULL;
+    lua_settop(L, top);
+    loom_conn_t *c = box && !box->h2 ? box->c : NULL;
+    return c && c->state != C_CLOSING ? c : NULL;
+}
+
+/* Sends a {json = v} answer (or {json = v, status = n}, n an integer from 200 to 999) at
+ * once when C can: an HTTP/1 request whose answer is still to give, a table without a
+ * metatable or another key, and a v loom_json_small takes. The JSON is written from the C
+ * stack with the shared head's line, as file:respond writes a small file: no string for
+ * the body, no results for the engine to read. What app.lua's emit_other would answer,
+ * without its field tests, json.encode's Lua call, the pcall and cjson's own set-up.
+ * Whether it was sent; the stack as it was. */
 static int json_answer(lua_State *L) {
-    if (lua_getmetatable(L, 2))
-        return lua_pop(L, 1), 0;
+    loom_conn_t *c = open_conn(L);
+    if (!c || lua_getmetatable(L, 2))
+        return 0;
     int top = lua_gettop(L), json = 0, status = 0;
     lua_pushnil(L);
     while (lua_next(L, 2)) {
@@ -539,28 +587,20 @@ static int json_answer(lua_State *L) {
         lua_pushnil(L);
         lua_copy(L, -3, -1);
     }
+    lua_Integer st = status ? lua_tointeger(L, status) : 200;
     char buf[LOOM_JSON_SMALL];
-    size_t n = json ? loom_json_small(L, json, buf) : 0;
-    if (n == 0) {
-        lua_settop(L, top);
-        return 0;
-    }
-    if (status)
-        lua_pushvalue(L, status);
-    else
-        lua_pushinteger(L, 200);
-    lua_pushvalue(L, 3);
-    lua_pushlstring(L, buf, n);
-    return 1;
+    size_t n = json && st >= 200 && st <= 999 ? loom_json_small(L, json, buf) : 0;
+    lua_settop(L, top);
+    return n != 0 && loom_conn_respond_json(c, (int)st, buf, n) == 0;
 }
 
-/* core.req_plain(req, res [, json_head]) -> true when res is an answer C sends as it is: a
+/* core.req_plain(req, res [, json]) -> true when res is an answer C sends as it is: a
  * string, with no req.response_headers to add. app.lua asks this once per request; one C
  * call costs less than type() and rawget() (the keys are upvalues: no string to intern).
- * With json_head (the shared head of a JSON answer), a {json = v} table C can encode, with
- * neither req._streamed nor req.response_headers: status, json_head and the JSON text.
- * Otherwise false, req._streamed, req.response_headers and whether res is a table: what
- * emit looks at next, without three more calls. */
+ * With json true (an app without compress, lua-cjson there), also when res is a {json = v}
+ * table json_answer has sent, with neither req._streamed nor req.response_headers (the
+ * engine then reads no results). Otherwise false, req._streamed, req.response_headers and
+ * whether res is a table: what emit looks at next, without three more calls. */
 static int req_plain(lua_State *L) {
     int is_req = lua_type(L, 1) == LUA_TTABLE;
     int res_type = lua_type(L, 2);
@@ -581,9 +621,11 @@ static int req_plain(lua_State *L) {
         lua_rawget(L, 1);
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_rawget(L, 1);
-        if (res_type == LUA_TTABLE && lua_type(L, 3) == LUA_TTABLE && lua_isnil(L, -1) &&
-            lua_isnil(L, -2) && json_answer(L))
-            return 3;
+        if (res_type == LUA_TTABLE && lua_toboolean(L, 3) && lua_isnil(L, -1) && lua_isnil(L, -2) &&
+            json_answer(L)) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
     }
     lua_pushboolean(L, res_type == LUA_TTABLE);
     return 4;
@@ -618,17 +660,29 @@ static int req_index(lua_State *L) {
     lua_pushvalue(L, 2);
     if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TNIL)
         return 1;
+    if (lua_tocfunction(L, -1) == req_query && lua_type(L, 1) == LUA_TTABLE) {
+        /* req.query: req_query's work without a call to it (~300 instructions) */
+        lua_pop(L, 1);
+        size_t len;
+        const char *t = get_target(L, 3, &len);
+        push_query(L, t, len);
+        return req_index_k(L, LUA_OK, 0);
+    }
     lua_pushvalue(L, 1);
     lua_callk(L, 1, 1, 0, req_index_k); /* a lazy field's function may wait */
     return req_index_k(L, LUA_OK, 0);
 }
 
-/* core.req_index(methods, lazy) -> the request table's __index */
+/* core.req_index(methods, lazy) -> the request table's __index (upvalues: those two, and
+ * get_target's three) */
 static int req_index_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
-    lua_pushcclosure(L, req_index, 2);
+    lua_pushliteral(L, "target");
+    lua_pushliteral(L, "_box");
+    luaL_getmetatable(L, REQBOX_MT);
+    lua_pushcclosure(L, req_index, 5);
     return 1;
 }
 
@@ -642,7 +696,9 @@ int loom_open_http_request(lua_State *L) {
     lua_pushliteral(L, "_streamed");
     lua_pushliteral(L, "json");
     lua_pushliteral(L, "status");
-    lua_pushcclosure(L, req_plain, 4);
+    lua_pushliteral(L, "_box");
+    lua_pushvalue(L, -7); /* the box's metatable */
+    lua_pushcclosure(L, req_plain, 6);
     lua_setfield(L, -2, "req_plain");
     lua_pushliteral(L, "target");
     lua_pushliteral(L, "_box");

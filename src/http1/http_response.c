@@ -584,6 +584,16 @@ int loom_conn_respond_body(loom_conn_t *c, lua_State *L, int status, int hidx, c
     return 0;
 }
 
+int loom_conn_respond_json(loom_conn_t *c, int status, const char *body, size_t blen) {
+    hb_t b = {c->srv, 0, 0, NULL};
+    if (c->fail_status || c->resp != R_NONE || status < 200 || status > 999)
+        return -1;
+    status_line(&b, status);
+    hb_put(&b, JSON_HEAD_LINE, sizeof JSON_HEAD_LINE - 1);
+    send_whole(c, &b, status, H_CT, body, blen);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- streaming */
 
 int loom_conn_stream_start(loom_conn_t *c, lua_State *L, int status, int hidx, const char **why) {

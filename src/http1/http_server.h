@@ -173,6 +173,10 @@ struct loom_reqbox {
     int gone;              /* it finished because its connection closed under the handler */
     int http10;            /* kept past the request's end: req.version is read lazily; 2: HTTP/2 */
     struct loom_h2req *h2; /* an HTTP/2 stream's request (h2_server.c) while it lasts */
+    /* the target, copied when req.query is made (http_request.c): req.target and
+     * req.query_all read it after the request's end; tlen 0 when there is no copy */
+    unsigned char tlen;
+    char target[47];
 };
 
 #define REQBOX_MT "loom.request"
@@ -247,6 +251,9 @@ void loom_conn_respond_results(loom_conn_t *c, lua_State *L, int nres);
  * invalid: loom_conn_respond_results deals with those. */
 int loom_conn_respond_body(loom_conn_t *c, lua_State *L, int status, int hidx, const char *body,
                            size_t blen);
+/* loom_conn_respond_body with the shared head of a JSON answer (core.resp_json_head): its
+ * one line written without a look at the table. */
+int loom_conn_respond_json(loom_conn_t *c, int status, const char *body, size_t blen);
 /* Writes a complete response with a plain-text body; closes the connection after it when
  * `close` is set. */
 void loom_conn_respond_simple(loom_conn_t *c, int status, const char *body, int close);

@@ -71,7 +71,40 @@ static int put_char(out_t *o, char c) {
     return 1;
 }
 
+/* A string whose every byte may take 6 bytes, when that much room is left (most: the
+ * bytes copied one by one, no bound checked per byte); else put_string_checked. */
+static int put_string_checked(out_t *o, const char *s, size_t len);
+
 static int put_string(out_t *o, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t room = LOOM_JSON_SMALL - o->n;
+    if (room < 8 || len > (room - 8) / 6)
+        return put_string_checked(o, s, len);
+    char *d = o->buf + o->n;
+    *d++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (esc_kind[c]) {
+        case 0:
+            *d++ = (char)c;
+            break;
+        case 1:
+            *d++ = '\\';
+            *d++ = esc2(c);
+            break;
+        default:
+            memcpy(d, "\\u00", 4);
+            d[4] = hex[c >> 4];
+            d[5] = hex[c & 15];
+            d += 6;
+        }
+    }
+    *d++ = '"';
+    o->n = (size_t)(d - o->buf);
+    return 1;
+}
+
+static int put_string_checked(out_t *o, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     if (!put_char(o, '"'))
         return 0;
