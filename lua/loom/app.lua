@@ -207,11 +207,12 @@ local rawget, with_extra, json_encode = rawget, request.with_extra, json.encode
 -- with req.response_headers, with_extra copies it; an app with compress gets its own
 -- table, which the coder may change.
 local JSON_HEADERS = core.resp_json_head()
--- Handed to req_plain by the entry of an app without compress: a {json = v} answer it can
--- encode (src/lib/json.c: cjson's bytes for plain tables of strings, numbers and booleans)
--- it sends itself on HTTP/1, with JSON_HEADERS' line; the rest goes to emit_other as before.
--- Not without lua-cjson (json.null unset), where {json = v} raises json.encode's error.
-local JSON_FAST = json.null ~= nil
+-- What the entry of an app without compress asks instead of req_plain: also true for a
+-- {json = v} answer it could encode (src/lib/json.c: cjson's bytes for plain tables of
+-- strings, numbers and booleans) and has sent itself on HTTP/1 with JSON_HEADERS' line;
+-- the rest goes to emit_other as before. Not without lua-cjson (json.null unset), where
+-- {json = v} raises json.encode's error.
+local entry_plain = json.null ~= nil and core.req_plain_json or req_plain
 function emit(req, res)
     local plain, streamed, extra, tbl = req_plain(req, res)
     if plain then return res end
@@ -390,8 +391,7 @@ function App:_entry(tls)
             if h then req.params = params end -- else the dispatcher's 404, 405, HEAD and "*"
         end
         local res = (h or chain)(req)
-        -- JSON_FAST: a {json = v} answer C can encode is sent by req_plain itself (true)
-        local plain, streamed, extra, tbl = req_plain(req, res, JSON_FAST)
+        local plain, streamed, extra, tbl = entry_plain(req, res)
         if plain then return res end
         return emit_other(req, res, true, streamed, extra, tbl)
     end

@@ -594,13 +594,14 @@ static int json_answer(lua_State *L) {
     return n != 0 && loom_conn_respond_json(c, (int)st, buf, n) == 0;
 }
 
-/* core.req_plain(req, res [, json]) -> true when res is an answer C sends as it is: a
- * string, with no req.response_headers to add. app.lua asks this once per request; one C
- * call costs less than type() and rawget() (the keys are upvalues: no string to intern).
- * With json true (an app without compress, lua-cjson there), also when res is a {json = v}
- * table json_answer has sent, with neither req._streamed nor req.response_headers (the
- * engine then reads no results). Otherwise false, req._streamed, req.response_headers and
- * whether res is a table: what emit looks at next, without three more calls. */
+/* core.req_plain(req, res) -> true when res is an answer C sends as it is: a string, with
+ * no req.response_headers to add. app.lua asks this once per request; one C call costs
+ * less than type() and rawget() (the keys are upvalues: no string to intern). Otherwise
+ * false, req._streamed, req.response_headers and whether res is a table: what emit looks
+ * at next, without three more calls. core.req_plain_json (upvalue 7 true; for an app
+ * without compress, lua-cjson there) is also true when res is a {json = v} table
+ * json_answer has sent, with neither req._streamed nor req.response_headers (the engine
+ * then reads no results). */
 static int req_plain(lua_State *L) {
     int is_req = lua_type(L, 1) == LUA_TTABLE;
     int res_type = lua_type(L, 2);
@@ -611,7 +612,7 @@ static int req_plain(lua_State *L) {
             return 1;
         }
     }
-    lua_settop(L, 3);
+    lua_settop(L, 2);
     lua_pushboolean(L, 0);
     if (!is_req) {
         lua_pushnil(L);
@@ -621,8 +622,8 @@ static int req_plain(lua_State *L) {
         lua_rawget(L, 1);
         lua_pushvalue(L, lua_upvalueindex(1));
         lua_rawget(L, 1);
-        if (res_type == LUA_TTABLE && lua_toboolean(L, 3) && lua_isnil(L, -1) && lua_isnil(L, -2) &&
-            json_answer(L)) {
+        if (res_type == LUA_TTABLE && lua_toboolean(L, lua_upvalueindex(7)) && lua_isnil(L, -1) &&
+            lua_isnil(L, -2) && json_answer(L)) {
             lua_pushboolean(L, 1);
             return 1;
         }
@@ -697,9 +698,15 @@ int loom_open_http_request(lua_State *L) {
     lua_pushliteral(L, "json");
     lua_pushliteral(L, "status");
     lua_pushliteral(L, "_box");
-    lua_pushvalue(L, -7); /* the box's metatable */
-    lua_pushcclosure(L, req_plain, 6);
-    lua_setfield(L, -2, "req_plain");
+    lua_pushvalue(L, -7);                   /* the box's metatable */
+    for (int json = 0; json <= 1; json++) { /* req_plain, then req_plain_json */
+        for (int i = 0; i < 6; i++)
+            lua_pushvalue(L, -6);
+        lua_pushboolean(L, json);
+        lua_pushcclosure(L, req_plain, 7);
+        lua_setfield(L, -8, json ? "req_plain_json" : "req_plain");
+    }
+    lua_pop(L, 6);
     lua_pushliteral(L, "target");
     lua_pushliteral(L, "_box");
     lua_pushvalue(L, -4); /* the box's metatable */
