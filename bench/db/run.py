@@ -38,6 +38,13 @@ again (at most --retries times); what it could not avoid is printed with the fig
 ratios are loom's over each peer, from the same run; the CPU per request ratio is the one
 to read on a busy machine.
 
+The servers, wrk and the databases run at nice --nice (-10), each in a session whose
+scheduler autogroup has that niceness too (with kernel.sched_autogroup_enabled the kernel
+shares a core between sessions first, whatever a process's own nice): other sessions'
+builds and tests run at nice 0 to 19 here, and a request's chain (wrk, the server, Redis,
+the server, wrk) otherwise waits at each step for a core they hold. For the few minutes a
+run holds the bench lock.
+
 LOOM_BEFORE=path/to/loom adds the peer loom-before: the same app on another build (a
 before/after comparison in one run).
 
@@ -45,13 +52,13 @@ REDIS_POOL is CONNS (--redis-pool): a command for each request in flight, as "50
 flight" asks; PostgreSQL pools are POOL (--pool 16) for every peer.
 
 Usage: bench/db/run.py [--rounds 3] [--secs 5] [--warmup 3] [--conns 50] [--pool 16] [--only loom,node]
-       [--shapes db,queries,fortunes,redis] [--quiet 10] [--quiet-wait 20] [--retries 1]
+       [--shapes db,queries,fortunes,redis] [--quiet 10] [--quiet-wait 20] [--retries 1] [--nice -10]
 The Redis GET alone: --shapes redis --only loom,loom-pool,node,nginx,redis-benchmark
 Environment: LOOM_BUILD (default build/): the loom host is LOOM_BUILD/loom, npm packages go to
 LOOM_BUILD/npm. Needs postgresql-15, redis-server, wrk, nginx with the Lua module,
 lua-nginx-redis, node, python3-aiohttp, python3-asyncpg (scripts/deps.sh --bench).
 """
-import argparse, json, os, re, resource, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, resource, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -61,6 +68,32 @@ from benchlib import start, stop  # noqa: E402
 BUILD = os.path.abspath(os.environ.get("LOOM_BUILD", os.path.join(ROOT, "build")))
 LOOM = os.path.join(BUILD, "loom")
 LOOM_BEFORE = os.environ.get("LOOM_BEFORE")
+NICE = []  # ["nice", "-n", N] for everything measured (--nice)
+AUTOGROUP_NICE = [0]  # --nice, for the scheduler's autogroup of each session started
+
+
+def boost(pid):
+    """Gives pid's session (its autogroup: with sched_autogroup_enabled, the kernel shares a
+    core between sessions first, whatever a process's own nice) the niceness --nice."""
+    if AUTOGROUP_NICE[0]:
+        try:
+            with open("/proc/%d/autogroup" % pid, "w") as f:
+                f.write(str(AUTOGROUP_NICE[0]))
+        except OSError:
+            pass
+
+
+def run_boosted(argv):
+    """subprocess.run(argv) in a session of its own, boosted; its stdout."""
+    p = subprocess.Popen(NICE + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        boost(p.pid)
+        return p.communicate()[0]
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
 NPM = os.path.join(BUILD, "npm")
 NPM_PACKAGES = ["pg@8.23.1", "ioredis@5.11.1"]
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -105,7 +138,7 @@ def keyvals(text):
 
 def server_up(script):
     """Starts spec/support/SCRIPT on CPU 1; its key=value lines, or exits with the reason."""
-    r = subprocess.run(["taskset", "-c", "1", "bash", os.path.join(ROOT, "spec", "support", script),
+    r = subprocess.run(NICE + ["taskset", "-c", "1", "bash", os.path.join(ROOT, "spec", "support", script),
                         "start"], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit("bench/db: %s start failed: %s" % (script, r.stderr.strip()))
@@ -279,8 +312,8 @@ def children_cpu():
 
 def wrk(url, secs, conns):
     c0 = children_cpu()
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--latency",
-                          "--timeout", "5s", url], capture_output=True, text=True).stdout
+    out = run_boosted(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--latency",
+                       "--timeout", "5s", url])
     wrk_s = children_cpu() - c0
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not m:
@@ -329,10 +362,9 @@ LABELS = {"loom": "loom", "loom-before": "loom, the build before (LOOM_BEFORE)",
 
 def redis_benchmark(port, conns, secs):
     # about secs seconds at ~100k GET/s; the rate is what counts
-    r = subprocess.run(["taskset", "-c", "0", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
-                        "-c", str(conns), "-n", str(100000 * secs), "--csv", "GET", "bench:greeting"],
-                       capture_output=True, text=True)
-    rows = [line for line in r.stdout.splitlines() if line.startswith('"GET')]
+    out = run_boosted(["taskset", "-c", "0", "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
+                       "-c", str(conns), "-n", str(100000 * secs), "--csv", "GET", "bench:greeting"])
+    rows = [line for line in out.splitlines() if line.startswith('"GET')]
     if not rows:
         return None
     f = [x.strip('"') for x in rows[-1].split(",")]
@@ -363,6 +395,7 @@ def measure(a, p, url, db_pids, budget):
         m["retried"] = attempt
         if m["other"] < a.quiet or budget[0] <= 0:
             break
+        budget[0] -= w1 - w0  # a measurement taken again counts as waiting
     return m
 
 
@@ -381,7 +414,9 @@ def run_phase(a, only, shapes, table, db_pids, results, broken, budget):
             if not its:
                 continue
             port = free_port()
-            p = start(cmd(port), port)
+            p = start(NICE + cmd(port), port)
+            if p:
+                boost(p.pid)
             if not p:
                 for s in its:
                     broken[(name, s)] = "the server did not start"
@@ -459,6 +494,8 @@ def report(a, only, shapes, results, broken):
 
 
 def main():
+    # a SIGTERM (timeout(1)) still stops the servers and databases (the finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/db: terminated"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--secs", type=int, default=5)
@@ -473,7 +510,12 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=20.0, help="seconds to wait for quiet before each measurement")
     ap.add_argument("--quiet-budget", type=float, default=120.0, help="seconds of such waiting in the whole run")
     ap.add_argument("--retries", type=int, default=1, help="times a disturbed measurement is taken again")
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="niceness of the servers, wrk and the databases (other sessions build at nice 10)")
     a = ap.parse_args()
+    if a.nice > 0 or (a.nice < 0 and os.geteuid() == 0):  # (only root may go below 0)
+        NICE[:] = ["nice", "-n", str(a.nice)]
+        AUTOGROUP_NICE[0] = a.nice
     only = a.only.split(",")
     if LOOM_BEFORE and "loom-before" not in only:
         only.insert(1, "loom-before")
@@ -492,6 +534,7 @@ def main():
     pg_shapes = [s for s in shapes if s != "redis"]
     try:
         rd = server_up("redis_server.sh")
+        boost(int(rd["pid"]))
         subprocess.run(["redis-cli", "-p", rd["port"], "set", "bench:greeting", GREETING], check=True,
                        stdout=subprocess.DEVNULL)
         a.redis_port = rd["port"]
@@ -500,6 +543,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             if pg_shapes:
                 pg = server_up("pg_server.sh")
+                boost(int(pg["pid"]))
                 populate(pg)
                 pg_url = "postgresql://%s:%s@127.0.0.1:%s/%s" % (pg["user"], pg["password"], pg["port"],
                                                                  pg["database"])
@@ -520,10 +564,10 @@ def main():
 
     print()
     print("bench/db: %d rounds of %d s (after %d s of warm-up), wrk -t1 -c%d, pools of %d (pg) and %d (redis); server on CPU 0,"
-          " wrk and the databases on CPU 1 (PostgreSQL stopped for the Redis rounds); load average %.1f before, %.1f after;"
-          " %.0f s spent waiting for other work to stop"
-          % (a.rounds, a.secs, a.warmup, a.conns, a.pool, a.redis_pool or a.conns, load0[0], load1[0],
-             a.quiet_budget - budget[0]))
+          " wrk and the databases on CPU 1 (PostgreSQL stopped for the Redis rounds), all at nice %s; load average %.1f"
+          " before, %.1f after; %.0f s spent waiting for other work to stop"
+          % (a.rounds, a.secs, a.warmup, a.conns, a.pool, a.redis_pool or a.conns, NICE[2] if NICE else "0",
+             load0[0], load1[0], a.quiet_budget - budget[0]))
     report(a, only, shapes, results, broken)
     return 1 if broken else 0
 
