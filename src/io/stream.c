@@ -351,19 +351,6 @@ const char *loom_stream_tls_error(const loom_stream_t *s) {
     return loom_sock_tls_error(s->sock);
 }
 
-static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
-    lua_pushlstring(L, s->buf + s->pos, n);
-    s->pos += n + skip;
-    if (s->pos == s->len) {
-        s->pos = s->len = 0;
-        if (s->cap > 4 * READ_CHUNK) { /* give back a buffer a burst grew */
-            free(s->buf);
-            s->buf = NULL;
-            s->cap = 0;
-        }
-    }
-}
-
 void loom_stream_consume(loom_stream_t *s, size_t n) {
     s->pos += n;
     if (s->pos == s->len) {
@@ -374,6 +361,11 @@ void loom_stream_consume(loom_stream_t *s, size_t n) {
             s->cap = 0;
         }
     }
+}
+
+static void consume(lua_State *L, loom_stream_t *s, size_t n, size_t skip) {
+    lua_pushlstring(L, s->buf + s->pos, n);
+    loom_stream_consume(s, n + skip);
 }
 
 static int end_of_stream(lua_State *L, loom_stream_t *s) {
